@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# ChiMed Arena launcher.
+#   ./launch.sh                 set up if needed, build demo data and train the demo run if none, start the app
+#   ./launch.sh test [ARGS]     set up if needed, run the test suite (ARGS go to pytest)
+#   ./launch.sh setup           create .venv and install (idempotent; skipped when nothing changed)
+#   ./launch.sh SUBCOMMAND ...  build-data | train-all | eval | app | add-annotator | export-prefs
+#                               (each takes --profile tiny|demo|paper and section.key=value overrides)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="${CHIMED_VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+TORCH_VERSION="2.13.0"   # CPU build here; on GPUs install the CUDA build of the same version first (README)
+
+# Nothing may reach a model hub at run time.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export GRADIO_ANALYTICS_ENABLED=False TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+
+find_python() {
+  for cand in python3.11 python3.12 python3.13 python3; do
+    if command -v "$cand" >/dev/null 2>&1 &&
+       "$cand" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$cand"; return 0
+    fi
+  done
+  echo "error: Python 3.11 or newer is needed (none found on PATH)" >&2
+  return 1
+}
+
+# pip, minus the warnings this machine's pip.conf prints for every package; pip's status is kept.
+pip_install() {
+  "$PY" -m pip install --quiet --progress-bar off "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+}
+
+# setup [EXTRAS]: install the project (and optional extras) into .venv unless the stamp says it is current.
+setup() {
+  local extras="${1:-}" spec="." stamp want
+  [ -n "$extras" ] && spec=".[$extras]"
+  stamp="$VENV/.chimed-setup-$( [ -n "$extras" ] && echo "$extras" || echo base )"
+  want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [ -x "$PY" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  if [ ! -x "$PY" ]; then
+    echo "setup: creating $VENV"
+    "$(find_python)" -m venv "$VENV"
+  fi
+  if ! "$PY" -c "import torch, sys; sys.exit(not torch.__version__.startswith('$TORCH_VERSION'))" 2>/dev/null; then
+    echo "setup: installing torch==$TORCH_VERSION (CPU build)"
+    pip_install "torch==$TORCH_VERSION"
+  fi
+  echo "setup: installing chimed-arena $spec"
+  pip_install -e "$spec"
+  echo "$want" > "$stamp"
+  echo "setup: done"
+}
+
+# The browser test drives Debian's Chromium; install it when we can (root with apt), else that test skips.
+ensure_browser() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian chromium + chromium-driver for the browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ||
+      echo "setup: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "setup: /usr/bin/chromium missing and not root; the browser test will be skipped" >&2
+  fi
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  "")
+    setup
+    exec "$PY" -m training demo --profile demo
+    ;;
+  setup)
+    setup
+    ;;
+  test)
+    shift
+    setup test
+    ensure_browser
+    exec "$PY" -m pytest "$@"
+    ;;
+  -h|--help|help)
+    setup
+    exec "$PY" -m training --help
+    ;;
+  *)
+    setup
+    exec "$PY" -m training "$@"
+    ;;
+esac

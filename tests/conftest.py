@@ -1,0 +1,80 @@
+"""Shared fixtures: every test gets its own CHIMED_HOME; the tiny data and the tiny run are built once
+per session (they are real builds and real training runs, just small)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def chimed_home(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty work directory for this test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("CHIMED_HOME", str(home))
+    monkeypatch.delenv("CHIMED_DATABASE_URL", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_data_home(tmp_path_factory) -> Path:
+    """A work directory holding the tiny ChiMed build (read-only for tests; copy it to change it)."""
+    from training.config import load_config
+    from training.data.build import build_chimed
+
+    home = tmp_path_factory.mktemp("tiny_data")
+    old = os.environ.get("CHIMED_HOME")
+    os.environ["CHIMED_HOME"] = str(home)
+    try:
+        build_chimed(load_config("tiny"), strict=False)
+    finally:
+        _restore("CHIMED_HOME", old)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data_home) -> tuple[Path, str]:
+    """(home, run_id) of one complete tiny train-all, shared by the tests that only read it."""
+    from training.config import load_config
+    from training.pipeline import train_all
+
+    home = tmp_path_factory.mktemp("tiny_run")
+    shutil.copytree(tiny_data_home / "data", home / "data")
+    old = os.environ.get("CHIMED_HOME")
+    os.environ["CHIMED_HOME"] = str(home)
+    try:
+        run_id = train_all(load_config("tiny"))
+    finally:
+        _restore("CHIMED_HOME", old)
+    return home, run_id
+
+
+@pytest.fixture
+def use_home(monkeypatch):
+    """Point CHIMED_HOME at a given directory for the rest of the test: ``use_home(path)``."""
+
+    def _use(path: Path) -> Path:
+        monkeypatch.setenv("CHIMED_HOME", str(path))
+        monkeypatch.delenv("CHIMED_DATABASE_URL", raising=False)
+        return path
+
+    return _use
+
+
+def _restore(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

@@ -1,0 +1,147 @@
+"""Command line of ChiMed Arena (``./launch.sh SUBCOMMAND`` runs ``python -m training SUBCOMMAND``).
+
+Every subcommand takes ``--profile tiny|demo|paper`` and ``section.key=value`` overrides and honours
+``CHIMED_HOME``. Each one delegates to the module that owns the work; nothing here has defaults of its
+own beyond the profile name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+import sys
+
+from training.config import PROFILES, STAGES, Config, load_config
+from training.errors import UserError
+
+
+def _build_data(cfg: Config, args) -> None:
+    from training.data.build import build_chimed
+
+    build_chimed(cfg, strict=args.strict or cfg.data.strict)
+
+
+def _train_all(cfg: Config, args) -> None:
+    from training.pipeline import train_all
+
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    train_all(cfg, from_stage=args.from_stage, resume_run=args.resume_run, stages=stages,
+              dry_run=args.dry_run, run_id=args.run_id)
+
+
+def _eval(cfg: Config, args) -> None:
+    from training.evaluation.evaluate import evaluate_run
+
+    evaluate_run(cfg, args.run, compare=args.compare)
+
+
+def _app(cfg: Config, args) -> None:
+    from app.main import launch_app
+
+    launch_app(cfg, host=args.host or cfg.app.host, port=args.port or cfg.app.port)
+
+
+def _demo(cfg: Config, args) -> None:
+    """The bare ``./launch.sh``: build demo data and train the demo run if none, then start the app."""
+    from training.data.build import build_chimed, data_is_built
+    from training.pipeline import latest_run, train_all
+
+    if not data_is_built(cfg):
+        build_chimed(cfg, strict=cfg.data.strict)
+    if latest_run(cfg) is None:
+        train_all(cfg)
+    _app(cfg, args)
+
+
+def _add_annotator(cfg: Config, args) -> None:
+    from preference_store.cli import add_annotator
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    add_annotator(cfg, args.name, role=args.role, password=password)
+
+
+def _export_prefs(cfg: Config, args) -> None:
+    from preference_store.export import export_cli
+
+    export_cli(cfg, out=args.out, since=args.since)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", choices=PROFILES, default="demo",
+                        help="config profile (training/configs/PROFILE.yaml); default demo")
+
+    parser = argparse.ArgumentParser(
+        prog="./launch.sh",
+        description="ChiMed Arena: Qilin-Med CPT -> SFT -> DPO on ChiMed, with a clinician preference loop. "
+        "Research and education only; nothing it outputs is medical advice.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    p = sub.add_parser("demo", parents=[common], help="build demo data and train the demo run if none, start the app")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("build-data", parents=[common], help="build ChiMed-CPT/SFT/DPO/eval into $CHIMED_HOME/data/chimed")
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed input line")
+    p.set_defaults(func=_build_data)
+
+    p = sub.add_parser("train-all", parents=[common], help="run base -> cpt -> sft -> dpo, evaluate, register the run")
+    p.add_argument("--from", dest="from_stage", choices=STAGES, help="first stage to train (needs --resume-run)")
+    p.add_argument("--resume-run", help="earlier run whose stages before --from are reused")
+    p.add_argument("--stages", help="comma-separated subset of stages to run")
+    p.add_argument("--run-id", help="name of the run (default: a timestamp); rerun the same id to resume it")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and launch command, train nothing")
+    p.set_defaults(func=_train_all)
+
+    p = sub.add_parser("eval", parents=[common], help="evaluate every stage of a run")
+    p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")
+    p.add_argument("--compare", help="second run id: also write a table of deltas")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("app", parents=[common], help="start the Gradio arena app")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=_app)
+
+    p = sub.add_parser("add-annotator", parents=[common], help="create an annotator account (password from stdin)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=("annotator", "admin"), default="annotator")
+    p.set_defaults(func=_add_annotator)
+
+    p = sub.add_parser("export-prefs", parents=[common], help="export de-identified preference pairs as dpo.jsonl")
+    p.add_argument("--out", help="output file (default: a new file in the collected-pairs folder)")
+    p.add_argument("--since", help="only judgments at or after this ISO-8601 time")
+    p.set_defaults(func=_export_prefs)
+    return parser
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+=")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `section.key=value` may stand anywhere on the line; everything else is argparse's
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    parser = build_parser()
+    parser.epilog = "Any config key can be overridden as section.key=value, e.g. cpt.learning_rate=1e-4."
+    args = parser.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    try:
+        cfg = load_config(args.profile, overrides)
+        args.func(cfg, args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,348 @@
+"""The one typed config tree of ChiMed Arena.
+
+Every default lives here, once. The defaults are the Qilin-Med paper's recipe (7B on GPUs); the
+profiles in ``training/configs/{tiny,demo,paper}.yaml`` override what differs, and any key can be
+overridden on the command line as ``section.key=value``. The CLI, the app, the training code and the
+tests all read the object returned by :func:`load_config`; nobody re-declares a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from training.errors import UserError
+
+PROFILES = ("tiny", "demo", "paper")
+CONFIG_DIR = Path(__file__).parent / "configs"
+STAGES = ("base", "cpt", "sft", "dpo")
+
+
+@dataclass
+class UserFiles:
+    """Files a user already has, in the public formats listed in DESIGN.md (paths, may be empty)."""
+
+    cpt_text: list[str] = field(default_factory=list)  # .txt (one document per line) or jsonl {"text"}
+    sft_alpaca: list[str] = field(default_factory=list)
+    sft_sharegpt: list[str] = field(default_factory=list)
+    dpo_pairs: list[str] = field(default_factory=list)  # MedicalGPT / question-response / Alpaca styles
+    exam: list[str] = field(default_factory=list)  # C-Eval or CMExam style
+    qa: list[str] = field(default_factory=list)  # Huatuo style
+
+
+@dataclass
+class DataConfig:
+    """ChiMed builder: sources, mixture, splits, dedup."""
+
+    seed: int = 42
+    max_entities: int = 0  # 0 = every CMeKG entity; tiny/demo take a deterministic subset
+    general_share: float = 0.2  # share of general text in ChiMed-CPT, against forgetting (Aquila-Med)
+    people_daily_max_docs: int = 0  # 0 = all
+    reviews_max_docs: int = 0  # 0 = all
+    phrasings_per_relation: int = 2  # verbalizations per (entity, relation) in ChiMed-CPT
+    max_values_per_relation: int = 5
+    multiturn_per_disease: int = 1
+    general_sft_max: int = 0  # general-domain instructions in ChiMed-SFT; 0 = as many as the share gives
+    general_sft_share: float = 0.2
+    dpo_pairs_per_entity: int = 2
+    eval_entity_share: float = 0.1  # entities held out for the exam and QA sets (split by entity)
+    exam_max: int = 0  # 0 = every question the held-out entities give
+    qa_max: int = 0
+    general_eval_docs: int = 200
+    pref_eval_share: float = 0.1
+    dedup_ngram: int = 5
+    minhash_num_perm: int = 128
+    minhash_threshold: float = 0.8
+    decontam_ngram: int = 13
+    strict: bool = False  # stop at the first malformed line instead of skipping and counting it
+    user_files: UserFiles = field(default_factory=UserFiles)
+    collected_pairs_dir: str = "collected_pairs"  # relative to CHIMED_HOME; the app's exports land here
+
+
+@dataclass
+class ModelConfig:
+    """The general base model: pretrained here (tiny/demo) or a local HF checkpoint (paper)."""
+
+    path: str = ""  # a local Hugging Face causal-LM directory; empty = pretrain one here
+    trust_remote_code: bool = False
+    vocab_size: int = 8000
+    hidden_size: int = 256
+    intermediate_size: int = 688
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 1024
+    # pretraining of the general base, on the general corpus only
+    block_size: int = 256
+    epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class CptConfig:
+    """Domain continued pre-training: next-token prediction on packed blocks of ChiMed-CPT."""
+
+    block_size: int = 1024
+    learning_rate: float = 2e-4
+    epochs: float = 3.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.01
+    per_device_batch_size: int = 1
+    gradient_accumulation_steps: int = 8
+    use_lora: bool = False  # full fine-tuning by default
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class SftConfig:
+    """Supervised fine-tuning with LoRA, loss on assistant tokens only."""
+
+    max_source_length: int = 256
+    max_target_length: int = 256
+    learning_rate: float = 2e-5
+    epochs: float = 3.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.05
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=32, dropout=0.05))
+
+
+@dataclass
+class DpoConfig:
+    """Direct preference optimization with LoRA; the reference is the SFT model (adapter disabled)."""
+
+    beta: float = 0.1
+    learning_rate: float = 2e-5
+    epochs: float = 1.0
+    max_steps: int = -1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 4
+    max_length: int = 512
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.05))
+
+
+@dataclass
+class TrainConfig:
+    """What the stages share: precision, logging, checkpoints, scale-out."""
+
+    seed: int = 42
+    bf16: bool = True  # turned off automatically where no GPU supports it
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 200  # checkpoints inside a stage, for resuming after a crash
+    save_total_limit: int = 2
+    dataloader_num_workers: int = 0
+    deepspeed_zero_stage: int = 2  # 0 = no DeepSpeed
+    num_processes: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    main_process_ip: str = "127.0.0.1"
+    main_process_port: int = 29500
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+
+
+@dataclass
+class EvalConfig:
+    k_shot: int = 5
+    exam_max: int = 0  # 0 = every question
+    qa_max: int = 0
+    general_max: int = 0
+    pref_max: int = 0
+    max_new_tokens: int = 128
+    batch_size: int = 16
+    score_by_letter: bool = False  # also report the greedy answer-letter accuracy
+    user_exam_files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StoreConfig:
+    database_url: str = ""  # empty = sqlite:///$CHIMED_HOME/preferences.db; CHIMED_DATABASE_URL wins
+    max_text_chars: int = 8000
+    busy_timeout_ms: int = 30000
+    bootstrap_rounds: int = 1000
+    heldout_share: float = 0.2  # collected comparisons held out from DPO training, by comparison
+
+
+@dataclass
+class DecodingConfig:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+@dataclass
+class AppConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_prompt_chars: int = 2000
+    blind: bool = True
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+
+@dataclass
+class Config:
+    profile: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cpt: CptConfig = field(default_factory=CptConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    app: AppConfig = field(default_factory=AppConfig)
+
+    # --- where state lives (DESIGN.md) -------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        return Path(os.environ.get("CHIMED_HOME", "workdir")).resolve()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data" / "chimed"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def collected_pairs_dir(self) -> Path:
+        return self.home / self.data.collected_pairs_dir
+
+    @property
+    def database_url(self) -> str:
+        return (
+            os.environ.get("CHIMED_DATABASE_URL")
+            or self.store.database_url
+            or f"sqlite:///{self.home / 'preferences.db'}"
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def sha256(self, section: str | None = None) -> str:
+        """Stable hash of the whole config or one section (used to tell whether a stage is stale)."""
+        payload = self.to_dict() if section is None else self.to_dict()[section]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _coerce(value, tp, where: str):
+    """Check ``value`` against the annotated type ``tp`` (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"config: {where} must be a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"config: {where} must be a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except UserError:
+                continue
+        raise UserError(f"config: {where}={value!r} does not fit {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise UserError(f"config: {where} must be null")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as a string
+            return tp(value)
+        except ValueError:
+            raise UserError(f"config: {where} must be {tp.__name__}, got {value!r}") from None
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise UserError(f"config: {where} must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UserError(
+            f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)  # sections and keys not mentioned keep their defaults
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["cpt.learning_rate=1e-4", "data.strict=true"]`` -> nested dict with YAML-typed values."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. cpt.learning_rate=1e-4)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(profile: str = "tiny", overrides: list[str] | None = None) -> Config:
+    """Resolve a profile plus ``key=value`` overrides into a :class:`Config`."""
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    path = CONFIG_DIR / f"{profile}.yaml"
+    values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    values = _merge(values, parse_overrides(overrides or []))
+    values["profile"] = profile
+    return _build(Config, values)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. from a run's manifest)."""
+    return _build(Config, values)
