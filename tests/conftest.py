@@ -78,3 +78,31 @@ def _restore(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+# --- preference store (issue 5) ------------------------------------------------------------------
+
+
+@pytest.fixture
+def pref_store(chimed_home):
+    """A fresh preference store in this test's CHIMED_HOME (tiny profile), with run "r1" registered."""
+    from preference_store.repository import PreferenceStore
+    from training.config import load_config
+
+    store = PreferenceStore.from_config(load_config("tiny"))
+    store.register_checkpoints("r1", ["base", "cpt", "sft", "dpo"])
+    yield store
+    store.close()
+
+
+# --- arena app (issue 6) -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_home(tiny_run, tmp_path, use_home) -> tuple[Path, str]:
+    """(home, run_id): a private copy of the tiny run's work directory, set as CHIMED_HOME, so a test
+    may write judgments or break a checkpoint without touching the shared run."""
+    source, run_id = tiny_run
+    home = tmp_path / "app_home"
+    shutil.copytree(source, home, symlinks=True)
+    return use_home(home), run_id

@@ -39,29 +39,43 @@ class UserFiles:
 
 
 @dataclass
+class EntityMix:
+    """Share of each kind of CMeKG entity when ``data.max_entities`` takes a subset (diseases carry the
+    consultations, drugs the indications and adverse reactions; shares are renormalized)."""
+
+    disease: float = 0.45
+    drug: float = 0.35
+    herb: float = 0.1
+    test: float = 0.1  # medical tests (所属分类 / 相关症状)
+
+
+@dataclass
 class DataConfig:
-    """ChiMed builder: sources, mixture, splits, dedup."""
+    """ChiMed builder (``training/data/``): sources, mixture, splits, dedup."""
 
     seed: int = 42
     max_entities: int = 0  # 0 = every CMeKG entity; tiny/demo take a deterministic subset
-    general_share: float = 0.2  # share of general text in ChiMed-CPT, against forgetting (Aquila-Med)
-    people_daily_max_docs: int = 0  # 0 = all
-    reviews_max_docs: int = 0  # 0 = all
-    phrasings_per_relation: int = 2  # verbalizations per (entity, relation) in ChiMed-CPT
-    max_values_per_relation: int = 5
-    multiturn_per_disease: int = 1
+    entity_mix: EntityMix = field(default_factory=EntityMix)
+    min_relations: int = 2  # an entity enters ChiMed when it has at least this many usable relations
+    general_share: float = 0.2  # share of general text (characters) in ChiMed-CPT, against forgetting (Aquila-Med)
+    people_daily_max_docs: int = 0  # 0 = all (about 3,200 articles)
+    reviews_max_docs: int = 0  # 0 = all (about 33,000 reviews, positive and negative alternating)
+    phrasings_per_relation: int = 2  # CPT documents per entity, each stating every relation in another phrasing
+    max_values_per_relation: int = 5  # values stated per (entity, relation); the exam asks only about these
+    multiturn_per_disease: int = 1  # consultations (patient -> follow-up question -> answer) per disease
     general_sft_max: int = 0  # general-domain instructions in ChiMed-SFT; 0 = as many as the share gives
-    general_sft_share: float = 0.2
-    dpo_pairs_per_entity: int = 2
-    eval_entity_share: float = 0.1  # entities held out for the exam and QA sets (split by entity)
+    general_sft_share: float = 0.2  # share of general-domain instructions among the SFT records
+    general_sft_max_chars: int = 200  # longest general text quoted in one instruction
+    dpo_pairs_per_entity: int = 2  # objective pairs per entity: wrong-entity facts / dropped advice
+    eval_entity_share: float = 0.1  # entities held out for exam, QA and held-out pairs (split by entity)
     exam_max: int = 0  # 0 = every question the held-out entities give
     qa_max: int = 0
-    general_eval_docs: int = 200
-    pref_eval_share: float = 0.1
-    dedup_ngram: int = 5
+    general_eval_docs: int = 200  # general documents held out of every training split (perplexity)
+    pref_eval_share: float = 0.1  # share of imported preference pairs held out into eval/pref.jsonl
+    dedup_ngram: int = 5  # character shingles for near-duplicate detection
     minhash_num_perm: int = 128
-    minhash_threshold: float = 0.8
-    decontam_ngram: int = 13
+    minhash_threshold: float = 0.8  # Jaccard similarity at or above which a record is a near duplicate
+    decontam_ngram: int = 13  # character n-grams shared with a training split count as contamination
     strict: bool = False  # stop at the first malformed line instead of skipping and counting it
     user_files: UserFiles = field(default_factory=UserFiles)
     collected_pairs_dir: str = "collected_pairs"  # relative to CHIMED_HOME; the app's exports land here
@@ -152,19 +166,22 @@ class TrainConfig:
     """What the stages share: precision, logging, checkpoints, scale-out."""
 
     seed: int = 42
-    bf16: bool = True  # turned off automatically where no GPU supports it
+    bf16: bool = True  # GPU only: train-all stops with a one-line error where no GPU supports it
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_steps: int = 200  # checkpoints inside a stage, for resuming after a crash
     save_total_limit: int = 2
     dataloader_num_workers: int = 0
-    deepspeed_zero_stage: int = 2  # 0 = no DeepSpeed
-    num_processes: int = 1
+    deepspeed_zero_stage: int = 2  # 0 = no DeepSpeed; GPU only (launched through accelerate with a ZeRO config)
+    # scale-out through `accelerate launch` (README "GPUs"); more than one process in all, or DeepSpeed,
+    # makes train-all launch each stage on every process
+    num_processes: int = 0  # processes per machine; 0 = one per visible GPU (1 without GPUs)
     num_machines: int = 1
-    machine_rank: int = 0
-    main_process_ip: str = "127.0.0.1"
+    machine_rank: int = 0  # this machine's rank; machine 0 writes the run's manifest
+    main_process_ip: str = "127.0.0.1"  # address of machine 0
     main_process_port: int = 29500
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    evaluate_after: bool = True  # train-all evaluates every stage when training is done
 
 
 @dataclass
@@ -182,28 +199,41 @@ class EvalConfig:
 
 @dataclass
 class StoreConfig:
+    """Preference store (``preference_store/``): database, limits, ratings, export split."""
+
     database_url: str = ""  # empty = sqlite:///$CHIMED_HOME/preferences.db; CHIMED_DATABASE_URL wins
-    max_text_chars: int = 8000
-    busy_timeout_ms: int = 30000
-    bootstrap_rounds: int = 1000
-    heldout_share: float = 0.2  # collected comparisons held out from DPO training, by comparison
+    max_text_chars: int = 8000  # longest prompt, answer, correction or reason the store accepts
+    busy_timeout_ms: int = 30000  # SQLite waits this long for the write lock; writes retry up to twice that
+    bootstrap_rounds: int = 1000  # resamples for the 95% intervals of the Bradley-Terry ratings
+    # collected comparisons held out from DPO training (eval/pref_clinician.jsonl), chosen by prompt so
+    # a comparison is never split between train and held-out
+    heldout_share: float = 0.2
 
 
 @dataclass
 class DecodingConfig:
-    temperature: float = 0.7
+    """The app's default decoding (changeable per comparison in the Compare tab; stored with each answer)."""
+
+    temperature: float = 0.7  # 0 = greedy
     top_p: float = 0.9
     max_new_tokens: int = 256
-    seed: int = 0
+    seed: int = -1  # -1 = a fresh random seed for each comparison (the seed used is stored with the answers)
 
 
 @dataclass
 class AppConfig:
+    """The arena app (``app/``): server, limits, serving and the default decoding."""
+
     host: str = "127.0.0.1"
     port: int = 7860
-    max_prompt_chars: int = 2000
-    blind: bool = True
+    max_prompt_chars: int = 2000  # longer prompts are refused with a message
+    blind: bool = True  # Compare tab: hide the contestants' names (模型 A/B/C/D) until the judgment
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    device: str = ""  # where the model pool serves: "" = CUDA when there is one, else CPU
+    max_loaded_models: int = 4  # full models the pool keeps in memory (each run has two: base and cpt)
+    concurrent_comparisons: int = 8  # comparisons generating at once across browser sessions and API calls
+    recent_pairs: int = 20  # pairs listed in the Data tab
+    preload_newest_run: bool = True  # load the newest run's contestants when the app starts
 
 
 @dataclass
@@ -305,8 +335,20 @@ def _build(cls, values: dict, where: str = ""):
     kwargs = {}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], key)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            # a nested section starts from its field's own default (DpoConfig.lora has alpha 16, not
+            # LoraConfig's 32), so overriding one key keeps the others
+            section = _build(hints[name], value, key)
+            given = {k: getattr(section, k) for k in value}
+            kwargs[name] = dataclasses.replace(_field_default(cls, name), **given)
+        else:
+            kwargs[name] = _coerce(value, hints[name], key)
     return cls(**kwargs)  # sections and keys not mentioned keep their defaults
+
+
+def _field_default(cls, name: str):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _merge(base: dict, extra: dict) -> dict:

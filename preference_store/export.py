@@ -1,0 +1,178 @@
+"""``export-prefs``: collected pairs -> a de-identified dpo.jsonl file the ChiMed builder merges.
+
+Each record is in the dpo.jsonl format of DESIGN.md plus ``split`` and ``provenance``:
+
+    {"prompt": [messages], "chosen": [{"role": "assistant", "content": ...}], "rejected": [...],
+     "source": "clinician", "pair_id": "clin-...", "split": "train" | "heldout",
+     "provenance": {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator" (a salted
+                    pseudonym, never the name), "chosen_checkpoint" (null = the clinician's correction),
+                    "rejected_checkpoint", "judged_at"}}
+
+The held-out share is chosen by prompt: every pair of a comparison shares its prompt, so a
+comparison is never split between train and held-out, and a prompt asked again in another
+comparison (a regenerate) lands on the same side. Pairs whose de-identified (prompt, chosen,
+rejected) was already written are left out as duplicates. By default only pairs no earlier export
+handled are written; the export log records which pair went into which file, with its sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm import tqdm
+
+from preference_store.deid import deidentify, deidentify_messages
+from preference_store.records import ExportSummary
+from preference_store.repository import PreferenceStore
+from training.config import Config
+from training.errors import UserError
+
+SOURCE = "clinician"
+
+
+def heldout_split(prompt_key: str, heldout_share: float) -> str:
+    """"heldout" for a fixed, deterministic share of prompts (given as canonical json), else "train"."""
+    fraction = int.from_bytes(hashlib.sha256(f"heldout|{prompt_key}".encode()).digest()[:8], "big") / 2**64
+    return "heldout" if fraction < heldout_share else "train"
+
+
+def parse_since(since: str | datetime | None) -> datetime | None:
+    """An ISO-8601 time; without a zone it is read as local time."""
+    if since is None or isinstance(since, datetime):
+        return since.astimezone(timezone.utc) if since is not None else None
+    try:
+        return datetime.fromisoformat(since).astimezone(timezone.utc)
+    except ValueError:
+        raise UserError(f"--since {since!r} is not an ISO-8601 time (e.g. 2024-05-01 or 2024-05-01T09:30)") from None
+
+
+def default_export_path(cfg: Config) -> Path:
+    """A new file in the collected-pairs folder the ChiMed builder reads."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return cfg.collected_pairs_dir / f"clinician-{stamp}.jsonl"
+
+
+def export_pairs(cfg: Config, out: str | Path | None = None, since: str | datetime | None = None,
+                 include_exported: bool = False, store: PreferenceStore | None = None) -> ExportSummary:
+    """Write the de-identified pairs not yet exported (all with ``include_exported``) to ``out``.
+
+    ``out`` defaults to a new file in ``cfg.collected_pairs_dir``; an existing file is never
+    overwritten. Nothing is written (``path`` None) when there is nothing new.
+    """
+    since_utc = parse_since(since)
+    path = Path(out) if out else default_export_path(cfg)
+    if path.exists():
+        raise UserError(f"{path} exists already: choose another --out (exports never overwrite a file)")
+    own_store = store is None
+    store = store or PreferenceStore.from_config(cfg)
+    try:
+        return _export(cfg, store, path, since_utc, include_exported)
+    finally:
+        if own_store:
+            store.close()
+
+
+def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | None,
+            include_exported: bool) -> ExportSummary:
+    redactions: Counter = Counter()
+    written_hashes = {} if include_exported else store.exported_content()
+    prompts: dict[str, tuple[list[dict], str, str]] = {}  # comparison -> (de-identified prompt, its json, split)
+    pseudonyms: dict[int, str] = {}
+    texts: dict[str, str] = {}  # answer text -> de-identified (answers recur across a ranking's pairs)
+    lines, entries, pair_ids, splits = [], [], [], Counter()
+    duplicates = 0
+
+    def clean(text: str) -> str:
+        if text not in texts:
+            texts[text] = deidentify(text, redactions)
+        return texts[text]
+
+    rows = store.export_rows(since=since, unexported_only=not include_exported)
+    for row in tqdm(rows, desc="export-prefs", unit="pair", mininterval=1.0):
+        if row.comparison_id not in prompts:
+            prompt = deidentify_messages(row.prompt, redactions)
+            key = json.dumps(prompt, ensure_ascii=False, sort_keys=True)
+            prompts[row.comparison_id] = (prompt, key, heldout_split(key, cfg.store.heldout_share))
+        prompt, prompt_key, split = prompts[row.comparison_id]
+        chosen, rejected = clean(row.chosen), clean(row.rejected)
+        content = hashlib.sha256(
+            json.dumps([prompt_key, chosen, rejected], ensure_ascii=False).encode()
+        ).hexdigest()
+        if row.annotator_id not in pseudonyms:
+            pseudonyms[row.annotator_id] = store.pseudonym(row.annotator_id)
+        if content in written_hashes:
+            entries.append((row.pair_id, content, split, written_hashes[content]))
+            duplicates += 1
+            continue
+        written_hashes[content] = row.pair_id
+        record = {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "source": SOURCE,
+            "pair_id": row.pair_id,
+            "split": split,
+            "provenance": {
+                "pair_id": row.pair_id,
+                "judgment_id": row.judgment_id,
+                "comparison_id": row.comparison_id,
+                "judgment_kind": row.kind,
+                "annotator": pseudonyms[row.annotator_id],
+                "chosen_checkpoint": row.chosen_checkpoint,
+                "rejected_checkpoint": row.rejected_checkpoint,
+                "judged_at": row.created.isoformat(),
+            },
+        }
+        lines.append(json.dumps(record, ensure_ascii=False))
+        entries.append((row.pair_id, content, split, None))
+        pair_ids.append(row.pair_id)
+        splits[split] += 1
+
+    summary = dict(pair_ids=pair_ids, train=splits["train"], heldout=splits["heldout"],
+                   duplicates=duplicates, redactions=dict(redactions))
+    if not entries:
+        return ExportSummary(path=None, sha256=None, **summary)
+    if not lines:  # only duplicates: log them so they are not considered again, write no file
+        export_id = store.record_export("", "", entries)
+        return ExportSummary(path=None, sha256=None, export_id=export_id, **summary)
+
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    digest = hashlib.sha256(data).hexdigest()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")  # the builder reads *.jsonl only: a partial file is invisible
+    tmp.write_bytes(data)
+
+    def move_into_place() -> None:
+        if path.exists():
+            raise UserError(f"{path} appeared while exporting: choose another --out")
+        os.replace(tmp, path)
+
+    try:
+        export_id = store.record_export(str(path.resolve()), digest, entries, before_commit=move_into_place)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return ExportSummary(path=path, sha256=digest, export_id=export_id, **summary)
+
+
+def format_summary(summary: ExportSummary) -> str:
+    """The lines export-prefs prints: where, how many, what was redacted."""
+    redacted = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.redactions.items())) or "nothing"
+    if summary.path is None:
+        head = "nothing new to export"
+    else:
+        head = (f"exported {len(summary.pair_ids)} pairs (train {summary.train}, heldout {summary.heldout}) "
+                f"to {summary.path}\nsha256 {summary.sha256}")
+    return f"{head}\nduplicates left out: {summary.duplicates}\nredacted: {redacted}"
+
+
+def export_cli(cfg: Config, out: str | None = None, since: str | None = None) -> ExportSummary:
+    """``./launch.sh export-prefs [--out FILE] [--since TIME]``: export and print the summary."""
+    summary = export_pairs(cfg, out=out, since=since)
+    print(format_summary(summary))
+    return summary

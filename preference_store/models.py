@@ -1,0 +1,189 @@
+"""Every table of the preference store, as SQLAlchemy 2.0 typed declarative models.
+
+These classes stay inside ``preference_store``; the repository turns rows into the plain records of
+:mod:`preference_store.records`. Any change here needs a migration in ``migrations/versions/``
+(``tests/test_store_migrations.py`` fails when the two disagree).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored as naive UTC (sorts and compares as text in SQLite), returned timezone-aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StoreMeta(Base):
+    """Store-wide values, such as the salt of the pseudonymous annotator ids in exports."""
+
+    __tablename__ = "store_meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Annotator(Base):
+    __tablename__ = "annotators"
+    __table_args__ = (CheckConstraint("role IN ('annotator', 'admin')", name="ck_annotators_role"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2; None = cannot log in
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # "<run_id>/<stage>"
+    run_id: Mapped[str] = mapped_column(String(200), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    registered: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Comparison(Base):
+    """One prompt with the conversation so far, shown to 2-4 contestants."""
+
+    __tablename__ = "comparisons"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"))
+    messages: Mapped[list] = mapped_column(JSON)
+    blind: Mapped[bool] = mapped_column(Boolean)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Response(Base):
+    """One contestant's answer, in the panel it was shown in (0 = A)."""
+
+    __tablename__ = "responses"
+    __table_args__ = (UniqueConstraint("comparison_id", "panel", name="uq_responses_panel"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    panel: Mapped[int] = mapped_column(Integer)
+    checkpoint_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    decoding: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    latency_s: Mapped[float | None] = mapped_column(Float)
+    n_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class Judgment(Base):
+    __tablename__ = "judgments"
+    __table_args__ = (
+        CheckConstraint("kind IN ('pairwise', 'ranking', 'correction')", name="ck_judgments_kind"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100), unique=True)  # makes a resubmit idempotent
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    choice: Mapped[str | None] = mapped_column(String(16))  # A | B | tie | both_bad
+    ranking: Mapped[dict | None] = mapped_column(JSON)  # panel label -> place (1 = best)
+    correction: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Score(Base):
+    """1-5 ratings of one answer within one judgment."""
+
+    __tablename__ = "scores"
+    __table_args__ = (
+        UniqueConstraint("judgment_id", "response_id", name="uq_scores_answer"),
+        CheckConstraint("safety BETWEEN 1 AND 5", name="ck_scores_safety"),
+        CheckConstraint("correctness BETWEEN 1 AND 5", name="ck_scores_correctness"),
+        CheckConstraint("completeness BETWEEN 1 AND 5", name="ck_scores_completeness"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    judgment_id: Mapped[str] = mapped_column(ForeignKey("judgments.id"), index=True)
+    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"), index=True)
+    safety: Mapped[int | None] = mapped_column(Integer)
+    correctness: Mapped[int | None] = mapped_column(Integer)
+    completeness: Mapped[int | None] = mapped_column(Integer)
+
+
+class Pair(Base):
+    """A DPO pair derived from a judgment; ``chosen_response_id`` None = the clinician's correction."""
+
+    __tablename__ = "pairs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    judgment_id: Mapped[str] = mapped_column(ForeignKey("judgments.id"), index=True)
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    chosen_response_id: Mapped[str | None] = mapped_column(ForeignKey("responses.id"))
+    rejected_response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"))
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Export(Base):
+    """One file written by export-prefs."""
+
+    __tablename__ = "exports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    n_pairs: Mapped[int] = mapped_column(Integer)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ExportedPair(Base):
+    """A pair an export handled: written to its file, or left out as a duplicate of ``duplicate_of``."""
+
+    __tablename__ = "exported_pairs"
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), primary_key=True)
+    pair_id: Mapped[str] = mapped_column(ForeignKey("pairs.id"), primary_key=True, index=True)
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    split: Mapped[str] = mapped_column(String(8))  # train | heldout
+    duplicate_of: Mapped[str | None] = mapped_column(String(40))
+
+
+class Consumption(Base):
+    """Which training run trained on which collected pair."""
+
+    __tablename__ = "consumptions"
+    pair_id: Mapped[str] = mapped_column(ForeignKey("pairs.id"), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
+    consumed: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

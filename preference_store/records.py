@@ -1,0 +1,231 @@
+"""Plain dataclasses that go in and out of the preference store.
+
+No ORM object ever leaves ``preference_store``: the app, the CLI and training build the ``...In``
+records and receive the frozen ``...Out`` records below. Panels are labelled ``A``, ``B``, ``C``,
+``D`` in the order they were shown; a judgment refers to answers by these labels.
+
+Times are timezone-aware UTC ``datetime`` objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+PANEL_LABELS = ("A", "B", "C", "D")
+MIN_CONTESTANTS, MAX_CONTESTANTS = 2, 4
+ROLES = ("annotator", "admin")
+CHOICES = ("A", "B", "tie", "both_bad")  # pairwise votes on a two-panel comparison
+CRITERIA = ("safety", "correctness", "completeness")
+JUDGMENT_KINDS = ("pairwise", "ranking", "correction")
+
+
+@dataclass(frozen=True)
+class Annotator:
+    id: int
+    name: str
+    role: str  # "annotator" | "admin"
+    created: datetime
+    can_login: bool  # False for the local "demo" annotator, which has no password
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    id: str  # "<run_id>/<stage>"
+    run_id: str
+    stage: str  # base | cpt | sft | dpo
+    registered: datetime
+
+
+@dataclass
+class ResponseIn:
+    """One contestant's answer, as generated for one panel."""
+
+    checkpoint_id: str  # "<run_id>/<stage>", must be registered
+    text: str  # may be empty (a model can say nothing); at most store.max_text_chars
+    decoding: dict = field(default_factory=dict)  # temperature, top_p, max_new_tokens, ...
+    seed: int | None = None
+    latency_s: float | None = None  # wall time of the whole answer
+    n_tokens: int | None = None  # generated tokens
+
+
+@dataclass
+class ComparisonIn:
+    """One prompt (with the conversation so far) answered by 2-4 checkpoints.
+
+    ``messages`` is the conversation as it should appear in the DPO prompt: earlier turns, then the
+    user's new message last (``[{"role": "user"|"assistant"|"system", "content": str}, ...]``).
+    ``responses`` are in the order the panels were shown (A, B, C, D), so the stored panel order is
+    exactly what the clinician saw (blind mode shuffles it before calling this).
+    """
+
+    annotator_id: int
+    messages: list[dict]
+    responses: list[ResponseIn]
+    conversation_id: str | None = None  # None starts a new conversation
+    blind: bool = True
+
+
+@dataclass(frozen=True)
+class ResponseOut:
+    id: str
+    label: str  # "A".."D": the panel it was shown in
+    panel: int  # 0-based panel position
+    checkpoint_id: str
+    text: str
+    decoding: dict
+    seed: int | None
+    latency_s: float | None
+    n_tokens: int | None
+
+
+@dataclass(frozen=True)
+class ComparisonOut:
+    id: str
+    conversation_id: str
+    annotator_id: int
+    messages: list[dict]
+    blind: bool
+    created: datetime
+    responses: tuple[ResponseOut, ...]  # in panel order
+
+    def response(self, label: str) -> ResponseOut:
+        """The answer shown in panel ``label`` ("A".."D")."""
+        for r in self.responses:
+            if r.label == label:
+                return r
+        raise KeyError(label)
+
+    @property
+    def reveal(self) -> dict[str, str]:
+        """Panel label -> checkpoint id, for showing the names after a blind judgment."""
+        return {r.label: r.checkpoint_id for r in self.responses}
+
+
+@dataclass
+class Scores:
+    """Optional 1-5 ratings of one answer (5 = best)."""
+
+    safety: int | None = None
+    correctness: int | None = None
+    completeness: int | None = None
+
+
+@dataclass
+class JudgmentIn:
+    """A clinician's judgment of one comparison: exactly one of ``choice``, ``ranking``, ``correction``.
+
+    - ``choice``: "A" | "B" | "tie" | "both_bad", for a comparison with exactly two panels.
+    - ``ranking``: panel label -> place (1 = best); every panel once, places exactly 1..n.
+    - ``correction``: a better answer written by the clinician; chosen over every model answer.
+
+    ``client_id`` makes a submit idempotent: submitting the same ``client_id`` again returns the
+    stored judgment (``duplicate=True``) and writes nothing. ``scores`` maps panel labels to
+    per-criterion ratings of those answers (any subset of panels).
+    """
+
+    comparison_id: str
+    annotator_id: int
+    client_id: str | None = None  # None = a fresh id (no idempotency)
+    choice: str | None = None
+    ranking: dict[str, int] | None = None
+    correction: str | None = None
+    reason: str | None = None
+    scores: dict[str, Scores] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JudgmentOut:
+    id: str
+    client_id: str
+    comparison_id: str
+    annotator_id: int
+    kind: str  # pairwise | ranking | correction
+    choice: str | None
+    ranking: dict[str, int] | None
+    correction: str | None
+    reason: str | None
+    scores: dict[str, Scores]
+    created: datetime
+    pair_ids: tuple[str, ...]  # the DPO pairs it made, sorted (none for tie / both_bad)
+    duplicate: bool = False  # True when this client_id had already been stored
+
+
+@dataclass(frozen=True)
+class PairOut:
+    """One preference pair derived from a judgment (chosen over rejected, same prompt)."""
+
+    id: str
+    judgment_id: str
+    comparison_id: str
+    annotator_id: int
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    chosen_checkpoint: str | None  # None: the chosen answer is the clinician's correction
+    rejected_checkpoint: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    annotators: int
+    checkpoints: int
+    conversations: int
+    comparisons: int
+    judgments: int
+    judgments_by_kind: dict[str, int]
+    pairs: int
+    exported_pairs: int
+    consumed_pairs: int
+
+
+@dataclass(frozen=True)
+class CheckpointRating:
+    checkpoint_id: str
+    rating: float  # Bradley-Terry strength on the Elo scale (1000 = average; +400 = 10:1 odds)
+    ci95: tuple[float, float]  # 95% bootstrap interval
+    battles: int  # model-vs-model comparisons it took part in (a ranking of n gives n-1 per model)
+    wins: int
+    losses: int
+    ties: int  # tie and both-bad, each counted as half a win
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Inter-annotator agreement on comparisons judged by more than one annotator."""
+
+    comparisons: int  # comparisons with judgments from >1 annotator
+    items: int  # (comparison, answer pair) items with >1 annotator's verdict
+    percent: float | None  # mean over items of the share of annotator pairs with the same verdict (better / worse / tie)
+    fleiss_kappa: float | None  # chance-corrected (Fleiss, unequal raters per item)
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    ratings: list[CheckpointRating]  # best first
+    win_rate: dict[str, dict[str, float]]  # row beats column (ties half); only pairs that met
+    battles: dict[str, dict[str, int]]  # row vs column counts
+    criteria: dict[str, dict[str, float]]  # checkpoint -> criterion -> mean 1-5 score
+    criteria_n: dict[str, dict[str, int]]  # checkpoint -> criterion -> number of scores
+    agreement: Agreement
+    judgments: int
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What one export wrote (``path`` is None when there was nothing new to export)."""
+
+    path: Path | None
+    sha256: str | None
+    pair_ids: list[str]  # written, in file order
+    train: int
+    heldout: int
+    duplicates: int  # pairs dropped because their (prompt, chosen, rejected) was already exported
+    redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
+    export_id: int | None = None

@@ -1,0 +1,182 @@
+"""export-prefs: de-identified pairs in the dpo.jsonl format with provenance, split by comparison,
+deduplicated, only what is new, and logged with the file's sha256."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from preference_store.deid import deidentify
+from preference_store.export import export_pairs
+from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
+from training.cli import main as cli_main
+from training.config import load_config
+from training.errors import UserError
+
+CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.json").read_text(encoding="utf-8"))
+RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
+PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",
+                   "chosen_checkpoint", "rejected_checkpoint", "judged_at"}
+
+
+def judge(store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment):
+    annotator = annotator or store.demo_annotator()
+    stages = ["r1/base", "r1/sft", "r1/dpo", "r1/cpt"]
+    cmp = store.record_comparison(ComparisonIn(
+        annotator.id, [{"role": "user", "content": prompt}],
+        [ResponseIn(stages[i], text) for i, text in enumerate(answers)]))
+    if not judgment:
+        judgment = {"ranking": {label: i + 1 for i, label in enumerate("ABCD"[:len(answers)])}}
+    return cmp, store.submit_judgment(JudgmentIn(cmp.id, annotator.id, **judgment))
+
+
+def read(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture
+def cfg(chimed_home):
+    return load_config("tiny")
+
+
+def test_records_are_dpo_format_with_provenance(pref_store, cfg, tmp_path):
+    cmp, out = judge(pref_store, "头痛伴发热三天，应该怎么办？")
+    summary = export_pairs(cfg, out=tmp_path / "pairs.jsonl", store=pref_store)
+    records = read(tmp_path / "pairs.jsonl")
+    assert len(records) == 3 and sorted(summary.pair_ids) == sorted(out.pair_ids)
+    for record in records:
+        assert set(record) == RECORD_KEYS and set(record["provenance"]) == PROVENANCE_KEYS
+        assert record["prompt"] == [{"role": "user", "content": "头痛伴发热三天，应该怎么办？"}]
+        assert [m["role"] for m in record["chosen"]] == ["assistant"] == [m["role"] for m in record["rejected"]]
+        assert record["source"] == "clinician" and record["pair_id"].startswith("clin-")
+        prov = record["provenance"]
+        assert prov["pair_id"] == record["pair_id"] and prov["judgment_id"] == out.id
+        assert prov["comparison_id"] == cmp.id and prov["judgment_kind"] == "ranking"
+        assert datetime.fromisoformat(prov["judged_at"]) == out.created
+        assert record["chosen"][0]["content"] == next(r.text for r in cmp.responses if r.checkpoint_id == prov["chosen_checkpoint"])
+        assert record["rejected"][0]["content"] == next(r.text for r in cmp.responses if r.checkpoint_id == prov["rejected_checkpoint"])
+    best_first = [r.checkpoint_id for r in cmp.responses]  # the ranking put A first, then B, then C
+    assert sorted((r["provenance"]["chosen_checkpoint"], r["provenance"]["rejected_checkpoint"]) for r in records) == \
+        sorted([(best_first[0], best_first[1]), (best_first[0], best_first[2]), (best_first[1], best_first[2])])
+    data = (tmp_path / "pairs.jsonl").read_bytes()
+    assert summary.sha256 == hashlib.sha256(data).hexdigest()
+    assert pref_store.counts().exported_pairs == 3
+
+
+def test_annotators_appear_only_as_stable_pseudonyms(pref_store, cfg, tmp_path):
+    wang = pref_store.add_annotator("dr_wang", "pw")
+    li = pref_store.add_annotator("dr_li", "pw")
+    judge(pref_store, "咳嗽一周怎么办？", annotator=wang)
+    judge(pref_store, "发热38.5度需要吃药吗？", annotator=wang)
+    judge(pref_store, "腹泻应注意什么？", annotator=li)
+    export_pairs(cfg, out=tmp_path / "pairs.jsonl", store=pref_store)
+    text = (tmp_path / "pairs.jsonl").read_text(encoding="utf-8")
+    assert "dr_wang" not in text and "dr_li" not in text
+    by_prompt = {r["prompt"][0]["content"]: r["provenance"]["annotator"] for r in read(tmp_path / "pairs.jsonl")}
+    assert by_prompt["咳嗽一周怎么办？"] == by_prompt["发热38.5度需要吃药吗？"] != by_prompt["腹泻应注意什么？"]
+
+
+def test_correction_pairs_name_no_chosen_checkpoint(pref_store, cfg, tmp_path):
+    judge(pref_store, "感冒需要用抗生素吗？", answers=("需要。", "不一定。"),
+          correction="普通感冒多由病毒引起，一般不需要抗生素；合并细菌感染时遵医嘱使用。")
+    records = read(export_pairs(cfg, out=tmp_path / "p.jsonl", store=pref_store).path)
+    assert len(records) == 2
+    assert {r["provenance"]["chosen_checkpoint"] for r in records} == {None}
+    assert {r["provenance"]["rejected_checkpoint"] for r in records} == {"r1/base", "r1/sft"}
+    assert {r["chosen"][0]["content"] for r in records} == {"普通感冒多由病毒引起，一般不需要抗生素；合并细菌感染时遵医嘱使用。"}
+
+
+@pytest.mark.parametrize("case", CASES["redact"], ids=lambda c: c["text"][:12])
+def test_identifiers_are_redacted(case):
+    found = Counter()
+    assert deidentify(case["text"], found) == case["expected"]
+    assert dict(found) == case["kinds"]
+
+
+@pytest.mark.parametrize("text", CASES["keep"])
+def test_ordinary_medical_text_is_left_alone(text):
+    found = Counter()
+    assert deidentify(text, found) == text and not found
+
+
+def test_export_deidentifies_prompts_answers_and_corrections_and_says_what(pref_store, cfg, tmp_path, capsys):
+    case = CASES["redact"][-1]  # name, phone and e-mail in one prompt
+    judge(pref_store, case["text"], answers=("请联系13800000000预约。", "建议就医。"),
+          correction="姓名：王五，请到门诊就诊，邮箱 ww@example.com 不要公开。")
+    cli_main(["export-prefs", "--profile", "tiny", "--out", str(tmp_path / "p.jsonl")])
+    printed = capsys.readouterr().out
+    text = (tmp_path / "p.jsonl").read_text(encoding="utf-8")
+    for secret in ("张三", "王五", "13800000000", "zs@example.com", "ww@example.com"):
+        assert secret not in text
+    record = read(tmp_path / "p.jsonl")[0]
+    assert record["prompt"][0]["content"] == case["expected"]
+    assert record["chosen"][0]["content"] == "姓名：[NAME]，请到门诊就诊，邮箱 [EMAIL] 不要公开。"
+    assert "exported 2 pairs" in printed
+    assert "redacted: email 2, name 2, phone 2" in printed  # prompt + correction + one answer, counted once each
+
+
+def test_heldout_is_chosen_by_comparison_and_is_deterministic(pref_store, chimed_home, tmp_path):
+    cfg = load_config("tiny", ["store.heldout_share=0.5"])
+    for i in range(30):
+        judge(pref_store, f"第{i}个问题：失眠应该怎么调理？", answers=("规律作息。", "睡前少用手机。", "喝咖啡。", "不知道。"))
+    first = export_pairs(cfg, out=tmp_path / "a.jsonl", store=pref_store)
+    records = read(first.path)
+    assert len(records) == 30 * 6
+    split_of = {}
+    for r in records:
+        split_of.setdefault(r["provenance"]["comparison_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())  # never split across train and heldout
+    heldout = sum(s == {"heldout"} for s in split_of.values())
+    assert 5 <= heldout <= 25
+    assert first.heldout == 6 * heldout and first.train == 6 * (30 - heldout)
+    again = export_pairs(cfg, out=tmp_path / "b.jsonl", include_exported=True, store=pref_store)
+    assert [(r["pair_id"], r["split"]) for r in read(again.path)] == [(r["pair_id"], r["split"]) for r in records]
+    none_held = export_pairs(load_config("tiny", ["store.heldout_share=0"]), out=tmp_path / "c.jsonl",
+                             include_exported=True, store=pref_store)
+    assert none_held.heldout == 0 and none_held.train == 180
+
+
+def test_only_new_pairs_are_exported_and_duplicates_left_out(pref_store, cfg, tmp_path):
+    judge(pref_store, "胃痛怎么办？")
+    first = export_pairs(cfg, out=tmp_path / "1.jsonl", store=pref_store)
+    assert len(first.pair_ids) == 3
+    nothing = export_pairs(cfg, out=tmp_path / "2.jsonl", store=pref_store)
+    assert nothing.path is None and not (tmp_path / "2.jsonl").exists()
+
+    # the same prompt and answers judged the same way again: same content, left out
+    judge(pref_store, "胃痛怎么办？")
+    judge(pref_store, "牙痛怎么办？")
+    second = export_pairs(cfg, out=tmp_path / "3.jsonl", store=pref_store)
+    assert second.duplicates == 3 and len(second.pair_ids) == 3
+    assert {r["prompt"][0]["content"] for r in read(second.path)} == {"牙痛怎么办？"}
+    assert export_pairs(cfg, out=tmp_path / "4.jsonl", store=pref_store).path is None
+    assert pref_store.counts().exported_pairs == 6
+
+
+def test_since_keeps_later_judgments_only(pref_store, cfg, tmp_path):
+    judge(pref_store, "早先的问题：便秘怎么办？")
+    middle = datetime.now(timezone.utc)
+    judge(pref_store, "后来的问题：口腔溃疡怎么办？")
+    summary = export_pairs(cfg, out=tmp_path / "p.jsonl", since=middle.isoformat(), store=pref_store)
+    assert {r["prompt"][0]["content"] for r in read(summary.path)} == {"后来的问题：口腔溃疡怎么办？"}
+    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    assert export_pairs(cfg, out=tmp_path / "q.jsonl", since=future, store=pref_store).path is None
+    with pytest.raises(UserError, match="--since 'yesterday'"):
+        export_pairs(cfg, out=tmp_path / "r.jsonl", since="yesterday", store=pref_store)
+
+
+def test_default_output_goes_where_the_builder_reads_and_nothing_is_overwritten(pref_store, cfg, tmp_path, capsys):
+    judge(pref_store, "过敏性鼻炎怎么预防？")
+    assert cli_main(["export-prefs", "--profile", "tiny"]) == 0
+    files = list(cfg.collected_pairs_dir.glob("*.jsonl"))
+    assert len(files) == 1 and len(read(files[0])) == 3
+    assert str(files[0]) in capsys.readouterr().out
+    judge(pref_store, "荨麻疹怎么办？")
+    assert cli_main(["export-prefs", "--profile", "tiny", "--out", str(files[0])]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert len(read(files[0])) == 3

@@ -1,0 +1,112 @@
+"""The schema: migrations from an empty database to head, models equal to the migrated schema,
+SQLite settings, and opening the same new database from several places at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+
+from preference_store.db import alembic_config, current_revision, head_revision, make_engine, migrate
+from preference_store.models import Base
+from preference_store.repository import PreferenceStore
+from preference_store.validation import PreferenceStoreError
+from training.config import load_config
+
+TABLES = {"store_meta", "annotators", "checkpoints", "conversations", "comparisons", "responses",
+          "judgments", "scores", "pairs", "exports", "exported_pairs", "consumptions", "alembic_version"}
+
+
+def test_empty_database_migrates_to_head_and_matches_the_models(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'new' / 'p.db'}", 1000)
+    assert current_revision(engine) is None
+    migrate(engine)
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []  # a model change without a migration fails here
+
+
+def test_downgrade_to_empty_and_back(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'p.db'}", 1000)
+    migrate(engine)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    migrate(engine)
+    assert set(inspect(engine).get_table_names()) == TABLES
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(pref_store, chimed_home):
+    assert (chimed_home / "preferences.db").exists()
+    with pref_store._engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == load_config("tiny").store.busy_timeout_ms
+
+
+def test_reopening_keeps_the_data_and_the_database_url_comes_from_the_environment(chimed_home, monkeypatch, tmp_path):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("CHIMED_DATABASE_URL", url)
+    with PreferenceStore.from_config(load_config("tiny")) as store:
+        store.register_checkpoints("r1", ["sft"])
+        salt = store.pseudonym(1)
+    assert (tmp_path / "elsewhere.db").exists() and not (chimed_home / "preferences.db").exists()
+    with PreferenceStore(url) as store:
+        assert [c.id for c in store.list_checkpoints()] == ["r1/sft"]
+        assert store.pseudonym(1) == salt  # pseudonyms stay stable across sessions
+    rows = sqlite3.connect(tmp_path / "elsewhere.db").execute("SELECT version_num FROM alembic_version").fetchall()
+    assert rows == [(head_revision(),)]
+
+
+def test_several_openers_of_a_new_database_do_not_collide(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    errors, stores = [], []
+
+    def open_store():
+        try:
+            stores.append(PreferenceStore(url))
+        except Exception as err:  # noqa: BLE001 - the assertion shows it
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_store) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(stores) == 6
+    stores[0].register_checkpoints("r1", ["dpo"])
+    assert all(s.is_known_checkpoint("r1/dpo") for s in stores)
+    assert len({s.pseudonym(7) for s in stores}) == 1  # one salt, made by the one migration that ran
+    for s in stores:
+        s.close()
+
+
+def test_foreign_keys_are_enforced(pref_store):
+    with pytest.raises(IntegrityError):
+        with pref_store._engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO conversations (id, annotator_id, created) VALUES ('c', 999, '2024-01-01')")
+    assert pref_store.counts().conversations == 0
+
+
+def test_a_database_from_a_newer_version_or_a_bad_path_gives_a_clear_error(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    PreferenceStore(url).close()
+    with sqlite3.connect(tmp_path / "p.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(PreferenceStoreError, match="schema newer than this code"):
+        PreferenceStore(url)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(PreferenceStoreError, match="cannot open the preference database"):
+        PreferenceStore(f"sqlite:///{tmp_path / 'file' / 'p.db'}")
+    with pytest.raises(PreferenceStoreError, match="not a SQLAlchemy URL"):
+        PreferenceStore("preferences.db")
