@@ -11,7 +11,8 @@ Each record is in the dpo.jsonl format of DESIGN.md plus ``split`` and ``provena
 The held-out share is chosen by prompt: every pair of a comparison shares its prompt, so a
 comparison is never split between train and held-out, and a prompt asked again in another
 comparison (a regenerate) lands on the same side. Pairs whose de-identified (prompt, chosen,
-rejected) was already written are left out as duplicates. By default only pairs no earlier export
+rejected) was already written are left out as duplicates, and so are pairs whose two answers are the
+same text (two checkpoints can answer alike; such a pair teaches DPO nothing). By default only pairs no earlier export
 handled are written; the export log records which pair went into which file, with its sha256.
 """
 
@@ -85,7 +86,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
     pseudonyms: dict[int, str] = {}
     texts: dict[str, str] = {}  # answer text -> de-identified (answers recur across a ranking's pairs)
     lines, entries, pair_ids, splits = [], [], [], Counter()
-    duplicates = 0
+    duplicates = same_text = 0
 
     def clean(text: str) -> str:
         if text not in texts:
@@ -105,6 +106,10 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         ).hexdigest()
         if row.annotator_id not in pseudonyms:
             pseudonyms[row.annotator_id] = store.pseudonym(row.annotator_id)
+        if chosen.strip() == rejected.strip():  # two answers alike: DPO learns nothing from it, the builder refuses it
+            entries.append((row.pair_id, content, split, row.pair_id))  # logged as handled, written nowhere
+            same_text += 1
+            continue
         if content in written_hashes:
             entries.append((row.pair_id, content, split, written_hashes[content]))
             duplicates += 1
@@ -134,7 +139,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         splits[split] += 1
 
     summary = dict(pair_ids=pair_ids, train=splits["train"], heldout=splits["heldout"],
-                   duplicates=duplicates, redactions=dict(redactions))
+                   duplicates=duplicates, same_text=same_text, redactions=dict(redactions))
     if not entries:
         return ExportSummary(path=None, sha256=None, **summary)
     if not lines:  # only duplicates: log them so they are not considered again, write no file
@@ -168,7 +173,8 @@ def format_summary(summary: ExportSummary) -> str:
     else:
         head = (f"exported {len(summary.pair_ids)} pairs (train {summary.train}, heldout {summary.heldout}) "
                 f"to {summary.path}\nsha256 {summary.sha256}")
-    return f"{head}\nduplicates left out: {summary.duplicates}\nredacted: {redacted}"
+    return (f"{head}\nduplicates left out: {summary.duplicates}\n"
+            f"left out because chosen and rejected say the same: {summary.same_text}\nredacted: {redacted}")
 
 
 def export_cli(cfg: Config, out: str | None = None, since: str | None = None) -> ExportSummary:

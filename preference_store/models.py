@@ -170,7 +170,8 @@ class Export(Base):
 
 
 class ExportedPair(Base):
-    """A pair an export handled: written to its file, or left out as a duplicate of ``duplicate_of``."""
+    """A pair an export handled: written to its file, or left out as a duplicate of ``duplicate_of`` (itself:
+    its chosen and rejected answers are the same text)."""
 
     __tablename__ = "exported_pairs"
     export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), primary_key=True)

@@ -229,3 +229,4 @@ class ExportSummary:
     duplicates: int  # pairs dropped because their (prompt, chosen, rejected) was already exported
     redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
     export_id: int | None = None
+    same_text: int = 0  # pairs left out because chosen and rejected are the same text

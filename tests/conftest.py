@@ -106,3 +106,52 @@ def app_home(tiny_run, tmp_path, use_home) -> tuple[Path, str]:
     home = tmp_path / "app_home"
     shutil.copytree(source, home, symlinks=True)
     return use_home(home), run_id
+
+
+@pytest.fixture
+def start_app(tmp_path):
+    """Start the real app, ``python -m training app --profile tiny``, on a free localhost port for a work
+    directory: ``url = start_app(home)``. It is stopped when the test ends; its output is in
+    ``tmp_path/app-N.log`` and in the failure message when it does not come up."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    started: list[tuple[subprocess.Popen, object]] = []
+
+    def _start(home: Path, timeout_s: float = 180) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, CHIMED_HOME=str(home))
+        env.pop("CHIMED_DATABASE_URL", None)
+        log_path = tmp_path / f"app-{len(started)}.log"
+        log = log_path.open("w")
+        proc = subprocess.Popen([sys.executable, "-m", "training", "app", "--profile", "tiny", "--port", str(port)],
+                                cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        started.append((proc, log))
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                return url
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the app did not answer at {url} within {timeout_s} s:\n"
+                                f"{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+
+    yield _start
+    for proc, log in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

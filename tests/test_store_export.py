@@ -158,6 +158,17 @@ def test_only_new_pairs_are_exported_and_duplicates_left_out(pref_store, cfg, tm
     assert pref_store.counts().exported_pairs == 6
 
 
+def test_pairs_whose_two_answers_are_the_same_text_are_left_out_once(pref_store, cfg, tmp_path, capsys):
+    # two checkpoints answered alike: a ranking of three gives A>B (the twins), A>C and B>C (the same pair)
+    judge(pref_store, "咽喉痛怎么办？", answers=("多喝温水，必要时就医。", "多喝温水，必要时就医。", "不清楚。"))
+    summary = export_pairs(cfg, out=tmp_path / "1.jsonl", store=pref_store)
+    assert (summary.same_text, summary.duplicates, len(summary.pair_ids)) == (1, 1, 1)
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in read(summary.path)] == [
+        ("多喝温水，必要时就医。", "不清楚。")]
+    assert export_pairs(cfg, out=tmp_path / "2.jsonl", store=pref_store).path is None  # handled, not retried
+    assert pref_store.counts().exported_pairs == 1
+
+
 def test_since_keeps_later_judgments_only(pref_store, cfg, tmp_path):
     judge(pref_store, "早先的问题：便秘怎么办？")
     middle = datetime.now(timezone.utc)

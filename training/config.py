@@ -61,6 +61,7 @@ class DataConfig:
     people_daily_max_docs: int = 0  # 0 = all (about 3,200 articles)
     reviews_max_docs: int = 0  # 0 = all (about 33,000 reviews, positive and negative alternating)
     phrasings_per_relation: int = 2  # CPT documents per entity, each stating every relation in another phrasing
+    cpt_qa_per_entity: int = 2  # questions with plain answers per training entity in ChiMed-CPT (0 = none)
     max_values_per_relation: int = 5  # values stated per (entity, relation); the exam asks only about these
     multiturn_per_disease: int = 1  # consultations (patient -> follow-up question -> answer) per disease
     general_sft_max: int = 0  # general-domain instructions in ChiMed-SFT; 0 = as many as the share gives
@@ -186,15 +187,23 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    k_shot: int = 5
-    exam_max: int = 0  # 0 = every question
-    qa_max: int = 0
-    general_max: int = 0
-    pref_max: int = 0
+    """Stage-by-stage evaluation (``training/evaluation/``): exam, generation, perplexity, preference."""
+
+    k_shot: int = 5  # solved questions before each exam question (paper: 5-shot); 0-shot is reported too
+    seed: int = 42  # draws the k-shot demonstrations (taken out of the exam, never scored)
+    exam_max: int = 0  # questions scored per exam; 0 = every question
+    qa_max: int = 0  # held-out questions answered by greedy generation; 0 = all
+    general_max: int = 0  # held-out general documents for perplexity; 0 = all
+    pref_max: int = 0  # held-out preference pairs, per set (objective, clinician); 0 = all
     max_new_tokens: int = 128
+    max_length: int = 1024  # longest sequence scored or prompted, in tokens (also capped by the model's context)
     batch_size: int = 16
-    score_by_letter: bool = False  # also report the greedy answer-letter accuracy
+    score_by_letter: bool = False  # also report the answer-letter accuracy (options listed, letter scored)
+    # instruction-tuned stages: prompted with the run's chat template; the others get plain 问：/答： text
+    chat_stages: list[str] = field(default_factory=lambda: ["sft", "dpo"])
+    # real exams (C-Eval / CMExam style files, or the ChiMed exam.jsonl format), each reported on its own
     user_exam_files: list[str] = field(default_factory=list)
+    use_cache: bool = True  # reuse a stage's metrics when its checkpoint, the eval sets and these settings match
 
 
 @dataclass
@@ -234,6 +243,10 @@ class AppConfig:
     concurrent_comparisons: int = 8  # comparisons generating at once across browser sessions and API calls
     recent_pairs: int = 20  # pairs listed in the Data tab
     preload_newest_run: bool = True  # load the newest run's contestants when the app starts
+    # torch threads per operation when serving on CPU (0 = torch's default, one per core): panels on
+    # different full models generate in parallel threads, and on a few cores one thread each beats
+    # several threads per panel spin-waiting for each other (10-100x slower on a busy 2-core machine)
+    cpu_threads: int = 1
 
 
 @dataclass

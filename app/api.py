@@ -1,0 +1,77 @@
+"""The app's programmatic API (Gradio endpoints, callable with ``gradio_client``), for scripts and the
+loop's tests: list contestants, run one comparison, judge it.
+
+    from gradio_client import Client
+    client = Client("http://127.0.0.1:7860/")               # auth=("name", "password") with accounts
+    ids = client.predict(api_name="/contestants")
+    cmp = client.predict("高血压饮食注意什么？", ids[:2], True, api_name="/compare")
+    client.predict(cmp["comparison_id"], "A", api_name="/judge")
+
+Every call is checked like the UI: the research-only notice must be accepted (``accept_notice``),
+unknown checkpoint ids and bad prompts are refused with a one-line error, and the caller is the
+logged-in annotator (or "demo" when no account exists). API comparisons are not blind: the caller
+names the contestants, and the answers come back labelled A-D with their checkpoint ids.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app.arena import Arena, ArenaSession, resolve_decoding
+from app.auth import identify
+from app.contestants import available_contestants
+from preference_store.records import PANEL_LABELS, JudgmentIn
+from training.errors import UserError
+
+
+def build_api(arena: Arena) -> None:
+    """Register the endpoints ``/contestants``, ``/compare`` and ``/judge`` on the current Blocks."""
+    cfg, store = arena.cfg, arena.store
+    d = cfg.app.decoding
+
+    def contestants() -> list[str]:
+        """Checkpoint ids that can be compared: every stage of every completed run, newest run first."""
+        return [c.checkpoint_id for c in available_contestants(cfg)]
+
+    def compare(prompt: str, checkpoints: list[str], accept_notice: bool = False,
+                temperature: float = d.temperature, top_p: float = d.top_p, max_new_tokens: int = d.max_new_tokens,
+                seed: int = d.seed, request: gr.Request = None) -> dict:
+        """Answer ``prompt`` with 2-4 checkpoints and record the comparison; returns its id and the answers."""
+        try:
+            session = ArenaSession(annotator=identify(store, getattr(request, "username", None)),
+                                   notice_accepted=bool(accept_notice))
+            arena.start(session, checkpoints, blind=False)
+            decoding = resolve_decoding(d, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                        seed=seed)
+            for _ in arena.ask(session, prompt, decoding):
+                pass
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        errors = {session.panels[PANEL_LABELS.index(label)].checkpoint_id: error
+                  for label, error in session.errors.items()}
+        if session.comparison_id is None:
+            raise gr.Error(f"fewer than two answers, nothing recorded: {errors}")
+        recorded = store.get_comparison(session.comparison_id)
+        return {"comparison_id": recorded.id, "seed": decoding.seed, "errors": errors,
+                "answers": [{"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text}
+                            for r in recorded.responses]}
+
+    def judge(comparison_id: str, choice: str | None = None, ranking: dict[str, int] | None = None,
+              correction: str | None = None, reason: str | None = None, client_id: str | None = None,
+              request: gr.Request = None) -> dict:
+        """Judge a recorded comparison: a choice (A/B/tie/both_bad), a ranking {label: place} or a correction."""
+        try:
+            annotator = identify(store, getattr(request, "username", None))
+            out = store.submit_judgment(JudgmentIn(comparison_id, annotator.id, client_id=client_id or None,
+                                                   choice=choice or None, ranking=ranking or None,
+                                                   correction=correction or None, reason=reason or None))
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        return {"judgment_id": out.id, "kind": out.kind, "pair_ids": list(out.pair_ids), "duplicate": out.duplicate,
+                "reveal": store.get_comparison(comparison_id).reveal,
+                "judgments_by_you": store.count_judgments(annotator.id)}
+
+    limit = cfg.app.concurrent_comparisons
+    gr.api(contestants, api_name="contestants")
+    gr.api(compare, api_name="compare", concurrency_limit=limit, concurrency_id="generate")
+    gr.api(judge, api_name="judge")

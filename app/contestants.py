@@ -1,0 +1,85 @@
+"""Which checkpoints can be compared: every stage of every completed run under ``cfg.runs_dir``.
+
+Read from the run manifests (``training.manifest.list_runs``) on every call, so a run that finishes
+while the app is up is listed without a restart. A checkpoint id is ``"<run_id>/<stage>"``; anything
+else sent to the app is refused with a one-line :class:`UserError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.config import STAGES, Config
+from training.errors import UserError
+from training.manifest import list_runs, run_dir
+
+STAGE_NAMES = {"base": "Base", "cpt": "CPT", "sft": "SFT", "dpo": "DPO"}
+
+
+@dataclass(frozen=True)
+class Contestant:
+    """One stage of one run, as the app serves it."""
+
+    checkpoint_id: str  # "<run_id>/<stage>"
+    run_id: str
+    stage: str
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.run_id} · {STAGE_NAMES.get(self.stage, self.stage)}"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A completed run and what the app needs to show it."""
+
+    run_id: str
+    created: str
+    profile: str
+    parent_run: str | None
+    stages: tuple[str, ...]
+    run_dir: Path
+
+
+def completed_runs(cfg: Config) -> list[RunInfo]:
+    """Runs that finished every stage they were asked for, newest first."""
+    return [
+        RunInfo(run_id=m["run_id"], created=m.get("created", ""), profile=m.get("profile", ""),
+                parent_run=m.get("parent_run"), stages=tuple(s for s in STAGES if s in m.get("stages", {})),
+                run_dir=run_dir(cfg, m["run_id"]))
+        for m in list_runs(cfg, complete_only=True)
+    ]
+
+
+def available_contestants(cfg: Config) -> list[Contestant]:
+    """Every stage of every completed run: newest run first, stages in pipeline order."""
+    return [Contestant(f"{run.run_id}/{stage}", run.run_id, stage, run.run_dir)
+            for run in completed_runs(cfg) for stage in run.stages]
+
+
+def default_checkpoints(cfg: Config) -> list[str]:
+    """The newest completed run's stages (base, CPT, SFT, DPO): the default contestants."""
+    runs = completed_runs(cfg)
+    return [f"{runs[0].run_id}/{stage}" for stage in runs[0].stages] if runs else []
+
+
+def run_checkpoints(cfg: Config, run_id: str) -> list[str]:
+    """The stages of one completed run as checkpoint ids (empty when the run is unknown)."""
+    return [f"{run.run_id}/{stage}" for run in completed_runs(cfg) if run.run_id == run_id for stage in run.stages]
+
+
+def resolve_contestants(cfg: Config, checkpoint_ids: list[str]) -> list[Contestant]:
+    """The contestants named by ``checkpoint_ids``, refusing any id that is not a completed run's stage."""
+    known = {c.checkpoint_id: c for c in available_contestants(cfg)}
+    out = []
+    for cid in checkpoint_ids:
+        if not isinstance(cid, str) or cid not in known:
+            raise UserError(
+                f"unknown checkpoint {cid!r}: choose one of the completed runs' stages "
+                f"({', '.join(sorted(known)[:8]) or 'none yet: train one with ./launch.sh train-all'}"
+                f"{', ...' if len(known) > 8 else ''})"
+            )
+        out.append(known[cid])
+    return out

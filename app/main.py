@@ -1,0 +1,105 @@
+"""The ChiMed Arena app: a notice gate, then the Compare, Leaderboard, Data and Runs tabs.
+
+``./launch.sh app`` calls :func:`launch_app`; tests build the Blocks with :func:`build_app`. The app
+holds one preference store and one model pool for all browser sessions; everything a session
+remembers lives in its own ``gr.State``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+
+from app.api import build_api
+from app.arena import Arena, ArenaSession
+from app.auth import identify, identity_line, login_checker
+from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
+from app.contestants import default_checkpoints, resolve_contestants
+from app.data_tab import build_data_tab
+from app.leaderboard_tab import build_leaderboard_tab
+from app.model_pool import ModelPool, use_cpu_threads
+from app.notice import ACCEPT_LABEL, footer_markdown, notice_markdown
+from app.runs_tab import build_runs_tab
+from preference_store.repository import PreferenceStore
+from training.config import Config
+from training.errors import UserError
+
+TITLE = "ChiMed Arena · 医学大模型对比评测"
+# the notice stays on screen at the bottom of every page, above whatever scrolls under it
+CSS = """
+#notice-footer { position: sticky; bottom: 0; z-index: 10; background: var(--background-fill-secondary);
+                 border-top: 1px solid var(--border-color-primary); padding: 4px 12px; font-size: 0.85em; }
+#notice-gate { border: 2px solid var(--color-accent); border-radius: 8px; padding: 12px; }
+.arena-chat button[aria-label="Clear"] { display: none; }  /* a panel is cleared with the arena's own buttons */
+"""
+
+
+def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool | None = None) -> gr.Blocks:
+    """The app's Blocks (not launched). ``store`` and ``pool`` default to the config's."""
+    store = store or PreferenceStore.from_config(cfg)
+    pool = pool or ModelPool(cfg)
+    arena = Arena(cfg, store, pool)
+    with gr.Blocks(title="ChiMed Arena", analytics_enabled=False) as demo:  # no telemetry leaves the machine
+        session = gr.State(ArenaSession(blind=cfg.app.blind))
+        gr.Markdown(f"# {TITLE}")
+        identity = gr.Markdown(elem_id="identity")
+        with gr.Column(visible=True, elem_id="notice-gate") as gate:
+            gr.Markdown(notice_markdown())
+            accept = gr.Button(ACCEPT_LABEL, variant="primary", elem_id="accept-notice")
+        with gr.Column(visible=False, elem_id="arena-main") as main:
+            with gr.Tabs():
+                with gr.Tab("对比 Compare", elem_id="tab-compare"):
+                    compare = build_compare_tab(cfg, arena, session)
+                with gr.Tab("排行榜 Leaderboard", elem_id="tab-leaderboard") as leaderboard:
+                    build_leaderboard_tab(store, leaderboard)
+                with gr.Tab("数据 Data", elem_id="tab-data") as data:
+                    admin_tools = build_data_tab(cfg, store, session, data)
+                with gr.Tab("训练记录 Runs", elem_id="tab-runs") as runs:
+                    build_runs_tab(cfg, runs)
+        gr.Markdown(footer_markdown(), elem_id="notice-footer")
+        build_api(arena)
+
+        def on_load(state: ArenaSession, request: gr.Request):
+            """Who this is (logged-in account or demo) and which runs exist now."""
+            try:
+                state.annotator = identify(store, getattr(request, "username", None))
+                who = identity_line(state.annotator)
+            except UserError as err:
+                state.annotator = None
+                who = status_line(str(err), ok=False)
+            run, contestants, message = runs_and_contestants(cfg, [])
+            is_admin = state.annotator is not None and state.annotator.is_admin
+            return state, who, gr.update(visible=is_admin), run, contestants, message
+
+        def accept_notice(state: ArenaSession):
+            state.notice_accepted = True
+            return state, gr.update(visible=False), gr.update(visible=True)
+
+        demo.load(on_load, [session], [session, identity, admin_tools, compare.run, compare.contestants,
+                                       compare.status])
+        accept.click(accept_notice, [session], [session, gate, main])
+    return demo
+
+
+def launch_app(cfg: Config, host: str | None = None, port: int | None = None) -> None:
+    """Start the app on ``host:port`` (defaults ``cfg.app.host``/``cfg.app.port``).
+
+    With annotator accounts in the store the app asks for a login; without, it runs as "demo". The
+    newest run's contestants are loaded in the background so the first comparison does not wait.
+    """
+    use_cpu_threads(cfg)
+    store = PreferenceStore.from_config(cfg)
+    pool = ModelPool(cfg)
+    demo = build_app(cfg, store, pool)
+    if cfg.app.preload_newest_run:
+        newest = resolve_contestants(cfg, default_checkpoints(cfg))
+        threading.Thread(target=pool.preload, args=(newest,), daemon=True, name="preload").start()
+    auth = login_checker(store)
+    demo.queue(default_concurrency_limit=cfg.app.concurrent_comparisons)
+    demo.launch(
+        server_name=host or cfg.app.host, server_port=port or cfg.app.port, auth=auth,
+        auth_message=("ChiMed Arena — 请使用标注账号登录 / log in with your annotator account. " + footer_markdown())
+        if auth else None,
+        footer_links=[], css=CSS,
+    )

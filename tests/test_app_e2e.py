@@ -1,0 +1,182 @@
+"""End to end: the real app (``python -m training app``) on the tiny profile with the tiny run, driven
+by a real headless Chromium: log in, accept the notice, get four streamed answers, rank them, write a
+better answer, vote on a two-panel comparison, and find every judgment and its pairs in the database.
+
+Needs Debian's chromium at /usr/bin/chromium (Playwright's own browser download does not work here);
+without it the test is skipped, unless CHIMED_REQUIRE_BROWSER=1 (CI), which makes it fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from preference_store.repository import PreferenceStore
+from training.config import load_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ADMIN, PASSWORD = "dr_e2e", "correct horse battery staple"
+XSS_PROMPT = "高血压患者饮食上要注意什么？<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">"
+TIMEOUT_MS = 120_000  # generous: the 2-core machine is shared with other test runs
+
+pytestmark = pytest.mark.browser
+
+
+def _chromium_or_skip() -> None:
+    if CHROMIUM.exists():
+        return
+    if os.environ.get("CHIMED_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{CHROMIUM} is missing and CHIMED_REQUIRE_BROWSER=1: apt-get install chromium")
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); set CHIMED_REQUIRE_BROWSER=1 to fail instead")
+
+
+@pytest.fixture
+def running_app(tiny_run, tmp_path, start_app):
+    """The app started by the CLI on a copy of the tiny run's home, with one admin account."""
+    _chromium_or_skip()
+    source_home, run_id = tiny_run
+    home = tmp_path / "home"
+    shutil.copytree(source_home, home, symlinks=True)
+    with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
+        store.add_annotator(ADMIN, PASSWORD, role="admin")
+    return start_app(home), home, run_id
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    """Pick ``option`` in the Gradio dropdown with this elem_id."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator("ul[role=listbox] li", has_text=option).first.click()
+
+
+def _wait_status(page, text: str) -> str:
+    page.locator("#status", has_text=text).wait_for(timeout=TIMEOUT_MS)
+    return page.locator("#status").inner_text()
+
+
+def _screenshot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("CHIMED_SCREENSHOT_DIR"):
+        target = Path(os.environ["CHIMED_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / name)
+    return path
+
+
+def test_clinician_session_in_a_real_browser(running_app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, home, run_id = running_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+
+        # log in with the store's account; the notice gates the arena
+        page.goto(url)
+        page.get_by_label("username").fill(ADMIN)
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        page.locator("#identity", has_text=ADMIN).wait_for()
+        assert page.locator("#notice-footer", has_text="not medical advice").is_visible()
+        assert not page.locator("#prompt").is_visible()
+        page.locator("#accept-notice").click()
+        page.locator("#prompt").wait_for(state="visible")
+
+        # an empty prompt is refused without generating
+        page.locator("#send").click()
+        _wait_status(page, "empty")
+
+        # four blind panels answer at once; markup in the prompt is shown as text, never run
+        for label in "ABCD":
+            assert page.locator(f"#header-{label}").inner_text().strip() == f"模型 {label}"
+        page.locator("#prompt textarea").fill(XSS_PROMPT)
+        page.locator("#send").click()
+        _wait_status(page, "answers complete")
+        for label in "ABCD":
+            chat = page.locator(f"#chat-{label}")
+            assert "<script>window.__xss = 1</script>" in chat.inner_text()
+            assert chat.locator(".bot, [data-testid=bot]").count() >= 1
+        assert page.evaluate("window.__xss") is None
+
+        # rank the four answers; the names are revealed after the judgment
+        for place, label in enumerate("DBAC", start=1):
+            _choose(page, f"place-{label}", str(place))
+        page.locator("#scores-A").get_by_text("A 评分").click()
+        page.locator("#score-A-safety label", has_text="4").click()
+        page.locator("#reason textarea").fill("D 的回答更完整")
+        page.locator("#submit-ranking").click()
+        assert "you have made 1 judgments" in _wait_status(page, "Recorded")
+        assert run_id in page.locator("#header-A").inner_text()
+        _screenshot(page, tmp_path, "arena_ranked.png")
+
+        # any time: a better answer, chosen over all four
+        page.locator("#correction textarea").fill("应低盐低脂饮食，控制体重，限制饮酒，并按医嘱监测血压。")
+        page.locator("#submit-correction").click()
+        assert "you have made 2 judgments" in _wait_status(page, "corrected answer")
+
+        # two contestants: a pairwise vote
+        for stage in ("CPT", "SFT"):
+            page.locator("#contestants label", has_text=f"{run_id} · {stage}").click()
+        page.locator("#panel-C").wait_for(state="hidden")
+        page.locator("#prompt textarea").fill("糖尿病有哪些常见症状？")
+        page.locator("#send").click()
+        _wait_status(page, "answers complete")
+        page.locator("#vote-A").click()
+        assert "you have made 3 judgments" in _wait_status(page, "A is better")
+        shot = _screenshot(page, tmp_path, "arena_voted.png")
+
+        # the leaderboard now rates the four checkpoints
+        page.get_by_role("tab", name="排行榜 Leaderboard").click()
+        page.locator("#ratings", has_text=f"{run_id}/dpo").wait_for()
+        _screenshot(page, tmp_path, "arena_leaderboard.png")
+        # an admin exports from the Data tab, as export-prefs does
+        page.get_by_role("tab", name="数据 Data").click()
+        page.locator("#export").click()
+        page.locator("#export-status", has_text="exported").wait_for()
+        _screenshot(page, tmp_path, "arena_data.png")
+        page.get_by_role("tab", name="训练记录 Runs").click()
+        page.locator("#run-summary", has_text=run_id).wait_for()
+        assert page.evaluate("window.__xss") is None
+        assert not errors, errors
+        browser.close()
+
+    # the app's API refuses an unknown checkpoint and records a judgment like the UI does
+    from gradio_client import Client
+
+    client = Client(url, auth=(ADMIN, PASSWORD), verbose=False)
+    assert f"{run_id}/dpo" in client.predict(api_name="/contestants")
+    with pytest.raises(Exception, match="unknown checkpoint"):
+        client.predict("头痛怎么办？", [f"{run_id}/dpo", "no-such-run/sft"], True, api_name="/compare")
+    with pytest.raises(Exception, match="notice"):
+        client.predict("头痛怎么办？", [f"{run_id}/sft", f"{run_id}/dpo"], False, api_name="/compare")
+    made = client.predict("头痛怎么办？", [f"{run_id}/sft", f"{run_id}/dpo"], True, api_name="/compare")
+    assert [a["checkpoint_id"] for a in made["answers"]] == [f"{run_id}/sft", f"{run_id}/dpo"]
+    judged = client.predict(made["comparison_id"], "B", api_name="/judge")
+    assert judged["kind"] == "pairwise" and len(judged["pair_ids"]) == 1
+
+    assert shot.stat().st_size > 10_000
+    with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
+        counts = store.counts()
+        assert counts.comparisons == 3  # four panels, two panels, and the API's
+        oldest = store.get_comparison(store.recent_pairs(limit=100)[-1].comparison_id)  # the four-panel one
+        settings = load_config("tiny").app.decoding
+        assert len(oldest.responses) == 4 and oldest.blind
+        assert all(r.decoding["max_new_tokens"] == settings.max_new_tokens and r.seed == r.decoding["seed"]
+                   for r in oldest.responses)
+        assert counts.judgments_by_kind == {"pairwise": 2, "ranking": 1, "correction": 1}
+        assert counts.pairs == 6 + 4 + 1 + 1  # a ranking of 4, a correction over 4 answers, two votes
+        # everything but the API's vote was exported (identical answers make identical pairs, exported once)
+        assert 1 <= counts.exported_pairs <= counts.pairs - 1
+        pairs = store.recent_pairs(limit=20)
+        assert any(p.chosen_checkpoint is None and p.chosen.startswith("应低盐低脂") for p in pairs)
+        assert {p.prompt[-1]["content"] for p in pairs} == {XSS_PROMPT, "糖尿病有哪些常见症状？", "头痛怎么办？"}
+        assert {p.rejected_checkpoint.split("/")[0] for p in pairs} == {run_id}
+    assert list((home / "collected_pairs").glob("*.jsonl"))

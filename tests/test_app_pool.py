@@ -1,0 +1,120 @@
+"""The app's model pool on the tiny run: shared weights, exact adapter stacking, concurrent panels
+and sessions, and failures that stay in their own panel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+import torch
+
+from app.contestants import resolve_contestants
+from app.model_pool import Decoding, ModelPool, PanelRequest
+from training.config import STAGES, load_config
+from training.errors import UserError
+from training.modeling import load_stage
+
+QUESTION = [{"role": "user", "content": "高血压患者饮食上要注意什么？"}]
+GREEDY = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
+
+
+@pytest.fixture
+def cfg(app_home):
+    return load_config("tiny")
+
+
+@pytest.fixture
+def run(cfg, app_home):
+    home, run_id = app_home
+    return resolve_contestants(cfg, [f"{run_id}/{stage}" for stage in STAGES])
+
+
+def _texts(pool, contestants, decoding, messages=QUESTION):
+    answers = pool.generate([PanelRequest(c, messages) for c in contestants], decoding).wait(timeout=300)
+    assert all(a.error is None and a.done for a in answers), answers
+    return [a.text for a in answers]
+
+
+def test_four_contestants_keep_two_full_models(cfg, run):
+    pool = ModelPool(cfg)
+    assert pool.preload(run) == [None] * 4
+    loaded = pool.loaded()
+    roots = {os.path.basename(path): adapters for path, adapters in loaded.items()}
+    assert set(roots) == {"base", "cpt"}  # sft and dpo ride on cpt as adapters
+    assert roots["base"] == [] and len(roots["cpt"]) == 2  # sft, and sft+dpo stacked into one adapter
+    one_model = sum(p.numel() * p.element_size() for p in load_stage(run[1].run_dir, "cpt")[0].parameters())
+    assert pool.resident_bytes() < 2.5 * one_model  # four full copies would be 4x
+
+
+def test_served_stages_match_the_merged_checkpoints(cfg, run):
+    pool = ModelPool(cfg)
+    for contestant in run:
+        served = pool.next_token_logits(contestant, QUESTION)
+        model, tokenizer = load_stage(contestant.run_dir, contestant.stage, device="cpu")
+        ids = torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]])
+        with torch.inference_mode():
+            merged = model(input_ids=ids).logits[0, -1]
+        assert torch.allclose(served, merged, atol=1e-4), (contestant.stage, (served - merged).abs().max())
+
+
+def test_an_answer_depends_on_its_seed_not_on_the_other_panels(cfg, run):
+    pool = ModelPool(cfg)
+    sampled = Decoding(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=1234)
+    together = _texts(pool, run, sampled)
+    alone = [_texts(pool, [c], sampled)[0] for c in run]
+    assert together == alone
+    assert _texts(pool, run, GREEDY) == [_texts(pool, [c], GREEDY)[0] for c in run]
+    assert _texts(pool, run, sampled) == together  # the same seed again gives the same answers
+
+
+def test_concurrent_sessions_each_get_their_own_answers(cfg, run):
+    pool = ModelPool(cfg)
+    prompts = [[{"role": "user", "content": q}] for q in ("头痛怎么办？", "糖尿病有哪些症状？", "感冒要吃药吗？")]
+    jobs = [(messages, Decoding(0.9, 0.95, 10, seed)) for messages in prompts for seed in (1, 2)]
+    expected = [_texts(pool, run, decoding, messages) for messages, decoding in jobs]
+    results: dict[int, list[str]] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def session(i, messages, decoding):
+        barrier.wait()
+        results[i] = _texts(pool, run, decoding, messages)
+
+    threads = [threading.Thread(target=session, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert [results[i] for i in range(len(jobs))] == expected
+
+
+def test_a_broken_checkpoint_fails_only_its_own_panel(cfg, run):
+    adapter = next((run[3].run_dir / "dpo").glob("adapter_model.*"))
+    adapter.unlink()  # the copy in this test's home may be a hard link: replace, never write through it
+    adapter.write_bytes(b"not a safetensors file")
+    answers = ModelPool(cfg).generate([PanelRequest(c, QUESTION) for c in run], GREEDY).wait(timeout=300)
+    assert answers[3].error and answers[3].done and answers[3].text == ""
+    assert [a.error for a in answers[:3]] == [None, None, None]
+    assert all(a.done and a.n_tokens > 0 for a in answers[:3])
+
+
+def test_a_resumed_run_shares_the_weights_it_reused(cfg, app_home, run):
+    home, run_id = app_home
+    copy = home / "runs" / "resumed"
+    shutil.copytree(home / "runs" / run_id, copy, copy_function=os.link)  # what --from dpo --resume-run does
+    manifest = (copy / "manifest.json").read_text(encoding="utf-8").replace(f'"{run_id}"', '"resumed"')
+    (copy / "manifest.json").unlink()  # a hard link too: write a new file, not through the link
+    (copy / "manifest.json").write_text(manifest, encoding="utf-8")
+    pool = ModelPool(cfg)
+    both = resolve_contestants(cfg, [f"{run_id}/dpo", "resumed/dpo"])
+    assert pool.preload(both) == [None, None]
+    assert len(pool.loaded()) == 1  # one cpt in memory for both runs
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0),
+                                 dict(max_new_tokens=2.5), dict(seed=-3)])
+def test_bad_decoding_settings_are_refused(bad):
+    settings = dict(temperature=0.7, top_p=0.9, max_new_tokens=16, seed=0) | bad
+    with pytest.raises(UserError):
+        Decoding(**settings)

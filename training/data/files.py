@@ -1,0 +1,53 @@
+"""Reading and writing the builder's files: canonical JSON lines, atomic writes, content hashes.
+
+Every output is written to a temporary file and renamed into place, and serialized the same way
+every time (UTF-8, no ASCII escaping, keys in construction order, ``\\n`` line ends), so the same
+config and seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def dump_line(record: dict) -> str:
+    """One record as one canonical JSON line (without the newline)."""
+    return json.dumps(record, ensure_ascii=False, separators=(", ", ": "))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` through ``.<name>.tmp`` and a rename, so no reader ever sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_jsonl_atomic(path: Path, records: list[dict]) -> None:
+    """Write records as JSON lines, atomically."""
+    write_text_atomic(path, "".join(dump_line(r) + "\n" for r in records))
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write one JSON document (indented, for people to read), atomically."""
+    write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=2) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stable_hash(*parts: object) -> int:
+    """A 64-bit hash of ``parts`` that, unlike ``hash()``, is the same in every process."""
+    text = "\x1f".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")

@@ -1,0 +1,328 @@
+"""``./launch.sh eval --run ID [--compare ID2]``: evaluate every stage of a run, as the paper's Tables 4-6.
+
+For each stage of the run (base, cpt, sft, dpo), in order:
+  1. exam accuracy, k-shot and 0-shot (and by answer letter if asked), on the held-out exam and on any real
+     exam file the user names (``eval.user_exam_files``);
+  2. greedy answers to the held-out questions -> BLEU-1/2/4, ROUGE-1/2/L, distinct-2;
+  3. perplexity on held-out general text;
+  4. log-likelihoods of the held-out preference pairs -> preference accuracy (dpo: implicit reward against
+     its reference, the sft stage).
+Then ``runs/<id>/eval/``: results.json (DESIGN.md contract), results.md, stages.png, generations/, and a
+model card README.md in every stage directory; with ``compare`` also compare_<ID2>.md/.json.
+
+A stage's measurements are cached (``eval/cache/<stage>.json``) under a key made of its training
+fingerprint, the eval sets and the eval settings, so re-evaluating, or evaluating a run that reused
+another run's stages (``--from dpo --resume-run``), only computes what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.config import STAGES, Config
+from training.errors import UserError
+from training.evaluation import report
+from training.evaluation.exam import read_exam, score_exam, split_demonstrations
+from training.evaluation.generation import qa_generations, qa_metrics
+from training.evaluation.perplexity import general_perplexity
+from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
+from training.manifest import read_manifest, run_dir, sha256_file, write_json_atomic
+
+# bump when what a metric means changes, so cached measurements are recomputed
+EVAL_VERSION = 1
+# the stage that is scored by its implicit DPO reward; its reference is its parent in the manifest
+DPO_STAGE = "dpo"
+PREF_SETS = ("pref", "pref_clinician")
+
+
+@dataclass
+class Exam:
+    demos: list[dict]
+    items: list[dict]
+
+
+@dataclass
+class EvalSets:
+    """The held-out sets of ``data/chimed/eval`` (capped by ``cfg.eval.*_max``), and their file hashes."""
+
+    exams: dict[str, Exam]  # "" = the ChiMed exam; otherwise the user's exam file's name
+    qa: list[dict]
+    general: list[str]
+    pref: dict[str, list[dict]]  # "pref" always, "pref_clinician" when there are clinician pairs
+    hashes: dict[str, str] = field(default_factory=dict)
+
+    def sizes(self) -> dict:
+        sizes = {("exam" if not name else f"exam_{name}"): len(e.items) for name, e in self.exams.items()}
+        sizes.update(qa=len(self.qa), general=len(self.general), **{k: len(v) for k, v in self.pref.items()})
+        return sizes
+
+
+def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
+    """Evaluate every stage of ``run_id``, write the reports, and return the ``results.json`` payload."""
+    run_path = run_dir(cfg, run_id)
+    manifest = read_manifest(cfg, run_id)
+    if compare:
+        read_manifest(cfg, compare)  # a wrong id stops here, not after the whole evaluation
+    stages = [s for s in STAGES if s in manifest["stages"]]
+    if not stages:
+        raise UserError(f"run {run_id} has no finished stage to evaluate: train it with ./launch.sh train-all")
+    sets = load_eval_sets(cfg)
+    out_dir = run_path / "eval"
+    (out_dir / "generations").mkdir(parents=True, exist_ok=True)
+
+    results = {"run_id": run_id, "stages": {}, "settings": _settings(cfg, sets), "timing_s": {}}
+    measured: dict[str, dict] = {}
+    for i, stage in enumerate(stages, 1):
+        print(f"eval stage {i}/{len(stages)} {stage}", flush=True)
+        started = time.time()
+        measured[stage] = measure_stage_cached(cfg, run_path, manifest, stage, sets)
+        reference = _reference_of(manifest, stage)
+        if reference and reference not in measured:  # the reference is not part of this run's stages
+            measured[reference] = measure_stage_cached(cfg, run_path, manifest, reference, sets)
+        results["stages"][stage] = stage_metrics(measured, stage, reference, sets)
+        # this call's wall time (loading included; near 0 when cached) and the parts of the measurement
+        results["timing_s"][stage] = {"wall": round(time.time() - started, 2),
+                                      "measured": measured[stage].get("seconds", {})}
+        _write_generations(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
+
+    write_reports(cfg, run_path, manifest, results)
+    print(report.results_table(results), flush=True)
+    print(f"evaluation written to {out_dir}", flush=True)
+    if compare:
+        compare_runs(cfg, results, compare)
+    return results
+
+
+# --- the eval sets --------------------------------------------------------------------------------
+
+
+def load_eval_sets(cfg: Config) -> EvalSets:
+    """Read ``data/chimed/eval/*.jsonl`` (and the user's exam files), capped by ``cfg.eval``."""
+    folder = cfg.data_dir / "eval"
+    needed = {name: folder / f"{name}.jsonl" for name in ("exam", "qa", "general", "pref")}
+    missing = [str(p) for p in needed.values() if not p.is_file()]
+    if missing:
+        raise UserError(f"{missing[0]} is missing: build the eval sets with ./launch.sh build-data")
+    e = cfg.eval
+    hashes = {name: sha256_file(path) for name, path in needed.items()}
+    exams = {"": _exam(read_exam(needed["exam"]), cfg)}
+    for path in e.user_exam_files:
+        path = Path(path).expanduser()
+        exams[path.stem] = _exam(read_user_exam(path), cfg)
+        hashes[f"exam:{path}"] = sha256_file(path)
+    pref = {"pref": _cap(_read_jsonl(needed["pref"]), e.pref_max)}
+    clinician = folder / "pref_clinician.jsonl"
+    if clinician.is_file() and clinician.stat().st_size:
+        pref["pref_clinician"] = _cap(_read_jsonl(clinician), e.pref_max)
+        hashes["pref_clinician"] = sha256_file(clinician)
+    return EvalSets(
+        exams=exams,
+        qa=_cap(_read_jsonl(needed["qa"]), e.qa_max),
+        general=[r["text"] for r in _cap(_read_jsonl(needed["general"]), e.general_max)],
+        pref=pref,
+        hashes=hashes,
+    )
+
+
+def read_user_exam(path: Path) -> list[dict]:
+    """A real exam file: the ChiMed exam format as is, C-Eval / CMExam style through the builder's importer."""
+    from training.data.importers import LineErrors, read_exam as import_exam, require_file
+
+    path = require_file(path, "eval.user_exam_files")
+    with open(path, encoding="utf-8-sig") as fh:
+        first = next((line for line in fh if line.strip()), "")
+    try:
+        is_chimed = path.suffix == ".jsonl" and "options" in json.loads(first)
+    except json.JSONDecodeError:
+        is_chimed = False
+    items = read_exam(path) if is_chimed else import_exam(path, LineErrors(strict=False))
+    if not items:
+        raise UserError(f"eval.user_exam_files: {path} holds no usable exam question (C-Eval, CMExam or ChiMed format)")
+    return items
+
+
+def _exam(items: list[dict], cfg: Config) -> Exam:
+    demos, scored = split_demonstrations(items, cfg.eval.k_shot, cfg.eval.seed)
+    return Exam(demos, _cap(scored, cfg.eval.exam_max))
+
+
+def _cap(items: list, limit: int) -> list:
+    return items[:limit] if limit > 0 else items
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _settings(cfg: Config, sets: EvalSets) -> dict:
+    return {"k_shot": cfg.eval.k_shot, "max_new_tokens": cfg.eval.max_new_tokens,
+            "chat_stages": list(cfg.eval.chat_stages), "sets": sets.sizes(), "set_hashes": sets.hashes}
+
+
+# --- measuring one stage ----------------------------------------------------------------------------
+
+
+def measure_stage_cached(cfg: Config, run_path: Path, manifest: dict, stage: str, sets: EvalSets) -> dict:
+    """:func:`measure_stage`, or its cached result when nothing it depends on changed."""
+    key = _cache_key(cfg, run_path, stage, sets)
+    own = run_path / "eval" / "cache" / f"{stage}.json"
+    if cfg.eval.use_cache and key:
+        candidates = [own]
+        if manifest.get("parent_run"):  # a stage reused from another run was measured there
+            candidates.append(run_path.parent / manifest["parent_run"] / "eval" / "cache" / f"{stage}.json")
+        for path in candidates:
+            if path.is_file():
+                cached = json.loads(path.read_text(encoding="utf-8"))
+                if cached.get("key") == key:
+                    print(f"{stage}: unchanged since its last evaluation, reusing it", flush=True)
+                    if path != own:
+                        own.parent.mkdir(parents=True, exist_ok=True)
+                        write_json_atomic(own, cached)
+                    return cached["measured"]
+    from training.modeling import load_stage
+
+    model, tokenizer = load_stage(run_path, stage)
+    measured = measure_stage(cfg, model, tokenizer, stage, sets)
+    del model
+    if key:
+        own.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(own, {"key": key, "measured": measured})
+    return measured
+
+
+def measure_stage(cfg: Config, model, tokenizer, stage: str, sets: EvalSets) -> dict:
+    """Everything measured on one model: ``{"metrics", "pref_logprobs", "generations", "seconds"}``."""
+    e = cfg.eval
+    chat = stage in e.chat_stages
+    max_length = min(e.max_length, getattr(model.config, "max_position_embeddings", None) or e.max_length)
+    metrics: dict = {}
+    clock = _Clock()
+    for name, exam in sets.exams.items():
+        suffix = f"_{name}" if name else ""
+        shots = score_exam(model, tokenizer, exam.items, exam.demos, chat, e.batch_size, max_length,
+                           desc=f"{stage} exam{suffix} {len(exam.demos)}-shot")
+        metrics.update({f"exam_acc{suffix}": shots["acc"], f"exam_n{suffix}": shots["n"],
+                        f"exam_ci95{suffix}": shots["ci95"]})
+        if name:  # the user's exams: the k-shot figure only
+            continue
+        zero = score_exam(model, tokenizer, exam.items, [], chat, e.batch_size, max_length,
+                          desc=f"{stage} exam 0-shot")
+        metrics.update(exam_acc_0shot=zero["acc"], exam_ci95_0shot=zero["ci95"])
+        if e.score_by_letter:
+            letter = score_exam(model, tokenizer, exam.items, exam.demos, chat, e.batch_size, max_length,
+                                by_letter=True, desc=f"{stage} exam letter")
+            metrics.update(exam_acc_letter=letter["acc"], exam_ci95_letter=letter["ci95"])
+    clock.lap("exam")
+
+    generations = qa_generations(model, tokenizer, sets.qa, chat, e.max_new_tokens, e.batch_size, max_length,
+                                 desc=f"{stage} qa")
+    metrics.update(qa_metrics(generations))
+    clock.lap("generation")
+    metrics["general_ppl"] = general_perplexity(model, tokenizer, sets.general, e.batch_size, max_length,
+                                                desc=f"{stage} perplexity")
+    clock.lap("perplexity")
+    pref_logprobs = {name: pair_logprobs(model, tokenizer, pairs, chat, e.batch_size, max_length,
+                                         desc=f"{stage} {name}")
+                     for name, pairs in sets.pref.items()}
+    clock.lap("preference")
+    return {"metrics": metrics, "pref_logprobs": pref_logprobs, "generations": generations, "seconds": clock.laps}
+
+
+class _Clock:
+    """Seconds spent in each part of a stage's evaluation (reported in results.json ``timing_s``)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self._last, 2)
+        self._last = now
+
+
+def stage_metrics(measured: dict[str, dict], stage: str, reference: str | None, sets: EvalSets) -> dict:
+    """The stage's results.json entry: its metrics plus preference accuracy on every held-out pair set."""
+    metrics = dict(measured[stage]["metrics"])
+    for name in PREF_SETS:
+        key = "pref_acc" + name.removeprefix("pref")
+        if name not in sets.pref:
+            if name == "pref":
+                metrics[key] = None
+            continue
+        own = measured[stage]["pref_logprobs"][name]
+        metrics[f"{key}_likelihood"] = likelihood_accuracy(own)
+        metrics[key] = implicit_reward_accuracy(own, measured[reference]["pref_logprobs"][name]) if reference \
+            else metrics[f"{key}_likelihood"]
+    return metrics
+
+
+def _reference_of(manifest: dict, stage: str) -> str | None:
+    return manifest["stages"][stage].get("parent") if stage == DPO_STAGE else None
+
+
+def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str | None:
+    """What a stage's measurements depend on; None (no caching) when the stage has no recorded fingerprint."""
+    from training.pipeline import recorded_fingerprint
+
+    fingerprint = recorded_fingerprint(run_path, stage)
+    if not fingerprint:
+        return None
+    settings = {k: v for k, v in cfg.to_dict()["eval"].items() if k != "use_cache"}
+    payload = {"version": EVAL_VERSION, "stage": stage, "fingerprint": fingerprint, "settings": settings,
+               "sets": sets.hashes}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _write_generations(path: Path, generations: list[dict]) -> None:
+    report.write_text_atomic(path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
+
+
+# --- reports ------------------------------------------------------------------------------------------
+
+
+def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) -> None:
+    """results.json, results.md, stages.png and a model card in every stage directory."""
+    from training.pipeline import STAGE_SECTION
+
+    out_dir = run_path / "eval"
+    write_json_atomic(out_dir / "results.json", results)
+    report.write_text_atomic(out_dir / "results.md", report.results_markdown(results))
+    report.stages_chart(results, out_dir / "stages.png")
+    config_path = run_path / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else cfg.to_dict()
+    stats_path = cfg.data_dir / "stats.json"
+    stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else None
+    for stage, metrics in results["stages"].items():
+        card = report.model_card(results["run_id"], stage, manifest, metrics, config, stats, STAGE_SECTION[stage])
+        stage_dir = run_path / manifest["stages"][stage]["path"]
+        # a linked base (paper profile) is the user's own model directory: its card stays in eval/
+        target = out_dir / f"model_card_{stage}.md" if stage_dir.is_symlink() else stage_dir / "README.md"
+        report.write_text_atomic(target, card)
+
+
+def compare_runs(cfg: Config, results: dict, other_id: str) -> dict:
+    """Deltas between this run's results and ``other_id``'s, both measured on the same eval sets: the other
+    run is evaluated first when it has no results or was evaluated on other sets (e.g. before clinician
+    pairs were held out), so that a delta never compares two different tests."""
+    other_path = run_dir(cfg, other_id) / "eval" / "results.json"
+    other = json.loads(other_path.read_text(encoding="utf-8")) if other_path.is_file() else None
+    if other is None:
+        print(f"run {other_id} has no evaluation yet: evaluating it first", flush=True)
+        other = evaluate_run(cfg, other_id)
+    elif other.get("settings", {}).get("set_hashes") != results["settings"]["set_hashes"]:
+        print(f"run {other_id} was evaluated on other eval sets: evaluating it again on the current ones",
+              flush=True)
+        other = evaluate_run(cfg, other_id)
+    deltas = report.compare_results(results, other)
+    out_dir = run_dir(cfg, results["run_id"]) / "eval"
+    write_json_atomic(out_dir / f"compare_{other_id}.json", deltas)
+    table = report.compare_markdown(deltas)
+    report.write_text_atomic(out_dir / f"compare_{other_id}.md", table)
+    print(table, flush=True)
+    return deltas

@@ -1,0 +1,61 @@
+"""Stage 2, cpt: domain continued pre-training (the paper's DCPT) of the base model on ChiMed-CPT.
+
+Next-token prediction on packed blocks of ``cfg.cpt.block_size`` over the whole ChiMed-CPT (medical QA,
+plain text, knowledge-graph verbalizations, dialogue, and the general share against forgetting). Full
+fine-tuning by default; with ``cpt.use_lora`` a LoRA adapter is trained and merged, so ``cpt/`` is
+always a full model that the later stages and the app load the same way.
+"""
+
+from __future__ import annotations
+
+from peft import get_peft_model
+from transformers import Trainer
+
+from training.config import Config
+from training.modeling import load_stage
+from training.stages.common import (
+    StagePaths,
+    causal_lm_collator,
+    finish_stage,
+    pack_into_blocks,
+    peft_lora_config,
+    read_jsonl,
+    stage_callbacks,
+    train_resumably,
+    training_arguments,
+    training_dtype,
+)
+
+
+def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
+    """Continue pre-training ``runs/<id>/base`` on ChiMed-CPT into ``runs/<id>/cpt``."""
+    # inputs
+    texts = [r["text"] for r in read_jsonl(cfg.data_dir / "cpt.jsonl")]
+
+    # model: the base, whole or with a LoRA adapter
+    model, tokenizer = load_stage(paths.run_dir, "base", device="cpu", dtype=training_dtype(cfg))
+    if cfg.cpt.use_lora:
+        model = get_peft_model(model, peft_lora_config(cfg.cpt.lora))
+
+    # trainer
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(cfg, cfg.cpt, paths),
+        train_dataset=pack_into_blocks(texts, tokenizer, cfg.cpt.block_size),
+        data_collator=causal_lm_collator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=stage_callbacks(cfg, paths),
+    )
+    metrics = train_resumably(trainer, paths)
+    metrics.update(documents=len(texts), lora=cfg.cpt.use_lora)
+
+    # save: full weights (a LoRA adapter is merged first) and the tokenizer with its chat template
+    def save(out):
+        if not cfg.cpt.use_lora:
+            trainer.save_model(out)
+        elif trainer.is_world_process_zero():
+            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(out)
+            tokenizer.save_pretrained(out)
+
+    finish_stage(paths, save, kind="full", parent="base", fingerprint=fingerprint, metrics=metrics,
+                 is_main=trainer.is_world_process_zero())

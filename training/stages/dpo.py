@@ -1,0 +1,73 @@
+"""Stage 4, dpo: direct preference optimization (Rafailov et al. 2023) of the SFT model with LoRA.
+
+The policy is the SFT model (cpt weights with the sft adapter merged) plus a fresh LoRA adapter
+(``cfg.dpo.lora``, paper: r 8, alpha 16, dropout 0.05); the reference is the same model with that adapter
+disabled, i.e. exactly the SFT model. ChiMed-DPO (objective pairs, imported pairs and the clinicians'
+pairs merged by the builder) is in TRL's conversational preference format and goes to DPOTrainer as is.
+Serving DPO = cpt + sft adapter + dpo adapter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer
+
+from training.config import Config
+from training.manifest import write_json_atomic
+from training.modeling import load_stage
+from training.stages.common import (
+    StagePaths,
+    finish_stage,
+    peft_lora_config,
+    read_jsonl,
+    stage_callbacks,
+    train_resumably,
+    training_arguments,
+    training_dtype,
+)
+
+
+def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
+    """Train the DPO LoRA adapter on the SFT model into ``runs/<id>/dpo``."""
+    # inputs: prompt (conversation so far) / chosen / rejected
+    pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")
+    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+                                 for p in pairs])
+
+    # model: the SFT model, merged; DPOTrainer adds the LoRA adapter and uses the model without it as reference
+    model, tokenizer = load_stage(paths.run_dir, "sft", device="cpu", dtype=training_dtype(cfg))
+    args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
+                              max_length=cfg.dpo.max_length)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_lora_config(cfg.dpo.lora),
+        callbacks=stage_callbacks(cfg, paths),
+    )
+    metrics = train_resumably(trainer, paths)
+    metrics.update(pairs=len(pairs), clinician_pairs=sum(1 for p in pairs if p.get("source") == "clinician"),
+                   **_last_preference_metrics(trainer.state.log_history))
+
+    # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
+    def save(out):
+        trainer.save_model(out)
+        if trainer.is_world_process_zero():
+            write_json_atomic(Path(out) / "pair_ids.json", [p["pair_id"] for p in pairs])
+
+    finish_stage(paths, save, kind="lora", parent="sft", fingerprint=fingerprint,
+                 metrics=metrics, is_main=trainer.is_world_process_zero())
+
+
+def _last_preference_metrics(log_history: list[dict]) -> dict:
+    """The last logged reward accuracy and margin (how often the policy already prefers "chosen")."""
+    out = {}
+    for record in log_history:
+        for key in ("rewards/accuracies", "rewards/margins"):
+            if key in record:
+                out[key.replace("rewards/", "train_reward_")] = round(float(record[key]), 4)
+    return out
