@@ -62,6 +62,10 @@ class DataConfig:
     reviews_max_docs: int = 0  # 0 = all (about 33,000 reviews, positive and negative alternating)
     phrasings_per_relation: int = 2  # CPT documents per entity, each stating every relation in another phrasing
     cpt_qa_per_entity: int = 2  # questions with plain answers per training entity in ChiMed-CPT (0 = none)
+    # also ask those of the examined relations in the exam's wording, answered with one value: seeing some
+    # entities' facts asked and answered in that form lets a model answer it for the facts it only read
+    # (Allen-Zhu & Li 2023, "Physics of Language Models 3.1")
+    cpt_qa_exam_stems: bool = True
     max_values_per_relation: int = 5  # values stated per (entity, relation); the exam asks only about these
     multiturn_per_disease: int = 1  # consultations (patient -> follow-up question -> answer) per disease
     general_sft_max: int = 0  # general-domain instructions in ChiMed-SFT; 0 = as many as the share gives
@@ -159,6 +163,9 @@ class DpoConfig:
     per_device_batch_size: int = 8
     gradient_accumulation_steps: int = 4
     max_length: int = 512
+    # weight of an SFT loss on the chosen answer added to the DPO loss (RPO, Pang et al. 2024; TRL's
+    # loss_type ["sigmoid", "sft"]): keeps a small model's answers fluent; 0 = plain DPO, as in the paper
+    sft_weight: float = 0.0
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.05))
 
 

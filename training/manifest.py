@@ -13,13 +13,13 @@ is kept beside it in ``run_state.json``, which the pipeline owns; :func:`list_ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from training.config import STAGES, Config
+from training.data.files import sha256_file
 from training.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -120,13 +120,6 @@ def latest_run(cfg: Config, complete_only: bool = True) -> str | None:
     return runs[0]["run_id"] if runs else None
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 of a file's bytes (data splits; read in chunks, they can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def data_hashes(cfg: Config) -> dict[str, str]:

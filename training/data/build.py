@@ -163,18 +163,17 @@ def read_user_inputs(cfg: Config, errors: importers.LineErrors) -> UserInputs:
     for setting, path in _user_paths(cfg.data):
         importers.require_file(path, setting)  # every missing file is reported before any work
     inputs = UserInputs()
-    for path in files.cpt_text:
-        inputs.cpt_text += importers.read_pretraining_text(Path(path).expanduser(), errors)
-    for path in files.sft_alpaca:
-        inputs.sft += importers.read_alpaca(Path(path).expanduser(), errors)
-    for path in files.sft_sharegpt:
-        inputs.sft += importers.read_sharegpt(Path(path).expanduser(), errors)
-    for path in files.dpo_pairs:
-        inputs.pairs += importers.read_preference_pairs(Path(path).expanduser(), errors)
-    for path in files.exam:
-        inputs.exam += importers.read_exam(Path(path).expanduser(), errors)
-    for path in files.qa:
-        inputs.qa += importers.read_qa(Path(path).expanduser(), errors)
+    readers = [  # (setting's paths, importer, where its records go)
+        (files.cpt_text, importers.read_pretraining_text, inputs.cpt_text),
+        (files.sft_alpaca, importers.read_alpaca, inputs.sft),
+        (files.sft_sharegpt, importers.read_sharegpt, inputs.sft),
+        (files.dpo_pairs, importers.read_preference_pairs, inputs.pairs),
+        (files.exam, importers.read_exam, inputs.exam),
+        (files.qa, importers.read_qa, inputs.qa),
+    ]
+    for paths, read, into in readers:
+        for path in paths:
+            into.extend(read(Path(path).expanduser(), errors))
     for path in collected_pair_files(cfg):
         for split, pair in importers.read_collected_pairs(path, errors):
             (inputs.clinician_train if split == "train" else inputs.clinician_heldout).append(pair)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from training.config import DataConfig
 from training.data.dialogue import ask, bare_answer
 from training.data.knowledge import Entity
+from training.data.relations import RELATION_BY_KEY
 from training.data.sources import Document
 from training.data.verbalize import verbalize_entity
 
@@ -40,14 +41,21 @@ def build_cpt_corpus(entities: list[Entity], train_entities: list[Entity], gener
 
 
 def qa_text(entities: list[Entity], cfg: DataConfig) -> list[str]:
-    """``cpt_qa_per_entity`` questions per entity, each answered with the bare facts."""
+    """``cpt_qa_per_entity`` questions per entity, each answered with the bare facts; with
+    ``cpt_qa_exam_stems`` an examined relation is also asked in the exam's wording and answered with one
+    of its values. These are training entities only (the exam asks about the held-out ones), so the exam
+    wording is a format the model has seen answered, never an exam question."""
     documents = []
     for entity in entities:
         rng = random.Random(f"{cfg.seed}|cpt-qa|{entity.name}")
         keys = list(entity.facts)
         rng.shuffle(keys)
-        lines = [f"问：{ask(entity, key, rng)}\n答：{bare_answer(entity, key)}"
-                 for key in keys[: cfg.cpt_qa_per_entity]]
+        lines = []
+        for key in keys[: cfg.cpt_qa_per_entity]:
+            lines.append(f"问：{ask(entity, key, rng)}\n答：{bare_answer(entity, key)}")
+            stem = RELATION_BY_KEY[key].exam
+            if cfg.cpt_qa_exam_stems and stem:
+                lines.append(f"问：{stem.format(e=entity.name)}\n答：{rng.choice(entity.facts[key])}。")
         if lines:
             documents.append("\n".join(lines))
     return documents

@@ -126,7 +126,7 @@ def stats_markdown(stats: dict) -> str:
     n = stats["decontamination"]["ngram"]
     splits = list(stats["splits"])
     out += [f"## Decontamination ({n}-character n-gram overlap of eval items with each training split)", "",
-            f"Training records that asked an eval question and were removed: "
+            "Training records that asked an eval question and were removed: "
             + ", ".join(f"{k} {v}" for k, v in removed.items()) + ".", "",
             _table(["eval set"] + splits,
                    [[name] + [f"{row[s]['items']:,} / {row[s]['of']:,} ({row[s]['share']:.1%})" for s in splits]

@@ -11,21 +11,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Trainer, set_seed
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
 
 from training.config import Config
 from training.errors import UserError
 from training.modeling import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, UNK, load_tokenizer
 from training.stages.common import (
     StagePaths,
-    causal_lm_collator,
     finish_stage,
-    pack_into_blocks,
+    next_token_trainer,
     process_state,
     read_jsonl,
-    stage_callbacks,
     train_resumably,
-    training_arguments,
 )
 
 # The builder marks general (non-medical) text with a "general" source prefix: the People's Daily and
@@ -69,14 +66,7 @@ def run_base_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
 
     # trainer: next-token prediction on packed blocks of general text
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg, cfg.model, paths),
-        train_dataset=pack_into_blocks(general, tokenizer, cfg.model.block_size),
-        data_collator=causal_lm_collator(tokenizer),
-        processing_class=tokenizer,
-        callbacks=stage_callbacks(cfg, paths),
-    )
+    trainer = next_token_trainer(cfg, cfg.model, paths, model, tokenizer, general)
     metrics = train_resumably(trainer, paths)
     metrics.update(general_docs=len(general), parameters=model.num_parameters(),
                    vocab_size=len(tokenizer))

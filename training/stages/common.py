@@ -397,6 +397,21 @@ def causal_lm_collator(tokenizer):
     return DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
 
+def next_token_trainer(cfg: Config, section, paths: StagePaths, model, tokenizer, texts: list[str]):
+    """The Trainer of base pretraining and CPT: next-token prediction on packed blocks of
+    ``section.block_size`` tokens, with the section's schedule and the stage's callbacks."""
+    from transformers import Trainer
+
+    return Trainer(
+        model=model,
+        args=training_arguments(cfg, section, paths),
+        train_dataset=pack_into_blocks(texts, tokenizer, section.block_size),
+        data_collator=causal_lm_collator(tokenizer),
+        processing_class=tokenizer,
+        callbacks=stage_callbacks(cfg, paths),
+    )
+
+
 def peft_lora_config(lora, inference: bool = False):
     """peft.LoraConfig for a causal LM from a config section's ``lora`` (r, alpha, dropout, targets)."""
     from peft import LoraConfig, TaskType

@@ -9,20 +9,16 @@ always a full model that the later stages and the app load the same way.
 from __future__ import annotations
 
 from peft import get_peft_model
-from transformers import Trainer
 
 from training.config import Config
 from training.modeling import load_stage
 from training.stages.common import (
     StagePaths,
-    causal_lm_collator,
     finish_stage,
-    pack_into_blocks,
+    next_token_trainer,
     peft_lora_config,
     read_jsonl,
-    stage_callbacks,
     train_resumably,
-    training_arguments,
     training_dtype,
 )
 
@@ -38,14 +34,7 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
         model = get_peft_model(model, peft_lora_config(cfg.cpt.lora))
 
     # trainer
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(cfg, cfg.cpt, paths),
-        train_dataset=pack_into_blocks(texts, tokenizer, cfg.cpt.block_size),
-        data_collator=causal_lm_collator(tokenizer),
-        processing_class=tokenizer,
-        callbacks=stage_callbacks(cfg, paths),
-    )
+    trainer = next_token_trainer(cfg, cfg.cpt, paths, model, tokenizer, texts)
     metrics = train_resumably(trainer, paths)
     metrics.update(documents=len(texts), lora=cfg.cpt.use_lora)
 

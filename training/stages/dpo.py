@@ -38,8 +38,10 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
 
     # model: the SFT model, merged; DPOTrainer adds the LoRA adapter and uses the model without it as reference
     model, tokenizer = load_stage(paths.run_dir, "sft", device="cpu", dtype=training_dtype(cfg))
+    losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]} if cfg.dpo.sft_weight \
+        else {"loss_type": ["sigmoid"]}
     args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
-                              max_length=cfg.dpo.max_length)
+                              max_length=cfg.dpo.max_length, **losses)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
