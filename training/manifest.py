@@ -14,12 +14,11 @@ is kept beside it in ``run_state.json``, which the pipeline owns; :func:`list_ru
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from training.config import STAGES, Config
-from training.data.files import sha256_file
+from training.data.files import sha256_file, write_json_atomic
 from training.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -51,13 +50,6 @@ def stage_entry(path: str, kind: str, parent: str | None, metrics: dict) -> dict
     if kind not in ("full", "lora"):
         raise ValueError(f"stage kind must be full or lora, got {kind!r}")
     return {"path": path, "kind": kind, "parent": parent, "metrics": metrics}
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_manifest(run_path: Path, manifest: dict) -> None:

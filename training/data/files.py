@@ -12,6 +12,8 @@ import json
 import os
 from pathlib import Path
 
+from training.errors import UserError
+
 
 def dump_line(record: dict) -> str:
     """One record as one canonical JSON line (without the newline)."""
@@ -19,7 +21,9 @@ def dump_line(record: dict) -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` through ``.<name>.tmp`` and a rename, so no reader ever sees half a file."""
+    """Write ``text`` through ``.<name>.tmp`` and a rename, so no reader ever sees half a file. The file
+    is always a new one, never rewritten in place: a stage reused from another run holds hard links of
+    that run's files, and an in-place write would change that run too."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
@@ -27,6 +31,15 @@ def write_text_atomic(path: Path, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSON-lines file (ChiMed splits and eval sets); a one-line error naming a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is missing: build the data with ./launch.sh build-data")
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def write_jsonl_atomic(path: Path, records: list[dict]) -> None:

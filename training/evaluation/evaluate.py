@@ -30,7 +30,8 @@ from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
 from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
-from training.manifest import read_manifest, run_dir, sha256_file, write_json_atomic
+from training.data.files import read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from training.manifest import read_manifest, run_dir
 
 # bump when what a metric means changes, so cached measurements are recomputed
 EVAL_VERSION = 1
@@ -114,15 +115,15 @@ def load_eval_sets(cfg: Config) -> EvalSets:
         path = Path(path).expanduser()
         exams[path.stem] = _exam(read_user_exam(path), cfg)
         hashes[f"exam:{path}"] = sha256_file(path)
-    pref = {"pref": _cap(_read_jsonl(needed["pref"]), e.pref_max)}
+    pref = {"pref": _cap(read_jsonl(needed["pref"]), e.pref_max)}
     clinician = folder / "pref_clinician.jsonl"
     if clinician.is_file() and clinician.stat().st_size:
-        pref["pref_clinician"] = _cap(_read_jsonl(clinician), e.pref_max)
+        pref["pref_clinician"] = _cap(read_jsonl(clinician), e.pref_max)
         hashes["pref_clinician"] = sha256_file(clinician)
     return EvalSets(
         exams=exams,
-        qa=_cap(_read_jsonl(needed["qa"]), e.qa_max),
-        general=[r["text"] for r in _cap(_read_jsonl(needed["general"]), e.general_max)],
+        qa=_cap(read_jsonl(needed["qa"]), e.qa_max),
+        general=[r["text"] for r in _cap(read_jsonl(needed["general"]), e.general_max)],
         pref=pref,
         hashes=hashes,
     )
@@ -152,11 +153,6 @@ def _exam(items: list[dict], cfg: Config) -> Exam:
 
 def _cap(items: list, limit: int) -> list:
     return items[:limit] if limit > 0 else items
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _settings(cfg: Config, sets: EvalSets) -> dict:
@@ -280,7 +276,7 @@ def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str |
 
 
 def _write_generations(path: Path, generations: list[dict]) -> None:
-    report.write_text_atomic(path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
+    write_text_atomic(path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
 
 
 # --- reports ------------------------------------------------------------------------------------------
@@ -292,7 +288,7 @@ def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) ->
 
     out_dir = run_path / "eval"
     write_json_atomic(out_dir / "results.json", results)
-    report.write_text_atomic(out_dir / "results.md", report.results_markdown(results))
+    write_text_atomic(out_dir / "results.md", report.results_markdown(results))
     report.stages_chart(results, out_dir / "stages.png")
     config_path = run_path / "config.json"
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else cfg.to_dict()
@@ -303,7 +299,7 @@ def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) ->
         stage_dir = run_path / manifest["stages"][stage]["path"]
         # a linked base (paper profile) is the user's own model directory: its card stays in eval/
         target = out_dir / f"model_card_{stage}.md" if stage_dir.is_symlink() else stage_dir / "README.md"
-        report.write_text_atomic(target, card)
+        write_text_atomic(target, card)
 
 
 def compare_runs(cfg: Config, results: dict, other_id: str) -> dict:
@@ -323,6 +319,6 @@ def compare_runs(cfg: Config, results: dict, other_id: str) -> dict:
     out_dir = run_dir(cfg, results["run_id"]) / "eval"
     write_json_atomic(out_dir / f"compare_{other_id}.json", deltas)
     table = report.compare_markdown(deltas)
-    report.write_text_atomic(out_dir / f"compare_{other_id}.md", table)
+    write_text_atomic(out_dir / f"compare_{other_id}.md", table)
     print(table, flush=True)
     return deltas

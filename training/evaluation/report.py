@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 NOTICE = ("**Research and education only.** These models and their outputs are not medical advice and must "
@@ -121,14 +120,6 @@ def stages_chart(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename: a new file, never rewritten in place. Stage dirs reused
-    from an earlier run are hard links of its files, and an in-place write would change that run too."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: dict, stats: dict | None,

@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
 
 from training.config import Config
+from training.data.files import read_jsonl
 from training.errors import UserError
 from training.modeling import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, UNK, load_tokenizer
 from training.stages.common import (
@@ -21,7 +22,6 @@ from training.stages.common import (
     finish_stage,
     next_token_trainer,
     process_state,
-    read_jsonl,
     train_resumably,
 )
 

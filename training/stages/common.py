@@ -24,8 +24,8 @@ from transformers.integrations import TensorBoardCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from training.config import Config
+from training.data.files import write_json_atomic
 from training.errors import UserError
-from training.manifest import write_json_atomic
 
 STAGE_INFO = "stage.json"  # inside every finished stage dir: kind, parent, fingerprint, metrics
 FAULT_ENV = "CHIMED_FAULT_AFTER_STEPS"  # "cpt:12" kills the process (SIGKILL) after step 12 of cpt
@@ -356,15 +356,6 @@ def plot_loss(log_path: Path, png_path: Path, stage: str) -> None:
 
 
 # --- data ------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Records of a ChiMed split; a one-line error naming the file if it is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} is missing: build the data with ./launch.sh build-data")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def pack_into_blocks(texts: list[str], tokenizer, block_size: int):

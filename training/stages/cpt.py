@@ -11,13 +11,13 @@ from __future__ import annotations
 from peft import get_peft_model
 
 from training.config import Config
+from training.data.files import read_jsonl
 from training.modeling import load_stage
 from training.stages.common import (
     StagePaths,
     finish_stage,
     next_token_trainer,
     peft_lora_config,
-    read_jsonl,
     train_resumably,
     training_dtype,
 )

@@ -15,13 +15,12 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 
 from training.config import Config
-from training.manifest import write_json_atomic
+from training.data.files import read_jsonl, write_json_atomic
 from training.modeling import load_stage
 from training.stages.common import (
     StagePaths,
     finish_stage,
     peft_lora_config,
-    read_jsonl,
     stage_callbacks,
     train_resumably,
     training_arguments,

@@ -13,12 +13,12 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from training.config import Config
+from training.data.files import read_jsonl
 from training.modeling import load_stage
 from training.stages.common import (
     StagePaths,
     finish_stage,
     peft_lora_config,
-    read_jsonl,
     stage_callbacks,
     train_resumably,
     training_arguments,
