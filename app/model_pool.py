@@ -37,7 +37,8 @@ from transformers.generation.streamers import BaseStreamer
 from app.contestants import Contestant
 from training.config import Config
 from training.errors import UserError
-from training.modeling import default_device, default_dtype, load_causal_lm, load_tokenizer, stage_chain
+from training.modeling import (default_device, default_dtype, load_causal_lm, load_tokenizer, stage_chain,
+                               tokenizer_dir)
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -503,8 +504,7 @@ class ModelPool:
 
     def _tokenizer(self, chain: list[dict]):
         """The contestant's own tokenizer when its stage saved one (every stage trained here does)."""
-        own = Path(chain[-1]["abspath"])
-        path = str(own if (own / "tokenizer_config.json").is_file() else Path(chain[0]["abspath"]))
+        path = tokenizer_dir(chain)
         with self._lock:
             tokenizer = self._tokenizers.get(path)
         if tokenizer is None:

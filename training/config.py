@@ -9,8 +9,6 @@ tests all read the object returned by :func:`load_config`; nobody re-declares a 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import types
 import typing
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from training.data.files import sha256_json
 from training.errors import UserError
 
 PROFILES = ("tiny", "demo", "paper")
@@ -300,7 +299,7 @@ class Config:
     def sha256(self, section: str | None = None) -> str:
         """Stable hash of the whole config or one section (used to tell whether a stage is stale)."""
         payload = self.to_dict() if section is None else self.to_dict()[section]
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return sha256_json(payload)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from training.errors import UserError
+from training.manifest import read_manifest_at
 
 # Special tokens of the tokenizers trained here (tiny/demo). "<|end|>" closes every turn and every
 # pretraining document, so it is also the end-of-sequence token generation stops at.
@@ -104,14 +105,7 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: tor
     return model
 
 
-def _run_manifest(run_dir: Path) -> dict:
-    path = run_dir / "manifest.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a training run (no manifest.json); train one with ./launch.sh train-all")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _trust_remote_code(run_dir: Path) -> bool:
+def trust_remote_code(run_dir: Path) -> bool:
     """The run's own ``model.trust_remote_code`` (saved in ``config.json`` beside the manifest)."""
     path = run_dir / "config.json"
     if path.is_file():
@@ -126,7 +120,7 @@ def stage_chain(run_dir: str | Path, stage: str) -> list[dict]:
     ``[cpt (full), sft (lora), dpo (lora)]``.
     """
     run_dir = Path(run_dir)
-    stages = _run_manifest(run_dir)["stages"]
+    stages = read_manifest_at(run_dir)["stages"]
     chain, name = [], stage
     while name is not None:
         if name not in stages:
@@ -149,19 +143,19 @@ def load_stage(run_dir: str | Path, stage: str, device: str | None = None, dtype
 
     run_dir = Path(run_dir)
     chain = stage_chain(run_dir, stage)
-    trust = _trust_remote_code(run_dir)
+    trust = trust_remote_code(run_dir)
     device = device or default_device()
     model = load_causal_lm(chain[0]["abspath"], trust_remote_code=trust, dtype=dtype or default_dtype(device),
                            setting=f"{run_dir.name}/{chain[0]['path']}")
     for adapter in chain[1:]:
         model = PeftModel.from_pretrained(model, adapter["abspath"]).merge_and_unload()
-    tokenizer = load_tokenizer(_tokenizer_dir(chain), trust_remote_code=trust)
+    tokenizer = load_tokenizer(tokenizer_dir(chain), trust_remote_code=trust)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
     return model, tokenizer
 
 
-def _tokenizer_dir(chain: list[dict]) -> str:
+def tokenizer_dir(chain: list[dict]) -> str:
     """The stage's own tokenizer when saved with it (every stage trained here saves one), else the root's."""
     for entry in reversed(chain):
         if (Path(entry["abspath"]) / "tokenizer_config.json").is_file():

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
-import importlib.util
 import json
 import os
 import shlex
@@ -31,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from training.config import STAGES, Config, config_from_dict
+from training.data.files import sha256_json, write_json_atomic
 from training.errors import UserError
 from training.manifest import (
     MANIFEST,
@@ -42,7 +42,6 @@ from training.manifest import (
     read_manifest_at,
     read_run_state,
     stage_entry,
-    write_json_atomic,
     write_manifest,
 )
 
@@ -287,7 +286,7 @@ def stage_fingerprint(cfg: Config, stage: str, hashes: dict, parent_fingerprint:
         "data": {split: hashes[split] for split in STAGE_DATA[stage]},
         "parent": parent_fingerprint,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 def recorded_fingerprint(run_path: Path, stage: str) -> str | None:
@@ -451,25 +450,22 @@ def _print_dry_run(cfg: Config, plan, reuse, resume_run, run_id, problems) -> st
 
 
 def _evaluate_and_register(cfg: Config, run_id: str) -> None:
-    """Evaluate every stage and register the run's checkpoints with the preference store, when those
-    packages are installed in this tree."""
-    if cfg.train.evaluate_after and importlib.util.find_spec("training.evaluation.evaluate"):
+    """Evaluate every stage, register the run's checkpoints with the preference store and record which
+    clinician pairs the run trained on."""
+    if cfg.train.evaluate_after:
         from training.evaluation.evaluate import evaluate_run
 
         print(f"evaluation of run {run_id}", flush=True)
         evaluate_run(cfg, run_id)
-    if importlib.util.find_spec("preference_store.repository"):
-        from preference_store.repository import PreferenceStore
+    from preference_store.repository import PreferenceStore
 
-        stages = list(read_manifest_at(cfg.runs_dir / run_id)["stages"])
-        store = PreferenceStore(cfg.database_url)
-        try:
-            store.register_checkpoints(run_id, stages)
-            consumed = store.mark_consumed(read_manifest_at(cfg.runs_dir / run_id).get("dpo_pair_ids", []), run_id)
-        finally:
-            getattr(store, "close", lambda: None)()
-        print(f"registered {', '.join(f'{run_id}/{s}' for s in stages)} in the preference store"
-              + (f"; {consumed} clinician pairs marked as consumed by this run" if consumed else ""), flush=True)
+    manifest = read_manifest_at(cfg.runs_dir / run_id)
+    stages = list(manifest["stages"])
+    with PreferenceStore(cfg.database_url) as store:
+        store.register_checkpoints(run_id, stages)
+        consumed = store.mark_consumed(manifest.get("dpo_pair_ids", []), run_id)
+    print(f"registered {', '.join(f'{run_id}/{s}' for s in stages)} in the preference store"
+          + (f"; {consumed} clinician pairs marked as consumed by this run" if consumed else ""), flush=True)
 
 
 # --- the launched processes ----------------------------------------------------------------------------

@@ -147,10 +147,20 @@ def data_is_built(cfg: Config) -> bool:
 # --- inputs --------------------------------------------------------------------------------------
 
 
+# data.user_files setting -> its importer and the UserInputs field its records go to
+USER_READERS = (
+    ("cpt_text", importers.read_pretraining_text, "cpt_text"),
+    ("sft_alpaca", importers.read_alpaca, "sft"),
+    ("sft_sharegpt", importers.read_sharegpt, "sft"),
+    ("dpo_pairs", importers.read_preference_pairs, "pairs"),
+    ("exam", importers.read_exam, "exam"),
+    ("qa", importers.read_qa, "qa"),
+)
+
+
 def _user_paths(data: DataConfig) -> list[tuple[str, str]]:
-    files = data.user_files
-    return [(f"data.user_files.{name}", path) for name in
-            ("cpt_text", "sft_alpaca", "sft_sharegpt", "dpo_pairs", "exam", "qa") for path in getattr(files, name)]
+    return [(f"data.user_files.{name}", path) for name, _, _ in USER_READERS
+            for path in getattr(data.user_files, name)]
 
 
 def collected_pair_files(cfg: Config) -> list[Path]:
@@ -159,21 +169,12 @@ def collected_pair_files(cfg: Config) -> list[Path]:
 
 
 def read_user_inputs(cfg: Config, errors: importers.LineErrors) -> UserInputs:
-    files = cfg.data.user_files
     for setting, path in _user_paths(cfg.data):
         importers.require_file(path, setting)  # every missing file is reported before any work
     inputs = UserInputs()
-    readers = [  # (setting's paths, importer, where its records go)
-        (files.cpt_text, importers.read_pretraining_text, inputs.cpt_text),
-        (files.sft_alpaca, importers.read_alpaca, inputs.sft),
-        (files.sft_sharegpt, importers.read_sharegpt, inputs.sft),
-        (files.dpo_pairs, importers.read_preference_pairs, inputs.pairs),
-        (files.exam, importers.read_exam, inputs.exam),
-        (files.qa, importers.read_qa, inputs.qa),
-    ]
-    for paths, read, into in readers:
-        for path in paths:
-            into.extend(read(Path(path).expanduser(), errors))
+    for name, read, field_name in USER_READERS:
+        for path in getattr(cfg.data.user_files, name):
+            getattr(inputs, field_name).extend(read(Path(path).expanduser(), errors))
     for path in collected_pair_files(cfg):
         for split, pair in importers.read_collected_pairs(path, errors):
             (inputs.clinician_train if split == "train" else inputs.clinician_heldout).append(pair)

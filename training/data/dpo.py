@@ -90,6 +90,5 @@ def _least_used(candidates: list[str], used: list[str]) -> str:
 def hold_out_by_prompt(pairs: list[dict], share: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, held out): a deterministic ``share`` of the pairs, chosen by prompt so that the pairs of
     one prompt stay on one side."""
-    def held(pair: dict) -> bool:
-        return stable_hash(seed, "heldout-pairs", repr(pair["prompt"])) / 2**64 < share
-    return [p for p in pairs if not held(p)], [p for p in pairs if held(p)]
+    held = [stable_hash(seed, "heldout-pairs", repr(p["prompt"])) / 2**64 < share for p in pairs]
+    return [p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h]

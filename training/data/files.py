@@ -60,6 +60,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_json(payload) -> str:
+    """SHA-256 of a JSON-serializable value, independent of dict order (fingerprints, cache keys)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
 def stable_hash(*parts: object) -> int:
     """A 64-bit hash of ``parts`` that, unlike ``hash()``, is the same in every process."""
     text = "\x1f".join(str(p) for p in parts)

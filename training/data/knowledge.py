@@ -120,7 +120,7 @@ def choose_entities(graph: dict[str, dict[str, list[str]]], cfg: DataConfig) -> 
     chosen: dict[str, Entity] = {}
     taken: Counter = Counter()
     for name in ranked:  # entities are made lazily: tiny needs a few hundred of 27,403
-        if taken == quota:
+        if all(taken[kind] >= n for kind, n in quota.items()):
             break
         kind = entity_kind(graph[name])
         if kind is not None and taken[kind] < quota[kind]:

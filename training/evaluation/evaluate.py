@@ -17,7 +17,6 @@ another run's stages (``--from dpo --resume-run``), only computes what changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
 from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
-from training.data.files import read_jsonl, sha256_file, write_json_atomic, write_text_atomic
+from training.data.files import (read_jsonl, sha256_file, sha256_json, write_json_atomic, write_jsonl_atomic,
+                                 write_text_atomic)
 from training.manifest import read_manifest, run_dir
 
 # bump when what a metric means changes, so cached measurements are recomputed
@@ -73,7 +73,6 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
         raise UserError(f"run {run_id} has no finished stage to evaluate: train it with ./launch.sh train-all")
     sets = load_eval_sets(cfg)
     out_dir = run_path / "eval"
-    (out_dir / "generations").mkdir(parents=True, exist_ok=True)
 
     results = {"run_id": run_id, "stages": {}, "settings": _settings(cfg, sets), "timing_s": {}}
     measured: dict[str, dict] = {}
@@ -88,7 +87,7 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
         # this call's wall time (loading included; near 0 when cached) and the parts of the measurement
         results["timing_s"][stage] = {"wall": round(time.time() - started, 2),
                                       "measured": measured[stage].get("seconds", {})}
-        _write_generations(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
+        write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
 
     write_reports(cfg, run_path, manifest, results)
     print(report.results_table(results), flush=True)
@@ -177,7 +176,6 @@ def measure_stage_cached(cfg: Config, run_path: Path, manifest: dict, stage: str
                 if cached.get("key") == key:
                     print(f"{stage}: unchanged since its last evaluation, reusing it", flush=True)
                     if path != own:
-                        own.parent.mkdir(parents=True, exist_ok=True)
                         write_json_atomic(own, cached)
                     return cached["measured"]
     from training.modeling import load_stage
@@ -186,7 +184,6 @@ def measure_stage_cached(cfg: Config, run_path: Path, manifest: dict, stage: str
     measured = measure_stage(cfg, model, tokenizer, stage, sets)
     del model
     if key:
-        own.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(own, {"key": key, "measured": measured})
     return measured
 
@@ -272,11 +269,7 @@ def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str |
     settings = {k: v for k, v in cfg.to_dict()["eval"].items() if k != "use_cache"}
     payload = {"version": EVAL_VERSION, "stage": stage, "fingerprint": fingerprint, "settings": settings,
                "sets": sets.hashes}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _write_generations(path: Path, generations: list[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations))
+    return sha256_json(payload)
 
 
 # --- reports ------------------------------------------------------------------------------------------
