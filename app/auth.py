@@ -27,9 +27,9 @@ def login_checker(store: PreferenceStore) -> Callable[[str, str], bool] | None:
 def identify(store: PreferenceStore, username: str | None) -> Annotator:
     """The annotator behind a request: the logged-in account, or "demo" when no account exists."""
     if username:
-        for annotator in store.list_annotators():
-            if annotator.name == username and annotator.can_login:
-                return annotator
+        annotator = store.annotator_by_name(username)
+        if annotator is not None and annotator.can_login:
+            return annotator
         raise UserError(f"no annotator account {username!r}: log in again")
     if store.has_login_accounts():
         raise UserError("this app has annotator accounts: log in first (restart the app after adding the first one)")

@@ -193,6 +193,11 @@ class PreferenceStore:
             return None
         return _annotator(row)
 
+    def annotator_by_name(self, name: str) -> Annotator | None:
+        with self._read() as session:
+            row = session.scalar(select(m.Annotator).where(m.Annotator.name == name))
+        return _annotator(row) if row is not None else None
+
     def has_login_accounts(self) -> bool:
         """Whether any account with a password exists (if not, the app runs as the demo annotator)."""
         with self._read() as session:
@@ -212,13 +217,6 @@ class PreferenceStore:
             return _annotator(row)
 
         return self._write(work)
-
-    def get_annotator(self, annotator_id: int) -> Annotator:
-        with self._read() as session:
-            row = session.get(m.Annotator, annotator_id)
-        if row is None:
-            raise NotFoundError(f"no annotator with id {annotator_id}: log in again")
-        return _annotator(row)
 
     def list_annotators(self) -> list[Annotator]:
         with self._read() as session:
