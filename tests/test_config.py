@@ -23,8 +23,13 @@ def test_paper_profile_carries_the_seed_hyper_parameters():
 def test_profiles_differ_only_where_they_must():
     tiny, demo = load_config("tiny"), load_config("demo")
     assert tiny.model.hidden_size < demo.model.hidden_size
-    # LoRA shapes come from the single default, not re-declared per profile
-    assert tiny.sft.lora == demo.sft.lora == load_config("paper").sft.lora
+    # LoRA shapes come from the single default, not re-declared per profile; the demo widens only the
+    # SFT adapter's rank and targets, its alpha and dropout still come from that default
+    paper = load_config("paper")
+    assert tiny.sft.lora == paper.sft.lora and tiny.dpo.lora == demo.dpo.lora == paper.dpo.lora
+    assert (demo.sft.lora.r, demo.sft.lora.alpha, demo.sft.lora.dropout) == (16, paper.sft.lora.alpha,
+                                                                             paper.sft.lora.dropout)
+    assert "down_proj" in demo.sft.lora.target_modules
 
 
 def test_overrides_are_typed():

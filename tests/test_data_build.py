@@ -123,6 +123,30 @@ def test_split_is_by_entity_and_the_exam_asks_what_cpt_states(tiny_data_home):
                 assert not entity.is_true(key, option), (q["question"], option)
 
 
+def test_training_splits_ask_and_reject_only_with_training_entities_facts(chimed_home):
+    cfg = small_config()
+    cfg.data.sft_exam_qa = True
+    build_chimed(cfg)
+    train, held = split_by_entity(choose_entities(load_cmekg(), cfg.data), cfg.data)
+    train_values = {v for e in train for values in e.facts.values() for v in values}
+    # solved exam-style questions in ChiMed-SFT: a training entity's examined relation, one of its values
+    stems = {rel.exam.format(e=e.name): (e, rel.key) for e in train for rel in RELATIONS if rel.exam and rel.key in e.facts}
+    exam_qa = [r for r in read(chimed_home, "sft.jsonl") if r["source"] == "kg_exam_qa"]
+    assert len(exam_qa) == len(stems)
+    for record in exam_qa:
+        question, reply = (m["content"] for m in record["messages"])
+        entity, key = stems[question]
+        assert reply.endswith("。") and reply[:-1] in entity.facts[key]
+    # a DPO training pair's wrong facts are another training entity's: no held-out fact is "rejected"
+    held_only = {v for e in held for values in e.facts.values() for v in values
+                 if len(v) >= 2 and not any(v in t for t in train_values)}
+    pairs = [p for p in read(chimed_home, "dpo.jsonl") if p["source"] == "kg_objective"]
+    wrong = [(p["chosen"][-1]["content"], p["rejected"][-1]["content"]) for p in pairs]
+    assert held_only and any(r not in c for c, r in wrong)  # some pairs state wrong facts
+    leaked = {v for c, r in wrong for v in held_only if v in r and v not in c}
+    assert not leaked
+
+
 def test_same_config_and_seed_give_byte_identical_files(tiny_data_home, chimed_home):
     build_chimed(load_config("tiny"))
     first, second = tiny_data_home / "data" / "chimed", chimed_home / "data" / "chimed"

@@ -48,7 +48,7 @@ def fact_model():
     labels = torch.tensor([s + [-100] * (width - len(s)) for s in seqs])
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
     model.train()
-    for _ in range(200):
+    for _ in range(300):
         loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         optimizer.step()

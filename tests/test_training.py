@@ -73,7 +73,7 @@ def test_every_stage_loads_and_generates_with_the_saved_chat_template(tiny_cfg):
         model, tokenizer = load_stage(run_dir, stage, device="cpu")
         assert (run_dir / stage / "chat_template.jinja").is_file()
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        assert tokenizer.decode(prompt["input_ids"][0]).endswith("<|assistant|>")
+        assert tokenizer.decode(prompt["input_ids"][0]) == "问：感冒了应该注意什么？\n答："
         with torch.no_grad():
             out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
             last_logits[stage] = model(**prompt).logits[0, -1]
@@ -83,6 +83,24 @@ def test_every_stage_loads_and_generates_with_the_saved_chat_template(tiny_cfg):
     # each stage really is a different model: the adapters are applied, not silently dropped
     for earlier, later in (("base", "cpt"), ("cpt", "sft"), ("sft", "dpo")):
         assert not torch.allclose(last_logits[earlier], last_logits[later])
+
+
+def test_the_chat_template_asks_a_question_as_the_plain_prompt_and_the_cpt_qa_text_do(tiny_cfg):
+    from training.evaluation.prompts import conversation_prompt
+
+    cfg, run_id = tiny_cfg
+    _, tokenizer = load_stage(cfg.runs_dir / run_id, "sft", device="cpu")
+    question = [{"role": "user", "content": "糖尿病的常见症状有哪些？"}]
+    chat = conversation_prompt(tokenizer, question, chat=True)
+    # SFT/DPO (chat template) and base/CPT (plain text) read one question the same way ...
+    assert chat == conversation_prompt(tokenizer, question, chat=False) == "问：糖尿病的常见症状有哪些？\n答："
+    # ... which is how ChiMed-CPT's QA text asks and answers
+    qa_text = [r["text"] for r in read_jsonl(cfg.data_dir / "cpt.jsonl") if r["source"] == "kg_qa_text"]
+    assert qa_text and all(t.startswith("问：") and "\n答：" in t for t in qa_text)
+    # in a conversation each answer ends with the end-of-sequence token, where generation stops
+    turns = question + [{"role": "assistant", "content": "多饮、多尿。"}, {"role": "user", "content": "还有呢？"}]
+    assert conversation_prompt(tokenizer, turns, chat=True) == \
+        f"问：糖尿病的常见症状有哪些？\n答：多饮、多尿。{tokenizer.eos_token}\n问：还有呢？\n答："
 
 
 def test_progress_is_logged_per_stage(tiny_cfg):
@@ -135,7 +153,7 @@ def test_sft_truncation_keeps_the_end_of_a_long_question_and_the_answer(tiny_cfg
     source = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if not m]
     target = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert len(source) == 24
-    assert tokenizer.decode(source).endswith("请问该怎么办？" + tokenizer.eos_token + "<|assistant|>")
+    assert tokenizer.decode(source).endswith("请问该怎么办？\n答：")
     assert tokenizer.decode(target) == answer + tokenizer.eos_token
 
 

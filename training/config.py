@@ -65,6 +65,9 @@ class DataConfig:
     # entities' facts asked and answered in that form lets a model answer it for the facts it only read
     # (Allen-Zhu & Li 2023, "Physics of Language Models 3.1")
     cpt_qa_exam_stems: bool = True
+    # ChiMed-SFT also answers the training entities' examined relations in the exam's wording with one value
+    # (the paper's ChiMed-SFT includes exam QA): SFT then keeps the short-answer form CPT taught
+    sft_exam_qa: bool = False
     max_values_per_relation: int = 5  # values stated per (entity, relation); the exam asks only about these
     multiturn_per_disease: int = 1  # consultations (patient -> follow-up question -> answer) per disease
     general_sft_max: int = 0  # general-domain instructions in ChiMed-SFT; 0 = as many as the share gives

@@ -24,25 +24,14 @@ from pathlib import Path
 
 import torch
 
+from training.chat_format import CHAT_TEMPLATE
 from training.errors import UserError
 from training.manifest import read_manifest_at
 
-# Special tokens of the tokenizers trained here (tiny/demo). "<|end|>" closes every turn and every
-# pretraining document, so it is also the end-of-sequence token generation stops at.
+# Special tokens of the tokenizers trained here (tiny/demo). "<|end|>" closes every assistant turn and
+# every pretraining document, so it is also the end-of-sequence token generation stops at.
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "<|end|>"
-ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
-SPECIAL_TOKENS = [PAD, UNK, BOS, EOS, *ROLE_TOKENS]
-
-# One turn = role marker + content + end marker. Used for tiny/demo, and for a paper base model whose
-# tokenizer has no template of its own (base checkpoints usually have none); the markers are then
-# plain text to that tokenizer, which is fine. The eos token is appended after each turn rather than
-# the literal "<|end|>" so that a foreign tokenizer ends turns with its own end-of-sequence token.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + eos_token }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 
 
 def ensure_chat_template(tokenizer):

@@ -84,7 +84,10 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     cpt = build_cpt_corpus(entities, train, general_pool, inputs.cpt_text, data)
     sft = build_sft(train, differential, general_pool, inputs.sft, data)
     imported_train, imported_held = hold_out_by_prompt(inputs.pairs, data.pref_eval_share, data.seed)
-    dpo = objective_pairs(train, having, differential, data, salt="dpo") + imported_train + inputs.clinician_train
+    # a training pair's wrong answer borrows another *training* entity's facts: the held-out entities' facts
+    # never enter a training split as "rejected" (that would teach DPO to doubt what the exam asks)
+    dpo = objective_pairs(train, relation_index(train), differential, data, salt="dpo") + imported_train \
+        + inputs.clinician_train
     eval_sets = {
         "exam": build_exam(held_out, having, data) + inputs.exam,
         "qa": build_qa(held_out, differential, data) + inputs.qa,

@@ -14,10 +14,10 @@ import random
 
 from tqdm import tqdm
 
+from training.chat_format import ASSISTANT_MARKER, USER_MARKER
 from training.config import DataConfig
-from training.data.dialogue import ask, bare_answer
+from training.data.dialogue import ask, bare_answer, exam_style_turn
 from training.data.knowledge import Entity
-from training.data.relations import RELATION_BY_KEY
 from training.data.sources import Document
 from training.data.verbalize import verbalize_entity
 
@@ -52,10 +52,10 @@ def qa_text(entities: list[Entity], cfg: DataConfig) -> list[str]:
         rng.shuffle(keys)
         lines = []
         for key in keys[: cfg.cpt_qa_per_entity]:
-            lines.append(f"问：{ask(entity, key, rng)}\n答：{bare_answer(entity, key)}")
-            stem = RELATION_BY_KEY[key].exam
-            if cfg.cpt_qa_exam_stems and stem:
-                lines.append(f"问：{stem.format(e=entity.name)}\n答：{rng.choice(entity.facts[key])}。")
+            lines.append(f"{USER_MARKER}{ask(entity, key, rng)}\n{ASSISTANT_MARKER}{bare_answer(entity, key)}")
+            turn = exam_style_turn(entity, key, rng) if cfg.cpt_qa_exam_stems else None
+            if turn:
+                lines.append(f"{USER_MARKER}{turn[0]}\n{ASSISTANT_MARKER}{turn[1]}")
         if lines:
             documents.append("\n".join(lines))
     return documents

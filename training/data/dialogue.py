@@ -42,6 +42,16 @@ def bare_answer(entity: Entity, relation_key: str) -> str:
     return join_values(RELATION_BY_KEY[relation_key], entity.facts[relation_key]) + "。"
 
 
+def exam_style_turn(entity: Entity, relation_key: str, rng: random.Random) -> tuple[str, str] | None:
+    """The relation asked in the exam's wording ("下列哪一项是X的常见症状？") and answered with one of its
+    values ("多饮。"), as a solved exam question reads; None for a relation the exam does not ask. Only
+    ever made for training entities: the held-out ones are what the exam asks about."""
+    stem = RELATION_BY_KEY[relation_key].exam
+    if not stem:
+        return None
+    return stem.format(e=entity.name), rng.choice(entity.facts[relation_key]) + "。"
+
+
 def has_advice(relation_key: str) -> bool:
     return RELATION_BY_KEY[relation_key].advice
 

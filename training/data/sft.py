@@ -1,5 +1,6 @@
-"""ChiMed-SFT: medical single-turn QA from CMeKG relations, multi-turn consultations built from disease
-facts, the user's Alpaca/ShareGPT files, and general-domain instructions against forgetting.
+"""ChiMed-SFT: medical single-turn QA from CMeKG relations (with ``data.sft_exam_qa`` also solved
+exam-style questions), multi-turn consultations built from disease facts, the user's Alpaca/ShareGPT
+files, and general-domain instructions against forgetting.
 
 All records are ``{"messages": [...], "source"}`` (TRL's conversational format). Only training
 entities are asked about; the held-out entities belong to the exam and the QA set.
@@ -14,13 +15,14 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from training.config import DataConfig
-from training.data.dialogue import Consultation, answer, ask, assistant, consultation, user
+from training.data.dialogue import Consultation, answer, ask, assistant, consultation, exam_style_turn, user
 from training.data.files import stable_hash
 from training.data.knowledge import Entity
 from training.data.relations import DISEASE
 from training.data.sources import Document
 
-QA_SOURCE, CONSULTATION_SOURCE, GENERAL_SOURCE = "kg_qa", "kg_consultation", "general_instruction"
+QA_SOURCE, EXAM_SOURCE, CONSULTATION_SOURCE = "kg_qa", "kg_exam_qa", "kg_consultation"
+GENERAL_SOURCE = "general_instruction"
 SENTENCE = re.compile(r"[^。！？\n]*[。！？]|[^。！？\n]+")
 
 HEADLINE_TASK = "{text}\n\n请为上面这篇新闻拟一个标题。"
@@ -37,6 +39,18 @@ def kg_qa(entities: list[Entity], cfg: DataConfig, salt: str = "sft") -> list[di
             rng = random.Random(f"{cfg.seed}|{salt}|{entity.name}|{key}")
             records.append({"messages": [user(ask(entity, key, rng)), assistant(answer(entity, key))],
                             "source": QA_SOURCE})
+    return records
+
+
+def exam_style_qa(entities: list[Entity], cfg: DataConfig) -> list[dict]:
+    """Solved exam-style questions about the training entities (the paper's ChiMed-SFT includes exam
+    QA): every examined relation asked in the exam's wording and answered with one value."""
+    records = []
+    for entity in entities:
+        for key in entity.facts:
+            turn = exam_style_turn(entity, key, random.Random(f"{cfg.seed}|sft-exam|{entity.name}|{key}"))
+            if turn:
+                records.append({"messages": [user(turn[0]), assistant(turn[1])], "source": EXAM_SOURCE})
     return records
 
 
@@ -121,6 +135,8 @@ def build_sft(train_entities: list[Entity], differential: dict[str, str], genera
               imported: list[dict], cfg: DataConfig) -> list[dict]:
     """Medical QA + consultations + imported conversations, then general instructions at their share."""
     records = kg_qa(train_entities, cfg)
+    if cfg.sft_exam_qa:
+        records += exam_style_qa(train_entities, cfg)
     records += [{"messages": c.turns + [assistant(c.closing())], "source": CONSULTATION_SOURCE}
                 for c in consultations(train_entities, differential, cfg)]
     records += imported

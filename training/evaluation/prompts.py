@@ -2,13 +2,18 @@
 
 Instruction-tuned stages (``cfg.eval.chat_stages``: sft, dpo) see the run's chat template, exactly as in
 training and in the app (``apply_chat_template(messages, add_generation_prompt=True)``). The base and CPT
-models never saw the template's role markers, so they get the same conversation as plain text, each turn
-on its own line after 问：/答：, and the prompt ends with 答： (the answer is the continuation).
+models get the conversation as plain text, each turn on its own line after the markers of
+``training/chat_format.py``, and the prompt ends with 答： (the answer is the continuation). For the models
+trained here the chat template uses the same markers (it adds only the end-of-sequence token after each
+answer), so every stage reads the same question the same way; a model with a chat template of its own
+(paper profile) keeps it.
 """
 
 from __future__ import annotations
 
-PLAIN_MARKERS = {"system": "", "user": "问：", "assistant": "答："}
+from training.chat_format import ASSISTANT_MARKER, USER_MARKER
+
+PLAIN_MARKERS = {"system": "", "user": USER_MARKER, "assistant": ASSISTANT_MARKER}
 
 
 def conversation_prompt(tokenizer, messages: list[dict], chat: bool) -> str:

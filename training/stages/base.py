@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast,
 from training.config import Config
 from training.data.files import read_jsonl
 from training.errors import UserError
-from training.modeling import BOS, CHAT_TEMPLATE, EOS, PAD, ROLE_TOKENS, SPECIAL_TOKENS, UNK, load_tokenizer
+from training.modeling import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS, UNK, load_tokenizer
 from training.stages.common import (
     StagePaths,
     finish_stage,
@@ -87,7 +87,7 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(texts, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=PAD, unk_token=UNK, bos_token=BOS,
-                                        eos_token=EOS, additional_special_tokens=list(ROLE_TOKENS))
+                                        eos_token=EOS)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
