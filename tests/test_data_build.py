@@ -29,6 +29,12 @@ def user_turns(records: list[dict]) -> set[str]:
     return {m["content"] for r in records for m in (r.get("messages") or r["prompt"]) if m["role"] == "user"}
 
 
+def exam_stems(entities) -> dict:
+    """Each examined relation of these entities in the exam's wording -> (entity, relation key)."""
+    return {rel.exam.format(e=e.name): (e, rel.key) for e in entities for rel in RELATIONS
+            if rel.exam and rel.key in e.facts}
+
+
 def small_config(**data):
     """The tiny profile shrunk further, for builds that test inputs rather than the sources."""
     cfg = load_config("tiny", ["data.max_entities=60", "data.people_daily_max_docs=60",
@@ -112,7 +118,7 @@ def test_split_is_by_entity_and_the_exam_asks_what_cpt_states(tiny_data_home):
     assert not {e.name for e in train} & {e.name for e in held}
     exam = read(tiny_data_home, "eval/exam.jsonl")
     kg_text = [r["text"] for r in read(tiny_data_home, "cpt.jsonl") if r["source"] == "kg"]
-    stems = {rel.exam.format(e=e.name): (e, rel.key) for e in held for rel in RELATIONS if rel.exam and rel.key in e.facts}
+    stems = exam_stems(held)
     for q in exam:
         entity, key = stems[q["question"]]  # every question is about a held-out entity
         answer = q["options"][q["answer"]]
@@ -130,7 +136,7 @@ def test_training_splits_ask_and_reject_only_with_training_entities_facts(chimed
     train, held = split_by_entity(choose_entities(load_cmekg(), cfg.data), cfg.data)
     train_values = {v for e in train for values in e.facts.values() for v in values}
     # solved exam-style questions in ChiMed-SFT: a training entity's examined relation, one of its values
-    stems = {rel.exam.format(e=e.name): (e, rel.key) for e in train for rel in RELATIONS if rel.exam and rel.key in e.facts}
+    stems = exam_stems(train)
     exam_qa = [r for r in read(chimed_home, "sft.jsonl") if r["source"] == "kg_exam_qa"]
     assert len(exam_qa) == len(stems)
     for record in exam_qa:

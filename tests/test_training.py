@@ -16,7 +16,7 @@ import torch
 from training.cli import main as cli_main
 from training.config import load_config
 from training.manifest import latest_run, list_runs, read_manifest, sha256_file
-from training.modeling import load_stage
+from training.modeling import load_stage, load_tokenizer
 from training.data.files import read_jsonl
 from training.stages.common import stage_paths
 
@@ -89,7 +89,7 @@ def test_the_chat_template_asks_a_question_as_the_plain_prompt_and_the_cpt_qa_te
     from training.evaluation.prompts import conversation_prompt
 
     cfg, run_id = tiny_cfg
-    _, tokenizer = load_stage(cfg.runs_dir / run_id, "sft", device="cpu")
+    tokenizer = load_tokenizer(cfg.runs_dir / run_id / "sft")
     question = [{"role": "user", "content": "糖尿病的常见症状有哪些？"}]
     chat = conversation_prompt(tokenizer, question, chat=True)
     # SFT/DPO (chat template) and base/CPT (plain text) read one question the same way ...

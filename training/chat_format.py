@@ -10,6 +10,12 @@ whose embeddings its LoRA adapter cannot train. No imports: the data builder use
 
 USER_MARKER, ASSISTANT_MARKER = "问：", "答："
 
+
+def plain_qa(question: str, answer: str) -> str:
+    """One question and its answer as plain text: the lines ChiMed-CPT's QA text is made of."""
+    return f"{USER_MARKER}{question}\n{ASSISTANT_MARKER}{answer}"
+
+
 # One conversation: a system turn as its text, a user turn after 问：, an assistant turn after 答： closed
 # by the end-of-sequence token (where generation stops: the turn's last trained token); each turn on a
 # line of its own, and the generation prompt is 答：. Used for tiny/demo, and for a paper base model whose

@@ -14,7 +14,7 @@ import random
 
 from tqdm import tqdm
 
-from training.chat_format import ASSISTANT_MARKER, USER_MARKER
+from training.chat_format import plain_qa
 from training.config import DataConfig
 from training.data.dialogue import ask, bare_answer, exam_style_turn
 from training.data.knowledge import Entity
@@ -52,10 +52,10 @@ def qa_text(entities: list[Entity], cfg: DataConfig) -> list[str]:
         rng.shuffle(keys)
         lines = []
         for key in keys[: cfg.cpt_qa_per_entity]:
-            lines.append(f"{USER_MARKER}{ask(entity, key, rng)}\n{ASSISTANT_MARKER}{bare_answer(entity, key)}")
+            lines.append(plain_qa(ask(entity, key, rng), bare_answer(entity, key)))
             turn = exam_style_turn(entity, key, rng) if cfg.cpt_qa_exam_stems else None
             if turn:
-                lines.append(f"{USER_MARKER}{turn[0]}\n{ASSISTANT_MARKER}{turn[1]}")
+                lines.append(plain_qa(*turn))
         if lines:
             documents.append("\n".join(lines))
     return documents
