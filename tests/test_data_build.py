@@ -85,6 +85,19 @@ def test_tiny_build_writes_every_file_with_sane_counts(tiny_data_home):
     assert "Table 1. ChiMed-CPT" in md and "Table 3. ChiMed-DPO" in md and "Decontamination" in md
 
 
+def test_the_base_pretrains_on_the_general_pool_that_cpt_replays_and_never_on_held_out_text(tiny_data_home):
+    base, cpt = read(tiny_data_home, "base.jsonl"), read(tiny_data_home, "cpt.jsonl")
+    held_out = {r["text"] for r in read(tiny_data_home, "eval/general.jsonl")}
+    assert {r["source"] for r in base} == {"general_people_daily", "general_reviews"}
+    base_text = {r["text"] for r in base}
+    cpt_general = [r["text"] for r in cpt if r["source"].startswith("general")]
+    assert cpt_general and set(cpt_general) <= base_text  # ChiMed-CPT's general share is a replay
+    assert len(base_text) > 3 * len(cpt_general)  # the base reads far more general text than CPT replays
+    assert not base_text & held_out  # the perplexity documents stay unseen
+    md = (tiny_data_home / "data" / "chimed" / "stats.md").read_text(encoding="utf-8")
+    assert "`base.jsonl`" in md
+
+
 def test_kg_text_is_prose_in_several_phrasings(tiny_data_home):
     kg = [r["text"] for r in read(tiny_data_home, "cpt.jsonl") if r["source"] == "kg"]
     relation_names = {name for relation in RELATIONS for name in relation.cmekg}

@@ -39,7 +39,7 @@ def test_tiny_run_manifest_matches_the_contract(tiny_cfg):
     assert manifest["run_id"] == run_id and manifest["profile"] == "tiny" and manifest["parent_run"] is None
     datetime.fromisoformat(manifest["created"])
     assert manifest["config_sha256"] == cfg.sha256()
-    assert manifest["data_sha256"] == {s: sha256_file(cfg.data_dir / f"{s}.jsonl") for s in ("cpt", "sft", "dpo")}
+    assert manifest["data_sha256"] == {s: sha256_file(cfg.data_dir / f"{s}.jsonl") for s in ("base", "cpt", "sft", "dpo")}
     assert list(manifest["stages"]) == ["base", "cpt", "sft", "dpo"]
     for stage, (kind, parent) in CHAIN.items():
         entry = manifest["stages"][stage]
@@ -56,11 +56,12 @@ def test_base_is_pretrained_on_general_text_only(tiny_cfg):
     cfg, run_id = tiny_cfg
     from training.stages.base import general_corpus, is_general_text
 
-    cpt, sft = read_jsonl(cfg.data_dir / "cpt.jsonl"), read_jsonl(cfg.data_dir / "sft.jsonl")
+    base, cpt, sft = (read_jsonl(cfg.data_dir / f"{s}.jsonl") for s in ("base", "cpt", "sft"))
+    assert base and all(map(is_general_text, base))
     assert 0 < sum(map(is_general_text, cpt)) < len(cpt)  # ChiMed-CPT has medical records the base never saw
     assert {r["source"] for r in cpt if not is_general_text(r)} >= {"kg"}
     metrics = read_manifest(cfg, run_id)["stages"]["base"]["metrics"]
-    assert metrics["general_docs"] == len(general_corpus(cpt, sft))
+    assert metrics["general_docs"] == len(general_corpus(base, sft)) > len(base)
     assert metrics["vocab_size"] <= cfg.model.vocab_size
 
 
@@ -256,6 +257,25 @@ def test_gpu_only_options_on_a_cpu_machine_are_one_line(chimed_home, override, s
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {setting} needs") and "\n" not in err
     assert not (chimed_home / "runs").exists()
+
+
+def test_cpt_medical_repeats_out_of_range_stops_before_any_work(chimed_home, capsys):
+    assert cli_main(["train-all", "--profile", "tiny", "cpt.medical_repeats=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cpt.medical_repeats=0") and "\n" not in err
+    assert not (chimed_home / "runs").exists() and not (chimed_home / "data").exists()
+
+
+def test_cpt_repeats_the_medical_records_and_reads_the_general_share_once():
+    from training.stages.cpt import training_texts
+
+    records = [{"text": "感冒是常见病。", "source": "kg"}, {"text": "今天天气晴。", "source": "general_people_daily"},
+               {"text": "问：感冒看哪个科？\n答：内科", "source": "kg_qa_text"}]
+    texts = training_texts(records, 3)
+    assert texts[:3] == [r["text"] for r in records]  # one whole pass first
+    assert texts.count("感冒是常见病。") == texts.count("问：感冒看哪个科？\n答：内科") == 3
+    assert texts.count("今天天气晴。") == 1
+    assert training_texts(records, 1) == [r["text"] for r in records]
 
 
 def test_from_without_resume_run_is_refused(chimed_home, capsys):

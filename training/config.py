@@ -132,6 +132,10 @@ class CptConfig:
     weight_decay: float = 0.01
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 8
+    # each medical record of ChiMed-CPT enters an epoch this many times, its general records once: with a
+    # large general share, CPT then replays many general documents, each rarely, which forgets less than
+    # replaying a few of them often, and still states every fact often enough (demo)
+    medical_repeats: int = 1
     use_lora: bool = False  # full fine-tuning by default
     lora: LoraConfig = field(default_factory=LoraConfig)
 

@@ -23,7 +23,7 @@ from training.errors import UserError
 
 MANIFEST = "manifest.json"
 RUN_STATE = "run_state.json"  # {"requested_stages": [...], "complete": bool}; pipeline bookkeeping
-TRAINING_SPLITS = ("cpt", "sft", "dpo")
+TRAINING_SPLITS = ("base", "cpt", "sft", "dpo")
 
 
 def run_dir(cfg: Config, run_id: str) -> Path:
@@ -115,5 +115,5 @@ def latest_run(cfg: Config, complete_only: bool = True) -> str | None:
 
 
 def data_hashes(cfg: Config) -> dict[str, str]:
-    """``{"cpt": sha, "sft": sha, "dpo": sha}`` of the training splits in ``cfg.data_dir``."""
+    """``{"base": sha, "cpt": sha, "sft": sha, "dpo": sha}`` of the training files in ``cfg.data_dir``."""
     return {split: sha256_file(cfg.data_dir / f"{split}.jsonl") for split in TRAINING_SPLITS}

@@ -48,8 +48,8 @@ from training.manifest import (
 __all__ = ["train_all", "latest_run", "list_runs", "launch_command"]
 
 PARENT = {"base": None, "cpt": "base", "sft": "cpt", "dpo": "sft"}
-# the data each stage trains from (base: its tokenizer also reads sft.jsonl)
-STAGE_DATA = {"base": ("cpt", "sft"), "cpt": ("cpt",), "sft": ("sft",), "dpo": ("dpo",)}
+# the data each stage trains from (base: its tokenizer also reads cpt.jsonl and sft.jsonl)
+STAGE_DATA = {"base": ("base", "cpt", "sft"), "cpt": ("cpt",), "sft": ("sft",), "dpo": ("dpo",)}
 STAGE_SECTION = {"base": "model", "cpt": "cpt", "sft": "sft", "dpo": "dpo"}
 
 
@@ -118,7 +118,8 @@ def _plan(cfg: Config, from_stage, resume_run, stages) -> tuple[list[str], dict[
 
 
 def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
-    """What would stop the run: GPU-only options without a GPU, a base model that is not one."""
+    """What would stop the run: GPU-only options without a GPU, a setting out of range, a base model that
+    is not one."""
     from training.stages.common import check_device_options
 
     problems = []
@@ -126,6 +127,9 @@ def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
         check_device_options(cfg)
     except UserError as err:
         problems.append(err)
+    if cfg.cpt.medical_repeats < 1:
+        problems.append(UserError(f"cpt.medical_repeats={cfg.cpt.medical_repeats}: it must be at least 1 "
+                                  "(each medical record of ChiMed-CPT at least once per epoch)"))
     if cfg.profile == "paper" or cfg.model.path:
         try:
             check_base_model_dir(cfg)

@@ -7,7 +7,8 @@ Recipe:
   2. load CMeKG, keep the usable entities (a seeded subset in tiny/demo), split them by entity into
      training and held-out; load the general text and hold some of it out;
   3. build ChiMed-CPT (all entities: knowledge injection), ChiMed-SFT and ChiMed-DPO (training entities),
-     and the eval sets (held-out entities);
+     the eval sets (held-out entities), and the general pretraining text of the base model that tiny/demo
+     train here (the whole general pool; ChiMed-CPT's general share is its front, replayed);
   4. drop training records that ask an eval question, deduplicate each training split (exact, then
      MinHash LSH), and measure the n-gram overlap of every eval set with every training split;
   5. write everything into a staging folder (each file through a temporary file and a rename), then
@@ -43,7 +44,7 @@ from training.data.stats import describe_cpt, describe_dpo, describe_eval, descr
     stats_markdown
 from training.errors import UserError
 
-TRAINING_FILES = {"cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
+TRAINING_FILES = {"base": "base.jsonl", "cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
 EVAL_FILES = {"exam": "eval/exam.jsonl", "qa": "eval/qa.jsonl", "general": "eval/general.jsonl",
               "pref": "eval/pref.jsonl", "pref_clinician": "eval/pref_clinician.jsonl"}
 OUTPUTS = [*TRAINING_FILES.values(), *EVAL_FILES.values()]
@@ -81,6 +82,7 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     # 3. the splits and the eval sets
     differential = differentials([e for e in entities if e.kind == DISEASE])
     having = relation_index(entities)
+    base = [{"text": doc.text, "source": doc.source} for doc in general_pool]
     cpt = build_cpt_corpus(entities, train, general_pool, inputs.cpt_text, data)
     sft = build_sft(train, differential, general_pool, inputs.sft, data)
     imported_train, imported_held = hold_out_by_prompt(inputs.pairs, data.pref_eval_share, data.seed)
@@ -102,7 +104,7 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     sft, sft_removed = drop_eval_questions(sft, prompts)
     dpo, dpo_removed = drop_eval_questions(dpo, prompts)
     splits, dedup = {}, {}
-    for name, records in (("cpt", cpt), ("sft", sft), ("dpo", dpo)):
+    for name, records in (("cpt", cpt), ("sft", sft), ("dpo", dpo), ("base", base)):
         splits[name], dedup[name] = deduplicate(records, data, name,
                                                 exempt=lambda r: r.get("source") == "clinician")
         splits[name] = seeded_order(splits[name], data.seed, name)
@@ -116,7 +118,7 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
         "entities": {"selected": len(entities), "train": len(train), "held_out": len(held_out),
                      "by_kind": {k: sum(1 for e in entities if e.kind == k) for k in KINDS}},
         "splits": {"cpt": describe_cpt(splits["cpt"]), "sft": describe_sft(splits["sft"]),
-                   "dpo": describe_dpo(splits["dpo"])},
+                   "dpo": describe_dpo(splits["dpo"]), "base": describe_cpt(splits["base"])},
         "eval": describe_eval(eval_sets),
         "dedup": dedup,
         "decontamination": {"ngram": data.decontam_ngram,
@@ -127,7 +129,7 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     write_build(cfg.data_dir, splits, eval_sets, stats)
     seconds = time.perf_counter() - started
     print(f"build-data: {cfg.data_dir} in {seconds:.1f} s: cpt {len(splits['cpt']):,}, sft {len(splits['sft']):,}, "
-          f"dpo {len(splits['dpo']):,}; exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
+          f"dpo {len(splits['dpo']):,}, base (general text) {len(splits['base']):,}; exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
           f"general {len(eval_sets['general']):,}, pref {len(eval_sets['pref']):,}, "
           f"pref_clinician {len(eval_sets['pref_clinician']):,}; skipped lines {len(errors.problems):,}",
           flush=True)

@@ -115,6 +115,9 @@ def stats_markdown(stats: dict) -> str:
             _table(["source", "pairs", "avg prompt chars", "avg chosen chars", "avg rejected chars"],
                    _source_rows(stats["splits"]["dpo"],
                                 ["records", "avg_prompt_chars", "avg_chosen_chars", "avg_rejected_chars"])), ""]
+    out += ["## General pretraining text of the base model (`base.jsonl`; tiny/demo pretrain their base on it)", "",
+            _table(["source", "records", "characters", "avg characters"],
+                   _source_rows(stats["splits"]["base"], ["records", "chars", "avg_chars"])), ""]
     out += ["## Evaluation sets", "",
             _table(["set", "records", "by subject / source"],
                    [[name, s["records"], ", ".join(f"{k or '-'} {v}" for k, v in s["by_subject_or_source"].items())]

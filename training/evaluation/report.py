@@ -168,7 +168,8 @@ def data_summary(stats: dict) -> list[tuple[str, str]]:
     for split, numbers in stats.get("splits", {}).items():
         total = numbers.get("total", {})
         sources = ", ".join(numbers.get("by_source", {}))
-        rows.append((f"ChiMed-{split.upper()}", f"{total.get('records', 0):,} records, {total.get('chars', 0):,} "
+        name = "general text of the base" if split == "base" else f"ChiMed-{split.upper()}"
+        rows.append((name, f"{total.get('records', 0):,} records, {total.get('chars', 0):,} "
                                                f"characters" + (f" ({sources})" if sources else "")))
     evals = stats.get("eval", {})
     if evals:

@@ -26,8 +26,8 @@ from training.stages.common import (
 )
 
 # The builder marks general (non-medical) text with a "general" source prefix: the People's Daily and
-# product-review records of ChiMed-CPT (its share against forgetting) and the general instructions of
-# ChiMed-SFT (news continuations, review replies). Everything else is medical.
+# product-review records of base.jsonl (ChiMed-CPT's general share is the front of it) and the general
+# instructions of ChiMed-SFT (news continuations, review replies). Everything else is medical.
 GENERAL_SOURCE_PREFIX = "general"
 
 
@@ -35,20 +35,21 @@ def is_general_text(record: dict) -> bool:
     return str(record.get("source", "")).startswith(GENERAL_SOURCE_PREFIX)
 
 
-def general_corpus(cpt: list[dict], sft: list[dict]) -> list[str]:
-    """The base's pretraining documents: general CPT texts, and general SFT conversations as plain text."""
-    return [r["text"] for r in cpt if is_general_text(r)] + [
+def general_corpus(base: list[dict], sft: list[dict]) -> list[str]:
+    """The base's pretraining documents: the general text of base.jsonl, and ChiMed-SFT's general
+    conversations as plain text."""
+    return [r["text"] for r in base if is_general_text(r)] + [
         "\n".join(m["content"] for m in r["messages"]) for r in sft if is_general_text(r)]
 
 
 def run_base_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     """Train the tokenizer and pretrain the general base model into ``runs/<id>/base``."""
-    # inputs: the general text for the model; every training corpus for the tokenizer
-    cpt, sft = read_jsonl(cfg.data_dir / "cpt.jsonl"), read_jsonl(cfg.data_dir / "sft.jsonl")
-    general = general_corpus(cpt, sft)
+    # inputs: the general text for the model; ChiMed's training corpora for the tokenizer
+    base, cpt, sft = (read_jsonl(cfg.data_dir / f"{split}.jsonl") for split in ("base", "cpt", "sft"))
+    general = general_corpus(base, sft)
     if not general:
-        raise UserError(f"{cfg.data_dir} has no general text (records whose source starts with 'general') to "
-                        "pretrain the base on: rebuild it with ./launch.sh build-data and data.general_share > 0")
+        raise UserError(f"{cfg.data_dir / 'base.jsonl'} has no general text (records whose source starts with "
+                        "'general') to pretrain the base on: rebuild it with ./launch.sh build-data")
     tokenizer_corpus = [r["text"] for r in cpt] + [m["content"] for r in sft for m in r["messages"]]
 
     # tokenizer: trained once by the main process; the others (and a resumed run) load the saved one

@@ -1,7 +1,8 @@
 """Stage 2, cpt: domain continued pre-training (the paper's DCPT) of the base model on ChiMed-CPT.
 
 Next-token prediction on packed blocks of ``cfg.cpt.block_size`` over the whole ChiMed-CPT (medical QA,
-plain text, knowledge-graph verbalizations, dialogue, and the general share against forgetting). Full
+plain text, knowledge-graph verbalizations, dialogue, and the general share against forgetting; with
+``cpt.medical_repeats`` the medical records enter each epoch that many times). Full
 fine-tuning by default; with ``cpt.use_lora`` a LoRA adapter is trained and merged, so ``cpt/`` is
 always a full model that the later stages and the app load the same way.
 """
@@ -13,6 +14,7 @@ from peft import get_peft_model
 from training.config import Config
 from training.data.files import read_jsonl
 from training.modeling import load_stage
+from training.stages.base import is_general_text
 from training.stages.common import (
     StagePaths,
     finish_stage,
@@ -23,10 +25,17 @@ from training.stages.common import (
 )
 
 
+def training_texts(records: list[dict], medical_repeats: int) -> list[str]:
+    """One pass over ChiMed-CPT, then its medical records again ``medical_repeats - 1`` times."""
+    medical = [r["text"] for r in records if not is_general_text(r)]
+    return [r["text"] for r in records] + medical * (medical_repeats - 1)
+
+
 def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     """Continue pre-training ``runs/<id>/base`` on ChiMed-CPT into ``runs/<id>/cpt``."""
     # inputs
-    texts = [r["text"] for r in read_jsonl(cfg.data_dir / "cpt.jsonl")]
+    records = read_jsonl(cfg.data_dir / "cpt.jsonl")
+    texts = training_texts(records, cfg.cpt.medical_repeats)
 
     # model: the base, whole or with a LoRA adapter
     model, tokenizer = load_stage(paths.run_dir, "base", device="cpu", dtype=training_dtype(cfg))
@@ -36,7 +45,7 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     # trainer
     trainer = next_token_trainer(cfg, cfg.cpt, paths, model, tokenizer, texts)
     metrics = train_resumably(trainer, paths)
-    metrics.update(documents=len(texts), lora=cfg.cpt.use_lora)
+    metrics.update(documents=len(records), medical_repeats=cfg.cpt.medical_repeats, lora=cfg.cpt.use_lora)
 
     # save: full weights (a LoRA adapter is merged first) and the tokenizer with its chat template
     def save(out):
