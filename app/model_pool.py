@@ -10,11 +10,11 @@ is a LoRA adapter on cpt and ``dpo/`` a LoRA adapter on cpt + sft. The pool ther
   its output is exactly that of the merged model.
 
 One comparison's panels that share a root are generated as one batch in which each row uses its own
-adapter (PEFT's mixed-adapter batches; a batch on a single adapter takes the plain, faster LoRA forward),
-so the panels stream concurrently instead of one after the other; panels on different roots run in parallel threads. Each root has a lock held while adapters
-are attached and while a batch generates: requests from several browser sessions are safe and queue
-per root. Every answer samples with its own seeded generator, so it depends on its seed only, not on
-the other panels or threads.
+adapter (PEFT's mixed-adapter batches; a batch on a single adapter takes the plain, faster LoRA
+forward), so the panels stream concurrently instead of one after the other; panels on different roots
+run in parallel threads. Each root has a lock held while adapters are attached and while a batch
+generates: requests from several browser sessions are safe and queue per root. Every answer samples
+with its own seeded generator, so it depends on its seed only, not on the other panels or threads.
 
 The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow.
 """
@@ -380,9 +380,8 @@ class ModelPool:
         with root.lock:
             served = self._serve(root, chain, contestant)
             ids = torch.tensor([self._encode(served.tokenizer, messages, limit=None)], device=self.device)
-            kwargs = {}
-            with torch.inference_mode(), self._adapters_for(root, [served.adapter], kwargs):
-                return root.model(input_ids=ids, **kwargs).logits[0, -1].float().cpu()
+            with torch.inference_mode(), self._adapters_for(root, [served.adapter]) as routing:
+                return root.model(input_ids=ids, **routing).logits[0, -1].float().cpu()
 
     def _answer_group(self, root: _Root, rows: list, generation: Generation) -> None:
         with root.lock:
@@ -430,26 +429,28 @@ class ModelPool:
             streamer=PanelStreamer(generation, [panel for panel, _, _ in rows],
                                    [served.tokenizer for _, served, _ in rows], eos_ids),
         )
-        with torch.inference_mode(), self._adapters_for(root, [served.adapter for _, served, _ in rows], kwargs):
-            root.model.generate(**kwargs)
+        with torch.inference_mode(), self._adapters_for(root, [served.adapter for _, served, _ in rows]) as routing:
+            root.model.generate(**kwargs, **routing)
 
     @contextlib.contextmanager
-    def _adapters_for(self, root: _Root, adapters: list[str], kwargs: dict):
-        """Route each row through its adapter. Rows that all use one adapter take PEFT's plain LoRA forward
-        (that adapter made active, or every adapter disabled for the root's own model), which is about
-        half the time per token of the mixed-batch forward; rows on several adapters take the mixed one."""
+    def _adapters_for(self, root: _Root, adapters: list[str]):
+        """Route each row through its adapter; yields the keyword arguments the forward needs for that.
+
+        Rows that all use one adapter take PEFT's plain LoRA forward (that adapter made active, or every
+        adapter disabled for the root's own model), about 40% less time per token than the mixed-batch
+        forward; rows on several adapters take the mixed one (``adapter_names``). The caller holds
+        ``root.lock``, so no other batch runs on the root meanwhile.
+        """
         if not self._is_peft(root.model):
-            yield
+            yield {}
         elif len(set(adapters)) > 1:
-            kwargs["adapter_names"] = adapters
-            yield
+            yield {"adapter_names": adapters}
         elif adapters[0] == BASE_ADAPTER:
             with root.model.disable_adapter():
-                yield
+                yield {}
         else:
-            root.model.set_adapter(adapters[0])  # the caller holds root.lock: no other batch runs on it
-            root.model.eval()
-            yield
+            root.model.set_adapter(adapters[0], inference_mode=True)  # (leaves the modules in eval mode)
+            yield {}
 
     # --- loading -------------------------------------------------------------------------------
     def _root_for(self, contestant: Contestant) -> tuple[_Root, list[dict]]:

@@ -39,7 +39,8 @@ def test_tiny_run_manifest_matches_the_contract(tiny_cfg):
     assert manifest["run_id"] == run_id and manifest["profile"] == "tiny" and manifest["parent_run"] is None
     datetime.fromisoformat(manifest["created"])
     assert manifest["config_sha256"] == cfg.sha256()
-    assert manifest["data_sha256"] == {s: sha256_file(cfg.data_dir / f"{s}.jsonl") for s in ("base", "cpt", "sft", "dpo")}
+    assert manifest["data_sha256"] == {s: sha256_file(cfg.data_dir / f"{s}.jsonl")
+                                       for s in ("base", "cpt", "sft", "dpo")}
     assert list(manifest["stages"]) == ["base", "cpt", "sft", "dpo"]
     for stage, (kind, parent) in CHAIN.items():
         entry = manifest["stages"][stage]
@@ -269,7 +270,8 @@ def test_cpt_medical_repeats_out_of_range_stops_before_any_work(chimed_home, cap
 def test_cpt_repeats_the_medical_records_and_reads_the_general_share_once():
     from training.stages.cpt import training_texts
 
-    records = [{"text": "感冒是常见病。", "source": "kg"}, {"text": "今天天气晴。", "source": "general_people_daily"},
+    records = [{"text": "感冒是常见病。", "source": "kg"},
+               {"text": "今天天气晴。", "source": "general_people_daily"},
                {"text": "问：感冒看哪个科？\n答：内科", "source": "kg_qa_text"}]
     texts = training_texts(records, 3)
     assert texts[:3] == [r["text"] for r in records]  # one whole pass first

@@ -129,7 +129,8 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     write_build(cfg.data_dir, splits, eval_sets, stats)
     seconds = time.perf_counter() - started
     print(f"build-data: {cfg.data_dir} in {seconds:.1f} s: cpt {len(splits['cpt']):,}, sft {len(splits['sft']):,}, "
-          f"dpo {len(splits['dpo']):,}, base (general text) {len(splits['base']):,}; exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
+          f"dpo {len(splits['dpo']):,}, base (general text) {len(splits['base']):,}; "
+          f"exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
           f"general {len(eval_sets['general']):,}, pref {len(eval_sets['pref']):,}, "
           f"pref_clinician {len(eval_sets['pref_clinician']):,}; skipped lines {len(errors.problems):,}",
           flush=True)
