@@ -5,24 +5,23 @@ is a LoRA adapter on cpt and ``dpo/`` a LoRA adapter on cpt + sft. The pool ther
 
 - each distinct full model once (a "root"; hard-linked copies of the same weights, as a run resumed
   with ``--from dpo`` has, count as one), and
-- every LoRA stage as a named PEFT adapter on its root; a contestant made of several adapters (dpo =
-  sft + dpo) gets one combined adapter whose low-rank factors are the concatenation of its parts, so
-  its output is exactly that of the merged model.
+- every LoRA stage as a named adapter (PEFT's format) on its root, each adapter's factors once: a
+  contestant made of several adapters (dpo = sft + dpo) applies all of them, so its output is exactly
+  that of the merged model (:mod:`app.multi_lora`).
 
-One comparison's panels that share a root are generated as one batch in which each row uses its own
-adapter (PEFT's mixed-adapter batches; a batch on a single adapter takes the plain, faster LoRA
-forward), so the panels stream concurrently instead of one after the other; panels on different roots
-run in parallel threads. Each root has a lock held while adapters are attached and while a batch
-generates: requests from several browser sessions are safe and queue per root. Every answer samples
-with its own seeded generator, so it depends on its seed only, not on the other panels or threads.
+Each root lives in a worker process of its own (:mod:`app.root_worker`), so panels on different roots
+generate at the same time on separate cores. One comparison's panels that share a root are one batch
+in which each row applies its own adapters (one fused low-rank product per layer for all rows), so
+they stream concurrently instead of one after the other. Each root has a lock held while adapters are
+attached and while a batch generates: requests from several browser sessions are safe and queue per
+root. Every answer samples with its own seeded generator, so it depends on its seed only, not on the
+other panels or processes.
 
 The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import os
 import threading
@@ -32,16 +31,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
 from app.contestants import Contestant
+from app.root_worker import RootWorker, describe_error
 from training.config import Config
 from training.errors import UserError
-from training.modeling import (default_device, default_dtype, load_causal_lm, load_tokenizer, stage_chain,
-                               tokenizer_dir)
+from training.modeling import default_device, default_dtype, load_tokenizer, stage_chain, tokenizer_dir, trust_remote_code
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MAX_NEW_TOKENS_LIMIT = 4096  # a typo in the settings should not keep a model busy for an hour
 
@@ -157,66 +153,16 @@ class Generation:
         return snapshot
 
 
-def describe_error(error: BaseException) -> str:
-    """One line for a panel: a user error as is, anything else with its type."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, UserError):
-        return text
-    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
-
-
 def use_cpu_threads(cfg: Config) -> None:
     """Set torch's threads per operation for serving on CPU (``app.cpu_threads``; process-wide)."""
     if cfg.app.cpu_threads > 0 and not (cfg.app.device or default_device()).startswith("cuda"):
         torch.set_num_threads(cfg.app.cpu_threads)
 
 
-# --- sampling, stopping and streaming inside one batched generate ------------------------------------
+# --- streaming --------------------------------------------------------------------------------------
 
 
-class SeededSampler(LogitsProcessor):
-    """Temperature + top-p sampling with one generator per row, as a logits processor.
-
-    It leaves only the sampled token finite, so ``generate`` (run greedy) takes exactly that token.
-    A row's tokens thus depend on its seed alone, not on which rows it was batched with, and the
-    process-wide torch RNG (shared by concurrent threads) is never used.
-    """
-
-    def __init__(self, decoding: Decoding, rows: int, device: torch.device) -> None:
-        self.temperature = decoding.temperature
-        self.top_p = decoding.top_p
-        self.generators = [torch.Generator(device=device).manual_seed(decoding.seed) for _ in range(rows)]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        chosen = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-        for row, generator in enumerate(self.generators):
-            logits = scores[row]
-            if self.temperature <= 0:
-                chosen[row] = torch.argmax(logits)
-                continue
-            probs = torch.softmax(logits / self.temperature, dim=-1)
-            if self.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                # keep the smallest set of tokens whose mass reaches top_p (the best token always stays)
-                outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= self.top_p
-                sorted_probs[outside] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            chosen[row] = torch.multinomial(probs, 1, generator=generator)[0]
-        out = torch.full_like(scores, -math.inf)
-        out.scatter_(1, chosen[:, None], 0.0)
-        return out
-
-
-class StopWhenCancelled(StoppingCriteria):
-    def __init__(self, generation: Generation) -> None:
-        self.generation = generation
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.generation.cancelled.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
-
-
-class PanelStreamer(BaseStreamer):
+class PanelStreamer:
     """Receives each step's tokens for the whole batch and publishes every row's text as it grows."""
 
     def __init__(self, generation: Generation, rows: list[int], tokenizers: list, eos_ids: set[int]) -> None:
@@ -226,13 +172,9 @@ class PanelStreamer(BaseStreamer):
         self.eos_ids = eos_ids
         self.ids: list[list[int]] = [[] for _ in rows]
         self.finished = [False] * len(rows)
-        self.prompt_seen = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate hands over the prompt first
-            self.prompt_seen = True
-            return
-        for i, token in enumerate(value.reshape(-1).tolist()):
+    def put(self, tokens: list[int]) -> None:
+        for i, token in enumerate(tokens):
             if self.finished[i]:
                 continue
             panel = self.rows[i]
@@ -273,29 +215,31 @@ def weights_identity(path: Path) -> tuple:
 
 @dataclass
 class _Root:
-    """One full model in memory with the adapters attached to it."""
+    """One full model, served by its worker process, with the adapters attached to it."""
 
     key: tuple
     path: str
     lock: threading.Lock = field(default_factory=threading.Lock)
-    model: torch.nn.Module | None = None
+    worker: RootWorker | None = None
     adapters: dict[tuple, str] = field(default_factory=dict)  # adapter weights identity -> adapter name
-    stacks: dict[tuple, str] = field(default_factory=dict)  # identities of a stack's parts -> its adapter
-    direct: set[str] = field(default_factory=set)  # adapters some contestant uses on their own
     last_used: float = 0.0
 
+    @property
+    def loaded(self) -> bool:
+        return self.worker is not None and self.worker.alive
+
     def unload(self) -> None:
-        self.model = None
+        if self.worker is not None:
+            self.worker.close()
+        self.worker = None
         self.adapters.clear()
-        self.stacks.clear()
-        self.direct.clear()
 
 
 @dataclass
 class _Served:
-    """A contestant ready on its root: the adapter to activate and its tokenizer."""
+    """A contestant ready on its root: the adapters to apply and its tokenizer."""
 
-    adapter: str
+    adapters: tuple[str, ...]
     tokenizer: object
 
 
@@ -303,7 +247,8 @@ class ModelPool:
     """The app's models: each full model once, LoRA stages as named adapters, answers streamed.
 
     ``max_loaded_models`` bounds the full models kept (least recently used ones are dropped when
-    idle); ``device`` "" picks CUDA when there is one.
+    idle); ``device`` "" picks CUDA when there is one. :meth:`close` ends the worker processes (they
+    also end with this process).
     """
 
     def __init__(self, cfg: Config, device: str | None = None, max_loaded_models: int | None = None) -> None:
@@ -311,33 +256,45 @@ class ModelPool:
         self.device = torch.device(device or cfg.app.device or default_device())
         self.dtype = default_dtype(self.device)
         self.max_loaded_models = max_loaded_models or cfg.app.max_loaded_models
-        self._lock = threading.Lock()  # guards the two dicts below, never held while loading
-        # transformers builds models on the meta device by patching torch.nn globally while it loads:
-        # two loads at once in two threads corrupt each other, so loading (never generating) is serial
-        self._loading = threading.RLock()
+        self._lock = threading.Lock()  # guards the dicts below, never held while loading
         self._roots: dict[tuple, _Root] = {}
         self._tokenizers: dict[str, object] = {}
+        self._chains: dict[tuple[str, str], tuple[tuple, list[dict]]] = {}  # (run, stage) -> (manifest stat, chain)
         self._names = 0
 
     # --- what is loaded ------------------------------------------------------------------------
     def loaded(self) -> dict[str, list[str]]:
         """Root model directory -> names of the adapters attached to it (for the benchmark and tests)."""
         with self._lock:
-            roots = [r for r in self._roots.values() if r.model is not None]
-        return {r.path: sorted(self._adapter_names(r)) for r in roots}
+            roots = [r for r in self._roots.values() if r.loaded]
+        return {r.path: sorted(r.adapters.values()) for r in roots}
 
     def resident_bytes(self) -> int:
-        """Bytes of every distinct parameter and buffer tensor the pool holds (shared storage once)."""
-        seen, total = set(), 0
+        """Bytes of every distinct parameter and buffer tensor the pool's worker processes hold."""
+        return sum(m["weights"] for m in self.worker_memory())
+
+    def worker_memory(self) -> list[dict]:
+        """Per loaded model's worker: weight bytes held, resident set now and before loading (benchmark)."""
         with self._lock:
-            models = [r.model for r in self._roots.values() if r.model is not None]
-        for model in models:
-            for tensor in list(model.parameters()) + list(model.buffers()):
-                storage = tensor.untyped_storage()
-                if storage.data_ptr() not in seen:
-                    seen.add(storage.data_ptr())
-                    total += storage.nbytes()
-        return total
+            roots = [r for r in self._roots.values() if r.loaded]
+        memory = []
+        for root in roots:
+            with root.lock:
+                memory.append(root.worker.request("memory"))
+        return memory
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the loaded models' workers."""
+        with self._lock:
+            return [r.worker.process.pid for r in self._roots.values() if r.loaded]
+
+    def close(self) -> None:
+        """Stop every worker process."""
+        with self._lock:
+            roots = list(self._roots.values())
+        for root in roots:
+            with root.lock:
+                root.unload()
 
     def preload(self, contestants: list[Contestant]) -> list[str | None]:
         """Load the models and adapters of these contestants now; returns an error line or None for each."""
@@ -369,7 +326,7 @@ class ModelPool:
                 generation.fail(panel, err)
                 continue
             groups.setdefault(root.key, (root, []))[1].append((panel, request, chain))
-        for root, rows in groups.values():
+        for root, rows in sorted(groups.values(), key=lambda group: -len(group[1])):  # the longest first
             threading.Thread(target=self._answer_group, args=(root, rows, generation), daemon=True,
                              name=f"generate:{Path(root.path).name}").start()
         return generation
@@ -379,9 +336,8 @@ class ModelPool:
         root, chain = self._root_for(contestant)
         with root.lock:
             served = self._serve(root, chain, contestant)
-            ids = torch.tensor([self._encode(served.tokenizer, messages, limit=None)], device=self.device)
-            with torch.inference_mode(), self._adapters_for(root, [served.adapter]) as routing:
-                return root.model(input_ids=ids, **routing).logits[0, -1].float().cpu()
+            ids = self._encode(served.tokenizer, messages, limit=None)
+            return root.worker.request("logits", served.adapters, ids)
 
     def _answer_group(self, root: _Root, rows: list, generation: Generation) -> None:
         with root.lock:
@@ -390,7 +346,7 @@ class ModelPool:
             for panel, request, chain in rows:
                 try:
                     served = self._serve(root, chain, request.contestant)
-                    limit = self._prompt_limit(root.model, generation.decoding.max_new_tokens)
+                    limit = self._prompt_limit(root.worker.context, generation.decoding.max_new_tokens)
                     ready.append((panel, served, self._encode(served.tokenizer, request.messages, limit)))
                 except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
                     generation.fail(panel, err)
@@ -399,8 +355,10 @@ class ModelPool:
             try:
                 self._generate_batch(root, ready, generation)
             except Exception as err:  # noqa: BLE001 - find which panel it was: retry them one by one
-                if len(ready) == 1:
-                    generation.fail(ready[0][0], err)
+                if len(ready) == 1 or not root.loaded:  # (its process died: every unfinished panel failed)
+                    for panel, _, _ in ready:
+                        if not generation.answers[panel].done:
+                            generation.fail(panel, err)
                 else:
                     for row in ready:
                         generation.update(row[0], text="", n_tokens=0, first_token_s=None, done=False)
@@ -408,54 +366,44 @@ class ModelPool:
                             self._generate_batch(root, [row], generation)
                         except Exception as single_err:  # noqa: BLE001
                             generation.fail(row[0], single_err)
+            if not root.loaded:
+                root.unload()  # its process died: start a new one for the next question
         self._evict()
 
     def _generate_batch(self, root: _Root, rows: list, generation: Generation) -> None:
-        """One ``generate`` call for these rows, each with its own adapter (left-padded batch)."""
-        decoding = generation.decoding
+        """One batch for these rows, each with its own adapters, streamed into their panels."""
         tokenizer = rows[0][1].tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        width = max(len(ids) for _, _, ids in rows)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for _, _, ids in rows], device=self.device)
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, _, ids in rows],
-                                      device=self.device)
         eos_ids = {t for t in (served.tokenizer.eos_token_id for _, served, _ in rows) if t is not None}
-        config = GenerationConfig(max_new_tokens=decoding.max_new_tokens, do_sample=False, pad_token_id=pad,
-                                  eos_token_id=sorted(eos_ids) or None)
-        kwargs = dict(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-            logits_processor=LogitsProcessorList([SeededSampler(decoding, len(rows), self.device)]),
-            stopping_criteria=StoppingCriteriaList([StopWhenCancelled(generation)]),
-            streamer=PanelStreamer(generation, [panel for panel, _, _ in rows],
-                                   [served.tokenizer for _, served, _ in rows], eos_ids),
-        )
-        with torch.inference_mode(), self._adapters_for(root, [served.adapter for _, served, _ in rows]) as routing:
-            root.model.generate(**kwargs, **routing)
+        streamer = PanelStreamer(generation, [panel for panel, _, _ in rows],
+                                 [served.tokenizer for _, served, _ in rows], eos_ids)
 
-    @contextlib.contextmanager
-    def _adapters_for(self, root: _Root, adapters: list[str]):
-        """Route each row through its adapter; yields the keyword arguments the forward needs for that.
+        def on_tokens(tokens: list[int]) -> None:
+            if generation.cancelled.is_set():
+                root.worker.cancel.set()
+            streamer.put(tokens)
 
-        Rows that all use one adapter take PEFT's plain LoRA forward (that adapter made active, or every
-        adapter disabled for the root's own model), about 40% less time per token than the mixed-batch
-        forward; rows on several adapters take the mixed one (``adapter_names``). The caller holds
-        ``root.lock``, so no other batch runs on the root meanwhile.
-        """
-        if not self._is_peft(root.model):
-            yield {}
-        elif len(set(adapters)) > 1:
-            yield {"adapter_names": adapters}
-        elif adapters[0] == BASE_ADAPTER:
-            with root.model.disable_adapter():
-                yield {}
-        else:
-            root.model.set_adapter(adapters[0], inference_mode=True)  # (leaves the modules in eval mode)
-            yield {}
+        root.worker.generate([(served.adapters, ids) for _, served, ids in rows], generation.decoding.as_dict(),
+                             pad, sorted(eos_ids), on_tokens)
+        streamer.end()
 
     # --- loading -------------------------------------------------------------------------------
     def _root_for(self, contestant: Contestant) -> tuple[_Root, list[dict]]:
-        chain = stage_chain(contestant.run_dir, contestant.stage)
-        key = weights_identity(Path(chain[0]["abspath"]))
+        """The contestant's root and chain of checkpoints, each with its weights' identity (read again when
+        the run's manifest changes)."""
+        manifest = os.stat(Path(contestant.run_dir) / "manifest.json")
+        stamp = (manifest.st_ino, manifest.st_mtime_ns, manifest.st_size)
+        cache_key = (str(contestant.run_dir), contestant.stage)
+        with self._lock:
+            cached = self._chains.get(cache_key)
+        if cached is None or cached[0] != stamp:
+            chain = [entry | {"weights": weights_identity(Path(entry["abspath"]))}
+                     for entry in stage_chain(contestant.run_dir, contestant.stage)]
+            cached = (stamp, chain)
+            with self._lock:
+                self._chains[cache_key] = cached
+        chain = cached[1]
+        key = chain[0]["weights"]
         with self._lock:
             root = self._roots.get(key)
             if root is None:
@@ -464,77 +412,38 @@ class ModelPool:
 
     def _serve(self, root: _Root, chain: list[dict], contestant: Contestant) -> _Served:
         """Make ``contestant`` servable on ``root`` (the caller holds ``root.lock``)."""
-        with self._loading:
-            return self._load(root, chain, contestant)
-
-    def _load(self, root: _Root, chain: list[dict], contestant: Contestant) -> _Served:
-        if root.model is None:
+        if not root.loaded:
             root.unload()
-            root.model = load_causal_lm(root.path, trust_remote_code=self.cfg.model.trust_remote_code,
-                                        dtype=self.dtype, setting=f"checkpoint {contestant.checkpoint_id}")
-            root.model.to(self.device).eval()
-        adapters = chain[1:]
-        if not adapters:
-            adapter = BASE_ADAPTER
-        elif len(adapters) == 1:
-            adapter = self._attach(root, adapters[0])
-            root.direct.add(adapter)
-        else:
-            adapter = self._stack(root, adapters)
-        return _Served(adapter=adapter, tokenizer=self._tokenizer(chain))
+            root.worker = RootWorker(root.path, str(self.device), self.dtype, self.cfg.app.cpu_threads,
+                                     trust_remote_code(contestant.run_dir),
+                                     setting=f"checkpoint {contestant.checkpoint_id}")
+        adapters = tuple(self._attach(root, entry) for entry in chain[1:])
+        return _Served(adapters=adapters, tokenizer=self._tokenizer(chain, contestant))
 
     def _attach(self, root: _Root, entry: dict) -> str:
         """The adapter in ``entry["abspath"]`` as a named adapter on ``root`` (loaded once)."""
-        from peft import PeftModel
+        key = entry["weights"]
+        if key not in root.adapters:
+            name = self._new_name("adapter")
+            root.worker.request("attach", name, entry["abspath"])
+            root.adapters[key] = name
+        return root.adapters[key]
 
-        key = weights_identity(Path(entry["abspath"]))
-        if key in root.adapters:
-            return root.adapters[key]
-        name = self._new_name("adapter")
-        if self._is_peft(root.model):
-            root.model.load_adapter(entry["abspath"], adapter_name=name)
-        else:
-            root.model = PeftModel.from_pretrained(root.model, entry["abspath"], adapter_name=name)
-        root.model.eval()  # new adapter modules start in training mode; mixed batches need eval mode
-        root.adapters[key] = name
-        return name
-
-    def _stack(self, root: _Root, entries: list[dict]) -> str:
-        """One adapter equal to all of ``entries`` active at once (dpo = sft + dpo).
-
-        Its LoRA factors are the parts' factors concatenated ("cat", weights 1), so B·A of the stack is
-        the sum of the parts' scaled B·A: exactly the model the later stage was trained on. Parts no
-        contestant uses on their own are dropped afterwards; they live on inside the stack.
-        """
-        key = tuple(weights_identity(Path(entry["abspath"])) for entry in entries)
-        if key not in root.stacks:
-            parts = [self._attach(root, entry) for entry in entries]
-            name = self._new_name("stack")
-            root.model.add_weighted_adapter(parts, [1.0] * len(parts), name, combination_type="cat")
-            root.model.set_adapter(name)  # (requests name their adapter; this only keeps PEFT quiet below)
-            root.model.eval()
-            root.stacks[key] = name
-            for part_key, part in zip(key, parts):
-                if part not in root.direct:
-                    root.model.delete_adapter(part)
-                    del root.adapters[part_key]
-        return root.stacks[key]
-
-    def _tokenizer(self, chain: list[dict]):
+    def _tokenizer(self, chain: list[dict], contestant: Contestant):
         """The contestant's own tokenizer when its stage saved one (every stage trained here does)."""
         path = tokenizer_dir(chain)
         with self._lock:
             tokenizer = self._tokenizers.get(path)
         if tokenizer is None:
-            tokenizer = load_tokenizer(path, trust_remote_code=self.cfg.model.trust_remote_code)
+            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code(contestant.run_dir))
             with self._lock:
                 tokenizer = self._tokenizers.setdefault(path, tokenizer)
         return tokenizer
 
     def _evict(self) -> None:
-        """Drop least recently used idle full models beyond ``max_loaded_models``."""
+        """Stop the workers of least recently used idle full models beyond ``max_loaded_models``."""
         with self._lock:
-            loaded = sorted((r for r in self._roots.values() if r.model is not None), key=lambda r: r.last_used)
+            loaded = sorted((r for r in self._roots.values() if r.loaded), key=lambda r: r.last_used)
         excess = len(loaded) - self.max_loaded_models
         for root in loaded:
             if excess <= 0:
@@ -545,29 +454,16 @@ class ModelPool:
                     excess -= 1
                 finally:
                     root.lock.release()
-        if excess < len(loaded) - self.max_loaded_models:
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
 
     # --- helpers -------------------------------------------------------------------------------
     def _new_name(self, prefix: str) -> str:
-        # PEFT adapter names become module keys: no dots or slashes, so checkpoint ids cannot be used
         with self._lock:
             self._names += 1
             return f"{prefix}{self._names}"
 
     @staticmethod
-    def _is_peft(model) -> bool:
-        return hasattr(model, "peft_config")
-
-    def _adapter_names(self, root: _Root) -> list[str]:
-        return list(root.model.peft_config) if self._is_peft(root.model) else []
-
-    @staticmethod
-    def _prompt_limit(model, max_new_tokens: int) -> int | None:
+    def _prompt_limit(context: int | None, max_new_tokens: int) -> int | None:
         """Longest prompt that leaves room for the answer within the model's context, if it has one."""
-        context = getattr(model.config, "max_position_embeddings", None)
         return None if not context else max(16, context - max_new_tokens)
 
     @staticmethod

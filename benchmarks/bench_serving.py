@@ -1,14 +1,18 @@
 """Serving benchmark: memory of a run's four contestants in the app's model pool, and time to first
 token of four panels answering at once against one panel alone.
 
-    .venv/bin/python benchmarks/bench_serving.py [--profile demo] [--run ID] [--repeats 5] [--max-new-tokens 32]
+    .venv/bin/python benchmarks/bench_serving.py [--profile demo] [--run ID] [--repeats 20] [--max-new-tokens 32]
 
 Memory is measured in fresh child processes, one per set-up: the bytes of the distinct weight
 tensors held (exact), and, after answering once, the growth of the resident set (VmRSS; CUDA bytes
 allocated on a GPU) over the same process warmed up and emptied again before loading:
 
 - one model: the run's cpt stage as one full model (what "one model" means in the targets);
-- pool: the four contestants (base, cpt, sft, dpo) in the model pool, as the app serves them;
+- pool: the four contestants (base, cpt, sft, dpo) in the model pool, as the app serves them; the pool
+  keeps each full model in a worker process of its own, forked from a server process that has the
+  libraries loaded, so its growth is that of this process plus each worker's private memory (the pages
+  it shares with no other process); the fork server's resident set, paid once per app whatever the
+  number of models, is shown apart;
 - four copies: the four stages loaded as four merged models, what the pool avoids.
 
 Time to first token (from the request to the first generated token of a panel) is measured in this process
@@ -34,6 +38,7 @@ import torch  # noqa: E402
 
 from app.contestants import resolve_contestants  # noqa: E402
 from app.model_pool import Decoding, ModelPool, PanelRequest, use_cpu_threads  # noqa: E402
+from app.root_worker import memory_of  # noqa: E402
 from training.config import STAGES, load_config  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.manifest import latest_run  # noqa: E402
@@ -41,13 +46,6 @@ from training.modeling import load_causal_lm, load_stage, load_tokenizer, stage_
 
 PROMPTS = ["高血压患者饮食上要注意什么？", "糖尿病有哪些常见症状？", "感冒了需要吃抗生素吗？", "头痛三天伴低热，应该怎么处理？"]
 MEMORY_SETUPS = ("one model", "pool", "four copies")
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def load_setup(setup: str, profile: str, run_id: str) -> dict:
@@ -59,9 +57,11 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
     # warm-up: the first load and generate initialise libraries (lazy imports, kernels); freed again
     warm = ModelPool(cfg, device=device)
     warm.generate([PanelRequest(contestants[2], question)], Decoding(0.7, 0.9, 4, 0)).wait(timeout=600)
+    warm.close()
     del warm
+    load_stage(contestants[2].run_dir, "sft", device=device)  # the in-process set-ups' lazy imports, freed too
     gc.collect()
-    before_rss = rss_bytes()
+    before_rss = memory_of()["rss"]
     before_cuda = torch.cuda.memory_allocated() if device == "cuda" else 0
 
     pool, models, extra = ModelPool(cfg, device=device), [], {}
@@ -74,7 +74,11 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
                                 Decoding(0.7, 0.9, 4, 0)).wait(timeout=600)
         if any(a.error for a in answers):
             raise SystemExit(f"the pool failed: {[a.error for a in answers]}")
-        extra["param_bytes"] = pool.resident_bytes()
+        workers = pool.worker_memory()
+        extra["param_bytes"] = sum(w["weights"] for w in workers)
+        extra["workers_private"] = sum(w["private"] for w in workers)
+        extra["workers_cuda"] = sum(w["cuda"] or 0 for w in workers)
+        extra["fork_server_rss"] = memory_of(fork_server_pid())["rss"]
         extra["loaded"] = {Path(k).name: v for k, v in pool.loaded().items()}
     elif setup == "four copies":
         models += [load_stage(c.run_dir, c.stage, device=device) for c in contestants]
@@ -84,8 +88,16 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
         with torch.inference_mode():
             model(input_ids=torch.tensor([ids], device=device))
     gc.collect()
-    return {"setup": setup, "rss": rss_bytes() - before_rss,
-            "cuda": (torch.cuda.memory_allocated() - before_cuda) if device == "cuda" else None, **extra}
+    rss = memory_of()["rss"] - before_rss + extra.pop("workers_private", 0)
+    cuda = (torch.cuda.memory_allocated() - before_cuda + extra.pop("workers_cuda", 0)) if device == "cuda" else None
+    pool.close()
+    return {"setup": setup, "rss": rss, "cuda": cuda, **extra}
+
+
+def fork_server_pid() -> int:
+    from multiprocessing import forkserver
+
+    return forkserver._forkserver._forkserver_pid  # (no public accessor; a benchmark may look inside)
 
 
 def measure_memory(profile: str, run_id: str) -> dict[str, dict]:
@@ -102,7 +114,8 @@ def time_to_first_token(profile: str, run_id: str, repeats: int, max_new_tokens:
     cfg = load_config(profile)
     contestants = resolve_contestants(cfg, [f"{run_id}/{s}" for s in STAGES])
     pool = ModelPool(cfg)
-    assert pool.preload(contestants) == [None] * 4
+    if pool.preload(contestants) != [None] * 4:
+        raise SystemExit(f"the pool failed to load: {pool.preload(contestants)}")
 
     def first_tokens(group, prompt, seed):
         decoding = Decoding(temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens, seed=seed)
@@ -125,6 +138,7 @@ def time_to_first_token(profile: str, run_id: str, repeats: int, max_new_tokens:
         together_mean.append(statistics.mean(ttft))
         latency_together.append(max(lat))
         tokens += n
+    pool.close()
     return {"alone": statistics.median(alone), "together_slowest": statistics.median(together_max),
             "together_mean": statistics.median(together_mean), "answer_alone": statistics.median(latency_alone),
             "answers_together": statistics.median(latency_together), "tokens": statistics.mean(tokens),
@@ -139,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--run", help="run id (default: the newest completed run)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--memory-setup", choices=MEMORY_SETUPS, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
@@ -159,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.python_version()}; load average {os.getloadavg()[0]:.2f}", flush=True)
     memory = measure_memory(args.profile, run_id)
     one = memory["one model"]
-    print("\n| set-up | weights held (distinct tensor bytes) | x one model | process resident growth | CUDA allocated |"
-          "\n|---|---|---|---|---|")
+    print("\n| set-up | weights held (distinct tensor bytes) | x one model | resident growth | CUDA allocated "
+          "| worker processes |\n|---|---|---|---|---|---|")
     for setup in MEMORY_SETUPS:
         m = memory[setup]
+        workers = f"{len(m['loaded'])}; fork server {mib(m['fork_server_rss'])} resident" if "loaded" in m else "none"
         print(f"| {setup} | {mib(m['param_bytes'])} | {m['param_bytes'] / one['param_bytes']:.2f}x | {mib(m['rss'])} "
-              f"| {mib(m['cuda'])} |")
+              f"| {mib(m['cuda'])} | {workers} |")
     print(f"\n(target: pool <= 1.6x one model.) The pool holds: {memory['pool']['loaded']}")
 
     t = time_to_first_token(args.profile, run_id, args.repeats, args.max_new_tokens)

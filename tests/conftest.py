@@ -62,6 +62,22 @@ def tiny_run(tmp_path_factory, tiny_data_home) -> tuple[Path, str]:
 
 
 @pytest.fixture
+def make_pool():
+    """``make_pool(cfg, **options)``: a model pool whose worker processes stop when the test ends."""
+    from app.model_pool import ModelPool
+
+    pools = []
+
+    def _make(cfg, **options):
+        pools.append(ModelPool(cfg, **options))
+        return pools[-1]
+
+    yield _make
+    for pool in pools:
+        pool.close()
+
+
+@pytest.fixture
 def use_home(monkeypatch):
     """Point CHIMED_HOME at a given directory for the rest of the test: ``use_home(path)``."""
 

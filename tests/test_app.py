@@ -17,7 +17,6 @@ from app.contestants import available_contestants, default_checkpoints
 from app.data_tab import data_view, export_for_admin, recent_pairs_table
 from app.leaderboard_tab import leaderboard_view
 from app.main import build_app
-from app.model_pool import ModelPool
 from app.runs_tab import run_view
 from preference_store.repository import PreferenceStore
 from training.config import STAGES, load_config
@@ -38,8 +37,8 @@ def store(cfg):
 
 
 @pytest.fixture
-def arena(cfg, store):
-    return Arena(cfg, store, ModelPool(cfg))
+def arena(cfg, store, make_pool):
+    return Arena(cfg, store, make_pool(cfg))
 
 
 @pytest.fixture
@@ -274,8 +273,8 @@ def test_leaderboard_data_and_runs_tabs_show_the_store_and_the_runs(arena, sessi
     assert (results.read_text(encoding="utf-8") if results.is_file() else "no evaluation yet") in table
 
 
-def test_the_app_builds_with_its_api(cfg, store):
-    demo = build_app(cfg, store=store, pool=ModelPool(cfg))
+def test_the_app_builds_with_its_api(cfg, store, make_pool):
+    demo = build_app(cfg, store=store, pool=make_pool(cfg))
     assert isinstance(demo, gr.Blocks)
     names = {fn.api_name for fn in demo.fns.values()}
     assert {"contestants", "compare", "judge"} <= names

@@ -1,17 +1,19 @@
 """The app's model pool on the tiny run: shared weights, exact adapter stacking, concurrent panels
-and sessions, and failures that stay in their own panel."""
+and sessions, failures that stay in their own panel, and a model process that dies."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
+import time
 
 import pytest
 import torch
 
 from app.contestants import resolve_contestants
-from app.model_pool import Decoding, ModelPool, PanelRequest
+from app.model_pool import Decoding, PanelRequest
 from training.config import STAGES, load_config
 from training.errors import UserError
 from training.modeling import load_stage
@@ -37,19 +39,21 @@ def _texts(pool, contestants, decoding, messages=QUESTION):
     return [a.text for a in answers]
 
 
-def test_four_contestants_keep_two_full_models(cfg, run):
-    pool = ModelPool(cfg)
+def test_four_contestants_keep_two_full_models(cfg, run, make_pool):
+    pool = make_pool(cfg)
     assert pool.preload(run) == [None] * 4
     loaded = pool.loaded()
     roots = {os.path.basename(path): adapters for path, adapters in loaded.items()}
     assert set(roots) == {"base", "cpt"}  # sft and dpo ride on cpt as adapters
-    assert roots["base"] == [] and len(roots["cpt"]) == 2  # sft, and sft+dpo stacked into one adapter
+    assert roots["base"] == [] and len(roots["cpt"]) == 2  # sft's and dpo's adapters, each once
     one_model = sum(p.numel() * p.element_size() for p in load_stage(run[1].run_dir, "cpt")[0].parameters())
-    assert pool.resident_bytes() < 2.5 * one_model  # four full copies would be 4x
+    adapters = sum(os.path.getsize(next((c.run_dir / c.stage).glob("adapter_model.*"))) for c in run[2:])
+    assert pool.resident_bytes() < 2 * one_model + adapters + 1e5  # two full models, each adapter once
+    assert len({*pool.worker_pids()}) == 2 and os.getpid() not in pool.worker_pids()
 
 
-def test_served_stages_match_the_merged_checkpoints(cfg, run):
-    pool = ModelPool(cfg)
+def test_served_stages_match_the_merged_checkpoints(cfg, run, make_pool):
+    pool = make_pool(cfg)
     for contestant in run:
         served = pool.next_token_logits(contestant, QUESTION)
         model, tokenizer = load_stage(contestant.run_dir, contestant.stage, device="cpu")
@@ -59,8 +63,8 @@ def test_served_stages_match_the_merged_checkpoints(cfg, run):
         assert torch.allclose(served, merged, atol=1e-4), (contestant.stage, (served - merged).abs().max())
 
 
-def test_an_answer_depends_on_its_seed_not_on_the_other_panels(cfg, run):
-    pool = ModelPool(cfg)
+def test_an_answer_depends_on_its_seed_not_on_the_other_panels(cfg, run, make_pool):
+    pool = make_pool(cfg)
     sampled = Decoding(temperature=1.0, top_p=0.9, max_new_tokens=12, seed=1234)
     together = _texts(pool, run, sampled)
     alone = [_texts(pool, [c], sampled)[0] for c in run]
@@ -69,8 +73,8 @@ def test_an_answer_depends_on_its_seed_not_on_the_other_panels(cfg, run):
     assert _texts(pool, run, sampled) == together  # the same seed again gives the same answers
 
 
-def test_concurrent_sessions_each_get_their_own_answers(cfg, run):
-    pool = ModelPool(cfg)
+def test_concurrent_sessions_each_get_their_own_answers(cfg, run, make_pool):
+    pool = make_pool(cfg)
     prompts = [[{"role": "user", "content": q}] for q in ("头痛怎么办？", "糖尿病有哪些症状？", "感冒要吃药吗？")]
     jobs = [(messages, Decoding(0.9, 0.95, 10, seed)) for messages in prompts for seed in (1, 2)]
     expected = [_texts(pool, run, decoding, messages) for messages, decoding in jobs]
@@ -89,24 +93,24 @@ def test_concurrent_sessions_each_get_their_own_answers(cfg, run):
     assert [results[i] for i in range(len(jobs))] == expected
 
 
-def test_a_broken_checkpoint_fails_only_its_own_panel(cfg, run):
+def test_a_broken_checkpoint_fails_only_its_own_panel(cfg, run, make_pool):
     adapter = next((run[3].run_dir / "dpo").glob("adapter_model.*"))
     adapter.unlink()  # the copy in this test's home may be a hard link: replace, never write through it
     adapter.write_bytes(b"not a safetensors file")
-    answers = ModelPool(cfg).generate([PanelRequest(c, QUESTION) for c in run], GREEDY).wait(timeout=300)
+    answers = make_pool(cfg).generate([PanelRequest(c, QUESTION) for c in run], GREEDY).wait(timeout=300)
     assert answers[3].error and answers[3].done and answers[3].text == ""
     assert [a.error for a in answers[:3]] == [None, None, None]
     assert all(a.done and a.n_tokens > 0 for a in answers[:3])
 
 
-def test_a_resumed_run_shares_the_weights_it_reused(cfg, app_home, run):
+def test_a_resumed_run_shares_the_weights_it_reused(cfg, app_home, run, make_pool):
     home, run_id = app_home
     copy = home / "runs" / "resumed"
     shutil.copytree(home / "runs" / run_id, copy, copy_function=os.link)  # what --from dpo --resume-run does
     manifest = (copy / "manifest.json").read_text(encoding="utf-8").replace(f'"{run_id}"', '"resumed"')
     (copy / "manifest.json").unlink()  # a hard link too: write a new file, not through the link
     (copy / "manifest.json").write_text(manifest, encoding="utf-8")
-    pool = ModelPool(cfg)
+    pool = make_pool(cfg)
     both = resolve_contestants(cfg, [f"{run_id}/dpo", "resumed/dpo"])
     assert pool.preload(both) == [None, None]
     assert len(pool.loaded()) == 1  # one cpt in memory for both runs
@@ -118,3 +122,24 @@ def test_bad_decoding_settings_are_refused(bad):
     settings = dict(temperature=0.7, top_p=0.9, max_new_tokens=16, seed=0) | bad
     with pytest.raises(UserError):
         Decoding(**settings)
+
+
+def test_a_model_process_that_dies_fails_its_panels_and_is_started_again(cfg, run, make_pool):
+    pool = make_pool(cfg)
+    expected = _texts(pool, run, GREEDY)
+    (cpt_root,) = [path for path in pool.loaded() if os.path.basename(path) == "cpt"]
+    pids = dict(zip(pool.loaded(), pool.worker_pids()))
+    long = Decoding(temperature=1.0, top_p=1.0, max_new_tokens=4000, seed=5)
+    generation = pool.generate([PanelRequest(c, QUESTION) for c in run], long)
+    deadline = time.monotonic() + 120
+    while not all(a.n_tokens for a in generation.answers[1:]) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until cpt, sft and dpo are streaming
+    os.kill(pids[cpt_root], signal.SIGKILL)  # what the out-of-memory killer does
+    answers = generation.wait(timeout=300)
+    assert answers[0].error is None and answers[0].done  # base runs in its own process
+    assert all(a.done for a in answers[1:])
+    failed = [a for a in answers[1:] if a.error]
+    assert failed and all("stopped" in a.error and "loaded again" in a.error for a in failed)
+    assert all(a.n_tokens > 0 for a in answers[1:] if not a.error)  # one finished before the kill keeps its text
+    assert _texts(pool, run, GREEDY) == expected  # the next question starts a new process
+    assert pids[cpt_root] not in pool.worker_pids()
