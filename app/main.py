@@ -18,7 +18,7 @@ from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
 from app.contestants import default_checkpoints, resolve_contestants
 from app.data_tab import build_data_tab
 from app.leaderboard_tab import build_leaderboard_tab
-from app.model_pool import ModelPool, use_cpu_threads
+from app.model_pool import ModelPool
 from app.notice import ACCEPT_LABEL, footer_markdown, notice_markdown
 from app.runs_tab import build_runs_tab
 from preference_store.repository import PreferenceStore
@@ -88,7 +88,6 @@ def launch_app(cfg: Config, host: str | None = None, port: int | None = None) ->
     With annotator accounts in the store the app asks for a login; without, it runs as "demo". The
     newest run's contestants are loaded in the background so the first comparison does not wait.
     """
-    use_cpu_threads(cfg)
     store = PreferenceStore.from_config(cfg)
     pool = ModelPool(cfg)
     demo = build_app(cfg, store, pool)

@@ -36,7 +36,8 @@ from app.contestants import Contestant
 from app.root_worker import RootWorker, describe_error
 from training.config import Config
 from training.errors import UserError
-from training.modeling import default_device, default_dtype, load_tokenizer, stage_chain, tokenizer_dir, trust_remote_code
+from training.modeling import (default_device, default_dtype, load_tokenizer, stage_chain, tokenizer_dir,
+                               trust_remote_code)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MAX_NEW_TOKENS_LIMIT = 4096  # a typo in the settings should not keep a model busy for an hour
@@ -151,12 +152,6 @@ class Generation:
         for snapshot in self.stream(timeout):
             pass
         return snapshot
-
-
-def use_cpu_threads(cfg: Config) -> None:
-    """Set torch's threads per operation for serving on CPU (``app.cpu_threads``; process-wide)."""
-    if cfg.app.cpu_threads > 0 and not (cfg.app.device or default_device()).startswith("cuda"):
-        torch.set_num_threads(cfg.app.cpu_threads)
 
 
 # --- streaming --------------------------------------------------------------------------------------
@@ -391,12 +386,15 @@ class ModelPool:
     def _root_for(self, contestant: Contestant) -> tuple[_Root, list[dict]]:
         """The contestant's root and chain of checkpoints, each with its weights' identity (read again when
         the run's manifest changes)."""
-        manifest = os.stat(Path(contestant.run_dir) / "manifest.json")
-        stamp = (manifest.st_ino, manifest.st_mtime_ns, manifest.st_size)
+        try:
+            manifest = os.stat(Path(contestant.run_dir) / "manifest.json")
+            stamp = (manifest.st_ino, manifest.st_mtime_ns, manifest.st_size)
+        except OSError:
+            stamp = None  # (stage_chain says what is wrong)
         cache_key = (str(contestant.run_dir), contestant.stage)
         with self._lock:
             cached = self._chains.get(cache_key)
-        if cached is None or cached[0] != stamp:
+        if cached is None or stamp is None or cached[0] != stamp:
             chain = [entry | {"weights": weights_identity(Path(entry["abspath"]))}
                      for entry in stage_chain(contestant.run_dir, contestant.stage)]
             cached = (stamp, chain)

@@ -75,10 +75,26 @@ class RootWorker:
         return self._reply()
 
     def generate(self, rows, decoding: dict, pad_id: int, eos_ids: list[int], on_tokens) -> None:
-        """Stream one batch: ``on_tokens(ids)`` with one id per row for every step."""
+        """Stream one batch: ``on_tokens(ids)`` with one id per row for every step.
+
+        Should ``on_tokens`` fail, the generation is stopped and its remaining messages read before the
+        error is raised, so the next request gets its own answer.
+        """
+        failed: list[BaseException] = []
+
+        def receive(tokens) -> None:
+            if not failed:
+                try:
+                    on_tokens(tokens)
+                except Exception as err:  # noqa: BLE001 - raised once the worker has finished
+                    failed.append(err)
+                    self.cancel.set()
+
         self.cancel.clear()
         self._send(("generate", rows, decoding, pad_id, eos_ids))
-        self._reply(on_tokens)
+        self._reply(receive)
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
         if self.process.is_alive():

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from app.contestants import resolve_contestants  # noqa: E402
-from app.model_pool import Decoding, ModelPool, PanelRequest, use_cpu_threads  # noqa: E402
+from app.model_pool import Decoding, ModelPool, PanelRequest  # noqa: E402
 from app.root_worker import memory_of  # noqa: E402
 from training.config import STAGES, load_config  # noqa: E402
 from training.errors import UserError  # noqa: E402
@@ -78,7 +78,7 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
         extra["param_bytes"] = sum(w["weights"] for w in workers)
         extra["workers_private"] = sum(w["private"] for w in workers)
         extra["workers_cuda"] = sum(w["cuda"] or 0 for w in workers)
-        extra["fork_server_rss"] = memory_of(fork_server_pid())["rss"]
+        extra["fork_server"] = memory_of(fork_server_pid())
         extra["loaded"] = {Path(k).name: v for k, v in pool.loaded().items()}
     elif setup == "four copies":
         models += [load_stage(c.run_dir, c.stage, device=device) for c in contestants]
@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-setup", choices=MEMORY_SETUPS, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
     cfg = load_config(args.profile)
-    use_cpu_threads(cfg)  # as the app does
     run_id = args.run or latest_run(cfg)
     if run_id is None:
         raise UserError(f"no completed run under {cfg.runs_dir}: ./launch.sh train-all --profile {args.profile}")
@@ -177,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
           "| worker processes |\n|---|---|---|---|---|---|")
     for setup in MEMORY_SETUPS:
         m = memory[setup]
-        workers = f"{len(m['loaded'])}; fork server {mib(m['fork_server_rss'])} resident" if "loaded" in m else "none"
+        workers = (f"{len(m['loaded'])}; fork server {mib(m['fork_server']['rss'])} resident, "
+                   f"{mib(m['fork_server']['private'])} of it its own") if "loaded" in m else "none"
         print(f"| {setup} | {mib(m['param_bytes'])} | {m['param_bytes'] / one['param_bytes']:.2f}x | {mib(m['rss'])} "
               f"| {mib(m['cuda'])} | {workers} |")
     print(f"\n(target: pool <= 1.6x one model.) The pool holds: {memory['pool']['loaded']}")

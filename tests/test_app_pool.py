@@ -3,17 +3,20 @@ and sessions, failures that stay in their own panel, and a model process that di
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from app.contestants import resolve_contestants
 from app.model_pool import Decoding, PanelRequest
+from app.root_worker import RootWorker
 from training.config import STAGES, load_config
 from training.errors import UserError
 from training.modeling import load_stage
@@ -143,3 +146,29 @@ def test_a_model_process_that_dies_fails_its_panels_and_is_started_again(cfg, ru
     assert all(a.n_tokens > 0 for a in answers[1:] if not a.error)  # one finished before the kill keeps its text
     assert _texts(pool, run, GREEDY) == expected  # the next question starts a new process
     assert pids[cpt_root] not in pool.worker_pids()
+
+
+def test_a_reader_that_fails_mid_answer_leaves_the_model_process_ready(run):
+    cpt = str(run[1].run_dir / "cpt")
+    worker = RootWorker(cpt, "cpu", torch.float32, threads=1, trust_remote_code=False, setting="cpt")
+    try:
+        calls = []
+
+        def broken_reader(tokens):
+            calls.append(tokens)
+            raise RuntimeError("the panel went away")
+
+        with pytest.raises(RuntimeError, match="went away"):
+            worker.generate([((), [1, 2, 3])], dict(temperature=1.0, top_p=1.0, max_new_tokens=200, seed=0),
+                            0, [], broken_reader)
+        assert len(calls) == 1  # stopped after the failure, not fed the rest
+        assert worker.request("memory")["weights"] > 0  # the next answer is its own, not a leftover token
+        logits = worker.request("logits", (), [1, 2, 3])
+        assert logits.shape == (worker_vocab(cpt),)
+    finally:
+        worker.close()
+    assert not worker.process.is_alive()
+
+
+def worker_vocab(path):
+    return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
