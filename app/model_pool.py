@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from app.contestants import Contestant
-from app.root_worker import RootWorker, describe_error
+from app.root_worker import RootWorker, cpu_slots, describe_error
 from training.config import Config
 from training.errors import UserError
 from training.modeling import (default_device, default_dtype, load_tokenizer, stage_chain, tokenizer_dir,
@@ -216,6 +216,7 @@ class _Root:
     path: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     worker: RootWorker | None = None
+    slot: int | None = None  # the group of cores its worker keeps to (CPU serving)
     adapters: dict[tuple, str] = field(default_factory=dict)  # adapter weights identity -> adapter name
     last_used: float = 0.0
 
@@ -226,7 +227,7 @@ class _Root:
     def unload(self) -> None:
         if self.worker is not None:
             self.worker.close()
-        self.worker = None
+        self.worker = self.slot = None
         self.adapters.clear()
 
 
@@ -256,6 +257,7 @@ class ModelPool:
         self._tokenizers: dict[str, object] = {}
         self._chains: dict[tuple[str, str], tuple[tuple, list[dict]]] = {}  # (run, stage) -> (manifest stat, chain)
         self._names = 0
+        self._cpu_slots = cpu_slots(cfg.app.cpu_threads) if self.device.type == "cpu" else []
 
     # --- what is loaded ------------------------------------------------------------------------
     def loaded(self) -> dict[str, list[str]]:
@@ -412,9 +414,11 @@ class ModelPool:
         """Make ``contestant`` servable on ``root`` (the caller holds ``root.lock``)."""
         if not root.loaded:
             root.unload()
+            root.slot = self._free_slot()
             root.worker = RootWorker(root.path, str(self.device), self.dtype, self.cfg.app.cpu_threads,
                                      trust_remote_code(contestant.run_dir),
-                                     setting=f"checkpoint {contestant.checkpoint_id}")
+                                     setting=f"checkpoint {contestant.checkpoint_id}",
+                                     cpus=None if root.slot is None else self._cpu_slots[root.slot])
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
         return _Served(adapters=adapters, tokenizer=self._tokenizer(chain, contestant))
 
@@ -452,6 +456,14 @@ class ModelPool:
                     excess -= 1
                 finally:
                     root.lock.release()
+
+    def _free_slot(self) -> int | None:
+        """The group of cores used by the fewest loaded models' workers (spreads the workers out)."""
+        if not self._cpu_slots:
+            return None
+        with self._lock:
+            used = [r.slot for r in self._roots.values() if r.slot is not None]
+        return min(range(len(self._cpu_slots)), key=used.count)
 
     # --- helpers -------------------------------------------------------------------------------
     def _new_name(self, prefix: str) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 from multiprocessing.connection import Connection
 
 import torch
@@ -51,7 +52,7 @@ class RootWorker:
     """The pool's handle on one worker process; the caller serialises requests (the root's lock)."""
 
     def __init__(self, path: str, device: str, dtype: torch.dtype, threads: int, trust_remote_code: bool,
-                 setting: str) -> None:
+                 setting: str, cpus: list[int] | None = None) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["app._worker_preload"])  # libraries imported once, then forked
         self.path = path
@@ -59,7 +60,7 @@ class RootWorker:
         self._conn, child = context.Pipe()
         self.process = context.Process(
             target=serve, args=(child, self.cancel, path, device, str(dtype).removeprefix("torch."), threads,
-                                trust_remote_code, setting),
+                                trust_remote_code, setting, cpus),
             name=f"chimed-model:{path}", daemon=True)
         self.process.start()
         child.close()
@@ -141,12 +142,19 @@ class RootWorker:
 
 
 def serve(conn: Connection, cancel, path: str, device: str, dtype: str, threads: int, trust_remote_code: bool,
-          setting: str) -> None:
-    """The worker's loop: load the model, then answer requests until ``stop`` or the pool goes away."""
+          setting: str, cpus: list[int] | None) -> None:
+    """The worker's loop: load the model, then answer requests until ``stop`` or the pool goes away.
+
+    ``cpus``: the cores this worker keeps to. Woken by a request, a worker then starts on its own core
+    at once instead of queueing behind the other workers on the core it last ran on (2-5 ms on a
+    2-core machine, BENCHMARKS.md "Serving").
+    """
     from training.modeling import load_causal_lm
 
     if threads > 0 and not device.startswith("cuda"):
         torch.set_num_threads(threads)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     try:
         model = load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype),
                                setting=setting)
@@ -166,6 +174,17 @@ def serve(conn: Connection, cancel, path: str, device: str, dtype: str, threads:
             conn.send(("ok", handle(lora, message, conn, cancel)))
         except Exception as err:  # noqa: BLE001 - one failed request does not end the worker
             conn.send(("error", describe_error(err)))
+
+
+def cpu_slots(threads: int) -> list[list[int]]:
+    """This process's cores cut into groups of ``threads`` (one group per worker, taken in turn);
+    empty where cores cannot be chosen (not Linux) or torch picks the threads (``threads`` 0)."""
+    if threads <= 0 or not hasattr(os, "sched_getaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    if threads >= len(cores):
+        return [cores]
+    return [cores[i:i + threads] for i in range(0, len(cores) - threads + 1, threads)]
 
 
 def handle(lora: MultiLora, message: tuple, conn: Connection, cancel):

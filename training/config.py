@@ -257,8 +257,9 @@ class AppConfig:
     recent_pairs: int = 20  # pairs listed in the Data tab
     preload_newest_run: bool = True  # load the newest run's contestants when the app starts
     # torch threads per operation when serving on CPU (0 = torch's default, one per core): panels on
-    # different full models generate in parallel processes, and on a few cores one thread each beats
-    # several threads per panel spin-waiting for each other (10-100x slower on a busy 2-core machine)
+    # different full models generate in parallel processes, each kept to this many cores of its own, and
+    # on a few cores one thread each beats several threads per panel spin-waiting for each other (10-100x
+    # slower on a busy 2-core machine)
     cpu_threads: int = 1
 
 
