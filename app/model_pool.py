@@ -1,7 +1,8 @@
 """Serving several checkpoints at once (DESIGN.md "Serving several checkpoints at once").
 
-A run's four contestants share most of their weights: ``base/`` and ``cpt/`` are full models, ``sft/``
-is a LoRA adapter on cpt and ``dpo/`` a LoRA adapter on cpt + sft. The pool therefore keeps
+A run's four contestants share most of their weights: ``base/`` and ``cpt/`` are full models (``cpt/``
+is an adapter on base when trained with ``cpt.use_lora``), ``sft/`` is a LoRA adapter on cpt and
+``dpo/`` a LoRA adapter on cpt + sft. The pool therefore keeps
 
 - each distinct full model once (a "root"; hard-linked copies of the same weights, as a run resumed
   with ``--from dpo`` has, count as one), and
@@ -244,7 +245,8 @@ class ModelPool:
 
     ``max_loaded_models`` bounds the full models kept (least recently used ones are dropped when
     idle); ``device`` "" picks CUDA when there is one. :meth:`close` ends the worker processes (they
-    also end with this process).
+    also end with this process). The workers start the way Python's "forkserver" processes do: a script
+    that uses the pool must keep its work under ``if __name__ == "__main__":``.
     """
 
     def __init__(self, cfg: Config, device: str | None = None, max_loaded_models: int | None = None) -> None:

@@ -19,6 +19,7 @@ from app.model_pool import Decoding, PanelRequest
 from app.root_worker import RootWorker
 from training.config import STAGES, load_config
 from training.errors import UserError
+from training.manifest import read_manifest
 from training.modeling import load_stage
 
 QUESTION = [{"role": "user", "content": "高血压患者饮食上要注意什么？"}]
@@ -176,3 +177,26 @@ def test_a_reader_that_fails_mid_answer_leaves_the_model_process_ready(run):
 
 def worker_vocab(path):
     return json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+
+
+def test_a_run_with_a_lora_cpt_serves_its_four_contestants_on_one_model(cfg, app_home, make_pool):
+    from training.pipeline import train_all
+
+    home, run_id = app_home
+    lora_run = train_all(load_config("tiny", ["cpt.use_lora=true", "train.evaluate_after=false"]),
+                         from_stage="cpt", resume_run=run_id)
+    stages = read_manifest(cfg, lora_run)["stages"]
+    assert (stages["cpt"]["kind"], stages["cpt"]["parent"]) == ("lora", "base")
+    contestants = resolve_contestants(cfg, [f"{lora_run}/{stage}" for stage in STAGES])
+    pool = make_pool(cfg)
+    assert pool.preload(contestants) == [None] * 4
+    ((root, adapters),) = pool.loaded().items()  # one full model: the base, with cpt, sft and dpo on it
+    assert os.path.basename(root) == "base" and len(adapters) == 3
+    for contestant in contestants:
+        served = pool.next_token_logits(contestant, QUESTION)
+        model, tokenizer = load_stage(contestant.run_dir, contestant.stage, device="cpu")
+        ids = torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]])
+        with torch.inference_mode():
+            assert torch.allclose(served, model(input_ids=ids).logits[0, -1], atol=1e-4), contestant.stage
+    assert all(a.error is None and a.n_tokens > 0 for a in
+               pool.generate([PanelRequest(c, QUESTION) for c in contestants], GREEDY).wait(timeout=300))

@@ -3,8 +3,9 @@
 Next-token prediction on packed blocks of ``cfg.cpt.block_size`` over the whole ChiMed-CPT (medical QA,
 plain text, knowledge-graph verbalizations, dialogue, and the general share against forgetting; with
 ``cpt.medical_repeats`` the medical records enter each epoch that many times). Full
-fine-tuning by default; with ``cpt.use_lora`` a LoRA adapter is trained and merged, so ``cpt/`` is
-always a full model that the later stages and the app load the same way.
+fine-tuning by default (``cpt/`` is a full model); with ``cpt.use_lora`` a LoRA adapter on the base
+(``cpt/`` is that adapter: the later stages and the evaluation merge it, the app serves all four
+contestants on the base model).
 """
 
 from __future__ import annotations
@@ -47,13 +48,6 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     metrics = train_resumably(trainer, paths)
     metrics.update(documents=len(records), medical_repeats=cfg.cpt.medical_repeats, lora=cfg.cpt.use_lora)
 
-    # save: full weights (a LoRA adapter is merged first) and the tokenizer with its chat template
-    def save(out):
-        if not cfg.cpt.use_lora:
-            trainer.save_model(out)
-        elif trainer.is_world_process_zero():
-            trainer.accelerator.unwrap_model(trainer.model).merge_and_unload().save_pretrained(out)
-            tokenizer.save_pretrained(out)
-
-    finish_stage(paths, save, kind="full", parent="base", fingerprint=fingerprint, metrics=metrics,
-                 is_main=trainer.is_world_process_zero())
+    # save: the full weights or the adapter, and the tokenizer with its chat template
+    finish_stage(paths, trainer.save_model, kind="lora" if cfg.cpt.use_lora else "full", parent="base",
+                 fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
