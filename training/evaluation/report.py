@@ -131,7 +131,8 @@ def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: d
         f"# ChiMed Arena run {run_id}: {stage}",
         f"> {NOTICE}",
         f"This checkpoint is {STAGE_WHAT.get(stage, stage)}; it holds {kind}. Profile `{manifest.get('profile')}`"
-        + (f", reused from run `{manifest['parent_run']}`" if manifest.get("parent_run") else "") + ".",
+        + (f"; the run continues run `{manifest['parent_run']}` (its earlier stages reused)"
+           if manifest.get("parent_run") else "") + ".",
         "Load it (adapters merged):\n\n```python\nfrom training.modeling import load_stage\n"
         f"model, tokenizer = load_stage(\"runs/{run_id}\", \"{stage}\")\n```",
         "## Evaluation\n\n" + _key_value_table(
