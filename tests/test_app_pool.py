@@ -200,3 +200,15 @@ def test_a_run_with_a_lora_cpt_serves_its_four_contestants_on_one_model(cfg, app
             assert torch.allclose(served, model(input_ids=ids).logits[0, -1], atol=1e-4), contestant.stage
     assert all(a.error is None and a.n_tokens > 0 for a in
                pool.generate([PanelRequest(c, QUESTION) for c in contestants], GREEDY).wait(timeout=300))
+
+
+def test_models_beyond_the_limit_are_dropped_when_idle_and_loaded_again_when_asked(cfg, run, make_pool):
+    expected = _texts(make_pool(cfg), run, GREEDY)
+    pool = make_pool(cfg, max_loaded_models=1)
+    assert pool.preload(run) == [None] * 4
+    assert len(pool.loaded()) == 1 and len(pool.worker_pids()) == 1  # the other model's process has ended
+    assert _texts(pool, run[:1], GREEDY) + _texts(pool, run[1:], GREEDY) == expected
+    deadline = time.monotonic() + 30  # (the answering thread drops the idle model after the answers are out)
+    while len(pool.worker_pids()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pool.worker_pids()) == 1 and os.path.basename(next(iter(pool.loaded()))) == "cpt"
