@@ -61,20 +61,19 @@ class MultiLoraLinear(nn.Module):
         self.active = self._routes[rows]
 
     def _plan(self, rows):
+        """Views of the factors from the first to the last column any row uses (never a copy), and a mask
+        of the columns each row uses when they are not all of them."""
         used = [[self.spans[n] for n in names if n in self.spans] for names in rows]
-        columns = sorted({c for spans in used for start, end in spans for c in range(start, end)})
-        if not columns:
+        spans = [span for row in used for span in row]
+        if not spans:
             return None
-        index = torch.tensor(columns, device=self.lora_a.device)
-        a, b = self.lora_a.index_select(0, index), self.lora_b.index_select(1, index)
-        if all(spans == used[0] for spans in used):
-            return a, b, None  # every row the same adapters: no mask
-        mask = torch.zeros(len(rows), 1, len(columns), dtype=a.dtype, device=a.device)
-        position = {c: i for i, c in enumerate(columns)}
-        for row, spans in enumerate(used):
-            for start, end in spans:
-                mask[row, 0, [position[c] for c in range(start, end)]] = 1
-        return a, b, mask
+        first, last = min(start for start, _ in spans), max(end for _, end in spans)
+        a, b = self.lora_a[first:last], self.lora_b[:, first:last]
+        mask = torch.zeros(len(rows), 1, last - first, dtype=a.dtype, device=a.device)
+        for row, row_spans in enumerate(used):
+            for start, end in row_spans:
+                mask[row, 0, start - first:end - first] = 1
+        return a, b, None if bool(mask.all()) else mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)

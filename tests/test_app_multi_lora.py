@@ -56,9 +56,14 @@ def test_each_row_gets_its_own_adapters_as_merged_models_would(adapters):
                 _logits(_merged(model, first, second), ids[2:3])]
     lora = MultiLora(copy.deepcopy(model))
     lora.attach("sft", first)
-    lora.attach("dpo", second)
+    lora.attach("other", _adapter(model, first + "-other", r=4, lora_alpha=8, target_modules=["q_proj"]))
+    lora.attach("dpo", second)  # (another run's adapter sits between sft's and dpo's factors)
     lora.route([(), ("sft",), ("sft", "dpo")])  # base, sft = base + sft, dpo = base + sft + dpo in one batch
     mixed = _logits(lora.model, ids)
+    for layer in lora.layers.values():  # routing uses views of the factors, never copies of them
+        if layer.active is not None:
+            assert layer.active[0].untyped_storage().data_ptr() == layer.lora_a.untyped_storage().data_ptr()
+            assert layer.active[1].untyped_storage().data_ptr() == layer.lora_b.untyped_storage().data_ptr()
     for row in range(3):
         assert torch.allclose(mixed[row:row + 1], expected[row], atol=1e-5), row
     lora.route([("sft", "dpo")] * 3)  # one adapter set for the whole batch: no per-row mask
@@ -66,7 +71,8 @@ def test_each_row_gets_its_own_adapters_as_merged_models_would(adapters):
     lora.route([()])
     assert torch.allclose(_logits(lora.model, ids[0:1]), expected[0], atol=1e-6)
     held = sum(t.numel() for name, t in lora.model.named_buffers() if "lora_" in name)
-    assert held == sum(t.numel() for t in _factors(first) + _factors(second))  # each adapter's factors once
+    parts = _factors(first) + _factors(second) + _factors(first + "-other")
+    assert held == sum(t.numel() for t in parts)  # each adapter's factors once
 
 
 def _factors(path):
