@@ -169,18 +169,20 @@ class PanelStreamer:
         self.ids: list[list[int]] = [[] for _ in rows]
         self.finished = [False] * len(rows)
 
-    def put(self, tokens: list[int]) -> None:
-        for i, token in enumerate(tokens):
+    def put(self, steps: list[list[int]]) -> None:
+        """The next steps of the batch, one token per row each; every row's text is published once."""
+        for i, panel in enumerate(self.rows):
             if self.finished[i]:
                 continue
-            panel = self.rows[i]
             first = {} if self.ids[i] or self.generation.answers[panel].first_token_s is not None \
                 else {"first_token_s": self.generation.elapsed()}
-            if token in self.eos_ids:
-                self._finish(i, **first)
-                continue
-            self.ids[i].append(token)
-            self.generation.update(panel, text=self._text(i), n_tokens=len(self.ids[i]), **first)
+            for step in steps:
+                if step[i] in self.eos_ids:
+                    self._finish(i, **first)
+                    break
+                self.ids[i].append(step[i])
+            else:
+                self.generation.update(panel, text=self._text(i), n_tokens=len(self.ids[i]), **first)
 
     def end(self) -> None:
         for i in range(len(self.rows)):
@@ -377,10 +379,10 @@ class ModelPool:
         streamer = PanelStreamer(generation, [panel for panel, _, _ in rows],
                                  [served.tokenizer for _, served, _ in rows], eos_ids)
 
-        def on_tokens(tokens: list[int]) -> None:
+        def on_tokens(steps: list[list[int]]) -> None:
             if generation.cancelled.is_set():
                 root.worker.cancel.set()
-            streamer.put(tokens)
+            streamer.put(steps)
 
         root.worker.generate([(served.adapters, ids) for _, served, ids in rows], generation.decoding.as_dict(),
                              pad, sorted(eos_ids), on_tokens)

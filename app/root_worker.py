@@ -11,7 +11,8 @@ Requests, one at a time, each answered by ``("ok", value)`` or ``("error", line)
 
 - ``("attach", name, path)``: load the PEFT LoRA adapter in ``path`` as ``name``;
 - ``("generate", rows, decoding, pad_id, eos_ids)``: rows are ``(adapter names, prompt ids)``; streams
-  ``("tokens", [one id per row])`` per step before its ``("ok", None)``;
+  ``("tokens", [[one id per row] per step])`` before its ``("ok", None)``: the first step at once, later
+  ones gathered for up to ``STREAM_INTERVAL_S``;
 - ``("logits", adapter names, ids)``: the next-token logits after ``ids``;
 - ``("memory",)``: bytes of the distinct weight tensors held, and the process's own memory (pages not
   shared with the fork server it was forked from);
@@ -26,6 +27,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import time
 from multiprocessing.connection import Connection
 
 import torch
@@ -76,17 +78,17 @@ class RootWorker:
         return self._reply()
 
     def generate(self, rows, decoding: dict, pad_id: int, eos_ids: list[int], on_tokens) -> None:
-        """Stream one batch: ``on_tokens(ids)`` with one id per row for every step.
+        """Stream one batch: ``on_tokens(steps)`` with the steps since the last call, one id per row each.
 
         Should ``on_tokens`` fail, the generation is stopped and its remaining messages read before the
         error is raised, so the next request gets its own answer.
         """
         failed: list[BaseException] = []
 
-        def receive(tokens) -> None:
+        def receive(steps) -> None:
             if not failed:
                 try:
-                    on_tokens(tokens)
+                    on_tokens(steps)
                 except Exception as err:  # noqa: BLE001 - raised once the worker has finished
                     failed.append(err)
                     self.cancel.set()
@@ -250,6 +252,10 @@ def generate(lora: MultiLora, rows: list, decoding: dict, pad_id: int, eos_ids: 
                        streamer=PipeStreamer(send))
 
 
+# later steps of an answer reach the pool at most this often: text still streams smoothly, and the pool's
+# process, woken once per message, leaves the cores to the workers (a wake-up per token per worker slowed
+# the first token of the other workers' panels)
+STREAM_INTERVAL_S = 0.05
 NUCLEUS_CANDIDATES = 64  # tokens sorted for top-p first; all of them when these hold less than top_p
 
 
@@ -296,16 +302,28 @@ class StopWhenCancelled(StoppingCriteria):
 
 
 class PipeStreamer(BaseStreamer):
-    """Sends each step's token of every row to the pool (``generate`` hands over the prompt first)."""
+    """Sends the rows' tokens to the pool: the first step at once, later steps gathered for up to
+    ``STREAM_INTERVAL_S`` (``generate`` hands over the prompt first)."""
 
     def __init__(self, send) -> None:
         self.send = send
         self.prompt_seen = False
+        self.steps: list[list[int]] = []
+        self.sent = None  # when the last message went
 
     def put(self, value: torch.Tensor) -> None:
-        if self.prompt_seen:
-            self.send(value.reshape(-1).tolist())
-        self.prompt_seen = True
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.steps.append(value.reshape(-1).tolist())
+        if self.sent is None or time.monotonic() - self.sent >= STREAM_INTERVAL_S:
+            self._flush()
 
     def end(self) -> None:
-        pass
+        if self.steps:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.send(self.steps)
+        self.steps = []
+        self.sent = time.monotonic()

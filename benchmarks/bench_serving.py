@@ -1,7 +1,7 @@
 """Serving benchmark: memory of a run's four contestants in the app's model pool, and time to first
 token of four panels answering at once against one panel alone.
 
-    .venv/bin/python benchmarks/bench_serving.py [--profile demo] [--run ID] [--repeats 20] [--max-new-tokens 32]
+    .venv/bin/python benchmarks/bench_serving.py [--profile demo] [--run ID] [--repeats 40] [--max-new-tokens 32]
 
 Memory is measured in fresh child processes, one per set-up: the bytes of the distinct weight
 tensors held (exact), and, after answering once, the growth of the resident set (VmRSS; CUDA bytes
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="demo")
     parser.add_argument("--run", help="run id (default: the newest completed run)")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--memory-setup", choices=MEMORY_SETUPS, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
