@@ -266,28 +266,23 @@ class ModelPool:
     # --- what is loaded ------------------------------------------------------------------------
     def loaded(self) -> dict[str, list[str]]:
         """Root model directory -> names of the adapters attached to it (for the benchmark and tests)."""
-        with self._lock:
-            roots = [r for r in self._roots.values() if r.loaded]
-        return {r.path: sorted(r.adapters.values()) for r in roots}
+        return {r.path: sorted(r.adapters.values()) for r in self._loaded_roots()}
 
     def resident_bytes(self) -> int:
         """Bytes of every distinct parameter and buffer tensor the pool's worker processes hold."""
         return sum(m["weights"] for m in self.worker_memory())
 
     def worker_memory(self) -> list[dict]:
-        """Per loaded model's worker: weight bytes held, resident set now and before loading (benchmark)."""
-        with self._lock:
-            roots = [r for r in self._roots.values() if r.loaded]
+        """Per loaded model's worker: weight bytes held, its own (unshared) memory, CUDA bytes allocated."""
         memory = []
-        for root in roots:
+        for root in self._loaded_roots():
             with root.lock:
                 memory.append(root.worker.request("memory"))
         return memory
 
     def worker_pids(self) -> list[int]:
         """Process ids of the loaded models' workers."""
-        with self._lock:
-            return [r.worker.process.pid for r in self._roots.values() if r.loaded]
+        return [r.worker.process.pid for r in self._loaded_roots()]
 
     def close(self) -> None:
         """Stop every worker process."""
@@ -448,8 +443,7 @@ class ModelPool:
 
     def _evict(self) -> None:
         """Stop the workers of least recently used idle full models beyond ``max_loaded_models``."""
-        with self._lock:
-            loaded = sorted((r for r in self._roots.values() if r.loaded), key=lambda r: r.last_used)
+        loaded = sorted(self._loaded_roots(), key=lambda r: r.last_used)
         excess = len(loaded) - self.max_loaded_models
         for root in loaded:
             if excess <= 0:
@@ -470,6 +464,10 @@ class ModelPool:
         return min(range(len(self._cpu_slots)), key=used.count)
 
     # --- helpers -------------------------------------------------------------------------------
+    def _loaded_roots(self) -> list[_Root]:
+        with self._lock:
+            return [r for r in self._roots.values() if r.loaded]
+
     def _new_name(self, prefix: str) -> str:
         with self._lock:
             self._names += 1

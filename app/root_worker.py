@@ -204,7 +204,8 @@ def handle(lora: MultiLora, message: tuple, conn: Connection, cancel):
         with torch.inference_mode():
             return lora.model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
     if kind == "generate":
-        return generate(lora, *args, send=lambda ids: conn.send(("tokens", ids)), cancelled=cancel.is_set)
+        return generate(lora, *args, device=device, send=lambda steps: conn.send(("tokens", steps)),
+                        cancelled=cancel.is_set)
     raise ValueError(f"unknown request {kind!r}")
 
 
@@ -235,10 +236,10 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def generate(lora: MultiLora, rows: list, decoding: dict, pad_id: int, eos_ids: list[int], send, cancelled) -> None:
+def generate(lora: MultiLora, rows: list, decoding: dict, pad_id: int, eos_ids: list[int], *, device: torch.device,
+             send, cancelled) -> None:
     """One left-padded batch, row i through the adapters ``rows[i][0]``, each row sampled with its own seed."""
     model = lora.model
-    device = next(model.parameters()).device
     width = max(len(ids) for _, ids in rows)
     input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for _, ids in rows], device=device)
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in rows], device=device)

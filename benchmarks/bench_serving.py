@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from app.contestants import resolve_contestants  # noqa: E402
 from app.model_pool import Decoding, ModelPool, PanelRequest  # noqa: E402
-from app.root_worker import memory_of  # noqa: E402
+from app.root_worker import memory_of, weight_bytes  # noqa: E402
 from training.config import STAGES, load_config  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.manifest import latest_run  # noqa: E402
@@ -68,7 +68,7 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
     if setup == "one model":
         cpt = stage_chain(contestants[1].run_dir, "cpt")[0]["abspath"]
         models.append((load_causal_lm(cpt).to(device).eval(), load_tokenizer(cpt)))
-        extra["param_bytes"] = sum(p.numel() * p.element_size() for p in models[0][0].parameters())
+        extra["param_bytes"] = weight_bytes(models[0][0])
     elif setup == "pool":
         answers = pool.generate([PanelRequest(c, question) for c in contestants],
                                 Decoding(0.7, 0.9, 4, 0)).wait(timeout=600)
@@ -82,7 +82,7 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
         extra["loaded"] = {Path(k).name: v for k, v in pool.loaded().items()}
     elif setup == "four copies":
         models += [load_stage(c.run_dir, c.stage, device=device) for c in contestants]
-        extra["param_bytes"] = sum(p.numel() * p.element_size() for m, _ in models for p in m.parameters())
+        extra["param_bytes"] = sum(weight_bytes(m) for m, _ in models)
     for model, tokenizer in models:  # answer once, so that every weight page is really resident
         ids = tokenizer.apply_chat_template(question, add_generation_prompt=True)["input_ids"]
         with torch.inference_mode():
