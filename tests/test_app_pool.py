@@ -60,15 +60,19 @@ def test_four_contestants_keep_two_full_models(cfg, run, make_pool):
         assert all(len(c) == cfg.app.cpu_threads for c in cores) and not cores[0] & cores[1]
 
 
-def test_served_stages_match_the_merged_checkpoints(cfg, run, make_pool):
-    pool = make_pool(cfg)
-    for contestant in run:
+def _assert_served_as_merged(pool, contestants):
+    """Each contestant's next-token logits in the pool equal those of its checkpoint loaded merged."""
+    for contestant in contestants:
         served = pool.next_token_logits(contestant, QUESTION)
         model, tokenizer = load_stage(contestant.run_dir, contestant.stage, device="cpu")
         ids = torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]])
         with torch.inference_mode():
             merged = model(input_ids=ids).logits[0, -1]
         assert torch.allclose(served, merged, atol=1e-4), (contestant.stage, (served - merged).abs().max())
+
+
+def test_served_stages_match_the_merged_checkpoints(cfg, run, make_pool):
+    _assert_served_as_merged(make_pool(cfg), run)
 
 
 def test_an_answer_depends_on_its_seed_not_on_the_other_panels(cfg, run, make_pool):
@@ -192,12 +196,7 @@ def test_a_run_with_a_lora_cpt_serves_its_four_contestants_on_one_model(cfg, app
     assert pool.preload(contestants) == [None] * 4
     ((root, adapters),) = pool.loaded().items()  # one full model: the base, with cpt, sft and dpo on it
     assert os.path.basename(root) == "base" and len(adapters) == 3
-    for contestant in contestants:
-        served = pool.next_token_logits(contestant, QUESTION)
-        model, tokenizer = load_stage(contestant.run_dir, contestant.stage, device="cpu")
-        ids = torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]])
-        with torch.inference_mode():
-            assert torch.allclose(served, model(input_ids=ids).logits[0, -1], atol=1e-4), contestant.stage
+    _assert_served_as_merged(pool, contestants)
     assert all(a.error is None and a.n_tokens > 0 for a in
                pool.generate([PanelRequest(c, QUESTION) for c in contestants], GREEDY).wait(timeout=300))
 
