@@ -114,8 +114,9 @@ def time_to_first_token(profile: str, run_id: str, repeats: int, max_new_tokens:
     cfg = load_config(profile)
     contestants = resolve_contestants(cfg, [f"{run_id}/{s}" for s in STAGES])
     pool = ModelPool(cfg)
-    if pool.preload(contestants) != [None] * 4:
-        raise SystemExit(f"the pool failed to load: {pool.preload(contestants)}")
+    errors = pool.preload(contestants)
+    if errors != [None] * 4:
+        raise SystemExit(f"the pool failed to load: {errors}")
 
     def first_tokens(group, prompt, seed):
         decoding = Decoding(temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens, seed=seed)
