@@ -16,7 +16,7 @@ import torch
 
 from app.contestants import resolve_contestants
 from app.model_pool import Decoding, PanelRequest
-from app.root_worker import RootWorker
+from app.root_worker import RootWorker, weight_bytes
 from training.config import STAGES, load_config
 from training.errors import UserError
 from training.manifest import read_manifest
@@ -50,7 +50,7 @@ def test_four_contestants_keep_two_full_models(cfg, run, make_pool):
     roots = {os.path.basename(path): adapters for path, adapters in loaded.items()}
     assert set(roots) == {"base", "cpt"}  # sft and dpo ride on cpt as adapters
     assert roots["base"] == [] and len(roots["cpt"]) == 2  # sft's and dpo's adapters, each once
-    one_model = sum(p.numel() * p.element_size() for p in load_stage(run[1].run_dir, "cpt")[0].parameters())
+    one_model = weight_bytes(load_stage(run[1].run_dir, "cpt")[0])  # counted as the workers count theirs
     adapters = sum(os.path.getsize(next((c.run_dir / c.stage).glob("adapter_model.*"))) for c in run[2:])
     assert pool.resident_bytes() < 2 * one_model + adapters + 1e5  # two full models, each adapter once
     pids = pool.worker_pids()
