@@ -11,7 +11,11 @@ is an adapter on base when trained with ``cpt.use_lora``), ``sft/`` is a LoRA ad
   that of the merged model (:mod:`app.multi_lora`).
 
 Each root lives in a worker process of its own (:mod:`app.root_worker`), so panels on different roots
-generate at the same time on separate cores. One comparison's panels that share a root are one batch
+generate at the same time on separate cores. On CPU the workers map their weights from one cache file
+per model, so pages two workers read are held once, and a full model trained from another (a run's cpt
+from its base: the manifest's parent) is held as that model's weights plus an 8-bit difference
+(:mod:`app.shared_weights`, ``app.delta_bits``): a run's four contestants then hold about 1.4 times one
+model's weights instead of 2.1 (BENCHMARKS.md "Serving"). One comparison's panels that share a root are one batch
 in which each row applies its own adapters (one fused low-rank product per layer for all rows), so
 they stream concurrently instead of one after the other. Each root has a lock held while adapters are
 attached and while a batch generates: requests from several browser sessions are safe and queue per
@@ -35,12 +39,12 @@ import torch
 
 from app.contestants import Contestant
 from app.root_worker import RootWorker, cpu_slots, describe_error
+from app.shared_weights import DELTA_BITS, weights_identity
 from training.config import Config
 from training.errors import UserError
 from training.modeling import (default_device, default_dtype, load_tokenizer, stage_chain, tokenizer_dir,
                                trust_remote_code)
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MAX_NEW_TOKENS_LIMIT = 4096  # a typo in the settings should not keep a model busy for an hour
 
 
@@ -202,21 +206,13 @@ class PanelStreamer:
 # --- the pool ------------------------------------------------------------------------------------
 
 
-def weights_identity(path: Path) -> tuple:
-    """A key equal for directories holding the same weight files (hard links share inodes)."""
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES) if path.is_dir() else []
-    if not files:
-        return ("path", str(path.resolve()))
-    return tuple((st.st_dev, st.st_ino, st.st_size) for st in (os.stat(p) for p in files))
-
-
 @dataclass
 class _Root:
     """One full model, served by its worker process, with the adapters attached to it."""
 
     key: tuple
     path: str
+    reference: str | None = None  # the full model this one was trained from, held as it + a difference
     lock: threading.Lock = field(default_factory=threading.Lock)
     worker: RootWorker | None = None
     slot: int | None = None  # the group of cores its worker keeps to (CPU serving)
@@ -262,6 +258,14 @@ class ModelPool:
         self._chains: dict[tuple[str, str], tuple[tuple, list[dict]]] = {}  # (run, stage) -> (manifest stat, chain)
         self._names = 0
         self._cpu_slots = cpu_slots(cfg.app.cpu_threads) if self.device.type == "cpu" else []
+        if cfg.app.delta_bits not in DELTA_BITS:
+            raise UserError(f"app.delta_bits={cfg.app.delta_bits!r}: 8 (a full model trained from another held "
+                            "as that model + an 8-bit difference) or 0 (held whole)")
+        # on CPU the workers map each full model from one file (pages shared between them); a model on a
+        # GPU lives in its worker's GPU memory, which other processes cannot share
+        on_cpu = self.device.type == "cpu"
+        self._cache_dir = str(cfg.home / "cache" / "serving") if on_cpu else None
+        self._delta = on_cpu and cfg.app.delta_bits > 0
 
     # --- what is loaded ------------------------------------------------------------------------
     def loaded(self) -> dict[str, list[str]]:
@@ -269,8 +273,14 @@ class ModelPool:
         return {r.path: sorted(r.adapters.values()) for r in self._loaded_roots()}
 
     def resident_bytes(self) -> int:
-        """Bytes of every distinct parameter and buffer tensor the pool's worker processes hold."""
-        return sum(m["weights"] for m in self.worker_memory())
+        """Bytes of every distinct parameter and buffer tensor the pool's worker processes hold (a cache
+        file that several workers map counted once)."""
+        memory = self.worker_memory()
+        files: dict[str, int] = {}
+        for m in memory:
+            for file, size in m["mapped"].items():
+                files[file] = max(files.get(file, 0), size)
+        return sum(m["own"] for m in memory) + sum(files.values())
 
     def worker_memory(self) -> list[dict]:
         """Per loaded model's worker: weight bytes held, its own (unshared) memory, CUDA bytes allocated."""
@@ -405,9 +415,18 @@ class ModelPool:
         key = chain[0]["weights"]
         with self._lock:
             root = self._roots.get(key)
-            if root is None:
-                root = self._roots[key] = _Root(key=key, path=chain[0]["abspath"])
+        if root is None:
+            reference = self._reference(contestant, chain[0])
+            with self._lock:
+                root = self._roots.setdefault(key, _Root(key=key, path=chain[0]["abspath"], reference=reference))
         return root, chain
+
+    def _reference(self, contestant: Contestant, root: dict) -> str | None:
+        """The full model ``root`` was trained from (cpt: its run's base), when held as a difference."""
+        if not self._delta or root["kind"] != "full" or not root.get("parent"):
+            return None
+        parent = stage_chain(contestant.run_dir, root["parent"])
+        return parent[0]["abspath"] if len(parent) == 1 else None
 
     def _serve(self, root: _Root, chain: list[dict], contestant: Contestant) -> _Served:
         """Make ``contestant`` servable on ``root`` (the caller holds ``root.lock``)."""
@@ -417,7 +436,8 @@ class ModelPool:
             root.worker = RootWorker(root.path, str(self.device), self.dtype, self.cfg.app.cpu_threads,
                                      trust_remote_code(contestant.run_dir),
                                      setting=f"checkpoint {contestant.checkpoint_id}",
-                                     cpus=None if root.slot is None else self._cpu_slots[root.slot])
+                                     cpus=None if root.slot is None else self._cpu_slots[root.slot],
+                                     cache_dir=self._cache_dir, reference=root.reference)
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
         return _Served(adapters=adapters, tokenizer=self._tokenizer(chain, contestant))
 

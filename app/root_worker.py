@@ -14,8 +14,9 @@ Requests, one at a time, each answered by ``("ok", value)`` or ``("error", line)
   ``("tokens", [[one id per row] per step])`` before its ``("ok", None)``: the first step at once, later
   ones gathered for up to ``STREAM_INTERVAL_S``;
 - ``("logits", adapter names, ids)``: the next-token logits after ``ids``;
-- ``("memory",)``: bytes of the distinct weight tensors held, and the process's own memory (pages not
-  shared with the fork server it was forked from);
+- ``("memory",)``: bytes of the distinct weight tensors held, those mapped from a cache file by file (other
+  workers may map the same file) and the rest as the worker's own, and the process's own memory (pages
+  shared with no other process);
 - ``("stop",)``: exit.
 
 The first message after start is ``("ok", context length or None)`` once the model is loaded, or
@@ -24,17 +25,20 @@ The first message after start is ``("ok", context length or None)`` once the mod
 
 from __future__ import annotations
 
+import ctypes
 import math
 import multiprocessing
 import os
 import time
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from app.multi_lora import MultiLora
+from app.shared_weights import DeltaMismatch, hold_as_delta, map_weights
 from training.errors import UserError
 
 
@@ -54,7 +58,8 @@ class RootWorker:
     """The pool's handle on one worker process; the caller serialises requests (the root's lock)."""
 
     def __init__(self, path: str, device: str, dtype: torch.dtype, threads: int, trust_remote_code: bool,
-                 setting: str, cpus: list[int] | None = None) -> None:
+                 setting: str, cpus: list[int] | None = None, cache_dir: str | None = None,
+                 reference: str | None = None) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["app._worker_preload"])  # libraries imported once, then forked
         self.path = path
@@ -62,7 +67,7 @@ class RootWorker:
         self._conn, child = context.Pipe()
         self.process = context.Process(
             target=serve, args=(child, self.cancel, path, device, str(dtype).removeprefix("torch."), threads,
-                                trust_remote_code, setting, cpus),
+                                trust_remote_code, setting, cpus, cache_dir, reference),
             name=f"chimed-model:{path}", daemon=True)
         self.process.start()
         child.close()
@@ -144,22 +149,22 @@ class RootWorker:
 
 
 def serve(conn: Connection, cancel, path: str, device: str, dtype: str, threads: int, trust_remote_code: bool,
-          setting: str, cpus: list[int] | None) -> None:
+          setting: str, cpus: list[int] | None, cache_dir: str | None = None, reference: str | None = None) -> None:
     """The worker's loop: load the model, then answer requests until ``stop`` or the pool goes away.
 
     ``cpus``: the cores this worker keeps to. Woken by a request, a worker then starts on its own core
     at once instead of queueing behind the other workers on the core it last ran on (2-5 ms on a
-    2-core machine, BENCHMARKS.md "Serving").
+    2-core machine, BENCHMARKS.md "Serving"). ``cache_dir`` (CPU): the weights are mapped from a file
+    there, shared with the other workers (:mod:`app.shared_weights`); ``reference``: the full model
+    ``path`` was trained from, whose mapped weights plus an 8-bit difference then hold it.
     """
-    from training.modeling import load_causal_lm
-
     if threads > 0 and not device.startswith("cuda"):
         torch.set_num_threads(threads)
+    keep_freed_memory()
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
-        model = load_causal_lm(path, trust_remote_code=trust_remote_code, dtype=getattr(torch, dtype),
-                               setting=setting)
+        model, mapped = load_root(path, getattr(torch, dtype), trust_remote_code, setting, cache_dir, reference)
         lora = MultiLora(model.to(device).eval())
     except Exception as err:  # noqa: BLE001 - reported to the pool as the load's answer
         conn.send(("error", describe_error(err)))
@@ -173,9 +178,46 @@ def serve(conn: Connection, cancel, path: str, device: str, dtype: str, threads:
         if message[0] == "stop":
             return
         try:
-            conn.send(("ok", handle(lora, message, conn, cancel)))
+            conn.send(("ok", handle(lora, message, conn, cancel, mapped)))
         except Exception as err:  # noqa: BLE001 - one failed request does not end the worker
             conn.send(("error", describe_error(err)))
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed blocks of up to 64 MiB for reuse instead of unmapping them.
+
+    A model held as a difference (:mod:`app.shared_weights`) builds each weight matrix anew in every
+    forward pass; returned to the system and mapped again each time, those blocks cost a page fault per
+    4 KiB page, which made a forward pass twice as slow (5.4 against 3.3 ms on the demo's cpt).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 << 20)
+    libc.mallopt(m_trim_threshold, 128 << 20)
+
+
+def load_root(path: str, dtype: torch.dtype, trust_remote_code: bool, setting: str, cache_dir: str | None,
+              reference: str | None) -> tuple[torch.nn.Module, dict[int, str]]:
+    """The model in ``path`` and, when mapped, ``{data pointer: file}`` of its mapped tensors."""
+    from training.modeling import load_causal_lm
+
+    def load(where: str) -> torch.nn.Module:
+        return load_causal_lm(where, trust_remote_code=trust_remote_code, dtype=dtype, setting=setting)
+
+    model = load(reference or path)
+    if cache_dir is None:
+        return model, {}
+    file, pointers = map_weights(model, reference or path, Path(cache_dir), dtype)
+    if reference:
+        try:
+            return hold_as_delta(model, load(path)), dict.fromkeys(pointers, str(file))
+        except DeltaMismatch:  # not trained from it after all (another architecture): held whole
+            model = load(path)
+            file, pointers = map_weights(model, path, Path(cache_dir), dtype)
+    return model, dict.fromkeys(pointers, str(file))
 
 
 def cpu_slots(threads: int) -> list[list[int]]:
@@ -189,14 +231,15 @@ def cpu_slots(threads: int) -> list[list[int]]:
     return [cores[i:i + threads] for i in range(0, len(cores) - threads + 1, threads)]
 
 
-def handle(lora: MultiLora, message: tuple, conn: Connection, cancel):
+def handle(lora: MultiLora, message: tuple, conn: Connection, cancel, mapped: dict[int, str]):
     kind, *args = message
     device = next(lora.model.parameters()).device
     if kind == "attach":
         lora.attach(*args)
         return None
     if kind == "memory":
-        return {"weights": weight_bytes(lora.model), "private": memory_of()["private"],
+        own, files = weight_bytes_by_origin(lora.model, mapped)
+        return {"weights": own + sum(files.values()), "own": own, "mapped": files, "private": memory_of()["private"],
                 "cuda": torch.cuda.memory_allocated() if device.type == "cuda" else None}
     if kind == "logits":
         adapters, ids = args
@@ -227,13 +270,22 @@ def memory_of(pid: int | str = "self") -> dict[str, int]:
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of every distinct parameter and buffer tensor (shared storage once)."""
-    seen, total = set(), 0
+    return weight_bytes_by_origin(model, {})[0]
+
+
+def weight_bytes_by_origin(model: torch.nn.Module, mapped: dict[int, str]) -> tuple[int, dict[str, int]]:
+    """:func:`weight_bytes` split into the worker's own tensors and those mapped from each cache file."""
+    own, files, seen = 0, {}, set()
     for tensor in list(model.parameters()) + list(model.buffers()):
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
-            total += storage.nbytes()
-    return total
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        if storage.data_ptr() in mapped:
+            files[mapped[storage.data_ptr()]] = files.get(mapped[storage.data_ptr()], 0) + storage.nbytes()
+        else:
+            own += storage.nbytes()
+    return own, files
 
 
 def generate(lora: MultiLora, rows: list, decoding: dict, pad_id: int, eos_ids: list[int], *, device: torch.device,

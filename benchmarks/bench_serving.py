@@ -11,8 +11,8 @@ allocated on a GPU) over the same process warmed up and emptied again before loa
 - pool: the four contestants (base, cpt, sft, dpo) in the model pool, as the app serves them; the pool
   keeps each full model in a worker process of its own, forked from a server process that has the
   libraries loaded, so its growth is that of this process plus each worker's private memory (the pages
-  it shares with no other process); the fork server's resident set, paid once per app whatever the
-  number of models, is shown apart;
+  it shares with no other process) plus the weight files the workers map (shared pages: counted once);
+  the fork server's resident set, paid once per app whatever the number of models, is shown apart;
 - four copies: the four stages loaded as four merged models, what the pool avoids.
 
 Time to first token (from the request to the first generated token of a panel) is measured in this process
@@ -75,8 +75,10 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
         if any(a.error for a in answers):
             raise SystemExit(f"the pool failed: {[a.error for a in answers]}")
         workers = pool.worker_memory()
-        extra["param_bytes"] = sum(w["weights"] for w in workers)
-        extra["workers_private"] = sum(w["private"] for w in workers)
+        extra["param_bytes"] = pool.resident_bytes()
+        mapped = {file: size for w in workers for file, size in w["mapped"].items()}
+        # the workers' own pages, plus the cache files they map (shared pages, in no worker's own) once
+        extra["workers_private"] = sum(w["private"] for w in workers) + sum(mapped.values())
         extra["workers_cuda"] = sum(w["cuda"] or 0 for w in workers)
         extra["fork_server"] = memory_of(fork_server_pid())
         extra["loaded"] = {Path(k).name: v for k, v in pool.loaded().items()}

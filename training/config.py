@@ -261,6 +261,10 @@ class AppConfig:
     # on a few cores one thread each beats several threads per panel spin-waiting for each other (10-100x
     # slower on a busy 2-core machine)
     cpu_threads: int = 1
+    # CPU: a full model trained from another one the pool serves (a run's cpt from its base) is held as
+    # that model's weights, shared between the worker processes, plus its difference in 8 bits (a quarter
+    # of a model's bytes; the demo's exam scores are unchanged, BENCHMARKS.md "Serving"); 0 = held whole
+    delta_bits: int = 8
 
 
 @dataclass
