@@ -27,20 +27,25 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DELTA_BITS = (0, 8)  # 0: a full model trained from another is held whole
 
 
-def weights_identity(path: Path) -> tuple:
-    """A key equal for directories holding the same weight files (hard links share inodes)."""
+def _weight_files(path: str | Path) -> list[Path]:
     path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES) if path.is_dir() else []
+    return sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES) if path.is_dir() else []
+
+
+def weights_identity(path: str | Path, with_mtime: bool = False) -> tuple:
+    """A key equal for directories holding the same weight files (hard links share inodes, as the runs
+    resumed with ``--from`` do); ``with_mtime``: also changed when a file is rewritten in place."""
+    files = _weight_files(path)
     if not files:
-        return ("path", str(path.resolve()))
-    return tuple((st.st_dev, st.st_ino, st.st_size) for st in (os.stat(p) for p in files))
+        return ("path", str(Path(path).resolve()))
+    return tuple((st.st_dev, st.st_ino, st.st_size) + ((st.st_mtime_ns,) if with_mtime else ())
+                 for st in map(os.stat, files))
 
 
 def cache_file(cache_dir: Path, path: str | Path, dtype: torch.dtype) -> Path:
-    """Where the weights of the model in ``path`` are kept for mapping (one file per weights and dtype)."""
-    files = sorted(p for p in Path(path).iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    stamps = [(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) for st in map(os.stat, files)]
-    key = hashlib.sha256(repr((str(Path(path).resolve()), stamps, str(dtype))).encode()).hexdigest()[:24]
+    """Where the weights of the model in ``path`` are kept for mapping: one file per weights and dtype,
+    the same for every hard-linked copy of them."""
+    key = hashlib.sha256(repr((weights_identity(path, with_mtime=True), str(dtype))).encode()).hexdigest()[:24]
     return Path(cache_dir) / f"{key}.pt"
 
 

@@ -170,6 +170,10 @@ def test_a_resumed_run_shares_the_weights_it_reused(cfg, app_home, run, make_poo
     both = resolve_contestants(cfg, [f"{run_id}/dpo", "resumed/dpo"])
     assert pool.preload(both) == [None, None]
     assert len(pool.loaded()) == 1  # one cpt in memory for both runs
+    pool = make_pool(cfg)
+    assert pool.preload(resolve_contestants(cfg, ["resumed/cpt", f"{run_id}/base"])) == [None, None]
+    # the resumed run's cpt is held on its own base's weights: one file with the first run's base
+    assert len({file for m in pool.worker_memory() for file in m["mapped"]}) == 1
 
 
 @pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0),
