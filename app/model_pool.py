@@ -206,6 +206,15 @@ class PanelStreamer:
 # --- the pool ------------------------------------------------------------------------------------
 
 
+def mapped_files(memory: list[dict]) -> dict[str, int]:
+    """Cache file -> bytes of it mapped, over the workers' :meth:`ModelPool.worker_memory` (each file once)."""
+    files: dict[str, int] = {}
+    for m in memory:
+        for file, size in m["mapped"].items():
+            files[file] = max(files.get(file, 0), size)
+    return files
+
+
 @dataclass
 class _Root:
     """One full model, served by its worker process, with the adapters attached to it."""
@@ -272,15 +281,11 @@ class ModelPool:
         """Root model directory -> names of the adapters attached to it (for the benchmark and tests)."""
         return {r.path: sorted(r.adapters.values()) for r in self._loaded_roots()}
 
-    def resident_bytes(self) -> int:
+    def resident_bytes(self, memory: list[dict] | None = None) -> int:
         """Bytes of every distinct parameter and buffer tensor the pool's worker processes hold (a cache
-        file that several workers map counted once)."""
-        memory = self.worker_memory()
-        files: dict[str, int] = {}
-        for m in memory:
-            for file, size in m["mapped"].items():
-                files[file] = max(files.get(file, 0), size)
-        return sum(m["own"] for m in memory) + sum(files.values())
+        file that several workers map counted once); ``memory``: :meth:`worker_memory` already asked."""
+        memory = self.worker_memory() if memory is None else memory
+        return sum(m["own"] for m in memory) + sum(mapped_files(memory).values())
 
     def worker_memory(self) -> list[dict]:
         """Per loaded model's worker: weight bytes held, its own (unshared) memory, CUDA bytes allocated."""

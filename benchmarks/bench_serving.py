@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from app.contestants import resolve_contestants  # noqa: E402
-from app.model_pool import Decoding, ModelPool, PanelRequest  # noqa: E402
+from app.model_pool import Decoding, ModelPool, PanelRequest, mapped_files  # noqa: E402
 from app.root_worker import memory_of, weight_bytes  # noqa: E402
 from training.config import STAGES, load_config  # noqa: E402
 from training.errors import UserError  # noqa: E402
@@ -75,10 +75,9 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
         if any(a.error for a in answers):
             raise SystemExit(f"the pool failed: {[a.error for a in answers]}")
         workers = pool.worker_memory()
-        extra["param_bytes"] = pool.resident_bytes()
-        mapped = {file: size for w in workers for file, size in w["mapped"].items()}
+        extra["param_bytes"] = pool.resident_bytes(workers)
         # the workers' own pages, plus the cache files they map (shared pages, in no worker's own) once
-        extra["workers_private"] = sum(w["private"] for w in workers) + sum(mapped.values())
+        extra["workers_private"] = sum(w["private"] for w in workers) + sum(mapped_files(workers).values())
         extra["workers_cuda"] = sum(w["cuda"] or 0 for w in workers)
         extra["fork_server"] = memory_of(fork_server_pid())
         extra["loaded"] = {Path(k).name: v for k, v in pool.loaded().items()}
