@@ -42,7 +42,7 @@ from app.root_worker import RootWorker, cpu_slots, describe_error
 from app.shared_weights import DELTA_BITS, weights_identity
 from training.config import Config
 from training.errors import UserError
-from training.modeling import (default_device, default_dtype, load_tokenizer, stage_chain, tokenizer_dir,
+from training.modeling import (default_device, default_dtype, stage_chain, stage_tokenizer, tokenizer_dir,
                                trust_remote_code)
 
 MAX_NEW_TOKENS_LIMIT = 4096  # a typo in the settings should not keep a model busy for an hour
@@ -461,7 +461,7 @@ class ModelPool:
         with self._lock:
             tokenizer = self._tokenizers.get(path)
         if tokenizer is None:
-            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code(contestant.run_dir))
+            tokenizer = stage_tokenizer(contestant.run_dir, chain)
             with self._lock:
                 tokenizer = self._tokenizers.setdefault(path, tokenizer)
         return tokenizer

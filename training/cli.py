@@ -70,6 +70,23 @@ def _export_prefs(cfg: Config, args) -> None:
     export_cli(cfg, out=args.out, since=args.since)
 
 
+def _export(cfg: Config, args) -> None:
+    from training.export import export_stage
+
+    done = export_stage(cfg, args.run, args.stage, args.out, dtype=args.dtype, force=args.force)
+    info = done.provenance
+    print(f"exported {info['run_id']}/{info['stage']} to {done.out}: {done.size_bytes / 1e6:.1f} MB, "
+          f"{info['parameters']:,} parameters, {info['dtype']}")
+
+
+def _import_model(cfg: Config, args) -> None:
+    from training.model_import import convert_checkpoint
+
+    record = convert_checkpoint(args.src, args.out, force=args.force)
+    print(f"imported {record['source_layout']} checkpoint {record['source_path']} as "
+          f"{record['target_architecture']} in {args.out} (source sha256 {record['source_sha256']})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", choices=PROFILES, default="demo",
@@ -118,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: a new file in the collected-pairs folder)")
     p.add_argument("--since", help="only judgments at or after this ISO-8601 time")
     p.set_defaults(func=_export_prefs)
+
+    p = sub.add_parser("export", parents=[common], help="write a stage of a run as one merged Hugging Face checkpoint")
+    p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")
+    p.add_argument("--stage", required=True, help="base, cpt, sft or dpo")
+    p.add_argument("--out", required=True, help="directory to create (refused if it exists, unless --force)")
+    p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the dtype the app serves in here)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import-model", parents=[common],
+                       help="convert a Baichuan-7B / Baichuan2-7B checkpoint into a native LLaMA checkpoint")
+    p.add_argument("src", help="directory of the published checkpoint")
+    p.add_argument("--out", required=True, help="directory to create (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_import_model)
     return parser
 
 

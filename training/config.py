@@ -93,7 +93,12 @@ class ModelConfig:
     """The general base model: pretrained here (tiny/demo) or a local HF checkpoint (paper)."""
 
     path: str = ""  # a local Hugging Face causal-LM directory; empty = pretrain one here
+    # known legacy layouts (Baichuan-7B, Baichuan2-7B) are converted to their native architecture and never
+    # need this; it lets other checkpoints run their own modelling code, used only if it passes the pre-flight
     trust_remote_code: bool = False
+    # "auto": a checkpoint's own chat template (an -Instruct/-Chat model) is kept, one without gets this
+    # project's 问：/答： template; "project": this project's template in any case
+    chat_template: str = "auto"
     vocab_size: int = 8000
     hidden_size: int = 256
     intermediate_size: int = 688
@@ -117,7 +122,9 @@ class LoraConfig:
     r: int = 8
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # "all-linear": every linear layer of every decoder block, fused ones included, never the output head
+    # (resolved from the model and recorded: training/stages/lora.py); or names checked against every block
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
 @dataclass

@@ -34,17 +34,24 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "<|end|>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 
 
-def ensure_chat_template(tokenizer):
-    """Give ``tokenizer`` :data:`CHAT_TEMPLATE` if it has no template, and a pad token if it has none."""
-    if not getattr(tokenizer, "chat_template", None):
+CHAT_TEMPLATE_POLICIES = ("auto", "project")  # model.chat_template (training/config.py)
+
+
+def ensure_chat_template(tokenizer, policy: str = "auto"):
+    """Give ``tokenizer`` :data:`CHAT_TEMPLATE` if it has no template (or always, with ``policy="project"``),
+    and a pad token if it has none (its eos token: padding is masked out everywhere)."""
+    if policy not in CHAT_TEMPLATE_POLICIES:
+        raise UserError(f"model.chat_template={policy!r}: choose {' or '.join(CHAT_TEMPLATE_POLICIES)}")
+    if policy == "project" or not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = CHAT_TEMPLATE
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
-    """The tokenizer saved in a stage (or base-model) directory, with a chat template and pad token."""
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, chat_template: str = "auto"):
+    """The tokenizer saved in a stage (or base-model) directory, with a chat template (``chat_template``:
+    the policy of ``model.chat_template``) and a pad token."""
     from transformers import AutoTokenizer
 
     path = Path(path)
@@ -55,7 +62,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     except (OSError, ValueError) as err:
         raise UserError(f"{path} holds no loadable tokenizer ({str(err).splitlines()[0]}); "
                         "point model.path at a Hugging Face model directory") from None
-    return ensure_chat_template(tokenizer)
+    return ensure_chat_template(tokenizer, chat_template)
 
 
 def default_dtype(device: str | torch.device) -> torch.dtype:
@@ -86,20 +93,34 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: tor
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype or torch.float32,
                                                      trust_remote_code=trust_remote_code)
-    except ValueError as err:
+    except (ValueError, OSError, ImportError, KeyError, AttributeError, TypeError) as err:
+        # remote modelling code written for an older transformers fails in many ways at load time
         hint = " (or set model.trust_remote_code=true if it ships its own modelling code)" \
             if "trust_remote_code" in str(err) else ""
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(f"{setting}={path} is not a causal language model that transformers can load{hint}: "
-                        f"{str(err).splitlines()[0]}") from None
+                        f"{first}") from None
     return model
 
 
-def trust_remote_code(run_dir: Path) -> bool:
-    """The run's own ``model.trust_remote_code`` (saved in ``config.json`` beside the manifest)."""
-    path = run_dir / "config.json"
+def _run_model_setting(run_dir: Path, key: str, default):
+    """A ``model.*`` setting the run was trained with (its ``config.json`` beside the manifest)."""
+    path = Path(run_dir) / "config.json"
     if path.is_file():
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("trust_remote_code"))
-    return False
+        return json.loads(path.read_text(encoding="utf-8")).get("model", {}).get(key, default)
+    return default
+
+
+def trust_remote_code(run_dir: Path) -> bool:
+    """The run's own ``model.trust_remote_code``."""
+    return bool(_run_model_setting(run_dir, "trust_remote_code", False))
+
+
+def stage_tokenizer(run_dir: str | Path, chain: list[dict]):
+    """The tokenizer of a stage (:func:`stage_chain`) under the run's ``model.chat_template`` policy: what
+    training, the evaluation and the arena all format conversations with."""
+    return load_tokenizer(tokenizer_dir(chain), trust_remote_code=trust_remote_code(run_dir),
+                          chat_template=_run_model_setting(run_dir, "chat_template", "auto"))
 
 
 def stage_chain(run_dir: str | Path, stage: str) -> list[dict]:
@@ -138,7 +159,7 @@ def load_stage(run_dir: str | Path, stage: str, device: str | None = None, dtype
                            setting=f"{run_dir.name}/{chain[0]['path']}")
     for adapter in chain[1:]:
         model = PeftModel.from_pretrained(model, adapter["abspath"]).merge_and_unload()
-    tokenizer = load_tokenizer(tokenizer_dir(chain), trust_remote_code=trust)
+    tokenizer = stage_tokenizer(run_dir, chain)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device).eval()
     return model, tokenizer

@@ -32,6 +32,9 @@ import yaml
 from training.config import STAGES, Config, config_from_dict
 from training.data.files import sha256_json, write_json_atomic
 from training.errors import UserError
+from training.model_import import CONVERTIBLE, convert_checkpoint, detect_layout
+from training.modeling import CHAT_TEMPLATE_POLICIES
+from training.preflight import preflight
 from training.manifest import (
     MANIFEST,
     RUN_STATE,
@@ -67,6 +70,8 @@ def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None
         return _print_dry_run(cfg, plan, reuse, resume_run, run_id, problems)
     if problems:
         raise problems[0]
+    # a checkpoint used where it lies is checked before anything is written (a converted one once converted)
+    linked_base_check = _preflight_linked_base(cfg) if "base" in plan and cfg.model.path else None
     is_main_machine = cfg.train.machine_rank == 0
     if cfg.train.num_machines > 1 and not run_id:
         raise UserError("train.num_machines > 1 needs --run-id NAME (the same on every machine)")
@@ -83,7 +88,7 @@ def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None
 
     for i, stage in enumerate(plan, 1):
         print(f"stage {i}/{len(plan)} {stage}", flush=True)
-        _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine)
+        _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
         gc.collect()
 
     if is_main_machine:
@@ -127,6 +132,9 @@ def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
         check_device_options(cfg)
     except UserError as err:
         problems.append(err)
+    if cfg.model.chat_template not in CHAT_TEMPLATE_POLICIES:
+        problems.append(UserError(f"model.chat_template={cfg.model.chat_template!r}: choose "
+                                  f"{' or '.join(CHAT_TEMPLATE_POLICIES)}"))
     if cfg.cpt.medical_repeats < 1:
         problems.append(UserError(f"cpt.medical_repeats={cfg.cpt.medical_repeats}: it must be at least 1 "
                                   "(each medical record of ChiMed-CPT at least once per epoch)"))
@@ -135,7 +143,43 @@ def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
             check_base_model_dir(cfg)
         except UserError as err:
             problems.append(err)
+            return problems
+    problems += _check_lora_targets(cfg, plan)
     return problems
+
+
+def _check_lora_targets(cfg: Config, plan: list[str]) -> list[UserError]:
+    """Each LoRA stage's ``target_modules`` against the linear layers the base really has, before anything
+    trains (on a weightless copy of the architecture; remote code is checked when its stage loads it)."""
+    from training.stages.lora import resolve_lora_targets
+
+    sections = [(s, getattr(cfg, s).lora) for s in ("cpt", "sft", "dpo")
+                if s in plan and (s != "cpt" or cfg.cpt.use_lora)]
+    skeleton = _weightless_base(cfg) if sections else None
+    problems = []
+    for stage, lora in sections if skeleton is not None else []:
+        try:
+            resolve_lora_targets(skeleton, list(lora.target_modules), f"{stage}.lora.target_modules")
+        except UserError as err:
+            problems.append(err)
+    return problems
+
+
+def _weightless_base(cfg: Config):
+    """The base architecture on the meta device (no memory, no weights read), or None for remote code."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    path = Path(cfg.model.path).expanduser() if cfg.model.path else None
+    layout = detect_layout(path) if path else "pretrained here"
+    with torch.device("meta"):
+        if layout == "native":
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)))
+        if layout in ("remote", "baichuan-alibi"):
+            return None
+        # pretrained here, or converted: LLaMA, whose layer names do not depend on its size
+        return LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=16,
+                                            num_hidden_layers=2, num_attention_heads=2))
 
 
 def check_base_model_dir(cfg: Config) -> None:
@@ -150,11 +194,14 @@ def check_base_model_dir(cfg: Config) -> None:
     if not (path / "config.json").is_file():
         raise UserError(f"model.path={path} is not a Hugging Face model directory (no config.json there); "
                         "set it to a local causal-LM checkpoint such as /models/Baichuan-7B")
-    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    if "AutoModelForCausalLM" in raw.get("auto_map", {}):
+    layout = detect_layout(path)
+    if layout in CONVERTIBLE.values():
+        return  # converted to its native architecture: its own modelling code never runs
+    if layout in ("remote", "baichuan-alibi"):
         if not cfg.model.trust_remote_code:
-            raise UserError(f"model.path={path} ships its own modelling code: set model.trust_remote_code=true "
-                            "if you trust it")
+            raise UserError(f"model.path={path} ships its own modelling code ({layout} layout, which cannot be "
+                            "converted to a native architecture): set model.trust_remote_code=true if you trust "
+                            "it; it is used only if it passes the pre-flight")
         return
     try:
         config = AutoConfig.from_pretrained(str(path))
@@ -304,12 +351,16 @@ def recorded_fingerprint(run_path: Path, stage: str) -> str | None:
     return info["fingerprint"] if info else None
 
 
-def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is_main_machine: bool) -> None:
+def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is_main_machine: bool,
+                       linked_base_check: dict | None = None) -> None:
     from training.stages.common import STAGE_INFO, prepare_work_dir, read_stage_info, stage_paths
 
     paths = stage_paths(run_path, stage)
     if stage == "base" and cfg.model.path:
-        _link_base(cfg, paths, is_main_machine)
+        if detect_layout(Path(cfg.model.path).expanduser()) in CONVERTIBLE.values():
+            _convert_base(cfg, paths, is_main_machine)
+        else:
+            _link_base(cfg, paths, is_main_machine, linked_base_check)
         return
     parent = PARENT[stage]
     parent_fp = recorded_fingerprint(run_path, parent) if parent else None
@@ -339,6 +390,8 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
         done = read_stage_info(paths.final)
         if is_main_machine:  # the stage's whole wall time: loading, data preparation, training, saving
             done["metrics"]["wall_s"] = round(time.time() - started, 1)
+            if stage == "base":  # the base pretrained here passes the same pre-flight as one brought in
+                done["metrics"]["preflight"] = preflight(paths.final, setting=f"runs/{run_path.name}/base")
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
         _record_stage(run_path, stage, done)
@@ -352,16 +405,63 @@ def _record_stage(run_path: Path, stage: str, info: dict) -> None:
     write_manifest(run_path, manifest)
 
 
-def _link_base(cfg: Config, paths, is_main_machine: bool) -> None:
+def _preflight_linked_base(cfg: Config) -> dict | None:
+    """The pre-flight of ``model.path`` when it is used where it lies (a native architecture, or remote code
+    the user trusts); a legacy layout is checked after its conversion instead."""
+    path = Path(cfg.model.path).expanduser()
+    if detect_layout(path) in CONVERTIBLE.values():
+        return None
+    print(f"pre-flight: {path}", flush=True)
+    record = preflight(path, trust_remote_code=cfg.model.trust_remote_code)
+    print(f"pre-flight: passed ({record['device']}, {record['dtype']})", flush=True)
+    return record
+
+
+def _link_base(cfg: Config, paths, is_main_machine: bool, check: dict | None) -> None:
     from training.stages.base import link_base_model
 
     if not is_main_machine:
         return
     link_base_model(cfg, paths)
     manifest = read_manifest_at(paths.run_dir)
-    manifest["stages"]["base"] = stage_entry("base", "full", None, {"source": str(Path(cfg.model.path).resolve())})
+    source = str(Path(cfg.model.path).expanduser().resolve())
+    metrics = {"source": source, "layout": detect_layout(Path(source)), "preflight": check}
+    previous = manifest["stages"].get("base", {}).get("metrics", {})
+    if check is None and previous.get("source") == source:  # resumed past the base: keep its record
+        metrics = previous
+    manifest["stages"]["base"] = stage_entry("base", "full", None, metrics)
     write_manifest(paths.run_dir, manifest)
     print(f"base: {cfg.model.path} (linked, not trained here)", flush=True)
+
+
+def _convert_base(cfg: Config, paths, is_main_machine: bool) -> None:
+    """A legacy-layout ``model.path`` becomes ``runs/<id>/base`` in its native architecture (converted once,
+    checked by the pre-flight before it is renamed into place)."""
+    from training.stages.common import STAGE_INFO, read_stage_info
+
+    source = Path(cfg.model.path).expanduser().resolve()
+    fingerprint = hashlib.sha256(f"convert:{source}".encode()).hexdigest()
+    done = read_stage_info(paths.final)
+    if not is_main_machine or (done and done["fingerprint"] == fingerprint):
+        if is_main_machine:
+            print(f"base: converted from {source}, complete, skipped", flush=True)
+        return
+    staging = paths.work / "converted"
+    print(f"base: converting {source} ({detect_layout(source)} layout) to its native architecture", flush=True)
+    conversion = convert_checkpoint(source, staging, force=True)
+    check = preflight(staging, setting=f"base converted from {source}")
+    print(f"pre-flight: passed ({check['device']}, {check['dtype']})", flush=True)
+    metrics = {"source": str(source), "layout": conversion["source_layout"], "conversion": conversion,
+               "preflight": check}
+    write_json_atomic(staging / STAGE_INFO, {"stage": "base", "kind": "full", "parent": None,
+                                             "fingerprint": fingerprint, "metrics": metrics})
+    if paths.final.is_symlink():
+        paths.final.unlink()
+    elif paths.final.exists():
+        shutil.rmtree(paths.final)
+    os.replace(staging, paths.final)
+    shutil.rmtree(paths.work, ignore_errors=True)
+    _record_stage(paths.run_dir, "base", read_stage_info(paths.final))
 
 
 def stage_runners() -> dict:

@@ -10,6 +10,7 @@ next run of the same command resumes from the newest ``checkpoint-N``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -166,6 +167,8 @@ def training_arguments(cfg: Config, section, paths: StagePaths, args_cls=Trainin
         # TensorBoard is attached by stage_callbacks so that its events land under logs/<stage>
         report_to=[r for r in cfg.train.report_to if r != "tensorboard"] or "none",
         include_num_input_tokens_seen="non_padding",
+        # a NaN or infinite loss must stop the stage (NonFiniteGuard), not be averaged away in the logs
+        logging_nan_inf_filter=False,
         disable_tqdm=False,
         # DeepSpeed comes from `accelerate launch --deepspeed_config_file` (see training.pipeline); on a
         # machine without CUDA the processes (if several) talk over gloo
@@ -203,6 +206,42 @@ class TrainerLogCallback(TrainerCallback):
         append_jsonl(self.path, record)
 
 
+class NonFiniteError(UserError):
+    """A NaN or infinite loss or gradient: the stage stops and is not marked complete."""
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops a stage at the first non-finite gradient (checked before every optimizer step, so no update is
+    ever made from it and the last saved checkpoint stays good) and at a non-finite logged loss or gradient
+    norm (what DeepSpeed, which keeps the gradients itself, still shows)."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+            raise self.error(f"a non-finite gradient at step {state.global_step + 1}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                raise self.error(f"{key} {value} at step {state.global_step}")
+
+    def error(self, what: str) -> NonFiniteError:
+        return NonFiniteError(f"{self.stage}: {what}; the stage stopped and is not complete (its last checkpoint "
+                              "is kept): lower the stage's learning_rate, check the data, or run the pre-flight "
+                              "on the model, then rerun the same command to resume")
+
+
+def check_training_loss(stage: str, loss: float) -> None:
+    """A finished stage's mean loss must be a real number: NaN, infinite or exactly 0.0 cannot be right."""
+    if not math.isfinite(loss) or loss == 0.0:
+        raise NonFiniteError(f"{stage}: training loss {loss} cannot be right (NaN, infinite or exactly 0.0); the "
+                             "stage is not marked complete: check the model with the pre-flight and the data")
+
+
 class FaultInjectionCallback(TrainerCallback):
     """Kill this process (SIGKILL, as ``kill -9``) after step N of a stage: ``CHIMED_FAULT_AFTER_STEPS=cpt:N``.
 
@@ -227,9 +266,11 @@ def fault_injection(stage: str) -> FaultInjectionCallback | None:
 
 
 def stage_callbacks(cfg: Config, paths: StagePaths) -> list[TrainerCallback]:
-    """trainer_log.jsonl, TensorBoard under logs/<stage> and, when asked for, fault injection."""
+    """trainer_log.jsonl, the non-finite guard, TensorBoard under logs/<stage> and, when asked for, fault
+    injection."""
     paths.logs.mkdir(parents=True, exist_ok=True)
-    callbacks: list[TrainerCallback] = [TrainerLogCallback(paths.trainer_log, paths.stage)]
+    callbacks: list[TrainerCallback] = [TrainerLogCallback(paths.trainer_log, paths.stage),
+                                        NonFiniteGuard(paths.stage)]
     if "tensorboard" in cfg.train.report_to:
         tensorboard = TensorBoardCallback()
         tensorboard.logging_dir = str(paths.logs / "tensorboard")
@@ -275,6 +316,7 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
     tokens_before = _checkpoint_tokens(checkpoint)
     output = trainer.train(resume_from_checkpoint=checkpoint)
     state = trainer.state
+    check_training_loss(paths.stage, float(output.training_loss))
     runtime = output.metrics.get("train_runtime", 0.0)
     tokens = int(state.num_input_tokens_seen)
     metrics = {
@@ -401,14 +443,6 @@ def next_token_trainer(cfg: Config, section, paths: StagePaths, model, tokenizer
         processing_class=tokenizer,
         callbacks=stage_callbacks(cfg, paths),
     )
-
-
-def peft_lora_config(lora, inference: bool = False):
-    """peft.LoraConfig for a causal LM from a config section's ``lora`` (r, alpha, dropout, targets)."""
-    from peft import LoraConfig, TaskType
-
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), inference_mode=inference)
 
 
 def training_dtype(cfg: Config) -> torch.dtype:

@@ -16,11 +16,11 @@ from training.config import Config
 from training.data.files import read_jsonl
 from training.modeling import load_stage
 from training.stages.base import is_general_text
+from training.stages.lora import describe_lora, lora_record, peft_lora_config
 from training.stages.common import (
     StagePaths,
     finish_stage,
     next_token_trainer,
-    peft_lora_config,
     train_resumably,
     training_dtype,
 )
@@ -40,13 +40,17 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
 
     # model: the base, whole or with a LoRA adapter
     model, tokenizer = load_stage(paths.run_dir, "base", device="cpu", dtype=training_dtype(cfg))
+    lora = None
     if cfg.cpt.use_lora:
-        model = get_peft_model(model, peft_lora_config(cfg.cpt.lora))
+        lora_config = peft_lora_config(cfg.cpt.lora, model, "cpt.lora.target_modules")
+        model = get_peft_model(model, lora_config)
+        lora = lora_record(model, lora_config)
+        print(describe_lora("cpt", lora), flush=True)
 
     # trainer
     trainer = next_token_trainer(cfg, cfg.cpt, paths, model, tokenizer, texts)
     metrics = train_resumably(trainer, paths)
-    metrics.update(documents=len(records), medical_repeats=cfg.cpt.medical_repeats, lora=cfg.cpt.use_lora)
+    metrics.update(documents=len(records), medical_repeats=cfg.cpt.medical_repeats, lora=lora or False)
 
     # save: the full weights or the adapter, and the tokenizer with its chat template
     finish_stage(paths, trainer.save_model, kind="lora" if cfg.cpt.use_lora else "full", parent="base",

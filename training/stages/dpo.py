@@ -17,10 +17,10 @@ from trl import DPOConfig, DPOTrainer
 from training.config import Config
 from training.data.files import read_jsonl, write_json_atomic
 from training.modeling import load_stage
+from training.stages.lora import describe_lora, lora_record, peft_lora_config
 from training.stages.common import (
     StagePaths,
     finish_stage,
-    peft_lora_config,
     stage_callbacks,
     train_resumably,
     training_arguments,
@@ -41,17 +41,20 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
         else {"loss_type": ["sigmoid"]}
     args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
                               max_length=cfg.dpo.max_length, **losses)
+    lora = peft_lora_config(cfg.dpo.lora, model, "dpo.lora.target_modules")
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_lora_config(cfg.dpo.lora),
+        peft_config=lora,
         callbacks=stage_callbacks(cfg, paths),
     )
+    record = lora_record(trainer.model, lora)
+    print(describe_lora("dpo", record), flush=True)
     metrics = train_resumably(trainer, paths)
-    metrics.update(pairs=len(pairs), clinician_pairs=sum(1 for p in pairs if p.get("source") == "clinician"),
+    metrics.update(lora=record, pairs=len(pairs), clinician_pairs=sum(1 for p in pairs if p.get("source") == "clinician"),
                    **_last_preference_metrics(trainer.state.log_history))
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)

@@ -9,16 +9,19 @@ says carries loss. The adapter (``cfg.sft.lora``, paper: r 8, alpha 32, dropout 
 
 from __future__ import annotations
 
+import bisect
+import itertools
+
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from training.config import Config
 from training.data.files import read_jsonl
 from training.modeling import load_stage
+from training.stages.lora import describe_lora, lora_record, peft_lora_config
 from training.stages.common import (
     StagePaths,
     finish_stage,
-    peft_lora_config,
     stage_callbacks,
     train_resumably,
     training_arguments,
@@ -33,9 +36,10 @@ def run_sft_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     model, tokenizer = load_stage(paths.run_dir, "cpt", device="cpu", dtype=training_dtype(cfg))
 
     # trainer
-    trainer = build_sft_trainer(cfg, paths, model, tokenizer, conversations)
+    trainer, lora = build_sft_trainer(cfg, paths, model, tokenizer, conversations)
+    print(describe_lora("sft", lora), flush=True)
     metrics = train_resumably(trainer, paths)
-    metrics.update(conversations=len(conversations),
+    metrics.update(lora=lora, conversations=len(conversations),
                    multi_turn=sum(1 for r in conversations if _assistant_turns(r["messages"]) > 1))
 
     # save: the adapter and the tokenizer (with the chat template) beside it
@@ -43,38 +47,43 @@ def run_sft_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
                  metrics=metrics, is_main=trainer.is_world_process_zero())
 
 
-def build_sft_trainer(cfg: Config, paths: StagePaths, model, tokenizer, conversations: list[dict]) -> SFTTrainer:
+def build_sft_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
+                      conversations: list[dict]) -> tuple[SFTTrainer, dict]:
     """SFTTrainer over tokenized conversations: it turns ``assistant_masks`` into labels (-100 on every
-    token that is not the assistant's) and wraps the model in the ``cfg.sft.lora`` adapter."""
+    token that is not the assistant's) and wraps the model in the ``cfg.sft.lora`` adapter; also the
+    adapter's record (:func:`~training.stages.lora.lora_record`)."""
     dataset = Dataset.from_list([
         tokenize_conversation(tokenizer, r["messages"], cfg.sft.max_source_length, cfg.sft.max_target_length)
         for r in conversations])
     args = training_arguments(cfg, cfg.sft, paths, args_cls=SFTConfig,
                               max_length=cfg.sft.max_source_length + cfg.sft.max_target_length,
                               packing=False)
-    return SFTTrainer(
+    lora = peft_lora_config(cfg.sft.lora, model, "sft.lora.target_modules")
+    trainer = SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        peft_config=peft_lora_config(cfg.sft.lora),
+        peft_config=lora,
         callbacks=stage_callbacks(cfg, paths),
     )
+    return trainer, lora_record(trainer.model, lora)
 
 
 def tokenize_conversation(tokenizer, messages: list[dict], max_source_length: int,
                           max_target_length: int) -> dict:
     """``{"input_ids", "assistant_masks"}`` of one conversation, rendered with the tokenizer's chat template.
 
-    The conversation is cut at template boundaries: before each assistant turn the text so far (with the
-    generation prompt) is a source, the turn itself a target. A source keeps its last
+    The rendered conversation is tokenized whole, as the evaluation, DPO and the arena tokenize it (pieces
+    tokenized apart can differ at their edges, e.g. sentencepiece's dummy prefix), then cut at template
+    boundaries: before each assistant turn the text so far (with the generation prompt) is a source, the
+    turn itself a target; a token belongs to the piece it starts in. A source keeps its last
     ``max_source_length`` tokens (the generation prompt sits at its end), a target its first
     ``max_target_length``; turns stop once the sequence would pass ``max_source_length +
     max_target_length``. ``assistant_masks`` is 1 exactly on target tokens.
     """
     limit = max_source_length + max_target_length
-    input_ids: list[int] = []
-    mask: list[int] = []
+    pieces: list[str] = []  # source, target, source, target, ...
     rendered = ""
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -84,14 +93,30 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_source_length: in
         if not (prompt.startswith(rendered) and full.startswith(prompt)):
             raise ValueError("the chat template does not render conversations as growing prefixes; "
                              "SFT cannot find the assistant turns in it")
-        source = _ids(tokenizer, prompt[len(rendered):])[-max_source_length:]
-        target = _ids(tokenizer, full[len(prompt):])[:max_target_length]
+        pieces += [prompt[len(rendered):], full[len(prompt):]]
+        rendered = full
+    input_ids: list[int] = []
+    mask: list[int] = []
+    split = _split_ids(tokenizer, pieces)
+    for source, target in zip(split[0::2], split[1::2], strict=True):
+        source, target = source[-max_source_length:], target[:max_target_length]
         if input_ids and len(input_ids) + len(source) + len(target) > limit:
             break
         input_ids += source + target
         mask += [0] * len(source) + [1] * len(target)
-        rendered = full
     return {"input_ids": input_ids, "assistant_masks": mask}
+
+
+def _split_ids(tokenizer, pieces: list[str]) -> list[list[int]]:
+    """The token ids of ``"".join(pieces)``, divided among the pieces by where each token starts."""
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: each piece on its own
+        return [_ids(tokenizer, piece) for piece in pieces]
+    encoded = tokenizer("".join(pieces), add_special_tokens=False, return_offsets_mapping=True)
+    ends = list(itertools.accumulate(len(piece) for piece in pieces))
+    out: list[list[int]] = [[] for _ in pieces]
+    for token, (start, _) in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        out[min(bisect.bisect_right(ends, start), len(pieces) - 1)].append(token)
+    return out
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
