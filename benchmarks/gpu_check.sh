@@ -9,21 +9,30 @@
 # Steps (each timed, PASS/FAIL each, a summary at the end; exit status non-zero on any failure):
 #   1 environment   nvidia-smi, versions, CUDA and bf16; installs the carried wheels (.whl/, made by
 #                   benchmarks/gpu_wheels.sh) into $GPU_CHECK_SITE (/tmp/site) and puts it and the repo on
-#                   PYTHONPATH; imports everything the paper path and the model pool import
-#   2 build-data    python -m training build-data --profile paper with a small data.* config
+#                   PYTHONPATH (nothing else is installed); imports everything the paper path and the pool import
+#   2 build-data    python -m training build-data --profile paper with a small data.* config (seconds)
 #   3 model         a Qwen2-0.5B-shaped config (hidden 896, 24 layers, 14 heads, 2 kv heads, intermediate
-#                   4864), random weights, with a byte-level BPE tokenizer trained here on ChiMed
-#                   (training.stages.base.train_bpe_tokenizer)
+#                   4864), random weights, with a byte-level BPE tokenizer of 32k tokens trained here on the
+#                   ChiMed text of step 2 (training.stages.base.train_bpe_tokenizer): 387M parameters, as
+#                   Qwen2-0.5B's 494M less the part of its 152k-token embedding a 32k vocabulary does not need
 #   4 train-all     python -m training train-all --profile paper model.path=THAT, every stage a few steps,
-#                   train.bf16=true train.deepspeed_zero_stage=2 train.num_processes=1; checks the manifest
-#                   (four stages, finite positive losses) and eval/results.json (finite numbers)
+#                   train.bf16=true train.deepspeed_zero_stage=2 train.num_processes=1; checks that cpt, sft and
+#                   dpo went through accelerate launch --use_deepspeed, the manifest (four stages, finite
+#                   positive losses, trained on CUDA) and eval/results.json (finite numbers)
 #   5 serve         app.model_pool.ModelPool(cfg, device="cuda") answers one prompt with base, cpt, sft and
-#                   dpo; four non-empty answers; tokens/s; GPU memory
-#   6 summary       wall time and peak GPU memory (nvidia-smi memory.used, sampled) per step, as Markdown
+#                   dpo (twice: warm-up, then measured); four non-empty answers; tokens/s; GPU memory
+#   6 summary       wall time and peak GPU memory (nvidia-smi memory.used, sampled every 0.5 s) per step, and
+#                   per training stage, as Markdown for BENCHMARKS.md
 #
-# Everything goes under CHIMED_HOME=$(mktemp -d); with $OUT set (the device tool) the log, the summary,
-# the manifest and the evaluation results are also written there. Knobs (environment): GPU_CHECK_PYTHON,
-# GPU_CHECK_SITE, GPU_CHECK_VOCAB, GPU_CHECK_STEPS (steps per stage), GPU_CHECK_KEEP=1 (keep CHIMED_HOME).
+# Everything goes under CHIMED_HOME=$(mktemp -d) (removed at the end unless GPU_CHECK_KEEP=1); with $OUT set
+# (the device tool) the log, the summary, the manifest, eval/results.json and the train-all log are written
+# there. Knobs (environment): GPU_CHECK_PYTHON (python3; CPU mode: .venv/bin/python), GPU_CHECK_SITE,
+# GPU_CHECK_WHEELS (1 = install .whl/; default 1 on GPU, 0 in CPU mode), GPU_CHECK_VOCAB, GPU_CHECK_STEPS
+# (steps per stage), GPU_CHECK_DEADLINE_S (the whole check; default 540 on GPU), GPU_CHECK_KEEP=1,
+# GPU_CHECK_HOME (use this CHIMED_HOME and keep it).
+#
+# On the device machine (one call; the wheels from benchmarks/gpu_wheels.sh, about 45 MiB, travel in carry):
+#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=600)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,6 +63,9 @@ mkdir -p "$WORK"
 RUN_ID="gpucheck"
 MODEL_DIR="$WORK/model"
 SITE="${GPU_CHECK_SITE:-/tmp/site}"
+# the carried wheels (.whl/) are installed on the GPU machine; GPU_CHECK_WHEELS=1 installs them in CPU mode too
+# (a Python 3.12 that looks like the GPU machine's), 0 never
+WHEELS="${GPU_CHECK_WHEELS:-$([ "$CPU_MODE" = 1 ] && echo 0 || echo 1)}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 MPLBACKEND=Agg GRADIO_ANALYTICS_ENABLED=False
 unset CHIMED_DATABASE_URL
@@ -61,7 +73,6 @@ unset CHIMED_DATABASE_URL
 if [ "$CPU_MODE" = 1 ]; then
   MODE="CPU smoke (tiny Qwen2, fp32, no DeepSpeed)"
   PY="${GPU_CHECK_PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}"
-  export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   export CUDA_VISIBLE_DEVICES=""   # the CPU path even where a GPU exists
   DEVICE=cpu
   STEPS="${GPU_CHECK_STEPS:-6}"
@@ -77,7 +88,6 @@ if [ "$CPU_MODE" = 1 ]; then
 else
   MODE="GPU (Qwen2-0.5B shape, bf16, DeepSpeed ZeRO-2 via accelerate launch)"
   PY="${GPU_CHECK_PYTHON:-python3}"
-  export PYTHONPATH="$ROOT:$SITE${PYTHONPATH:+:$PYTHONPATH}"
   DEVICE=cuda
   STEPS="${GPU_CHECK_STEPS:-8}"
   VOCAB="${GPU_CHECK_VOCAB:-32000}"
@@ -89,6 +99,8 @@ else
     eval.max_length=512 eval.max_new_tokens=32)
   MAX_NEW_TOKENS=128
 fi
+# the repo (no install needed) and the carried wheels come first on the path of every process, launched ones too
+export PYTHONPATH="$ROOT$([ "$WHEELS" = 1 ] && echo ":$SITE")${PYTHONPATH:+:$PYTHONPATH}"
 # small ChiMed (the tiny profile's data keys): builds in seconds; train-all gets the same keys, so it
 # finds the data built and does not rebuild it
 DATA_OVERRIDES=(data.max_entities=400 data.people_daily_max_docs=400 data.reviews_max_docs=200
@@ -99,6 +111,10 @@ TRAIN_OVERRIDES+=(cpt.max_steps="$STEPS" sft.max_steps="$STEPS" dpo.max_steps="$
   train.logging_steps=1 train.save_steps="$SAVE_STEPS" train.save_total_limit=1
   eval.k_shot=1 eval.exam_max=40 eval.qa_max=8 eval.general_max=10 eval.pref_max=20 eval.batch_size=8)
 
+# the whole check ends within this many seconds (the device tool allows 600 per command); a step still running
+# at the deadline is stopped and reported as FAIL, and the summary is printed all the same
+BUDGET="${GPU_CHECK_DEADLINE_S:-$([ "$CPU_MODE" = 1 ] && echo 1800 || echo 540)}"
+
 # --- steps: timed, peak GPU memory sampled, PASS / FAIL / SKIP ------------------------------------------
 NAMES=() RESULTS=() WALLS=() PEAKS=() NOTES=()
 FAILED=0
@@ -108,12 +124,15 @@ gpu_used_mib() {  # memory.used of GPU 0, MiB
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc '0-9'
 }
 
-step() {  # step NAME FUNCTION: run FUNCTION in a subshell under set -e
-  local name="$1" fn="$2" n=$(( ${#NAMES[@]} + 1 ))
+step() {  # step NAME FUNCTION: run FUNCTION (this script again, --step FUNCTION) under set -e and the deadline
+  local name="$1" fn="$2" n=$(( ${#NAMES[@]} + 1 )) left
   NAMES+=("$name")
-  if [ "$FAILED" != 0 ]; then
-    RESULTS+=(SKIP) WALLS+=("-") PEAKS+=("-") NOTES+=("an earlier step failed")
-    echo "gpu_check: SKIP step $n $name (an earlier step failed)"
+  left=$(( DEADLINE - $(date +%s) - 15 ))  # 15 s kept for the summary
+  if [ "$FAILED" != 0 ] || [ "$left" -lt 10 ]; then
+    local why="an earlier step failed"
+    [ "$FAILED" != 0 ] || { why="no time left before the deadline (GPU_CHECK_DEADLINE_S=$BUDGET)"; FAILED=1; }
+    RESULTS+=(SKIP) WALLS+=("-") PEAKS+=("-") NOTES+=("$why")
+    echo "gpu_check: SKIP step $n $name ($why)"
     return 0
   fi
   echo
@@ -127,7 +146,7 @@ step() {  # step NAME FUNCTION: run FUNCTION in a subshell under set -e
   rm -f "$WORK/note"
   t0=$(date +%s.%N)
   set +e
-  ( set -euo pipefail; "$fn" )
+  timeout -k 10 "$left" bash "${BASH_SOURCE[0]}" --step "$fn"
   rc=$?
   set -e
   t1=$(date +%s.%N)
@@ -143,7 +162,9 @@ step() {  # step NAME FUNCTION: run FUNCTION in a subshell under set -e
   else
     RESULTS+=(FAIL)
     FAILED=1
-    echo "gpu_check: FAIL step $n $name (exit $rc after ${wall} s, peak GPU memory ${peak} MiB)"
+    local why="exit $rc"
+    [ "$rc" != 124 ] && [ "$rc" != 137 ] || why="timed out after the ${left} s left before the deadline"
+    echo "gpu_check: FAIL step $n $name ($why after ${wall} s, peak GPU memory ${peak} MiB)"
   fi
 }
 
@@ -155,13 +176,13 @@ step_environment() {
   echo "repo: $ROOT   CHIMED_HOME: $CHIMED_HOME   python: $(command -v "$PY" || echo "$PY")"
   if [ "$DEVICE" = cuda ]; then
     nvidia-smi
-    if [ -d "$ROOT/.whl" ] && ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
-      echo "installing $(ls "$ROOT"/.whl/*.whl | wc -l) carried wheels into $SITE (no index, no deps)"
-      "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-        "$ROOT"/.whl/*.whl
-    else
-      echo "no .whl/ folder: using the packages installed (benchmarks/gpu_wheels.sh makes it)"
-    fi
+  fi
+  if [ "$WHEELS" = 1 ] && ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
+    echo "installing $(ls "$ROOT"/.whl/*.whl | wc -l) carried wheels into $SITE (no index, no deps)"
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+      "$ROOT"/.whl/*.whl
+  elif [ "$WHEELS" = 1 ]; then
+    echo "no .whl/ folder: using the packages installed (benchmarks/gpu_wheels.sh makes it)"
   fi
   GPU_CHECK_DEVICE="$DEVICE" GPU_CHECK_WORK="$WORK" "$PY" - <<'EOF'
 import importlib, importlib.metadata as md, importlib.util, os, platform, sys
@@ -440,7 +461,12 @@ EOF
 }
 
 # --- run --------------------------------------------------------------------------------------------------
+if [ "${1:-}" = --step ]; then  # one step, started by step() above
+  "$2"
+  exit 0
+fi
 ALL_START=$(date +%s.%N)
+DEADLINE=$(( $(date +%s) + BUDGET ))
 echo "gpu_check: $MODE; CHIMED_HOME=$CHIMED_HOME; $(date -u +%FT%TZ)"
 step "environment" step_environment
 step "build-data (paper, small data.*)" step_build_data

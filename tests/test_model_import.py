@@ -18,7 +18,8 @@ from training.model_import import convert_checkpoint, detect_layout
 
 # Text a Chinese medical model sees: news, reviews (Latin, digits, URLs), spaces and tabs, rare characters
 # that only byte fallback can spell
-TEXTS = [*chinese_lines()[::7], "患者  男，45岁\t血压 140/90 mmHg\n主诉：咳嗽 3 天。", "𠮷野家 😀 ㈱", " 前导空格 ", ""]
+TEXTS = [*chinese_lines()[::7], "患者  男，45岁\t血压 140/90 mmHg\n主诉：咳嗽 3 天。", "𠮷野家 😀 ㈱", " 前导空格 ",
+         ""]
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +111,9 @@ def test_conversion_record_names_the_source_and_its_hash(imported):
     assert json.loads((imported["baichuan"][1] / "conversion.json").read_text())["norm_head"] is False
 
 
-def test_sharded_bf16_source_keeps_its_dtype_and_shards(tmp_path, monkeypatch):
-    """A sharded safetensors source in bfloat16 converts in bfloat16, into several output shards when large."""
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_sharded_bf16_source_keeps_its_dtype_and_shards(tmp_path, monkeypatch, kind):
+    """A sharded source in bfloat16 converts in bfloat16, into several output shards when large."""
     from transformers import AutoModelForCausalLM
 
     src = write_tiny_checkpoint("baichuan", tmp_path / "src")
@@ -120,10 +122,16 @@ def test_sharded_bf16_source_keeps_its_dtype_and_shards(tmp_path, monkeypatch):
     names = sorted(state)
     weight_map = {}
     for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), 1):
-        file = f"model-{i:05d}-of-00002.safetensors"
-        save_file({n: state[n].to(torch.bfloat16) for n in part}, src / file, metadata={"format": "pt"})
+        shard = {n: state[n].to(torch.bfloat16) for n in part}
+        if kind == "safetensors":
+            file = f"model-{i:05d}-of-00002.safetensors"
+            save_file(shard, src / file, metadata={"format": "pt"})
+        else:
+            file = f"pytorch_model-{i:05d}-of-00002.bin"
+            torch.save(shard, src / file)
         weight_map.update(dict.fromkeys(part, file))
-    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+    (src / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     monkeypatch.setattr(model_import, "SHARD_BYTES", 200_000)
 
     record = convert_checkpoint(src, tmp_path / "out")
@@ -137,6 +145,22 @@ def test_sharded_bf16_source_keeps_its_dtype_and_shards(tmp_path, monkeypatch):
     for file in sorted(set(weight_map.values())):
         digest.update((src / file).read_bytes())
     assert record["source_sha256"] == digest.hexdigest()
+
+
+def test_a_tokenizer_json_source_is_copied_without_its_remote_class(tmp_path, imported):
+    from transformers import AutoTokenizer
+
+    src = tmp_path / "src"
+    shutil.copytree(imported["baichuan"][0], src)
+    shutil.copyfile(imported["baichuan"][1] / "tokenizer.json", src / "tokenizer.json")
+    (src / "tokenizer.model").unlink()
+    convert_checkpoint(src, tmp_path / "out")
+    assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    settings = json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
+    assert "auto_map" not in settings and settings["add_bos_token"] is False
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    text = TEXTS[3]
+    assert tokenizer(text)["input_ids"] == sentencepiece_ids(imported["baichuan"][0], text)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -155,7 +179,8 @@ def _config_dir(path, config: dict, modeling: str | None = None):
 
 def test_detect_layout_tells_alibi_and_remote_checkpoints(tmp_path):
     baichuan2_13b = {"architectures": ["BaichuanForCausalLM"], "model_type": "baichuan", "hidden_size": 5120,
-                     "model_max_length": 4096, "auto_map": {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}
+                     "model_max_length": 4096,
+                     "auto_map": {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}
     assert detect_layout(_config_dir(tmp_path / "13b", baichuan2_13b)) == "baichuan-alibi"
     rotary_config_alibi_code = {**baichuan2_13b, "max_position_embeddings": 4096}
     code = "def _get_interleave(n):\n    ...  # build_alibi_tensor\n"
@@ -205,7 +230,13 @@ def test_user_errors_name_what_to_fix(tmp_path, imported):
     del state[name]
     torch.save(state, bad / "pytorch_model.bin")
     assert name in _one_line_error(lambda: convert_checkpoint(bad, tmp_path / "bad-out"))
+
+    config = json.loads((bad / "config.json").read_text())
+    del config["intermediate_size"]
+    (bad / "config.json").write_text(json.dumps(config))
+    assert "'intermediate_size'" in _one_line_error(lambda: convert_checkpoint(bad, tmp_path / "bad-out"))
     assert not (tmp_path / "bad-out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad-out.")]
 
 
 def test_cli_import_model(tmp_path, chimed_home, imported, capsys):

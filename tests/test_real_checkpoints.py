@@ -94,6 +94,13 @@ def test_every_layout_trains_every_stage_with_finite_losses_and_is_evaluated(pap
         assert {"self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj"} <= set(lora["target_modules"])
         assert "lm_head" not in lora["target_modules"]
         assert 0 < lora["trainable_params"] < lora["total_params"]
+    # a checkpoint's own chat template (qwen2 stands for an -Instruct model) is kept; the others get the project's
+    from training.chat_format import CHAT_TEMPLATE
+
+    template = json.loads((run_dir / "sft" / "tokenizer_config.json").read_text()).get("chat_template") \
+        or (run_dir / "sft" / "chat_template.jinja").read_text()
+    assert ("<|im_start|>" in template) == (layout == "qwen2")
+    assert (template == CHAT_TEMPLATE) == (layout != "qwen2")
     results = json.loads((run_dir / "eval" / "results.json").read_text())["stages"]
     assert list(results) == ["base", "cpt", "sft", "dpo"]
     for stage, metrics in results.items():
@@ -224,3 +231,14 @@ def test_lora_on_a_fused_attention_model_adapts_its_attention_projection():
                                         "self_attn.qkv_proj"]
     assert record["adapted_layers"] == 8  # 4 per block, the fused q/k/v projection included
     assert 0 < record["trainable_params"] < record["total_params"]
+
+
+def test_the_project_chat_template_replaces_a_checkpoints_own_when_the_config_says_so(tmp_path):
+    from training.chat_format import CHAT_TEMPLATE
+    from training.modeling import load_tokenizer
+
+    model_dir = write_tiny_checkpoint("qwen2", tmp_path / "qwen2")
+    assert "<|im_start|>" in load_tokenizer(model_dir).chat_template  # auto: an -Instruct model keeps its own
+    assert load_tokenizer(model_dir, chat_template="project").chat_template == CHAT_TEMPLATE
+    mistral = load_tokenizer(write_tiny_checkpoint("mistral", tmp_path / "mistral"))
+    assert mistral.chat_template == CHAT_TEMPLATE and mistral.pad_token == mistral.eos_token  # no pad: eos

@@ -85,13 +85,14 @@ def convert_checkpoint(src: str | Path, out: str | Path, force: bool = False) ->
                         "architecture: import supports Baichuan-7B and Baichuan2-7B")
     _check_out(src, out, force)
     config = _read_config(src)
+    llama = llama_config(config)
     files = weight_files(src)
     norm_head = layout == "baichuan2"
 
     partial = _make_partial(out)
     try:
-        dtype = _convert_weights(files, config, partial, norm_head=norm_head)
-        llama_config(config, dtype).save_pretrained(partial)
+        llama.dtype = _convert_weights(files, llama, partial, norm_head=norm_head)
+        llama.save_pretrained(partial)
         _generation_config(src, config).save_pretrained(partial)
         convert_tokenizer(src, partial)
         record = {
@@ -130,15 +131,19 @@ def _mentions_alibi(path: Path) -> bool:
                for f in path.glob("modeling_*.py"))
 
 
-def llama_config(config: dict, dtype: torch.dtype):
+def llama_config(config: dict, dtype: torch.dtype | None = None):
     """The ``LlamaConfig`` of a rotary Baichuan ``config.json`` (no GQA: as many kv heads as heads)."""
     from transformers import LlamaConfig
 
     def key(name):
-        if name not in config:
-            raise UserError(f"config.json has no {name!r}: restore it from the published checkpoint")
+        if not isinstance(config.get(name), int) or config[name] <= 0:
+            raise UserError(f"config.json has no valid {name!r} (a positive integer): restore it from the "
+                            "published checkpoint")
         return config[name]
 
+    if key("hidden_size") % key("num_attention_heads"):
+        raise UserError(f"config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+                        f"{config['num_attention_heads']}: restore it from the published checkpoint")
     return LlamaConfig(
         vocab_size=key("vocab_size"), hidden_size=key("hidden_size"), intermediate_size=key("intermediate_size"),
         num_hidden_layers=key("num_hidden_layers"), num_attention_heads=key("num_attention_heads"),
@@ -216,14 +221,16 @@ def _read_tensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
     except Exception as err:  # a truncated download, a legacy (non-zip) pickle, or not a state dict at all
         raise UserError(f"cannot read {file} ({str(err).splitlines()[0][:200]}): "
                         "download it again from the published checkpoint") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{file} holds no state dict: download it again from the published checkpoint")
     yield from state.items()
 
 
-def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor of the Baichuan layout, with its shape."""
-    h, inter, vocab = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+def _expected_shapes(llama) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the Baichuan layout of the model ``llama`` (its ``LlamaConfig``), with its shape."""
+    h, inter, vocab = llama.hidden_size, llama.intermediate_size, llama.vocab_size
     shapes = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
-    for i in range(config["num_hidden_layers"]):
+    for i in range(llama.num_hidden_layers):
         p = f"model.layers.{i}."
         shapes.update({
             p + "self_attn.W_pack.weight": (3 * h, h), p + "self_attn.o_proj.weight": (h, h),
@@ -257,13 +264,13 @@ def normalise_rows(weight: torch.Tensor, block_rows: int = 4096) -> torch.Tensor
     return out
 
 
-def _convert_weights(files: list[Path], config: dict, out: Path, norm_head: bool) -> torch.dtype:
+def _convert_weights(files: list[Path], llama, out: Path, norm_head: bool) -> torch.dtype:
     """Stream the source tensors into safetensors shards of at most ``SHARD_BYTES`` in ``out``; returns
     the source dtype."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    expected = _expected_shapes(config)
+    expected = _expected_shapes(llama)
     seen: set[str] = set()
     dtypes: set[torch.dtype] = set()
     shards: list[dict[str, str]] = []  # per written shard: tensor name -> temporary file name
@@ -388,8 +395,8 @@ def sentencepiece_tokenizer(src: Path):
         vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
         # control, unused and byte pieces never come out of merging text
         unmerged = {p.piece for p in proto.pieces if p.type in (p.CONTROL, p.UNUSED, p.BYTE)}
-        model = BPE(vocab=vocab, merges=generate_merges(vocab, skip_tokens=unmerged), unk_token=trainer.unk_piece, fuse_unk=True,
-                    byte_fallback=trainer.byte_fallback)
+        model = BPE(vocab=vocab, merges=generate_merges(vocab, skip_tokens=unmerged), unk_token=trainer.unk_piece,
+                    fuse_unk=True, byte_fallback=trainer.byte_fallback)
     elif trainer.model_type == trainer.UNIGRAM:
         warnings.warn(f"{src / 'tokenizer.model'} is a unigram model: the converted tokenizer may split a run "
                       "of repeated characters differently where two segmentations score the same", stacklevel=2)
@@ -452,8 +459,8 @@ def _make_partial(out: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as err:
-        raise UserError(f"cannot write beside --out {out} ({err.strerror}): choose a directory you can write to") \
-            from None
+        message = f"cannot write beside --out {out} ({err.strerror}): choose a directory you can write to"
+        raise UserError(message) from None
     partial.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the checkpoint gets the usual permissions
     return partial
 

@@ -197,7 +197,8 @@ def check_base_model_dir(cfg: Config) -> None:
     layout = detect_layout(path)
     if layout in CONVERTIBLE.values():
         return  # converted to its native architecture: its own modelling code never runs
-    if layout in ("remote", "baichuan-alibi"):
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if layout in ("remote", "baichuan-alibi") and "AutoModelForCausalLM" in raw.get("auto_map", {}):
         if not cfg.model.trust_remote_code:
             raise UserError(f"model.path={path} ships its own modelling code ({layout} layout, which cannot be "
                             "converted to a native architecture): set model.trust_remote_code=true if you trust "
