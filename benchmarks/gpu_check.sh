@@ -69,6 +69,9 @@ WHEELS="${GPU_CHECK_WHEELS:-$([ "$CPU_MODE" = 1 ] && echo 0 || echo 1)}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 MPLBACKEND=Agg GRADIO_ANALYTICS_ENABLED=False
 unset CHIMED_DATABASE_URL
+# caches (Hugging Face, matplotlib, Triton, torch extensions) under the temporary home too
+export XDG_CACHE_HOME="$WORK/cache" HF_HOME="$WORK/cache/huggingface" MPLCONFIGDIR="$WORK/cache/matplotlib" \
+  TRITON_CACHE_DIR="$WORK/cache/triton" TORCH_EXTENSIONS_DIR="$WORK/cache/torch_extensions"
 
 if [ "$CPU_MODE" = 1 ]; then
   MODE="CPU smoke (tiny Qwen2, fp32, no DeepSpeed)"
@@ -118,7 +121,6 @@ BUDGET="${GPU_CHECK_DEADLINE_S:-$([ "$CPU_MODE" = 1 ] && echo 1800 || echo 540)}
 # --- steps: timed, peak GPU memory sampled, PASS / FAIL / SKIP ------------------------------------------
 NAMES=() RESULTS=() WALLS=() PEAKS=() NOTES=()
 FAILED=0
-NOTE=""
 
 gpu_used_mib() {  # memory.used of GPU 0, MiB
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1 | tr -dc '0-9'
@@ -163,8 +165,9 @@ step() {  # step NAME FUNCTION: run FUNCTION (this script again, --step FUNCTION
     RESULTS+=(FAIL)
     FAILED=1
     local why="exit $rc"
-    [ "$rc" != 124 ] && [ "$rc" != 137 ] || why="timed out after the ${left} s left before the deadline"
-    echo "gpu_check: FAIL step $n $name ($why after ${wall} s, peak GPU memory ${peak} MiB)"
+    [ "$rc" != 124 ] && [ "$rc" != 137 ] || why="stopped at the deadline, GPU_CHECK_DEADLINE_S=$BUDGET"
+    echo "gpu_check: FAIL step $n $name ($why; ${wall} s, peak GPU memory ${peak} MiB)"
+    NOTES[$(( n - 1 ))]="${NOTES[$(( n - 1 ))]:+${NOTES[$(( n - 1 ))]}; }$why"
   fi
 }
 
@@ -175,7 +178,7 @@ step_environment() {
   echo "mode: $MODE"
   echo "repo: $ROOT   CHIMED_HOME: $CHIMED_HOME   python: $(command -v "$PY" || echo "$PY")"
   if [ "$DEVICE" = cuda ]; then
-    nvidia-smi
+    nvidia-smi || echo "nvidia-smi: failed or not found (the check below says whether torch sees a GPU)"
   fi
   if [ "$WHEELS" = 1 ] && ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then
     echo "installing $(ls "$ROOT"/.whl/*.whl | wc -l) carried wheels into $SITE (no index, no deps)"
@@ -442,10 +445,11 @@ def main():
                    "load_s": round(load_s, 1), "gpu_used_mib": after,
                    "cuda_allocated_mib": [None if b is None else round(b / 2**20) for b in cuda_bytes]}
         Path(os.environ["GPU_CHECK_WORK"], "serve.json").write_text(json.dumps(summary))
+        memory_note = (f"nvidia-smi memory.used {after} MiB, workers' torch allocated {summary['cuda_allocated_mib']} MiB"
+                       if device == "cuda" else f"weights held {pool.resident_bytes(memory) / 2**20:.1f} MiB")
         Path(os.environ["GPU_CHECK_WORK"], "note").write_text(
             f"4 panels, {tokens} tokens in {wall:.2f} s = {tokens / wall:.1f} tokens/s (greedy, second round); "
-            f"loaded in {load_s:.1f} s; nvidia-smi memory.used {after} MiB, workers' allocated "
-            f"{summary['cuda_allocated_mib']} MiB")
+            f"loaded in {load_s:.1f} s; {memory_note}")
         if bad:
             raise SystemExit(f"answers failed: {bad}")
         print("pool: four non-empty answers")

