@@ -72,7 +72,7 @@ cmd="${1:-}"
 case "$cmd" in
   "")
     setup
-    exec "$PY" -m training demo --profile demo
+    exec "$PY" -m chimed demo --profile demo
     ;;
   setup)
     setup
@@ -85,10 +85,10 @@ case "$cmd" in
     ;;
   -h|--help|help)
     setup
-    exec "$PY" -m training --help
+    exec "$PY" -m chimed --help
     ;;
   *)
     setup
-    exec "$PY" -m training "$@"
+    exec "$PY" -m chimed "$@"
     ;;
 esac

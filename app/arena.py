@@ -25,8 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.contestants import resolve_contestants
-from app.model_pool import Answer, Decoding, ModelPool, PanelRequest
 from app.notice import NOT_ACCEPTED
+from app.serving.pool import Answer, ModelPool, PanelRequest
+from app.serving.sampling import Decoding
 from preference_store.records import (
     CRITERIA,
     MAX_CONTESTANTS,
@@ -96,7 +97,8 @@ def as_display_text(text: str) -> str:
 
 def resolve_decoding(settings: DecodingConfig | None = None, *, temperature=None, top_p=None, max_new_tokens=None,
                      seed=None) -> Decoding:
-    """A :class:`Decoding` from the settings a user chose (missing ones from ``settings``); seed -1 draws one."""
+    """A :class:`Decoding` from the settings a user chose (missing ones, and the limits, from ``settings``);
+    seed -1 draws one."""
     settings = settings or DecodingConfig()
     temperature = settings.temperature if temperature is None else temperature
     top_p = settings.top_p if top_p is None else top_p
@@ -106,7 +108,7 @@ def resolve_decoding(settings: DecodingConfig | None = None, *, temperature=None
     max_new_tokens, seed = (int(v) if isinstance(v, float) and v.is_integer() else v for v in (max_new_tokens, seed))
     if seed == -1:
         seed = _seeds.randrange(2**31)
-    return Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    return Decoding(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, limits=settings)
 
 
 class Arena:
@@ -246,7 +248,7 @@ class Arena:
             annotator_id=session.annotator.id,
             messages=[dict(m) for m in session.reference[:-1]],
             responses=[ResponseIn(a.checkpoint_id, a.text, decoding.as_dict(), seed=decoding.seed,
-                                  latency_s=a.latency_s, n_tokens=a.n_tokens) for _, a in ok],
+                                  latency_s=a.latency_s, n_tokens=a.n_tokens, serving=a.serving) for _, a in ok],
             conversation_id=session.conversation_id,
             blind=session.blind and not session.revealed,
         ))

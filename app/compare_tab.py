@@ -100,7 +100,8 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
                                    choices=[], elem_id="contestants")
     with gr.Accordion("解码设置 Decoding settings", open=False):
         with gr.Row():
-            temperature = gr.Slider(0.0, 2.0, value=d.temperature, step=0.05, label="temperature (0 = greedy)")
+            temperature = gr.Slider(0.0, d.max_temperature, value=d.temperature, step=0.05,
+                                    label="temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.05, label="top-p")
             max_new_tokens = gr.Number(value=d.max_new_tokens, precision=0, minimum=1, label="max new tokens")
             seed = gr.Number(value=d.seed, precision=0, minimum=-1, label="seed (-1 = random, stored with each answer)")

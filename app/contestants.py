@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import STAGES, Config
+from training.config import Config
 from training.errors import UserError
 from training.manifest import list_runs, run_dir
+from training.stages.registry import get_stage, is_stage, stage_names
 
-STAGE_NAMES = {"base": "Base", "cpt": "CPT", "sft": "SFT", "dpo": "DPO"}
+def stage_label(stage: str) -> str:
+    """A stage's name as the app shows it (the registry's display name)."""
+    return get_stage(stage).display_name if is_stage(stage) else stage
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Contestant:
 
     @property
     def label(self) -> str:
-        return f"{self.run_id} · {STAGE_NAMES.get(self.stage, self.stage)}"
+        return f"{self.run_id} · {stage_label(self.stage)}"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ def completed_runs(cfg: Config) -> list[RunInfo]:
     """Runs that finished every stage they were asked for, newest first."""
     return [
         RunInfo(run_id=m["run_id"], created=m.get("created", ""), profile=m.get("profile", ""),
-                parent_run=m.get("parent_run"), stages=tuple(s for s in STAGES if s in m.get("stages", {})),
+                parent_run=m.get("parent_run"), stages=tuple(s for s in stage_names() if s in m.get("stages", {})),
                 run_dir=run_dir(cfg, m["run_id"]))
         for m in list_runs(cfg, complete_only=True)
     ]

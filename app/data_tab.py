@@ -15,13 +15,24 @@ from preference_store.repository import PreferenceStore
 from training.config import Config
 from training.errors import UserError
 
-PAIR_COLUMNS = ["时间 time", "问题 prompt", "优选 chosen", "较差 rejected", "优选来源 chosen from", "较差来源 rejected from"]
+PAIR_COLUMNS = ["时间 time", "问题 prompt", "优选 chosen", "较差 rejected", "优选来源 chosen from", "较差来源 rejected from",
+                "优选服务方式 chosen served", "较差服务方式 rejected served"]
 EXCERPT = 120
+NOT_RECORDED = "—"
 
 
 def _excerpt(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= EXCERPT else text[:EXCERPT] + "…"
+
+
+def serving_label(serving: dict | None) -> str:
+    """How an answer was served, in a few words: "exact", "delta 8-bit" (the parent plus an 8-bit
+    difference), or "—" for a clinician's correction or an answer stored before this was recorded."""
+    mode = (serving or {}).get("mode")
+    if mode == "delta" and serving.get("bits"):
+        return f"delta {serving['bits']}-bit"
+    return str(mode) if mode else NOT_RECORDED
 
 
 def counts_markdown(store: PreferenceStore) -> str:
@@ -40,7 +51,8 @@ def recent_pairs_table(store: PreferenceStore, limit: int) -> list[list]:
         prompt = next((m["content"] for m in reversed(pair.prompt) if m["role"] == "user"), "")
         rows.append([pair.created.strftime("%Y-%m-%d %H:%M"), _excerpt(prompt), _excerpt(pair.chosen),
                      _excerpt(pair.rejected), pair.chosen_checkpoint or "改写 clinician correction",
-                     pair.rejected_checkpoint])
+                     pair.rejected_checkpoint,
+                     serving_label(pair.chosen_serving), serving_label(pair.rejected_serving)])
     return rows
 
 

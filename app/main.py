@@ -18,9 +18,9 @@ from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
 from app.contestants import default_checkpoints, resolve_contestants
 from app.data_tab import build_data_tab
 from app.leaderboard_tab import build_leaderboard_tab
-from app.model_pool import ModelPool
 from app.notice import ACCEPT_LABEL, footer_markdown, notice_markdown
 from app.runs_tab import build_runs_tab
+from app.serving.pool import ModelPool
 from preference_store.repository import PreferenceStore
 from training.config import Config
 from training.errors import UserError

@@ -8,7 +8,7 @@ import html
 import gradio as gr
 from PIL import Image
 
-from app.contestants import STAGE_NAMES, RunInfo, completed_runs
+from app.contestants import RunInfo, completed_runs, stage_label
 from training.config import Config
 from training.manifest import read_manifest
 
@@ -17,8 +17,8 @@ def run_summary(cfg: Config, run: RunInfo) -> str:
     """A few lines from the manifest: when, which profile, stages, parent run, collected pairs used."""
     manifest = read_manifest(cfg, run.run_id)
     stages = ", ".join(
-        f"{STAGE_NAMES[s]} ({manifest['stages'][s]['kind']}"
-        + (f" on {STAGE_NAMES.get(manifest['stages'][s]['parent'], manifest['stages'][s]['parent'])})"
+        f"{stage_label(s)} ({manifest['stages'][s]['kind']}"
+        + (f" on {stage_label(manifest['stages'][s]['parent'])})"
            if manifest["stages"][s].get("parent") else ")")
         for s in run.stages)
     collected = sum(1 for pid in manifest.get("dpo_pair_ids", []) if str(pid).startswith("clin-"))

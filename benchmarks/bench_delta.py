@@ -2,7 +2,7 @@
 
     CHIMED_HOME=DIR .venv/bin/python benchmarks/bench_delta.py [--profile demo] [--run ID] [--qa 50]
 
-Loads the run's cpt whole and as the app's workers hold it (:func:`app.shared_weights.hold_as_delta` on the
+Loads the run's cpt whole and as the app's workers hold it (:func:`app.serving.shared_weights.hold_as_delta` on the
 run's base), and prints for both the exam accuracy (k-shot and 0-shot, as the evaluation scores it), then
 how many greedy answers to held-out questions are identical and the largest next-token logit difference.
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from app.shared_weights import hold_as_delta, map_weights  # noqa: E402
+from app.serving.shared_weights import hold_as_delta, map_weights  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.evaluation.evaluate import load_eval_sets  # noqa: E402
 from training.evaluation.exam import score_exam  # noqa: E402

@@ -56,7 +56,7 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-import-export-"))
     env = dict(os.environ, CHIMED_HOME=str(work / "home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    python = [sys.executable, "-m", "training"]
+    python = [sys.executable, "-m", "chimed"]
     rows = [("(imports only: torch, transformers, peft)",
              measure([sys.executable, "-c", "import torch, transformers, peft"], env, args.repeat), "")]
     try:

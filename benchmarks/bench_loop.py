@@ -58,7 +58,7 @@ def record_judgments(cfg, run_id: str, limit: int) -> int:
 
 def timed(args: list[str]) -> float:
     started = time.time()
-    subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "chimed", *args], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return time.time() - started
 
 

@@ -37,12 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from app.contestants import resolve_contestants  # noqa: E402
-from app.model_pool import Decoding, ModelPool, PanelRequest, mapped_files  # noqa: E402
-from app.root_worker import memory_of, weight_bytes  # noqa: E402
-from training.config import STAGES, load_config  # noqa: E402
+from app.serving.memory import mapped_files, memory_of, weight_bytes  # noqa: E402
+from app.serving.pool import ModelPool, PanelRequest  # noqa: E402
+from app.serving.sampling import Decoding  # noqa: E402
+from training.config import load_config  # noqa: E402
+from training.stages.registry import stage_names  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.manifest import latest_run  # noqa: E402
 from training.modeling import load_causal_lm, load_stage, load_tokenizer, stage_chain  # noqa: E402
+
+STAGES = stage_names()
 
 PROMPTS = ["高血压患者饮食上要注意什么？", "糖尿病有哪些常见症状？", "感冒了需要吃抗生素吗？", "头痛三天伴低热，应该怎么处理？"]
 MEMORY_SETUPS = ("one model", "pool", "four copies")

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def timed(args: list[str], env: dict) -> float:
     started = time.time()
-    subprocess.run([sys.executable, "-m", "training", *args], cwd=REPO, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "chimed", *args], cwd=REPO, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return time.time() - started
 

@@ -10,17 +10,17 @@
 #   1 environment   nvidia-smi, versions, CUDA and bf16; installs the carried wheels (.whl/, made by
 #                   benchmarks/gpu_wheels.sh) into $GPU_CHECK_SITE (/tmp/site) and puts it and the repo on
 #                   PYTHONPATH (nothing else is installed); imports everything the paper path and the pool import
-#   2 build-data    python -m training build-data --profile paper with a small data.* config (seconds)
+#   2 build-data    ./launch.sh build-data --profile paper (python -m chimed) with a small data.* config (seconds)
 #   3 model         a Qwen2-0.5B-shaped config (hidden 896, 24 layers, 14 heads, 2 kv heads, intermediate
 #                   4864), random weights, with a byte-level BPE tokenizer of 32k tokens trained here on the
 #                   ChiMed text of step 2 (training.stages.base.train_bpe_tokenizer): 387M parameters, as
 #                   Qwen2-0.5B's 494M less the part of its 152k-token embedding a 32k vocabulary does not need
-#   4 train-all     python -m training train-all --profile paper model.path=THAT, every stage a few steps,
+#   4 train-all     ./launch.sh train-all --profile paper model.path=THAT, every stage a few steps,
 #                   train.bf16=true train.deepspeed_zero_stage=2 train.num_processes=1; checks that cpt, sft and
 #                   dpo went through accelerate launch --use_deepspeed, the manifest (four stages, finite
 #                   positive losses, trained on CUDA) and eval/results.json (finite numbers)
-#   5 serve         app.model_pool.ModelPool(cfg, device="cuda") answers one prompt with base, cpt, sft and
-#                   dpo (twice: warm-up, then measured); four non-empty answers; tokens/s; GPU memory
+#   5 serve         the arena's ModelPool(cfg, device="cuda") (app.serving.pool) answers one prompt with base,
+#                   cpt, sft and dpo (twice: warm-up, then measured); four non-empty answers; tokens/s; GPU memory
 #   6 summary       wall time and peak GPU memory (nvidia-smi memory.used, sampled every 0.5 s) per step, and
 #                   per training stage, as Markdown for BENCHMARKS.md
 #
@@ -102,6 +102,8 @@ else
     eval.max_length=512 eval.max_new_tokens=32)
   MAX_NEW_TOKENS=128
 fi
+# the command line: chimed.py at the top (./launch.sh runs python -m chimed)
+CLI=(-m chimed)
 # the repo (no install needed) and the carried wheels come first on the path of every process, launched ones too
 export PYTHONPATH="$ROOT$([ "$WHEELS" = 1 ] && echo ":$SITE")${PYTHONPATH:+:$PYTHONPATH}"
 # small ChiMed (the tiny profile's data keys): builds in seconds; train-all gets the same keys, so it
@@ -220,9 +222,10 @@ if device == "cuda":
 
     print(f"deepspeed {deepspeed.__version__}, accelerator {get_accelerator()._name}")
 # everything the paper path and the pool import (train-all, its launched stages, evaluation, the store)
-modules = ["training.cli", "training.pipeline", "training.data.build", "training.stages.base",
+modules = ["chimed", "training.pipeline", "training.data.build", "training.stages.base",
            "training.stages.cpt", "training.stages.sft", "training.stages.dpo", "training.evaluation.evaluate",
-           "preference_store.repository", "app.model_pool", "app.contestants", "trl", "datasets", "peft"]
+           "preference_store.repository", "app.serving.pool", "app.contestants", "trl",
+           "datasets", "peft"]
 failed = []
 for name in modules:
     try:
@@ -248,7 +251,7 @@ EOF
 
 # --- 2: ChiMed data ------------------------------------------------------------------------------------
 step_build_data() {
-  "$PY" -m training build-data --profile paper "${DATA_OVERRIDES[@]}"
+  "$PY" "${CLI[@]}" build-data --profile paper "${DATA_OVERRIDES[@]}"
   GPU_CHECK_WORK="$WORK" "$PY" - <<'EOF'
 import os
 from pathlib import Path
@@ -314,11 +317,11 @@ EOF
 
 # --- 4: train-all on the paper profile, shrunk, keeping bf16 and DeepSpeed ZeRO-2 ------------------------
 step_train_all() {
-  "$PY" -m training train-all --profile paper --run-id "$RUN_ID" model.path="$MODEL_DIR" \
+  "$PY" "${CLI[@]}" train-all --profile paper --run-id "$RUN_ID" model.path="$MODEL_DIR" \
     "${DATA_OVERRIDES[@]}" "${TRAIN_OVERRIDES[@]}" 2>&1 | tee "$WORK/train.log"
   if [ "$DEVICE" = cuda ]; then  # each trained stage went through accelerate launch --use_deepspeed
     local launched
-    launched=$(grep -c '^launch: .*accelerate.* launch .*--use_deepspeed' "$WORK/train.log" || true)
+    launched=$(grep -cE 'accelerate.* launch .*--use_deepspeed' "$WORK/train.log" || true)
     echo "stages launched with accelerate launch --use_deepspeed: $launched (expected 3: cpt, sft, dpo)"
     [ "$launched" = 3 ]
   fi
@@ -385,7 +388,7 @@ EOF
 # --- 5: the arena's model pool serves the four stages ----------------------------------------------------
 step_serve() {
   cat > "$WORK/serve_check.py" <<'EOF'
-"""The arena's model pool (app.model_pool) answers one prompt with base, cpt, sft and dpo of the run."""
+"""The arena's model pool (app.serving.pool) answers one prompt with base, cpt, sft and dpo of the run."""
 import json, os, subprocess, sys, time
 from pathlib import Path
 
@@ -401,12 +404,13 @@ def gpu_used_mib():
 
 def main():
     from app.contestants import resolve_contestants
-    from app.model_pool import Decoding, ModelPool, PanelRequest
-    from training.config import STAGES, load_config
+    from app.serving.pool import ModelPool, PanelRequest
+    from app.serving.sampling import Decoding
+    from training.config import load_config
 
     device, run_id, max_new = os.environ["GPU_CHECK_DEVICE"], os.environ["GPU_CHECK_RUN"], int(os.environ["GPU_CHECK_MAX_NEW"])
     cfg = load_config("paper")
-    contestants = resolve_contestants(cfg, [f"{run_id}/{stage}" for stage in STAGES])
+    contestants = resolve_contestants(cfg, [f"{run_id}/{stage}" for stage in ("base", "cpt", "sft", "dpo")])
     before = gpu_used_mib() if device == "cuda" else None
     pool = ModelPool(cfg, device=device)
     try:

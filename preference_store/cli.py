@@ -1,4 +1,4 @@
-"""Command-line entry points of the preference store (dispatched from ``training/cli.py``)."""
+"""Command-line entry points of the preference store (dispatched from ``chimed.py``)."""
 
 from __future__ import annotations
 

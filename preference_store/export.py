@@ -6,7 +6,9 @@ Each record is in the dpo.jsonl format of DESIGN.md plus ``split`` and ``provena
      "source": "clinician", "pair_id": "clin-...", "split": "train" | "heldout",
      "provenance": {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator" (a salted
                     pseudonym, never the name), "chosen_checkpoint" (null = the clinician's correction),
-                    "rejected_checkpoint", "judged_at"}}
+                    "rejected_checkpoint", "chosen_serving", "rejected_serving" (how each answer was
+                    served, e.g. {"mode": "exact"}; null for a correction or where it was not recorded),
+                    "judged_at"}}
 
 The held-out share is chosen by prompt: every pair of a comparison shares its prompt, so a
 comparison is never split between train and held-out, and a prompt asked again in another
@@ -130,6 +132,8 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
                 "annotator": pseudonyms[row.annotator_id],
                 "chosen_checkpoint": row.chosen_checkpoint,
                 "rejected_checkpoint": row.rejected_checkpoint,
+                "chosen_serving": row.chosen_serving,
+                "rejected_serving": row.rejected_serving,
                 "judged_at": row.created.isoformat(),
             },
         }

@@ -1,7 +1,10 @@
 """Every table of the preference store, as SQLAlchemy 2.0 typed declarative models.
 
 These classes stay inside ``preference_store``; the repository turns rows into the plain records of
-:mod:`preference_store.records`. Any change here needs a migration in ``migrations/versions/``
+:mod:`preference_store.records` (hence the ``...Row`` names: ``AnnotatorRow`` is a row, ``records.Annotator``
+the record callers see). Relationships exist where a parent and its children are written together
+(a comparison and its answers, a judgment and its scores and pairs, an export and its entries), so the
+unit of work orders the inserts. Any change here needs a migration in ``migrations/versions/``
 (``tests/test_store_migrations.py`` fails when the two disagree).
 """
 
@@ -22,7 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
@@ -50,7 +53,7 @@ class Base(DeclarativeBase):
     pass
 
 
-class StoreMeta(Base):
+class StoreMetaRow(Base):
     """Store-wide values, such as the salt of the pseudonymous annotator ids in exports."""
 
     __tablename__ = "store_meta"
@@ -58,7 +61,7 @@ class StoreMeta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class Annotator(Base):
+class AnnotatorRow(Base):
     __tablename__ = "annotators"
     __table_args__ = (CheckConstraint("role IN ('annotator', 'admin')", name="ck_annotators_role"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -68,7 +71,7 @@ class Annotator(Base):
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Checkpoint(Base):
+class CheckpointRow(Base):
     __tablename__ = "checkpoints"
     id: Mapped[str] = mapped_column(String(255), primary_key=True)  # "<run_id>/<stage>"
     run_id: Mapped[str] = mapped_column(String(200), index=True)
@@ -76,14 +79,14 @@ class Checkpoint(Base):
     registered: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Conversation(Base):
+class ConversationRow(Base):
     __tablename__ = "conversations"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class Comparison(Base):
+class ComparisonRow(Base):
     """One prompt with the conversation so far, shown to 2-4 contestants."""
 
     __tablename__ = "comparisons"
@@ -94,8 +97,11 @@ class Comparison(Base):
     blind: Mapped[bool] = mapped_column(Boolean)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
+    conversation: Mapped[ConversationRow] = relationship()
+    responses: Mapped[list[ResponseRow]] = relationship(order_by="ResponseRow.panel", lazy="joined")
 
-class Response(Base):
+
+class ResponseRow(Base):
     """One contestant's answer, in the panel it was shown in (0 = A)."""
 
     __tablename__ = "responses"
@@ -109,9 +115,12 @@ class Response(Base):
     seed: Mapped[int | None] = mapped_column(Integer)
     latency_s: Mapped[float | None] = mapped_column(Float)
     n_tokens: Mapped[int | None] = mapped_column(Integer)
+    # how the answer was served, e.g. {"mode": "exact"} or {"mode": "delta", "bits": 8, "device": "cpu",
+    # "dtype": "float32"}; None for answers stored before this was recorded (migration 0002)
+    serving: Mapped[dict | None] = mapped_column(JSON)
 
 
-class Judgment(Base):
+class JudgmentRow(Base):
     __tablename__ = "judgments"
     __table_args__ = (
         CheckConstraint("kind IN ('pairwise', 'ranking', 'correction')", name="ck_judgments_kind"),
@@ -127,8 +136,11 @@ class Judgment(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
+    scores: Mapped[list[ScoreRow]] = relationship()
+    pairs: Mapped[list[PairRow]] = relationship(order_by="PairRow.id")
 
-class Score(Base):
+
+class ScoreRow(Base):
     """1-5 ratings of one answer within one judgment."""
 
     __tablename__ = "scores"
@@ -146,7 +158,7 @@ class Score(Base):
     completeness: Mapped[int | None] = mapped_column(Integer)
 
 
-class Pair(Base):
+class PairRow(Base):
     """A DPO pair derived from a judgment; ``chosen_response_id`` None = the clinician's correction."""
 
     __tablename__ = "pairs"
@@ -158,7 +170,7 @@ class Pair(Base):
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
-class Export(Base):
+class ExportRow(Base):
     """One file written by export-prefs."""
 
     __tablename__ = "exports"
@@ -168,8 +180,10 @@ class Export(Base):
     n_pairs: Mapped[int] = mapped_column(Integer)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    entries: Mapped[list[ExportedPairRow]] = relationship()
 
-class ExportedPair(Base):
+
+class ExportedPairRow(Base):
     """A pair an export handled: written to its file, or left out as a duplicate of ``duplicate_of`` (itself:
     its chosen and rejected answers are the same text)."""
 
@@ -181,7 +195,7 @@ class ExportedPair(Base):
     duplicate_of: Mapped[str | None] = mapped_column(String(40))
 
 
-class Consumption(Base):
+class ConsumptionRow(Base):
     """Which training run trained on which collected pair."""
 
     __tablename__ = "consumptions"

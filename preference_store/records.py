@@ -52,6 +52,9 @@ class ResponseIn:
     seed: int | None = None
     latency_s: float | None = None  # wall time of the whole answer
     n_tokens: int | None = None  # generated tokens
+    # how it was served: {"mode": "exact"}, or {"mode": "delta", "bits": 8, "device": "cpu", "dtype": "float32"}
+    # for a stage served as its parent plus a quantised difference; None = not said
+    serving: dict | None = None
 
 
 @dataclass
@@ -82,6 +85,7 @@ class ResponseOut:
     seed: int | None
     latency_s: float | None
     n_tokens: int | None
+    serving: dict | None = None  # as given in ResponseIn.serving; None for answers stored without it
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,8 @@ class PairOut:
     chosen_checkpoint: str | None  # None: the chosen answer is the clinician's correction
     rejected_checkpoint: str
     created: datetime
+    chosen_serving: dict | None = None  # how each answer was served (ResponseOut.serving); None for a correction
+    rejected_serving: dict | None = None
 
 
 @dataclass(frozen=True)

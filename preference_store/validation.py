@@ -5,7 +5,9 @@ Everything here runs before a transaction writes anything, so a refused judgment
 
 from __future__ import annotations
 
-from training.config import STAGES
+import json
+
+from training.stages.registry import is_stage, stage_names
 from training.errors import UserError
 
 from preference_store.records import (
@@ -62,9 +64,17 @@ def checkpoint_id(run_id: str, stage: str) -> str:
     """``"<run_id>/<stage>"`` after checking both parts."""
     if not isinstance(run_id, str) or not run_id.strip() or "/" in run_id or len(run_id) > 200:
         raise PreferenceStoreError(f"run id {run_id!r} must be 1-200 characters without '/'")
-    if stage not in STAGES:
-        raise PreferenceStoreError(f"unknown stage {stage!r} of run {run_id}: stages are {', '.join(STAGES)}")
+    if not is_stage(stage):
+        raise PreferenceStoreError(f"unknown stage {stage!r} of run {run_id}: stages are {', '.join(stage_names())}")
     return f"{run_id}/{stage}"
+
+
+def is_json_object(value) -> bool:
+    """Whether ``value`` is a dict the database's JSON columns can store."""
+    try:
+        return isinstance(value, dict) and isinstance(json.loads(json.dumps(value)), dict)
+    except (TypeError, ValueError):
+        return False
 
 
 def check_comparison(comparison: ComparisonIn, max_chars: int) -> None:
@@ -90,6 +100,9 @@ def check_comparison(comparison: ComparisonIn, max_chars: int) -> None:
         check_text(response.text, f"answer {label} ({response.checkpoint_id})", max_chars, allow_empty=True)
         if not isinstance(response.decoding, dict):
             raise PreferenceStoreError(f"answer {label}: decoding settings must be a dict")
+        if response.serving is not None and not is_json_object(response.serving):
+            raise PreferenceStoreError(f"answer {label}: how it was served must be None or a dict of JSON values "
+                                       f"(e.g. {{'mode': 'exact'}}), got {response.serving!r}")
 
 
 def judgment_kind(judgment: JudgmentIn) -> str:

@@ -64,7 +64,7 @@ def tiny_run(tmp_path_factory, tiny_data_home) -> tuple[Path, str]:
 @pytest.fixture
 def make_pool():
     """``make_pool(cfg, **options)``: a model pool whose worker processes stop when the test ends."""
-    from app.model_pool import ModelPool
+    from app.serving.pool import ModelPool
 
     pools = []
 
@@ -126,7 +126,7 @@ def app_home(tiny_run, tmp_path, use_home) -> tuple[Path, str]:
 
 @pytest.fixture
 def start_app(tmp_path):
-    """Start the real app, ``python -m training app --profile tiny``, on a free localhost port for a work
+    """Start the real app, ``python -m chimed app --profile tiny``, on a free localhost port for a work
     directory: ``url = start_app(home)``. It is stopped when the test ends; its output is in
     ``tmp_path/app-N.log`` and in the failure message when it does not come up."""
     import socket
@@ -145,7 +145,7 @@ def start_app(tmp_path):
         env.pop("CHIMED_DATABASE_URL", None)
         log_path = tmp_path / f"app-{len(started)}.log"
         log = log_path.open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "training", "app", "--profile", "tiny", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],
                                 cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
         started.append((proc, log))

@@ -19,8 +19,11 @@ from app.leaderboard_tab import leaderboard_view
 from app.main import build_app
 from app.runs_tab import run_view
 from preference_store.repository import PreferenceStore
-from training.config import STAGES, load_config
+from training.config import load_config
+from training.stages.registry import stage_names
 from training.errors import UserError
+
+STAGES = stage_names()
 
 PROMPT = "高血压患者饮食上要注意什么？"
 
@@ -115,6 +118,22 @@ def test_blind_panels_are_shuffled_per_conversation_and_revealed_after_the_vote(
     arena.start(session, chosen, blind=False)
     assert [p.checkpoint_id for p in session.panels] == chosen
     assert session.header("A") == f"模型 A · {run_id}/base"
+
+
+@pytest.mark.parametrize("delta_bits", [None, 8])
+def test_every_recorded_answer_says_how_it_was_served(store, session, make_pool, app_home, delta_bits):
+    cfg = load_config("tiny", [] if delta_bits is None else [f"app.delta_bits={delta_bits}"])
+    arena = Arena(cfg, store, make_pool(cfg))
+    if delta_bits and arena.pool.device.type != "cpu":
+        pytest.skip("a model is held as a difference on CPU only")
+    _start(arena, session, app_home[1], blind=False)
+    _ask(arena, session, max_new_tokens=4, seed=3)
+    served = {r.checkpoint_id.rpartition("/")[2]: r.serving
+              for r in store.get_comparison(session.comparison_id).responses}
+    where = {"device": str(arena.pool.device), "dtype": str(arena.pool.dtype).removeprefix("torch.")}
+    assert served["base"] == {"mode": "exact"} | where
+    on_cpt = {"mode": "exact"} if delta_bits is None else {"mode": "delta", "bits": 8}
+    assert served["cpt"] == served["sft"] == served["dpo"] == on_cpt | where  # sft and dpo ride on cpt
 
 
 def test_four_answers_are_recorded_with_their_decoding_then_ranked_and_corrected(arena, session, store, app_home):

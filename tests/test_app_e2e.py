@@ -1,4 +1,4 @@
-"""End to end: the real app (``python -m training app``) on the tiny profile with the tiny run, driven
+"""End to end: the real app (``python -m chimed app``) on the tiny profile with the tiny run, driven
 by a real headless Chromium: log in, accept the notice, get four streamed answers, rank them, write a
 better answer, vote on a two-panel comparison, and find every judgment and its pairs in the database.
 

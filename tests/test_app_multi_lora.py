@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from app.multi_lora import MultiLora
+from app.serving.multi_lora import MultiLora
 from training.errors import UserError
 
 

@@ -15,12 +15,18 @@ import pytest
 import torch
 
 from app.contestants import resolve_contestants
-from app.model_pool import Decoding, PanelRequest
-from app.root_worker import RootWorker, weight_bytes
-from training.config import STAGES, load_config
+from app.serving.memory import weight_bytes
+from app.serving.model_process import ModelProcess
+from app.serving.pool import PanelRequest
+from app.serving.sampling import Decoding
+from tests.serving_helpers import next_token_logits, worker_pids
+from training.config import load_config
+from training.stages.registry import stage_names
 from training.errors import UserError
 from training.manifest import read_manifest
 from training.modeling import load_stage
+
+STAGES = stage_names()
 
 QUESTION = [{"role": "user", "content": "高血压患者饮食上要注意什么？"}]
 GREEDY = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
@@ -44,6 +50,7 @@ def _texts(pool, contestants, decoding, messages=QUESTION):
 
 
 def test_four_contestants_hold_one_model_and_a_difference(cfg, run, make_pool):
+    cfg = load_config("tiny", ["app.delta_bits=8"])  # cpt held as base + its 8-bit difference
     pool = make_pool(cfg)
     assert pool.preload(run) == [None] * 4
     roots = {os.path.basename(path): adapters for path, adapters in pool.loaded().items()}
@@ -57,7 +64,7 @@ def test_four_contestants_hold_one_model_and_a_difference(cfg, run, make_pool):
     memory = pool.worker_memory()
     (cache,) = {file for m in memory for file in m["mapped"]}  # both workers map the one file of base
     assert Path(cache).parent == cfg.home / "cache" / "serving"
-    pids = pool.worker_pids()
+    pids = worker_pids(pool)
     assert len(set(pids)) == 2 and os.getpid() not in pids  # each full model in a process of its own
     for pid in pids:  # ... reading the same physical pages of that file
         resident, shared = _mapped_pages(pid, cache)
@@ -88,7 +95,7 @@ def _assert_served_as_merged(pool, contestants, exact=True):
     with a full model held as an 8-bit difference, pick the same token and stay within 2% of the logits'
     range)."""
     for contestant in contestants:
-        served = pool.next_token_logits(contestant, QUESTION)
+        served = next_token_logits(pool, contestant, QUESTION)
         model, tokenizer = load_stage(contestant.run_dir, contestant.stage, device="cpu")
         ids = torch.tensor([tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True)["input_ids"]])
         with torch.inference_mode():
@@ -113,7 +120,7 @@ def test_served_stages_match_the_merged_checkpoints(app_home, delta_bits, make_p
 
 
 def test_an_unknown_delta_setting_is_refused(app_home):
-    from app.model_pool import ModelPool
+    from app.serving.pool import ModelPool
 
     with pytest.raises(UserError, match="app.delta_bits=4"):
         ModelPool(load_config("tiny", ["app.delta_bits=4"]))
@@ -170,7 +177,7 @@ def test_a_resumed_run_shares_the_weights_it_reused(cfg, app_home, run, make_poo
     both = resolve_contestants(cfg, [f"{run_id}/dpo", "resumed/dpo"])
     assert pool.preload(both) == [None, None]
     assert len(pool.loaded()) == 1  # one cpt in memory for both runs
-    pool = make_pool(cfg)
+    pool = make_pool(load_config("tiny", ["app.delta_bits=8"]))
     assert pool.preload(resolve_contestants(cfg, ["resumed/cpt", f"{run_id}/base"])) == [None, None]
     # the resumed run's cpt is held on its own base's weights: one file with the first run's base
     assert len({file for m in pool.worker_memory() for file in m["mapped"]}) == 1
@@ -188,7 +195,7 @@ def test_a_model_process_that_dies_fails_its_panels_and_is_started_again(cfg, ru
     pool = make_pool(cfg)
     expected = _texts(pool, run, GREEDY)
     (cpt_root,) = [path for path in pool.loaded() if os.path.basename(path) == "cpt"]
-    pids = dict(zip(pool.loaded(), pool.worker_pids()))
+    pids = dict(zip(pool.loaded(), worker_pids(pool)))
     long = Decoding(temperature=1.0, top_p=1.0, max_new_tokens=4000, seed=5)
     generation = pool.generate([PanelRequest(c, QUESTION) for c in run], long)
     deadline = time.monotonic() + 120
@@ -202,12 +209,12 @@ def test_a_model_process_that_dies_fails_its_panels_and_is_started_again(cfg, ru
     assert failed and all("stopped" in a.error and "loaded again" in a.error for a in failed)
     assert all(a.n_tokens > 0 for a in answers[1:] if not a.error)  # one finished before the kill keeps its text
     assert _texts(pool, run, GREEDY) == expected  # the next question starts a new process
-    assert pids[cpt_root] not in pool.worker_pids()
+    assert pids[cpt_root] not in worker_pids(pool)
 
 
 def test_a_reader_that_fails_mid_answer_leaves_the_model_process_ready(run):
     cpt = str(run[1].run_dir / "cpt")
-    worker = RootWorker(cpt, "cpu", torch.float32, threads=1, trust_remote_code=False, setting="cpt")
+    worker = ModelProcess(cpt, "cpu", torch.float32, threads=1, trust_remote_code=False, setting="cpt")
     try:
         calls = []
 
@@ -253,9 +260,9 @@ def test_models_beyond_the_limit_are_dropped_when_idle_and_loaded_again_when_ask
     expected = _texts(make_pool(cfg), run, GREEDY)
     pool = make_pool(cfg, max_loaded_models=1)
     assert pool.preload(run) == [None] * 4
-    assert len(pool.loaded()) == 1 and len(pool.worker_pids()) == 1  # the other model's process has ended
+    assert len(pool.loaded()) == 1 and len(worker_pids(pool)) == 1  # the other model's process has ended
     assert _texts(pool, run[:1], GREEDY) + _texts(pool, run[1:], GREEDY) == expected
     deadline = time.monotonic() + 30  # (the answering thread drops the idle model after the answers are out)
-    while len(pool.worker_pids()) > 1 and time.monotonic() < deadline:
+    while len(worker_pids(pool)) > 1 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(pool.worker_pids()) == 1 and os.path.basename(next(iter(pool.loaded()))) == "cpt"
+    assert len(worker_pids(pool)) == 1 and os.path.basename(next(iter(pool.loaded()))) == "cpt"

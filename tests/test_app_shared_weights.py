@@ -1,4 +1,4 @@
-"""How the pool's workers hold full models on CPU (app/shared_weights.py): mapped from one cache file, and
+"""How the pool's workers hold full models on CPU (app/serving/shared_weights.py): mapped from one cache file, and
 a model trained from another as that model plus an 8-bit difference."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from app.root_worker import weight_bytes_by_origin
-from app.shared_weights import DeltaEmbedding, DeltaLinear, DeltaMismatch, hold_as_delta, map_weights
+from app.serving.memory import weight_bytes_by_origin
+from app.serving.shared_weights import DeltaEmbedding, DeltaLinear, DeltaMismatch, hold_as_delta, map_weights
 
 IDS = torch.tensor([[3, 17, 42, 5, 99, 8]])
 

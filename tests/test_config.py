@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.cli import main
+from chimed import main
 from training.config import load_config
 from training.errors import UserError
 

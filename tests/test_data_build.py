@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli import main
+from chimed import main
 from training.config import load_config
 from training.data.build import OUTPUTS, build_chimed, data_is_built
 from training.data.knowledge import choose_entities, split_by_entity

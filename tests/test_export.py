@@ -11,13 +11,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from app.contestants import resolve_contestants
-from app.model_pool import Decoding, PanelRequest
-from training.cli import main
+from app.serving.pool import PanelRequest
+from app.serving.sampling import Decoding
+from chimed import main
 from training.config import load_config
 from training.evaluation.report import NOTICE
 from training.export import export_stage
 from training.manifest import read_manifest
 from training.modeling import load_stage
+from tests.serving_helpers import next_token_logits
 
 CONVERSATION = [{"role": "user", "content": "头痛怎么办？"},
                 {"role": "assistant", "content": "多休息，必要时就医。"},
@@ -48,7 +50,7 @@ def test_an_export_loads_in_plain_transformers_and_answers_as_the_arena_serves(a
     # app.delta_bits=8 it holds cpt as base + an 8-bit difference, an approximation by design)
     cfg = load_config("tiny", ["app.delta_bits=0"])
     pool = make_pool(cfg)
-    served = pool.next_token_logits(contestant, CONVERSATION)
+    served = next_token_logits(pool, contestant, CONVERSATION)
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
     assert torch.allclose(logits, served, atol=1e-4), (logits - served).abs().max()

@@ -19,7 +19,7 @@ from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore
 from training.config import load_config
 from training.evaluation.evaluate import evaluate_run
-from training.pipeline import train_all
+from chimed import train_and_register as train_all
 
 REPO = Path(__file__).resolve().parents[1]
 # prompts a clinician might try; answers are taken from the tiny build's held-out QA references
@@ -40,7 +40,7 @@ def _start_app(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, CHIMED_HOME=str(home))
     env.pop("CHIMED_DATABASE_URL", None)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "training", "app", "--profile", "tiny", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],
                             cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from tests.layouts import LAYOUTS, chinese_lines, native_twin, sentencepiece_ids, write_tiny_checkpoint
 from training import model_import
-from training.cli import main
+from chimed import main
 from training.errors import UserError
 from training.model_import import convert_checkpoint, detect_layout
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.layouts import LAYOUTS, write_tiny_checkpoint
-from training.cli import main as cli_main
+from chimed import main as cli_main
 from training.config import load_config
 from training.manifest import read_manifest_at
 from training.pipeline import train_all
@@ -133,7 +133,7 @@ def test_one_conversation_has_the_same_token_ids_in_sft_dpo_the_evaluation_and_t
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from app.model_pool import ModelPool
+    from app.serving.pool import ModelPool
     from training.evaluation.loglik import make_request, token_ids
     from training.evaluation.preference import answer_text
     from training.evaluation.prompts import conversation_prompt

@@ -9,12 +9,11 @@ import sqlite3
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from preference_store import repository
 from preference_store.pairs import expand_ranking_to_pairs
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn, Scores
-from preference_store.repository import PreferenceStore
+from preference_store.repository import PreferenceStore, judgments
 from preference_store.validation import PreferenceStoreError, UnknownCheckpointError
-from training.cli import main as cli_main
+from chimed import main as cli_main
 from training.config import StoreConfig
 from training.errors import UserError
 
@@ -198,7 +197,7 @@ def test_judgment_of_an_unknown_comparison_is_refused(pref_store):
 def test_a_failure_half_way_through_a_judgment_writes_none_of_it(pref_store, monkeypatch):
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
     # every pair gets the same id, so the second pair's insert fails after the judgment row was written
-    monkeypatch.setattr(repository, "new_pair_id", lambda: "clin-same")
+    monkeypatch.setattr(judgments, "new_pair_id", lambda: "clin-same")
     with pytest.raises(Exception):
         pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, ranking={"A": 1, "B": 2, "C": 3},
                                               scores={"A": Scores(safety=5)}))
@@ -209,7 +208,7 @@ def test_a_failure_half_way_through_a_judgment_writes_none_of_it(pref_store, mon
 def test_a_locked_database_is_retried_and_not_reported(pref_store, monkeypatch):
     cmp = compare(pref_store)
     calls = []
-    real = repository.expand_judgment_to_pairs
+    real = judgments.expand_judgment_to_pairs
 
     def locked_twice(*args, **kwargs):
         calls.append(1)
@@ -217,7 +216,7 @@ def test_a_locked_database_is_retried_and_not_reported(pref_store, monkeypatch):
             raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(repository, "expand_judgment_to_pairs", locked_twice)
+    monkeypatch.setattr(judgments, "expand_judgment_to_pairs", locked_twice)
     out = pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, choice="B"))
     assert len(calls) == 3 and len(out.pair_ids) == 1
     assert counts(pref_store) == (1, 1, 1)

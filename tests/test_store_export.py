@@ -14,14 +14,14 @@ import pytest
 from preference_store.deid import deidentify
 from preference_store.export import export_pairs
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
-from training.cli import main as cli_main
+from chimed import main as cli_main
 from training.config import load_config
 from training.errors import UserError
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.json").read_text(encoding="utf-8"))
 RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
 PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",
-                   "chosen_checkpoint", "rejected_checkpoint", "judged_at"}
+                   "chosen_checkpoint", "rejected_checkpoint", "chosen_serving", "rejected_serving", "judged_at"}
 
 
 def judge(store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment):

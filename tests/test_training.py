@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.cli import main as cli_main
+from chimed import main as cli_main
 from training.config import load_config
 from training.manifest import latest_run, list_runs, read_manifest, sha256_file
 from training.modeling import load_stage, load_tokenizer
 from training.data.files import read_jsonl
-from training.stages.common import stage_paths
+from training.stages.paths import stage_paths
 
 MANIFEST_KEYS = {"run_id", "profile", "created", "config_sha256", "data_sha256", "stages", "dpo_pair_ids",
                  "parent_run"}

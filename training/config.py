@@ -22,7 +22,6 @@ from training.errors import UserError
 
 PROFILES = ("tiny", "demo", "paper")
 CONFIG_DIR = Path(__file__).parent / "configs"
-STAGES = ("base", "cpt", "sft", "dpo")
 
 
 @dataclass
@@ -88,8 +87,35 @@ class DataConfig:
     collected_pairs_dir: str = "collected_pairs"  # relative to CHIMED_HOME; the app's exports land here
 
 
+def check_lr_scheduler(name: str, where: str) -> None:
+    """A scheduler named in a profile or an override must be one of transformers' ``SchedulerType``."""
+    from transformers import SchedulerType  # loads torch (seconds): only when a scheduler is named
+
+    names = [s.value for s in SchedulerType]
+    if name not in names:
+        raise UserError(f"config: {where}={name!r} is not a learning-rate scheduler: choose one of {', '.join(names)}")
+
+
 @dataclass
-class ModelConfig:
+class TrainingSchedule:
+    """The optimizer schedule of a section that trains (model: the base's pretraining; cpt, sft, dpo).
+
+    Each section overrides only the defaults its stage differs in; together they are the paper's table.
+    """
+
+    learning_rate: float = 2e-5  # paper: sft and dpo
+    epochs: float = 3.0  # paper: cpt and sft
+    max_steps: int = -1  # > 0: this many optimizer steps, whatever the epochs
+    warmup_ratio: float = 0.05  # paper: every stage
+    weight_decay: float = 0.01  # paper: cpt
+    per_device_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    # transformers' SchedulerType; cosine, as every stage of the paper's recipe trains
+    lr_scheduler_type: str = field(default="cosine", metadata={"check": check_lr_scheduler})
+
+
+@dataclass
+class ModelConfig(TrainingSchedule):
     """The general base model: pretrained here (tiny/demo) or a local HF checkpoint (paper)."""
 
     path: str = ""  # a local Hugging Face causal-LM directory; empty = pretrain one here
@@ -106,15 +132,10 @@ class ModelConfig:
     num_attention_heads: int = 4
     num_key_value_heads: int = 4
     max_position_embeddings: int = 1024
-    # pretraining of the general base, on the general corpus only
+    # pretraining of the general base, on the general corpus only (schedule: TrainingSchedule's, but these)
     block_size: int = 256
-    epochs: float = 1.0
-    max_steps: int = -1
     learning_rate: float = 1e-3
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
-    per_device_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
+    epochs: float = 1.0
 
 
 @dataclass
@@ -128,15 +149,12 @@ class LoraConfig:
 
 
 @dataclass
-class CptConfig:
+class CptConfig(TrainingSchedule):
     """Domain continued pre-training: next-token prediction on packed blocks of ChiMed-CPT."""
 
     block_size: int = 1024
+    # schedule: TrainingSchedule's, but the paper's DCPT lr and batch (1 per GPU x 8 accumulated)
     learning_rate: float = 2e-4
-    epochs: float = 3.0
-    max_steps: int = -1
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
     per_device_batch_size: int = 1
     gradient_accumulation_steps: int = 8
     # each medical record of ChiMed-CPT enters an epoch this many times, its general records once: with a
@@ -148,32 +166,25 @@ class CptConfig:
 
 
 @dataclass
-class SftConfig:
+class SftConfig(TrainingSchedule):
     """Supervised fine-tuning with LoRA, loss on assistant tokens only."""
 
     max_source_length: int = 256
     max_target_length: int = 256
-    learning_rate: float = 2e-5
-    epochs: float = 3.0
-    max_steps: int = -1
-    warmup_ratio: float = 0.05
+    # schedule: TrainingSchedule's, but the paper's SFT weight decay
     weight_decay: float = 0.05
     per_device_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=32, dropout=0.05))
 
 
 @dataclass
-class DpoConfig:
+class DpoConfig(TrainingSchedule):
     """Direct preference optimization with LoRA; the reference is the SFT model (adapter disabled)."""
 
     beta: float = 0.1
-    learning_rate: float = 2e-5
+    # schedule: TrainingSchedule's, but one epoch, no weight decay, the paper's batch (8 per GPU x 4)
     epochs: float = 1.0
-    max_steps: int = -1
-    warmup_ratio: float = 0.05
     weight_decay: float = 0.0
-    per_device_batch_size: int = 8
     gradient_accumulation_steps: int = 4
     max_length: int = 512
     # weight of an SFT loss on the chosen answer added to the DPO loss (RPO, Pang et al. 2024; TRL's
@@ -247,6 +258,9 @@ class DecodingConfig:
     top_p: float = 0.9
     max_new_tokens: int = 256
     seed: int = -1  # -1 = a fresh random seed for each comparison (the seed used is stored with the answers)
+    # the bounds of the Compare tab's sliders and of every comparison's settings (API calls included)
+    max_temperature: float = 2.0  # beyond it the answers are noise
+    max_new_tokens_limit: int = 4096  # a typo in the settings should not keep a model busy for an hour
 
 
 @dataclass
@@ -268,15 +282,16 @@ class AppConfig:
     # on a few cores one thread each beats several threads per panel spin-waiting for each other (10-100x
     # slower on a busy 2-core machine)
     cpu_threads: int = 1
-    # CPU: a full model trained from another one the pool serves (a run's cpt from its base) is held as
-    # that model's weights, shared between the worker processes, plus its difference in 8 bits (a quarter
-    # of a model's bytes; the demo's exam scores are unchanged, BENCHMARKS.md "Serving"); 0 = held whole
-    delta_bits: int = 8
+    # CPU: 0 = every model held whole, so clinicians judge exactly the checkpoint the evaluation scored;
+    # 8 = a full model trained from another one the pool serves (a run's cpt from its base) is held as that
+    # model's weights, shared between the worker processes, plus its difference in 8 bits (a quarter of a
+    # model's bytes; the demo's exam scores are unchanged, BENCHMARKS.md "Serving"). Stored with each answer.
+    delta_bits: int = 0
 
 
 @dataclass
 class Config:
-    profile: str = "paper"
+    profile: str = "demo"  # what ./launch.sh and every command use when --profile is not given
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -363,7 +378,8 @@ def _coerce(value, tp, where: str):
 
 def _build(cls, values: dict, where: str = ""):
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     unknown = sorted(set(values) - names)
     if unknown:
         prefix = f"{where}." if where else ""
@@ -381,6 +397,8 @@ def _build(cls, values: dict, where: str = ""):
             kwargs[name] = dataclasses.replace(_field_default(cls, name), **given)
         else:
             kwargs[name] = _coerce(value, hints[name], key)
+            if "check" in fields[name].metadata:  # a value only a library can tell apart (a scheduler name)
+                fields[name].metadata["check"](kwargs[name], key)
     return cls(**kwargs)  # sections and keys not mentioned keep their defaults
 
 
@@ -412,7 +430,7 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def load_config(profile: str = "tiny", overrides: list[str] | None = None) -> Config:
+def load_config(profile: str = "demo", overrides: list[str] | None = None) -> Config:
     """Resolve a profile plus ``key=value`` overrides into a :class:`Config`."""
     if profile not in PROFILES:
         raise UserError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")

@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,10 +27,12 @@ from pathlib import Path
 import torch
 
 from training.config import Config
+from training.data.files import directory_written_atomically
 from training.errors import UserError
-from training.evaluation.report import COLUMNS, NOTICE, STAGE_WHAT, format_value
+from training.evaluation.report import COLUMNS, NOTICE, format_value
 from training.manifest import list_runs, read_manifest_at, run_dir
 from training.modeling import default_device, default_dtype, load_stage, stage_chain, trust_remote_code
+from training.stages.registry import get_stage
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXPORT_INFO = "export.json"
@@ -82,24 +81,12 @@ def export_stage(cfg: Config, run_id: str, stage: str, out: str | Path, dtype: s
                       trust_remote_code=type(model).is_remote_code(),
                       exported=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as err:
-        raise UserError(f"cannot write the export beside --out {out} ({err.strerror}): "
-                        "choose a directory you can write to") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        partial.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export gets the usual permissions
+    with directory_written_atomically(out, force) as partial:
         model.save_pretrained(partial)  # always safetensors in transformers 5
         tokenizer.save_pretrained(partial)
         (partial / "README.md").write_text(model_card(provenance), encoding="utf-8")
         (partial / EXPORT_INFO).write_text(json.dumps(provenance, ensure_ascii=False, indent=2) + "\n",
                                            encoding="utf-8")
-        _move_into_place(partial, out, force)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # gone already when it was renamed into place
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return ExportResult(out=out, size_bytes=size, provenance=provenance)
 
@@ -135,23 +122,6 @@ def _parse_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _move_into_place(partial: Path, out: Path, force: bool) -> None:
-    """Rename the finished export to ``out``; with ``force`` an existing ``out`` is set aside first and
-    removed only after the rename, so ``out`` is always either the old export or the new one."""
-    old = None
-    if out.exists() or out.is_symlink():
-        if not force:  # it appeared while this export was being written
-            raise UserError(f"--out {out} already exists: choose another directory, or pass --force to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
-        os.rename(out, old)
-    os.rename(partial, out)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)  # (a symlink set aside is removed, not followed)
-
-
-# --- provenance and the model card ------------------------------------------------------------------
-
-
 def stage_provenance(run_path: Path, manifest: dict, stage: str) -> dict:
     """Where the stage comes from: run, chain of checkpoints merged, base model, data, pairs, metrics."""
     chain = stage_chain(run_path, stage)
@@ -176,7 +146,7 @@ def stage_provenance(run_path: Path, manifest: dict, stage: str) -> dict:
         "training_metrics": manifest["stages"][stage].get("metrics") or {},
         "eval_metrics": _eval_metrics(run_path, stage),
     }
-    if stage == "dpo":
+    if get_stage(stage).preference:
         pair_ids = manifest.get("dpo_pair_ids", [])
         provenance["dpo_pairs"] = len(pair_ids)
         provenance["dpo_pair_ids_sha256"] = hashlib.sha256("\n".join(sorted(pair_ids)).encode()).hexdigest()
@@ -231,7 +201,7 @@ def model_card(p: dict) -> str:
         "---\nlibrary_name: transformers\nlanguage:\n- zh\ntags:\n- medical\n- chimed-arena\n---",
         f"# ChiMed Arena run {p['run_id']}: {p['stage']}",
         f"> {NOTICE}",
-        f"This is {STAGE_WHAT.get(p['stage'], p['stage'])}, exported as one standalone checkpoint "
+        f"This is {get_stage(p['stage']).description}, exported as one standalone checkpoint "
         f"({describe_chain(p['chain'])}). Prompts use the run's chat template (问：/答： turns); "
         "generation stops at the tokenizer's end-of-sequence token, as in the arena.",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"

@@ -17,9 +17,10 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from training.config import STAGES, Config
+from training.config import Config
 from training.data.files import sha256_file, write_json_atomic
 from training.errors import UserError
+from training.stages.registry import stage_names
 
 MANIFEST = "manifest.json"
 RUN_STATE = "run_state.json"  # {"requested_stages": [...], "complete": bool}; pipeline bookkeeping
@@ -55,7 +56,7 @@ def stage_entry(path: str, kind: str, parent: str | None, metrics: dict) -> dict
 def write_manifest(run_path: Path, manifest: dict) -> None:
     """Atomically (re)write ``run_path/manifest.json``; stages are kept in pipeline order."""
     manifest = dict(manifest)
-    manifest["stages"] = {s: manifest["stages"][s] for s in STAGES if s in manifest["stages"]}
+    manifest["stages"] = {s: manifest["stages"][s] for s in stage_names() if s in manifest["stages"]}
     write_json_atomic(run_path / MANIFEST, manifest)
 
 

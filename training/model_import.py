@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from training.data.files import current_umask, directory_written_atomically
 from training.errors import UserError
 
 LAYOUTS = ("native", "baichuan", "baichuan2", "baichuan-alibi", "remote")
@@ -89,8 +89,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, force: bool = False) ->
     files = weight_files(src)
     norm_head = layout == "baichuan2"
 
-    partial = _make_partial(out)
-    try:
+    with directory_written_atomically(out, force) as partial:
         llama.dtype = _convert_weights(files, llama, partial, norm_head=norm_head)
         llama.save_pretrained(partial)
         _generation_config(src, config).save_pretrained(partial)
@@ -105,9 +104,6 @@ def convert_checkpoint(src: str | Path, out: str | Path, force: bool = False) ->
         }
         (partial / CONVERSION_INFO).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
-        _move_into_place(partial, out, force)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # gone already when it was renamed into place
     return record
 
 
@@ -282,7 +278,7 @@ def _convert_weights(files: list[Path], llama, out: Path, norm_head: bool) -> to
         if pending:
             name = f"shard-{len(shards):05d}.safetensors"
             save_file(pending, out / name, metadata={"format": "pt"})
-            (out / name).chmod(0o666 & ~_umask())  # safetensors creates it private
+            (out / name).chmod(0o666 & ~current_umask())  # safetensors creates it private
             shards.append(dict.fromkeys(pending, name))
         pending, pending_bytes = {}, 0
 
@@ -452,34 +448,3 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
     target, source = out.resolve(), src.resolve()
     if target == source or source.is_relative_to(target) or target.is_relative_to(source):
         raise UserError(f"--out {out} overlaps the source checkpoint {src}: write the import elsewhere")
-
-
-def _make_partial(out: Path) -> Path:
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    except OSError as err:
-        message = f"cannot write beside --out {out} ({err.strerror}): choose a directory you can write to"
-        raise UserError(message) from None
-    partial.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the checkpoint gets the usual permissions
-    return partial
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _move_into_place(partial: Path, out: Path, force: bool) -> None:
-    """Rename ``partial`` to ``out``; with ``force`` an existing ``out`` is set aside first and removed
-    only after the rename, so ``out`` is always either the old checkpoint or the new one."""
-    old = None
-    if out.exists() or out.is_symlink():
-        if not force:  # it appeared while the import was being written
-            raise UserError(f"--out {out} already exists: choose another directory, or pass --force to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
-        os.rename(out, old)
-    os.rename(partial, out)
-    if old is not None:
-        shutil.rmtree(old.parent, ignore_errors=True)

@@ -7,9 +7,13 @@ config and seed give byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from training.errors import UserError
@@ -69,3 +73,38 @@ def stable_hash(*parts: object) -> int:
     """A 64-bit hash of ``parts`` that, unlike ``hash()``, is the same in every process."""
     text = "\x1f".join(str(p) for p in parts)
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+@contextlib.contextmanager
+def directory_written_atomically(out: Path, force: bool) -> Iterator[Path]:
+    """``with directory_written_atomically(out, force) as partial:`` fill ``partial`` (beside ``out``); it is
+    renamed to ``out`` when the block ends without an error, else removed. With ``force`` an existing ``out`` is
+    set aside first and deleted only after the rename, so ``out`` is always the old directory or the new one;
+    without it an existing ``out`` is a one-line error."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as err:
+        raise UserError(f"cannot write beside --out {out} ({err.strerror}): choose a directory you can "
+                        "write to") from None
+    try:
+        partial.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a checkpoint gets the usual mode
+        yield partial
+        old = None
+        if out.exists() or out.is_symlink():
+            if not force:  # it appeared while this one was being written
+                raise UserError(f"--out {out} already exists: choose another directory, or pass --force to "
+                                "replace it")
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
+            os.rename(out, old)
+        os.rename(partial, out)
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)  # (a symlink set aside is removed, not followed)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already when it was renamed into place

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import STAGES, Config
+from training.config import Config
 from training.errors import UserError
 from training.evaluation import report
 from training.evaluation.exam import read_exam, score_exam, split_demonstrations
@@ -31,12 +31,12 @@ from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
 from training.data.files import (read_jsonl, sha256_file, sha256_json, write_json_atomic, write_jsonl_atomic,
                                  write_text_atomic)
+from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
+from training.stages.registry import get_stage, stage_names
 
 # bump when what a metric means changes, so cached measurements are recomputed
 EVAL_VERSION = 1
-# the stage that is scored by its implicit DPO reward; its reference is its parent in the manifest
-DPO_STAGE = "dpo"
 PREF_SETS = ("pref", "pref_clinician")
 
 
@@ -68,7 +68,7 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
     manifest = read_manifest(cfg, run_id)
     if compare:
         read_manifest(cfg, compare)  # a wrong id stops here, not after the whole evaluation
-    stages = [s for s in STAGES if s in manifest["stages"]]
+    stages = [s for s in stage_names() if s in manifest["stages"]]
     if not stages:
         raise UserError(f"run {run_id} has no finished stage to evaluate: train it with ./launch.sh train-all")
     sets = load_eval_sets(cfg)
@@ -256,13 +256,11 @@ def stage_metrics(measured: dict[str, dict], stage: str, reference: str | None, 
 
 
 def _reference_of(manifest: dict, stage: str) -> str | None:
-    return manifest["stages"][stage].get("parent") if stage == DPO_STAGE else None
+    return manifest["stages"][stage].get("parent") if get_stage(stage).preference else None
 
 
 def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str | None:
     """What a stage's measurements depend on; None (no caching) when the stage has no recorded fingerprint."""
-    from training.pipeline import recorded_fingerprint
-
     fingerprint = recorded_fingerprint(run_path, stage)
     if not fingerprint:
         return None
@@ -277,8 +275,6 @@ def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str |
 
 def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) -> None:
     """results.json, results.md, stages.png and a model card in every stage directory."""
-    from training.pipeline import STAGE_SECTION
-
     out_dir = run_path / "eval"
     write_json_atomic(out_dir / "results.json", results)
     write_text_atomic(out_dir / "results.md", report.results_markdown(results))
@@ -288,7 +284,7 @@ def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) ->
     stats_path = cfg.data_dir / "stats.json"
     stats = json.loads(stats_path.read_text(encoding="utf-8")) if stats_path.is_file() else None
     for stage, metrics in results["stages"].items():
-        card = report.model_card(results["run_id"], stage, manifest, metrics, config, stats, STAGE_SECTION[stage])
+        card = report.model_card(results["run_id"], stage, manifest, metrics, config, stats, get_stage(stage).section)
         stage_dir = run_path / manifest["stages"][stage]["path"]
         # a linked base (paper profile) is the user's own model directory: its card stays in eval/
         target = out_dir / f"model_card_{stage}.md" if stage_dir.is_symlink() else stage_dir / "README.md"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from training.stages.registry import get_stage
+
 NOTICE = ("**Research and education only.** These models and their outputs are not medical advice and must "
           "not be used for diagnosis or treatment.")
 
@@ -29,13 +31,6 @@ COLUMNS = [
 NOT_FRACTIONS = {"general_ppl", "exam_n"}
 CHART_METRICS = ["exam_acc", "exam_acc_0shot", "bleu1", "rouge1", "rougeL", "distinct2", "pref_acc",
                  "pref_acc_clinician"]
-STAGE_WHAT = {
-    "base": "the general base model (pretrained here on general Chinese text only, or the local checkpoint the "
-            "paper profile starts from)",
-    "cpt": "domain continued pre-training (next-token prediction on ChiMed-CPT) of the base model",
-    "sft": "supervised fine-tuning (LoRA, loss on assistant tokens) of the CPT model on ChiMed-SFT",
-    "dpo": "direct preference optimization (LoRA, reference = the SFT model) on ChiMed-DPO",
-}
 
 
 def format_value(key: str, value) -> str:
@@ -130,7 +125,7 @@ def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: d
     parts = [
         f"# ChiMed Arena run {run_id}: {stage}",
         f"> {NOTICE}",
-        f"This checkpoint is {STAGE_WHAT.get(stage, stage)}; it holds {kind}. Profile `{manifest.get('profile')}`"
+        f"This checkpoint is {get_stage(stage).description}; it holds {kind}. Profile `{manifest.get('profile')}`"
         + (f"; the run continues run `{manifest['parent_run']}` (its earlier stages reused)"
            if manifest.get("parent_run") else "") + ".",
         "Load it (adapters merged):\n\n```python\nfrom training.modeling import load_stage\n"
@@ -146,7 +141,7 @@ def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: d
     shared = {k: config.get("train", {}).get(k) for k in ("seed", "bf16", "deepspeed_zero_stage")}
     parts.append(f"## Hyper-parameters (`{section}` section of the run's config)\n\n```json\n"
                  + json.dumps({**hyper, "train": shared}, ensure_ascii=False, indent=2) + "\n```")
-    if manifest.get("dpo_pair_ids") and stage == "dpo":
+    if manifest.get("dpo_pair_ids") and get_stage(stage).preference:
         parts.append(f"Trained on {len(manifest['dpo_pair_ids'])} preference pairs (ids in the run's manifest).")
     if stats:
         parts.append("## Data (ChiMed, from `data/chimed/stats.json`; all tables in `stats.md`)\n\n"

@@ -3,13 +3,10 @@
 tiny/demo: train a byte-level BPE tokenizer on the training corpora (with the chat template's special
 tokens), then pretrain a LLaMA-architecture model from ``cfg.model`` on the general text only, so that it
 knows Chinese but not medicine. paper: the base is the local Hugging Face directory ``cfg.model.path``,
-linked into the run rather than copied (see :func:`link_base_model`).
+linked into the run or converted into it (``training/base_model.py``).
 """
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
 
@@ -17,13 +14,10 @@ from training.config import Config
 from training.data.files import read_jsonl
 from training.errors import UserError
 from training.modeling import BOS, CHAT_TEMPLATE, EOS, PAD, SPECIAL_TOKENS, UNK, load_tokenizer
-from training.stages.common import (
-    StagePaths,
-    finish_stage,
-    next_token_trainer,
-    process_state,
-    train_resumably,
-)
+from training.stages.arguments import process_state
+from training.stages.lifecycle import finish_stage, train_resumably
+from training.stages.packing import next_token_trainer
+from training.stages.paths import StagePaths
 
 # The builder marks general (non-medical) text with a "general" source prefix: the People's Daily and
 # product-review records of base.jsonl (ChiMed-CPT's general share is the front of it) and the general
@@ -108,14 +102,3 @@ def llama_config(cfg: Config, tokenizer) -> LlamaConfig:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-def link_base_model(cfg: Config, paths: StagePaths) -> None:
-    """paper: ``runs/<id>/base`` becomes a link to ``cfg.model.path`` (7B weights are not copied)."""
-    target = Path(cfg.model.path).expanduser().resolve()
-    if paths.final.is_symlink() or paths.final.exists():
-        if paths.final.is_symlink() and Path(os.readlink(paths.final)) == target:
-            return
-        raise FileExistsError(f"{paths.final} exists and is not a link to {target}")
-    paths.final.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink(target, paths.final, target_is_directory=True)

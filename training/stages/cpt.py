@@ -15,15 +15,12 @@ from peft import get_peft_model
 from training.config import Config
 from training.data.files import read_jsonl
 from training.modeling import load_stage
+from training.stages.arguments import training_dtype
 from training.stages.base import is_general_text
+from training.stages.lifecycle import finish_stage, train_resumably
 from training.stages.lora import describe_lora, lora_record, peft_lora_config
-from training.stages.common import (
-    StagePaths,
-    finish_stage,
-    next_token_trainer,
-    train_resumably,
-    training_dtype,
-)
+from training.stages.packing import next_token_trainer
+from training.stages.paths import StagePaths
 
 
 def training_texts(records: list[dict], medical_repeats: int) -> list[str]:
@@ -39,13 +36,13 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     texts = training_texts(records, cfg.cpt.medical_repeats)
 
     # model: the base, whole or with a LoRA adapter
-    model, tokenizer = load_stage(paths.run_dir, "base", device="cpu", dtype=training_dtype(cfg))
+    model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
     lora = None
     if cfg.cpt.use_lora:
         lora_config = peft_lora_config(cfg.cpt.lora, model, "cpt.lora.target_modules")
         model = get_peft_model(model, lora_config)
         lora = lora_record(model, lora_config)
-        print(describe_lora("cpt", lora), flush=True)
+        print(describe_lora(paths.stage, lora), flush=True)
 
     # trainer
     trainer = next_token_trainer(cfg, cfg.cpt, paths, model, tokenizer, texts)
@@ -53,5 +50,5 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     metrics.update(documents=len(records), medical_repeats=cfg.cpt.medical_repeats, lora=lora or False)
 
     # save: the full weights or the adapter, and the tokenizer with its chat template
-    finish_stage(paths, trainer.save_model, kind="lora" if cfg.cpt.use_lora else "full", parent="base",
+    finish_stage(paths, trainer.save_model, kind="lora" if cfg.cpt.use_lora else "full", parent=paths.parent,
                  fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())

@@ -17,15 +17,11 @@ from trl import DPOConfig, DPOTrainer
 from training.config import Config
 from training.data.files import read_jsonl, write_json_atomic
 from training.modeling import load_stage
+from training.stages.arguments import training_arguments, training_dtype
+from training.stages.callbacks import stage_callbacks
+from training.stages.lifecycle import finish_stage, train_resumably
 from training.stages.lora import describe_lora, lora_record, peft_lora_config
-from training.stages.common import (
-    StagePaths,
-    finish_stage,
-    stage_callbacks,
-    train_resumably,
-    training_arguments,
-    training_dtype,
-)
+from training.stages.paths import StagePaths
 
 
 def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
@@ -36,7 +32,7 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
                                  for p in pairs])
 
     # model: the SFT model, merged; DPOTrainer adds the LoRA adapter and uses the model without it as reference
-    model, tokenizer = load_stage(paths.run_dir, "sft", device="cpu", dtype=training_dtype(cfg))
+    model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]} if cfg.dpo.sft_weight \
         else {"loss_type": ["sigmoid"]}
     args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
@@ -52,7 +48,7 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
         callbacks=stage_callbacks(cfg, paths),
     )
     record = lora_record(trainer.model, lora)
-    print(describe_lora("dpo", record), flush=True)
+    print(describe_lora(paths.stage, record), flush=True)
     metrics = train_resumably(trainer, paths)
     metrics.update(lora=record, pairs=len(pairs), clinician_pairs=sum(1 for p in pairs if p.get("source") == "clinician"),
                    **_last_preference_metrics(trainer.state.log_history))
@@ -63,7 +59,7 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
         if trainer.is_world_process_zero():
             write_json_atomic(Path(out) / "pair_ids.json", [p["pair_id"] for p in pairs])
 
-    finish_stage(paths, save, kind="lora", parent="sft", fingerprint=fingerprint,
+    finish_stage(paths, save, kind="lora", parent=paths.parent, fingerprint=fingerprint,
                  metrics=metrics, is_main=trainer.is_world_process_zero())
 
 

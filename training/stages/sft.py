@@ -18,32 +18,28 @@ from trl import SFTConfig, SFTTrainer
 from training.config import Config
 from training.data.files import read_jsonl
 from training.modeling import load_stage
+from training.stages.arguments import training_arguments, training_dtype
+from training.stages.callbacks import stage_callbacks
+from training.stages.lifecycle import finish_stage, train_resumably
 from training.stages.lora import describe_lora, lora_record, peft_lora_config
-from training.stages.common import (
-    StagePaths,
-    finish_stage,
-    stage_callbacks,
-    train_resumably,
-    training_arguments,
-    training_dtype,
-)
+from training.stages.paths import StagePaths
 
 
 def run_sft_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     """Train the SFT LoRA adapter on ``runs/<id>/cpt`` into ``runs/<id>/sft``."""
     # inputs and model
     conversations = read_jsonl(cfg.data_dir / "sft.jsonl")
-    model, tokenizer = load_stage(paths.run_dir, "cpt", device="cpu", dtype=training_dtype(cfg))
+    model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
 
     # trainer
     trainer, lora = build_sft_trainer(cfg, paths, model, tokenizer, conversations)
-    print(describe_lora("sft", lora), flush=True)
+    print(describe_lora(paths.stage, lora), flush=True)
     metrics = train_resumably(trainer, paths)
     metrics.update(lora=lora, conversations=len(conversations),
                    multi_turn=sum(1 for r in conversations if _assistant_turns(r["messages"]) > 1))
 
     # save: the adapter and the tokenizer (with the chat template) beside it
-    finish_stage(paths, trainer.save_model, kind="lora", parent="cpt", fingerprint=fingerprint,
+    finish_stage(paths, trainer.save_model, kind="lora", parent=paths.parent, fingerprint=fingerprint,
                  metrics=metrics, is_main=trainer.is_world_process_zero())
 
 

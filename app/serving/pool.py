@@ -8,69 +8,44 @@ is an adapter on base when trained with ``cpt.use_lora``), ``sft/`` is a LoRA ad
   with ``--from dpo`` has, count as one), and
 - every LoRA stage as a named adapter (PEFT's format) on its root, each adapter's factors once: a
   contestant made of several adapters (dpo = sft + dpo) applies all of them, so its output is exactly
-  that of the merged model (:mod:`app.multi_lora`).
+  that of the merged model (:mod:`app.serving.multi_lora`).
 
-Each root lives in a worker process of its own (:mod:`app.root_worker`), so panels on different roots
-generate at the same time on separate cores. On CPU the workers map their weights from one cache file
-per model, so pages two workers read are held once, and a full model trained from another (a run's cpt
-from its base: the manifest's parent) is held as that model's weights plus an 8-bit difference
-(:mod:`app.shared_weights`, ``app.delta_bits``): a run's four contestants then hold about 1.4 times one
-model's weights instead of 2.1 (BENCHMARKS.md "Serving"). One comparison's panels that share a root are one batch
-in which each row applies its own adapters (one fused low-rank product per layer for all rows), so
-they stream concurrently instead of one after the other. Each root has a lock held while adapters are
-attached and while a batch generates: requests from several browser sessions are safe and queue per
-root. Every answer samples with its own seeded generator, so it depends on its seed only, not on the
-other panels or processes.
+Each root lives in a worker process of its own (:mod:`app.serving.model_process`), so panels on
+different roots generate at the same time on separate cores. On CPU the workers map their weights from
+one cache file per model, so pages two workers read are held once, and a full model trained from
+another (a run's cpt from its base: the manifest's parent) can be held as that model's weights plus an
+8-bit difference (:mod:`app.serving.shared_weights`, ``app.delta_bits: 8``; 0, the default, holds it
+whole and exact): a run's four contestants then hold about 1.4 times one model's weights instead of 2.1
+(BENCHMARKS.md "Serving"). Every answer says how it was served (``Answer.serving``); the arena stores
+that with it. One comparison's panels that share a root are one batch in which each row applies its
+own adapters (one fused low-rank product per layer for all rows), so they stream concurrently instead
+of one after the other. Each root has a lock held while adapters are attached and while a batch
+generates: requests from several browser sessions are safe and queue per root. Every answer samples
+with its own seeded generator, so it depends on its seed only, not on the other panels or processes.
 
 The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from app.contestants import Contestant
-from app.root_worker import RootWorker, cpu_slots, describe_error
-from app.shared_weights import DELTA_BITS, weights_identity
+from app.serving.memory import mapped_files
+from app.serving.model_process import ModelProcess, cpu_slots, describe_error
+from app.serving.sampling import Decoding
+from app.serving.shared_weights import DELTA_BITS, weights_identity
 from training.config import Config
 from training.errors import UserError
 from training.modeling import (default_device, default_dtype, stage_chain, stage_tokenizer, tokenizer_dir,
                                trust_remote_code)
-
-MAX_NEW_TOKENS_LIMIT = 4096  # a typo in the settings should not keep a model busy for an hour
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How one comparison's answers are sampled; stored with every answer."""
-
-    temperature: float  # 0 = greedy
-    top_p: float
-    max_new_tokens: int
-    seed: int  # the seed actually used (a random one is drawn before this is built)
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and 0 <= self.temperature <= 5):
-            raise UserError(f"temperature {self.temperature!r} must be between 0 (greedy) and 5")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise UserError(f"top-p {self.top_p!r} must be in (0, 1]")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) \
-                or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise UserError(f"max new tokens {self.max_new_tokens!r} must be an integer 1-{MAX_NEW_TOKENS_LIMIT}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise UserError(f"seed {self.seed!r} must be a non-negative integer")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -84,6 +59,9 @@ class Answer:
     n_tokens: int = 0
     first_token_s: float | None = None  # from the request to the first generated token
     latency_s: float | None = None  # from the request to the end of the answer
+    # how the model answering it is held: {"mode": "exact"} or {"mode": "delta", "bits": 8}, with "device"
+    # and "dtype"; set once its model is ready
+    serving: dict | None = None
 
 
 @dataclass
@@ -206,15 +184,6 @@ class PanelStreamer:
 # --- the pool ------------------------------------------------------------------------------------
 
 
-def mapped_files(memory: list[dict]) -> dict[str, int]:
-    """Cache file -> bytes of it mapped, over the workers' :meth:`ModelPool.worker_memory` (each file once)."""
-    files: dict[str, int] = {}
-    for m in memory:
-        for file, size in m["mapped"].items():
-            files[file] = max(files.get(file, 0), size)
-    return files
-
-
 @dataclass
 class _Root:
     """One full model, served by its worker process, with the adapters attached to it."""
@@ -223,7 +192,7 @@ class _Root:
     path: str
     reference: str | None = None  # the full model this one was trained from, held as it + a difference
     lock: threading.Lock = field(default_factory=threading.Lock)
-    worker: RootWorker | None = None
+    worker: ModelProcess | None = None
     slot: int | None = None  # the group of cores its worker keeps to (CPU serving)
     adapters: dict[tuple, str] = field(default_factory=dict)  # adapter weights identity -> adapter name
     last_used: float = 0.0
@@ -240,7 +209,7 @@ class _Root:
 
 
 @dataclass
-class _Served:
+class _Prepared:
     """A contestant ready on its root: the adapters to apply and its tokenizer."""
 
     adapters: tuple[str, ...]
@@ -295,10 +264,6 @@ class ModelPool:
                 memory.append(root.worker.request("memory"))
         return memory
 
-    def worker_pids(self) -> list[int]:
-        """Process ids of the loaded models' workers."""
-        return [r.worker.process.pid for r in self._loaded_roots()]
-
     def close(self) -> None:
         """Stop every worker process."""
         with self._lock:
@@ -314,7 +279,7 @@ class ModelPool:
             try:
                 root, chain = self._root_for(contestant)
                 with root.lock:
-                    self._serve(root, chain, contestant)
+                    self._prepare(root, chain, contestant)
                 errors.append(None)
             except Exception as err:  # noqa: BLE001 - reported per contestant, like a panel error
                 errors.append(describe_error(err))
@@ -342,23 +307,16 @@ class ModelPool:
                              name=f"generate:{Path(root.path).name}").start()
         return generation
 
-    def next_token_logits(self, contestant: Contestant, messages: list[dict]) -> torch.Tensor:
-        """The contestant's logits for the token after ``messages`` (as served here, adapters and all)."""
-        root, chain = self._root_for(contestant)
-        with root.lock:
-            served = self._serve(root, chain, contestant)
-            ids = self._encode(served.tokenizer, messages, limit=None)
-            return root.worker.request("logits", served.adapters, ids)
-
     def _answer_group(self, root: _Root, rows: list, generation: Generation) -> None:
         with root.lock:
             root.last_used = time.monotonic()
             ready = []
             for panel, request, chain in rows:
                 try:
-                    served = self._serve(root, chain, request.contestant)
+                    prepared = self._prepare(root, chain, request.contestant)
                     limit = self._prompt_limit(root.worker.context, generation.decoding.max_new_tokens)
-                    ready.append((panel, served, self._encode(served.tokenizer, request.messages, limit)))
+                    ready.append((panel, prepared, self._encode(prepared.tokenizer, request.messages, limit)))
+                    generation.update(panel, serving=self._serving_record(root))
                 except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
                     generation.fail(panel, err)
             if not ready:
@@ -385,16 +343,16 @@ class ModelPool:
         """One batch for these rows, each with its own adapters, streamed into their panels."""
         tokenizer = rows[0][1].tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos_ids = {t for t in (served.tokenizer.eos_token_id for _, served, _ in rows) if t is not None}
+        eos_ids = {t for t in (prepared.tokenizer.eos_token_id for _, prepared, _ in rows) if t is not None}
         streamer = PanelStreamer(generation, [panel for panel, _, _ in rows],
-                                 [served.tokenizer for _, served, _ in rows], eos_ids)
+                                 [prepared.tokenizer for _, prepared, _ in rows], eos_ids)
 
         def on_tokens(steps: list[list[int]]) -> None:
             if generation.cancelled.is_set():
                 root.worker.cancel.set()
             streamer.put(steps)
 
-        root.worker.generate([(served.adapters, ids) for _, served, ids in rows], generation.decoding.as_dict(),
+        root.worker.generate([(prepared.adapters, ids) for _, prepared, ids in rows], generation.decoding.as_dict(),
                              pad, sorted(eos_ids), on_tokens)
         streamer.end()
 
@@ -433,18 +391,24 @@ class ModelPool:
         parent = stage_chain(contestant.run_dir, root["parent"])
         return parent[0]["abspath"] if len(parent) == 1 else None
 
-    def _serve(self, root: _Root, chain: list[dict], contestant: Contestant) -> _Served:
-        """Make ``contestant`` servable on ``root`` (the caller holds ``root.lock``)."""
+    def _prepare(self, root: _Root, chain: list[dict], contestant: Contestant) -> _Prepared:
+        """Make ``contestant`` ready to answer on ``root`` (the caller holds ``root.lock``)."""
         if not root.loaded:
             root.unload()
             root.slot = self._free_slot()
-            root.worker = RootWorker(root.path, str(self.device), self.dtype, self.cfg.app.cpu_threads,
+            root.worker = ModelProcess(root.path, str(self.device), self.dtype, self.cfg.app.cpu_threads,
                                      trust_remote_code(contestant.run_dir),
                                      setting=f"checkpoint {contestant.checkpoint_id}",
                                      cpus=None if root.slot is None else self._cpu_slots[root.slot],
                                      cache_dir=self._cache_dir, reference=root.reference)
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
-        return _Served(adapters=adapters, tokenizer=self._tokenizer(chain, contestant))
+        return _Prepared(adapters=adapters, tokenizer=self._tokenizer(chain, contestant))
+
+    def _serving_record(self, root: _Root) -> dict:
+        """How ``root``'s model answers (stored with each answer): exact, or as its reference plus a
+        difference of ``app.delta_bits``, on this device in this dtype."""
+        held = {"mode": "delta", "bits": self.cfg.app.delta_bits} if root.worker.held_as_delta else {"mode": "exact"}
+        return held | {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
 
     def _attach(self, root: _Root, entry: dict) -> str:
         """The adapter in ``entry["abspath"]`` as a named adapter on ``root`` (loaded once)."""

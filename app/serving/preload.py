@@ -8,7 +8,7 @@ every inherited object: about 30 MiB of a worker's own instead of 190 (BENCHMARK
 import gc
 import importlib
 
-for module in ("peft.utils", "safetensors.torch", "transformers.modeling_utils", "app.root_worker"):
+for module in ("peft.utils", "safetensors.torch", "transformers.modeling_utils", "app.serving.model_process"):
     importlib.import_module(module)
 
 gc.collect()

@@ -1,4 +1,10 @@
-"""Command line of ChiMed Arena (``./launch.sh SUBCOMMAND`` runs ``python -m training SUBCOMMAND``).
+"""ChiMed Arena's command line and the loop's orchestration (``./launch.sh SUBCOMMAND`` runs
+``python -m chimed SUBCOMMAND``): the top layer, the only module that uses training, the store and the app.
+
+    chimed.py (command line, the loop: export judgments -> build -> train -> evaluate -> register)
+        app/               (tabs, arena, serving)
+            preference_store/  (schema, repository, ratings, export)
+                training/          (config, stage registry, data builders, recipes, evaluation)
 
 Every subcommand takes ``--profile tiny|demo|paper`` and ``section.key=value`` overrides and honours
 ``CHIMED_HOME``. Each one delegates to the module that owns the work; nothing here has defaults of its
@@ -11,22 +17,69 @@ import argparse
 import getpass
 import re
 import sys
+from pathlib import Path
 
-from training.config import PROFILES, STAGES, Config, load_config
+from preference_store.cli import add_annotator
+from preference_store.export import export_cli, export_pairs
+from preference_store.repository import PreferenceStore
+from training.config import PROFILES, Config, load_config
+from training.data.build import build_chimed, data_is_built
 from training.errors import UserError
+from training.manifest import latest_run, read_manifest_at
+from training.stages.registry import stage_names
+
+# The modules that train, evaluate and serve import torch, transformers or gradio: each subcommand imports
+# what it needs when it runs (they all point down; none of them imports this module).
+
+
+# --- the loop ----------------------------------------------------------------------------------------
+
+
+def train_and_register(cfg: Config, **options) -> str:
+    """train-all within the loop: judgments not yet exported join ChiMed-DPO first (the data is rebuilt with
+    them), then the run trains and is evaluated (:func:`training.pipeline.train_all`), and its checkpoints
+    are registered with the store with the clinician pairs it trained on. Returns the run id."""
+    from training.pipeline import train_all
+
+    run_id = train_all(cfg, before_data=export_clinician_pairs, **options)
+    if not options.get("dry_run") and cfg.train.machine_rank == 0:
+        register_run(cfg, run_id)
+    return run_id
+
+
+def export_clinician_pairs(cfg: Config) -> None:
+    """The loop: judgments not yet exported become a new file in the collected-pairs folder, so the data
+    fingerprint changes and ChiMed-DPO is rebuilt with them (held-out comparisons go to the eval set)."""
+    url = cfg.database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return  # no store yet: nobody has judged anything
+    summary = export_pairs(cfg)
+    if summary.path is not None:
+        print(f"preferences: exported {len(summary.pair_ids)} new clinician pairs ({summary.train} train, "
+              f"{summary.heldout} held out) to {summary.path}", flush=True)
+
+
+def register_run(cfg: Config, run_id: str) -> None:
+    """The run's checkpoints become contestants of the store, which records the clinician pairs it trained on."""
+    manifest = read_manifest_at(cfg.runs_dir / run_id)
+    stages = list(manifest["stages"])
+    with PreferenceStore(cfg.database_url) as store:
+        store.register_checkpoints(run_id, stages)
+        consumed = store.mark_consumed(manifest.get("dpo_pair_ids", []), run_id)
+    print(f"registered {', '.join(f'{run_id}/{s}' for s in stages)} in the preference store"
+          + (f"; {consumed} clinician pairs marked as consumed by this run" if consumed else ""), flush=True)
+
+
+# --- subcommands -------------------------------------------------------------------------------------
 
 
 def _build_data(cfg: Config, args) -> None:
-    from training.data.build import build_chimed
-
     build_chimed(cfg, strict=args.strict or cfg.data.strict)
 
 
 def _train_all(cfg: Config, args) -> None:
-    from training.pipeline import train_all
-
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    train_all(cfg, from_stage=args.from_stage, resume_run=args.resume_run, stages=stages,
+    train_and_register(cfg, from_stage=args.from_stage, resume_run=args.resume_run, stages=stages,
               dry_run=args.dry_run, run_id=args.run_id)
 
 
@@ -44,19 +97,14 @@ def _app(cfg: Config, args) -> None:
 
 def _demo(cfg: Config, args) -> None:
     """The bare ``./launch.sh``: build demo data and train the demo run if none, then start the app."""
-    from training.data.build import build_chimed, data_is_built
-    from training.pipeline import latest_run, train_all
-
     if not data_is_built(cfg):
         build_chimed(cfg, strict=cfg.data.strict)
     if latest_run(cfg) is None:
-        train_all(cfg)
+        train_and_register(cfg)
     _app(cfg, args)
 
 
 def _add_annotator(cfg: Config, args) -> None:
-    from preference_store.cli import add_annotator
-
     if sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.name}: ")
     else:
@@ -65,8 +113,6 @@ def _add_annotator(cfg: Config, args) -> None:
 
 
 def _export_prefs(cfg: Config, args) -> None:
-    from preference_store.export import export_cli
-
     export_cli(cfg, out=args.out, since=args.since)
 
 
@@ -109,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build_data)
 
     p = sub.add_parser("train-all", parents=[common], help="run base -> cpt -> sft -> dpo, evaluate, register the run")
-    p.add_argument("--from", dest="from_stage", choices=STAGES, help="first stage to train (needs --resume-run)")
+    p.add_argument("--from", dest="from_stage", choices=stage_names(), help="first stage to train (needs --resume-run)")
     p.add_argument("--resume-run", help="earlier run whose stages before --from are reused")
     p.add_argument("--stages", help="comma-separated subset of stages to run")
     p.add_argument("--run-id", help="name of the run (default: a timestamp); rerun the same id to resume it")

@@ -8,7 +8,8 @@ one (a run's cpt from its base) as that model plus an 8-bit difference.
   stage), the worker maps the parent's weights and keeps, for each linear and embedding matrix, the
   difference to its own quantized to int8 per output row (absmax scaling), applied on the fly. Its own
   bytes are then about a quarter of a model's, and the exam scores of the demo's cpt served this way equal
-  the checkpoint's (BENCHMARKS.md "Serving"; the app's ``delta_bits: 0`` serves it whole and exact).
+  the checkpoint's (BENCHMARKS.md "Serving"). The pool holds models this way only with ``app.delta_bits: 8``;
+  the default, 0, serves every model whole and exact.
   Parameters of any other kind (norms, biases) that differ are held whole.
 """
 

@@ -1,0 +1,261 @@
+"""One full model of the model pool in a process of its own, with its LoRA adapters.
+
+The pool (:mod:`app.serving.pool`) starts a model process per distinct full model and talks to it over
+a pipe. Panels on different full models (a run's base and its cpt, with sft and dpo riding on cpt)
+then really generate at the same time on separate cores, which threads of one Python process cannot
+do when the models are small and each step is mostly interpreter work. The model process owns the
+model (:class:`app.serving.multi_lora.MultiLora`) and the sampling (:mod:`app.serving.sampling`); the
+pool owns tokenizers, text and locks, and sends token ids in and receives token ids back.
+
+Requests, one at a time, each answered by ``("ok", value)`` or ``("error", line)``:
+
+- ``("attach", name, path)``: load the PEFT LoRA adapter in ``path`` as ``name``;
+- ``("generate", rows, decoding, pad_id, eos_ids)``: rows are ``(adapter names, prompt ids)``; streams
+  ``("tokens", [[one id per row] per step])`` before its ``("ok", None)``: the first step at once, later
+  ones gathered for up to ``sampling.STREAM_INTERVAL_S``;
+- ``("logits", adapter names, ids)``: the next-token logits after ``ids``;
+- ``("memory",)``: bytes of the distinct weight tensors held, those mapped from a cache file by file (other
+  workers may map the same file) and the rest as the worker's own, and the process's own memory (pages
+  shared with no other process);
+- ``("stop",)``: exit.
+
+The first message after start is ``("ok", {"context": context length or None, "held_as_delta": bool})``
+once the model is loaded (``held_as_delta``: held as the reference model plus its 8-bit difference), or
+``("error", line)``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+
+from app.serving.memory import memory_of, weight_bytes_by_origin
+from app.serving.multi_lora import MultiLora
+from app.serving.sampling import generate_batch
+from app.serving.shared_weights import DeltaMismatch, hold_as_delta, map_weights
+from training.errors import UserError
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a panel: a user error as is, anything else with its type."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, UserError):
+        return text
+    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
+
+
+class ModelProcessGone(UserError):
+    """The model process ended (killed, out of memory, crashed); its model is loaded again on next use."""
+
+
+class ModelProcess:
+    """The pool's handle on one model process; the caller serialises requests (the root's lock).
+
+    ``context``: the model's context length (None when it has none); ``held_as_delta``: whether the
+    model is held as its reference plus an 8-bit difference rather than whole.
+    """
+
+    def __init__(self, path: str, device: str, dtype: torch.dtype, threads: int, trust_remote_code: bool,
+                 setting: str, cpus: list[int] | None = None, cache_dir: str | None = None,
+                 reference: str | None = None) -> None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["app.serving.preload"])  # libraries imported once, then forked
+        self.path = path
+        self.cancel = context.Event()  # set by the pool to stop the current generation early
+        self._conn, child = context.Pipe()
+        self.process = context.Process(
+            target=run_model_process, args=(child, self.cancel, path, device, str(dtype).removeprefix("torch."), threads,
+                                trust_remote_code, setting, cpus, cache_dir, reference),
+            name=f"chimed-model:{path}", daemon=True)
+        self.process.start()
+        child.close()
+        try:
+            loaded = self._reply()  # the model is loaded (or why not)
+        except BaseException:
+            self.close()
+            raise
+        self.context: int | None = loaded["context"]
+        self.held_as_delta: bool = loaded["held_as_delta"]
+
+    def request(self, *message):
+        """Send one request and return its value; a worker error is raised as a :class:`UserError`."""
+        self._send(message)
+        return self._reply()
+
+    def generate(self, rows, decoding: dict, pad_id: int, eos_ids: list[int], on_tokens) -> None:
+        """Stream one batch: ``on_tokens(steps)`` with the steps since the last call, one id per row each.
+
+        Should ``on_tokens`` fail, the generation is stopped and its remaining messages read before the
+        error is raised, so the next request gets its own answer.
+        """
+        failed: list[BaseException] = []
+
+        def receive(steps) -> None:
+            if not failed:
+                try:
+                    on_tokens(steps)
+                except Exception as err:  # noqa: BLE001 - raised once the worker has finished
+                    failed.append(err)
+                    self.cancel.set()
+
+        self.cancel.clear()
+        self._send(("generate", rows, decoding, pad_id, eos_ids))
+        self._reply(receive)
+        if failed:
+            raise failed[0]
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            try:
+                self._conn.send(("stop",))
+            except OSError:
+                pass
+            self.process.join(timeout=5)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
+        self._conn.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.is_alive() and not self._conn.closed
+
+    def _send(self, message) -> None:
+        try:
+            self._conn.send(message)
+        except OSError:
+            raise self._gone() from None
+
+    def _reply(self, on_tokens=None):
+        while True:
+            try:
+                kind, value = self._conn.recv()
+            except (EOFError, OSError):
+                raise self._gone() from None
+            if kind == "tokens":
+                on_tokens(value)
+            elif kind == "ok":
+                return value
+            else:
+                raise UserError(value)
+
+    def _gone(self) -> ModelProcessGone:
+        self.process.join(timeout=5)
+        return ModelProcessGone(f"the process serving {self.path} stopped (exit code {self.process.exitcode}); "
+                          "it is loaded again for the next question")
+
+
+# --- in the model process --------------------------------------------------------------------------
+
+
+def run_model_process(conn: Connection, cancel, path: str, device: str, dtype: str, threads: int, trust_remote_code: bool,
+          setting: str, cpus: list[int] | None, cache_dir: str | None = None, reference: str | None = None) -> None:
+    """The model process's loop: load the model, then answer requests until ``stop`` or the pool goes away.
+
+    ``cpus``: the cores this worker keeps to. Woken by a request, a worker then starts on its own core
+    at once instead of queueing behind the other workers on the core it last ran on (2-5 ms on a
+    2-core machine, BENCHMARKS.md "Serving"). ``cache_dir`` (CPU): the weights are mapped from a file
+    there, shared with the other workers (:mod:`app.serving.shared_weights`); ``reference``: the full model
+    ``path`` was trained from, whose mapped weights plus an 8-bit difference then hold it.
+    """
+    if threads > 0 and not device.startswith("cuda"):
+        torch.set_num_threads(threads)
+    keep_freed_memory()
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    try:
+        model, mapped, held_as_delta = load_full_model(path, getattr(torch, dtype), trust_remote_code, setting,
+                                                       cache_dir, reference)
+        lora = MultiLora(model.to(device).eval())
+    except Exception as err:  # noqa: BLE001 - reported to the pool as the load's answer
+        conn.send(("error", describe_error(err)))
+        return
+    conn.send(("ok", {"context": getattr(model.config, "max_position_embeddings", None),
+                      "held_as_delta": held_as_delta}))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the pool is gone
+        if message[0] == "stop":
+            return
+        try:
+            conn.send(("ok", answer_request(lora, message, conn, cancel, mapped)))
+        except Exception as err:  # noqa: BLE001 - one failed request does not end the worker
+            conn.send(("error", describe_error(err)))
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed blocks of up to 64 MiB for reuse instead of unmapping them.
+
+    A model held as a difference (:mod:`app.serving.shared_weights`) builds each weight matrix anew in every
+    forward pass; returned to the system and mapped again each time, those blocks cost a page fault per
+    4 KiB page, which made a forward pass twice as slow (5.4 against 3.3 ms on the demo's cpt).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 << 20)
+    libc.mallopt(m_trim_threshold, 128 << 20)
+
+
+def load_full_model(path: str, dtype: torch.dtype, trust_remote_code: bool, setting: str, cache_dir: str | None,
+                    reference: str | None) -> tuple[torch.nn.Module, dict[int, str], bool]:
+    """The model in ``path``, when mapped ``{data pointer: file}`` of its mapped tensors, and whether it is
+    held as ``reference`` plus a difference."""
+    from training.modeling import load_causal_lm
+
+    def load(where: str) -> torch.nn.Module:
+        return load_causal_lm(where, trust_remote_code=trust_remote_code, dtype=dtype, setting=setting)
+
+    model = load(reference or path)
+    if cache_dir is None:
+        return model, {}, False
+    file, pointers = map_weights(model, reference or path, Path(cache_dir), dtype)
+    if reference:
+        try:
+            return hold_as_delta(model, load(path)), dict.fromkeys(pointers, str(file)), True
+        except DeltaMismatch:  # not trained from it after all (another architecture): held whole
+            model = load(path)
+            file, pointers = map_weights(model, path, Path(cache_dir), dtype)
+    return model, dict.fromkeys(pointers, str(file)), False
+
+
+def cpu_slots(threads: int) -> list[list[int]]:
+    """This process's cores cut into groups of ``threads`` (one group per worker, taken in turn);
+    empty where cores cannot be chosen (not Linux) or torch picks the threads (``threads`` 0)."""
+    if threads <= 0 or not hasattr(os, "sched_getaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    if threads >= len(cores):
+        return [cores]
+    return [cores[i:i + threads] for i in range(0, len(cores) - threads + 1, threads)]
+
+
+def answer_request(lora: MultiLora, message: tuple, conn: Connection, cancel, mapped: dict[int, str]):
+    """The value for one of the pool's requests (see the module's docstring); ``generate`` streams its tokens."""
+    kind, *args = message
+    device = next(lora.model.parameters()).device
+    if kind == "attach":
+        lora.attach(*args)
+        return None
+    if kind == "memory":
+        own, files = weight_bytes_by_origin(lora.model, mapped)
+        return {"weights": own + sum(files.values()), "own": own, "mapped": files, "private": memory_of()["private"],
+                "cuda": torch.cuda.memory_allocated() if device.type == "cuda" else None}
+    if kind == "logits":
+        adapters, ids = args
+        lora.route([tuple(adapters)])
+        with torch.inference_mode():
+            return lora.model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
+    if kind == "generate":
+        return generate_batch(lora, *args, device=device, send=lambda steps: conn.send(("tokens", steps)),
+                              cancelled=cancel.is_set)
+    raise ValueError(f"unknown request {kind!r}")

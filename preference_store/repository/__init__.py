@@ -1,0 +1,50 @@
+"""The preference store's API: the one way the app, the CLI and training read and write judgments.
+
+    store = PreferenceStore.from_config(cfg)          # or PreferenceStore(url); migrates on open
+    store.register_checkpoints(run_id, ["base", "cpt", "sft", "dpo"])
+    me = store.demo_annotator()                        # or store.authenticate(name, password)
+    cmp = store.record_comparison(ComparisonIn(me.id, messages, [ResponseIn("run/sft", "..."), ...]))
+    out = store.submit_judgment(JudgmentIn(cmp.id, me.id, client_id=uuid, choice="A"))
+    board = store.leaderboard()
+
+Records in and out are the plain dataclasses of :mod:`preference_store.records`. Every write is one
+transaction (a judgment, its scores and its pairs together, or nothing), and writes retry on a busy
+SQLite database so no caller sees "database is locked". Errors the user can cause raise
+:class:`~preference_store.validation.PreferenceStoreError` (a ``UserError``).
+
+One module per concern, each a part of :class:`PreferenceStore` over the same sessions:
+
+    sessions.py     opening and migrating the database; read sessions, retried write transactions
+    accounts.py     annotators: login accounts (argon2), authentication, the demo annotator
+    checkpoints.py  the checkpoints of completed runs that may be compared
+    comparisons.py  a prompt and the answers shown for it, and how each was served
+    judgments.py    judgments with their scores and DPO pairs; which run consumed which pair
+    leaderboard.py  the leaderboard and the store's counts (read only)
+    exports.py      the stored pairs export and the Data tab read, the export log, pseudonyms
+"""
+
+from __future__ import annotations
+
+from preference_store.repository.accounts import DEMO_ANNOTATOR, Accounts
+from preference_store.repository.checkpoints import CheckpointRegistry
+from preference_store.repository.comparisons import Comparisons
+from preference_store.repository.exports import ExportSupport, StoredPair
+from preference_store.repository.judgments import Judgments
+from preference_store.repository.leaderboard import LeaderboardQueries
+from training.config import Config
+
+__all__ = ["DEMO_ANNOTATOR", "PreferenceStore", "StoredPair"]
+
+
+class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, Judgments, LeaderboardQueries, ExportSupport):
+    """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
+
+    Safe to share between threads (each call opens its own session); several processes may open the
+    same SQLite file. ``settings`` defaults to the config tree's ``StoreConfig()``. A context manager
+    (``with PreferenceStore(url) as store:``) that closes its connections on exit.
+    """
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> PreferenceStore:
+        """The store at ``cfg.database_url`` (CHIMED_DATABASE_URL wins) with ``cfg.store`` settings."""
+        return cls(cfg.database_url, cfg.store)

@@ -1,0 +1,82 @@
+"""Comparisons: one prompt (with the conversation so far) and the 2-4 answers shown for it."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from preference_store.models import AnnotatorRow, CheckpointRow, ComparisonRow, ConversationRow, ResponseRow
+from preference_store.records import PANEL_LABELS, ComparisonIn, ComparisonOut, ResponseOut
+from preference_store.repository.sessions import StoreSessions, new_id
+from preference_store.validation import NotFoundError, UnknownCheckpointError, check_comparison
+
+
+class Comparisons(StoreSessions):
+    """Recording what the clinician was shown, and reading it back by comparison or conversation."""
+
+    def record_comparison(self, comparison: ComparisonIn) -> ComparisonOut:
+        """Store one prompt and its 2-4 answers (panel order as shown); refuses unknown checkpoints.
+
+        With ``conversation_id`` None a new conversation starts; its id is in the result.
+        """
+        check_comparison(comparison, self.settings.max_text_chars)
+
+        def work(session: Session) -> ComparisonOut:
+            wanted = {r.checkpoint_id for r in comparison.responses}
+            known = set(session.scalars(select(CheckpointRow.id).where(CheckpointRow.id.in_(wanted))))
+            for label, r in zip(PANEL_LABELS, comparison.responses):
+                if r.checkpoint_id not in known:
+                    raise UnknownCheckpointError(
+                        f"answer {label} comes from unknown checkpoint {r.checkpoint_id!r}: "
+                        "only checkpoints of completed runs (<run_id>/<stage>) can be compared"
+                    )
+            if session.get(AnnotatorRow, comparison.annotator_id) is None:
+                raise NotFoundError(f"no annotator with id {comparison.annotator_id}: log in again")
+            if comparison.conversation_id is None:
+                conversation = ConversationRow(id=new_id(), annotator_id=comparison.annotator_id)
+            else:
+                conversation = session.get(ConversationRow, comparison.conversation_id)
+                if conversation is None:
+                    raise NotFoundError(f"no conversation {comparison.conversation_id!r}: start a new conversation")
+            row = ComparisonRow(
+                id=new_id(), conversation=conversation, annotator_id=comparison.annotator_id,
+                messages=[dict(msg) for msg in comparison.messages], blind=comparison.blind,
+                responses=[
+                    ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=r.text,
+                                decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s, n_tokens=r.n_tokens,
+                                serving=dict(r.serving) if r.serving is not None else None)
+                    for panel, r in enumerate(comparison.responses)
+                ],
+            )
+            session.add(row)
+            session.flush()  # sets the creation time the record shows
+            return comparison_record(row)
+
+        return self._write(work)
+
+    def get_comparison(self, comparison_id: str) -> ComparisonOut:
+        with self._read() as session:
+            row = session.get(ComparisonRow, comparison_id)
+            if row is None:
+                raise NotFoundError(f"no comparison {comparison_id!r}")
+            return comparison_record(row)
+
+    def conversation(self, conversation_id: str) -> list[ComparisonOut]:
+        """The comparisons of one conversation, oldest first."""
+        with self._read() as session:
+            rows = session.scalars(select(ComparisonRow).where(ComparisonRow.conversation_id == conversation_id)
+                                   .order_by(ComparisonRow.created)).unique()  # responses are joined in
+            return [comparison_record(row) for row in rows]
+
+
+def comparison_record(row: ComparisonRow) -> ComparisonOut:
+    return ComparisonOut(
+        id=row.id, conversation_id=row.conversation_id, annotator_id=row.annotator_id,
+        messages=[dict(msg) for msg in row.messages], blind=row.blind, created=row.created,
+        responses=tuple(
+            ResponseOut(id=r.id, label=PANEL_LABELS[r.panel], panel=r.panel, checkpoint_id=r.checkpoint_id,
+                        text=r.text, decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s,
+                        n_tokens=r.n_tokens, serving=dict(r.serving) if r.serving is not None else None)
+            for r in row.responses  # in panel order (the relationship's order_by)
+        ),
+    )

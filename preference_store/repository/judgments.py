@@ -1,0 +1,132 @@
+"""Judgments and the DPO pairs they make, and which training run consumed which pair."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from preference_store.models import AnnotatorRow, ComparisonRow, ConsumptionRow, JudgmentRow, PairRow, ScoreRow, utcnow
+from preference_store.pairs import expand_judgment_to_pairs
+from preference_store.records import CRITERIA, PANEL_LABELS, JudgmentIn, JudgmentOut, Scores
+from preference_store.repository.sessions import StoreSessions, new_id
+from preference_store.validation import NotFoundError, check_judgment
+
+
+def new_pair_id() -> str:
+    # prefixed so collected pairs are told apart from the builder's objective pair ids in dpo.jsonl
+    return f"clin-{uuid.uuid4().hex}"
+
+
+class Judgments(StoreSessions):
+    """Storing a judgment with its scores and pairs (all or nothing), reading judgments back, and the
+    consumption log training writes."""
+
+    def submit_judgment(self, judgment: JudgmentIn) -> JudgmentOut:
+        """Validate and store one judgment with its scores and derived pairs, in one transaction.
+
+        A repeated ``client_id`` returns the stored judgment with ``duplicate=True`` and writes nothing.
+        """
+        client_id = judgment.client_id or new_id()
+
+        def work(session: Session) -> JudgmentOut:
+            stored = _by_client_id(session, client_id)
+            if stored is not None:
+                return judgment_record(session, stored, duplicate=True)
+            comparison = session.get(ComparisonRow, judgment.comparison_id)
+            if comparison is None:
+                raise NotFoundError(f"no comparison {judgment.comparison_id!r}: judge an answer set that was recorded")
+            if session.get(AnnotatorRow, judgment.annotator_id) is None:
+                raise NotFoundError(f"no annotator with id {judgment.annotator_id}: log in again")
+            labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
+            kind = check_judgment(judgment, labels, [r.text for r in comparison.responses],
+                                  self.settings.max_text_chars)
+            by_label = dict(zip(labels, comparison.responses))
+            created = utcnow()  # a pair is as old as its judgment
+            row = JudgmentRow(
+                id=new_id(), client_id=client_id, comparison_id=comparison.id, annotator_id=judgment.annotator_id,
+                kind=kind, choice=judgment.choice,
+                ranking=dict(judgment.ranking) if judgment.ranking is not None else None,
+                correction=judgment.correction, reason=judgment.reason or None, created=created,
+                pairs=[
+                    PairRow(id=new_pair_id(), comparison_id=comparison.id,
+                            chosen_response_id=by_label[chosen].id if chosen else None,
+                            rejected_response_id=by_label[rejected].id, created=created)
+                    for chosen, rejected in expand_judgment_to_pairs(kind, labels, judgment.choice, judgment.ranking)
+                ],
+                scores=[
+                    ScoreRow(response_id=by_label[label].id, **{c: getattr(s, c) for c in CRITERIA})
+                    for label, s in judgment.scores.items()
+                    if any(getattr(s, c) is not None for c in CRITERIA)
+                ],
+            )
+            session.add(row)
+            session.flush()
+            return judgment_record(session, row, duplicate=False)
+
+        try:
+            return self._write(work)
+        except IntegrityError:
+            # another process stored the same client_id between our check and our insert
+            with self._read() as session:
+                stored = _by_client_id(session, client_id)
+                if stored is None:
+                    raise
+                return judgment_record(session, stored, duplicate=True)
+
+    def judgments_for(self, comparison_id: str) -> list[JudgmentOut]:
+        with self._read() as session:
+            rows = session.scalars(select(JudgmentRow).where(JudgmentRow.comparison_id == comparison_id)
+                                   .order_by(JudgmentRow.created))
+            return [judgment_record(session, row) for row in rows]
+
+    def count_judgments(self, annotator_id: int | None = None) -> int:
+        """All judgments, or one annotator's (the app's running count)."""
+        query = select(func.count()).select_from(JudgmentRow)
+        if annotator_id is not None:
+            query = query.where(JudgmentRow.annotator_id == annotator_id)
+        with self._read() as session:
+            return session.scalar(query)
+
+    def mark_consumed(self, pair_ids: Iterable[str], run_id: str) -> int:
+        """Record that ``run_id`` trained on these collected pairs; returns how many were new records.
+
+        Ids that are not collected pairs of this store (e.g. the builder's objective pairs) are ignored.
+        """
+        wanted = set(pair_ids)
+
+        def work(session: Session) -> int:
+            known: set[str] = set()
+            ids = list(wanted)
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start:start + 500]
+                known |= set(session.scalars(select(PairRow.id).where(PairRow.id.in_(chunk))))
+            done = set(session.scalars(select(ConsumptionRow.pair_id).where(ConsumptionRow.run_id == run_id)))
+            new = sorted(known - done)
+            session.add_all(ConsumptionRow(pair_id=pid, run_id=run_id) for pid in new)
+            return len(new)
+
+        return self._write(work)
+
+    def consumed_pair_ids(self, run_id: str) -> list[str]:
+        with self._read() as session:
+            return sorted(session.scalars(select(ConsumptionRow.pair_id).where(ConsumptionRow.run_id == run_id)))
+
+
+def _by_client_id(session: Session, client_id: str) -> JudgmentRow | None:
+    return session.scalar(select(JudgmentRow).where(JudgmentRow.client_id == client_id))
+
+
+def judgment_record(session: Session, row: JudgmentRow, duplicate: bool = False) -> JudgmentOut:
+    """The record of a stored judgment, with its scores by panel label and its pairs' ids (sorted)."""
+    label_of = {r.id: PANEL_LABELS[r.panel] for r in session.get(ComparisonRow, row.comparison_id).responses}
+    return JudgmentOut(
+        id=row.id, client_id=row.client_id, comparison_id=row.comparison_id, annotator_id=row.annotator_id,
+        kind=row.kind, choice=row.choice, ranking=dict(row.ranking) if row.ranking is not None else None,
+        correction=row.correction, reason=row.reason,
+        scores={label_of[s.response_id]: Scores(**{c: getattr(s, c) for c in CRITERIA}) for s in row.scores},
+        created=row.created, pair_ids=tuple(sorted(p.id for p in row.pairs)), duplicate=duplicate,
+    )

@@ -1,0 +1,90 @@
+"""The database behind every part of the store: opening (and migrating) it, and its sessions.
+
+Reads get a plain session; each write is one transaction that takes SQLite's write lock first
+(``BEGIN IMMEDIATE``) and is retried as a whole while the database is busy, so no caller sees
+"database is locked".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Self, TypeVar
+
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from preference_store.db import IMMEDIATE, is_sqlite, make_engine, migrate, retry_while_busy
+from preference_store.validation import PreferenceStoreError
+from training.config import StoreConfig
+
+T = TypeVar("T")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class StoreSessions:
+    """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
+
+    Safe to share between threads (each call opens its own session); several processes may open the
+    same SQLite file. ``settings`` defaults to the config tree's ``StoreConfig()``. Every part of
+    :class:`~preference_store.repository.PreferenceStore` reads through ``_read`` and writes through
+    ``_write``.
+    """
+
+    def __init__(self, url: str, settings: StoreConfig | None = None) -> None:
+        self.url = url
+        self.settings = settings or StoreConfig()
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except SQLAlchemyError:
+            raise PreferenceStoreError(
+                f"preference database URL {url!r} is not a SQLAlchemy URL (e.g. sqlite:////path/preferences.db): "
+                "fix CHIMED_DATABASE_URL or store.database_url"
+            ) from None
+        try:
+            self._engine = make_engine(url, self.settings.busy_timeout_ms)
+            retry_while_busy(lambda: migrate(self._engine))
+        except (OSError, SQLAlchemyError) as err:
+            raise PreferenceStoreError(
+                f"cannot open the preference database {shown} ({err.__class__.__name__}: {str(err).splitlines()[0]}): "
+                "check the path and permissions, or set CHIMED_DATABASE_URL / store.database_url"
+            ) from err
+        except CommandError as err:  # the database is at a revision this code does not know
+            raise PreferenceStoreError(
+                f"the preference database {shown} has a schema newer than this code ({err}): update ChiMed Arena"
+            ) from err
+        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        sqlite = is_sqlite(self._engine)
+        self._write_sessions = sessionmaker(
+            self._engine.execution_options(**{IMMEDIATE: True}) if sqlite else self._engine,
+            expire_on_commit=False,
+        )
+        # SQLite takes one writer at a time anyway: queueing this process's writers on a lock spares
+        # them the busy-wait sleeps; other processes are handled by the busy timeout and retries.
+        self._write_lock = threading.Lock() if sqlite else contextlib.nullcontext()
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction, retried as a whole while the database is busy."""
+
+        def attempt() -> T:
+            with self._write_lock, self._write_sessions() as session, session.begin():
+                return work(session)
+
+        return retry_while_busy(attempt)
