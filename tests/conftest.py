@@ -47,8 +47,8 @@ def tiny_data_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_data_home) -> tuple[Path, str]:
     """(home, run_id) of one complete tiny train-all, shared by the tests that only read it."""
+    from chimed import train_and_register as train_all  # train-all as the command line runs it: registered too
     from training.config import load_config
-    from training.pipeline import train_all
 
     home = tmp_path_factory.mktemp("tiny_run")
     shutil.copytree(tiny_data_home / "data", home / "data")

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from training.config import Config
 from training.data.files import sha256_file, write_json_atomic
+from training.data.layout import TRAINING_FILES
 from training.errors import UserError
 from training.stages.registry import stage_names
 
 MANIFEST = "manifest.json"
 RUN_STATE = "run_state.json"  # {"requested_stages": [...], "complete": bool}; pipeline bookkeeping
-TRAINING_SPLITS = ("base", "cpt", "sft", "dpo")
 
 
 def run_dir(cfg: Config, run_id: str) -> Path:
@@ -117,4 +117,4 @@ def latest_run(cfg: Config, complete_only: bool = True) -> str | None:
 
 def data_hashes(cfg: Config) -> dict[str, str]:
     """``{"base": sha, "cpt": sha, "sft": sha, "dpo": sha}`` of the training files in ``cfg.data_dir``."""
-    return {split: sha256_file(cfg.data_dir / f"{split}.jsonl") for split in TRAINING_SPLITS}
+    return {split: sha256_file(cfg.data_dir / name) for split, name in TRAINING_FILES.items()}

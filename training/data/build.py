@@ -37,6 +37,7 @@ from training.data.dpo import hold_out_by_prompt, objective_pairs, relation_inde
 from training.data.evalsets import build_exam, build_qa
 from training.data.files import sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from training.data.knowledge import choose_entities, split_by_entity
+from training.data.layout import EVAL_FILES, OUTPUTS, STATS_JSON, STATS_MD, TRAINING_FILES
 from training.data.relations import DISEASE, KINDS
 from training.data.sft import build_sft, differentials
 from training.data.sources import Document, load_cmekg, people_daily_articles, product_reviews
@@ -44,11 +45,6 @@ from training.data.stats import describe_cpt, describe_dpo, describe_eval, descr
     stats_markdown
 from training.errors import UserError
 
-TRAINING_FILES = {"base": "base.jsonl", "cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
-EVAL_FILES = {"exam": "eval/exam.jsonl", "qa": "eval/qa.jsonl", "general": "eval/general.jsonl",
-              "pref": "eval/pref.jsonl", "pref_clinician": "eval/pref_clinician.jsonl"}
-OUTPUTS = [*TRAINING_FILES.values(), *EVAL_FILES.values()]
-STATS_JSON, STATS_MD = "stats.json", "stats.md"
 
 
 @dataclass
