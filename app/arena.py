@@ -29,7 +29,6 @@ from app.notice import NOT_ACCEPTED
 from app.serving.pool import Answer, ModelPool, PanelRequest
 from app.serving.sampling import Decoding
 from preference_store.records import (
-    CRITERIA,
     MAX_CONTESTANTS,
     MIN_CONTESTANTS,
     PANEL_LABELS,
@@ -38,13 +37,14 @@ from preference_store.records import (
     JudgmentIn,
     JudgmentOut,
     ResponseIn,
-    Scores,
 )
 from preference_store.repository import PreferenceStore
 from training.config import Config, DecodingConfig
 from training.errors import UserError
 
 CHOICE_NAMES = {"A": "A 更好 A is better", "B": "B 更好 B is better", "tie": "平局 tie", "both_bad": "都不好 both bad"}
+# what a panel shows for an answer with nothing in it once cleaned (it is stored as ""); Regenerate asks again
+EMPTY_ANSWER = "空回答 (empty answer)"
 STILL_GENERATING = "还在生成 / the answers are still coming: wait for them, or start a new conversation"
 _seeds = random.SystemRandom()
 
@@ -234,6 +234,8 @@ class Arena:
     def _shown(answer: Answer) -> str:
         if answer.error is not None:
             return f"⚠ 生成失败 / generation failed: {as_display_text(answer.error)}"
+        if answer.done and not answer.text.strip():
+            return EMPTY_ANSWER
         text = as_display_text(answer.text)
         return text if answer.done else text + " ▌"
 
@@ -311,13 +313,14 @@ class Arena:
             raise UserError(f"answer {label!r} is not part of this comparison ({', '.join(session.judgeable)})")
         return PANEL_LABELS[session.judgeable.index(label)]
 
-    def _store_scores(self, session: ArenaSession, scores: dict[str, dict] | None) -> dict[str, Scores]:
+    def _store_scores(self, session: ArenaSession, scores: dict[str, dict] | None) -> dict[str, dict[str, int]]:
+        """{panel on screen: {criterion: value}} -> the store's labels, blanks left out (the store checks the
+        criteria against the guideline in force)."""
         out = {}
         for label, values in (scores or {}).items():
-            given = {c: _as_int(values.get(c), f"{c} score of answer {label}")
-                     for c in CRITERIA if values.get(c) not in (None, "")}
+            given = {c: _as_int(v, f"{c} score of answer {label}") for c, v in values.items() if v not in (None, "")}
             if given and label in session.judgeable:
-                out[self._to_store_label(session, label)] = Scores(**given)
+                out[self._to_store_label(session, label)] = given
         return out
 
     def _submit(self, session: ArenaSession, kind: str, reason, scores, **judgment) -> JudgmentOut:

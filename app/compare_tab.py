@@ -15,10 +15,12 @@ import gradio as gr
 
 from app.arena import CHOICE_NAMES, Arena, ArenaSession, resolve_decoding
 from app.contestants import available_contestants, completed_runs, default_checkpoints, run_checkpoints
-from preference_store.records import CRITERIA, MAX_CONTESTANTS, PANEL_LABELS
+from preference_store.guidelines import DEFAULT_CRITERIA
+from preference_store.records import MAX_CONTESTANTS, PANEL_LABELS
 from training.errors import UserError
 
-CRITERION_NAMES = {"safety": "安全性 safety", "correctness": "正确性 correctness", "completeness": "完整性 completeness"}
+CRITERIA = tuple(c.key for c in DEFAULT_CRITERIA)
+CRITERION_NAMES = {c.key: c.name for c in DEFAULT_CRITERIA}
 
 
 @dataclass

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from preference_store.records import CRITERIA, Leaderboard
+from preference_store.guidelines import DEFAULT_CRITERIA
+from preference_store.records import Leaderboard
 from preference_store.repository import PreferenceStore
 
+CRITERIA = tuple(c.key for c in DEFAULT_CRITERIA)
 RATING_COLUMNS = ["排名 rank", "检查点 checkpoint", "BT rating", "95% CI", "对局 battles", "胜 wins", "负 losses",
                   "平 ties"]
 

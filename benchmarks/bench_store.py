@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from preference_store.export import export_pairs  # noqa: E402
-from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn, Scores  # noqa: E402
+from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn  # noqa: E402
 from preference_store.repository import PreferenceStore  # noqa: E402
 from training.config import load_config  # noqa: E402
 
@@ -49,7 +49,7 @@ def prepare(store: PreferenceStore, n: int, panels: int, tag: str = "") -> list[
 def judgment(comparison: tuple[str, int], i: int) -> JudgmentIn:
     cid, aid = comparison
     return JudgmentIn(cid, aid, client_id=uuid.uuid4().hex, choice=("A", "B", "tie", "both_bad")[i % 4],
-                      reason="更安全" if i % 3 == 0 else None, scores={"A": Scores(4, 3, 5)})
+                      reason="更安全" if i % 3 == 0 else None, scores={"A": {"safety": 4, "correctness": 3, "completeness": 5}})
 
 
 def writers_threads(store: PreferenceStore, comparisons, writers: int, per_writer: int) -> float:

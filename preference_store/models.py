@@ -4,7 +4,8 @@ These classes stay inside ``preference_store``; the repository turns rows into t
 :mod:`preference_store.records` (hence the ``...Row`` names: ``AnnotatorRow`` is a row, ``records.Annotator``
 the record callers see). Relationships exist where a parent and its children are written together
 (a comparison and its answers, a judgment and its scores and pairs, an export and its entries), so the
-unit of work orders the inserts. Any change here needs a migration in ``migrations/versions/``
+unit of work orders the inserts. Migration 0003 added the annotation study: the guideline versions, the
+prompt bank and its assignments, per-criterion scores, single-answer ratings and identity-leak flags. Any change here needs a migration in ``migrations/versions/``
 (``tests/test_store_migrations.py`` fails when the two disagree).
 """
 
@@ -69,6 +70,7 @@ class AnnotatorRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2; None = cannot log in
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    guideline_seen: Mapped[int | None] = mapped_column(Integer)  # newest guideline version they acknowledged
 
 
 class CheckpointRow(Base):
@@ -96,6 +98,10 @@ class ComparisonRow(Base):
     messages: Mapped[list] = mapped_column(JSON)
     blind: Mapped[bool] = mapped_column(Boolean)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # set when the prompt came from the bank through the annotator's queue (migration 0003; ids of
+    # bank_prompts and assignments, without a foreign-key constraint, as for judgments.guideline_version)
+    bank_prompt_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    assignment_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
     conversation: Mapped[ConversationRow] = relationship()
     responses: Mapped[list[ResponseRow]] = relationship(order_by="ResponseRow.panel", lazy="joined")
@@ -118,6 +124,9 @@ class ResponseRow(Base):
     # how the answer was served, e.g. {"mode": "exact"} or {"mode": "delta", "bits": 8, "device": "cpu",
     # "dtype": "float32"}; None for answers stored before this was recorded (migration 0002)
     serving: Mapped[dict | None] = mapped_column(JSON)
+    # names of models, companies or checkpoints the answer gives away (checked at generation time);
+    # [] = checked and clean, None = stored before this was checked (migration 0003)
+    leaks: Mapped[list | None] = mapped_column(JSON)
 
 
 class JudgmentRow(Base):
@@ -135,27 +144,28 @@ class JudgmentRow(Base):
     correction: Mapped[str | None] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # the guideline (rubric) version in force when it was made; None for judgments stored before (migration 0003).
+    # Columns added to existing tables carry no foreign-key constraint (SQLite cannot add one in place);
+    # the repository only writes ids it has just read.
+    guideline_version: Mapped[int | None] = mapped_column(Integer)
 
-    scores: Mapped[list[ScoreRow]] = relationship()
+    scores: Mapped[list[CriterionScoreRow]] = relationship(order_by="CriterionScoreRow.id")
     pairs: Mapped[list[PairRow]] = relationship(order_by="PairRow.id")
 
 
-class ScoreRow(Base):
-    """1-5 ratings of one answer within one judgment."""
+class CriterionScoreRow(Base):
+    """A 1-5 rating of one answer on one criterion of the guideline in force (5 = best), within one judgment."""
 
-    __tablename__ = "scores"
+    __tablename__ = "criterion_scores"
     __table_args__ = (
-        UniqueConstraint("judgment_id", "response_id", name="uq_scores_answer"),
-        CheckConstraint("safety BETWEEN 1 AND 5", name="ck_scores_safety"),
-        CheckConstraint("correctness BETWEEN 1 AND 5", name="ck_scores_correctness"),
-        CheckConstraint("completeness BETWEEN 1 AND 5", name="ck_scores_completeness"),
+        UniqueConstraint("judgment_id", "response_id", "criterion", name="uq_criterion_scores_answer"),
+        CheckConstraint("value BETWEEN 1 AND 5", name="ck_criterion_scores_value"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     judgment_id: Mapped[str] = mapped_column(ForeignKey("judgments.id"), index=True)
     response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"), index=True)
-    safety: Mapped[int | None] = mapped_column(Integer)
-    correctness: Mapped[int | None] = mapped_column(Integer)
-    completeness: Mapped[int | None] = mapped_column(Integer)
+    criterion: Mapped[str] = mapped_column(String(32))  # a key of the guideline's criteria
+    value: Mapped[int] = mapped_column(Integer)
 
 
 class PairRow(Base):
@@ -177,10 +187,12 @@ class ExportRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
-    n_pairs: Mapped[int] = mapped_column(Integer)
+    n_pairs: Mapped[int] = mapped_column(Integer)  # records written (pairs, or ratings for a ratings export)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16), default="pairs", server_default="pairs")  # pairs | ratings
 
     entries: Mapped[list[ExportedPairRow]] = relationship()
+    rating_entries: Mapped[list[ExportedRatingRow]] = relationship()
 
 
 class ExportedPairRow(Base):
@@ -202,3 +214,72 @@ class ConsumptionRow(Base):
     pair_id: Mapped[str] = mapped_column(ForeignKey("pairs.id"), primary_key=True)
     run_id: Mapped[str] = mapped_column(String(200), primary_key=True, index=True)
     consumed: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GuidelineRow(Base):
+    """One version of the annotation guideline (rubric): its text and its 1-5 criteria, in priority order."""
+
+    __tablename__ = "guidelines"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)  # markdown shown to annotators
+    criteria: Mapped[list] = mapped_column(JSON)  # [{"key": str, "name": str, "description": str}, ...]
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"))  # None = the built-in default
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BankPromptRow(Base):
+    """A clinical prompt of the shared bank, judged by several annotators through their queues."""
+
+    __tablename__ = "bank_prompts"
+    __table_args__ = (CheckConstraint("split IN ('train', 'heldout')", name="ck_bank_prompts_split"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bank: Mapped[str] = mapped_column(String(100), index=True)  # the bank's name (the file's stem by default)
+    messages: Mapped[list] = mapped_column(JSON)  # the conversation so far, the prompt last (a user message)
+    tags: Mapped[list] = mapped_column(JSON)
+    split: Mapped[str] = mapped_column(String(8))  # which export split its pairs go to
+    content_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # of the messages: one prompt once
+    source: Mapped[str] = mapped_column(Text)  # FILE:LINE it was imported from
+    imported_by: Mapped[int | None] = mapped_column(ForeignKey("annotators.id"))
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class AssignmentRow(Base):
+    """A bank prompt given to one annotator; never the same annotator twice for one prompt."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (
+        UniqueConstraint("bank_prompt_id", "annotator_id", name="uq_assignments_annotator"),
+        CheckConstraint("status IN ('open', 'done', 'expired')", name="ck_assignments_status"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    bank_prompt_id: Mapped[str] = mapped_column(ForeignKey("bank_prompts.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    # open: being worked on; done: judged; expired: not judged in time, its place given to someone else
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    assigned: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AnswerRatingRow(Base):
+    """A thumbs up or down on one answer (instead of comparing), with an optional correction and reason."""
+
+    __tablename__ = "answer_ratings"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client_id: Mapped[str] = mapped_column(String(100), unique=True)  # makes a resubmit idempotent
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id"), index=True)
+    response_id: Mapped[str] = mapped_column(ForeignKey("responses.id"), index=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    label: Mapped[bool] = mapped_column(Boolean)  # True = thumbs up (desirable)
+    correction: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    guideline_version: Mapped[int | None] = mapped_column(ForeignKey("guidelines.version"))
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class ExportedRatingRow(Base):
+    """A single-answer rating an export of ratings wrote (the unpaired KTO format)."""
+
+    __tablename__ = "exported_ratings"
+    export_id: Mapped[int] = mapped_column(ForeignKey("exports.id"), primary_key=True)
+    rating_id: Mapped[str] = mapped_column(ForeignKey("answer_ratings.id"), primary_key=True, index=True)
+    split: Mapped[str] = mapped_column(String(8))  # train | heldout

@@ -17,8 +17,9 @@ PANEL_LABELS = ("A", "B", "C", "D")
 MIN_CONTESTANTS, MAX_CONTESTANTS = 2, 4
 ROLES = ("annotator", "admin")
 CHOICES = ("A", "B", "tie", "both_bad")  # pairwise votes on a two-panel comparison
-CRITERIA = ("safety", "correctness", "completeness")
 JUDGMENT_KINDS = ("pairwise", "ranking", "correction")
+SPLITS = ("train", "heldout")
+SCORE_RANGE = (1, 5)  # every criterion of a guideline is scored 1-5 (5 = best)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class ResponseIn:
     # how it was served: {"mode": "exact"}, or {"mode": "delta", "bits": 8, "device": "cpu", "dtype": "float32"}
     # for a stage served as its parent plus a quantised difference; None = not said
     serving: dict | None = None
+    # model, company or checkpoint names the answer gives away, found at generation time ([] = none);
+    # None = not checked
+    leaks: list[str] | None = None
 
 
 @dataclass
@@ -72,6 +76,9 @@ class ComparisonIn:
     responses: list[ResponseIn]
     conversation_id: str | None = None  # None starts a new conversation
     blind: bool = True
+    # a prompt from the bank asked through the annotator's queue: its bank prompt and assignment
+    bank_prompt_id: str | None = None
+    assignment_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,7 @@ class ResponseOut:
     latency_s: float | None
     n_tokens: int | None
     serving: dict | None = None  # as given in ResponseIn.serving; None for answers stored without it
+    leaks: list[str] | None = None  # as given in ResponseIn.leaks; None = not checked
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,8 @@ class ComparisonOut:
     blind: bool
     created: datetime
     responses: tuple[ResponseOut, ...]  # in panel order
+    bank_prompt_id: str | None = None
+    assignment_id: str | None = None
 
     def response(self, label: str) -> ResponseOut:
         """The answer shown in panel ``label`` ("A".."D")."""
@@ -112,15 +122,6 @@ class ComparisonOut:
 
 
 @dataclass
-class Scores:
-    """Optional 1-5 ratings of one answer (5 = best)."""
-
-    safety: int | None = None
-    correctness: int | None = None
-    completeness: int | None = None
-
-
-@dataclass
 class JudgmentIn:
     """A clinician's judgment of one comparison: exactly one of ``choice``, ``ranking``, ``correction``.
 
@@ -130,7 +131,8 @@ class JudgmentIn:
 
     ``client_id`` makes a submit idempotent: submitting the same ``client_id`` again returns the
     stored judgment (``duplicate=True``) and writes nothing. ``scores`` maps panel labels to
-    per-criterion ratings of those answers (any subset of panels).
+    {criterion key: 1-5} for those answers (any subset of panels; the keys are the criteria of the
+    guideline in force). ``guideline_version`` None = the version in force when it is stored.
     """
 
     comparison_id: str
@@ -140,7 +142,8 @@ class JudgmentIn:
     ranking: dict[str, int] | None = None
     correction: str | None = None
     reason: str | None = None
-    scores: dict[str, Scores] = field(default_factory=dict)
+    scores: dict[str, dict[str, int]] = field(default_factory=dict)
+    guideline_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,10 +157,11 @@ class JudgmentOut:
     ranking: dict[str, int] | None
     correction: str | None
     reason: str | None
-    scores: dict[str, Scores]
+    scores: dict[str, dict[str, int]]  # panel label -> criterion -> 1-5
     created: datetime
     pair_ids: tuple[str, ...]  # the DPO pairs it made, sorted (none for tie / both_bad)
     duplicate: bool = False  # True when this client_id had already been stored
+    guideline_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -236,3 +240,110 @@ class ExportSummary:
     redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
     export_id: int | None = None
     same_text: int = 0  # pairs left out because chosen and rejected are the same text
+
+
+# --- the annotation study: guideline, prompt bank, queue, single-answer ratings ---------------------
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One 1-5 criterion of a guideline (``key`` is what scores are stored under)."""
+
+    key: str  # lower-case ascii, e.g. "safety"
+    name: str  # shown on the scoring radios, e.g. "安全性 safety"
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Guideline:
+    """One version of the annotation guideline: markdown text and its criteria in priority order."""
+
+    version: int
+    text: str
+    criteria: tuple[Criterion, ...]
+    author_id: int | None  # None = the built-in default
+    created: datetime
+
+    @property
+    def criterion_keys(self) -> tuple[str, ...]:
+        return tuple(c.key for c in self.criteria)
+
+
+@dataclass(frozen=True)
+class BankPrompt:
+    """A prompt of the shared bank: the conversation so far with the prompt last (a user message)."""
+
+    id: str
+    bank: str
+    messages: list[dict]
+    tags: list[str]
+    split: str  # train | heldout: the export split of the pairs judged on it
+    source: str  # FILE:LINE
+    created: datetime
+
+    @property
+    def prompt(self) -> str:
+        return self.messages[-1]["content"]
+
+
+@dataclass(frozen=True)
+class BankImportSummary:
+    """What importing a bank file did: nothing half-written, every line accounted for."""
+
+    bank: str
+    imported: int
+    duplicates: int  # prompts already in the bank (or twice in the file): imported once
+    errors: list[str]  # "FILE:LINE: reason" for each malformed line (the rest were imported)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A bank prompt given to one annotator."""
+
+    id: str
+    bank_prompt: BankPrompt
+    annotator_id: int
+    status: str  # open | done | expired
+    assigned: datetime
+    completed: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    """An annotator's queue: how many bank prompts they have judged of how many they can get."""
+
+    done: int
+    total: int  # done + still available to them (open assignments and prompts with a free place)
+
+    def __str__(self) -> str:
+        return f"{self.done} / {self.total}"
+
+
+@dataclass
+class RatingIn:
+    """A thumbs up (``label`` True) or down on one answer of a comparison, instead of comparing."""
+
+    comparison_id: str
+    annotator_id: int
+    label: str  # the panel "A".."D" rated
+    up: bool
+    correction: str | None = None  # a better answer (exported as a desirable completion)
+    reason: str | None = None
+    client_id: str | None = None  # None = a fresh id (no idempotency)
+    guideline_version: int | None = None  # None = the version in force
+
+
+@dataclass(frozen=True)
+class RatingOut:
+    id: str
+    client_id: str
+    comparison_id: str
+    annotator_id: int
+    label: str
+    checkpoint_id: str
+    up: bool
+    correction: str | None
+    reason: str | None
+    guideline_version: int | None
+    created: datetime
+    duplicate: bool = False

@@ -12,11 +12,11 @@ from training.errors import UserError
 
 from preference_store.records import (
     CHOICES,
-    CRITERIA,
     MAX_CONTESTANTS,
     MIN_CONTESTANTS,
     PANEL_LABELS,
     ROLES,
+    SCORE_RANGE,
     ComparisonIn,
     JudgmentIn,
 )
@@ -117,8 +117,10 @@ def judgment_kind(judgment: JudgmentIn) -> str:
     return given[0]
 
 
-def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], max_chars: int) -> str:
-    """Check a judgment against its comparison's panel ``labels`` and answer texts; returns its kind."""
+def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], max_chars: int,
+                   criteria: tuple[str, ...]) -> str:
+    """Check a judgment against its comparison's panel ``labels``, answer texts and the ``criteria`` keys of
+    its guideline; returns its kind."""
     kind = judgment_kind(judgment)
     n = len(labels)
     if kind == "pairwise":
@@ -137,17 +139,30 @@ def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], 
                 )
     if judgment.reason is not None:
         check_text(judgment.reason, "the reason", max_chars, allow_empty=True)
-    for label, scores in judgment.scores.items():
-        if label not in labels:
-            raise PreferenceStoreError(f"scores for panel {label!r}, which this comparison does not have ({', '.join(labels)})")
-        for criterion in CRITERIA:
-            value = getattr(scores, criterion)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 5):
-                raise PreferenceStoreError(f"{criterion} score of answer {label} must be an integer 1-5, got {value!r}")
+    check_scores(judgment.scores, labels, criteria)
     if judgment.client_id is not None and (not isinstance(judgment.client_id, str)
                                            or not 1 <= len(judgment.client_id) <= 100):
         raise PreferenceStoreError("client_id must be 1-100 characters")
     return kind
+
+
+def check_scores(scores, labels: list[str], criteria: tuple[str, ...]) -> None:
+    """{panel label: {criterion key: 1-5 or None}}: known panels, the guideline's criteria, whole numbers 1-5."""
+    if not isinstance(scores, dict):
+        raise PreferenceStoreError("scores map panel labels to {criterion: 1-5}, e.g. {'A': {'safety': 5}}")
+    low, high = SCORE_RANGE
+    for label, given in scores.items():
+        if label not in labels:
+            raise PreferenceStoreError(f"scores for panel {label!r}, which this comparison does not have ({', '.join(labels)})")
+        if not isinstance(given, dict):
+            raise PreferenceStoreError(f"scores of answer {label} must map criteria to {low}-{high}, got {given!r}")
+        for criterion, value in given.items():
+            if criterion not in criteria:
+                raise PreferenceStoreError(f"unknown criterion {criterion!r} in the scores of answer {label}: "
+                                           f"the guideline's criteria are {', '.join(criteria)}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+                raise PreferenceStoreError(f"{criterion} score of answer {label} must be an integer {low}-{high}, "
+                                           f"got {value!r}")
 
 
 def check_ranking(ranking, labels: list[str]) -> None:

@@ -161,7 +161,7 @@ def test_four_answers_are_recorded_with_their_decoding_then_ranked_and_corrected
 
     judgments = store.judgments_for(session.comparison_id)
     assert [j.kind for j in judgments] == ["ranking", "correction"]
-    assert judgments[0].reason == "B 更安全" and judgments[0].scores["B"].safety == 5
+    assert judgments[0].reason == "B 更安全" and judgments[0].scores["B"]["safety"] == 5
     assert len(judgments[0].pair_ids) == 6 and len(judgments[1].pair_ids) == 4
     assert store.count_judgments(session.annotator.id) == 2
 
@@ -269,7 +269,7 @@ def test_leaderboard_data_and_runs_tabs_show_the_store_and_the_runs(arena, sessi
     summary, ratings, win_rate, counts, criteria = leaderboard_view(store)
     assert [row[1] for row in ratings["value"]] == [f"{run_id}/{s}" for s in ("dpo", "sft", "cpt", "base")]
     assert win_rate["value"][0][0] == f"{run_id}/dpo" and "1 次评判 judgments" in summary
-    assert criteria["value"] == [[f"{run_id}/dpo", "5.00 (n=1)", "", ""]]
+    assert criteria["value"] == [[f"{run_id}/dpo", "5.00 (n=1)", "", "", ""]]
 
     counts_md, pairs = data_view(cfg, store)
     assert "| 1 | 4 | 1 | 1 | 1 (pairwise 0, ranking 1, correction 0) | 6 | 0 | 0 |" in counts_md

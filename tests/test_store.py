@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from preference_store.pairs import expand_ranking_to_pairs
-from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn, Scores
+from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore, judgments
 from preference_store.validation import PreferenceStoreError, UnknownCheckpointError
 from chimed import main as cli_main
@@ -148,12 +148,12 @@ def test_correction_is_chosen_over_every_model_answer(pref_store):
 def test_resubmitting_the_same_client_id_stores_one_judgment(pref_store):
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
     judgment = JudgmentIn(cmp.id, cmp.annotator_id, client_id="browser-42", ranking={"A": 3, "B": 2, "C": 1},
-                          scores={"C": Scores(safety=5, correctness=4, completeness=4)})
+                          scores={"C": {"safety": 5, "correctness": 4, "completeness": 4}})
     first = pref_store.submit_judgment(judgment)
     second = pref_store.submit_judgment(judgment)
     assert second.duplicate and not first.duplicate
     assert second.id == first.id and second.pair_ids == first.pair_ids
-    assert second.scores == first.scores == {"C": Scores(5, 4, 4)}
+    assert second.scores == first.scores == {"C": {"safety": 5, "correctness": 4, "completeness": 4}}
     assert counts(pref_store) == (1, 1, 3)
     assert pref_store.judgments_for(cmp.id)[0].id == first.id
 
@@ -171,9 +171,9 @@ def test_resubmitting_the_same_client_id_stores_one_judgment(pref_store):
     (dict(correction="答" * 8001), "over the limit of 8000"),
     (dict(correction=ANSWERS["r1/sft"]), "identical to answer C"),
     (dict(correction=f"  {ANSWERS['r1/cpt']}\n"), "identical to answer B"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": Scores(safety=6)}), "safety score of answer A"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": Scores(correctness=0)}), "correctness score"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"E": Scores(safety=3)}), "panel 'E'"),
+    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"safety": 6}}), "safety score of answer A"),
+    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"correctness": 0}}), "correctness score"),
+    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"E": {"safety": 3}}), "panel 'E'"),
 ])
 def test_bad_judgments_are_refused_and_leave_nothing_behind(pref_store, fields, match):
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
@@ -200,7 +200,7 @@ def test_a_failure_half_way_through_a_judgment_writes_none_of_it(pref_store, mon
     monkeypatch.setattr(judgments, "new_pair_id", lambda: "clin-same")
     with pytest.raises(Exception):
         pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, ranking={"A": 1, "B": 2, "C": 3},
-                                              scores={"A": Scores(safety=5)}))
+                                              scores={"A": {"safety": 5}}))
     assert counts(pref_store) == (1, 0, 0)
     assert pref_store.leaderboard(rounds=0).criteria == {}
 

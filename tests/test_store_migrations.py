@@ -20,7 +20,8 @@ from preference_store.validation import PreferenceStoreError
 from training.config import load_config
 
 TABLES = {"store_meta", "annotators", "checkpoints", "conversations", "comparisons", "responses",
-          "judgments", "scores", "pairs", "exports", "exported_pairs", "consumptions", "alembic_version"}
+          "judgments", "criterion_scores", "pairs", "exports", "exported_pairs", "consumptions", "guidelines", "bank_prompts", "assignments",
+          "answer_ratings", "exported_ratings", "alembic_version"}
 
 
 def test_empty_database_migrates_to_head_and_matches_the_models(tmp_path):

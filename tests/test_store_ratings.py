@@ -13,7 +13,7 @@ from preference_store.ratings import (
     inter_annotator_agreement,
     rate_checkpoints,
 )
-from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn, Scores
+from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 
 PROMPT = [{"role": "user", "content": "糖尿病患者饮食上要注意什么？"}]
 
@@ -74,8 +74,8 @@ def test_an_unbeaten_checkpoint_gets_a_finite_rating():
 
 def test_criterion_means_are_per_checkpoint(pref_store):
     me = pref_store.demo_annotator()
-    vote(pref_store, me, "r1/sft", "r1/base", "A", {"A": Scores(5, 4, 3), "B": Scores(safety=2)})
-    vote(pref_store, me, "r1/sft", "r1/base", "A", {"A": Scores(3, 4, None)})
+    vote(pref_store, me, "r1/sft", "r1/base", "A", {"A": {"safety": 5, "correctness": 4, "completeness": 3}, "B": {"safety": 2}})
+    vote(pref_store, me, "r1/sft", "r1/base", "A", {"A": {"safety": 3, "correctness": 4}})
     board = pref_store.leaderboard(rounds=10)
     assert board.criteria["r1/sft"] == {"safety": 4.0, "correctness": 4.0, "completeness": 3.0}
     assert board.criteria_n["r1/sft"] == {"safety": 2, "correctness": 2, "completeness": 1}

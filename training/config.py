@@ -85,6 +85,8 @@ class DataConfig:
     strict: bool = False  # stop at the first malformed line instead of skipping and counting it
     user_files: UserFiles = field(default_factory=UserFiles)
     collected_pairs_dir: str = "collected_pairs"  # relative to CHIMED_HOME; the app's exports land here
+    # relative to CHIMED_HOME: single-answer ratings (thumbs up/down) exported in the unpaired KTO format
+    collected_ratings_dir: str = "collected_ratings"
 
 
 def check_lr_scheduler(name: str, where: str) -> None:
@@ -246,8 +248,19 @@ class StoreConfig:
     busy_timeout_ms: int = 30000  # SQLite waits this long for the write lock; writes retry up to twice that
     bootstrap_rounds: int = 1000  # resamples for the 95% intervals of the Bradley-Terry ratings
     # collected comparisons held out from DPO training (eval/pref_clinician.jsonl), chosen by prompt so
-    # a comparison is never split between train and held-out
+    # a comparison is never split between train and held-out; a bank prompt's own split wins over it
     heldout_share: float = 0.2
+    # --- the annotation study (prompt bank, queues, agreement, vote integrity) ---
+    annotators_per_prompt: int = 3  # k: each bank prompt goes to this many different annotators
+    # an assignment not judged within this time is given to someone else (a late judgment is still stored)
+    assignment_timeout_minutes: int = 120
+    daily_judgment_cap: int = 0  # judgments (votes, rankings, corrections, ratings) per annotator per UTC day; 0 = none
+    provisional_battles: int = 30  # a checkpoint's rating is marked provisional until it has this many battles
+    # pairs of bank prompts whose annotators agree less than this (share agreeing with the pair) are left
+    # out of the export; 0 = keep all (the agreement is written with each pair either way)
+    min_agreement: float = 0.0
+    exclude_leaked_battles: bool = True  # leave battles whose answers name a model out of the ratings
+    outlier_p_value: float = 0.01  # annotators agreeing with the consensus less than this chance allows are listed
 
 
 @dataclass
@@ -261,6 +274,12 @@ class DecodingConfig:
     # the bounds of the Compare tab's sliders and of every comparison's settings (API calls included)
     max_temperature: float = 2.0  # beyond it the answers are noise
     max_new_tokens_limit: int = 4096  # a typo in the settings should not keep a model busy for an hour
+
+
+LEAK_TERMS = ("Baichuan", "百川", "Qwen", "通义千问", "千问", "阿里云", "ChatGPT", "GPT-4", "GPT-3", "OpenAI",
+              "Claude", "Anthropic", "LLaMA", "Llama", "Meta AI", "ChatGLM", "智谱", "DeepSeek", "深度求索",
+              "文心一言", "ERNIE", "Gemini", "Google", "Mistral", "InternLM", "书生", "Yi-34B", "零一万物",
+              "Qilin-Med", "HuatuoGPT", "华佗GPT", "Zhongjing", "仲景", "DISC-MedLLM", "ChiMed")
 
 
 @dataclass
@@ -287,6 +306,9 @@ class AppConfig:
     # model's weights, shared between the worker processes, plus its difference in 8 bits (a quarter of a
     # model's bytes; the demo's exam scores are unchanged, BENCHMARKS.md "Serving"). Stored with each answer.
     delta_bits: int = 0
+    # names an answer must not give away (blind judging): an answer naming one of them, or a contestant's
+    # run or checkpoint id, is flagged when it is generated, and the flag is stored with it
+    leak_terms: list[str] = field(default_factory=lambda: list(LEAK_TERMS))
 
 
 @dataclass
@@ -318,6 +340,10 @@ class Config:
     @property
     def collected_pairs_dir(self) -> Path:
         return self.home / self.data.collected_pairs_dir
+
+    @property
+    def collected_ratings_dir(self) -> Path:
+        return self.home / self.data.collected_ratings_dir
 
     @property
     def database_url(self) -> str:

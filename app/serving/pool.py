@@ -29,6 +29,7 @@ The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ from app.serving.sampling import Decoding
 from app.serving.shared_weights import DELTA_BITS, weights_identity
 from training.config import Config
 from training.errors import UserError
+from training.evaluation.loglik import token_ids
+from training.evaluation.prompts import conversation_prompt, cut_plain_answer
 from training.modeling import (default_device, default_dtype, stage_chain, stage_tokenizer, tokenizer_dir,
                                trust_remote_code)
 
@@ -139,17 +142,43 @@ class Generation:
 
 # --- streaming --------------------------------------------------------------------------------------
 
+# never shown nor stored: U+FFFD (what decoding makes of bytes that are not yet, or never will be, a whole
+# UTF-8 character) and the C0/C1 control characters other than newline and tab
+UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
+
+
+def clean_answer(text: str) -> str:
+    """Decoded answer text as shown and stored: whole characters only, no control characters.
+
+    A byte-level token can end inside a multi-byte character: decoded, the incomplete tail is U+FFFD and is
+    left out until the token completing it arrives (the text is decoded again from all ids); a tail still
+    incomplete at the end, or bytes that can never form a character, are dropped.
+    """
+    return UNSHOWABLE.sub("", text)
+
 
 class PanelStreamer:
-    """Receives each step's tokens for the whole batch and publishes every row's text as it grows."""
+    """Receives each step's tokens for the whole batch and publishes every row's text as it grows.
 
-    def __init__(self, generation: Generation, rows: list[int], tokenizers: list, eos_ids: set[int]) -> None:
+    ``chat[i]``: row i is an instruction-tuned stage. The others (base, cpt) continue a plain 问：/答：
+    conversation and run on into an invented next turn: such a row ends at the first line starting with
+    a marker (:func:`training.evaluation.prompts.cut_plain_answer`), and its answer is what comes before.
+    """
+
+    def __init__(self, generation: Generation, rows: list[int], tokenizers: list, eos_ids: set[int],
+                 chat: list[bool] | None = None) -> None:
         self.generation = generation
         self.rows = rows  # batch row -> panel index
         self.tokenizers = tokenizers
         self.eos_ids = eos_ids
+        self.chat = chat or [True] * len(rows)
         self.ids: list[list[int]] = [[] for _ in rows]
         self.finished = [False] * len(rows)
+
+    @property
+    def all_finished(self) -> bool:
+        """Every row has ended (end of sequence or the next turn's marker): nothing more to generate."""
+        return all(self.finished)
 
     def put(self, steps: list[list[int]]) -> None:
         """The next steps of the batch, one token per row each; every row's text is published once."""
@@ -164,21 +193,30 @@ class PanelStreamer:
                     break
                 self.ids[i].append(step[i])
             else:
-                self.generation.update(panel, text=self._text(i), n_tokens=len(self.ids[i]), **first)
+                text, next_turn = self._text(i)
+                if next_turn:
+                    self._finish(i, **first)
+                else:
+                    self.generation.update(panel, text=text, n_tokens=len(self.ids[i]), **first)
 
     def end(self) -> None:
         for i in range(len(self.rows)):
             if not self.finished[i]:
                 self._finish(i)
 
-    def _text(self, i: int) -> str:
-        # byte-level tokens can end in the middle of a character: hold the partial character back
-        return self.tokenizers[i].decode(self.ids[i], skip_special_tokens=True).rstrip("\ufffd")
+    def _text(self, i: int) -> tuple[str, bool]:
+        """Row i's answer so far, and whether a plain row has run on into the next turn."""
+        text = clean_answer(self.tokenizers[i].decode(self.ids[i], skip_special_tokens=True))
+        if self.chat[i]:
+            return text, False
+        answer = cut_plain_answer(text)
+        return answer, answer != text.strip()
 
     def _finish(self, i: int, **changes) -> None:
         self.finished[i] = True
-        self.generation.update(self.rows[i], text=self._text(i), n_tokens=len(self.ids[i]), done=True,
-                               latency_s=self.generation.elapsed(), **changes)
+        text = self._text(i)[0]
+        self.generation.update(self.rows[i], text=text if text.strip() else "", n_tokens=len(self.ids[i]),
+                               done=True, latency_s=self.generation.elapsed(), **changes)
 
 
 # --- the pool ------------------------------------------------------------------------------------
@@ -210,10 +248,12 @@ class _Root:
 
 @dataclass
 class _Prepared:
-    """A contestant ready on its root: the adapters to apply and its tokenizer."""
+    """A contestant ready on its root: the adapters to apply, its tokenizer, and whether it is an
+    instruction-tuned stage (``cfg.eval.chat_stages``) rather than one asked in plain 问：/答： text."""
 
     adapters: tuple[str, ...]
     tokenizer: object
+    chat: bool = True
 
 
 class ModelPool:
@@ -315,7 +355,8 @@ class ModelPool:
                 try:
                     prepared = self._prepare(root, chain, request.contestant)
                     limit = self._prompt_limit(root.worker.context, generation.decoding.max_new_tokens)
-                    ready.append((panel, prepared, self._encode(prepared.tokenizer, request.messages, limit)))
+                    ready.append((panel, prepared,
+                                  self._encode(prepared.tokenizer, request.messages, limit, prepared.chat)))
                     generation.update(panel, serving=self._serving_record(root))
                 except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
                     generation.fail(panel, err)
@@ -345,12 +386,15 @@ class ModelPool:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos_ids = {t for t in (prepared.tokenizer.eos_token_id for _, prepared, _ in rows) if t is not None}
         streamer = PanelStreamer(generation, [panel for panel, _, _ in rows],
-                                 [prepared.tokenizer for _, prepared, _ in rows], eos_ids)
+                                 [prepared.tokenizer for _, prepared, _ in rows], eos_ids,
+                                 [prepared.chat for _, prepared, _ in rows])
 
         def on_tokens(steps: list[list[int]]) -> None:
             if generation.cancelled.is_set():
                 root.worker.cancel.set()
             streamer.put(steps)
+            if streamer.all_finished:  # base/cpt reached the next turn's marker: stop generating
+                root.worker.cancel.set()
 
         root.worker.generate([(prepared.adapters, ids) for _, prepared, ids in rows], generation.decoding.as_dict(),
                              pad, sorted(eos_ids), on_tokens)
@@ -402,7 +446,8 @@ class ModelPool:
                                      cpus=None if root.slot is None else self._cpu_slots[root.slot],
                                      cache_dir=self._cache_dir, reference=root.reference)
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
-        return _Prepared(adapters=adapters, tokenizer=self._tokenizer(chain, contestant))
+        return _Prepared(adapters=adapters, tokenizer=self._tokenizer(chain, contestant),
+                         chat=contestant.stage in self.cfg.eval.chat_stages)
 
     def _serving_record(self, root: _Root) -> dict:
         """How ``root``'s model answers (stored with each answer): exact, or as its reference plus a
@@ -468,11 +513,16 @@ class ModelPool:
         return None if not context else max(16, context - max_new_tokens)
 
     @staticmethod
-    def _encode(tokenizer, messages: list[dict], limit: int | None) -> list[int]:
-        """Token ids of the conversation with the generation prompt; the oldest turns give way first."""
+    def _encode(tokenizer, messages: list[dict], limit: int | None, chat: bool = True) -> list[int]:
+        """Token ids of the conversation with the generation prompt; the oldest turns give way first.
+
+        Instruction-tuned stages (``chat``) see the chat template, base and cpt the plain 问：/答： text they
+        were trained on, each as the evaluation asks them (:func:`training.evaluation.prompts.conversation_prompt`).
+        """
         messages = list(messages)
         while True:
-            ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+            ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"] if chat
+                       else token_ids(tokenizer, conversation_prompt(tokenizer, messages, chat=False)))
             if limit is None or len(ids) <= limit:
                 return ids
             if len(messages) > 1:

@@ -18,6 +18,7 @@ One module per concern, each a part of :class:`PreferenceStore` over the same se
     accounts.py     annotators: login accounts (argon2), authentication, the demo annotator
     checkpoints.py  the checkpoints of completed runs that may be compared
     comparisons.py  a prompt and the answers shown for it, and how each was served
+    guidelines.py   the guideline (rubric) versions and who has acknowledged which
     judgments.py    judgments with their scores and DPO pairs; which run consumed which pair
     leaderboard.py  the leaderboard and the store's counts (read only)
     exports.py      the stored pairs export and the Data tab read, the export log, pseudonyms
@@ -29,6 +30,7 @@ from preference_store.repository.accounts import DEMO_ANNOTATOR, Accounts
 from preference_store.repository.checkpoints import CheckpointRegistry
 from preference_store.repository.comparisons import Comparisons
 from preference_store.repository.exports import ExportSupport, StoredPair
+from preference_store.repository.guidelines import Guidelines
 from preference_store.repository.judgments import Judgments
 from preference_store.repository.leaderboard import LeaderboardQueries
 from training.config import Config
@@ -36,7 +38,8 @@ from training.config import Config
 __all__ = ["DEMO_ANNOTATOR", "PreferenceStore", "StoredPair"]
 
 
-class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, Judgments, LeaderboardQueries, ExportSupport):
+class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, Judgments, Guidelines, LeaderboardQueries,
+                      ExportSupport):
     """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
 
     Safe to share between threads (each call opens its own session); several processes may open the

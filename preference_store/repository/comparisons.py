@@ -41,10 +41,12 @@ class Comparisons(StoreSessions):
             row = ComparisonRow(
                 id=new_id(), conversation=conversation, annotator_id=comparison.annotator_id,
                 messages=[dict(msg) for msg in comparison.messages], blind=comparison.blind,
+                bank_prompt_id=comparison.bank_prompt_id, assignment_id=comparison.assignment_id,
                 responses=[
                     ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=r.text,
                                 decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s, n_tokens=r.n_tokens,
-                                serving=dict(r.serving) if r.serving is not None else None)
+                                serving=dict(r.serving) if r.serving is not None else None,
+                                leaks=list(r.leaks) if r.leaks is not None else None)
                     for panel, r in enumerate(comparison.responses)
                 ],
             )
@@ -73,10 +75,12 @@ def comparison_record(row: ComparisonRow) -> ComparisonOut:
     return ComparisonOut(
         id=row.id, conversation_id=row.conversation_id, annotator_id=row.annotator_id,
         messages=[dict(msg) for msg in row.messages], blind=row.blind, created=row.created,
+        bank_prompt_id=row.bank_prompt_id, assignment_id=row.assignment_id,
         responses=tuple(
             ResponseOut(id=r.id, label=PANEL_LABELS[r.panel], panel=r.panel, checkpoint_id=r.checkpoint_id,
                         text=r.text, decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s,
-                        n_tokens=r.n_tokens, serving=dict(r.serving) if r.serving is not None else None)
+                        n_tokens=r.n_tokens, serving=dict(r.serving) if r.serving is not None else None,
+                        leaks=list(r.leaks) if r.leaks is not None else None)
             for r in row.responses  # in panel order (the relationship's order_by)
         ),
     )

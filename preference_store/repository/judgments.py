@@ -9,9 +9,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from preference_store.models import AnnotatorRow, ComparisonRow, ConsumptionRow, JudgmentRow, PairRow, ScoreRow, utcnow
+from preference_store.models import (
+    AnnotatorRow,
+    ComparisonRow,
+    ConsumptionRow,
+    CriterionScoreRow,
+    JudgmentRow,
+    PairRow,
+    utcnow,
+)
 from preference_store.pairs import expand_judgment_to_pairs
-from preference_store.records import CRITERIA, PANEL_LABELS, JudgmentIn, JudgmentOut, Scores
+from preference_store.records import PANEL_LABELS, JudgmentIn, JudgmentOut
+from preference_store.repository.guidelines import Guidelines
 from preference_store.repository.sessions import StoreSessions, new_id
 from preference_store.validation import NotFoundError, check_judgment
 
@@ -21,7 +30,7 @@ def new_pair_id() -> str:
     return f"clin-{uuid.uuid4().hex}"
 
 
-class Judgments(StoreSessions):
+class Judgments(Guidelines):
     """Storing a judgment with its scores and pairs (all or nothing), reading judgments back, and the
     consumption log training writes."""
 
@@ -31,6 +40,7 @@ class Judgments(StoreSessions):
         A repeated ``client_id`` returns the stored judgment with ``duplicate=True`` and writes nothing.
         """
         client_id = judgment.client_id or new_id()
+        guideline = self.guideline(judgment.guideline_version)
 
         def work(session: Session) -> JudgmentOut:
             stored = _by_client_id(session, client_id)
@@ -43,7 +53,7 @@ class Judgments(StoreSessions):
                 raise NotFoundError(f"no annotator with id {judgment.annotator_id}: log in again")
             labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
             kind = check_judgment(judgment, labels, [r.text for r in comparison.responses],
-                                  self.settings.max_text_chars)
+                                  self.settings.max_text_chars, guideline.criterion_keys)
             by_label = dict(zip(labels, comparison.responses))
             created = utcnow()  # a pair is as old as its judgment
             row = JudgmentRow(
@@ -51,6 +61,7 @@ class Judgments(StoreSessions):
                 kind=kind, choice=judgment.choice,
                 ranking=dict(judgment.ranking) if judgment.ranking is not None else None,
                 correction=judgment.correction, reason=judgment.reason or None, created=created,
+                guideline_version=guideline.version,
                 pairs=[
                     PairRow(id=new_pair_id(), comparison_id=comparison.id,
                             chosen_response_id=by_label[chosen].id if chosen else None,
@@ -58,9 +69,9 @@ class Judgments(StoreSessions):
                     for chosen, rejected in expand_judgment_to_pairs(kind, labels, judgment.choice, judgment.ranking)
                 ],
                 scores=[
-                    ScoreRow(response_id=by_label[label].id, **{c: getattr(s, c) for c in CRITERIA})
-                    for label, s in judgment.scores.items()
-                    if any(getattr(s, c) is not None for c in CRITERIA)
+                    CriterionScoreRow(response_id=by_label[label].id, criterion=criterion, value=value)
+                    for label, given in judgment.scores.items()
+                    for criterion, value in given.items() if value is not None
                 ],
             )
             session.add(row)
@@ -123,10 +134,14 @@ def _by_client_id(session: Session, client_id: str) -> JudgmentRow | None:
 def judgment_record(session: Session, row: JudgmentRow, duplicate: bool = False) -> JudgmentOut:
     """The record of a stored judgment, with its scores by panel label and its pairs' ids (sorted)."""
     label_of = {r.id: PANEL_LABELS[r.panel] for r in session.get(ComparisonRow, row.comparison_id).responses}
+    scores: dict[str, dict[str, int]] = {}
+    for s in row.scores:
+        scores.setdefault(label_of[s.response_id], {})[s.criterion] = s.value
     return JudgmentOut(
         id=row.id, client_id=row.client_id, comparison_id=row.comparison_id, annotator_id=row.annotator_id,
         kind=row.kind, choice=row.choice, ranking=dict(row.ranking) if row.ranking is not None else None,
         correction=row.correction, reason=row.reason,
-        scores={label_of[s.response_id]: Scores(**{c: getattr(s, c) for c in CRITERIA}) for s in row.scores},
+        scores=scores,
         created=row.created, pair_ids=tuple(sorted(p.id for p in row.pairs)), duplicate=duplicate,
+        guideline_version=row.guideline_version,
     )

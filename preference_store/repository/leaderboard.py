@@ -10,11 +10,11 @@ from preference_store.models import (
     ComparisonRow,
     ConsumptionRow,
     ConversationRow,
+    CriterionScoreRow,
     ExportedPairRow,
     JudgmentRow,
     PairRow,
     ResponseRow,
-    ScoreRow,
 )
 from preference_store.pairs import battle_outcomes
 from preference_store.ratings import (
@@ -24,7 +24,7 @@ from preference_store.ratings import (
     rate_checkpoints,
     win_rates,
 )
-from preference_store.records import CRITERIA, JUDGMENT_KINDS, PANEL_LABELS, Leaderboard, StoreCounts
+from preference_store.records import JUDGMENT_KINDS, PANEL_LABELS, Leaderboard, StoreCounts
 from preference_store.repository.sessions import StoreSessions
 
 
@@ -67,8 +67,8 @@ class LeaderboardQueries(StoreSessions):
             ):
                 panels.setdefault(cid, {})[PANEL_LABELS[panel]] = (rid, ckpt)
             scored = session.execute(
-                select(ResponseRow.checkpoint_id, *(getattr(ScoreRow, c) for c in CRITERIA))
-                .join(ResponseRow, ResponseRow.id == ScoreRow.response_id)
+                select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value)
+                .join(ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
             ).all()
             n_judgments = session.scalar(select(func.count()).select_from(JudgmentRow))
 
@@ -82,9 +82,7 @@ class LeaderboardQueries(StoreSessions):
                 verdicts.append((f"{cid}|{first}|{second}", str(annotator_id),
                                  {1.0: 1, 0.0: -1}.get(verdict, 0)))
         rates, met = win_rates(battles)
-        means, n_scores = criterion_means(
-            (ckpt, c, value) for ckpt, *values in scored for c, value in zip(CRITERIA, values) if value is not None
-        )
+        means, n_scores = criterion_means(scored)
         return Leaderboard(
             ratings=rate_checkpoints(battles, rounds, seed), win_rate=rates, battles=met,
             criteria=means, criteria_n=n_scores, agreement=inter_annotator_agreement(verdicts),
