@@ -14,9 +14,11 @@ own beyond the profile name.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from preference_store.cli import add_annotator
@@ -44,6 +46,9 @@ def train_and_register(cfg: Config, **options) -> str:
     run_id = train_all(cfg, before_data=export_clinician_pairs, **options)
     if not options.get("dry_run") and cfg.train.machine_rank == 0:
         register_run(cfg, run_id)
+        parent = read_manifest_at(cfg.runs_dir / run_id).get("parent_run")
+        if parent:
+            report_run_comparison(cfg, run_id, parent, split="heldout")
     return run_id
 
 
@@ -68,6 +73,24 @@ def register_run(cfg: Config, run_id: str) -> None:
         consumed = store.mark_consumed(manifest.get("dpo_pair_ids", []), run_id)
     print(f"registered {', '.join(f'{run_id}/{s}' for s in stages)} in the preference store"
           + (f"; {consumed} clinician pairs marked as consumed by this run" if consumed else ""), flush=True)
+
+
+def report_run_comparison(cfg: Config, new_run: str, old_run: str, split: str | None = "heldout",
+                          stage: str | None = None) -> dict:
+    """The rule for whether a round of the loop helped: the clinicians' judgments of ``new_run`` against
+    ``old_run`` on the shared bank prompts of ``split`` (held-out by default), with a bootstrap over prompts,
+    written into the new run's results (results.json ``arena``, results.md) and printed. A new run has no
+    judgments yet when it is trained; ``./launch.sh compare-runs`` brings the verdict up to date later."""
+    from training.evaluation.evaluate import record_arena_comparison
+
+    with PreferenceStore.from_config(cfg) as store:
+        result = store.compare_runs(new_run, old_run, split=split, stage=stage)
+    arena = dataclasses.asdict(result)
+    arena.update(split=split or "all", as_of=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 summary=result.summary)
+    path = record_arena_comparison(cfg, new_run, arena)
+    print(f"clinicians, {arena['split']} bank prompts: {result.summary} (in {path})", flush=True)
+    return arena
 
 
 # --- subcommands -------------------------------------------------------------------------------------
@@ -114,6 +137,28 @@ def _add_annotator(cfg: Config, args) -> None:
 
 def _export_prefs(cfg: Config, args) -> None:
     export_cli(cfg, out=args.out, since=args.since)
+
+
+def _import_bank(cfg: Config, args) -> None:
+    with PreferenceStore.from_config(cfg) as store:
+        summary = store.import_bank(args.file, bank=args.bank)
+    print(f"prompt bank {summary.bank!r}: imported {summary.imported} prompts, {summary.duplicates} duplicates "
+          f"imported once" + (f", {len(summary.errors)} malformed lines left out:" if summary.errors else ""))
+    for error in summary.errors:
+        print(f"  {error}")
+
+
+def _queue_round(cfg: Config, args) -> None:
+    with PreferenceStore.from_config(cfg) as store:
+        new = store.start_queue_round(None)
+        prompts = len(store.bank_prompts())
+    print(f"queue round {new} started: every annotator's queue holds the {prompts} bank prompts again "
+          f"({cfg.store.annotators_per_prompt} annotators per prompt)")
+
+
+def _compare_runs(cfg: Config, args) -> None:
+    report_run_comparison(cfg, args.run, args.against, split=None if args.split == "all" else args.split,
+                          stage=args.stage)
 
 
 def _export(cfg: Config, args) -> None:
@@ -181,6 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: a new file in the collected-pairs folder)")
     p.add_argument("--since", help="only judgments at or after this ISO-8601 time")
     p.set_defaults(func=_export_prefs)
+
+    p = sub.add_parser("import-bank", parents=[common],
+                       help="import a bank of clinical prompts (jsonl/csv) that annotators work through in their queues")
+    p.add_argument("file", help="jsonl or csv: prompt, optional history (conversation so far), tags, split")
+    p.add_argument("--bank", help="the bank's name (default: the file's name without extension)")
+    p.set_defaults(func=_import_bank)
+
+    p = sub.add_parser("queue-round", parents=[common],
+                       help="start a new queue round: every annotator gets the bank prompts again (e.g. for a new run)")
+    p.set_defaults(func=_queue_round)
+
+    p = sub.add_parser("compare-runs", parents=[common],
+                       help="clinicians' verdict on a run against another on the shared bank prompts")
+    p.add_argument("--run", required=True, help="the newer run")
+    p.add_argument("--against", required=True, help="the run it should beat (e.g. its parent)")
+    p.add_argument("--split", choices=("heldout", "train", "all"), default="heldout",
+                   help="which bank prompts count (default heldout)")
+    p.add_argument("--stage", help="stage to compare (default: the last stage both runs have)")
+    p.set_defaults(func=_compare_runs)
 
     p = sub.add_parser("export", parents=[common], help="write a stage of a run as one merged Hugging Face checkpoint")
     p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")

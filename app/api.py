@@ -1,31 +1,37 @@
 """The app's programmatic API (Gradio endpoints, callable with ``gradio_client``), for scripts and the
-loop's tests: list contestants, run one comparison, judge it.
+loop's tests: list contestants, run one comparison, judge it; work through the annotator's queue of
+bank prompts and rate single answers.
 
     from gradio_client import Client
     client = Client("http://127.0.0.1:7860/")               # auth=("name", "password") with accounts
     ids = client.predict(api_name="/contestants")
     cmp = client.predict("高血压饮食注意什么？", ids[:2], True, api_name="/compare")
     client.predict(cmp["comparison_id"], "A", api_name="/judge")
+    item = client.predict(ids[:2], True, api_name="/queue_next")  # the next bank prompt, answered; progress
+    client.predict(item["comparison_id"], "B", False, api_name="/rate")   # thumbs down on answer B
 
 Every call is checked like the UI: the research-only notice must be accepted (``accept_notice``),
 unknown checkpoint ids and bad prompts are refused with a one-line error, and the caller is the
 logged-in annotator (or "demo" when no account exists). API comparisons are not blind: the caller
-names the contestants, and the answers come back labelled A-D with their checkpoint ids.
+names the contestants, and the answers come back labelled A-D with their checkpoint ids. A caller
+judges and rates only the comparisons they recorded themselves (the store refuses the others').
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from app.arena import Arena, ArenaSession, resolve_decoding
+from app.arena import QUEUE_EMPTY, Arena, ArenaSession, resolve_decoding
 from app.auth import identify
 from app.contestants import available_contestants
-from preference_store.records import PANEL_LABELS, JudgmentIn
+from app.notice import NOT_ACCEPTED
+from preference_store.records import PANEL_LABELS, JudgmentIn, RatingIn
 from training.errors import UserError
 
 
 def build_api(arena: Arena) -> None:
-    """Register the endpoints ``/contestants``, ``/compare`` and ``/judge`` on the current Blocks."""
+    """Register the endpoints ``/contestants``, ``/compare``, ``/judge``, ``/queue_next`` and ``/rate`` on the
+    current Blocks."""
     cfg, store = arena.cfg, arena.store
     d = cfg.app.decoding
 
@@ -47,14 +53,17 @@ def build_api(arena: Arena) -> None:
                 pass
         except UserError as err:
             raise gr.Error(str(err)) from None
+        return recorded(session, decoding.seed)
+
+    def recorded(session: ArenaSession, seed: int) -> dict:
         errors = {session.panels[PANEL_LABELS.index(label)].checkpoint_id: error
                   for label, error in session.errors.items()}
         if session.comparison_id is None:
             raise gr.Error(f"fewer than two answers, nothing recorded: {errors}")
-        recorded = store.get_comparison(session.comparison_id)
-        return {"comparison_id": recorded.id, "seed": decoding.seed, "errors": errors,
-                "answers": [{"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text}
-                            for r in recorded.responses]}
+        stored = store.get_comparison(session.comparison_id)
+        return {"comparison_id": stored.id, "seed": seed, "errors": errors,
+                "answers": [{"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
+                            for r in stored.responses]}
 
     def judge(comparison_id: str, choice: str | None = None, ranking: dict[str, int] | None = None,
               correction: str | None = None, reason: str | None = None, client_id: str | None = None,
@@ -68,10 +77,58 @@ def build_api(arena: Arena) -> None:
         except UserError as err:
             raise gr.Error(str(err)) from None
         return {"judgment_id": out.id, "kind": out.kind, "pair_ids": list(out.pair_ids), "duplicate": out.duplicate,
-                "reveal": store.get_comparison(comparison_id).reveal,
+                "reveal": store.get_comparison(comparison_id, annotator.id).reveal,
                 "judgments_by_you": store.count_judgments(annotator.id)}
+
+    def queue_next(checkpoints: list[str] | None = None, accept_notice: bool = False,
+                   request: gr.Request = None) -> dict:
+        """The caller's next bank prompt (their open one first) and their progress; with 2-4 ``checkpoints``
+        it is also answered (the shared queue decoding) and the comparison recorded, as ``/compare`` returns
+        it. ``assignment_id`` None and ``message`` when the queue is empty."""
+        try:
+            session = ArenaSession(annotator=identify(store, getattr(request, "username", None)),
+                                   notice_accepted=bool(accept_notice))
+            if checkpoints:
+                assignment = arena.take_assignment(session, checkpoints, blind=False)
+            elif not session.notice_accepted:
+                raise UserError(NOT_ACCEPTED)
+            else:
+                assignment = store.next_assignment(session.annotator.id)
+            out = {"assignment_id": None, "bank_prompt_id": None, "messages": [], "prompt": None,
+                   "message": QUEUE_EMPTY}
+            if assignment is not None:
+                bank_prompt = assignment.bank_prompt
+                out = {"assignment_id": assignment.id, "bank_prompt_id": bank_prompt.id,
+                       "messages": [dict(m) for m in bank_prompt.messages], "prompt": bank_prompt.prompt,
+                       "split": bank_prompt.split, "tags": list(bank_prompt.tags), "message": ""}
+                if checkpoints:
+                    decoding = arena.queue_decoding(bank_prompt.id)
+                    for _ in arena.ask_queue(session, assignment, decoding):
+                        pass
+                    out |= recorded(session, decoding.seed)
+            progress = store.queue_progress(session.annotator.id)
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        return out | {"progress": str(progress), "done": progress.done, "total": progress.total}
+
+    def rate(comparison_id: str, label: str, up: bool, correction: str | None = None, reason: str | None = None,
+             client_id: str | None = None, request: gr.Request = None) -> dict:
+        """Thumbs up (``up`` true) or down on answer ``label`` of a comparison you recorded, with an optional
+        better answer and reason."""
+        try:
+            annotator = identify(store, getattr(request, "username", None))
+            out = store.submit_rating(RatingIn(comparison_id, annotator.id, label=label, up=bool(up),
+                                               correction=correction or None, reason=reason or None,
+                                               client_id=client_id or None))
+            progress = store.queue_progress(annotator.id)
+        except UserError as err:
+            raise gr.Error(str(err)) from None
+        return {"rating_id": out.id, "label": out.label, "up": out.up, "duplicate": out.duplicate,
+                "guideline_version": out.guideline_version, "progress": str(progress)}
 
     limit = cfg.app.concurrent_comparisons
     gr.api(contestants, api_name="contestants")
     gr.api(compare, api_name="compare", concurrency_limit=limit, concurrency_id="generate")
     gr.api(judge, api_name="judge")
+    gr.api(queue_next, api_name="queue_next", concurrency_limit=limit, concurrency_id="generate")
+    gr.api(rate, api_name="rate")

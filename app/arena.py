@@ -9,6 +9,17 @@ A session (one browser tab) holds plain data (:class:`ArenaSession`); :class:`Ar
     arena.rank(session, {"A": 2, "B": 1, "C": 4, "D": 3})                 # names are revealed after it
     arena.correct(session, "一个更好的回答……")
 
+The annotator's queue of shared bank prompts (:mod:`preference_store.repository.bank`) goes through the
+same session:
+
+    assignment = arena.take_assignment(session, checkpoint_ids, blind=True)   # None: the queue is empty
+    for _ in arena.ask_queue(session, assignment):    # the bank prompt, its conversation so far as context
+        ...
+    arena.rate(session, "B", up=False, reason="剂量错误")                    # or vote / rank / correct
+
+Judging needs the guideline in force acknowledged first (:meth:`Arena.acknowledge_guideline`); each
+judgment records its version, and the 1-5 scores are on its criteria.
+
 Each panel keeps its own history (the model sees its own earlier answers). The conversation stored
 with each comparison, which becomes the DPO prompt, has the user's turns and, after each, the best
 answer known for it: the clinician's correction, else the winner of the vote or ranking, else panel
@@ -25,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.contestants import resolve_contestants
+from app.leaks import contestant_terms, find_leaks
 from app.notice import NOT_ACCEPTED
 from app.serving.pool import Answer, ModelPool, PanelRequest
 from app.serving.sampling import Decoding
@@ -33,9 +45,14 @@ from preference_store.records import (
     MIN_CONTESTANTS,
     PANEL_LABELS,
     Annotator,
+    Assignment,
     ComparisonIn,
+    Criterion,
+    Guideline,
     JudgmentIn,
     JudgmentOut,
+    QueueProgress,
+    RatingIn,
     ResponseIn,
 )
 from preference_store.repository import PreferenceStore
@@ -46,7 +63,14 @@ CHOICE_NAMES = {"A": "A 更好 A is better", "B": "B 更好 B is better", "tie":
 # what a panel shows for an answer with nothing in it once cleaned (it is stored as ""); Regenerate asks again
 EMPTY_ANSWER = "空回答 (empty answer)"
 STILL_GENERATING = "还在生成 / the answers are still coming: wait for them, or start a new conversation"
+QUEUE_EMPTY = "队列已完成 / your queue is empty: nothing left to judge"
+ACK_LABEL = "我已阅读 I have read the guideline"
+
 _seeds = random.SystemRandom()
+
+
+class GuidelineUnread(UserError):
+    """Judging before the guideline in force was acknowledged: the app shows the guideline."""
 
 
 @dataclass
@@ -77,6 +101,14 @@ class ArenaSession:
     undo: tuple | None = None  # lengths before the newest turn, for regenerate
     epoch: int = 0  # bumped by every new or cleared conversation; an older answer stream then stops
     busy: bool = False  # answers are being generated for this session
+    # the newest prompt came from the annotator's queue: its bank prompt and assignment (None = free chat),
+    # and how many times it was asked (regenerate asks again with the next seed of the prompt)
+    bank_prompt_id: str | None = None
+    assignment_id: str | None = None
+    queue_attempt: int = 0
+    # the guideline whose criteria the score rows show (read at page load; None = not read yet)
+    guideline_version: int | None = None
+    criteria: tuple[Criterion, ...] = ()
 
     @property
     def labels(self) -> list[str]:
@@ -153,33 +185,50 @@ class Arena:
         session.voted = False
         session.last_prompt = None
         session.undo = None
+        session.bank_prompt_id = session.assignment_id = None
+        session.queue_attempt = 0
 
-    def check_prompt(self, prompt) -> str:
-        """The prompt if it can be sent; a one-line reason otherwise."""
+    def check_prompt(self, prompt, bank: bool = False) -> str:
+        """The prompt if it can be sent; a one-line reason otherwise (a bank prompt, chosen by an admin,
+        is not held to the typed prompts' length limit)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError("请输入问题 / the prompt is empty: type a question first")
         limit = self.cfg.app.max_prompt_chars
-        if len(prompt) > limit:
+        if len(prompt) > limit and not bank:
             raise UserError(f"问题过长 / the prompt has {len(prompt)} characters, over the limit of {limit} "
                             "(app.max_prompt_chars): shorten it")
         return prompt.strip()
 
     # --- answers -------------------------------------------------------------------------------
-    def ask(self, session: ArenaSession, prompt: str, decoding: Decoding) -> Iterator[ArenaSession]:
+    def ask(self, session: ArenaSession, prompt: str, decoding: Decoding, *, context: list[dict] | None = None,
+            bank_prompt_id: str | None = None, assignment_id: str | None = None) -> Iterator[ArenaSession]:
         """Send ``prompt`` to every panel; yields the session each time the answers grow.
 
+        ``context``: the conversation so far (user/assistant/system messages) to start a new conversation
+        with, as every panel's history (a bank prompt's earlier turns). ``bank_prompt_id`` and
+        ``assignment_id``: the prompt comes from the annotator's queue; the comparison records them.
+
         When every panel is done the comparison is recorded (panels that failed are left out; with
-        fewer than two answers nothing can be judged and nothing is recorded).
+        fewer than two answers nothing can be judged and nothing is recorded). Every answer is checked
+        for names that give the contestant away (:mod:`app.leaks`); what it finds is stored with it.
         """
         self._check_ready(session)
-        prompt = self.check_prompt(prompt)
+        prompt = self.check_prompt(prompt, bank=bank_prompt_id is not None)
         if session.busy:
             raise UserError(STILL_GENERATING)
         contestants = resolve_contestants(self.cfg, [p.checkpoint_id for p in session.panels])
+        if context:
+            if session.reference or any(p.history for p in session.panels):
+                raise UserError("a conversation so far can only start a new conversation")
+            for panel in session.panels:
+                panel.history = [{"role": m["role"], "content": m["content"]} for m in context]
+                panel.display = [_display_message(m) for m in context]
+            session.reference = [{"role": m["role"], "content": m["content"]} for m in context]
         session.undo = ([len(p.history) for p in session.panels], [len(p.display) for p in session.panels],
                         len(session.reference))
         session.comparison_id, session.judgeable, session.voted = None, [], False
         session.last_prompt = prompt
+        session.bank_prompt_id, session.assignment_id = bank_prompt_id, assignment_id
         user = {"role": "user", "content": prompt}
         for panel in session.panels:
             panel.display.append({"role": "user", "content": as_display_text(prompt)})
@@ -220,7 +269,107 @@ class Arena:
         for panel, h, d in zip(session.panels, histories, displays):
             del panel.history[h:], panel.display[d:]
         del session.reference[reference:]
-        yield from self.ask(session, session.last_prompt, decoding)
+        if session.bank_prompt_id is not None:  # a queue prompt: its next shared seed, not the one given
+            session.queue_attempt += 1
+            decoding = self.queue_decoding(session.bank_prompt_id, session.queue_attempt)
+        yield from self.ask(session, session.last_prompt, decoding, bank_prompt_id=session.bank_prompt_id,
+                            assignment_id=session.assignment_id)
+
+    # --- the annotator's queue of bank prompts ------------------------------------------------------
+    def take_assignment(self, session: ArenaSession, checkpoint_ids: list[str], blind: bool,
+                        rng: random.Random | None = None) -> Assignment | None:
+        """The annotator's next queue prompt (their open one first), with a new conversation started with
+        these contestants; None when nothing is left for them (:data:`QUEUE_EMPTY`; the panels stay as they
+        are)."""
+        if not session.notice_accepted:
+            raise UserError(NOT_ACCEPTED)
+        if session.annotator is None:
+            raise UserError("no annotator for this session: reload the page (and log in)")
+        if session.busy:
+            raise UserError(STILL_GENERATING)
+        ids = list(dict.fromkeys(checkpoint_ids or []))
+        if not MIN_CONTESTANTS <= len(ids) <= MAX_CONTESTANTS:  # checked before a prompt is taken
+            raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants "
+                            f"(you chose {len(ids)})")
+        resolve_contestants(self.cfg, ids)
+        assignment = self.store.next_assignment(session.annotator.id)
+        if assignment is not None:
+            self.start(session, ids, blind, rng)
+        return assignment
+
+    def ask_queue(self, session: ArenaSession, assignment: Assignment,
+                  decoding: Decoding | None = None) -> Iterator[ArenaSession]:
+        """Ask the assignment's bank prompt in a new conversation, its earlier turns as every panel's history;
+        the comparison records the bank prompt and the assignment. ``decoding`` None = the shared queue
+        decoding (:meth:`queue_decoding`)."""
+        if session.busy:
+            raise UserError(STILL_GENERATING)
+        if session.annotator is None or assignment.annotator_id != session.annotator.id:
+            raise UserError("this queue prompt is assigned to another annotator")
+        prompt = assignment.bank_prompt
+        self.clear(session)
+        yield from self.ask(session, prompt.prompt, decoding or self.queue_decoding(prompt.id),
+                            context=prompt.messages[:-1], bank_prompt_id=prompt.id, assignment_id=assignment.id)
+
+    def queue_decoding(self, bank_prompt_id: str, attempt: int = 0) -> Decoding:
+        """How a queue prompt is answered: the configured decoding (``app.decoding``, not this browser's
+        sliders) with a seed derived from the bank prompt's id.
+
+        Agreement between annotators means something only if they judged the same answers: each row is
+        sampled from its own seeded generator (:mod:`app.serving.sampling`), so the k annotators of a bank
+        prompt who pick the same contestants see the same answers, whatever their panel order, and their
+        verdicts differ only where their judgment does. ``attempt`` (a regenerate) moves to the prompt's
+        next seed, the same for everyone.
+        """
+        digest = hashlib.sha256(f"{bank_prompt_id}:{attempt}".encode()).digest()
+        seed = int.from_bytes(digest[:4], "big") % 2**31
+        return resolve_decoding(self.cfg.app.decoding, seed=seed)
+
+    def queue_progress(self, session: ArenaSession) -> QueueProgress | None:
+        """The annotator's "12 / 40" (None without an annotator)."""
+        if session.annotator is None:
+            return None
+        return self.store.queue_progress(session.annotator.id)
+
+    # --- the guideline -------------------------------------------------------------------------------
+    def load_guideline(self, session: ArenaSession) -> Guideline:
+        """The guideline in force; the session's score rows follow its criteria from now on."""
+        guideline = self.store.guideline()
+        session.guideline_version, session.criteria = guideline.version, guideline.criteria
+        return guideline
+
+    def guideline_to_read(self, session: ArenaSession) -> Guideline | None:
+        """The guideline in force when this annotator has not acknowledged it yet (never, or an older version)."""
+        if session.annotator is None:
+            return None
+        guideline = self.store.guideline()
+        seen = self.store.guideline_seen(session.annotator.id)
+        return guideline if seen is None or seen < guideline.version else None
+
+    def acknowledge_guideline(self, session: ArenaSession, version: int | None = None) -> str:
+        """The annotator has read the guideline (``version`` None = the one in force)."""
+        if session.annotator is None:
+            raise UserError("no annotator for this session: reload the page (and log in)")
+        guideline = self.load_guideline(session)
+        version = guideline.version if version is None else version
+        if version != guideline.version:
+            raise UserError(f"the guideline is now version {guideline.version}: read it again")
+        self.store.mark_guideline_seen(session.annotator.id, version)
+        return f"✓ 已阅读评判准则第 {version} 版 / guideline version {version} acknowledged"
+
+    def _check_guideline(self, session: ArenaSession) -> int:
+        """The version in force, once this annotator has acknowledged it and the score rows follow it."""
+        in_force = self.store.guideline()
+        changed = session.guideline_version not in (None, in_force.version)
+        session.guideline_version, session.criteria = in_force.version, in_force.criteria
+        seen = self.store.guideline_seen(session.annotator.id)
+        if seen is None or seen < in_force.version:
+            raise GuidelineUnread(f"请先阅读评判准则（第 {in_force.version} 版）并点击“{ACK_LABEL}” / read the "
+                                  f"guideline (version {in_force.version}) and acknowledge it before judging")
+        if changed:
+            raise UserError(f"评判准则已更新为第 {in_force.version} 版 / the guideline is now version "
+                            f"{in_force.version}: the score rows follow its criteria; check them and judge again")
+        return in_force.version
 
     def _check_ready(self, session: ArenaSession) -> None:
         if not session.notice_accepted:
@@ -246,13 +395,17 @@ class Arena:
         session.reference.append({"role": "assistant", "content": ok[0][1].text if ok else ""})
         if len(ok) < MIN_CONTESTANTS:
             return
+        terms = contestant_terms(self.cfg.app.leak_terms, [p.checkpoint_id for p in session.panels])
         comparison = self.store.record_comparison(ComparisonIn(
             annotator_id=session.annotator.id,
             messages=[dict(m) for m in session.reference[:-1]],
             responses=[ResponseIn(a.checkpoint_id, a.text, decoding.as_dict(), seed=decoding.seed,
-                                  latency_s=a.latency_s, n_tokens=a.n_tokens, serving=a.serving) for _, a in ok],
+                                  latency_s=a.latency_s, n_tokens=a.n_tokens, serving=a.serving,
+                                  leaks=find_leaks(a.text, terms)) for _, a in ok],
             conversation_id=session.conversation_id,
             blind=session.blind and not session.revealed,
+            bank_prompt_id=session.bank_prompt_id,
+            assignment_id=session.assignment_id,
         ))
         session.conversation_id = comparison.conversation_id
         session.comparison_id = comparison.id
@@ -299,13 +452,37 @@ class Arena:
         self._set_reference(session, text.strip())
         return self._confirm(session, out, "改写的回答 corrected answer")
 
-    def _check_judgeable(self, session: ArenaSession, vote: bool) -> None:
+    def rate(self, session: ArenaSession, label: str, up: bool, correction: str | None = None,
+             reason: str | None = None) -> str:
+        """Thumbs up or down on one answer of a queue comparison, instead of (or besides) comparing; an
+        optional better answer and reason. The names stay hidden: the answers can still be compared."""
+        version = self._check_judgeable(session, vote=False)
+        if session.assignment_id is None:
+            raise UserError("单个回答评分用于队列题 / rating one answer is for queue prompts: take one with "
+                            "下一题 Next from my queue")
+        store_label = self._to_store_label(session, label)
+        correction = correction.strip() if isinstance(correction, str) and correction.strip() else None
+        reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
+        digest = hashlib.sha256((correction or "").encode()).hexdigest()[:16]
+        out = self.store.submit_rating(RatingIn(
+            comparison_id=session.comparison_id, annotator_id=session.annotator.id, label=store_label, up=bool(up),
+            correction=correction, reason=reason, guideline_version=version,
+            # one record per answer, verdict and correction, however often it is clicked
+            client_id=f"{session.comparison_id}:rating-{store_label}-{'up' if up else 'down'}-{digest}"))
+        again = "（重复提交，未再次记录 / already recorded, not stored twice）" if out.duplicate else ""
+        thumb = "👍 好 good" if up else "👎 差 bad"
+        extra = " + 改写的回答 corrected answer" if correction else ""
+        return f"✓ 已记录 Recorded: 回答 answer {label} {thumb}{extra}{again}."
+
+    def _check_judgeable(self, session: ArenaSession, vote: bool) -> int:
+        """The guideline version the judgment is made under, once it may be made."""
         if session.annotator is None:
             raise UserError("no annotator for this session: reload the page (and log in)")
         if session.comparison_id is None:
             raise UserError("nothing to judge yet: send a prompt and wait for at least two answers")
         if vote and session.voted:
             raise UserError("this comparison is judged already: send a new prompt (or write a better answer)")
+        return self._check_guideline(session)
 
     def _to_store_label(self, session: ArenaSession, label: str) -> str:
         """Panel label on screen -> label in the store (failed panels are not in the stored comparison)."""
@@ -329,7 +506,7 @@ class Arena:
             comparison_id=session.comparison_id, annotator_id=session.annotator.id,
             # one vote per comparison and one record per distinct correction, however often it is clicked
             client_id=f"{session.comparison_id}:{kind}", reason=reason,
-            scores=self._store_scores(session, scores), **judgment))
+            scores=self._store_scores(session, scores), guideline_version=session.guideline_version, **judgment))
 
     def _answer_text(self, session: ArenaSession, label: str) -> str:
         return session.panels[PANEL_LABELS.index(label)].history[-1]["content"]
@@ -347,6 +524,13 @@ class Arena:
                            for label in session.labels)
         return (f"✓ 已记录 Recorded: {what}{again} — {len(out.pair_ids)} 个偏好对 pairs. "
                 f"您已完成 {count} 次评判 / you have made {count} judgments. 揭晓 Revealed: {reveal}")
+
+
+def _display_message(message: dict) -> dict:
+    """A message of a conversation so far as a panel shows it (a system message as a note from the user)."""
+    if message["role"] == "system":
+        return {"role": "user", "content": f"〔系统 system〕 {as_display_text(message['content'])}"}
+    return {"role": message["role"], "content": as_display_text(message["content"])}
 
 
 def _as_int(value, what: str) -> int:

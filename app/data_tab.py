@@ -1,8 +1,19 @@
-"""The Data tab: what the store holds, the newest preference pairs, and for admins the export that
-``./launch.sh export-prefs`` does (de-identified pairs into the collected-pairs folder)."""
+"""The Data tab: what the store holds, the newest preference pairs, and for admins the bank import and
+the export that ``./launch.sh export-prefs`` does (de-identified pairs and single-answer ratings).
+
+Who sees what:
+
+- an annotator sees only their own work: their comparisons, judgments, pairs, single-answer ratings and
+  queue progress, the rows of their own pairs (their own text, shown as they wrote it) and what they made
+  of each of their comparisons (everyone sees this table of their own);
+- an admin sees the whole store and everyone's pairs, each text de-identified for display
+  (:func:`preference_store.deid.deidentify`: names, phone and ID numbers, e-mail, record numbers) and
+  with the annotator's name; admins also import prompt banks and export.
+"""
 
 from __future__ import annotations
 
+import html
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,15 +21,22 @@ from pathlib import Path
 import gradio as gr
 
 from app.arena import ArenaSession
+from preference_store.deid import deidentify
 from preference_store.export import export_pairs, format_summary
+from preference_store.export_ratings import export_ratings, format_ratings_summary
+from preference_store.records import Annotator, BankImportSummary, JudgmentOut
 from preference_store.repository import PreferenceStore
 from training.config import Config
 from training.errors import UserError
 
 PAIR_COLUMNS = ["时间 time", "问题 prompt", "优选 chosen", "较差 rejected", "优选来源 chosen from", "较差来源 rejected from",
                 "优选服务方式 chosen served", "较差服务方式 rejected served"]
+ANNOTATOR_COLUMN = "标注者 annotator"  # admins only, after the checkpoints (index 6)
+JUDGMENT_COLUMNS = ["时间 time", "问题 prompt", "来源 source", "我的评判 my judgments and ratings"]
+THUMBS = {True: "👍", False: "👎"}
 EXCERPT = 120
 NOT_RECORDED = "—"
+ADMIN_HINT = "./launch.sh add-annotator NAME --role admin"
 
 
 def _excerpt(text: str) -> str:
@@ -35,68 +53,228 @@ def serving_label(serving: dict | None) -> str:
     return str(mode) if mode else NOT_RECORDED
 
 
-def counts_markdown(store: PreferenceStore) -> str:
+def sees_everyone(viewer: Annotator | None) -> bool:
+    """Admins (and callers without a viewer: the command line and tests) see the whole store."""
+    return viewer is None or viewer.is_admin
+
+
+def counts_markdown(store: PreferenceStore, viewer: Annotator | None = None) -> str:
+    """The store's counts for admins; an annotator's own counts for an annotator."""
+    if not sees_everyone(viewer):
+        return own_counts_markdown(store, viewer)
     c = store.counts()
     kinds = ", ".join(f"{k} {v}" for k, v in c.judgments_by_kind.items())
     return (f"| 标注者 annotators | 检查点 checkpoints | 对话 conversations | 比较 comparisons | 评判 judgments "
             f"| 偏好对 pairs | 已导出 exported | 已用于训练 trained on |\n|---|---|---|---|---|---|---|---|\n"
             f"| {c.annotators} | {c.checkpoints} | {c.conversations} | {c.comparisons} | {c.judgments} ({kinds}) "
-            f"| {c.pairs} | {c.exported_pairs} | {c.consumed_pairs} |")
+            f"| {c.pairs} | {c.exported_pairs} | {c.consumed_pairs} |\n\n"
+            f"| 单项评价 single-answer ratings | 题库问题 bank prompts | 已完成分配 assignments done |\n|---|---|---|\n"
+            f"| {c.ratings} | {c.bank_prompts} | {c.assignments_done} |")
 
 
-def recent_pairs_table(store: PreferenceStore, limit: int) -> list[list]:
-    """The newest pairs, newest first, texts shortened (the Dataframe shows them as plain text)."""
+def own_counts_markdown(store: PreferenceStore, annotator: Annotator) -> str:
+    """One annotator's own work: nothing about anyone else's."""
+    c = store.annotator_counts(annotator.id)
+    kinds = ", ".join(f"{k} {v}" for k, v in c.judgments_by_kind.items())
+    progress = store.queue_progress(annotator.id)
+    return (f"| 我的比较 my comparisons | 我的评判 my judgments | 我的偏好对 my pairs "
+            f"| 我的单项评价 my single-answer ratings | 我的队列 my queue (done / total) |\n|---|---|---|---|---|\n"
+            f"| {c.comparisons} | {c.judgments} ({kinds}) | {c.pairs} | {c.ratings} | {progress} |\n\n"
+            "只显示您自己的数据 Only your own work is shown here.")
+
+
+def recent_pairs_table(store: PreferenceStore, limit: int, viewer: Annotator | None = None) -> list[list]:
+    """The newest pairs, newest first, texts shortened (the Dataframe shows them as plain text).
+
+    An annotator gets their own pairs only, as they wrote them; admins (``viewer`` None included) get
+    everyone's, de-identified, with the annotator's name after the checkpoints.
+    """
+    everyone = sees_everyone(viewer)
+    pairs = store.recent_pairs(limit) if everyone else store.recent_pairs(limit, annotator_id=viewer.id)
+    names = {a.id: a.name for a in store.list_annotators()} if everyone else {}
+    show = (lambda text: _excerpt(deidentify(text))) if everyone else _excerpt
     rows = []
-    for pair in store.recent_pairs(limit):
+    for pair in pairs:
         prompt = next((m["content"] for m in reversed(pair.prompt) if m["role"] == "user"), "")
-        rows.append([pair.created.strftime("%Y-%m-%d %H:%M"), _excerpt(prompt), _excerpt(pair.chosen),
-                     _excerpt(pair.rejected), pair.chosen_checkpoint or "改写 clinician correction",
-                     pair.rejected_checkpoint,
+        who = [names.get(pair.annotator_id, str(pair.annotator_id))] if everyone else []
+        rows.append([pair.created.strftime("%Y-%m-%d %H:%M"), show(prompt), show(pair.chosen),
+                     show(pair.rejected), pair.chosen_checkpoint or "改写 clinician correction",
+                     pair.rejected_checkpoint, *who,
                      serving_label(pair.chosen_serving), serving_label(pair.rejected_serving)])
     return rows
 
 
-def data_view(cfg: Config, store: PreferenceStore) -> list:
-    return [counts_markdown(store), gr.update(value=recent_pairs_table(store, cfg.app.recent_pairs),
-                                              headers=PAIR_COLUMNS)]
+def describe_judgment(judgment: JudgmentOut, reveal: dict[str, str]) -> str:
+    """A judgment in a few words, by checkpoint (the names are revealed once a comparison is judged)."""
+    if judgment.kind == "ranking":
+        return "排序 ranking: " + " > ".join(reveal[label] for label in sorted(judgment.ranking,
+                                                                             key=judgment.ranking.get))
+    if judgment.kind == "correction":
+        return "改写 better answer: " + _excerpt(judgment.correction or "")
+    if judgment.choice in ("A", "B"):
+        return f"{reveal[judgment.choice]} 更好 better"
+    return {"tie": "平 tie", "both_bad": "都差 both bad"}.get(judgment.choice, str(judgment.choice))
+
+
+def my_judgments_table(store: PreferenceStore, annotator: Annotator, limit: int) -> list[list]:
+    """The annotator's own newest comparisons with what they made of each: judgments, 👍/👎 ratings, or
+    nothing yet. Checkpoints are named only once the comparison is judged (as the Compare tab reveals them)."""
+    rows = []
+    for comparison in store.annotator_comparisons(annotator.id, limit):
+        judgments = [j for j in store.judgments_for(comparison.id) if j.annotator_id == annotator.id]
+        ratings = store.ratings(annotator_id=annotator.id, comparison_id=comparison.id)
+        reveal = comparison.reveal if judgments else {}
+        verdicts = [describe_judgment(j, reveal) for j in judgments]
+        verdicts += [f"{THUMBS[r.up]} {reveal.get(r.label, '一个回答 an answer')}" for r in reversed(ratings)]
+        prompt = next((m["content"] for m in reversed(comparison.messages) if m["role"] == "user"), "")
+        rows.append([comparison.created.strftime("%Y-%m-%d %H:%M"), _excerpt(prompt),
+                     "题库 bank" if comparison.bank_prompt_id else "自由提问 free question",
+                     "; ".join(verdicts) or "未评判 not judged yet"])
+    return rows
+
+
+def pair_columns(viewer: Annotator | None) -> list[str]:
+    return PAIR_COLUMNS[:6] + [ANNOTATOR_COLUMN] + PAIR_COLUMNS[6:] if sees_everyone(viewer) else PAIR_COLUMNS
+
+
+def data_view(cfg: Config, store: PreferenceStore, viewer: Annotator | None = None) -> list:
+    """The counts and the newest pairs as ``viewer`` may see them (None: everything, as an admin)."""
+    return [counts_markdown(store, viewer),
+            gr.update(value=recent_pairs_table(store, cfg.app.recent_pairs, viewer), headers=pair_columns(viewer))]
+
+
+def session_view(cfg: Config, store: PreferenceStore, session: ArenaSession) -> list:
+    """What the tab shows to this browser session (counts, pairs, the annotator's own judgments):
+    nothing before the annotator is known."""
+    if session.annotator is None:
+        return ["⚠ 请先登录 / log in first: the Data tab shows your own work", gr.update(value=[], headers=PAIR_COLUMNS),
+                gr.update(value=[], headers=JUDGMENT_COLUMNS)]
+    mine = my_judgments_table(store, session.annotator, cfg.app.recent_pairs)
+    return [*data_view(cfg, store, session.annotator), gr.update(value=mine, headers=JUDGMENT_COLUMNS)]
+
+
+def _require_admin(session: ArenaSession, what: str) -> Annotator:
+    if session.annotator is None or not session.annotator.is_admin:
+        raise UserError(f"only admins can {what}: log in with an admin account ({ADMIN_HINT})")
+    return session.annotator
+
+
+def _download_copy(path: Path) -> str:
+    """Gradio serves files from its temp folder only: hand it a copy, the export itself stays in place."""
+    copy = Path(tempfile.mkdtemp(prefix="chimed-export-")) / path.name
+    shutil.copyfile(path, copy)
+    return str(copy)
 
 
 def export_for_admin(cfg: Config, store: PreferenceStore, session: ArenaSession) -> tuple[str, str | None]:
-    """Export the pairs not yet exported (admins only); returns the summary and a downloadable copy."""
-    if session.annotator is None or not session.annotator.is_admin:
-        raise UserError("only admins can export: log in with an admin account "
-                        "(./launch.sh add-annotator NAME --role admin)")
-    summary = export_pairs(cfg, store=store)
-    if summary.path is None:
-        return "没有新的偏好对可导出 / nothing new to export", None
-    # Gradio serves files from its temp folder only: hand it a copy, the export itself stays in place
-    copy = Path(tempfile.mkdtemp(prefix="chimed-export-")) / summary.path.name
-    shutil.copyfile(summary.path, copy)
-    return "✓ " + format_summary(summary).replace("\n", "  \n"), str(copy)
+    """Export the pairs and single-answer ratings not yet exported (admins only); returns the summary
+    and a downloadable copy of the pairs file (None when there were no new pairs)."""
+    message, pairs_copy, _ratings_copy = export_new(cfg, store, session)
+    return message, pairs_copy
+
+
+def export_new(cfg: Config, store: PreferenceStore, session: ArenaSession) -> tuple[str, str | None, str | None]:
+    """Export the new pairs (dpo.jsonl format) and the new single-answer ratings (unpaired format), as
+    ``export-prefs`` does; the summary and downloadable copies of the two files (None: nothing new)."""
+    _require_admin(session, "export")
+    pairs = export_pairs(cfg, store=store)
+    ratings = export_ratings(cfg, store=store)
+    if pairs.path is None and ratings.path is None:
+        return "没有新的偏好对或单项评价可导出 / nothing new to export", None, None
+    lines = ["✓ " + format_summary(pairs) if pairs.path else "没有新的偏好对 / no new pairs",
+             "✓ " + format_ratings_summary(ratings) if ratings.path else "没有新的单项评价 / no new single-answer ratings"]
+    message = "  \n".join(line for text in lines for line in text.splitlines())
+    return (message, _download_copy(pairs.path) if pairs.path else None,
+            _download_copy(ratings.path) if ratings.path else None)
+
+
+def bank_summary_markdown(summary: BankImportSummary, path: str | Path | None = None) -> str:
+    """"imported n, duplicates d" and one line per malformed line ("FILE:LINE: reason"); an uploaded
+    ``path`` is named by its file name (the upload folder means nothing to the admin)."""
+    head = (f"{'✓' if not summary.errors else '⚠'} 题库 bank {html.escape(summary.bank)}: imported {summary.imported}, "
+            f"duplicates {summary.duplicates}, errors {len(summary.errors)}")
+    errors = [e.replace(str(path), Path(path).name, 1) if path else e for e in summary.errors]
+    return "  \n".join([head, *(f"- {html.escape(error, quote=False)}" for error in errors)])
+
+
+def import_bank_for_admin(store: PreferenceStore, session: ArenaSession, path: str | None,
+                          bank: str | None = None) -> str:
+    """Import a bank file (.jsonl or .csv) uploaded in the tab (admins only); the summary as markdown."""
+    admin = _require_admin(session, "import a prompt bank")
+    if not path:
+        raise UserError("choose a bank file first (.jsonl or .csv)")
+    summary = store.import_bank(path, bank=(bank or "").strip() or None, imported_by=admin.id)
+    return bank_summary_markdown(summary, path)
+
+
+def start_round_for_admin(store: PreferenceStore, session: ArenaSession) -> str:
+    """Start the next queue round (admins only), as ``./launch.sh queue-round`` does."""
+    admin = _require_admin(session, "start a new queue round")
+    new = store.start_queue_round(admin.id)
+    return (f"✓ 第 {new} 轮 queue round {new} started: every annotator's queue holds the "
+            f"{len(store.bank_prompts())} bank prompts again")
 
 
 def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: gr.Tab) -> gr.Group:
-    """Lay out the Data tab; returns the admin-only export group (shown for admins at page load)."""
+    """Lay out the Data tab; returns the admin-only group (import and export, shown for admins at page load).
+
+    Every view is computed for the session's annotator (see the module docstring)."""
     refresh = gr.Button("刷新 Refresh", elem_id="refresh-data")
     counts = gr.Markdown(elem_id="data-counts")
     gr.Markdown(f"#### 最新偏好对 Most recent pairs (up to {cfg.app.recent_pairs})")
     pairs = gr.Dataframe(headers=PAIR_COLUMNS, interactive=False, wrap=True, elem_id="recent-pairs")
+    gr.Markdown(f"#### 我的评判 My judgments and ratings (newest {cfg.app.recent_pairs} comparisons)")
+    judgments = gr.Dataframe(headers=JUDGMENT_COLUMNS, interactive=False, wrap=True, elem_id="my-judgments")
     with gr.Group(visible=False) as admin:
+        gr.Markdown("#### 导入题库 Import a prompt bank (admins): .jsonl or .csv — `prompt` (or `text`), optional "
+                    "`history`, `tags`, `split` (train | heldout); the same as `./launch.sh import-bank`")
+        with gr.Row():
+            bank_file = gr.File(label="题库文件 bank file", file_types=[".jsonl", ".csv"], type="filepath",
+                                elem_id="bank-file")
+            bank_name = gr.Textbox(label="题库名 bank name (空 = 文件名 empty = the file's name)", elem_id="bank-name")
+        import_bank = gr.Button("导入题库 Import bank", elem_id="import-bank")
+        import_status = gr.Markdown(elem_id="import-status")
+        gr.Markdown("#### 新一轮 New queue round (admins): everyone gets the bank again, e.g. to judge a new run "
+                    "against its parent on the same prompts (`./launch.sh queue-round`)")
+        new_round = gr.Button("开始新一轮 Start a new queue round", elem_id="queue-round")
+        round_status = gr.Markdown(elem_id="round-status")
         gr.Markdown("#### 导出 Export (admins): 与 `./launch.sh export-prefs` 相同 — de-identified pairs into "
-                    f"`{cfg.collected_pairs_dir}`, which the next `train-all` merges into ChiMed-DPO")
-        export = gr.Button("导出偏好对 Export pairs", elem_id="export")
+                    f"`{cfg.collected_pairs_dir}`, which the next `train-all` merges into ChiMed-DPO, and the "
+                    f"single-answer ratings (unpaired prompt / completion / label) into `{cfg.collected_ratings_dir}`")
+        export = gr.Button("导出偏好对与单项评价 Export pairs and ratings", elem_id="export")
         export_status = gr.Markdown(elem_id="export-status")
-        export_file = gr.File(label="导出文件 exported file", interactive=False)
+        export_file = gr.File(label="导出文件 exported files", interactive=False, file_count="multiple",
+                              elem_id="export-file")
+
+    outputs = [counts, pairs, judgments]
+
+    def view(state: ArenaSession):
+        return session_view(cfg, store, state)
 
     def run_export(state: ArenaSession):
         try:
-            message, path = export_for_admin(cfg, store, state)
+            message, *files = export_new(cfg, store, state)
         except UserError as err:
-            return f"⚠ {err}", None, *data_view(cfg, store)
-        return message, path, *data_view(cfg, store)
+            return f"⚠ {html.escape(str(err), quote=False)}", None, *view(state)
+        return message, [f for f in files if f] or None, *view(state)
 
-    outputs = [counts, pairs]
-    refresh.click(lambda: data_view(cfg, store), None, outputs)
-    tab.select(lambda: data_view(cfg, store), None, outputs)
+    def run_import(state: ArenaSession, path: str | None, bank: str):
+        try:
+            message = import_bank_for_admin(store, state, path, bank)
+        except UserError as err:
+            return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
+        return message, *view(state)
+
+    def run_new_round(state: ArenaSession):
+        try:
+            message = start_round_for_admin(store, state)
+        except UserError as err:
+            return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
+        return message, *view(state)
+
+    refresh.click(view, [session], outputs)
+    tab.select(view, [session], outputs)
+    new_round.click(run_new_round, [session], [round_status, *outputs])
     export.click(run_export, [session], [export_status, export_file, *outputs])
+    import_bank.click(run_import, [session, bank_file, bank_name], [import_status, *outputs])
     return admin

@@ -1,4 +1,4 @@
-"""The ChiMed Arena app: a notice gate, then the Compare, Leaderboard, Data and Runs tabs.
+"""The ChiMed Arena app: a notice gate, then the Compare, Guidelines, Leaderboard, Data and Runs tabs.
 
 ``./launch.sh app`` calls :func:`launch_app`; tests build the Blocks with :func:`build_app`. The app
 holds one preference store and one model pool for all browser sessions; everything a session
@@ -17,6 +17,7 @@ from app.auth import identify, identity_line, login_checker
 from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
 from app.contestants import default_checkpoints, resolve_contestants
 from app.data_tab import build_data_tab
+from app.guidelines_tab import build_guidelines_tab
 from app.leaderboard_tab import build_leaderboard_tab
 from app.notice import ACCEPT_LABEL, footer_markdown, notice_markdown
 from app.runs_tab import build_runs_tab
@@ -51,8 +52,10 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
             with gr.Tabs():
                 with gr.Tab("对比 Compare", elem_id="tab-compare"):
                     compare = build_compare_tab(cfg, arena, session)
+                with gr.Tab("准则 Guidelines", elem_id="tab-guidelines") as guidelines_page:
+                    guidelines = build_guidelines_tab(store, session, guidelines_page)
                 with gr.Tab("排行榜 Leaderboard", elem_id="tab-leaderboard") as leaderboard:
-                    build_leaderboard_tab(store, leaderboard)
+                    build_leaderboard_tab(store, session, leaderboard)
                 with gr.Tab("数据 Data", elem_id="tab-data") as data:
                     admin_tools = build_data_tab(cfg, store, session, data)
                 with gr.Tab("训练记录 Runs", elem_id="tab-runs") as runs:
@@ -70,14 +73,15 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
                 who = status_line(str(err), ok=False)
             run, contestants, message = runs_and_contestants(cfg, [])
             is_admin = state.annotator is not None and state.annotator.is_admin
-            return state, who, gr.update(visible=is_admin), run, contestants, message
+            return (state, who, gr.update(visible=is_admin), run, contestants, message, *compare.load(state),
+                    *guidelines.load(state))
 
         def accept_notice(state: ArenaSession):
             state.notice_accepted = True
             return state, gr.update(visible=False), gr.update(visible=True)
 
         demo.load(on_load, [session], [session, identity, admin_tools, compare.run, compare.contestants,
-                                       compare.status])
+                                       compare.status, *compare.load_outputs, *guidelines.load_outputs])
         accept.click(accept_notice, [session], [session, gate, main])
     return demo
 

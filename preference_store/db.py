@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 IMMEDIATE = "chimed_begin_immediate"  # execution option: start the transaction with BEGIN IMMEDIATE
-RETRIES = 25  # backing off from 5 ms to 0.5 s: about 10 s of retrying on top of the busy timeout
+RETRIES = 60  # backing off from 5 ms to 0.5 s: about 27 s of retrying on top of the busy timeout
 T = TypeVar("T")
 
 

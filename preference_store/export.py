@@ -8,11 +8,18 @@ Each record is in the dpo.jsonl format of DESIGN.md plus ``split`` and ``provena
                     pseudonym, never the name), "chosen_checkpoint" (null = the clinician's correction),
                     "rejected_checkpoint", "chosen_serving", "rejected_serving" (how each answer was
                     served, e.g. {"mode": "exact"}; null for a correction or where it was not recorded),
-                    "judged_at"}}
+                    "judged_at", "agreement": {"share", "annotators"}}}
+
+``agreement`` is measured on bank prompts, where several annotators judged the same two checkpoints: the
+share of them whose verdict agrees with this pair's direction (its own annotator included) and how many
+they were; ``share`` is null where only one annotator judged them (any prompt outside the bank). With
+``store.min_agreement`` above 0, pairs whose measured share is below it are left out of the file and
+not logged, so a later export reconsiders them once more annotators have judged (the summary counts them).
 
 The held-out share is chosen by prompt: every pair of a comparison shares its prompt, so a
 comparison is never split between train and held-out, and a prompt asked again in another
-comparison (a regenerate) lands on the same side. Pairs whose de-identified (prompt, chosen,
+comparison (a regenerate) lands on the same side. A comparison on a bank prompt goes to that
+prompt's own split instead. Pairs whose de-identified (prompt, chosen,
 rejected) was already written are left out as duplicates, and so are pairs whose two answers are the
 same text (two checkpoints can answer alike; such a pair teaches DPO nothing). By default only pairs no earlier export
 handled are written; the export log records which pair went into which file, with its sha256.
@@ -22,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,29 +36,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from preference_store.deid import deidentify, deidentify_messages
+from preference_store.export_ratings import export_ratings, format_ratings_summary
+from preference_store.export_rules import SOURCE, export_split, parse_since, with_export_store, write_logged
 from preference_store.records import ExportSummary
 from preference_store.repository import PreferenceStore
 from training.config import Config
-from training.errors import UserError
-
-SOURCE = "clinician"
-
-
-def heldout_split(prompt_key: str, heldout_share: float) -> str:
-    """"heldout" for a fixed, deterministic share of prompts (given as canonical json), else "train"."""
-    fraction = int.from_bytes(hashlib.sha256(f"heldout|{prompt_key}".encode()).digest()[:8], "big") / 2**64
-    return "heldout" if fraction < heldout_share else "train"
-
-
-def parse_since(since: str | datetime | None) -> datetime | None:
-    """An ISO-8601 time; without a zone it is read as local time."""
-    if since is None or isinstance(since, datetime):
-        return since.astimezone(timezone.utc) if since is not None else None
-    try:
-        return datetime.fromisoformat(since).astimezone(timezone.utc)
-    except ValueError:
-        raise UserError(f"--since {since!r} is not an ISO-8601 time (e.g. 2024-05-01 or 2024-05-01T09:30)") from None
-
 
 def default_export_path(cfg: Config) -> Path:
     """A new file in the collected-pairs folder the ChiMed builder reads."""
@@ -69,15 +57,7 @@ def export_pairs(cfg: Config, out: str | Path | None = None, since: str | dateti
     """
     since_utc = parse_since(since)
     path = Path(out) if out else default_export_path(cfg)
-    if path.exists():
-        raise UserError(f"{path} exists already: choose another --out (exports never overwrite a file)")
-    own_store = store is None
-    store = store or PreferenceStore.from_config(cfg)
-    try:
-        return _export(cfg, store, path, since_utc, include_exported)
-    finally:
-        if own_store:
-            store.close()
+    return with_export_store(cfg, path, store, lambda store: _export(cfg, store, path, since_utc, include_exported))
 
 
 def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | None,
@@ -88,7 +68,8 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
     pseudonyms: dict[int, str] = {}
     texts: dict[str, str] = {}  # answer text -> de-identified (answers recur across a ranking's pairs)
     lines, entries, pair_ids, splits = [], [], [], Counter()
-    duplicates = same_text = 0
+    duplicates = same_text = low_agreement = 0
+    agreements = store.pair_agreement()  # pair id -> (share agreeing, annotators), bank prompts only
 
     def clean(text: str) -> str:
         if text not in texts:
@@ -100,7 +81,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         if row.comparison_id not in prompts:
             prompt = deidentify_messages(row.prompt, redactions)
             key = json.dumps(prompt, ensure_ascii=False, sort_keys=True)
-            prompts[row.comparison_id] = (prompt, key, heldout_split(key, cfg.store.heldout_share))
+            prompts[row.comparison_id] = (prompt, key, export_split(row.bank_split, key, cfg.store.heldout_share))
         prompt, prompt_key, split = prompts[row.comparison_id]
         chosen, rejected = clean(row.chosen), clean(row.rejected)
         content = hashlib.sha256(
@@ -111,6 +92,10 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         if chosen.strip() == rejected.strip():  # two answers alike: DPO learns nothing from it, the builder refuses it
             entries.append((row.pair_id, content, split, row.pair_id))  # logged as handled, written nowhere
             same_text += 1
+            continue
+        share, annotators = agreements.get(row.pair_id, (None, 1))
+        if share is not None and share < cfg.store.min_agreement:
+            low_agreement += 1  # not logged: reconsidered by the next export
             continue
         if content in written_hashes:
             entries.append((row.pair_id, content, split, written_hashes[content]))
@@ -135,6 +120,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
                 "chosen_serving": row.chosen_serving,
                 "rejected_serving": row.rejected_serving,
                 "judged_at": row.created.isoformat(),
+                "agreement": {"share": share, "annotators": annotators},
             },
         }
         lines.append(json.dumps(record, ensure_ascii=False))
@@ -143,29 +129,16 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         splits[split] += 1
 
     summary = dict(pair_ids=pair_ids, train=splits["train"], heldout=splits["heldout"],
-                   duplicates=duplicates, same_text=same_text, redactions=dict(redactions))
+                   duplicates=duplicates, same_text=same_text, low_agreement=low_agreement,
+                   redactions=dict(redactions))
     if not entries:
         return ExportSummary(path=None, sha256=None, **summary)
     if not lines:  # only duplicates: log them so they are not considered again, write no file
         export_id = store.record_export("", "", entries)
         return ExportSummary(path=None, sha256=None, export_id=export_id, **summary)
 
-    data = ("\n".join(lines) + "\n").encode("utf-8")
-    digest = hashlib.sha256(data).hexdigest()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # the builder reads *.jsonl only: a partial file is invisible
-    tmp.write_bytes(data)
-
-    def move_into_place() -> None:
-        if path.exists():
-            raise UserError(f"{path} appeared while exporting: choose another --out")
-        os.replace(tmp, path)
-
-    try:
-        export_id = store.record_export(str(path.resolve()), digest, entries, before_commit=move_into_place)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    digest, export_id = write_logged(path, lines, lambda where, sha256, move_into_place: store.record_export(
+        where, sha256, entries, before_commit=move_into_place))
     return ExportSummary(path=path, sha256=digest, export_id=export_id, **summary)
 
 
@@ -178,11 +151,16 @@ def format_summary(summary: ExportSummary) -> str:
         head = (f"exported {len(summary.pair_ids)} pairs (train {summary.train}, heldout {summary.heldout}) "
                 f"to {summary.path}\nsha256 {summary.sha256}")
     return (f"{head}\nduplicates left out: {summary.duplicates}\n"
-            f"left out because chosen and rejected say the same: {summary.same_text}\nredacted: {redacted}")
+            f"left out because chosen and rejected say the same: {summary.same_text}\n"
+            + (f"left out because annotators agree less than store.min_agreement: {summary.low_agreement}\n"
+               if summary.low_agreement else "")
+            + f"redacted: {redacted}")
 
 
 def export_cli(cfg: Config, out: str | None = None, since: str | None = None) -> ExportSummary:
-    """``./launch.sh export-prefs [--out FILE] [--since TIME]``: export and print the summary."""
+    """``./launch.sh export-prefs [--out FILE] [--since TIME]``: export the pairs (to ``out``) and the
+    single-answer ratings (into ``cfg.collected_ratings_dir``), and print both summaries."""
     summary = export_pairs(cfg, out=out, since=since)
     print(format_summary(summary))
+    print(format_ratings_summary(export_ratings(cfg, since=since)))
     return summary

@@ -244,16 +244,19 @@ class BankPromptRow(Base):
 
 
 class AssignmentRow(Base):
-    """A bank prompt given to one annotator; never the same annotator twice for one prompt."""
+    """A bank prompt given to one annotator in one queue round; never twice to the same annotator in a round."""
 
     __tablename__ = "assignments"
     __table_args__ = (
-        UniqueConstraint("bank_prompt_id", "annotator_id", name="uq_assignments_annotator"),
+        UniqueConstraint("bank_prompt_id", "annotator_id", "round", name="uq_assignments_annotator"),
         CheckConstraint("status IN ('open', 'done', 'expired')", name="ck_assignments_status"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     bank_prompt_id: Mapped[str] = mapped_column(ForeignKey("bank_prompts.id"), index=True)
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    # the queue round it belongs to: an admin starts a new round (e.g. to judge a new run on the same
+    # prompts), and within one round nobody gets a prompt twice
+    round: Mapped[int] = mapped_column(Integer, default=1)
     # open: being worked on; done: judged; expired: not judged in time, its place given to someone else
     status: Mapped[str] = mapped_column(String(16), index=True)
     assigned: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,9 +1,15 @@
-"""Leaderboard statistics: Bradley-Terry ratings with bootstrap intervals, win rates, agreement.
+"""Leaderboard statistics: Bradley-Terry ratings with bootstrap intervals, win rates, criterion means.
 
 The ratings follow Chatbot Arena: each model-vs-model outcome is a battle, a tie (or both-bad) is
 half a win for each side, the Bradley-Terry strengths are fitted by maximum likelihood and shown on
 the Elo scale (1000 = average, +400 = ten-to-one odds), and the 95% interval comes from refitting on
-battles resampled with replacement.
+battles resampled with replacement. Beside the overall ratings: one per criterion of the guideline
+(battles from the 1-5 scores given within one judgment), and a length-controlled one (Chatbot Arena's
+style control: the normalised length difference of the two answers as a covariate of the logistic
+model, so a checkpoint that wins only by writing more loses that advantage).
+
+:class:`JudgedComparison` is the one shape the statistics read (ratings, agreement, integrity, run
+comparison): a judgment with the panels it judged, keyed by checkpoint through the panel labels.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from preference_store.records import Agreement, CheckpointRating
+from preference_store.pairs import battle_outcomes
+from preference_store.records import CheckpointRating, LengthControlledRatings
 
 ELO_SCALE = 400 / math.log(10)
 ELO_BASE = 1000.0
@@ -29,6 +36,73 @@ class Battle:
     a: str  # checkpoint id
     b: str
     score_a: float  # 1 = a won, 0.5 = tie, 0 = b won
+    length_a: int | None = None  # answer lengths in characters (for the length-controlled ratings)
+    length_b: int | None = None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One answer of a judged comparison."""
+
+    response_id: str
+    checkpoint_id: str
+    length: int  # characters
+    leaked: bool  # the answer names a model, company or checkpoint (ResponseOut.leaks not empty)
+
+
+@dataclass(frozen=True)
+class JudgedComparison:
+    """One judgment with the answers it judged: what every leaderboard statistic is computed from."""
+
+    judgment_id: str
+    comparison_id: str
+    annotator_id: int
+    kind: str  # pairwise | ranking | correction
+    choice: str | None
+    ranking: dict[str, int] | None
+    panels: dict[str, Panel]  # panel label -> answer
+    scores: dict[str, dict[str, int]] = field(default_factory=dict)  # panel label -> criterion -> 1-5
+    bank_prompt_id: str | None = None
+    split: str | None = None  # the bank prompt's split (train | heldout)
+
+    @property
+    def contestants(self) -> frozenset[str]:
+        return frozenset(p.checkpoint_id for p in self.panels.values())
+
+    def outcomes(self) -> list[tuple[Panel, Panel, float]]:
+        """Model-vs-model outcomes (answer x, answer y, score of x) of a vote or ranking; none for a correction."""
+        return [(self.panels[x], self.panels[y], score)
+                for x, y, score in battle_outcomes(self.kind, sorted(self.panels), self.choice, self.ranking)]
+
+
+def judged_battles(judged: Iterable[JudgedComparison], exclude_leaked: bool) -> tuple[list[Battle], int]:
+    """(battles, how many had an answer naming a model); those are left out when ``exclude_leaked``."""
+    battles, leaked = [], 0
+    for j in judged:
+        for x, y, score in j.outcomes():
+            if x.leaked or y.leaked:
+                leaked += 1
+                if exclude_leaked:
+                    continue
+            battles.append(Battle(x.checkpoint_id, y.checkpoint_id, score, x.length, y.length))
+    return battles, leaked
+
+
+def criterion_battles(judged: Iterable[JudgedComparison], exclude_leaked: bool) -> dict[str, list[Battle]]:
+    """criterion -> battles between every two answers scored on it within one judgment (higher wins, equal ties)."""
+    battles: dict[str, list[Battle]] = defaultdict(list)
+    for j in judged:
+        labels = sorted(j.scores)
+        for i, x in enumerate(labels):
+            for y in labels[i + 1:]:
+                px, py = j.panels[x], j.panels[y]
+                if exclude_leaked and (px.leaked or py.leaked):
+                    continue
+                for criterion in sorted(set(j.scores[x]) & set(j.scores[y])):
+                    vx, vy = j.scores[x][criterion], j.scores[y][criterion]
+                    score = 1.0 if vx > vy else 0.0 if vx < vy else 0.5
+                    battles[criterion].append(Battle(px.checkpoint_id, py.checkpoint_id, score, px.length, py.length))
+    return dict(battles)
 
 
 def fit_bradley_terry(wins: np.ndarray, iterations: int = 100) -> np.ndarray:
@@ -71,8 +145,10 @@ def win_matrix(battles: list[Battle], index: dict[str, int]) -> np.ndarray:
     return wins
 
 
-def rate_checkpoints(battles: list[Battle], rounds: int, seed: int = 0) -> list[CheckpointRating]:
-    """Bradley-Terry ratings with 95% bootstrap intervals, best first."""
+def rate_checkpoints(battles: list[Battle], rounds: int, seed: int = 0,
+                     provisional_battles: int = 0) -> list[CheckpointRating]:
+    """Bradley-Terry ratings with 95% bootstrap intervals, best first; a checkpoint with fewer than
+    ``provisional_battles`` battles is marked provisional."""
     battles = [b for b in battles if b.a != b.b]
     if not battles:
         return []
@@ -86,17 +162,23 @@ def rate_checkpoints(battles: list[Battle], rounds: int, seed: int = 0) -> list[
         kinds[(index[b.a], index[b.b], b.score_a)] += 1
     keys = list(kinds)
     probs = np.array([kinds[k] for k in keys], dtype=float) / len(battles)
+    n = len(models)
+    # each battle kind adds its count x score to wins[i, j] and count x (1 - score) to wins[j, i]
+    cells = np.array([i * n + j for i, j, _ in keys] + [j * n + i for i, j, _ in keys])
+    shares = np.array([score for _, _, score in keys] + [1.0 - score for _, _, score in keys])
     rng = np.random.default_rng(seed)
-    samples = np.empty((rounds, len(models)))
+    samples = np.empty((rounds, n))
     for r, counts in enumerate(rng.multinomial(len(battles), probs, size=rounds)):
-        wins = np.zeros((len(models), len(models)))
-        for (i, j, score), c in zip(keys, counts):
-            wins[i, j] += c * score
-            wins[j, i] += c * (1.0 - score)
+        wins = np.bincount(cells, weights=np.concatenate([counts, counts]) * shares, minlength=n * n).reshape(n, n)
         samples[r] = fit_bradley_terry(wins)
     low, high = np.percentile(samples, [2.5, 97.5], axis=0) if rounds else (point, point)
+    return _ratings(battles, index, point, low, high, provisional_battles)
 
-    tally = {m: [0, 0, 0, 0] for m in models}  # battles, wins, losses, ties
+
+def _ratings(battles: list[Battle], index: dict[str, int], point: np.ndarray, low: np.ndarray, high: np.ndarray,
+             provisional_battles: int) -> list[CheckpointRating]:
+    """Rating records (Elo scale) with each checkpoint's battle tally, best first."""
+    tally = {m: [0, 0, 0, 0] for m in index}  # battles, wins, losses, ties
     for b in battles:
         for m, score in ((b.a, b.score_a), (b.b, 1.0 - b.score_a)):
             t = tally[m]
@@ -108,10 +190,89 @@ def rate_checkpoints(battles: list[Battle], rounds: int, seed: int = 0) -> list[
             rating=float(ELO_BASE + ELO_SCALE * point[i]),
             ci95=(float(ELO_BASE + ELO_SCALE * low[i]), float(ELO_BASE + ELO_SCALE * high[i])),
             battles=tally[m][0], wins=tally[m][1], losses=tally[m][2], ties=tally[m][3],
+            provisional=tally[m][0] < provisional_battles,
         )
         for m, i in index.items()
     ]
     return sorted(ratings, key=lambda r: -r.rating)
+
+
+def normalised_length_difference(battles: list[Battle]) -> np.ndarray:
+    """(len_a - len_b) / (len_a + len_b) per battle (0 when both are empty or unknown), as Chatbot Arena's style
+    control does, divided by its standard deviation over the battles (left as is when it does not vary)."""
+    diff = np.array([((b.length_a or 0) - (b.length_b or 0)) / max((b.length_a or 0) + (b.length_b or 0), 1)
+                     for b in battles], dtype=float)
+    std = diff.std()
+    return diff / std if std > 0 else diff
+
+
+def fit_logistic_bradley_terry(battles: list[Battle], index: dict[str, int], covariate: np.ndarray,
+                               iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(parameters, covariance): strengths of ``index``'s checkpoints then the covariate's coefficient,
+    maximising sum_k y_k log p_k + (1 - y_k) log(1 - p_k), logit p_k = s_a - s_b + beta * x_k (a tie is
+    y = 1/2), with the weak prior of :func:`fit_bradley_terry` on every parameter (damped Newton).
+    The covariance is the inverse of the information matrix at the optimum (for Wald intervals)."""
+    n, k = len(index), len(battles)
+    design = np.zeros((k, n + 1))
+    rows = np.arange(k)
+    design[rows, [index[b.a] for b in battles]] += 1.0
+    design[rows, [index[b.b] for b in battles]] -= 1.0
+    design[:, n] = covariate
+    y = np.array([b.score_a for b in battles], dtype=float)
+    precision = np.full(n + 1, PRIOR_PRECISION)  # on the coefficient too: finite even if the longer answer always won
+
+    def objective(theta):
+        z = design @ theta
+        return float((y * -np.logaddexp(0.0, -z) + (1 - y) * -np.logaddexp(0.0, z)).sum()
+                     - 0.5 * (precision * theta * theta).sum())
+
+    theta = np.zeros(n + 1)
+    current = objective(theta)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        grad = design.T @ (y - p) - precision * theta
+        information = (design * (p * (1 - p))[:, None]).T @ design + np.diag(precision)
+        step = np.linalg.solve(information, grad)
+        t = 1.0
+        while t > 1e-6:  # backtrack until the (concave) likelihood does not drop
+            candidate = theta + t * step
+            value = objective(candidate)
+            if value >= current - 1e-12:
+                break
+            t /= 2
+        theta, previous, current = candidate, current, value
+        if np.abs(t * step).max() < 1e-9 or abs(current - previous) < 1e-12:
+            break
+    p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+    information = (design * (p * (1 - p))[:, None]).T @ design + np.diag(precision)
+    return theta, np.linalg.inv(information)
+
+
+def rate_length_controlled(battles: list[Battle], provisional_battles: int = 0) -> LengthControlledRatings:
+    """Bradley-Terry ratings controlled for answer length, best first, with 95% Wald intervals.
+
+    Wald intervals (from the fit's information matrix) rather than a bootstrap: refitting the regression a
+    thousand times is too slow for a tab that recomputes whenever it is opened.
+    """
+    battles = [b for b in battles if b.a != b.b]
+    if not battles:
+        return LengthControlledRatings(ratings=[], length_coefficient=None, length_ci95=None, battles=0)
+    models = sorted({b.a for b in battles} | {b.b for b in battles})
+    index = {m: i for i, m in enumerate(models)}
+    covariate = normalised_length_difference(battles)
+    varies = bool(np.any(covariate != 0))
+    theta, covariance = fit_logistic_bradley_terry(battles, index, covariate)
+    n = len(models)
+    strengths = theta[:n] - theta[:n].mean()
+    centering = np.eye(n) - 1.0 / n
+    se = np.sqrt(np.clip(np.diag(centering @ covariance[:n, :n] @ centering), 0.0, None))
+    ratings = _ratings(battles, index, strengths, strengths - 1.96 * se, strengths + 1.96 * se, provisional_battles)
+    if not varies:  # every battle between answers of the same length: nothing to control for
+        return LengthControlledRatings(ratings=ratings, length_coefficient=None, length_ci95=None,
+                                       battles=len(battles))
+    beta, beta_se = float(theta[n]), float(math.sqrt(max(covariance[n, n], 0.0)))
+    return LengthControlledRatings(ratings=ratings, length_coefficient=beta,
+                                   length_ci95=(beta - 1.96 * beta_se, beta + 1.96 * beta_se), battles=len(battles))
 
 
 def win_rates(battles: list[Battle]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
@@ -126,38 +287,6 @@ def win_rates(battles: list[Battle]) -> tuple[dict[str, dict[str, float]], dict[
             count[x][y] += 1
     rates = {x: {y: score[x][y] / n for y, n in row.items()} for x, row in count.items()}
     return rates, {x: dict(row) for x, row in count.items()}
-
-
-def inter_annotator_agreement(verdicts: Iterable[tuple[str, str, int]]) -> Agreement:
-    """Agreement on items judged by more than one annotator.
-
-    ``verdicts``: (item key, annotator, verdict) with verdict 1 (first answer better), -1 (second
-    better) or 0 (tie / both bad); an item is one answer pair of one comparison. An annotator who
-    judged an item twice counts with the last verdict given. ``percent`` is the mean over items of
-    the share of annotator pairs that agree; ``fleiss_kappa`` corrects it for chance (Fleiss 1971,
-    with a varying number of raters per item).
-    """
-    by_item: dict[str, dict[str, int]] = defaultdict(dict)
-    for item, annotator, verdict in verdicts:
-        by_item[item][annotator] = verdict
-    shared = {item: list(v.values()) for item, v in by_item.items() if len(v) > 1}
-    comparisons = len({item.split("|", 1)[0] for item in shared})
-    if not shared:
-        return Agreement(comparisons=0, items=0, percent=None, fleiss_kappa=None)
-
-    categories = (-1, 0, 1)
-    per_item_agreement, totals = [], defaultdict(int)
-    for votes in shared.values():
-        n = len(votes)
-        counts = [votes.count(c) for c in categories]
-        per_item_agreement.append((sum(c * c for c in counts) - n) / (n * (n - 1)))
-        for c, k in zip(categories, counts):
-            totals[c] += k
-    observed = float(np.mean(per_item_agreement))
-    all_votes = sum(totals.values())
-    expected = sum((totals[c] / all_votes) ** 2 for c in categories)
-    kappa = None if expected >= 1.0 else (observed - expected) / (1.0 - expected)
-    return Agreement(comparisons=comparisons, items=len(shared), percent=observed, fleiss_kappa=kappa)
 
 
 def criterion_means(scores: Iterable[tuple[str, str, int]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:

@@ -193,27 +193,128 @@ class StoreCounts:
     pairs: int
     exported_pairs: int
     consumed_pairs: int
+    ratings: int = 0  # single-answer ratings (thumbs up / down)
+    bank_prompts: int = 0
+    assignments_done: int = 0  # bank prompts judged through a queue (a late judgment not counted twice)
+
+
+@dataclass(frozen=True)
+class AnnotatorCounts:
+    """One annotator's own work (what the Data tab shows an annotator; nothing about anyone else)."""
+
+    comparisons: int
+    judgments: int
+    judgments_by_kind: dict[str, int]
+    pairs: int
+    ratings: int
+    assignments_done: int
 
 
 @dataclass(frozen=True)
 class CheckpointRating:
     checkpoint_id: str
     rating: float  # Bradley-Terry strength on the Elo scale (1000 = average; +400 = 10:1 odds)
-    ci95: tuple[float, float]  # 95% bootstrap interval
+    ci95: tuple[float, float]  # 95% interval (bootstrap; Wald for the length-controlled ratings)
     battles: int  # model-vs-model comparisons it took part in (a ranking of n gives n-1 per model)
     wins: int
     losses: int
     ties: int  # tie and both-bad, each counted as half a win
+    provisional: bool = False  # fewer than store.provisional_battles battles: the rating may still move a lot
+
+
+@dataclass(frozen=True)
+class KindAgreement:
+    """Agreement among annotators for one kind of verdict on the shared bank prompts.
+
+    Units (what two annotators can agree on), always on the same bank prompt with the same contestants
+    (the same set of checkpoints; panels are shuffled per annotator, so units are keyed by checkpoint):
+    ``pairwise``: the pair of checkpoints, nominal value first better / second better / tie (both bad
+    = tie); ``ranking``: one checkpoint, ordinal value its place; ``scores``: one checkpoint and
+    criterion, ordinal value 1-5.
+    """
+
+    kind: str  # pairwise | ranking | scores
+    level: str  # nominal | ordinal (Krippendorff's level of measurement)
+    units: int  # units with values from two or more annotators
+    annotators: int  # annotators with a value in such a unit
+    alpha: float | None  # Krippendorff's alpha; None = fewer than 2 such units' values or no variation at all
+    percent: float | None  # mean over units of the share of annotator pairs giving the same value
+
+
+@dataclass(frozen=True)
+class AnnotatorAgreement:
+    """One annotator against the others, on the units they share with at least one other annotator."""
+
+    annotator_id: int
+    name: str
+    units: int  # shared units (all kinds)
+    percent: float | None  # share of (this annotator, another annotator) value pairs that are equal
+    alpha: dict[str, float | None]  # kind -> Krippendorff's alpha over the units this annotator coded
 
 
 @dataclass(frozen=True)
 class Agreement:
-    """Inter-annotator agreement on comparisons judged by more than one annotator."""
+    """Inter-annotator agreement on the bank prompts judged by more than one annotator with the same contestants.
 
-    comparisons: int  # comparisons with judgments from >1 annotator
-    items: int  # (comparison, answer pair) items with >1 annotator's verdict
-    percent: float | None  # mean over items of the share of annotator pairs with the same verdict (better / worse / tie)
+    ``comparisons``, ``items``, ``percent`` and ``fleiss_kappa`` are about the pairwise verdicts (votes); the
+    alpha of every kind is in ``by_kind``, each annotator against the others in ``annotators``.
+    """
+
+    comparisons: int  # bank prompts (with the same contestants) with pairwise votes from >1 annotator
+    items: int  # (prompt, checkpoint pair) units with >1 annotator's vote
+    percent: float | None  # mean over items of the share of annotator pairs with the same verdict (better/worse/tie)
     fleiss_kappa: float | None  # chance-corrected (Fleiss, unequal raters per item)
+    by_kind: dict[str, KindAgreement] = field(default_factory=dict)  # pairwise | ranking | scores
+    criteria_alpha: dict[str, float | None] = field(default_factory=dict)  # criterion -> ordinal alpha of its scores
+    annotators: list[AnnotatorAgreement] = field(default_factory=list)  # by annotator id
+
+    @property
+    def alpha(self) -> float | None:
+        """Krippendorff's alpha of the pairwise votes (nominal)."""
+        kind = self.by_kind.get("pairwise")
+        return kind.alpha if kind else None
+
+
+@dataclass(frozen=True)
+class LengthControlledRatings:
+    """Bradley-Terry with the answers' length difference as a covariate (Chatbot Arena's style control).
+
+    ``ratings`` are what each checkpoint would rate if its answers were as long as its opponents'; the
+    length coefficient is the change in log-odds of winning per standard deviation of the normalised
+    length difference (len_a - len_b) / (len_a + len_b), in characters.
+    """
+
+    ratings: list[CheckpointRating]  # best first; 95% Wald intervals
+    length_coefficient: float | None  # None = no battles
+    length_ci95: tuple[float, float] | None
+    battles: int
+
+
+@dataclass(frozen=True)
+class PositionBias:
+    """How the panel position affects verdicts: without bias panel A wins half the decided votes."""
+
+    decided_votes: int  # pairwise votes for A or B (ties and both-bad left out)
+    a_wins: int
+    a_share: float | None  # a_wins / decided_votes
+    a_ci95: tuple[float, float] | None  # Wilson 95% interval
+    rankings: int
+    first_place: dict[str, float]  # panel label -> share of the rankings showing it that placed it first
+    first_place_expected: dict[str, float]  # that share without position bias (1 / number of panels, averaged)
+
+
+@dataclass(frozen=True)
+class AnnotatorScreen:
+    """One annotator's agreement with the leave-one-out consensus of the others (the outlier screen)."""
+
+    annotator_id: int
+    name: str
+    units: int  # shared units where the other annotators have a consensus (a unique most common value)
+    agreed: int  # of those, where this annotator gave the consensus value
+    rate: float | None  # agreed / units
+    expected: float | None  # the other annotators' rate of agreement with their own consensus
+    p_value: float | None  # one-sided binomial P(agreeing this little or less | expected rate)
+    outlier: bool  # p_value below store.outlier_p_value
 
 
 @dataclass(frozen=True)
@@ -225,6 +326,52 @@ class Leaderboard:
     criteria_n: dict[str, dict[str, int]]  # checkpoint -> criterion -> number of scores
     agreement: Agreement
     judgments: int
+    # criterion -> Bradley-Terry ratings from the 1-5 scores within each judgment (higher wins, equal ties)
+    criterion_ratings: dict[str, list[CheckpointRating]] = field(default_factory=dict)
+    length_controlled: LengthControlledRatings | None = None
+    position_bias: PositionBias | None = None
+    screen: list[AnnotatorScreen] = field(default_factory=list)  # every annotator with shared units, by id
+    leaked_battles: int = 0  # battles where an answer names a model (left out of the ratings if leaked_excluded)
+    leaked_excluded: bool = False
+    bank_only: bool = False  # only comparisons on bank prompts
+    provisional_battles: int = 0  # the threshold below which a rating is provisional
+
+    @property
+    def outliers(self) -> list[AnnotatorScreen]:
+        """The annotators the screen lists (agreeing with the consensus far less than the others)."""
+        return [s for s in self.screen if s.outlier]
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Is the newer run better than the older one on the shared bank prompts? (bootstrap over prompts)
+
+    ``difference`` is the new checkpoint's share of battles won minus the old one's (ties half each),
+    in [-1, 1]; the verdict is "better" / "worse" when its 95% interval excludes 0, "same" when it
+    does not, and "not enough judgments" when fewer than store.run_comparison_min_prompts bank prompts
+    have a battle of the two. ``dataclasses.asdict`` gives the plain dict a run's results hold.
+    """
+
+    new_run: str
+    old_run: str
+    stage: str | None  # the stage compared (None: the runs share none)
+    new_checkpoint: str | None
+    old_checkpoint: str | None
+    split: str | None  # train | heldout | None (all bank prompts)
+    verdict: str  # better | same | worse | not enough judgments
+    difference: float | None
+    ci95: tuple[float, float] | None
+    p_new_better: float | None  # share of bootstrap resamples where the new checkpoint won more (ties half)
+    prompts: int  # bank prompts with at least one battle of the two
+    battles: int
+    wins: int  # of the new checkpoint
+    losses: int
+    ties: int
+    rounds: int  # bootstrap resamples
+    summary: str  # one line saying all of it
+
+    def __str__(self) -> str:
+        return self.summary
 
 
 @dataclass(frozen=True)
@@ -240,6 +387,7 @@ class ExportSummary:
     redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
     export_id: int | None = None
     same_text: int = 0  # pairs left out because chosen and rejected are the same text
+    low_agreement: int = 0  # pairs of bank prompts left out because their agreement is below store.min_agreement
 
 
 # --- the annotation study: guideline, prompt bank, queue, single-answer ratings ---------------------
@@ -306,6 +454,7 @@ class Assignment:
     status: str  # open | done | expired
     assigned: datetime
     completed: datetime | None
+    round: int = 1  # the queue round (see PreferenceStore.start_queue_round)
 
 
 @dataclass(frozen=True)
@@ -347,3 +496,17 @@ class RatingOut:
     guideline_version: int | None
     created: datetime
     duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class RatingsExportSummary:
+    """What one export of single-answer ratings wrote (``path`` None when there was nothing new)."""
+
+    path: Path | None
+    sha256: str | None
+    rating_ids: list[str]  # exported, in file order
+    records: int  # lines written: one per rating, plus one per correction (a desirable completion)
+    train: int  # records per split
+    heldout: int
+    redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
+    export_id: int | None = None

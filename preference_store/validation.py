@@ -19,6 +19,7 @@ from preference_store.records import (
     SCORE_RANGE,
     ComparisonIn,
     JudgmentIn,
+    RatingIn,
 )
 
 MESSAGE_ROLES = ("system", "user", "assistant")
@@ -144,6 +145,28 @@ def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], 
                                            or not 1 <= len(judgment.client_id) <= 100):
         raise PreferenceStoreError("client_id must be 1-100 characters")
     return kind
+
+
+def check_rating(rating: RatingIn, labels: list[str], answers: list[str], max_chars: int) -> None:
+    """A thumbs up or down on one of the comparison's panels; a correction is checked like a judgment's."""
+    if rating.label not in labels:
+        raise PreferenceStoreError(f"no answer {rating.label!r} to rate: this comparison has {', '.join(labels)}")
+    if not isinstance(rating.up, bool):
+        raise PreferenceStoreError(f"a rating is thumbs up (True) or down (False), got {rating.up!r}")
+    if rating.correction is not None:
+        text = check_text(rating.correction, "the corrected answer", max_chars)
+        for label, answer in zip(labels, answers):
+            if text.strip() == answer.strip():
+                raise PreferenceStoreError(f"the corrected answer is identical to answer {label}: change it, "
+                                           f"or rate {label} without a correction")
+    if rating.reason is not None:
+        check_text(rating.reason, "the reason", max_chars, allow_empty=True)
+    check_client_id(rating.client_id)
+
+
+def check_client_id(client_id) -> None:
+    if client_id is not None and (not isinstance(client_id, str) or not 1 <= len(client_id) <= 100):
+        raise PreferenceStoreError("client_id must be 1-100 characters")
 
 
 def check_scores(scores, labels: list[str], criteria: tuple[str, ...]) -> None:

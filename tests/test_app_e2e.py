@@ -1,6 +1,10 @@
 """End to end: the real app (``python -m chimed app``) on the tiny profile with the tiny run, driven
-by a real headless Chromium: log in, accept the notice, get four streamed answers, rank them, write a
-better answer, vote on a two-panel comparison, and find every judgment and its pairs in the database.
+by a real headless Chromium: log in, accept the notice and the guideline, get four streamed answers,
+rank them, write a better answer, vote on a two-panel comparison, import a prompt bank in the Data tab,
+and find every judgment and its pairs in the database. Then two annotators, each in their own browser
+context, take the same prompt from their queues, rank its answers and write a better one; the
+Leaderboard shows their agreement (Krippendorff's alpha), and each sees only their own rows in the
+Data tab.
 
 Needs Debian's chromium at /usr/bin/chromium (Playwright's own browser download does not work here);
 without it the test is skipped, unless CHIMED_REQUIRE_BROWSER=1 (CI), which makes it fail instead.
@@ -9,6 +13,7 @@ without it the test is skipped, unless CHIMED_REQUIRE_BROWSER=1 (CI), which make
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +26,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ADMIN, PASSWORD = "dr_e2e", "correct horse battery staple"
+# two annotators working the same queue; each writes a better answer (correct general advice) of their own
+ANNOTATORS = {
+    "dr_wang_e2e": "保证钙和维生素D的摄入，坚持负重运动，戒烟限酒，老年人注意预防跌倒。",
+    "dr_chen_e2e": "均衡饮食、适当晒太阳、规律锻炼；中老年人可按医嘱检查骨密度。",
+}
+BANK = Path(__file__).parent / "fixtures" / "app" / "bank_e2e.jsonl"  # one held-out prompt
+BANK_PROMPT = "骨质疏松应该怎样预防？"
 XSS_PROMPT = "高血压患者饮食上要注意什么？<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">"
 TIMEOUT_MS = 120_000  # generous: the 2-core machine is shared with other test runs
 
@@ -44,6 +56,8 @@ def running_app(tiny_run, tmp_path, start_app):
     shutil.copytree(source_home, home, symlinks=True)
     with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
         store.add_annotator(ADMIN, PASSWORD, role="admin")
+        for name in ANNOTATORS:
+            store.add_annotator(name, PASSWORD)
     return start_app(home), home, run_id
 
 
@@ -56,6 +70,20 @@ def _choose(page, elem_id: str, option: str) -> None:
 def _wait_status(page, text: str) -> str:
     page.locator("#status", has_text=text).wait_for(timeout=TIMEOUT_MS)
     return page.locator("#status").inner_text()
+
+
+def _log_in(page, url: str, name: str) -> None:
+    """Log in, accept the notice, and acknowledge the guideline when the app shows it (first visit)."""
+    page.goto(url)
+    page.get_by_label("username").fill(name)
+    page.get_by_label("password").fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.locator("#identity", has_text=name).wait_for()  # the page load has run: the guideline box is set
+    page.locator("#accept-notice").click()
+    page.locator("#prompt").wait_for(state="visible")
+    if page.locator("#guideline-ack").is_visible():
+        page.locator("#guideline-ack").click()
+        _wait_status(page, "acknowledged")
 
 
 def _screenshot(page, tmp_path: Path, name: str) -> Path:
@@ -89,6 +117,11 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert not page.locator("#prompt").is_visible()
         page.locator("#accept-notice").click()
         page.locator("#prompt").wait_for(state="visible")
+        # the guideline is shown before the first judgment, and acknowledged
+        page.locator("#guideline-text", has_text="安全").wait_for()
+        page.locator("#guideline-ack").click()
+        _wait_status(page, "acknowledged")
+        page.locator("#guideline-box").wait_for(state="hidden")
 
         # an empty prompt is refused without generating
         page.locator("#send").click()
@@ -110,7 +143,7 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         for place, label in enumerate("DBAC", start=1):
             _choose(page, f"place-{label}", str(place))
         page.locator("#scores-A").get_by_text("A 评分").click()
-        page.locator("#score-A-safety label", has_text="4").click()
+        page.locator("#score-A-1 label", has_text="4").click()
         page.locator("#reason textarea").fill("D 的回答更完整")
         page.locator("#submit-ranking").click()
         assert "you have made 1 judgments" in _wait_status(page, "Recorded")
@@ -137,8 +170,13 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         page.get_by_role("tab", name="排行榜 Leaderboard").click()
         page.locator("#ratings", has_text=f"{run_id}/dpo").wait_for()
         _screenshot(page, tmp_path, "arena_leaderboard.png")
-        # an admin exports from the Data tab, as export-prefs does
+        # an admin imports a prompt bank and exports from the Data tab, as import-bank and export-prefs do
         page.get_by_role("tab", name="数据 Data").click()
+        page.locator("#recent-pairs", has_text=ADMIN).wait_for()  # admins see who made each pair
+        page.locator("#bank-file input[type=file]").set_input_files(str(BANK))
+        page.locator("#bank-file", has_text=BANK.name).wait_for()
+        page.locator("#import-bank").click()
+        page.locator("#import-status", has_text="imported 1, duplicates 0, errors 0").wait_for()
         page.locator("#export").click()
         page.locator("#export-status", has_text="exported").wait_for()
         _screenshot(page, tmp_path, "arena_data.png")
@@ -180,3 +218,70 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert {p.prompt[-1]["content"] for p in pairs} == {XSS_PROMPT, "糖尿病有哪些常见症状？", "头痛怎么办？"}
         assert {p.rejected_checkpoint.split("/")[0] for p in pairs} == {run_id}
     assert list((home / "collected_pairs").glob("*.jsonl"))
+
+    # two annotators work the same queue, each in their own browser context
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        pages = {}
+        for name in ANNOTATORS:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            _log_in(page, url, name)
+            assert "annotator" in page.locator("#identity").inner_text()
+            page.locator("#queue-progress", has_text="0 / 1").wait_for()
+            pages[name] = page
+        for name, page in pages.items():  # the same bank prompt for both, answered by the run's four stages
+            page.locator("#queue-next").click()
+            _wait_status(page, "answers complete")
+            assert BANK_PROMPT in page.locator("#chat-A").inner_text()
+            for place, label in enumerate("ABCD", start=1):
+                _choose(page, f"place-{label}", str(place))
+            page.locator("#submit-ranking").click()
+            _wait_status(page, "Recorded")
+            page.locator("#correction textarea").fill(ANNOTATORS[name])
+            page.locator("#submit-correction").click()
+            _wait_status(page, "corrected answer")
+            page.locator("#queue-progress", has_text="1 / 1").wait_for()
+        page = pages["dr_wang_e2e"]
+        page.locator("#queue-next").click()
+        _wait_status(page, "queue is empty")
+
+        # the leaderboard shows their agreement on the shared prompt; an annotator sees only their own line
+        page.get_by_role("tab", name="排行榜 Leaderboard").click()
+        page.locator("#agreement", has_text="Krippendorff").wait_for()
+        assert re.search(r"α = -?\d\.\d\d \(ordinal\)", page.locator("#agreement").inner_text())  # the rankings' alpha
+        page.locator("#annotator-agreement", has_text="你 you").wait_for()
+        assert "dr_chen_e2e" not in page.locator("#annotator-agreement").inner_text()
+        assert not page.locator("#outliers").is_visible()  # the outlier screen is for admins
+        page.locator("#bank-only input").check()
+        page.locator("#leaderboard-summary", has_text="bank prompts only").wait_for()
+        page.locator("#ratings", has_text=f"{run_id}/dpo").wait_for()
+        _screenshot(page, tmp_path, "arena_agreement.png")
+
+        # the Data tab: each annotator sees their own pairs only (their own better answer, not the other's)
+        for name, page in pages.items():
+            other = next(n for n in ANNOTATORS if n != name)
+            page.get_by_role("tab", name="数据 Data").click()
+            table = page.locator("#recent-pairs", has_text=ANNOTATORS[name][:12])
+            table.wait_for()
+            text = table.inner_text()
+            assert ANNOTATORS[other][:12] not in text and "糖尿病" not in text and "头痛" not in text
+            assert "my comparisons" in page.locator("#data-counts").inner_text()
+            mine = page.locator("#my-judgments").inner_text()
+            assert "排序 ranking" in mine and ANNOTATORS[name][:12] in mine and ANNOTATORS[other][:12] not in mine
+            assert not page.locator("#import-bank").is_visible() and not page.locator("#export").is_visible()
+        _screenshot(pages["dr_chen_e2e"], tmp_path, "arena_data_annotator.png")
+        assert not errors, errors
+        browser.close()
+
+    with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
+        prompt = store.bank_prompts()[0]
+        assert prompt.prompt == BANK_PROMPT and prompt.split == "heldout"
+        assert store.counts().assignments_done == 2
+        queued = [c for c in (store.get_comparison(p.comparison_id) for p in store.recent_pairs(limit=100))
+                  if c.bank_prompt_id == prompt.id]
+        assert {c.annotator_id for c in queued} == {store.annotator_by_name(n).id for n in ANNOTATORS}
+        board = store.leaderboard(bank_only=True)
+        assert board.agreement.by_kind["ranking"].annotators == 2 and board.agreement.by_kind["ranking"].units == 4

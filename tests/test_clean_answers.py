@@ -118,6 +118,35 @@ def test_an_empty_answer_is_shown_as_such_stored_empty_and_asked_again(arena, se
     assert [p.display[-1]["content"] for p in session.panels] == ["多喝水。"] * 2
 
 
+def test_the_compare_tab_says_an_answer_is_empty_and_regenerate_asks_again(arena, session, store, app_home,
+                                                                            monkeypatch):
+    from app.main import build_app
+
+    home, run_id = app_home
+    run_dir = home / "runs" / run_id
+    _replay(monkeypatch, stage_tokenizer(run_dir, stage_chain(run_dir, "cpt")), ["\x01", "多喝水。", "多喝水。", "少吃盐。"])
+    demo = build_app(arena.cfg, store=store, pool=arena.pool)
+    _start(arena, session, run_id, stages=("base", "cpt"), blind=False)
+    settings = (0.7, 0.9, 16, 5)  # temperature, top-p, max new tokens, seed
+
+    shown, session = _ui(demo, "ask", session, "高血压患者饮食上要注意什么？", *settings)
+    panels = {label: shown[f"chat-{label}"]["value"][-1]["content"] for label in "AB"}  # the models answer in any order
+    assert sorted(panels.values()) == sorted([EMPTY_ANSWER, "多喝水。"])
+    empty = next(label for label, text in panels.items() if text == EMPTY_ANSWER)
+    assert f"{empty} 为空回答 (empty answer)" in shown["status"] and "Regenerate" in shown["status"]
+    shown, session = _ui(demo, "ask_again", session, "", *settings)
+    assert sorted(shown[f"chat-{label}"]["value"][-1]["content"] for label in "AB") == ["多喝水。", "少吃盐。"]
+    assert "empty answer" not in shown["status"] and "answers complete" in shown["status"]
+    assert sorted(r.text for r in store.get_comparison(session.comparison_id).responses) == ["多喝水。", "少吃盐。"]
+
+
+def _ui(demo, name, *args):
+    """Run the Compare tab's callback ``name`` as the browser does, to its last step; outputs by elem_id."""
+    fn = next(f for f in demo.fns.values() if f.name == name)
+    *_, out = fn.fn(*args)
+    return {getattr(c, "elem_id", None): u for c, u in zip(fn.outputs, out)}, out[0]
+
+
 def test_real_answers_of_every_stage_are_clean(arena, session, store, app_home):
     _start(arena, session, app_home[1], blind=False)
     _ask(arena, session, temperature=1.5, max_new_tokens=48, seed=3)

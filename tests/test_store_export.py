@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from preference_store.deid import deidentify
-from preference_store.export import export_pairs
+from preference_store.export import export_pairs, format_summary
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from chimed import main as cli_main
 from training.config import load_config
@@ -21,7 +21,8 @@ from training.errors import UserError
 CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.json").read_text(encoding="utf-8"))
 RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
 PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",
-                   "chosen_checkpoint", "rejected_checkpoint", "chosen_serving", "rejected_serving", "judged_at"}
+                   "chosen_checkpoint", "rejected_checkpoint", "chosen_serving", "rejected_serving", "judged_at",
+                   "agreement"}
 
 
 def judge(store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment):
@@ -191,3 +192,39 @@ def test_default_output_goes_where_the_builder_reads_and_nothing_is_overwritten(
     assert cli_main(["export-prefs", "--profile", "tiny", "--out", str(files[0])]) == 2
     assert "exists already" in capsys.readouterr().err
     assert len(read(files[0])) == 3
+
+
+def test_bank_pairs_carry_their_agreement_and_min_agreement_holds_back_contested_ones(pref_store, chimed_home,
+                                                                                      tmp_path):
+    cfg = load_config("tiny", ["store.min_agreement=0.5"])
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text('{"prompt": "高血压患者饮食上要注意什么？", "split": "heldout"}\n'
+                    '{"prompt": "糖尿病有哪些常见症状？"}\n', encoding="utf-8")
+    pref_store.import_bank(bank)
+    first, second = pref_store.bank_prompts()
+    answers = [ResponseIn("r1/sft", "多休息，观察病情。"), ResponseIn("r1/dpo", "应低盐饮食，规律监测血压。")]
+
+    def vote(name, prompt, choice):
+        me = pref_store.annotator_by_name(name) or pref_store.add_annotator(name, "a-long-test-password")
+        made = pref_store.record_comparison(ComparisonIn(me.id, prompt.messages, list(answers), bank_prompt_id=prompt.id))
+        return pref_store.submit_judgment(JudgmentIn(made.id, me.id, choice=choice)).pair_ids[0]
+
+    agreeing = [vote("a1", first, "B"), vote("a2", first, "B")]
+    contested = vote("a3", first, "A")
+    alone = vote("a1", second, "B")
+
+    summary = export_pairs(cfg, out=tmp_path / "one.jsonl", store=pref_store)
+    records = {r["pair_id"]: r for r in read(tmp_path / "one.jsonl")}
+    # the two agreeing votes are the same pair (one written, one a duplicate); the contested one is held back
+    assert set(records) == {agreeing[0], alone} and summary.duplicates == 1 and summary.low_agreement == 1
+    assert records[agreeing[0]]["provenance"]["agreement"] == {"share": 2 / 3, "annotators": 3}
+    assert records[agreeing[0]]["split"] == "heldout" and records[alone]["split"] == "train"
+    assert records[alone]["provenance"]["agreement"] == {"share": None, "annotators": 1}
+    assert "annotators agree less than store.min_agreement: 1" in format_summary(summary)
+
+    # a fourth annotator sides with the contested vote: at 2 of 4 it reaches the threshold and is exported
+    vote("a4", first, "A")
+    again = export_pairs(cfg, out=tmp_path / "two.jsonl", store=pref_store)
+    written = {r["pair_id"]: r for r in read(tmp_path / "two.jsonl")}
+    assert contested in written and again.low_agreement == 0
+    assert written[contested]["provenance"]["agreement"] == {"share": 0.5, "annotators": 4}

@@ -111,3 +111,45 @@ def test_a_database_from_a_newer_version_or_a_bad_path_gives_a_clear_error(tmp_p
         PreferenceStore(f"sqlite:///{tmp_path / 'file' / 'p.db'}")
     with pytest.raises(PreferenceStoreError, match="not a SQLAlchemy URL"):
         PreferenceStore("preferences.db")
+
+
+def test_upgrading_a_0002_database_copies_its_scores_onto_the_guideline_criteria(tmp_path):
+    # a store as the previous release left it: one judgment with fixed-column scores, one export
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url, 1000)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0002")
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        db.executescript("""
+            INSERT INTO annotators (id, name, role, password_hash, created) VALUES (1, 'dr_wang', 'annotator', NULL, '2024-05-01 09:00:00');
+            INSERT INTO checkpoints (id, run_id, stage, registered) VALUES ('r1/sft', 'r1', 'sft', '2024-05-01 09:00:00'),
+                                                                          ('r1/dpo', 'r1', 'dpo', '2024-05-01 09:00:00');
+            INSERT INTO conversations (id, annotator_id, created) VALUES ('conv', 1, '2024-05-01 09:00:00');
+            INSERT INTO comparisons (id, conversation_id, annotator_id, messages, blind, created)
+                VALUES ('cmp', 'conv', 1, '[{"role": "user", "content": "头痛怎么办？"}]', 1, '2024-05-01 09:01:00');
+            INSERT INTO responses (id, comparison_id, panel, checkpoint_id, text, decoding, serving)
+                VALUES ('ra', 'cmp', 0, 'r1/sft', '多休息。', '{}', NULL), ('rb', 'cmp', 1, 'r1/dpo', '应就医。', '{}', '{"mode": "exact"}');
+            INSERT INTO judgments (id, client_id, comparison_id, annotator_id, kind, choice, created)
+                VALUES ('j1', 'c1', 'cmp', 1, 'pairwise', 'B', '2024-05-01 09:02:00');
+            INSERT INTO scores (judgment_id, response_id, safety, correctness, completeness)
+                VALUES ('j1', 'ra', 4, NULL, 2), ('j1', 'rb', 5, 5, NULL);
+            INSERT INTO pairs (id, judgment_id, comparison_id, chosen_response_id, rejected_response_id, created)
+                VALUES ('clin-1', 'j1', 'cmp', 'rb', 'ra', '2024-05-01 09:02:00');
+            INSERT INTO exports (id, path, sha256, n_pairs, created) VALUES (1, '/tmp/p.jsonl', 'abc', 1, '2024-05-02 09:00:00');
+        """)
+
+    with PreferenceStore(url) as store:  # opening it upgrades it to head
+        assert current_revision(store._engine) == head_revision()
+        [judgment] = store.judgments_for("cmp")
+        assert judgment.scores == {"A": {"safety": 4, "completeness": 2}, "B": {"safety": 5, "correctness": 5}}
+        assert judgment.guideline_version is None  # made before guidelines were versioned
+        assert [r.leaks for r in store.get_comparison("cmp").responses] == [None, None]  # never checked
+        assert store.get_comparison("cmp").bank_prompt_id is None
+        board = store.leaderboard(rounds=0)
+        assert board.criteria["r1/dpo"] == {"safety": 5.0, "correctness": 5.0}
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        assert db.execute("SELECT kind FROM exports").fetchall() == [("pairs",)]
+        assert db.execute("SELECT count(*) FROM criterion_scores").fetchone() == (4,)  # the NULLs are not copied
+        assert "scores" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

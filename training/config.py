@@ -261,6 +261,9 @@ class StoreConfig:
     min_agreement: float = 0.0
     exclude_leaked_battles: bool = True  # leave battles whose answers name a model out of the ratings
     outlier_p_value: float = 0.01  # annotators agreeing with the consensus less than this chance allows are listed
+    # the run-vs-run verdict needs battles of the two runs on at least this many bank prompts: a bootstrap
+    # over one or two prompts has no spread and would call a single vote certain
+    run_comparison_min_prompts: int = 5
 
 
 @dataclass

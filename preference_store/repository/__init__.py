@@ -19,27 +19,35 @@ One module per concern, each a part of :class:`PreferenceStore` over the same se
     checkpoints.py  the checkpoints of completed runs that may be compared
     comparisons.py  a prompt and the answers shown for it, and how each was served
     guidelines.py   the guideline (rubric) versions and who has acknowledged which
-    judgments.py    judgments with their scores and DPO pairs; which run consumed which pair
+    bank.py         the shared prompt bank and each annotator's queue (k annotators per prompt)
+    judgments.py    judgments with their scores and DPO pairs; which run consumed which pair;
+                    who may judge what (one's own comparisons) and the daily cap
+    ratings.py      single-answer ratings (thumbs up / down, optional correction) and their export log
     leaderboard.py  the leaderboard and the store's counts (read only)
     exports.py      the stored pairs export and the Data tab read, the export log, pseudonyms
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from preference_store.records import StoreCounts
 from preference_store.repository.accounts import DEMO_ANNOTATOR, Accounts
+from preference_store.repository.bank import BankQueue
 from preference_store.repository.checkpoints import CheckpointRegistry
 from preference_store.repository.comparisons import Comparisons
 from preference_store.repository.exports import ExportSupport, StoredPair
 from preference_store.repository.guidelines import Guidelines
 from preference_store.repository.judgments import Judgments
 from preference_store.repository.leaderboard import LeaderboardQueries
+from preference_store.repository.ratings import AnswerRatings, StoredRating
 from training.config import Config
 
-__all__ = ["DEMO_ANNOTATOR", "PreferenceStore", "StoredPair"]
+__all__ = ["DEMO_ANNOTATOR", "PreferenceStore", "StoredPair", "StoredRating"]
 
 
-class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, Judgments, Guidelines, LeaderboardQueries,
-                      ExportSupport):
+class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, BankQueue, Judgments, AnswerRatings, Guidelines,
+                      LeaderboardQueries, ExportSupport):
     """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
 
     Safe to share between threads (each call opens its own session); several processes may open the
@@ -51,3 +59,7 @@ class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, Judgments, Guid
     def from_config(cls, cfg: Config) -> PreferenceStore:
         """The store at ``cfg.database_url`` (CHIMED_DATABASE_URL wins) with ``cfg.store`` settings."""
         return cls(cfg.database_url, cfg.store)
+
+    def counts(self) -> StoreCounts:
+        """What the store holds: the leaderboard's counts and the annotation study's (ratings, bank, queue)."""
+        return replace(LeaderboardQueries.counts(self), **self._study_counts())

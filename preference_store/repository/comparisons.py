@@ -1,4 +1,8 @@
-"""Comparisons: one prompt (with the conversation so far) and the 2-4 answers shown for it."""
+"""Comparisons: one prompt (with the conversation so far) and the 2-4 answers shown for it.
+
+A comparison is its annotator's: reading one back on an annotator's behalf (``annotator_id``) refuses
+another annotator's, unless the reader is an admin.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from sqlalchemy.orm import Session
 
 from preference_store.models import AnnotatorRow, CheckpointRow, ComparisonRow, ConversationRow, ResponseRow
 from preference_store.records import PANEL_LABELS, ComparisonIn, ComparisonOut, ResponseOut
+from preference_store.repository.bank import check_queue_fields
 from preference_store.repository.sessions import StoreSessions, new_id
-from preference_store.validation import NotFoundError, UnknownCheckpointError, check_comparison
+from preference_store.validation import NotFoundError, PreferenceStoreError, UnknownCheckpointError, check_comparison
 
 
 class Comparisons(StoreSessions):
@@ -17,7 +22,8 @@ class Comparisons(StoreSessions):
     def record_comparison(self, comparison: ComparisonIn) -> ComparisonOut:
         """Store one prompt and its 2-4 answers (panel order as shown); refuses unknown checkpoints.
 
-        With ``conversation_id`` None a new conversation starts; its id is in the result.
+        With ``conversation_id`` None a new conversation starts; its id is in the result. A prompt from the
+        annotator's queue gives its ``assignment_id`` (and ``bank_prompt_id``): the assignment must be theirs.
         """
         check_comparison(comparison, self.settings.max_text_chars)
 
@@ -32,16 +38,21 @@ class Comparisons(StoreSessions):
                     )
             if session.get(AnnotatorRow, comparison.annotator_id) is None:
                 raise NotFoundError(f"no annotator with id {comparison.annotator_id}: log in again")
+            bank_prompt_id = check_queue_fields(session, comparison.annotator_id, comparison.bank_prompt_id,
+                                                comparison.assignment_id)
             if comparison.conversation_id is None:
                 conversation = ConversationRow(id=new_id(), annotator_id=comparison.annotator_id)
             else:
                 conversation = session.get(ConversationRow, comparison.conversation_id)
                 if conversation is None:
                     raise NotFoundError(f"no conversation {comparison.conversation_id!r}: start a new conversation")
+                if conversation.annotator_id != comparison.annotator_id:
+                    raise PreferenceStoreError(f"conversation {comparison.conversation_id} is another annotator's: "
+                                               "start a new conversation")
             row = ComparisonRow(
                 id=new_id(), conversation=conversation, annotator_id=comparison.annotator_id,
                 messages=[dict(msg) for msg in comparison.messages], blind=comparison.blind,
-                bank_prompt_id=comparison.bank_prompt_id, assignment_id=comparison.assignment_id,
+                bank_prompt_id=bank_prompt_id, assignment_id=comparison.assignment_id,
                 responses=[
                     ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=r.text,
                                 decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s, n_tokens=r.n_tokens,
@@ -56,19 +67,42 @@ class Comparisons(StoreSessions):
 
         return self._write(work)
 
-    def get_comparison(self, comparison_id: str) -> ComparisonOut:
+    def get_comparison(self, comparison_id: str, annotator_id: int | None = None) -> ComparisonOut:
+        """One comparison; with ``annotator_id``, only if that annotator recorded it or is an admin."""
         with self._read() as session:
             row = session.get(ComparisonRow, comparison_id)
             if row is None:
                 raise NotFoundError(f"no comparison {comparison_id!r}")
+            _check_reader(session, row.annotator_id, annotator_id, f"comparison {comparison_id}")
             return comparison_record(row)
 
-    def conversation(self, conversation_id: str) -> list[ComparisonOut]:
-        """The comparisons of one conversation, oldest first."""
+    def conversation(self, conversation_id: str, annotator_id: int | None = None) -> list[ComparisonOut]:
+        """The comparisons of one conversation, oldest first; with ``annotator_id``, only the reader's own
+        (or any, for an admin)."""
         with self._read() as session:
             rows = session.scalars(select(ComparisonRow).where(ComparisonRow.conversation_id == conversation_id)
-                                   .order_by(ComparisonRow.created)).unique()  # responses are joined in
+                                   .order_by(ComparisonRow.created)).unique().all()  # responses are joined in
+            if rows:
+                _check_reader(session, rows[0].annotator_id, annotator_id, f"conversation {conversation_id}")
             return [comparison_record(row) for row in rows]
+
+    def annotator_comparisons(self, annotator_id: int, limit: int | None = 20) -> list[ComparisonOut]:
+        """One annotator's own comparisons, newest first (what the Data tab shows them)."""
+        query = (select(ComparisonRow).where(ComparisonRow.annotator_id == annotator_id)
+                 .order_by(ComparisonRow.created.desc(), ComparisonRow.id.desc()))
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as session:
+            return [comparison_record(row) for row in session.scalars(query).unique()]
+
+
+def _check_reader(session: Session, owner_id: int, reader_id: int | None, what: str) -> None:
+    """``reader_id`` None = the store's own callers (command line, export); an annotator reads only their own."""
+    if reader_id is None or reader_id == owner_id:
+        return
+    reader = session.get(AnnotatorRow, reader_id)
+    if reader is None or reader.role != "admin":
+        raise PreferenceStoreError(f"{what} was recorded by another annotator: you can see only your own")
 
 
 def comparison_record(row: ComparisonRow) -> ComparisonOut:

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from preference_store.models import (
+    AnswerRatingRow,
+    AssignmentRow,
+    BankPromptRow,
     ComparisonRow,
     ExportedPairRow,
     ExportRow,
@@ -21,7 +24,7 @@ from preference_store.models import (
     ResponseRow,
     StoreMetaRow,
 )
-from preference_store.records import PairOut
+from preference_store.records import JUDGMENT_KINDS, AnnotatorCounts, PairOut
 from preference_store.repository.sessions import StoreSessions
 
 
@@ -42,6 +45,7 @@ class StoredPair:
     rejected_checkpoint: str
     chosen_serving: dict | None  # how each answer was served (None: a correction, or not recorded)
     rejected_serving: dict | None
+    bank_split: str | None = None  # the split of the comparison's bank prompt; None = not a bank prompt
 
 
 class ExportSupport(StoreSessions):
@@ -59,19 +63,23 @@ class ExportSupport(StoreSessions):
         return f"annotator-{digest[:16]}"
 
     def export_rows(self, since: datetime | None = None, unexported_only: bool = False,
-                    newest_first: bool = False, limit: int | None = None) -> Iterator[StoredPair]:
-        """Stored pairs with their prompt, texts, checkpoints and serving, oldest first unless ``newest_first``.
+                    newest_first: bool = False, limit: int | None = None,
+                    annotator_id: int | None = None) -> Iterator[StoredPair]:
+        """Stored pairs with their prompt, texts, checkpoints, serving and bank split, oldest first unless
+        ``newest_first``.
 
         ``since`` keeps pairs of judgments made at or after that time; ``unexported_only`` leaves out
-        pairs an earlier export wrote or dropped as duplicates.
+        pairs an earlier export wrote or dropped as duplicates; ``annotator_id`` keeps one annotator's.
         """
         chosen, rejected = aliased(ResponseRow), aliased(ResponseRow)
         query = (
             select(PairRow.id, PairRow.judgment_id, PairRow.comparison_id, JudgmentRow.annotator_id,
                    JudgmentRow.kind, JudgmentRow.created, ComparisonRow.messages, chosen.text, JudgmentRow.correction,
-                   rejected.text, chosen.checkpoint_id, rejected.checkpoint_id, chosen.serving, rejected.serving)
+                   rejected.text, chosen.checkpoint_id, rejected.checkpoint_id, chosen.serving, rejected.serving,
+                   BankPromptRow.split)
             .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
             .join(ComparisonRow, ComparisonRow.id == PairRow.comparison_id)
+            .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
             .join(rejected, rejected.id == PairRow.rejected_response_id)
             .outerjoin(chosen, chosen.id == PairRow.chosen_response_id)
             .order_by(*((PairRow.created.desc(), PairRow.id.desc()) if newest_first else (PairRow.created, PairRow.id)))
@@ -80,24 +88,48 @@ class ExportSupport(StoreSessions):
             query = query.where(JudgmentRow.created >= since)
         if unexported_only:
             query = query.where(~select(ExportedPairRow.pair_id).where(ExportedPairRow.pair_id == PairRow.id).exists())
+        if annotator_id is not None:
+            query = query.where(JudgmentRow.annotator_id == annotator_id)
         if limit is not None:
             query = query.limit(limit)
         with self._read() as session:
             for (pid, jid, cid, aid, kind, created, messages, chosen_text, correction, rejected_text,
-                 *checkpoints_and_serving) in session.execute(query).yield_per(2000):
+                 *checkpoints_serving_and_split) in session.execute(query).yield_per(2000):
                 yield StoredPair(pid, jid, cid, aid, kind, created, messages,
                                  chosen_text if chosen_text is not None else correction, rejected_text,
-                                 *checkpoints_and_serving)
+                                 *checkpoints_serving_and_split)
 
-    def recent_pairs(self, limit: int = 20) -> list[PairOut]:
-        """The newest preference pairs, newest first (for the app's Data tab)."""
+    def recent_pairs(self, limit: int = 20, annotator_id: int | None = None) -> list[PairOut]:
+        """The newest preference pairs, newest first (for the app's Data tab): one annotator's own, or
+        everyone's with ``annotator_id`` None (admins only: the caller decides who may see them)."""
         return [
             PairOut(id=r.pair_id, judgment_id=r.judgment_id, comparison_id=r.comparison_id,
                     annotator_id=r.annotator_id, prompt=r.prompt, chosen=r.chosen, rejected=r.rejected,
                     chosen_checkpoint=r.chosen_checkpoint, rejected_checkpoint=r.rejected_checkpoint,
                     created=r.created, chosen_serving=r.chosen_serving, rejected_serving=r.rejected_serving)
-            for r in self.export_rows(newest_first=True, limit=limit)
+            for r in self.export_rows(newest_first=True, limit=limit, annotator_id=annotator_id)
         ]
+
+    def annotator_counts(self, annotator_id: int) -> AnnotatorCounts:
+        """One annotator's own comparisons, judgments (by kind), pairs, ratings and judged queue prompts."""
+        with self._read() as session:
+            def count(model, *where):
+                return session.scalar(select(func.count()).select_from(model).where(*where))
+
+            by_kind = dict(session.execute(select(JudgmentRow.kind, func.count())
+                                           .where(JudgmentRow.annotator_id == annotator_id)
+                                           .group_by(JudgmentRow.kind)).all())
+            return AnnotatorCounts(
+                comparisons=count(ComparisonRow, ComparisonRow.annotator_id == annotator_id),
+                judgments=sum(by_kind.values()),
+                judgments_by_kind={k: by_kind.get(k, 0) for k in JUDGMENT_KINDS},
+                pairs=session.scalar(select(func.count()).select_from(PairRow)
+                                     .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
+                                     .where(JudgmentRow.annotator_id == annotator_id)),
+                ratings=count(AnswerRatingRow, AnswerRatingRow.annotator_id == annotator_id),
+                assignments_done=count(AssignmentRow, AssignmentRow.annotator_id == annotator_id,
+                                       AssignmentRow.status == "done"),
+            )
 
     def exported_content(self) -> dict[str, str]:
         """Content hash -> pair id of every pair written by an earlier export (for deduplication)."""
@@ -114,7 +146,7 @@ class ExportSupport(StoreSessions):
         """
 
         def work(session: Session) -> int:
-            row = ExportRow(path=path, sha256=sha256, n_pairs=sum(1 for e in entries if e[3] is None),
+            row = ExportRow(path=path, sha256=sha256, n_pairs=sum(1 for e in entries if e[3] is None), kind="pairs",
                             entries=[ExportedPairRow(pair_id=pid, content_sha256=h, split=split, duplicate_of=dup)
                                      for pid, h, split, dup in entries])
             session.add(row)

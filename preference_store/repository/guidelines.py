@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from preference_store.guidelines import DEFAULT_CRITERIA, DEFAULT_TEXT, check_criteria
+from preference_store.guidelines import check_criteria
 from preference_store.models import AnnotatorRow, GuidelineRow
 from preference_store.records import Criterion, Guideline
 from preference_store.repository.sessions import StoreSessions
@@ -16,30 +15,20 @@ GUIDELINE_MAX_CHARS = 20000
 
 
 class Guidelines(StoreSessions):
-    """Versioned guidelines; version 1 is the built-in default, written the first time it is asked for."""
+    """Versioned guidelines; version 1 is the built-in default (written by migration 0003)."""
 
     def guideline(self, version: int | None = None) -> Guideline:
         """The guideline in force (the newest version), or a given version."""
         with self._read() as session:
             row = _newest(session) if version is None else session.get(GuidelineRow, version)
-        if row is not None:
+            if row is None:
+                raise NotFoundError(f"no guideline version {version}")
             return guideline_record(row)
-        if version is not None and version != 1:
-            raise NotFoundError(f"no guideline version {version}")
-        try:
-            self._write(lambda session: session.add(GuidelineRow(
-                version=1, text=DEFAULT_TEXT, author_id=None,
-                criteria=[{"key": c.key, "name": c.name, "description": c.description} for c in DEFAULT_CRITERIA])))
-        except IntegrityError:
-            pass  # another caller wrote version 1 at the same moment
-        with self._read() as session:
-            return guideline_record(session.get(GuidelineRow, 1) if version else _newest(session))
 
     def publish_guideline(self, text: str, criteria, author_id: int) -> Guideline:
         """A new version (admins only): the text and its 1-5 criteria in priority order."""
         text = check_text(text, "the guideline text", GUIDELINE_MAX_CHARS)
         checked = check_criteria(criteria)
-        self.guideline()  # version 1 exists before version 2
 
         def work(session: Session) -> Guideline:
             author = session.get(AnnotatorRow, author_id)

@@ -1,16 +1,22 @@
-"""Judgments and the DPO pairs they make, and which training run consumed which pair."""
+"""Judgments and the DPO pairs they make, and which training run consumed which pair.
+
+Every annotator judges only the comparisons they recorded themselves (another annotator's prompts and
+answers are theirs to see), at most ``store.daily_judgment_cap`` judgments and single-answer ratings a
+UTC day; judging a comparison asked through the queue completes its assignment.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from preference_store.models import (
     AnnotatorRow,
+    AnswerRatingRow,
     ComparisonRow,
     ConsumptionRow,
     CriterionScoreRow,
@@ -20,9 +26,10 @@ from preference_store.models import (
 )
 from preference_store.pairs import expand_judgment_to_pairs
 from preference_store.records import PANEL_LABELS, JudgmentIn, JudgmentOut
+from preference_store.repository.bank import complete_assignment
 from preference_store.repository.guidelines import Guidelines
-from preference_store.repository.sessions import StoreSessions, new_id
-from preference_store.validation import NotFoundError, check_judgment
+from preference_store.repository.sessions import new_id
+from preference_store.validation import NotFoundError, PreferenceStoreError, check_judgment
 
 
 def new_pair_id() -> str:
@@ -37,7 +44,10 @@ class Judgments(Guidelines):
     def submit_judgment(self, judgment: JudgmentIn) -> JudgmentOut:
         """Validate and store one judgment with its scores and derived pairs, in one transaction.
 
-        A repeated ``client_id`` returns the stored judgment with ``duplicate=True`` and writes nothing.
+        A repeated ``client_id`` returns the stored judgment with ``duplicate=True`` and writes nothing
+        (even past the daily cap). Refuses a comparison another annotator recorded, and a judgment beyond
+        the annotator's daily cap. A comparison asked through the queue completes its assignment (a late
+        one only while its prompt has a free place: see :func:`~preference_store.repository.bank.complete_assignment`).
         """
         client_id = judgment.client_id or new_id()
         guideline = self.guideline(judgment.guideline_version)
@@ -45,12 +55,10 @@ class Judgments(Guidelines):
         def work(session: Session) -> JudgmentOut:
             stored = _by_client_id(session, client_id)
             if stored is not None:
+                check_same_annotator(stored.annotator_id, judgment.annotator_id, client_id)
                 return judgment_record(session, stored, duplicate=True)
-            comparison = session.get(ComparisonRow, judgment.comparison_id)
-            if comparison is None:
-                raise NotFoundError(f"no comparison {judgment.comparison_id!r}: judge an answer set that was recorded")
-            if session.get(AnnotatorRow, judgment.annotator_id) is None:
-                raise NotFoundError(f"no annotator with id {judgment.annotator_id}: log in again")
+            comparison = own_comparison(session, judgment.comparison_id, judgment.annotator_id, "judge")
+            check_daily_cap(session, judgment.annotator_id, self.settings.daily_judgment_cap)
             labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
             kind = check_judgment(judgment, labels, [r.text for r in comparison.responses],
                                   self.settings.max_text_chars, guideline.criterion_keys)
@@ -75,18 +83,19 @@ class Judgments(Guidelines):
                 ],
             )
             session.add(row)
+            complete_assignment(session, comparison, created, self.settings.annotators_per_prompt,
+                                self.settings.assignment_timeout_minutes)
             session.flush()
             return judgment_record(session, row, duplicate=False)
 
-        try:
-            return self._write(work)
-        except IntegrityError:
-            # another process stored the same client_id between our check and our insert
-            with self._read() as session:
-                stored = _by_client_id(session, client_id)
-                if stored is None:
-                    raise
-                return judgment_record(session, stored, duplicate=True)
+        def stored_meanwhile(session: Session) -> JudgmentOut | None:
+            stored = _by_client_id(session, client_id)
+            if stored is None:
+                return None
+            check_same_annotator(stored.annotator_id, judgment.annotator_id, client_id)
+            return judgment_record(session, stored, duplicate=True)
+
+        return self._write_once(work, stored_meanwhile)
 
     def judgments_for(self, comparison_id: str) -> list[JudgmentOut]:
         with self._read() as session:
@@ -125,6 +134,43 @@ class Judgments(Guidelines):
     def consumed_pair_ids(self, run_id: str) -> list[str]:
         with self._read() as session:
             return sorted(session.scalars(select(ConsumptionRow.pair_id).where(ConsumptionRow.run_id == run_id)))
+
+
+def own_comparison(session: Session, comparison_id: str, annotator_id: int, what: str) -> ComparisonRow:
+    """The comparison, if ``annotator_id`` exists and recorded it; an annotator judges and rates only their own."""
+    comparison = session.get(ComparisonRow, comparison_id)
+    if comparison is None:
+        raise NotFoundError(f"no comparison {comparison_id!r}: {what} an answer set that was recorded")
+    if session.get(AnnotatorRow, annotator_id) is None:
+        raise NotFoundError(f"no annotator with id {annotator_id}: log in again")
+    if comparison.annotator_id != annotator_id:
+        raise PreferenceStoreError(f"comparison {comparison_id} was recorded by another annotator: "
+                                   f"you can {what} only your own comparisons")
+    return comparison
+
+
+def check_same_annotator(stored_annotator_id: int, annotator_id: int, client_id: str) -> None:
+    """A resubmitted client id returns the stored record only to the annotator who made it."""
+    if stored_annotator_id != annotator_id:
+        raise PreferenceStoreError(f"client_id {client_id!r} is another annotator's: send a fresh one")
+
+
+def start_of_utc_day(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def check_daily_cap(session: Session, annotator_id: int, cap: int) -> None:
+    """Refuse a new judgment or rating once the annotator has made ``cap`` of them today (UTC); 0 = no cap."""
+    if cap <= 0:
+        return
+    since = start_of_utc_day(utcnow())
+    made = sum(session.scalar(select(func.count()).select_from(model)
+                              .where(model.annotator_id == annotator_id, model.created >= since))
+               for model in (JudgmentRow, AnswerRatingRow))
+    if made >= cap:
+        tomorrow = since + timedelta(days=1)
+        raise PreferenceStoreError(f"daily limit reached: {made} judgments and ratings today, the cap is {cap} "
+                                   f"(store.daily_judgment_cap); you can go on after {tomorrow:%Y-%m-%d %H:%M} UTC")
 
 
 def _by_client_id(session: Session, client_id: str) -> JudgmentRow | None:

@@ -1,11 +1,16 @@
-"""Read-only summaries: the leaderboard (ratings, win rates, scores, agreement) and what the store holds."""
+"""Read-only summaries: the leaderboard (ratings, win rates, scores, agreement, integrity), the run-vs-run
+verdict, the agreement of each pair on a bank prompt, and what the store holds."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from preference_store.agreement import agreement_values, measure_agreement, pair_agreement
+from preference_store.integrity import position_bias, screen_annotators
 from preference_store.models import (
     AnnotatorRow,
+    BankPromptRow,
     CheckpointRow,
     ComparisonRow,
     ConsumptionRow,
@@ -16,16 +21,21 @@ from preference_store.models import (
     PairRow,
     ResponseRow,
 )
-from preference_store.pairs import battle_outcomes
 from preference_store.ratings import (
-    Battle,
+    JudgedComparison,
+    Panel,
+    criterion_battles,
     criterion_means,
-    inter_annotator_agreement,
+    judged_battles,
     rate_checkpoints,
+    rate_length_controlled,
     win_rates,
 )
-from preference_store.records import JUDGMENT_KINDS, PANEL_LABELS, Leaderboard, StoreCounts
+from preference_store.records import JUDGMENT_KINDS, PANEL_LABELS, SPLITS, Leaderboard, RunComparison, StoreCounts
 from preference_store.repository.sessions import StoreSessions
+from preference_store.run_comparison import compare_checkpoints
+from preference_store.validation import NotFoundError, PreferenceStoreError
+from training.stages.registry import stage_names
 
 
 class LeaderboardQueries(StoreSessions):
@@ -50,41 +60,131 @@ class LeaderboardQueries(StoreSessions):
                 consumed_pairs=session.scalar(select(func.count(func.distinct(ConsumptionRow.pair_id)))),
             )
 
-    def leaderboard(self, rounds: int | None = None, seed: int = 0) -> Leaderboard:
-        """Bradley-Terry ratings with 95% bootstrap intervals (``rounds`` default store.bootstrap_rounds),
-        win-rate matrix, per-criterion means and inter-annotator agreement."""
-        rounds = self.settings.bootstrap_rounds if rounds is None else rounds
-        with self._read() as session:
-            judged = session.execute(
-                select(JudgmentRow.comparison_id, JudgmentRow.annotator_id, JudgmentRow.kind,
-                       JudgmentRow.choice, JudgmentRow.ranking)
-                .where(JudgmentRow.kind != "correction").order_by(JudgmentRow.created)
-            ).all()
-            panels: dict[str, dict[str, tuple[str, str]]] = {}  # comparison -> label -> (response, checkpoint)
-            for cid, panel, rid, ckpt in session.execute(
-                select(ResponseRow.comparison_id, ResponseRow.panel, ResponseRow.id, ResponseRow.checkpoint_id)
-                .join(JudgmentRow, JudgmentRow.comparison_id == ResponseRow.comparison_id).distinct()
-            ):
-                panels.setdefault(cid, {})[PANEL_LABELS[panel]] = (rid, ckpt)
-            scored = session.execute(
-                select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value)
-                .join(ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
-            ).all()
-            n_judgments = session.scalar(select(func.count()).select_from(JudgmentRow))
+    def leaderboard(self, rounds: int | None = None, seed: int = 0, bank_only: bool = False,
+                    exclude_leaked: bool | None = None) -> Leaderboard:
+        """Everything the Leaderboard tab shows, freshly computed.
 
-        battles, verdicts = [], []
-        for cid, annotator_id, kind, choice, ranking in judged:
-            panel = panels[cid]
-            for x, y, score in battle_outcomes(kind, sorted(panel), choice, ranking):
-                (rx, cx), (ry, cy) = panel[x], panel[y]
-                battles.append(Battle(cx, cy, score))
-                first, second, verdict = (rx, ry, score) if rx < ry else (ry, rx, 1.0 - score)
-                verdicts.append((f"{cid}|{first}|{second}", str(annotator_id),
-                                 {1.0: 1, 0.0: -1}.get(verdict, 0)))
+        Bradley-Terry ratings with 95% bootstrap intervals (``rounds`` default store.bootstrap_rounds), overall
+        and per criterion, and controlled for answer length; win rates; mean scores; the agreement among
+        annotators on the shared bank prompts; the outlier screen and the position bias. ``bank_only``: only
+        comparisons on bank prompts. ``exclude_leaked`` (default store.exclude_leaked_battles): leave battles
+        whose answers name a model out of the ratings and win rates.
+        """
+        rounds = self.settings.bootstrap_rounds if rounds is None else rounds
+        exclude_leaked = self.settings.exclude_leaked_battles if exclude_leaked is None else exclude_leaked
+        provisional = self.settings.provisional_battles
+        with self._read() as session:
+            judged = load_judged(session, bank_only=bank_only)
+            scored = select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value).join(
+                ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
+            if bank_only:
+                scored = scored.join(ComparisonRow, ComparisonRow.id == ResponseRow.comparison_id).where(
+                    ComparisonRow.bank_prompt_id.is_not(None))
+            scored = session.execute(scored).all()
+            names = dict(session.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
+
+        battles, leaked = judged_battles(judged, exclude_leaked)
         rates, met = win_rates(battles)
         means, n_scores = criterion_means(scored)
+        values = agreement_values(judged)
         return Leaderboard(
-            ratings=rate_checkpoints(battles, rounds, seed), win_rate=rates, battles=met,
-            criteria=means, criteria_n=n_scores, agreement=inter_annotator_agreement(verdicts),
-            judgments=n_judgments,
+            ratings=rate_checkpoints(battles, rounds, seed, provisional), win_rate=rates, battles=met,
+            criteria=means, criteria_n=n_scores, agreement=measure_agreement(values, names),
+            judgments=len(judged),
+            criterion_ratings={c: rate_checkpoints(b, rounds, seed, provisional)
+                               for c, b in sorted(criterion_battles(judged, exclude_leaked).items())},
+            length_controlled=rate_length_controlled(battles, provisional),
+            position_bias=position_bias(judged),
+            screen=screen_annotators(values, names, self.settings.outlier_p_value),
+            leaked_battles=leaked, leaked_excluded=exclude_leaked, bank_only=bank_only,
+            provisional_battles=provisional,
         )
+
+    def compare_runs(self, new_run: str, old_run: str, split: str | None = None, stage: str | None = None,
+                     rounds: int | None = None, seed: int = 0) -> RunComparison:
+        """Is ``new_run`` better than ``old_run``? The clinicians' battles between the two runs' checkpoints of
+        ``stage`` (None = the last stage both runs have) on the bank prompts of ``split`` (train | heldout |
+        None = all), with a bootstrap over prompts (``rounds`` default store.bootstrap_rounds). See
+        :mod:`preference_store.run_comparison` for the verdict rule."""
+        if new_run == old_run:
+            raise PreferenceStoreError(f"compare run {new_run!r} with another run, not with itself")
+        if split is not None and split not in SPLITS:
+            raise PreferenceStoreError(f"unknown split {split!r}: choose train, heldout or all")
+        rounds = self.settings.bootstrap_rounds if rounds is None else rounds
+        with self._read() as session:
+            stages: dict[str, set[str]] = {new_run: set(), old_run: set()}
+            for run_id, run_stage in session.execute(
+                    select(CheckpointRow.run_id, CheckpointRow.stage).where(CheckpointRow.run_id.in_(stages))):
+                stages[run_id].add(run_stage)
+            for run_id, have in stages.items():
+                if not have:
+                    raise NotFoundError(f"run {run_id!r} has no registered checkpoints: give the id of a trained "
+                                        "run (./launch.sh train-all registers its checkpoints)")
+            shared = stages[new_run] & stages[old_run]
+            if stage is None:
+                order = list(stage_names())
+                ordered = sorted(shared, key=lambda s: (order.index(s) if s in order else len(order), s))
+                if not ordered:
+                    raise NotFoundError(f"runs {new_run!r} and {old_run!r} have no stage in common to compare")
+                stage = ordered[-1]
+            elif stage not in shared:
+                raise NotFoundError(f"stage {stage!r} is not registered for both {new_run!r} and {old_run!r} "
+                                    f"(both have: {', '.join(sorted(shared)) or 'none'})")
+            judged = load_judged(session, bank_only=True)
+        return compare_checkpoints(judged, new_run, old_run, stage, split=split, rounds=rounds, seed=seed,
+                                   min_prompts=self.settings.run_comparison_min_prompts,
+                                   exclude_leaked=self.settings.exclude_leaked_battles)
+
+    def pair_agreement(self) -> dict[str, tuple[float | None, int]]:
+        """pair id -> (share of the annotators of its bank prompt who judged the same two checkpoints and agree
+        with it, how many they are), for every pair on a bank prompt; (None, 1) when only one annotator judged
+        them. Pairs not on a bank prompt are absent. See :func:`preference_store.agreement.pair_agreement`."""
+        with self._read() as session:
+            judged = load_judged(session, bank_only=True)
+            chosen, rejected = ResponseRow.__table__.alias("chosen"), ResponseRow.__table__.alias("rejected")
+            pairs = session.execute(
+                select(PairRow.id, ComparisonRow.bank_prompt_id, chosen.c.checkpoint_id, rejected.c.checkpoint_id)
+                .join(ComparisonRow, ComparisonRow.id == PairRow.comparison_id)
+                .outerjoin(chosen, chosen.c.id == PairRow.chosen_response_id)
+                .join(rejected, rejected.c.id == PairRow.rejected_response_id)
+                .where(ComparisonRow.bank_prompt_id.is_not(None))
+            ).all()
+        return pair_agreement(pairs, judged)
+
+
+def load_judged(session: Session, bank_only: bool = False) -> list[JudgedComparison]:
+    """Every judgment (oldest first) with the answers it judged and its scores; ``bank_only``: on bank prompts."""
+    query = (
+        select(JudgmentRow.id, JudgmentRow.comparison_id, JudgmentRow.annotator_id, JudgmentRow.kind,
+               JudgmentRow.choice, JudgmentRow.ranking, ComparisonRow.bank_prompt_id, BankPromptRow.split)
+        .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+        .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
+        .order_by(JudgmentRow.created, JudgmentRow.id)
+    )
+    answers = (
+        select(ResponseRow.comparison_id, ResponseRow.panel, ResponseRow.id, ResponseRow.checkpoint_id,
+               func.length(ResponseRow.text), ResponseRow.leaks)
+        .where(ResponseRow.comparison_id.in_(select(JudgmentRow.comparison_id)))
+    )
+    scores = select(CriterionScoreRow.judgment_id, CriterionScoreRow.response_id, CriterionScoreRow.criterion,
+                    CriterionScoreRow.value)
+    if bank_only:
+        query = query.where(ComparisonRow.bank_prompt_id.is_not(None))
+        on_bank = select(ComparisonRow.id).where(ComparisonRow.bank_prompt_id.is_not(None))
+        answers = answers.where(ResponseRow.comparison_id.in_(on_bank))
+        scores = scores.join(JudgmentRow, JudgmentRow.id == CriterionScoreRow.judgment_id).where(
+            JudgmentRow.comparison_id.in_(on_bank))
+    panels: dict[str, dict[str, Panel]] = {}  # comparison -> label -> answer
+    label_of: dict[str, str] = {}  # response id -> its panel label
+    for cid, panel, rid, ckpt, length, leaks in session.execute(answers):
+        label_of[rid] = PANEL_LABELS[panel]
+        panels.setdefault(cid, {})[PANEL_LABELS[panel]] = Panel(rid, ckpt, length or 0, bool(leaks))
+    given: dict[str, dict[str, dict[str, int]]] = {}  # judgment -> label -> criterion -> value
+    for jid, rid, criterion, value in session.execute(scores):
+        given.setdefault(jid, {}).setdefault(label_of[rid], {})[criterion] = value
+    return [
+        JudgedComparison(judgment_id=jid, comparison_id=cid, annotator_id=annotator, kind=kind, choice=choice,
+                         ranking=dict(ranking) if ranking is not None else None, panels=panels[cid],
+                         scores=given.get(jid, {}), bank_prompt_id=bank_prompt_id, split=split)
+        for jid, cid, annotator, kind, choice, ranking, bank_prompt_id, split in session.execute(query)
+    ]

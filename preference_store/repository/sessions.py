@@ -15,7 +15,7 @@ from typing import Self, TypeVar
 
 from alembic.util.exc import CommandError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from preference_store.db import IMMEDIATE, is_sqlite, make_engine, migrate, retry_while_busy
@@ -88,3 +88,15 @@ class StoreSessions:
                 return work(session)
 
         return retry_while_busy(attempt)
+
+    def _write_once(self, work: Callable[[Session], T], stored: Callable[[Session], T | None]) -> T:
+        """``_write(work)`` for a record with a unique client id: when another process stored the same id
+        between ``work``'s check and its insert, the record ``stored`` reads back instead."""
+        try:
+            return self._write(work)
+        except IntegrityError:
+            with self._read() as session:
+                record = stored(session)
+                if record is None:
+                    raise
+                return record

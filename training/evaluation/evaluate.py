@@ -89,6 +89,11 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
                                       "measured": measured[stage].get("seconds", {})}
         write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
 
+    previous = out_dir / "results.json"
+    if previous.is_file():  # the clinicians' verdict is not measured here: keep it (see record_arena_comparison)
+        arena = json.loads(previous.read_text(encoding="utf-8")).get("arena")
+        if arena:
+            results["arena"] = arena
     write_reports(cfg, run_path, manifest, results)
     print(report.results_table(results), flush=True)
     print(f"evaluation written to {out_dir}", flush=True)
@@ -289,6 +294,21 @@ def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) ->
         # a linked base (paper profile) is the user's own model directory: its card stays in eval/
         target = out_dir / f"model_card_{stage}.md" if stage_dir.is_symlink() else stage_dir / "README.md"
         write_text_atomic(target, card)
+
+
+def record_arena_comparison(cfg: Config, run_id: str, arena: dict) -> Path:
+    """Put the clinicians' run-vs-run verdict (a plain dict from the preference store, with at least
+    ``new_checkpoint``, ``old_checkpoint``, ``split``, ``as_of`` and a one-line ``summary``) into the run's
+    results.json and results.md; an evaluation run later keeps it. Returns results.json's path."""
+    out_dir = run_dir(cfg, run_id) / "eval"
+    path = out_dir / "results.json"
+    if not path.is_file():
+        raise UserError(f"run {run_id} has no evaluation yet ({path} is missing): run ./launch.sh eval --run {run_id}")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["arena"] = arena
+    write_json_atomic(path, results)
+    write_text_atomic(out_dir / "results.md", report.results_markdown(results))
+    return path
 
 
 def compare_runs(cfg: Config, results: dict, other_id: str) -> dict:

@@ -79,8 +79,18 @@ def results_markdown(results: dict) -> str:
     ]
     if sizes.get("pref_clinician"):
         notes.insert(4, f"- pref acc (clinician): the same on {sizes['pref_clinician']} held-out clinician pairs.")
-    return "\n\n".join([f"# Evaluation of run {results['run_id']}", f"> {NOTICE}", results_table(results),
-                        "\n".join(notes)]) + "\n"
+    parts = [f"# Evaluation of run {results['run_id']}", f"> {NOTICE}", results_table(results), "\n".join(notes)]
+    if results.get("arena"):
+        parts.append(arena_markdown(results["arena"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def arena_markdown(arena: dict) -> str:
+    """The clinicians' verdict on this run against its parent, on the shared bank prompts (``results.json``
+    ``arena``, written by the loop and by ``./launch.sh compare-runs``)."""
+    lines = [f"## Clinicians: {arena['new_checkpoint']} vs {arena['old_checkpoint']}",
+             f"On {arena['split']} bank prompts judged for both runs ({arena['as_of']}): {arena['summary']}"]
+    return "\n\n".join(lines)
 
 
 def stages_chart(results: dict, path: Path) -> None:

@@ -11,8 +11,12 @@ tables (comparisons.bank_prompt_id, comparisons.assignment_id, judgments.guideli
 any backend; the repository is their one writer.
 """
 
+from datetime import datetime, timezone
+
 import sqlalchemy as sa
 from alembic import op
+
+from preference_store.guidelines import DEFAULT_CRITERIA, DEFAULT_TEXT
 
 revision = "0003"
 down_revision = "0002"
@@ -24,7 +28,7 @@ OLD_CRITERIA = ("safety", "correctness", "completeness")
 
 
 def upgrade() -> None:
-    op.create_table(
+    guidelines = op.create_table(
         "guidelines",
         sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("text", sa.Text(), nullable=False),
@@ -32,6 +36,13 @@ def upgrade() -> None:
         sa.Column("author_id", sa.Integer(), sa.ForeignKey("annotators.id"), nullable=True),
         sa.Column("created", UTC(), nullable=False),
     )
+    # version 1 is the built-in default rubric, there from the start: every judgment has a guideline in
+    # force, and no first judgment has to write it (32 annotators judging at once would all try to)
+    op.bulk_insert(guidelines, [{
+        "version": 1, "text": DEFAULT_TEXT, "author_id": None,
+        "created": datetime.now(timezone.utc).replace(tzinfo=None),
+        "criteria": [{"key": c.key, "name": c.name, "description": c.description} for c in DEFAULT_CRITERIA],
+    }])
     op.create_table(
         "bank_prompts",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -50,10 +61,11 @@ def upgrade() -> None:
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column("bank_prompt_id", sa.String(32), sa.ForeignKey("bank_prompts.id"), nullable=False, index=True),
         sa.Column("annotator_id", sa.Integer(), sa.ForeignKey("annotators.id"), nullable=False, index=True),
+        sa.Column("round", sa.Integer(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False, index=True),
         sa.Column("assigned", UTC(), nullable=False),
         sa.Column("completed", UTC(), nullable=True),
-        sa.UniqueConstraint("bank_prompt_id", "annotator_id", name="uq_assignments_annotator"),
+        sa.UniqueConstraint("bank_prompt_id", "annotator_id", "round", name="uq_assignments_annotator"),
         sa.CheckConstraint("status IN ('open', 'done', 'expired')", name="ck_assignments_status"),
     )
     op.create_table(

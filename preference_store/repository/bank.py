@@ -1,0 +1,310 @@
+"""The shared prompt bank and each annotator's queue: importing banks, handing out assignments, progress.
+
+The assignment rule (``next_assignment``):
+
+- an annotator first gets back their own open assignment, if it has not expired;
+- otherwise a new one, on a bank prompt with fewer than ``store.annotators_per_prompt`` (k) *live*
+  assignments (done, or open and not expired) that this annotator never had, in any status: fewest
+  live assignments first, then the oldest prompt (bank file order);
+- an open assignment older than ``store.assignment_timeout_minutes`` expires, and its place goes to
+  someone else. A judgment that arrives late is still stored; its assignment becomes done only if the
+  place is still free, so a prompt never counts more than k done assignments (see ``complete_assignment``).
+
+All of this is within the current *queue round*. Once a round's prompts are judged (or to judge a new
+run on the same prompts), an admin starts the next round (``start_queue_round``): every annotator's
+queue holds the bank again, the k-annotator rule now counting that round's assignments.
+
+Choosing and inserting happen in one write transaction. On SQLite that transaction holds the write lock
+from its start (``BEGIN IMMEDIATE``), so assigners run one at a time; on other databases the chosen
+prompt's row is locked (``SELECT ... FOR UPDATE``) and its places counted again before inserting. The
+unique (bank prompt, annotator, round) constraint is the last guard against giving anyone a prompt twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from preference_store.bank import read_bank
+from preference_store.models import (
+    AnnotatorRow,
+    AnswerRatingRow,
+    AssignmentRow,
+    BankPromptRow,
+    ComparisonRow,
+    StoreMetaRow,
+    utcnow,
+)
+from preference_store.records import Assignment, BankImportSummary, BankPrompt, QueueProgress
+from preference_store.repository.sessions import StoreSessions, new_id
+from preference_store.validation import NotFoundError, PreferenceStoreError
+
+CANDIDATES = 20  # prompts tried per assignment when another database took the first ones meanwhile
+CHUNK = 500  # ids per IN (...) query: under SQLite's bound-parameter limit
+
+
+class BankQueue(StoreSessions):
+    """Importing prompt banks, and the queues that give each bank prompt to k different annotators."""
+
+    # --- the bank ------------------------------------------------------------------------------------
+    def import_bank(self, path: str | Path, bank: str | None = None, imported_by: int | None = None
+                    ) -> BankImportSummary:
+        """Import a ``.jsonl`` or ``.csv`` bank file (see :mod:`preference_store.bank`) in one transaction.
+
+        Malformed lines are listed as "FILE:LINE: reason" and the rest is imported; a prompt already in
+        the store (from any bank) or twice in the file is imported once and counted as a duplicate.
+        ``bank`` names the bank (default the file's stem); ``imported_by`` None = the command line, else
+        an admin's id.
+        """
+        parsed, errors = read_bank(path, self.settings.max_text_chars)
+        name = (bank or Path(path).stem).strip()
+        if not name or len(name) > 100:
+            raise PreferenceStoreError(f"bank name {name!r} must be 1-100 characters")
+
+        def work(session: Session) -> BankImportSummary:
+            if imported_by is not None:
+                admin = session.get(AnnotatorRow, imported_by)
+                if admin is None or admin.role != "admin":
+                    raise PreferenceStoreError("only admins can import a prompt bank")
+            hashes = [p.content_sha256 for p in parsed]
+            known: set[str] = set()
+            for start in range(0, len(hashes), CHUNK):
+                known |= set(session.scalars(select(BankPromptRow.content_sha256)
+                                             .where(BankPromptRow.content_sha256.in_(hashes[start:start + CHUNK]))))
+            now, imported = utcnow(), 0
+            for p in parsed:
+                if p.content_sha256 in known:
+                    continue
+                known.add(p.content_sha256)
+                # one microsecond apart: "oldest first" then follows the file's order
+                session.add(BankPromptRow(id=new_id(), bank=name, messages=p.messages, tags=p.tags, split=p.split,
+                                          content_sha256=p.content_sha256, source=p.source, imported_by=imported_by,
+                                          created=now + timedelta(microseconds=imported)))
+                imported += 1
+            return BankImportSummary(bank=name, imported=imported, duplicates=len(parsed) - imported, errors=errors)
+
+        try:
+            return self._write(work)
+        except IntegrityError:  # another import stored one of these prompts meanwhile: count it as a duplicate
+            return self._write(work)
+
+    def bank_prompts(self, bank: str | None = None) -> list[BankPrompt]:
+        """The bank's prompts (all banks' with None), oldest first."""
+        query = select(BankPromptRow).order_by(BankPromptRow.created, BankPromptRow.id)
+        if bank is not None:
+            query = query.where(BankPromptRow.bank == bank)
+        with self._read() as session:
+            return [bank_prompt_record(row) for row in session.scalars(query)]
+
+    def bank_prompt(self, bank_prompt_id: str) -> BankPrompt:
+        with self._read() as session:
+            row = session.get(BankPromptRow, bank_prompt_id)
+            if row is None:
+                raise NotFoundError(f"no bank prompt {bank_prompt_id!r}")
+            return bank_prompt_record(row)
+
+    # --- the queue -----------------------------------------------------------------------------------
+    def queue_round(self) -> int:
+        """The current queue round (1 until an admin starts another)."""
+        with self._read() as session:
+            return _current_round(session)
+
+    def start_queue_round(self, admin_id: int | None) -> int:
+        """Start the next queue round (an admin's id, or None for the command line): every annotator may be given every bank prompt again,
+        e.g. to judge a new run against its parent on the same prompts. Open assignments of the old round
+        stay judgeable (a judgment on them is stored), but hold no place. Returns the new round."""
+
+        def work(session: Session) -> int:
+            if admin_id is not None:
+                admin = session.get(AnnotatorRow, admin_id)
+                if admin is None or admin.role != "admin":
+                    raise PreferenceStoreError("only admins can start a new queue round")
+            new = _current_round(session) + 1
+            row = session.get(StoreMetaRow, ROUND_KEY)
+            if row is None:
+                session.add(StoreMetaRow(key=ROUND_KEY, value=str(new)))
+            else:
+                row.value = str(new)
+            return new
+
+        return self._write(work)
+
+    def next_assignment(self, annotator_id: int) -> Assignment | None:
+        """The annotator's open assignment, or a new one by the rule in the module docstring; None when
+        nothing is left for them (every prompt judged by them or by k others)."""
+        k = self.settings.annotators_per_prompt
+
+        def work(session: Session) -> Assignment | None:
+            if session.get(AnnotatorRow, annotator_id) is None:
+                raise NotFoundError(f"no annotator with id {annotator_id}: log in again")
+            now = utcnow()
+            cutoff = now - timedelta(minutes=self.settings.assignment_timeout_minutes)
+            current = _current_round(session)
+            session.execute(update(AssignmentRow).where(AssignmentRow.status == "open", AssignmentRow.assigned < cutoff)
+                            .values(status="expired"))
+            own = session.scalar(select(AssignmentRow).where(AssignmentRow.annotator_id == annotator_id,
+                                                             AssignmentRow.status == "open",
+                                                             AssignmentRow.round == current)
+                                 .order_by(AssignmentRow.assigned).limit(1))
+            if own is not None:
+                return assignment_record(own, session.get(BankPromptRow, own.bank_prompt_id))
+            live = func.count(AssignmentRow.id)
+            candidates = session.execute(
+                select(BankPromptRow.id)
+                .outerjoin(AssignmentRow, and_(AssignmentRow.bank_prompt_id == BankPromptRow.id,
+                                               AssignmentRow.round == current, _is_live(cutoff)))
+                .where(~_had_it(annotator_id, current))
+                .group_by(BankPromptRow.id, BankPromptRow.created)
+                .having(live < k)
+                .order_by(live, BankPromptRow.created, BankPromptRow.id)
+                .limit(CANDIDATES)
+            ).scalars().all()
+            for prompt_id in candidates:
+                # on PostgreSQL and the like: lock the prompt, then count its places again (SQLite holds
+                # the whole database's write lock already, and ignores FOR UPDATE)
+                prompt = session.scalar(select(BankPromptRow).where(BankPromptRow.id == prompt_id).with_for_update())
+                if _live_count(session, prompt_id, cutoff, current) >= k:
+                    continue
+                row = AssignmentRow(id=new_id(), bank_prompt_id=prompt_id, annotator_id=annotator_id,
+                                    round=current, status="open", assigned=now)
+                session.add(row)
+                session.flush()  # the unique (prompt, annotator) constraint is checked here
+                return assignment_record(row, prompt)
+            return None
+
+        for attempt in range(3):
+            try:
+                return self._write(work)
+            except IntegrityError:
+                # the same annotator asked twice at once (two browser tabs): the other call's assignment
+                # is theirs now, and the next attempt returns it as their open one
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def queue_progress(self, annotator_id: int) -> QueueProgress:
+        """How many bank prompts the annotator has judged through their queue in the current round, of how
+        many they can get (done + their open assignment + prompts with a free place they never had)."""
+        k = self.settings.annotators_per_prompt
+        cutoff = utcnow() - timedelta(minutes=self.settings.assignment_timeout_minutes)
+        with self._read() as session:
+            current = _current_round(session)
+            mine = dict(session.execute(
+                select(AssignmentRow.status, func.count())
+                .where(AssignmentRow.annotator_id == annotator_id, AssignmentRow.round == current,
+                       or_(AssignmentRow.status == "done",
+                           and_(AssignmentRow.status == "open", AssignmentRow.assigned >= cutoff)))
+                .group_by(AssignmentRow.status)).all())
+            live = func.count(AssignmentRow.id)
+            free = session.scalar(select(func.count()).select_from(
+                select(BankPromptRow.id)
+                .outerjoin(AssignmentRow, and_(AssignmentRow.bank_prompt_id == BankPromptRow.id,
+                                               AssignmentRow.round == current, _is_live(cutoff)))
+                .where(~_had_it(annotator_id, current))
+                .group_by(BankPromptRow.id)
+                .having(live < k)
+                .subquery()))
+        done = mine.get("done", 0)
+        return QueueProgress(done=done, total=done + mine.get("open", 0) + free)
+
+    def assignments(self, annotator_id: int | None = None, bank_prompt_id: str | None = None) -> list[Assignment]:
+        """Assignments (one annotator's, one prompt's, or all), oldest first, in every status."""
+        query = (select(AssignmentRow, BankPromptRow).join(BankPromptRow, BankPromptRow.id == AssignmentRow.bank_prompt_id)
+                 .order_by(AssignmentRow.assigned, AssignmentRow.id))
+        if annotator_id is not None:
+            query = query.where(AssignmentRow.annotator_id == annotator_id)
+        if bank_prompt_id is not None:
+            query = query.where(AssignmentRow.bank_prompt_id == bank_prompt_id)
+        with self._read() as session:
+            return [assignment_record(a, p) for a, p in session.execute(query)]
+
+    def _study_counts(self) -> dict[str, int]:
+        """The annotation study's part of ``counts()``: single-answer ratings, bank prompts, done assignments."""
+        with self._read() as session:
+            def count(model, *where):
+                return session.scalar(select(func.count()).select_from(model).where(*where))
+
+            return {"ratings": count(AnswerRatingRow), "bank_prompts": count(BankPromptRow),
+                    "assignments_done": count(AssignmentRow, AssignmentRow.status == "done")}
+
+
+def check_queue_fields(session: Session, annotator_id: int, bank_prompt_id: str | None,
+                       assignment_id: str | None) -> str | None:
+    """The bank prompt of a comparison asked through a queue (``bank_prompt_id`` may be left out when the
+    assignment is given); refuses another annotator's assignment or one for a different prompt."""
+    if assignment_id is not None:
+        assignment = session.get(AssignmentRow, assignment_id)
+        if assignment is None:
+            raise NotFoundError(f"no assignment {assignment_id!r}: take the next prompt from your queue")
+        if assignment.annotator_id != annotator_id:
+            raise PreferenceStoreError(f"assignment {assignment_id} belongs to another annotator: "
+                                       "take the next prompt from your own queue")
+        if bank_prompt_id is not None and bank_prompt_id != assignment.bank_prompt_id:
+            raise PreferenceStoreError(f"assignment {assignment_id} is for bank prompt {assignment.bank_prompt_id}, "
+                                       f"not {bank_prompt_id}")
+        return assignment.bank_prompt_id
+    if bank_prompt_id is not None and session.get(BankPromptRow, bank_prompt_id) is None:
+        raise NotFoundError(f"no bank prompt {bank_prompt_id!r}")
+    return bank_prompt_id
+
+
+def complete_assignment(session: Session, comparison: ComparisonRow, when: datetime,
+                        k: int, timeout_minutes: int) -> None:
+    """Mark the comparison's assignment done when it is judged or rated (inside that write transaction).
+
+    An open assignment becomes done, however late, as long as it was not expired: until then nobody else
+    had its place. An expired one (a late judgment) becomes done only while its prompt still has a free
+    place; otherwise it stays expired: the judgment is stored, and the prompt's done count stays at k.
+    """
+    if comparison.assignment_id is None:
+        return
+    assignment = session.get(AssignmentRow, comparison.assignment_id)
+    if assignment is None or assignment.status == "done":
+        return
+    if assignment.status == "expired":
+        # lock the prompt's row (other databases) before counting its places, as next_assignment does
+        session.scalar(select(BankPromptRow.id).where(BankPromptRow.id == assignment.bank_prompt_id).with_for_update())
+        cutoff = when - timedelta(minutes=timeout_minutes)
+        if _live_count(session, assignment.bank_prompt_id, cutoff, assignment.round) >= k:
+            return
+    assignment.status, assignment.completed = "done", when
+
+
+def _is_live(cutoff: datetime):
+    """An assignment that holds a place: done, or open and not yet expired."""
+    return or_(AssignmentRow.status == "done", and_(AssignmentRow.status == "open", AssignmentRow.assigned >= cutoff))
+
+
+def _had_it(annotator_id: int, round_: int):
+    """The bank prompt was given to this annotator before in this round (any status): never again."""
+    mine = aliased(AssignmentRow)  # apart from the outer query's join on assignments
+    return select(mine.id).where(mine.bank_prompt_id == BankPromptRow.id, mine.annotator_id == annotator_id,
+                                 mine.round == round_).exists()
+
+
+def _live_count(session: Session, bank_prompt_id: str, cutoff: datetime, round_: int) -> int:
+    return session.scalar(select(func.count()).select_from(AssignmentRow)
+                          .where(AssignmentRow.bank_prompt_id == bank_prompt_id, AssignmentRow.round == round_,
+                                 _is_live(cutoff)))
+
+
+ROUND_KEY = "queue_round"
+
+
+def _current_round(session: Session) -> int:
+    row = session.get(StoreMetaRow, ROUND_KEY)
+    return int(row.value) if row is not None else 1
+
+
+def bank_prompt_record(row: BankPromptRow) -> BankPrompt:
+    return BankPrompt(id=row.id, bank=row.bank, messages=[dict(m) for m in row.messages], tags=list(row.tags),
+                      split=row.split, source=row.source, created=row.created)
+
+
+def assignment_record(row: AssignmentRow, prompt: BankPromptRow) -> Assignment:
+    return Assignment(id=row.id, bank_prompt=bank_prompt_record(prompt), annotator_id=row.annotator_id,
+                      status=row.status, assigned=row.assigned, completed=row.completed, round=row.round)
