@@ -47,7 +47,7 @@ def train_and_register(cfg: Config, **options) -> str:
     if not options.get("dry_run") and cfg.train.machine_rank == 0:
         register_run(cfg, run_id)
         parent = read_manifest_at(cfg.runs_dir / run_id).get("parent_run")
-        if parent:
+        if parent and (cfg.runs_dir / run_id / "eval" / "results.json").is_file():  # evaluated: report beside it
             report_run_comparison(cfg, run_id, parent, split="heldout")
     return run_id
 
@@ -84,6 +84,9 @@ def report_run_comparison(cfg: Config, new_run: str, old_run: str, split: str | 
     from training.evaluation.evaluate import record_arena_comparison
 
     with PreferenceStore.from_config(cfg) as store:
+        for run_id in (new_run, old_run):  # a run trained before this store was opened elsewhere is still known
+            if (cfg.runs_dir / run_id / "manifest.json").is_file():
+                store.register_checkpoints(run_id, read_manifest_at(cfg.runs_dir / run_id)["stages"])
         result = store.compare_runs(new_run, old_run, split=split, stage=stage)
     arena = dataclasses.asdict(result)
     arena.update(split=split or "all", as_of=datetime.now(timezone.utc).isoformat(timespec="seconds"),

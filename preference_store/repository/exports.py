@@ -145,14 +145,16 @@ class ExportSupport(StoreSessions):
         file into place there), so the log and the file appear together or not at all.
         """
 
-        def work(session: Session) -> int:
-            row = ExportRow(path=path, sha256=sha256, n_pairs=sum(1 for e in entries if e[3] is None), kind="pairs",
-                            entries=[ExportedPairRow(pair_id=pid, content_sha256=h, split=split, duplicate_of=dup)
-                                     for pid, h, split, dup in entries])
-            session.add(row)
-            session.flush()
-            if before_commit is not None:
-                before_commit()
-            return row.id
+        return self._write(lambda session: log_export(session, ExportRow(
+            path=path, sha256=sha256, n_pairs=sum(1 for e in entries if e[3] is None), kind="pairs",
+            entries=[ExportedPairRow(pair_id=pid, content_sha256=h, split=split, duplicate_of=dup)
+                     for pid, h, split, dup in entries]), before_commit))
 
-        return self._write(work)
+
+def log_export(session: Session, row: ExportRow, before_commit: Callable[[], None] | None) -> int:
+    """Add one export's log row (with its entries) and run ``before_commit`` in the same transaction."""
+    session.add(row)
+    session.flush()
+    if before_commit is not None:
+        before_commit()
+    return row.id
