@@ -15,6 +15,19 @@ unknown checkpoint ids and bad prompts are refused with a one-line error, and th
 logged-in annotator (or "demo" when no account exists). API comparisons are not blind: the caller
 names the contestants, and the answers come back labelled A-D with their checkpoint ids. A caller
 judges and rates only the comparisons they recorded themselves (the store refuses the others').
+
+Identifiers (:mod:`app.identifiers`): the text a caller sends, the prompt of ``/compare`` and the
+``correction`` and ``reason`` of ``/judge`` and ``/rate``, is screened before any model sees it or the
+store keeps it. With identifiers in it the call is refused with one line naming their categories
+("包含身份信息 the text holds identifiers (检测到 found: 姓名 name ×1, 电话/传真 phone/fax ×1): nothing was sent
+or stored; ..."), unless the caller passes ``redact=True``: then the redacted text is sent and stored
+instead, and the result's ``identifiers`` says what was taken out ({category: n}; {} when nothing was).
+``/queue_next`` sends no typed text (bank prompts are an admin's, kept redacted with
+``store.redact_on_entry``); its ``identifiers`` is {}.
+
+    client.predict("我叫李明，电话13812345678，头痛三天", ids[:2], True, api_name="/compare")  # refused
+    made = client.predict("我叫李明，电话13812345678，头痛三天", ids[:2], True, redact=True, api_name="/compare")
+    made["prompt"], made["identifiers"]   # "我叫[NAME]，电话[PHONE]，头痛三天", {"name": 1, "phone": 1}
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import gradio as gr
 from app.arena import QUEUE_EMPTY, Arena, ArenaSession, resolve_decoding
 from app.auth import identify
 from app.contestants import available_contestants
+from app.identifiers import as_sent
 from app.notice import NOT_ACCEPTED
 from preference_store.records import PANEL_LABELS, JudgmentIn, RatingIn
 from training.errors import UserError
@@ -41,15 +55,16 @@ def build_api(arena: Arena) -> None:
 
     def compare(prompt: str, checkpoints: list[str], accept_notice: bool = False,
                 temperature: float = d.temperature, top_p: float = d.top_p, max_new_tokens: int = d.max_new_tokens,
-                seed: int = d.seed, request: gr.Request = None) -> dict:
-        """Answer ``prompt`` with 2-4 checkpoints and record the comparison; returns its id and the answers."""
+                seed: int = d.seed, redact: bool = False, request: gr.Request = None) -> dict:
+        """Answer ``prompt`` with 2-4 checkpoints and record the comparison; returns its id, the prompt as
+        sent, the answers and the identifiers redacted. A prompt with identifiers is refused unless ``redact``."""
         try:
             session = ArenaSession(annotator=identify(store, getattr(request, "username", None)),
                                    notice_accepted=bool(accept_notice))
             arena.start(session, checkpoints, blind=False)
             decoding = resolve_decoding(d, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                         seed=seed)
-            for _ in arena.ask(session, prompt, decoding):
+            for _ in arena.ask(session, prompt, decoding, redact=bool(redact)):
                 pass
         except UserError as err:
             raise gr.Error(str(err)) from None
@@ -61,24 +76,27 @@ def build_api(arena: Arena) -> None:
         if session.comparison_id is None:
             raise gr.Error(f"fewer than two answers, nothing recorded: {errors}")
         stored = store.get_comparison(session.comparison_id)
-        return {"comparison_id": stored.id, "seed": seed, "errors": errors,
+        return {"comparison_id": stored.id, "seed": seed, "errors": errors, "prompt": session.last_prompt,
+                "identifiers": dict(session.redacted),
                 "answers": [{"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
                             for r in stored.responses]}
 
     def judge(comparison_id: str, choice: str | None = None, ranking: dict[str, int] | None = None,
               correction: str | None = None, reason: str | None = None, client_id: str | None = None,
-              request: gr.Request = None) -> dict:
-        """Judge a recorded comparison: a choice (A/B/tie/both_bad), a ranking {label: place} or a correction."""
+              redact: bool = False, request: gr.Request = None) -> dict:
+        """Judge a recorded comparison: a choice (A/B/tie/both_bad), a ranking {label: place} or a correction.
+        A correction or reason with identifiers is refused unless ``redact``."""
         try:
             annotator = identify(store, getattr(request, "username", None))
+            sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
             out = store.submit_judgment(JudgmentIn(comparison_id, annotator.id, client_id=client_id or None,
                                                    choice=choice or None, ranking=ranking or None,
-                                                   correction=correction or None, reason=reason or None))
+                                                   correction=sent["correction"], reason=sent["reason"]))
         except UserError as err:
             raise gr.Error(str(err)) from None
         return {"judgment_id": out.id, "kind": out.kind, "pair_ids": list(out.pair_ids), "duplicate": out.duplicate,
                 "reveal": store.get_comparison(comparison_id, annotator.id).reveal,
-                "judgments_by_you": store.count_judgments(annotator.id)}
+                "judgments_by_you": store.count_judgments(annotator.id), "identifiers": dict(check.counts)}
 
     def queue_next(checkpoints: list[str] | None = None, accept_notice: bool = False,
                    request: gr.Request = None) -> dict:
@@ -112,19 +130,21 @@ def build_api(arena: Arena) -> None:
         return out | {"progress": str(progress), "done": progress.done, "total": progress.total}
 
     def rate(comparison_id: str, label: str, up: bool, correction: str | None = None, reason: str | None = None,
-             client_id: str | None = None, request: gr.Request = None) -> dict:
+             client_id: str | None = None, redact: bool = False, request: gr.Request = None) -> dict:
         """Thumbs up (``up`` true) or down on answer ``label`` of a comparison you recorded, with an optional
-        better answer and reason."""
+        better answer and reason (with identifiers: refused unless ``redact``)."""
         try:
             annotator = identify(store, getattr(request, "username", None))
+            sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
             out = store.submit_rating(RatingIn(comparison_id, annotator.id, label=label, up=bool(up),
-                                               correction=correction or None, reason=reason or None,
+                                               correction=sent["correction"], reason=sent["reason"],
                                                client_id=client_id or None))
             progress = store.queue_progress(annotator.id)
         except UserError as err:
             raise gr.Error(str(err)) from None
         return {"rating_id": out.id, "label": out.label, "up": out.up, "duplicate": out.duplicate,
-                "guideline_version": out.guideline_version, "progress": str(progress)}
+                "guideline_version": out.guideline_version, "progress": str(progress),
+                "identifiers": dict(check.counts)}
 
     limit = cfg.app.concurrent_comparisons
     gr.api(contestants, api_name="contestants")

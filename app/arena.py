@@ -17,6 +17,11 @@ same session:
         ...
     arena.rate(session, "B", up=False, reason="剂量错误")                    # or vote / rank / correct
 
+Whatever a clinician types (a prompt, a better answer, a reason) is screened for identifiers first
+(:mod:`app.identifiers`): with any found nothing is sent and :class:`~app.identifiers.IdentifiersFound`
+names their categories; the same call with ``redact=True`` sends the redacted text (the models never see
+the rest). The tab keeps the entry meanwhile in ``session.held``.
+
 Judging needs the guideline in force acknowledged first (:meth:`Arena.acknowledge_guideline`); each
 judgment records its version, and the 1-5 scores are on its criteria.
 
@@ -36,6 +41,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.contestants import resolve_contestants
+from app.identifiers import EntryCheck, as_sent
 from app.leaks import contestant_terms, find_leaks
 from app.notice import NOT_ACCEPTED
 from app.serving.pool import Answer, ModelPool, PanelRequest
@@ -83,6 +89,17 @@ class Panel:
 
 
 @dataclass
+class HeldEntry:
+    """What a clinician sent that holds identifiers, held back (nothing sent, nothing stored) until they choose
+    "redact and send" or "edit": the action, what was typed and found (``check``), and the action's other inputs
+    (decoding settings, choice, places, scores, label ...)."""
+
+    action: str  # "ask" | "vote" | "rank" | "correct" | "rate"
+    check: EntryCheck
+    inputs: dict = field(default_factory=dict)
+
+
+@dataclass
 class ArenaSession:
     """Everything one browser session's Compare tab remembers (plain data, kept in a ``gr.State``)."""
 
@@ -109,6 +126,8 @@ class ArenaSession:
     # the guideline whose criteria the score rows show (read at page load; None = not read yet)
     guideline_version: int | None = None
     criteria: tuple[Criterion, ...] = ()
+    held: HeldEntry | None = None  # an entry with identifiers, waiting for "redact and send" or "edit"
+    redacted: dict[str, int] = field(default_factory=dict)  # category -> identifiers redacted from the newest prompt
 
     @property
     def labels(self) -> list[str]:
@@ -187,6 +206,8 @@ class Arena:
         session.undo = None
         session.bank_prompt_id = session.assignment_id = None
         session.queue_attempt = 0
+        session.held = None
+        session.redacted = {}
 
     def check_prompt(self, prompt, bank: bool = False) -> str:
         """The prompt if it can be sent; a one-line reason otherwise (a bank prompt, chosen by an admin,
@@ -201,12 +222,18 @@ class Arena:
 
     # --- answers -------------------------------------------------------------------------------
     def ask(self, session: ArenaSession, prompt: str, decoding: Decoding, *, context: list[dict] | None = None,
-            bank_prompt_id: str | None = None, assignment_id: str | None = None) -> Iterator[ArenaSession]:
+            bank_prompt_id: str | None = None, assignment_id: str | None = None,
+            redact: bool = False) -> Iterator[ArenaSession]:
         """Send ``prompt`` to every panel; yields the session each time the answers grow.
 
         ``context``: the conversation so far (user/assistant/system messages) to start a new conversation
         with, as every panel's history (a bank prompt's earlier turns). ``bank_prompt_id`` and
         ``assignment_id``: the prompt comes from the annotator's queue; the comparison records them.
+
+        A typed prompt with identifiers raises :class:`~app.identifiers.IdentifiersFound` before anything
+        happens, unless ``redact``: then the models see (and the store keeps) the redacted prompt, and
+        ``session.redacted`` counts what was taken out. A bank prompt was chosen by an admin (and is kept
+        redacted with ``store.redact_on_entry``).
 
         When every panel is done the comparison is recorded (panels that failed are left out; with
         fewer than two answers nothing can be judged and nothing is recorded). Every answer is checked
@@ -216,6 +243,10 @@ class Arena:
         prompt = self.check_prompt(prompt, bank=bank_prompt_id is not None)
         if session.busy:
             raise UserError(STILL_GENERATING)
+        redacted = {}
+        if bank_prompt_id is None:
+            sent, check = as_sent(redact, prompt=prompt)
+            prompt, redacted = sent["prompt"], check.counts
         contestants = resolve_contestants(self.cfg, [p.checkpoint_id for p in session.panels])
         if context:
             if session.reference or any(p.history for p in session.panels):
@@ -229,6 +260,7 @@ class Arena:
         session.comparison_id, session.judgeable, session.voted = None, [], False
         session.last_prompt = prompt
         session.bank_prompt_id, session.assignment_id = bank_prompt_id, assignment_id
+        session.redacted = redacted
         user = {"role": "user", "content": prompt}
         for panel in session.panels:
             panel.display.append({"role": "user", "content": as_display_text(prompt)})
@@ -272,8 +304,9 @@ class Arena:
         if session.bank_prompt_id is not None:  # a queue prompt: its next shared seed, not the one given
             session.queue_attempt += 1
             decoding = self.queue_decoding(session.bank_prompt_id, session.queue_attempt)
+        # the newest prompt was screened when it was sent (and redacted if it had to be)
         yield from self.ask(session, session.last_prompt, decoding, bank_prompt_id=session.bank_prompt_id,
-                            assignment_id=session.assignment_id)
+                            assignment_id=session.assignment_id, redact=True)
 
     # --- the annotator's queue of bank prompts ------------------------------------------------------
     def take_assignment(self, session: ArenaSession, checkpoint_ids: list[str], blind: bool,
@@ -413,11 +446,12 @@ class Arena:
 
     # --- judgments -----------------------------------------------------------------------------
     def vote(self, session: ArenaSession, choice: str, reason: str | None = None,
-             scores: dict[str, dict] | None = None) -> str:
-        """A / B / tie / both_bad on a two-answer comparison."""
+             scores: dict[str, dict] | None = None, redact: bool = False) -> str:
+        """A / B / tie / both_bad on a two-answer comparison (a reason with identifiers: see :meth:`ask`)."""
         self._check_judgeable(session, vote=True)
         if len(session.judgeable) != 2:
             raise UserError(f"this comparison has {len(session.judgeable)} answers: rank them instead")
+        reason = as_sent(redact, reason=reason)[0]["reason"]
         store_choice = self._to_store_label(session, choice) if choice in PANEL_LABELS else choice
         out = self._submit(session, "vote", reason, scores, choice=store_choice)
         session.voted = True
@@ -426,12 +460,13 @@ class Arena:
         return self._confirm(session, out, CHOICE_NAMES.get(choice, choice))
 
     def rank(self, session: ArenaSession, places: dict[str, int | None], reason: str | None = None,
-             scores: dict[str, dict] | None = None) -> str:
+             scores: dict[str, dict] | None = None, redact: bool = False) -> str:
         """A full ranking (1 = best) of the answers of the newest comparison."""
         self._check_judgeable(session, vote=True)
         missing = [label for label in session.judgeable if places.get(label) in (None, "")]
         if missing:
             raise UserError(f"give answer {', '.join(missing)} a place: every answer needs one")
+        reason = as_sent(redact, reason=reason)[0]["reason"]
         ranking = {self._to_store_label(session, label): _as_int(places[label], f"place of answer {label}")
                    for label in session.judgeable}
         out = self._submit(session, "vote", reason, scores, ranking=ranking)
@@ -442,18 +477,21 @@ class Arena:
         return self._confirm(session, out, f"排序 ranking {order}")
 
     def correct(self, session: ArenaSession, text: str, reason: str | None = None,
-                scores: dict[str, dict] | None = None) -> str:
-        """A better answer written by the clinician, chosen over every model answer."""
+                scores: dict[str, dict] | None = None, redact: bool = False) -> str:
+        """A better answer written by the clinician, chosen over every model answer (identifiers in it or in
+        the reason: see :meth:`ask`)."""
         self._check_judgeable(session, vote=False)
         if not isinstance(text, str) or not text.strip():
             raise UserError("the better answer is empty: write it in the box first")
+        sent, _ = as_sent(redact, correction=text, reason=reason)
+        text, reason = sent["correction"], sent["reason"]
         digest = hashlib.sha256(text.strip().encode()).hexdigest()[:16]
         out = self._submit(session, f"correction-{digest}", reason, scores, correction=text.strip())
         self._set_reference(session, text.strip())
         return self._confirm(session, out, "改写的回答 corrected answer")
 
     def rate(self, session: ArenaSession, label: str, up: bool, correction: str | None = None,
-             reason: str | None = None) -> str:
+             reason: str | None = None, redact: bool = False) -> str:
         """Thumbs up or down on one answer of a queue comparison, instead of (or besides) comparing; an
         optional better answer and reason. The names stay hidden: the answers can still be compared."""
         version = self._check_judgeable(session, vote=False)
@@ -461,6 +499,8 @@ class Arena:
             raise UserError("单个回答评分用于队列题 / rating one answer is for queue prompts: take one with "
                             "下一题 Next from my queue")
         store_label = self._to_store_label(session, label)
+        sent, _ = as_sent(redact, correction=correction, reason=reason)
+        correction, reason = sent["correction"], sent["reason"]
         correction = correction.strip() if isinstance(correction, str) and correction.strip() else None
         reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
         digest = hashlib.sha256((correction or "").encode()).hexdigest()[:16]

@@ -3,6 +3,11 @@ writes a better answer, on a free question or on the next prompt of their queue 
 also be rated on its own, 👍/👎). The 1-5 score rows are the criteria of the guideline in force, which
 must be acknowledged before the first judgment (and again when a newer version is published).
 
+Text with identifiers (a pasted case with a name, a phone number, an address ...) is held back before any
+model sees it: the box under the prompt (``#deid-box``) names the categories found and shows the redacted
+text; "脱敏后发送 Redact and send" (``#deid-send``, the default) sends that, "修改 Edit" (``#deid-edit``) puts
+the text back in its box. The same for a better answer and a reason.
+
 The callbacks here only translate between components and :class:`app.arena.Arena`; the arena talks
 to the model pool and the preference store. A mistake the user can fix (an empty prompt, a missing
 place in a ranking) is shown in the status line, never as a traceback.
@@ -15,14 +20,26 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from app.arena import ACK_LABEL, CHOICE_NAMES, QUEUE_EMPTY, Arena, ArenaSession, GuidelineUnread, resolve_decoding
+from app.arena import (
+    ACK_LABEL,
+    CHOICE_NAMES,
+    QUEUE_EMPTY,
+    Arena,
+    ArenaSession,
+    GuidelineUnread,
+    HeldEntry,
+    resolve_decoding,
+)
 from app.contestants import available_contestants, completed_runs, default_checkpoints, run_checkpoints
 from app.guidelines_tab import guideline_markdown
+from app.identifiers import IdentifiersFound, describe_counts
 from preference_store.guidelines import DEFAULT_CRITERIA, MAX_CRITERIA
 from preference_store.records import MAX_CONTESTANTS, PANEL_LABELS
 from training.errors import UserError
 
 THUMBS = {True: "👍", False: "👎"}
+EDIT_AGAIN = "已放回输入框 / back in its box: edit it (remove the identifiers) and send again"
+NOTHING_HELD = "没有待发送的内容 / nothing is waiting to be sent"
 
 
 @dataclass
@@ -107,6 +124,17 @@ def render(session: ArenaSession, reset_form: bool = True) -> list:
             gr.update(visible=judged_pairwise), gr.update(visible=n > 2 and len(session.judgeable) != 2), *ratings]
 
 
+def held_view(session: ArenaSession) -> list:
+    """The identifier box (``#deid-box``, ``#deid-summary``, ``#deid-preview``): shown with what was found and
+    the redacted text while an entry is held back, hidden otherwise."""
+    held = session.held
+    if held is None:
+        return [gr.update(visible=False), "", ""]
+    summary = (f"⚠ {html.escape(held.check.summary(), quote=False)} — 尚未发送 not sent yet: 脱敏后发送 redact "
+               "and send (only the text below is sent and stored), or 修改 edit")
+    return [gr.update(visible=True), summary, held.check.preview()]
+
+
 def scores_from(session: ArenaSession, values: list) -> dict[str, dict]:
     """The score radios (``MAX_CRITERIA`` per panel, flattened panel by panel) as {label: {criterion: value}}."""
     keys = [c.key for c in (session.criteria or DEFAULT_CRITERIA)]
@@ -179,6 +207,13 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         prompt = gr.Textbox(placeholder="输入问题，所有模型同时回答 / one question, every model answers",
                             show_label=False, lines=2, max_lines=8, scale=5, elem_id="prompt")
         send = gr.Button("发送 Send", variant="primary", scale=1, elem_id="send")
+    with gr.Column(visible=False, elem_id="deid-box") as deid_box:
+        deid_summary = gr.Markdown("", elem_id="deid-summary")
+        deid_preview = gr.Textbox(label="脱敏后的文本 redacted text (只发送这段 only this is sent)",
+                                  interactive=False, lines=2, max_lines=8, elem_id="deid-preview")
+        with gr.Row():
+            deid_send = gr.Button("脱敏后发送 Redact and send", variant="primary", elem_id="deid-send")
+            deid_edit = gr.Button("修改 Edit", elem_id="deid-edit")
     with gr.Row():
         regenerate = gr.Button("重新生成 Regenerate", elem_id="regenerate")
         new_conversation = gr.Button("新对话 New conversation", elem_id="new-conversation")
@@ -207,6 +242,7 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             *score_radios, vote_row, rank_row, *(p.rating for p in panels)]
     radio_slice = slice(4 * len(PANEL_LABELS), 4 * len(PANEL_LABELS) + len(score_radios))
     decoding_inputs = [temperature, top_p, max_new_tokens, seed]
+    deid_outputs = [deid_box, deid_summary, deid_preview]
 
     def guideline_shown(visible: bool = True) -> list:
         """The guideline box (with the version in force) shown, or hidden."""
@@ -236,28 +272,36 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             state.panels = []
             arena.clear(state)
             message = status_line(str(err), ok=False)
-        return state, message, progress_markdown(arena, state), *render(state)
+        return state, message, progress_markdown(arena, state), *render(state), *held_view(state)
 
     refresh.click(lambda selected: runs_and_contestants(cfg, selected), [contestants], [run, contestants, status])
     run.input(pick_run, [run], [contestants])
     # a new selection, a new blind setting or the button: a new conversation (new shuffle)
     for trigger in (contestants.change, blind.input, new_conversation.click):
-        trigger(start, [session, contestants, blind], [session, status, progress, *view])
+        trigger(start, [session, contestants, blind], [session, status, progress, *view, *deid_outputs])
 
     # --- asking --------------------------------------------------------------------------------
-    def streamed(state: ArenaSession, make_steps, clear_prompt: bool):
-        """Show the answers as they grow; the status says when they are complete."""
+    def streamed(state: ArenaSession, make_steps, clear_prompt: bool, hold: dict | None = None):
+        """Show the answers as they grow; the status says when they are complete. A typed prompt with
+        identifiers is held back (``hold``: the inputs to send it with later) and nothing is generated."""
         working = status_line("… 生成中 generating")
+        state.held = None  # a new question replaces one held back
         steps = None
         try:
             steps = make_steps()
             state = next(steps)  # checks the prompt and starts the panels
-            yield state, working, "" if clear_prompt else gr.update(), progress_markdown(arena, state), *render(state)
+            yield (state, working, "" if clear_prompt else gr.update(), progress_markdown(arena, state),
+                   *render(state), *held_view(state))
             for state in steps:
-                yield state, working, gr.update(), gr.update(), *render(state, reset_form=False)
+                yield state, working, gr.update(), gr.update(), *render(state, reset_form=False), *held_view(state)
+        except IdentifiersFound as found:
+            state.held = HeldEntry("ask", found.check, hold or {})
+            yield (state, status_line(str(found), ok=False), "", progress_markdown(arena, state),
+                   *render(state, reset_form=False), *held_view(state))
+            return
         except UserError as err:
             yield (state, status_line(str(err), ok=False), gr.update(), progress_markdown(arena, state),
-                   *render(state, reset_form=False))
+                   *render(state, reset_form=False), *held_view(state))
             return
         finally:
             if steps is not None:
@@ -276,11 +320,18 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
                     f"👍/👎 Please judge, or rate single answers.")
         else:
             done = f"✓ 回答完毕 answers complete (seed {seed_used}). 请评判 Please judge."
-        yield state, done, gr.update(), progress_markdown(arena, state), *render(state, reset_form=False)
+        if state.redacted:
+            done += f" 已脱敏 redacted before sending: {describe_counts(state.redacted)}."
+        yield state, done, gr.update(), progress_markdown(arena, state), *render(state, reset_form=False), *held_view(state)
+
+    def ask_with(state, text, settings: tuple, redact: bool = False):
+        temp, p, max_new, seed_value = settings
+        yield from streamed(state, lambda: arena.ask(state, text, resolve_decoding(
+            d, temperature=temp, top_p=p, max_new_tokens=max_new, seed=seed_value), redact=redact),
+            clear_prompt=True, hold={"settings": settings})
 
     def ask(state, text, temp, p, max_new, seed_value):
-        yield from streamed(state, lambda: arena.ask(state, text, resolve_decoding(
-            d, temperature=temp, top_p=p, max_new_tokens=max_new, seed=seed_value)), clear_prompt=True)
+        yield from ask_with(state, text, (temp, p, max_new, seed_value))
 
     def ask_again(state, text, temp, p, max_new, seed_value):
         yield from streamed(state, lambda: arena.regenerate(state, resolve_decoding(
@@ -291,17 +342,47 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             assignment = arena.take_assignment(state, selected, is_blind)
         except UserError as err:
             yield (state, status_line(str(err), ok=False), gr.update(), progress_markdown(arena, state),
-                   *render(state, reset_form=False))
+                   *render(state, reset_form=False), *held_view(state))
             return
         if assignment is None:
-            yield state, status_line(QUEUE_EMPTY), gr.update(), progress_markdown(arena, state), *render(state)
+            yield (state, status_line(QUEUE_EMPTY), gr.update(), progress_markdown(arena, state), *render(state),
+                   *held_view(state))
             return
         yield from streamed(state, lambda: arena.ask_queue(state, assignment), clear_prompt=False)
 
     ask_inputs = [session, prompt, *decoding_inputs]
-    ask_outputs = [session, status, prompt, progress, *view]
+    ask_outputs = [session, status, prompt, progress, *view, *deid_outputs]
+    judge_outputs = [session, status, reason, correction, guideline_box, guideline_text, progress, *view,
+                     *deid_outputs]
+    entry_outputs = list(dict.fromkeys([*ask_outputs, *judge_outputs]))  # "redact and send" may do either
+
+    # --- text held back for identifiers: redact and send, or edit -------------------------------------
+    def send_redacted(state: ArenaSession):
+        """Send the held entry with its identifiers redacted (the models and the store see only that)."""
+        held = state.held
+        if held is None:
+            yield {session: state, status: status_line(NOTHING_HELD, ok=False),
+                   **dict(zip(deid_outputs, held_view(state)))}
+            return
+        if held.action == "ask":
+            for values in ask_with(state, held.check.typed["prompt"], held.inputs["settings"], redact=True):
+                yield dict(zip(ask_outputs, values))
+        else:
+            yield dict(zip(judge_outputs, judged(state, held.action, held.inputs, held.check.typed, redact=True)))
+
+    def edit_held(state: ArenaSession):
+        """Put the held text back in its boxes, to be edited and sent again."""
+        held, state.held = state.held, None
+        out = {session: state, status: status_line(EDIT_AGAIN) if held else "",
+               **dict(zip(deid_outputs, held_view(state)))}
+        for field, box in (("prompt", prompt), ("correction", correction), ("reason", reason)):
+            if held is not None and field in held.check.typed:
+                out[box] = held.check.typed[field]
+        return out
+
     limit = cfg.app.concurrent_comparisons
     asking = [
+        deid_send.click(send_redacted, [session], entry_outputs, concurrency_limit=limit, concurrency_id="generate"),
         send.click(ask, ask_inputs, ask_outputs, concurrency_limit=limit, concurrency_id="generate"),
         prompt.submit(ask, ask_inputs, ask_outputs, concurrency_limit=limit, concurrency_id="generate"),
         regenerate.click(ask_again, ask_inputs, ask_outputs, concurrency_limit=limit, concurrency_id="generate"),
@@ -311,12 +392,13 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
 
     def clear_panels(state: ArenaSession):
         arena.clear(state)
-        return state, "", "", progress_markdown(arena, state), *render(state)
+        return state, "", "", progress_markdown(arena, state), *render(state), *held_view(state)
 
-    clear.click(clear_panels, [session], [session, status, prompt, progress, *view], cancels=asking)
+    clear.click(clear_panels, [session], [session, status, prompt, progress, *view, *deid_outputs], cancels=asking)
     for panel in panels:  # the chat's own trash icon: show the session's conversation again
         panel.chat.clear(lambda state: render(state, reset_form=False), [session], view)
     new_conversation.click(None, cancels=asking)
+    deid_edit.click(edit_held, [session], [session, status, prompt, correction, reason, *deid_outputs])
 
     # --- the guideline -------------------------------------------------------------------------
     def acknowledge_guideline(state: ArenaSession):
@@ -331,43 +413,60 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
                                                          *score_radios])
 
     # --- judging -------------------------------------------------------------------------------
-    def judged(state: ArenaSession, judge, clear_correction: bool = False, reset_form: bool = True):
+    def judge_with(state: ArenaSession, action: str, inputs: dict, texts: dict, redact: bool) -> str:
+        """Run one judgment ("vote", "rank", "correct" or "rate") with the typed ``texts`` (correction, reason)."""
+        if action == "vote":
+            return arena.vote(state, inputs["choice"], texts.get("reason"), inputs["scores"], redact=redact)
+        if action == "rank":
+            return arena.rank(state, inputs["places"], texts.get("reason"), inputs["scores"], redact=redact)
+        if action == "correct":
+            return arena.correct(state, texts.get("correction"), texts.get("reason"), inputs["scores"], redact=redact)
+        return arena.rate(state, inputs["label"], inputs["up"], texts.get("correction"), texts.get("reason"),
+                          redact=redact)
+
+    def judged(state: ArenaSession, action: str, inputs: dict, texts: dict, redact: bool = False):
         """Outputs of ``judge_outputs``: the confirmation, or the reason it was refused (the form stays as it
-        is, so the clinician can fix one field; the guideline is shown when it must be read first)."""
+        is, so the clinician can fix one field; the guideline is shown when it must be read first). Typed text
+        with identifiers is held back: it leaves its box and the identifier box shows what was found."""
+        clear_correction, reset_form = action in ("correct", "rate"), action != "rate"
+        state.held = None  # a new judgment replaces one held back
         try:
-            message = judge()
+            message = judge_with(state, action, inputs, texts, redact)
         except UserError as err:
             unchanged = [gr.update() for _ in view]
             unchanged[radio_slice] = criteria_updates(state)  # a newer guideline may have new criteria
             shown = guideline_shown() if isinstance(err, GuidelineUnread) else [gr.update(), gr.update()]
-            return (state, status_line(str(err), ok=False), gr.update(), gr.update(), *shown,
-                    progress_markdown(arena, state), *unchanged)
+            boxes = [gr.update(), gr.update()]
+            if isinstance(err, IdentifiersFound):
+                state.held = HeldEntry(action, err.check, inputs)
+                boxes = ["" if field in err.check.typed else gr.update() for field in ("reason", "correction")]
+            return (state, status_line(str(err), ok=False), *boxes, *shown,
+                    progress_markdown(arena, state), *unchanged, *held_view(state))
         return (state, message, "", "" if clear_correction else gr.update(), gr.update(visible=False), gr.update(),
-                progress_markdown(arena, state), *render(state, reset_form=reset_form))
+                progress_markdown(arena, state), *render(state, reset_form=reset_form), *held_view(state))
 
-    judge_outputs = [session, status, reason, correction, guideline_box, guideline_text, progress, *view]
     for choice, button in vote_buttons.items():
         def vote(state, why, *scores, choice=choice):
-            return judged(state, lambda: arena.vote(state, choice, why, scores_from(state, list(scores))))
+            return judged(state, "vote", {"choice": choice, "scores": scores_from(state, list(scores))},
+                          {"reason": why})
         button.click(vote, [session, reason, *score_radios], judge_outputs)
 
     def submit_ranking(state, why, *values):
         chosen = dict(zip(PANEL_LABELS, values[:len(PANEL_LABELS)]))
-        return judged(state, lambda: arena.rank(state, chosen, why,
-                                                scores_from(state, list(values[len(PANEL_LABELS):]))))
+        return judged(state, "rank", {"places": chosen, "scores": scores_from(state, list(values[len(PANEL_LABELS):]))},
+                      {"reason": why})
 
     rank.click(submit_ranking, [session, reason, *places, *score_radios], judge_outputs)
 
     def submit_better(state, text, why, *scores):
-        return judged(state, lambda: arena.correct(state, text, why, scores_from(state, list(scores))),
-                      clear_correction=True)
+        return judged(state, "correct", {"scores": scores_from(state, list(scores))},
+                      {"correction": text, "reason": why})
 
     submit_correction.click(submit_better, [session, correction, reason, *score_radios], judge_outputs)
 
     for label, up, button in rate_buttons:
         def rate_answer(state, text, why, label=label, up=up):  # not "rate": that name is the API's /rate
-            return judged(state, lambda: arena.rate(state, label, up, text, why), clear_correction=True,
-                          reset_form=False)
+            return judged(state, "rate", {"label": label, "up": up}, {"correction": text, "reason": why})
         button.click(rate_answer, [session, correction, reason], judge_outputs)
     return CompareTab(run, contestants, status, load=load,
                       load_outputs=[progress, guideline_box, guideline_text, *score_radios])

@@ -6,9 +6,12 @@ Who sees what:
 - an annotator sees only their own work: their comparisons, judgments, pairs, single-answer ratings and
   queue progress, the rows of their own pairs (their own text, shown as they wrote it) and what they made
   of each of their comparisons (everyone sees this table of their own);
-- an admin sees the whole store and everyone's pairs, each text de-identified for display
-  (:func:`preference_store.deid.deidentify`: names, phone and ID numbers, e-mail, record numbers) and
-  with the annotator's name; admins also import prompt banks and export.
+- an admin sees the whole store and everyone's pairs with the annotator's name, each text de-identified
+  for display (:func:`preference_store.deid.deidentify`: names, addresses, dates, phone and ID numbers ...)
+  unless it is the admin's own; admins also import prompt banks and export.
+
+Text is shown as typed only to the annotator who typed it (what they may see anyway); to anyone else it
+is de-identified, whatever ``store.redact_on_entry`` says.
 """
 
 from __future__ import annotations
@@ -87,14 +90,15 @@ def recent_pairs_table(store: PreferenceStore, limit: int, viewer: Annotator | N
     """The newest pairs, newest first, texts shortened (the Dataframe shows them as plain text).
 
     An annotator gets their own pairs only, as they wrote them; admins (``viewer`` None included) get
-    everyone's, de-identified, with the annotator's name after the checkpoints.
+    everyone's with the annotator's name after the checkpoints, de-identified but for their own.
     """
     everyone = sees_everyone(viewer)
     pairs = store.recent_pairs(limit) if everyone else store.recent_pairs(limit, annotator_id=viewer.id)
     names = {a.id: a.name for a in store.list_annotators()} if everyone else {}
-    show = (lambda text: _excerpt(deidentify(text))) if everyone else _excerpt
     rows = []
     for pair in pairs:
+        own = viewer is not None and pair.annotator_id == viewer.id
+        show = _excerpt if own else (lambda text: _excerpt(deidentify(text)))
         prompt = next((m["content"] for m in reversed(pair.prompt) if m["role"] == "user"), "")
         who = [names.get(pair.annotator_id, str(pair.annotator_id))] if everyone else []
         rows.append([pair.created.strftime("%Y-%m-%d %H:%M"), show(prompt), show(pair.chosen),

@@ -18,6 +18,7 @@ from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
 from app.contestants import default_checkpoints, resolve_contestants
 from app.data_tab import build_data_tab
 from app.guidelines_tab import build_guidelines_tab
+from app.identifiers import warm_up
 from app.leaderboard_tab import build_leaderboard_tab
 from app.notice import ACCEPT_LABEL, footer_markdown, notice_markdown
 from app.runs_tab import build_runs_tab
@@ -90,7 +91,8 @@ def launch_app(cfg: Config, host: str | None = None, port: int | None = None) ->
     """Start the app on ``host:port`` (defaults ``cfg.app.host``/``cfg.app.port``).
 
     With annotator accounts in the store the app asks for a login; without, it runs as "demo". The
-    newest run's contestants are loaded in the background so the first comparison does not wait.
+    newest run's contestants (and the identifier screen's dictionaries) are loaded in the background so the
+    first comparison does not wait.
     """
     store = PreferenceStore.from_config(cfg)
     pool = ModelPool(cfg)
@@ -98,6 +100,8 @@ def launch_app(cfg: Config, host: str | None = None, port: int | None = None) ->
     if cfg.app.preload_newest_run:
         newest = resolve_contestants(cfg, default_checkpoints(cfg))
         threading.Thread(target=pool.preload, args=(newest,), daemon=True, name="preload").start()
+    # the identifier screen loads its dictionaries once (seconds): before the first prompt, not during it
+    threading.Thread(target=warm_up, daemon=True, name="deid-warm-up").start()
     auth = login_checker(store)
     demo.queue(default_concurrency_limit=cfg.app.concurrent_comparisons)
     demo.launch(

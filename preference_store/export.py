@@ -37,7 +37,14 @@ from tqdm import tqdm
 
 from preference_store.deid import deidentify, deidentify_messages
 from preference_store.export_ratings import export_ratings, format_ratings_summary
-from preference_store.export_rules import SOURCE, export_split, parse_since, with_export_store, write_logged
+from preference_store.export_rules import (
+    SOURCE,
+    export_split,
+    format_redactions,
+    parse_since,
+    with_export_store,
+    write_logged,
+)
 from preference_store.records import ExportSummary
 from preference_store.repository import PreferenceStore
 from training.config import Config
@@ -144,7 +151,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
 
 def format_summary(summary: ExportSummary) -> str:
     """The lines export-prefs prints: where, how many, what was redacted."""
-    redacted = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.redactions.items())) or "nothing"
+    redacted = format_redactions(summary.redactions)
     if summary.path is None:
         head = "nothing new to export"
     else:

@@ -24,7 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from preference_store.deid import deidentify, deidentify_messages
-from preference_store.export_rules import SOURCE, export_split, parse_since, with_export_store, write_logged
+from preference_store.export_rules import (
+    SOURCE,
+    export_split,
+    format_redactions,
+    parse_since,
+    with_export_store,
+    write_logged,
+)
 from preference_store.records import RatingsExportSummary
 from preference_store.repository import PreferenceStore
 from training.config import Config
@@ -92,7 +99,7 @@ def format_ratings_summary(summary: RatingsExportSummary) -> str:
     """The lines export-prefs prints for the ratings: where, how many, what was redacted."""
     if summary.path is None:
         return "single-answer ratings: nothing new to export"
-    redacted = ", ".join(f"{kind} {n}" for kind, n in sorted(summary.redactions.items())) or "nothing"
+    redacted = format_redactions(summary.redactions)
     return (f"exported {len(summary.rating_ids)} single-answer ratings as {summary.records} unpaired records "
             f"(train {summary.train}, heldout {summary.heldout}) to {summary.path}\nsha256 {summary.sha256}\n"
             f"redacted: {redacted}")

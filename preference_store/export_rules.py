@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
+from preference_store.deid import CATEGORIES, category_label
 from preference_store.repository import PreferenceStore
 from training.config import Config
 from training.errors import UserError
@@ -18,6 +19,15 @@ from training.errors import UserError
 T = TypeVar("T")
 
 SOURCE = "clinician"
+
+
+def format_redactions(redactions: dict[str, int]) -> str:
+    """What an export redacted, per category in :data:`~preference_store.deid.CATEGORIES` order with its
+    bilingual label: "姓名 name 2, 电话/传真 phone/fax 1" ("nothing" when nothing was)."""
+    known = [c for c in CATEGORIES if redactions.get(c)]
+    other = sorted(c for c in redactions if c not in CATEGORIES and redactions[c])
+    return ", ".join([f"{category_label(c)} {redactions[c]}" for c in known]
+                     + [f"{c} {redactions[c]}" for c in other]) or "nothing"
 
 
 def heldout_split(prompt_key: str, heldout_share: float) -> str:

@@ -1,7 +1,8 @@
 """End to end: the real app (``python -m chimed app``) on the tiny profile with the tiny run, driven
 by a real headless Chromium: log in, accept the notice and the guideline, get four streamed answers,
-rank them, write a better answer, vote on a two-panel comparison, import a prompt bank in the Data tab,
-and find every judgment and its pairs in the database. Then two annotators, each in their own browser
+rank them, write a better answer, vote on a two-panel comparison, paste a case with a name, a phone
+number and an address (the app flags them and sends the redacted text), import a prompt bank in the Data
+tab, and find every judgment and its pairs in the database, with no raw identifier in it or in the export. Then two annotators, each in their own browser
 context, take the same prompt from their queues, rank its answers and write a better one; the
 Leaderboard shows their agreement (Krippendorff's alpha), and each sees only their own rows in the
 Data tab.
@@ -15,10 +16,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from app.identifiers import screen_entry
 from preference_store.repository import PreferenceStore
 from training.config import load_config
 
@@ -34,6 +37,9 @@ ANNOTATORS = {
 BANK = Path(__file__).parent / "fixtures" / "app" / "bank_e2e.jsonl"  # one held-out prompt
 BANK_PROMPT = "骨质疏松应该怎样预防？"
 XSS_PROMPT = "高血压患者饮食上要注意什么？<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">"
+# a pasted case with obviously fake identifiers: a name, a phone number, an address
+CASE = "我叫李明，电话13812345678，住在上海市浦东新区张江路88号，头痛三天了，需要做什么检查？"
+CASE_SECRETS = ("李明", "13812345678", "张江路88号")
 TIMEOUT_MS = 120_000  # generous: the 2-core machine is shared with other test runs
 
 pytestmark = pytest.mark.browser
@@ -166,6 +172,25 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert "you have made 3 judgments" in _wait_status(page, "A is better")
         shot = _screenshot(page, tmp_path, "arena_voted.png")
 
+        # a pasted case: its identifiers are flagged before any model sees it, and only the redacted text goes
+        page.locator("#prompt textarea").fill(CASE)
+        page.locator("#send").click()
+        page.locator("#deid-box").wait_for(state="visible")
+        summary = page.locator("#deid-summary").inner_text()
+        assert all(label in summary for label in ("姓名 name", "电话", "地址 address")), summary
+        preview = page.locator("#deid-preview textarea").input_value()
+        assert "头痛三天了" in preview and not any(secret in preview for secret in CASE_SECRETS)
+        assert page.locator("#chat-A").inner_text().count("头痛三天了") == 0  # nothing was sent yet
+        _screenshot(page, tmp_path, "arena_identifiers.png")
+        page.locator("#deid-send").click()
+        assert "redacted before sending" in _wait_status(page, "answers complete")
+        page.locator("#deid-box").wait_for(state="hidden")
+        chat = page.locator("#chat-A").inner_text()
+        assert "头痛三天了" in chat and not any(secret in chat for secret in CASE_SECRETS)
+        page.locator("#correction textarea").fill("头痛三天应先到神经内科就诊，必要时做头颅CT。")
+        page.locator("#submit-correction").click()  # a pair whatever the two answers say: it is exported
+        assert "you have made 4 judgments" in _wait_status(page, "corrected answer")
+
         # the leaderboard now rates the four checkpoints
         page.get_by_role("tab", name="排行榜 Leaderboard").click()
         page.locator("#ratings", has_text=f"{run_id}/dpo").wait_for()
@@ -203,21 +228,27 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
     assert shot.stat().st_size > 10_000
     with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
         counts = store.counts()
-        assert counts.comparisons == 3  # four panels, two panels, and the API's
+        assert counts.comparisons == 4  # four panels, two panels (twice: the pasted case), and the API's
         oldest = store.get_comparison(store.recent_pairs(limit=100)[-1].comparison_id)  # the four-panel one
         settings = load_config("tiny").app.decoding
         assert len(oldest.responses) == 4 and oldest.blind
         assert all(r.decoding["max_new_tokens"] == settings.max_new_tokens and r.seed == r.decoding["seed"]
                    for r in oldest.responses)
-        assert counts.judgments_by_kind == {"pairwise": 2, "ranking": 1, "correction": 1}
-        assert counts.pairs == 6 + 4 + 1 + 1  # a ranking of 4, a correction over 4 answers, two votes
+        assert counts.judgments_by_kind == {"pairwise": 2, "ranking": 1, "correction": 2}
+        assert counts.pairs == 6 + 4 + 1 + 1 + 2  # a ranking of 4, corrections over 4 and 2 answers, two votes
         # everything but the API's vote was exported (identical answers make identical pairs, exported once)
         assert 1 <= counts.exported_pairs <= counts.pairs - 1
         pairs = store.recent_pairs(limit=20)
         assert any(p.chosen_checkpoint is None and p.chosen.startswith("应低盐低脂") for p in pairs)
-        assert {p.prompt[-1]["content"] for p in pairs} == {XSS_PROMPT, "糖尿病有哪些常见症状？", "头痛怎么办？"}
+        redacted_case = screen_entry(prompt=CASE).redacted["prompt"]
+        assert {p.prompt[-1]["content"] for p in pairs} == {XSS_PROMPT, "糖尿病有哪些常见症状？", "头痛怎么办？",
+                                                            redacted_case}
         assert {p.rejected_checkpoint.split("/")[0] for p in pairs} == {run_id}
-    assert list((home / "collected_pairs").glob("*.jsonl"))
+    exported = "".join(f.read_text(encoding="utf-8") for f in (home / "collected_pairs").glob("*.jsonl"))
+    assert "头痛三天了" in exported  # the pasted case was exported, redacted
+    with sqlite3.connect(home / "preferences.db") as db:
+        dumped = "\n".join(db.iterdump())
+    assert not [secret for secret in CASE_SECRETS if secret in exported or secret in dumped]
 
     # two annotators work the same queue, each in their own browser context
     with sync_playwright() as p:

@@ -1,5 +1,7 @@
 """Issue 7, the loop: judgments in the store and through the running app's API -> export -> ChiMed-DPO ->
-``train-all --from dpo`` -> a new run with its parent, its pair ids, a comparison table, served by the app."""
+``train-all --from dpo`` -> a new run with its parent, its pair ids, a comparison table, served by the app.
+Identifiers typed through the API or stored through the store's API never reach the exported files or
+ChiMed-DPO (issue 19)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,12 @@ PROMPTS = ["高血压患者饮食上要注意什么？", "糖尿病有哪些常�
            "哮喘发作时应该怎么做？", "腹泻要注意补充什么？"]
 
 CORRECTION = "头痛时可先安静休息、保证睡眠；如果头痛剧烈、反复发作，或伴有发热、呕吐，应及时就医。"
+# obviously fake identifiers: typed through the app's API (sent redacted) and stored through the store's API
+API_CASE = "我叫李明，电话13812345678，头痛怎么办？"
+API_CORRECTION = "先安静休息，头痛加重及时就医；复诊可拨打13987654321预约。"
+STORE_CASE = "患者王秀英，手机13700001111，胃痛两天，需要做哪些检查？"
+STORE_CORRECTION = "建议先查血常规和胃镜；联系人电话13600002222。"
+SECRETS = ("李明", "13812345678", "13987654321", "王秀英", "13700001111", "13600002222")
 
 
 def _free_port() -> int:
@@ -90,6 +98,10 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
 
     with PreferenceStore(cfg.database_url) as store:
         _record_store_judgments(store, old_run, references)
+        clinician = store.annotator_by_name("clinician1")
+        typed = store.record_comparison(ComparisonIn(clinician.id, [{"role": "user", "content": STORE_CASE}], [
+            ResponseIn(f"{old_run}/sft", "建议就医。"), ResponseIn(f"{old_run}/dpo", "多喝热水。")]))
+        store.submit_judgment(JudgmentIn(typed.id, clinician.id, correction=STORE_CORRECTION))
 
     # one judgment through the running app's own API
     from gradio_client import Client
@@ -103,6 +115,13 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
         judged = client.predict(made["comparison_id"], None, None, CORRECTION, api_name="/judge")
         assert judged["kind"] == "correction" and len(judged["pair_ids"]) == 2
         app_pair = judged["pair_ids"][0]
+        # identifiers through the API: refused, then sent redacted with redact=True
+        with pytest.raises(Exception, match="identifiers"):
+            client.predict(API_CASE, [f"{old_run}/cpt", f"{old_run}/dpo"], True, api_name="/compare")
+        case = client.predict(API_CASE, [f"{old_run}/cpt", f"{old_run}/dpo"], True, redact=True, api_name="/compare")
+        assert case["identifiers"] == {"name": 1, "phone": 1}
+        fixed = client.predict(case["comparison_id"], None, None, API_CORRECTION, redact=True, api_name="/judge")
+        assert fixed["identifiers"] == {"phone": 1} and len(fixed["pair_ids"]) == 2
 
         new_run = train_all(cfg, from_stage="dpo", resume_run=old_run)
 
@@ -119,6 +138,11 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
         exported_ids = {r["pair_id"] for r in exported}
         assert exported_ids <= set(content) and app_pair in content
         assert {content[p] for p in exported_ids} == set(content.values()) and len(exported) == len(exported_ids)
+        # no identifier typed through either API is in the exported files, ChiMed-DPO or its held-out pairs
+        written = [f.read_text(encoding="utf-8") for f in cfg.collected_pairs_dir.glob("*.jsonl")] + [
+            (cfg.data_dir / name).read_text(encoding="utf-8") for name in ("dpo.jsonl", "eval/pref_clinician.jsonl")]
+        assert not [secret for secret in SECRETS if any(secret in text for text in written)]
+        assert "[PHONE]" in "".join(written[:-2]) and "胃痛两天" in "".join(written[:-2])
         train_ids = {r["pair_id"] for r in exported if r["split"] == "train"}
         heldout_ids = {r["pair_id"] for r in exported if r["split"] == "heldout"}
         assert train_ids and heldout_ids, "the fixture prompts must land on both sides of the split"

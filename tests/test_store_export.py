@@ -118,7 +118,8 @@ def test_export_deidentifies_prompts_answers_and_corrections_and_says_what(pref_
     assert record["prompt"][0]["content"] == case["expected"]
     assert record["chosen"][0]["content"] == "姓名：[NAME]，请到门诊就诊，邮箱 [EMAIL] 不要公开。"
     assert "exported 2 pairs" in printed
-    assert "redacted: email 2, name 2, phone 2" in printed  # prompt + correction + one answer, counted once each
+    # prompt + correction + one answer, counted once each, per category with its label
+    assert "redacted: 姓名 name 2, 电话/传真 phone/fax 2, 电子邮箱 e-mail 2" in printed
 
 
 def test_heldout_is_chosen_by_comparison_and_is_deterministic(pref_store, chimed_home, tmp_path):

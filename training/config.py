@@ -264,6 +264,10 @@ class StoreConfig:
     # the run-vs-run verdict needs battles of the two runs on at least this many bank prompts: a bootstrap
     # over one or two prompts has no spread and would call a single vote certain
     run_comparison_min_prompts: int = 5
+    # store only de-identified text (:mod:`preference_store.deid`): every prompt, answer, correction and reason
+    # is redacted before it is written, whoever writes it (app, API, scripts). Off for the synthetic tiny/demo
+    # data; the paper profile, which real clinicians use, turns it on. The app flags identifiers at entry either way.
+    redact_on_entry: bool = False
 
 
 @dataclass

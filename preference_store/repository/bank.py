@@ -65,6 +65,10 @@ class BankQueue(StoreSessions):
         if not name or len(name) > 100:
             raise PreferenceStoreError(f"bank name {name!r} must be 1-100 characters")
 
+        # with store.redact_on_entry a bank prompt is kept (and so asked) de-identified, as typed prompts are;
+        # redacted before the write transaction, which should not wait for the de-identifier
+        kept = {p.content_sha256: self._kept_messages(p.messages) for p in parsed}
+
         def work(session: Session) -> BankImportSummary:
             if imported_by is not None:
                 admin = session.get(AnnotatorRow, imported_by)
@@ -81,7 +85,8 @@ class BankQueue(StoreSessions):
                     continue
                 known.add(p.content_sha256)
                 # one microsecond apart: "oldest first" then follows the file's order
-                session.add(BankPromptRow(id=new_id(), bank=name, messages=p.messages, tags=p.tags, split=p.split,
+                session.add(BankPromptRow(id=new_id(), bank=name, messages=kept[p.content_sha256], tags=p.tags,
+                                          split=p.split,
                                           content_sha256=p.content_sha256, source=p.source, imported_by=imported_by,
                                           created=now + timedelta(microseconds=imported)))
                 imported += 1

@@ -24,8 +24,13 @@ class Comparisons(StoreSessions):
 
         With ``conversation_id`` None a new conversation starts; its id is in the result. A prompt from the
         annotator's queue gives its ``assignment_id`` (and ``bank_prompt_id``): the assignment must be theirs.
+        With ``store.redact_on_entry`` the messages and answers are stored de-identified (a model may echo an
+        identifier, or invent one).
         """
         check_comparison(comparison, self.settings.max_text_chars)
+        # what is kept, redacted (if it must be) before the write transaction, which should not wait for it
+        messages = self._kept_messages(comparison.messages)
+        texts = [self._as_kept(r.text) for r in comparison.responses]
 
         def work(session: Session) -> ComparisonOut:
             wanted = {r.checkpoint_id for r in comparison.responses}
@@ -51,14 +56,14 @@ class Comparisons(StoreSessions):
                                                "start a new conversation")
             row = ComparisonRow(
                 id=new_id(), conversation=conversation, annotator_id=comparison.annotator_id,
-                messages=[dict(msg) for msg in comparison.messages], blind=comparison.blind,
+                messages=messages, blind=comparison.blind,
                 bank_prompt_id=bank_prompt_id, assignment_id=comparison.assignment_id,
                 responses=[
-                    ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=r.text,
+                    ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=text,
                                 decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s, n_tokens=r.n_tokens,
                                 serving=dict(r.serving) if r.serving is not None else None,
                                 leaks=list(r.leaks) if r.leaks is not None else None)
-                    for panel, r in enumerate(comparison.responses)
+                    for panel, (r, text) in enumerate(zip(comparison.responses, texts))
                 ],
             )
             session.add(row)

@@ -51,6 +51,9 @@ class Judgments(Guidelines):
         """
         client_id = judgment.client_id or new_id()
         guideline = self.guideline(judgment.guideline_version)
+        # with store.redact_on_entry the clinician's own words are kept de-identified too (redacted before the
+        # write transaction, which should not wait for it)
+        correction, reason = self._as_kept(judgment.correction), self._as_kept(judgment.reason or None)
 
         def work(session: Session) -> JudgmentOut:
             stored = _by_client_id(session, client_id)
@@ -68,7 +71,7 @@ class Judgments(Guidelines):
                 id=new_id(), client_id=client_id, comparison_id=comparison.id, annotator_id=judgment.annotator_id,
                 kind=kind, choice=judgment.choice,
                 ranking=dict(judgment.ranking) if judgment.ranking is not None else None,
-                correction=judgment.correction, reason=judgment.reason or None, created=created,
+                correction=correction, reason=reason, created=created,
                 guideline_version=guideline.version,
                 pairs=[
                     PairRow(id=new_pair_id(), comparison_id=comparison.id,

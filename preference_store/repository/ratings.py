@@ -25,6 +25,7 @@ from preference_store.models import (
 )
 from preference_store.records import PANEL_LABELS, RatingIn, RatingOut
 from preference_store.repository.bank import complete_assignment
+from preference_store.repository.exports import log_export
 from preference_store.repository.guidelines import Guidelines
 from preference_store.repository.judgments import check_daily_cap, check_same_annotator, own_comparison
 from preference_store.repository.sessions import new_id
@@ -57,6 +58,8 @@ class AnswerRatings(Guidelines):
         with ``duplicate=True`` and writes nothing. ``label`` is the panel rated ("A".."D")."""
         client_id = rating.client_id or new_id()
         guideline = self.guideline(rating.guideline_version)
+        # kept de-identified with store.redact_on_entry (redacted before the write transaction)
+        correction, reason = self._as_kept(rating.correction or None), self._as_kept(rating.reason or None)
 
         def work(session: Session) -> RatingOut:
             stored = _by_client_id(session, client_id)
@@ -71,8 +74,8 @@ class AnswerRatings(Guidelines):
             row = AnswerRatingRow(
                 id=new_id(), client_id=client_id, comparison_id=comparison.id,
                 response_id=dict(zip(labels, comparison.responses))[rating.label].id,
-                annotator_id=rating.annotator_id, label=rating.up, correction=rating.correction or None,
-                reason=rating.reason or None, guideline_version=guideline.version, created=created)
+                annotator_id=rating.annotator_id, label=rating.up, correction=correction,
+                reason=reason, guideline_version=guideline.version, created=created)
             session.add(row)
             complete_assignment(session, comparison, created, self.settings.annotators_per_prompt,
                                 self.settings.assignment_timeout_minutes)
@@ -128,16 +131,9 @@ class AnswerRatings(Guidelines):
         """Log one export of ratings (kind "ratings"): ``entries`` are (rating id, split). ``before_commit``
         runs inside the transaction (the export moves its file into place there)."""
 
-        def work(session: Session) -> int:
-            row = ExportRow(path=path, sha256=sha256, n_pairs=n_records, kind="ratings",
-                            rating_entries=[ExportedRatingRow(rating_id=rid, split=split) for rid, split in entries])
-            session.add(row)
-            session.flush()
-            if before_commit is not None:
-                before_commit()
-            return row.id
-
-        return self._write(work)
+        return self._write(lambda session: log_export(session, ExportRow(
+            path=path, sha256=sha256, n_pairs=n_records, kind="ratings",
+            rating_entries=[ExportedRatingRow(rating_id=rid, split=split) for rid, split in entries]), before_commit))
 
 
 def _by_client_id(session: Session, client_id: str) -> AnswerRatingRow | None:

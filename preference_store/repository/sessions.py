@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from preference_store.db import IMMEDIATE, is_sqlite, make_engine, migrate, retry_while_busy
+from preference_store.deid import deidentify
 from preference_store.validation import PreferenceStoreError
 from training.config import StoreConfig
 
@@ -69,6 +70,17 @@ class StoreSessions:
         # SQLite takes one writer at a time anyway: queueing this process's writers on a lock spares
         # them the busy-wait sleeps; other processes are handled by the busy timeout and retries.
         self._write_lock = threading.Lock() if sqlite else contextlib.nullcontext()
+
+    def _as_kept(self, text: str | None) -> str | None:
+        """``text`` as the store keeps it: de-identified when ``store.redact_on_entry`` is on (then no path,
+        the app's, the API's or a script's, writes a raw identifier), else unchanged."""
+        if text is None or not self.settings.redact_on_entry:
+            return text
+        return deidentify(text)
+
+    def _kept_messages(self, messages: list[dict]) -> list[dict]:
+        """Messages as the store keeps them (:meth:`_as_kept` on each content)."""
+        return [dict(m) | {"content": self._as_kept(m["content"])} for m in messages]
 
     def close(self) -> None:
         """Release the database connections."""
