@@ -115,24 +115,34 @@ def fit_bradley_terry(wins: np.ndarray, iterations: int = 100) -> np.ndarray:
         d = s[:, None] - s[None, :]
         return float((wins * -np.logaddexp(0.0, -d)).sum() - 0.5 * PRIOR_PRECISION * (s @ s))
 
-    current = objective(s)
-    for _ in range(iterations):
+    def newton_step(s):
         p = 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :])))
         grad = (wins - games * p).sum(axis=1) - PRIOR_PRECISION * s
         w = games * p * (1 - p)
         hessian = w - np.diag(w.sum(axis=1)) - PRIOR_PRECISION * np.eye(n)
-        step = np.linalg.solve(hessian, grad)
+        return -np.linalg.solve(hessian, grad)
+
+    s = maximise_concave(objective, newton_step, s, iterations)
+    return s - s.mean()
+
+
+def maximise_concave(objective, newton_step, x: np.ndarray, iterations: int) -> np.ndarray:
+    """Damped Newton ascent of a concave ``objective`` from ``x``: each step ``newton_step(x)`` is halved
+    until the objective does not drop; stops when a step or the gain becomes negligible."""
+    current = objective(x)
+    for _ in range(iterations):
+        step = newton_step(x)
         t = 1.0
         while t > 1e-6:  # backtrack until the (concave) likelihood does not drop
-            candidate = s - t * step
+            candidate = x + t * step
             value = objective(candidate)
             if value >= current - 1e-12:
                 break
             t /= 2
-        s, previous, current = candidate, current, value
+        x, previous, current = candidate, current, value
         if np.abs(t * step).max() < 1e-9 or abs(current - previous) < 1e-12:
             break
-    return s - s.mean()
+    return x
 
 
 def win_matrix(battles: list[Battle], index: dict[str, int]) -> np.ndarray:
@@ -226,26 +236,16 @@ def fit_logistic_bradley_terry(battles: list[Battle], index: dict[str, int], cov
         return float((y * -np.logaddexp(0.0, -z) + (1 - y) * -np.logaddexp(0.0, z)).sum()
                      - 0.5 * (precision * theta * theta).sum())
 
-    theta = np.zeros(n + 1)
-    current = objective(theta)
-    for _ in range(iterations):
+    def information(theta):
         p = 1.0 / (1.0 + np.exp(-(design @ theta)))
-        grad = design.T @ (y - p) - precision * theta
-        information = (design * (p * (1 - p))[:, None]).T @ design + np.diag(precision)
-        step = np.linalg.solve(information, grad)
-        t = 1.0
-        while t > 1e-6:  # backtrack until the (concave) likelihood does not drop
-            candidate = theta + t * step
-            value = objective(candidate)
-            if value >= current - 1e-12:
-                break
-            t /= 2
-        theta, previous, current = candidate, current, value
-        if np.abs(t * step).max() < 1e-9 or abs(current - previous) < 1e-12:
-            break
-    p = 1.0 / (1.0 + np.exp(-(design @ theta)))
-    information = (design * (p * (1 - p))[:, None]).T @ design + np.diag(precision)
-    return theta, np.linalg.inv(information)
+        return (design * (p * (1 - p))[:, None]).T @ design + np.diag(precision), p
+
+    def newton_step(theta):
+        info, p = information(theta)
+        return np.linalg.solve(info, design.T @ (y - p) - precision * theta)
+
+    theta = maximise_concave(objective, newton_step, np.zeros(n + 1), iterations)
+    return theta, np.linalg.inv(information(theta)[0])
 
 
 def rate_length_controlled(battles: list[Battle], provisional_battles: int = 0) -> LengthControlledRatings:
