@@ -19,9 +19,11 @@
 #                   train.bf16=true train.deepspeed_zero_stage=2 train.num_processes=1; checks that cpt, sft and
 #                   dpo went through accelerate launch --use_deepspeed, the manifest (four stages, finite
 #                   positive losses, trained on CUDA) and eval/results.json (finite numbers)
-#   5 serve         the arena's ModelPool(cfg, device="cuda") (app.serving.pool) answers one prompt with base,
+#   5 sft speed     the sft stage retrained from the run's cpt twice (2 x steps), padded and padding-free
+#                   (sft.padding_free), the LM head as auto picks it: tokens/s, loss and padding share of each
+#   6 serve         the arena's ModelPool(cfg, device="cuda") (app.serving.pool) answers one prompt with base,
 #                   cpt, sft and dpo (twice: warm-up, then measured); four non-empty answers; tokens/s; GPU memory
-#   6 summary       wall time and peak GPU memory (nvidia-smi memory.used, sampled every 0.5 s) per step, and
+#   7 summary       wall time and peak GPU memory (nvidia-smi memory.used, sampled every 0.5 s) per step, and
 #                   per training stage, as Markdown for BENCHMARKS.md
 #
 # Everything goes under CHIMED_HOME=$(mktemp -d) (removed at the end unless GPU_CHECK_KEEP=1); with $OUT set
@@ -385,7 +387,36 @@ EOF
   note "cpt/sft/dpo $STEPS steps each; $( [ "$DEVICE" = cuda ] && echo "bf16, DeepSpeed ZeRO-2, accelerate launch, 1 process" || echo "fp32, in-process, no DeepSpeed"); evaluated"
 }
 
-# --- 5: the arena's model pool serves the four stages ----------------------------------------------------
+# --- 5: SFT padded against padding-free (issue 20): the same sft stage retrained both ways ---------------
+step_sft_speed() {
+  local mode
+  for mode in padded padding_free; do
+    local free=true; [ "$mode" = padded ] && free=false
+    "$PY" "${CLI[@]}" train-all --profile paper --run-id "sft_$mode" --from sft --resume-run "$RUN_ID" \
+      --stages sft model.path="$MODEL_DIR" "${DATA_OVERRIDES[@]}" "${TRAIN_OVERRIDES[@]}" \
+      sft.max_steps=$(( STEPS * 2 )) sft.padding_free="$free" train.evaluate_after=false > "$WORK/sft_$mode.log" 2>&1 \
+      || { tail -20 "$WORK/sft_$mode.log"; return 1; }
+  done
+  GPU_CHECK_WORK="$WORK" "$PY" - <<'EOF'
+import json, os
+from pathlib import Path
+
+runs = Path(os.environ["CHIMED_HOME"]) / "runs"
+m = {mode: json.loads((runs / f"sft_{mode}" / "sft" / "stage.json").read_text())["metrics"]
+     for mode in ("padded", "padding_free")}
+for mode, x in m.items():
+    print(f"sft {mode}: {x['steps']} steps, {x['train_tokens']} tokens in {x['train_runtime_s']} s = "
+          f"{x['tokens_per_s']} tokens/s, loss {x['train_loss']}, LM head {x['lm_head_loss']}, "
+          f"padding share {x['padding_share']}")
+ratio = m["padding_free"]["tokens_per_s"] / m["padded"]["tokens_per_s"]
+note = (f"sft tokens/s padding-free {m['padding_free']['tokens_per_s']} vs padded {m['padded']['tokens_per_s']} "
+        f"(x{ratio:.2f}; padding share {m['padded']['padding_share']}, LM head {m['padded']['lm_head_loss']})")
+print(note)
+Path(os.environ["GPU_CHECK_WORK"], "note").write_text(note)
+EOF
+}
+
+# --- 6: the arena's model pool serves the four stages ----------------------------------------------------
 step_serve() {
   cat > "$WORK/serve_check.py" <<'EOF'
 """The arena's model pool (app.serving.pool) answers one prompt with base, cpt, sft and dpo of the run."""
@@ -480,6 +511,7 @@ step "environment" step_environment
 step "build-data (paper, small data.*)" step_build_data
 step "model (Qwen2 shape, random weights, BPE $VOCAB)" step_model
 step "train-all (paper, $STEPS steps/stage) + eval" step_train_all
+step "sft padded vs padding-free ($(( STEPS * 2 )) steps each)" step_sft_speed
 step "serve (ModelPool on $DEVICE, 4 stages)" step_serve
 
 # --- 6: summary -----------------------------------------------------------------------------------------

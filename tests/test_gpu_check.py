@@ -22,6 +22,7 @@ def test_gpu_check_cpu_smoke_mode_passes(tmp_path):
                           capture_output=True, text=True, timeout=1200)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
-    assert out.count("gpu_check: PASS step") == 5, out[-6000:]
-    assert "gpu_check: PASS (all 5 steps" in out
+    assert out.count("gpu_check: PASS step") == 6, out[-6000:]
+    assert "gpu_check: PASS (all 6 steps" in out
+    assert "sft tokens/s padding-free" in out
     assert not list(tmp_path.glob("chimed-gpu-check.*")), "the work directory was left behind"

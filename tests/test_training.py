@@ -129,7 +129,7 @@ def test_only_assistant_tokens_carry_sft_loss(tiny_cfg, tmp_path):
     # long limits so that nothing is truncated and whole turns can be compared
     cfg.sft.max_source_length = cfg.sft.max_target_length = 2048
     chosen = multi[:2] + single[:2]
-    trainer, _ = build_sft_trainer(cfg, stage_paths(tmp_path, "sft"), model, tokenizer, chosen)
+    trainer, _, _ = build_sft_trainer(cfg, stage_paths(tmp_path, "sft"), model, tokenizer, chosen)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(chosen))])
     for row, conversation in enumerate(chosen):
         labels, ids = batch["labels"][row], batch["input_ids"][row]

@@ -167,8 +167,28 @@ class CptConfig(TrainingSchedule):
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
+LM_HEAD_LOSS = ("auto", "fused", "plain")
+
+
+def check_lm_head_loss(name: str, where: str) -> None:
+    if name not in LM_HEAD_LOSS:
+        raise UserError(f"config: {where}={name!r}: choose one of {', '.join(LM_HEAD_LOSS)}")
+
+
 @dataclass
-class SftConfig(TrainingSchedule):
+class TrlSchedule(TrainingSchedule):
+    """A stage trained by one of TRL's trainers (sft, dpo): its schedule, and how its per-token
+    log-probabilities are computed (``training/stages/logprobs.py``). Both settings change the speed, not
+    the numbers (equal to float precision, ``tests/test_training_speed.py``)."""
+
+    padding_free: bool = True  # a padded batch runs through the model as one row of its real tokens
+    # auto: TRL's fused LM-head kernel where Triton serves the device, the plain LM head (only the scored
+    # positions, float32) elsewhere; fused or plain: that one everywhere
+    lm_head_loss: str = field(default="auto", metadata={"check": check_lm_head_loss})
+
+
+@dataclass
+class SftConfig(TrlSchedule):
     """Supervised fine-tuning with LoRA, loss on assistant tokens only."""
 
     max_source_length: int = 256
@@ -180,7 +200,7 @@ class SftConfig(TrainingSchedule):
 
 
 @dataclass
-class DpoConfig(TrainingSchedule):
+class DpoConfig(TrlSchedule):
     """Direct preference optimization with LoRA; the reference is the SFT model (adapter disabled)."""
 
     beta: float = 0.1
@@ -192,6 +212,10 @@ class DpoConfig(TrainingSchedule):
     # weight of an SFT loss on the chosen answer added to the DPO loss (RPO, Pang et al. 2024; TRL's
     # loss_type ["sigmoid", "sft"]): keeps a small model's answers fluent; 0 = plain DPO, as in the paper
     sft_weight: float = 0.0
+    # the reference model's log-probabilities of every pair computed once before the loop (TRL's
+    # precompute_ref_log_probs, through the fast path), not again at every visit: exact, since the reference is
+    # fixed and DPO trains without dropout; one process only (several: computed in the loop as before)
+    precompute_reference: bool = True
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.05))
 
 
@@ -343,6 +367,11 @@ class Config:
     @property
     def runs_dir(self) -> Path:
         return self.home / "runs"
+
+    @property
+    def blocks_cache_dir(self) -> Path:
+        """Packed pretraining blocks, cached by the content they were packed from (training/stages/packing.py)."""
+        return self.home / "cache" / "blocks"
 
     @property
     def collected_pairs_dir(self) -> Path:

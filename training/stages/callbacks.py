@@ -1,5 +1,5 @@
-"""What watches a stage while it trains: trainer_log.jsonl, the non-finite guard, TensorBoard under
-``logs/<stage>`` and, for the resume tests, fault injection."""
+"""What watches a stage while it trains: trainer_log.jsonl, the non-finite guard, no checkpoint after the
+last step, TensorBoard under ``logs/<stage>`` and, for the resume tests, fault injection."""
 
 from __future__ import annotations
 
@@ -46,6 +46,17 @@ class TrainerLogCallback(TrainerCallback):
         append_jsonl(self.path, record)
 
 
+class NoFinalCheckpoint(TrainerCallback):
+    """The Trainer writes a whole checkpoint (weights, optimizer, scheduler) after the last step, which the
+    stage then saves again as its model and deletes: skip it, so that the stage is saved once. The
+    checkpoints every ``train.save_steps`` before it stay, for resuming."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+        return control
+
+
 def append_jsonl(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -65,7 +76,9 @@ class NonFiniteGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
-        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
+        # one fused norm per gradient (a NaN or infinity anywhere in one makes its norm non-finite), checked
+        # with a single synchronisation: cheaper than a check per tensor at every step
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             raise self.error(f"a non-finite gradient at step {state.global_step + 1}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -115,7 +128,7 @@ def stage_callbacks(cfg: Config, paths: StagePaths) -> list[TrainerCallback]:
     injection."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     callbacks: list[TrainerCallback] = [TrainerLogCallback(paths.trainer_log, paths.stage),
-                                        NonFiniteGuard(paths.stage)]
+                                        NonFiniteGuard(paths.stage), NoFinalCheckpoint()]
     if "tensorboard" in cfg.train.report_to:
         tensorboard = TensorBoardCallback()
         tensorboard.logging_dir = str(paths.logs / "tensorboard")

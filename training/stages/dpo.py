@@ -9,6 +9,7 @@ Serving DPO = cpt + sft adapter + dpo adapter.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from datasets import Dataset
@@ -20,6 +21,7 @@ from training.modeling import load_stage
 from training.stages.arguments import training_arguments, training_dtype
 from training.stages.callbacks import stage_callbacks
 from training.stages.lifecycle import finish_stage, train_resumably
+from training.stages.logprobs import logprob_metrics, patch_trainer_logprobs
 from training.stages.lora import describe_lora, lora_record, peft_lora_config
 from training.stages.paths import StagePaths
 
@@ -33,6 +35,27 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
 
     # model: the SFT model, merged; DPOTrainer adds the LoRA adapter and uses the model without it as reference
     model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
+    trainer, record, logprobs = build_dpo_trainer(cfg, paths, model, tokenizer, dataset)
+    print(describe_lora(paths.stage, record), flush=True)
+    metrics = train_resumably(trainer, paths)
+    metrics.update(lora=record, pairs=len(pairs),
+                   clinician_pairs=sum(1 for p in pairs if p.get("source") == "clinician"),
+                   **logprob_metrics(logprobs), **_last_preference_metrics(trainer.state.log_history))
+
+    # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
+    def save(out):
+        trainer.save_model(out)
+        if trainer.is_world_process_zero():
+            write_json_atomic(Path(out) / "pair_ids.json", [p["pair_id"] for p in pairs])
+
+    finish_stage(paths, save, kind="lora", parent=paths.parent, fingerprint=fingerprint,
+                 metrics=metrics, is_main=trainer.is_world_process_zero())
+
+
+def build_dpo_trainer(cfg: Config, paths: StagePaths, model, tokenizer, dataset) -> tuple[DPOTrainer, dict, dict]:
+    """DPOTrainer with the ``cfg.dpo.lora`` adapter on ``model`` (the reference: the adapter disabled), the
+    sigmoid loss plus ``cfg.dpo.sft_weight`` x the SFT loss on the chosen answer, log-probabilities computed as
+    ``cfg.dpo.padding_free`` / ``lm_head_loss`` say; also the adapter's and the log-probability path's records."""
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]} if cfg.dpo.sft_weight \
         else {"loss_type": ["sigmoid"]}
     args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
@@ -47,20 +70,31 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
         peft_config=lora,
         callbacks=stage_callbacks(cfg, paths),
     )
-    record = lora_record(trainer.model, lora)
-    print(describe_lora(paths.stage, record), flush=True)
-    metrics = train_resumably(trainer, paths)
-    metrics.update(lora=record, pairs=len(pairs), clinician_pairs=sum(1 for p in pairs if p.get("source") == "clinician"),
-                   **_last_preference_metrics(trainer.state.log_history))
+    logprobs = patch_trainer_logprobs(trainer, cfg.dpo)
+    if cfg.dpo.precompute_reference:
+        logprobs.update(precompute_reference(trainer))
+    return trainer, lora_record(trainer.model, lora), logprobs
 
-    # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
-    def save(out):
-        trainer.save_model(out)
-        if trainer.is_world_process_zero():
-            write_json_atomic(Path(out) / "pair_ids.json", [p["pair_id"] for p in pairs])
 
-    finish_stage(paths, save, kind="lora", parent=paths.parent, fingerprint=fingerprint,
-                 metrics=metrics, is_main=trainer.is_world_process_zero())
+def precompute_reference(trainer: DPOTrainer) -> dict:
+    """The reference log-probabilities of every training pair, computed once now (TRL's
+    ``precompute_ref_log_probs``, through the log-probability path just patched in, which TRL's own
+    precomputation in its constructor would not use) and read from the batches by the loss after that.
+
+    The reference is the model with the adapter disabled and DPO trains without dropout (DPOConfig's
+    ``disable_dropout``), so these are the numbers the loop would compute at every visit of a pair. Skipped
+    when several processes train (each would need the cached columns on its own disk). Returns
+    ``{"reference_precomputed": bool, "reference_precompute_s": seconds}`` for the stage's metrics."""
+    from trl.trainer.utils import hash_module
+
+    if trainer.args.world_size > 1:
+        return {"reference_precomputed": False}
+    started = time.time()
+    trainer.args.precompute_ref_log_probs = trainer.precompute_ref_logps = True
+    trainer._precompute_model_hash = hash_module(trainer.model)
+    batch_size = trainer.args.precompute_ref_batch_size or 4 * trainer.args.per_device_train_batch_size
+    trainer.train_dataset = trainer._precompute_ref_logps(trainer.train_dataset, "train", batch_size)
+    return {"reference_precomputed": True, "reference_precompute_s": round(time.time() - started, 2)}
 
 
 def _last_preference_metrics(log_history: list[dict]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,12 +84,14 @@ def finish_stage(paths: StagePaths, save, *, kind: str, parent: str | None, fing
     """Save the stage through ``save(staging_dir)``, add stage.json and loss.png, rename into place.
 
     Every process calls this (DeepSpeed gathers weights collectively inside ``save``); only the main
-    process writes the files and renames.
+    process writes the files and renames. ``metrics["save_s"]``: the time from here to the renaming.
     """
+    started = time.time()
     save(paths.staging)
     if not is_main:
         return
     plot_loss(paths.trainer_log, paths.staging / "loss.png", paths.stage)
+    metrics = {**metrics, "save_s": round(time.time() - started, 2)}
     info = {"stage": paths.stage, "kind": kind, "parent": parent, "fingerprint": fingerprint,
             "metrics": metrics, "completed": _now()}
     write_json_atomic(paths.staging / STAGE_INFO, info)

@@ -1,12 +1,24 @@
-"""Next-token prediction on packed blocks: the data and the Trainer of base pretraining and CPT."""
+"""Next-token prediction on packed blocks: the data and the Trainer of base pretraining and CPT.
+
+Tokenizing and packing a corpus is the same work on every run of the same texts with the same tokenizer
+and block size, so the blocks are cached by a hash of exactly those (``$CHIMED_HOME/cache/blocks/<hash>/``,
+an Arrow dataset read memory-mapped); the newest ``BLOCK_CACHE_KEEP`` entries are kept.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
 from training.config import Config, CptConfig, ModelConfig
 from training.errors import UserError
-from training.stages.arguments import training_arguments
+from training.stages.arguments import process_state, training_arguments
 from training.stages.callbacks import stage_callbacks
 from training.stages.paths import StagePaths
+
+BLOCK_CACHE_KEEP = 4  # cached corpora kept (the newest used); each is about 4 bytes per token
 
 
 def pack_into_blocks(texts: list[str], tokenizer, block_size: int):
@@ -32,6 +44,48 @@ def pack_into_blocks(texts: list[str], tokenizer, block_size: int):
     return Dataset.from_dict({"input_ids": blocks})
 
 
+def blocks_key(texts: list[str], tokenizer, block_size: int) -> str:
+    """What the packed blocks depend on: the texts in order, the tokenizer (its whole definition) and the
+    block size."""
+    digest = hashlib.sha256(f"blocks v1|{block_size}|{tokenizer.eos_token_id}|".encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:  # a slow tokenizer: its class and vocabulary
+        digest.update(type(tokenizer).__name__.encode())
+        digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    for text in texts:
+        digest.update(len(text).to_bytes(8, "little"))
+        digest.update(text.encode())
+    return digest.hexdigest()
+
+
+def cached_blocks(texts: list[str], tokenizer, block_size: int, cache_dir: Path):
+    """:func:`pack_into_blocks`, from ``cache_dir/<key>/`` when the same texts were packed the same way
+    before (written once by the main process; the others read it)."""
+    from datasets import load_from_disk
+
+    key = blocks_key(texts, tokenizer, block_size)
+    entry = Path(cache_dir) / key
+    with process_state().main_process_first():
+        if not (entry / "dataset_info.json").is_file():
+            blocks = pack_into_blocks(texts, tokenizer, block_size)
+            partial = entry.with_name(f".{key}.{os.getpid()}")
+            blocks.save_to_disk(str(partial))
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(partial, entry)
+            _prune(Path(cache_dir))
+        os.utime(entry)  # recently used: kept by the pruning
+        return load_from_disk(str(entry))
+
+
+def _prune(cache_dir: Path) -> None:
+    entries = sorted((p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in entries[BLOCK_CACHE_KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def causal_lm_collator(tokenizer):
     """Labels = input ids (the model shifts them); blocks are full, so nothing is padded."""
     from transformers import DataCollatorForLanguageModeling
@@ -48,7 +102,7 @@ def next_token_trainer(cfg: Config, section: ModelConfig | CptConfig, paths: Sta
     return Trainer(
         model=model,
         args=training_arguments(cfg, section, paths),
-        train_dataset=pack_into_blocks(texts, tokenizer, section.block_size),
+        train_dataset=cached_blocks(texts, tokenizer, section.block_size, cfg.blocks_cache_dir),
         data_collator=causal_lm_collator(tokenizer),
         processing_class=tokenizer,
         callbacks=stage_callbacks(cfg, paths),

@@ -21,6 +21,7 @@ from training.modeling import load_stage
 from training.stages.arguments import training_arguments, training_dtype
 from training.stages.callbacks import stage_callbacks
 from training.stages.lifecycle import finish_stage, train_resumably
+from training.stages.logprobs import logprob_metrics, patch_trainer_logprobs
 from training.stages.lora import describe_lora, lora_record, peft_lora_config
 from training.stages.paths import StagePaths
 
@@ -32,10 +33,10 @@ def run_sft_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
 
     # trainer
-    trainer, lora = build_sft_trainer(cfg, paths, model, tokenizer, conversations)
+    trainer, lora, logprobs = build_sft_trainer(cfg, paths, model, tokenizer, conversations)
     print(describe_lora(paths.stage, lora), flush=True)
     metrics = train_resumably(trainer, paths)
-    metrics.update(lora=lora, conversations=len(conversations),
+    metrics.update(lora=lora, conversations=len(conversations), **logprob_metrics(logprobs),
                    multi_turn=sum(1 for r in conversations if _assistant_turns(r["messages"]) > 1))
 
     # save: the adapter and the tokenizer (with the chat template) beside it
@@ -44,10 +45,11 @@ def run_sft_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
 
 
 def build_sft_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
-                      conversations: list[dict]) -> tuple[SFTTrainer, dict]:
+                      conversations: list[dict]) -> tuple[SFTTrainer, dict, dict]:
     """SFTTrainer over tokenized conversations: it turns ``assistant_masks`` into labels (-100 on every
-    token that is not the assistant's) and wraps the model in the ``cfg.sft.lora`` adapter; also the
-    adapter's record (:func:`~training.stages.lora.lora_record`)."""
+    token that is not the assistant's) and wraps the model in the ``cfg.sft.lora`` adapter; its loss is
+    computed as ``cfg.sft.padding_free`` / ``lm_head_loss`` say (``training/stages/logprobs.py``). Also the
+    adapter's record (:func:`~training.stages.lora.lora_record`) and the log-probability path's."""
     dataset = Dataset.from_list([
         tokenize_conversation(tokenizer, r["messages"], cfg.sft.max_source_length, cfg.sft.max_target_length)
         for r in conversations])
@@ -63,7 +65,7 @@ def build_sft_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
         peft_config=lora,
         callbacks=stage_callbacks(cfg, paths),
     )
-    return trainer, lora_record(trainer.model, lora)
+    return trainer, lora_record(trainer.model, lora), patch_trainer_logprobs(trainer, cfg.sft)
 
 
 def tokenize_conversation(tokenizer, messages: list[dict], max_source_length: int,
