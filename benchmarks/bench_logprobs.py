@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from datasets import Dataset
-
 from training.config import PROFILES, load_config
 from training.data.files import read_jsonl
 from training.modeling import load_stage
@@ -34,9 +32,7 @@ def measure(profile: str, run: str, stage: str, steps: int, head: str, layout: s
     if stage == "dpo":
         from training.stages.dpo import build_dpo_trainer
 
-        pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")
-        dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-        trainer, _, record = build_dpo_trainer(cfg, paths, model, tokenizer, dataset)
+        trainer, _, record = build_dpo_trainer(cfg, paths, model, tokenizer, read_jsonl(cfg.data_dir / "dpo.jsonl"))
     else:
         from training.stages.sft import build_sft_trainer
 

@@ -10,7 +10,6 @@ import json
 
 import pytest
 import torch
-from datasets import Dataset
 
 from training.config import load_config
 from training.data.files import read_jsonl
@@ -105,8 +104,7 @@ def test_dpo_logps_and_sft_term_are_unchanged_by_the_fast_path(tiny_cfg, tmp_pat
 
     model, tokenizer = load_stage(cfg.runs_dir / run_id, "sft", device="cpu")
     pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")[:4]
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer, _, record = build_dpo_trainer(cfg, stage_paths(tmp_path, "dpo"), model, tokenizer, dataset)
+    trainer, _, record = build_dpo_trainer(cfg, stage_paths(tmp_path, "dpo"), model, tokenizer, pairs)
     assert record["padding_free"] and record["lm_head_loss"] == "plain"
     trainer.model.eval()
     _perturb_lora(trainer.model)

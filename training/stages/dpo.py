@@ -30,12 +30,10 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     """Train the DPO LoRA adapter on the SFT model into ``runs/<id>/dpo``."""
     # inputs: prompt (conversation so far) / chosen / rejected
     pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
-                                 for p in pairs])
 
     # model: the SFT model, merged; DPOTrainer adds the LoRA adapter and uses the model without it as reference
     model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
-    trainer, record, logprobs = build_dpo_trainer(cfg, paths, model, tokenizer, dataset)
+    trainer, record, logprobs = build_dpo_trainer(cfg, paths, model, tokenizer, pairs)
     print(describe_lora(paths.stage, record), flush=True)
     metrics = train_resumably(trainer, paths)
     metrics.update(lora=record, pairs=len(pairs),
@@ -52,15 +50,20 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
                  metrics=metrics, is_main=trainer.is_world_process_zero())
 
 
-def build_dpo_trainer(cfg: Config, paths: StagePaths, model, tokenizer, dataset) -> tuple[DPOTrainer, dict, dict]:
-    """DPOTrainer with the ``cfg.dpo.lora`` adapter on ``model`` (the reference: the adapter disabled), the
-    sigmoid loss plus ``cfg.dpo.sft_weight`` x the SFT loss on the chosen answer, log-probabilities computed as
-    ``cfg.dpo.padding_free`` / ``lm_head_loss`` say; also the adapter's and the log-probability path's records."""
+def build_dpo_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
+                      pairs: list[dict]) -> tuple[DPOTrainer, dict, dict]:
+    """DPOTrainer over the ChiMed-DPO ``pairs`` (prompt / chosen / rejected) with the ``cfg.dpo.lora`` adapter on
+    ``model`` (the reference: the adapter disabled), the sigmoid loss plus ``cfg.dpo.sft_weight`` x the SFT loss
+    on the chosen answer, log-probabilities computed as ``cfg.dpo.padding_free`` / ``lm_head_loss`` say and the
+    reference precomputed as ``cfg.dpo.precompute_reference`` says; also the adapter's and the log-probability
+    path's records."""
     losses = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]} if cfg.dpo.sft_weight \
         else {"loss_type": ["sigmoid"]}
     args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
                               max_length=cfg.dpo.max_length, **losses)
     lora = peft_lora_config(cfg.dpo.lora, model, "dpo.lora.target_modules")
+    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
+                                 for p in pairs])
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
