@@ -28,6 +28,7 @@ from training.config import PROFILES, Config, load_config
 from training.data.build import build_chimed, data_is_built
 from training.errors import UserError
 from training.manifest import latest_run, read_manifest_at
+from training.serve_plan import DEFAULT_HOST, DEFAULT_PORT, ENGINES, PLANNERS
 from training.stages.registry import stage_names
 
 # The modules that train, evaluate and serve import torch, transformers or gradio: each subcommand imports
@@ -121,6 +122,18 @@ def _app(cfg: Config, args) -> None:
     launch_app(cfg, host=args.host or cfg.app.host, port=args.port or cfg.app.port)
 
 
+def _serve(cfg: Config, args) -> None:
+    from app.openai_server import serve_run
+
+    serve_run(cfg, args.run, host=args.host or cfg.app.host, port=cfg.app.port if args.port is None else args.port)
+
+
+def _serve_token(cfg: Config, args) -> None:
+    with PreferenceStore.from_config(cfg) as store:
+        token = store.create_api_token(args.name)
+    print(f"a new API token for {args.name} (shown once, stored only as its hash): {token}")
+
+
 def _demo(cfg: Config, args) -> None:
     """The bare ``./launch.sh``: build demo data and train the demo run if none, then start the app."""
     if not data_is_built(cfg):
@@ -173,6 +186,12 @@ def _export(cfg: Config, args) -> None:
           f"{info['parameters']:,} parameters, {info['dtype']}")
 
 
+def _serve_plan(cfg: Config, args) -> None:
+    plan = PLANNERS[args.engine](cfg, args.run, host=args.host, port=args.port, tensor_parallel=args.tensor_parallel,
+                                 gpus=args.gpus, export_dir=args.export_dir, api_key_env=args.api_key_env)
+    print(plan.render(cfg), end="")
+
+
 def _import_model(cfg: Config, args) -> None:
     from training.model_import import convert_checkpoint
 
@@ -220,6 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=_app)
 
+    p = sub.add_parser("serve", parents=[common],
+                       help="serve a run's stages over the OpenAI API (/v1/models, /v1/chat/completions)")
+    p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs; its stages are the models")
+    p.add_argument("--host", help="default app.host")
+    p.add_argument("--port", type=int, help="default app.port; 0 = any free port (the line 'serving N models at "
+                   "URL' says which)")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("serve-token", parents=[common],
+                       help="a new bearer token for an annotator account, for `serve` (printed once)")
+    p.add_argument("name", help="the annotator account (./launch.sh add-annotator NAME)")
+    p.set_defaults(func=_serve_token)
+
     p = sub.add_parser("add-annotator", parents=[common], help="create an annotator account (password from stdin)")
     p.add_argument("name")
     p.add_argument("--role", choices=("annotator", "admin"), default="annotator")
@@ -256,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the dtype the app serves in here)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("serve-plan", parents=[common],
+                       help="print the commands that serve a run's stages on vLLM, and the app.endpoints entries")
+    p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")
+    p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help=f"inference engine (default {ENGINES[0]})")
+    p.add_argument("--host", help=f"address the servers listen on and the arena reaches (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, help=f"first server's port, the others take the next (default {DEFAULT_PORT})")
+    p.add_argument("--tensor-parallel", type=int, default=1, help="GPUs per server (default 1)")
+    p.add_argument("--gpus", type=int, help="GPUs on the machine (default: enough for a set per server); "
+                   "fewer: servers share them")
+    p.add_argument("--export-dir", help="where the exports go (default $CHIMED_HOME/exports/RUN)")
+    p.add_argument("--api-key-env", default="", help="environment variable holding the key the servers require "
+                   "(default: none)")
+    p.set_defaults(func=_serve_plan)
 
     p = sub.add_parser("import-model", parents=[common],
                        help="convert a Baichuan-7B / Baichuan2-7B checkpoint into a native LLaMA checkpoint")

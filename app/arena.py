@@ -40,7 +40,8 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from app.contestants import resolve_contestants
+from app.contestants import identifying_names, resolve_contestants
+from app.endpoints import EndpointClients
 from app.identifiers import EntryCheck, as_sent
 from app.leaks import contestant_terms, find_leaks
 from app.notice import NOT_ACCEPTED
@@ -169,6 +170,7 @@ class Arena:
         self.cfg = cfg
         self.store = store
         self.pool = pool
+        self.endpoints = EndpointClients()  # the endpoint contestants' clients (app.endpoints), made when first used
 
     # --- contestants and conversations ---------------------------------------------------------
     def start(self, session: ArenaSession, checkpoint_ids: list[str], blind: bool,
@@ -181,7 +183,11 @@ class Arena:
         for contestant in resolve_contestants(self.cfg, ids):  # refuses unknown checkpoint ids
             # training registers a run's checkpoints when it completes; a store opened later (another
             # CHIMED_DATABASE_URL) learns them here, so a completed run can always be compared
-            if not self.store.is_known_checkpoint(contestant.checkpoint_id):
+            if self.store.is_known_checkpoint(contestant.checkpoint_id):
+                continue
+            if contestant.endpoint is not None:  # an endpoint is registered when first compared
+                self.store.register_endpoints([contestant.endpoint.name])
+            else:
                 self.store.register_checkpoints(contestant.run_id, [contestant.stage])
         if blind:
             (rng or _seeds).shuffle(ids)
@@ -267,7 +273,7 @@ class Arena:
             panel.display.append({"role": "assistant", "content": ""})
         panels, epoch = list(session.panels), session.epoch
         generation = self.pool.generate(
-            [PanelRequest(c, p.history + [user]) for c, p in zip(contestants, panels)], decoding)
+            [PanelRequest(c, p.history + [user]) for c, p in zip(contestants, panels)], decoding, self.endpoints)
         answers: list[Answer] = generation.answers
         session.busy = True
         try:
@@ -428,7 +434,9 @@ class Arena:
         session.reference.append({"role": "assistant", "content": ok[0][1].text if ok else ""})
         if len(ok) < MIN_CONTESTANTS:
             return
-        terms = contestant_terms(self.cfg.app.leak_terms, [p.checkpoint_id for p in session.panels])
+        ids = [p.checkpoint_id for p in session.panels]
+        names = identifying_names(self.cfg, ids)  # an endpoint's name and model
+        terms = contestant_terms([*self.cfg.app.leak_terms, *names], ids)
         comparison = self.store.record_comparison(ComparisonIn(
             annotator_id=session.annotator.id,
             messages=[dict(m) for m in session.reference[:-1]],

@@ -168,7 +168,8 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
                           scale=2, elem_id="run-choice")
         refresh = gr.Button("刷新 Refresh runs", scale=0, elem_id="refresh-runs")
         blind = gr.Checkbox(value=cfg.app.blind, label="盲评 Blind (隐藏名称 hide names)", scale=1, elem_id="blind")
-    contestants = gr.CheckboxGroup(label=f"参赛模型 Contestants (2-{MAX_CONTESTANTS}; 可混合不同运行 runs can be mixed)",
+    contestants = gr.CheckboxGroup(label=f"参赛模型 Contestants (2-{MAX_CONTESTANTS}; 可混合不同运行和外部端点 runs and "
+                                   "endpoints can be mixed)",
                                    choices=[], elem_id="contestants")
     with gr.Accordion("解码设置 Decoding settings (队列题使用统一设置 queue prompts use the shared ones)", open=False):
         with gr.Row():

@@ -1,8 +1,10 @@
-"""Which checkpoints can be compared: every stage of every completed run under ``cfg.runs_dir``.
+"""Which checkpoints can be compared: every stage of every completed run under ``cfg.runs_dir``, and every
+endpoint of ``app.endpoints`` (a model served by an OpenAI-compatible engine, :mod:`app.endpoints`).
 
 Read from the run manifests (``training.manifest.list_runs``) on every call, so a run that finishes
-while the app is up is listed without a restart. A checkpoint id is ``"<run_id>/<stage>"``; anything
-else sent to the app is refused with a one-line :class:`UserError`.
+while the app is up is listed without a restart. A checkpoint id is ``"<run_id>/<stage>"`` for a run's
+stage and ``"endpoint:<name>"`` for an endpoint (no '/' in it, so it is never a run's); anything else
+sent to the app is refused with a one-line :class:`UserError`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.config import Config
+from preference_store.repository.checkpoints import ENDPOINT_STAGE, endpoint_checkpoint_id
+from training.config import Config, EndpointConfig
 from training.errors import UserError
 from training.manifest import list_runs, run_dir
 from training.stages.registry import get_stage, is_stage, stage_names
@@ -22,15 +25,19 @@ def stage_label(stage: str) -> str:
 
 @dataclass(frozen=True)
 class Contestant:
-    """One stage of one run, as the app serves it."""
+    """One stage of one run as the app serves it, or an endpoint (``endpoint`` set; ``run_id`` is then its
+    checkpoint id, ``stage`` "endpoint" and ``run_dir`` None, as its record in the store has them)."""
 
-    checkpoint_id: str  # "<run_id>/<stage>"
+    checkpoint_id: str  # "<run_id>/<stage>" or "endpoint:<name>"
     run_id: str
     stage: str
-    run_dir: Path
+    run_dir: Path | None
+    endpoint: EndpointConfig | None = None
 
     @property
     def label(self) -> str:
+        if self.endpoint is not None:
+            return f"{self.endpoint.name} · endpoint ({self.endpoint.model})"
         return f"{self.run_id} · {stage_label(self.stage)}"
 
 
@@ -56,10 +63,24 @@ def completed_runs(cfg: Config) -> list[RunInfo]:
     ]
 
 
+def endpoint_contestants(cfg: Config) -> list[Contestant]:
+    """The endpoints of ``app.endpoints`` as contestants, in the order the config lists them."""
+    return [Contestant(endpoint_checkpoint_id(e.name), endpoint_checkpoint_id(e.name), ENDPOINT_STAGE, None, e)
+            for e in cfg.app.endpoints]
+
+
 def available_contestants(cfg: Config) -> list[Contestant]:
-    """Every stage of every completed run: newest run first, stages in pipeline order."""
-    return [Contestant(f"{run.run_id}/{stage}", run.run_id, stage, run.run_dir)
-            for run in completed_runs(cfg) for stage in run.stages]
+    """Every stage of every completed run (newest run first, stages in pipeline order), then the endpoints."""
+    return [*(Contestant(f"{run.run_id}/{stage}", run.run_id, stage, run.run_dir)
+              for run in completed_runs(cfg) for stage in run.stages),
+            *endpoint_contestants(cfg)]
+
+
+def identifying_names(cfg: Config, checkpoint_ids: list[str]) -> list[str]:
+    """Names besides the checkpoint ids that give these contestants away in an answer: an endpoint's name
+    and the model it serves (checked like ``app.leak_terms``, :mod:`app.leaks`)."""
+    return [name for c in endpoint_contestants(cfg) if c.checkpoint_id in checkpoint_ids
+            for name in (c.endpoint.name, c.endpoint.model)]
 
 
 def default_checkpoints(cfg: Config) -> list[str]:
@@ -80,7 +101,7 @@ def resolve_contestants(cfg: Config, checkpoint_ids: list[str]) -> list[Contesta
     for cid in checkpoint_ids:
         if not isinstance(cid, str) or cid not in known:
             raise UserError(
-                f"unknown checkpoint {cid!r}: choose one of the completed runs' stages "
+                f"unknown checkpoint {cid!r}: choose one of the completed runs' stages or endpoints "
                 f"({', '.join(sorted(known)[:8]) or 'none yet: train one with ./launch.sh train-all'}"
                 f"{', ...' if len(known) > 8 else ''})"
             )

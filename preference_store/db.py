@@ -4,13 +4,16 @@ SQLite (the default, ``$CHIMED_HOME/preferences.db``) runs in WAL mode with fore
 timeout from the config. Write transactions start with ``BEGIN IMMEDIATE`` so a writer takes the
 write lock before it reads: in WAL mode a deferred transaction that reads, then writes after another
 writer committed, fails at once with SQLITE_BUSY and no busy timeout can save it. Any other
-SQLAlchemy URL works too; the SQLite settings are then left out.
+SQLAlchemy URL works too; the SQLite settings are then left out. On PostgreSQL a write that a concurrent
+transaction got in the way of (a serialization failure or a deadlock) is retried like a busy SQLite one,
+and migrations take an advisory lock, so that several app replicas may start on one new database at once.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,13 +23,17 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 IMMEDIATE = "chimed_begin_immediate"  # execution option: start the transaction with BEGIN IMMEDIATE
 RETRIES = 60  # backing off from 5 ms to 0.5 s: about 27 s of retrying on top of the busy timeout
+# PostgreSQL's SQLSTATEs for "try the transaction again": serialization failure, deadlock detected
+PG_RETRY_STATES = {"40001", "40P01"}
+MIGRATION_LOCK = 0x63686D64  # PostgreSQL advisory lock key ("chmd") held while migrating
+_migrating = threading.Lock()  # alembic's context is global to the process: one migration at a time
 T = TypeVar("T")
 
 
@@ -65,7 +72,10 @@ def make_engine(url: str, busy_timeout_ms: int) -> Engine:
 
 
 def is_busy(err: OperationalError) -> bool:
-    """Whether SQLite refused for a lock held elsewhere (worth retrying), not for a real fault."""
+    """Whether SQLite refused for a lock held elsewhere, or PostgreSQL for a concurrent transaction
+    (worth retrying), not for a real fault."""
+    if getattr(err.orig, "sqlstate", None) in PG_RETRY_STATES:
+        return True
     return "locked" in str(err.orig) or "busy" in str(err.orig)
 
 
@@ -108,14 +118,17 @@ def current_revision(engine: Engine) -> str | None:
 def migrate(engine: Engine) -> None:
     """Upgrade the database to the newest schema; a no-op when it is there already.
 
-    The upgrade runs in one write transaction, so two processes opening a new database at once do
-    not both create the tables: the second waits, then finds the schema at head.
+    The upgrade runs in one write transaction that first takes the database's write lock (SQLite) or
+    an advisory lock (PostgreSQL), so two processes opening a new database at once do not both create
+    the tables: the second waits, then finds the schema at head.
     """
     if current_revision(engine) == head_revision():
         return
     cfg = alembic_config()
-    with engine.connect() as conn:
+    with _migrating, engine.connect() as conn:
         conn.execution_options(**{IMMEDIATE: True})
         with conn.begin():
+            if engine.dialect.name == "postgresql":  # released when the transaction ends
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

@@ -5,7 +5,8 @@ These classes stay inside ``preference_store``; the repository turns rows into t
 the record callers see). Relationships exist where a parent and its children are written together
 (a comparison and its answers, a judgment and its scores and pairs, an export and its entries), so the
 unit of work orders the inserts. Migration 0003 added the annotation study: the guideline versions, the
-prompt bank and its assignments, per-criterion scores, single-answer ratings and identity-leak flags. Any change here needs a migration in ``migrations/versions/``
+prompt bank and its assignments, per-criterion scores, single-answer ratings and identity-leak flags; 0004 the
+API tokens of the OpenAI-compatible server. Any change here needs a migration in ``migrations/versions/``
 (``tests/test_store_migrations.py`` fails when the two disagree).
 """
 
@@ -71,6 +72,17 @@ class AnnotatorRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2; None = cannot log in
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     guideline_seen: Mapped[int | None] = mapped_column(Integer)  # newest guideline version they acknowledged
+
+
+class ApiTokenRow(Base):
+    """A bearer token for ``./launch.sh serve`` (the OpenAI-compatible server), one annotator's: only its
+    sha256 is kept (migration 0004); the token itself is shown once, when it is made."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    annotator_id: Mapped[int] = mapped_column(ForeignKey("annotators.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class CheckpointRow(Base):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres_server import PostgresServer, PostgresUnavailable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -99,9 +102,88 @@ def _restore(name: str, value: str | None) -> None:
 # --- preference store (issue 5) ------------------------------------------------------------------
 
 
+# the store on SQLite and on PostgreSQL (issue 21): tests marked both_backends run on each
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "both_backends: the test's store (the store_url / pref_store fixtures) "
+                                       "runs on SQLite and on the session's PostgreSQL server")
+    config.addinivalue_line("markers", "sqlite_only: a test of SQLite itself in a both_backends module")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked ``both_backends`` that use ``store_backend`` (through ``store_url`` or ``pref_store``)
+    run once per backend; every other test keeps the default SQLite store."""
+    node = metafunc.definition
+    if ("store_backend" in metafunc.fixturenames and node.get_closest_marker("both_backends")
+            and not node.get_closest_marker("sqlite_only")):
+        metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def pref_store(chimed_home):
-    """A fresh preference store in this test's CHIMED_HOME (tiny profile), with run "r1" registered."""
+def store_backend(request) -> str:
+    """"sqlite" or "postgresql": the backend of this test's preference store."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (tests/postgres_server.py), started on first use. Without its
+    binaries the PostgreSQL tests skip, unless CHIMED_REQUIRE_POSTGRES=1 (CI), where they fail."""
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as err:
+        if os.environ.get("CHIMED_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CHIMED_REQUIRE_POSTGRES=1 and {err}", pytrace=False)
+        pytest.skip(f"no PostgreSQL for the PostgreSQL store tests: {err}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server) -> str:
+    """A database at the newest schema that ``store_url`` copies: migrating is the slow part of a new store."""
+    from preference_store.repository import PreferenceStore
+
+    url = postgres_server.create_database()
+    PreferenceStore(url).close()
+    return url
+
+
+@pytest.fixture
+def empty_database_url(store_backend, tmp_path, request) -> Iterator[str]:
+    """A database with no tables yet: a new SQLite file, or a new database on the PostgreSQL server."""
+    if store_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'new' / 'p.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def store_url(store_backend, chimed_home, request, monkeypatch) -> Iterator[str]:
+    """The URL of this test's new preference database, where ``PreferenceStore.from_config`` and the
+    command line find it: $CHIMED_HOME/preferences.db on SQLite; on PostgreSQL a fresh database already
+    at the newest schema, set as CHIMED_DATABASE_URL."""
+    from training.config import load_config
+
+    if store_backend == "sqlite":
+        yield load_config("tiny").database_url
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database(template=request.getfixturevalue("postgres_template"))
+    monkeypatch.setenv("CHIMED_DATABASE_URL", url)
+    yield url
+    server.drop_database(url)  # also closes what a test left open
+
+
+@pytest.fixture
+def pref_store(store_url):
+    """A fresh preference store at ``store_url`` (tiny profile), with run "r1" registered."""
     from preference_store.repository import PreferenceStore
     from training.config import load_config
 
@@ -127,8 +209,9 @@ def app_home(tiny_run, tmp_path, use_home) -> tuple[Path, str]:
 @pytest.fixture
 def start_app(tmp_path):
     """Start the real app, ``python -m chimed app --profile tiny``, on a free localhost port for a work
-    directory: ``url = start_app(home)``. It is stopped when the test ends; its output is in
-    ``tmp_path/app-N.log`` and in the failure message when it does not come up."""
+    directory: ``url = start_app(home)``, or ``start_app(home, database_url=url)`` for a store elsewhere. It is
+    stopped when the test ends; its output is in ``tmp_path/app-N.log`` and in the failure message when it
+    does not come up."""
     import socket
     import subprocess
     import sys
@@ -137,12 +220,14 @@ def start_app(tmp_path):
 
     started: list[tuple[subprocess.Popen, object]] = []
 
-    def _start(home: Path, timeout_s: float = 180) -> str:
+    def _start(home: Path, timeout_s: float = 180, database_url: str | None = None) -> str:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = dict(os.environ, CHIMED_HOME=str(home))
         env.pop("CHIMED_DATABASE_URL", None)
+        if database_url:  # else the home's preferences.db
+            env["CHIMED_DATABASE_URL"] = database_url
         log_path = tmp_path / f"app-{len(started)}.log"
         log = log_path.open("w")
         proc = subprocess.Popen([sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],

@@ -147,9 +147,9 @@ def test_regenerate_answers_an_empty_queue_answer_again(arena, store, app_home, 
     seeds = []
     real = arena.pool.generate
 
-    def generate(requests, decoding):
+    def generate(requests, decoding, endpoints=None):
         seeds.append(decoding.seed)
-        return real(requests, decoding)
+        return real(requests, decoding, endpoints)
 
     monkeypatch.setattr(arena.pool, "generate", generate)
     first = _next(arena, wang, run_id)

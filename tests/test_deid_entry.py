@@ -114,9 +114,9 @@ def app(cfg, store, make_pool, monkeypatch):
     seen: list[list[dict]] = []
     real = pool.generate
 
-    def generate(requests, decoding):
+    def generate(requests, decoding, endpoints=None):
         seen.extend(r.messages for r in requests)
-        return real(requests, decoding)
+        return real(requests, decoding, endpoints)
 
     monkeypatch.setattr(pool, "generate", generate)
     return build_app(cfg, store=store, pool=pool), Arena(cfg, store, pool), seen

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sqlite3
 
+import psycopg
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -16,6 +17,8 @@ from preference_store.validation import PreferenceStoreError, UnknownCheckpointE
 from chimed import main as cli_main
 from training.config import StoreConfig
 from training.errors import UserError
+
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
 
 PROMPT = [{"role": "user", "content": "高血压患者日常生活中应注意什么？"}]
 ANSWERS = {
@@ -85,8 +88,8 @@ def test_unknown_checkpoint_is_refused_and_nothing_is_written(pref_store):
     ([{"role": "user", "content": "问" * 101}], ["a", "b"], "over the limit of 100"),
     ([{"role": "user", "content": "问题"}], ["a", "答" * 101], "answer B .* over the limit"),
 ])
-def test_bad_comparisons_are_refused_with_a_clear_message(chimed_home, messages, answers, match):
-    store = PreferenceStore(f"sqlite:///{chimed_home / 'p.db'}", StoreConfig(max_text_chars=100))
+def test_bad_comparisons_are_refused_with_a_clear_message(store_url, messages, answers, match):
+    store = PreferenceStore(store_url, StoreConfig(max_text_chars=100))
     store.register_checkpoints("r1", ["sft", "dpo"])
     me = store.demo_annotator()
     responses = [ResponseIn("r1/sft" if i % 2 == 0 else "r1/dpo", t) for i, t in enumerate(answers)]
@@ -205,15 +208,18 @@ def test_a_failure_half_way_through_a_judgment_writes_none_of_it(pref_store, mon
     assert pref_store.leaderboard(rounds=0).criteria == {}
 
 
-def test_a_locked_database_is_retried_and_not_reported(pref_store, monkeypatch):
+def test_a_locked_database_is_retried_and_not_reported(pref_store, store_backend, monkeypatch):
     cmp = compare(pref_store)
     calls = []
     real = judgments.expand_judgment_to_pairs
+    # what each backend says when a concurrent writer got in the way
+    busy = (sqlite3.OperationalError("database is locked") if store_backend == "sqlite" else
+            psycopg.errors.SerializationFailure("could not serialize access due to read/write dependencies"))
 
     def locked_twice(*args, **kwargs):
         calls.append(1)
         if len(calls) <= 2:
-            raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
+            raise OperationalError("INSERT ...", {}, busy)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(judgments, "expand_judgment_to_pairs", locked_twice)
@@ -225,7 +231,7 @@ def test_a_locked_database_is_retried_and_not_reported(pref_store, monkeypatch):
 # --- annotators ----------------------------------------------------------------------------------
 
 
-def test_annotator_login_with_argon2_hashed_password(pref_store, chimed_home):
+def test_annotator_login_with_argon2_hashed_password(pref_store):
     assert not pref_store.has_login_accounts()
     demo = pref_store.demo_annotator()
     assert demo.name == "demo" and not demo.can_login and pref_store.demo_annotator() == demo
@@ -237,8 +243,8 @@ def test_annotator_login_with_argon2_hashed_password(pref_store, chimed_home):
     assert pref_store.authenticate("dr_wang", "wrong") is None
     assert pref_store.authenticate("demo", "") is None
     assert pref_store.authenticate("nobody", "x") is None
-    stored = sqlite3.connect(chimed_home / "preferences.db").execute(
-        "SELECT password_hash FROM annotators WHERE name = 'dr_wang'").fetchone()[0]
+    with pref_store._engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT password_hash FROM annotators WHERE name = 'dr_wang'").scalar_one()
     assert stored.startswith("$argon2") and "correct horse" not in stored
     assert [a.name for a in pref_store.list_annotators()] == ["demo", "dr_wang"]
 
@@ -261,7 +267,7 @@ def test_annotator_names_are_unique(pref_store):
         pref_store.add_annotator("dr_li", "other")
 
 
-def test_add_annotator_command_reads_the_password_from_stdin(chimed_home, monkeypatch, capsys):
+def test_add_annotator_command_reads_the_password_from_stdin(store_url, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret pass\n"))
     assert cli_main(["add-annotator", "dr_zhao", "--role", "admin", "--profile", "tiny"]) == 0
     assert "added admin 'dr_zhao'" in capsys.readouterr().out
@@ -272,7 +278,7 @@ def test_add_annotator_command_reads_the_password_from_stdin(chimed_home, monkey
     assert cli_main(["add-annotator", "dr_sun", "--profile", "tiny"]) == 2
     assert "empty password" in capsys.readouterr().err
 
-    with PreferenceStore(f"sqlite:///{chimed_home / 'preferences.db'}") as store:
+    with PreferenceStore(store_url) as store:
         user = store.authenticate("dr_zhao", "s3cret pass")
         assert user is not None and user.is_admin
         assert [a.name for a in store.list_annotators()] == ["dr_zhao"]

@@ -12,6 +12,8 @@ from preference_store.repository import bank as bank_module
 from preference_store.validation import PreferenceStoreError
 from training.errors import UserError
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 FIXTURE = Path(__file__).parent / "fixtures" / "bank" / "clinical_prompts.jsonl"
 
 

@@ -12,6 +12,8 @@ from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore
 from training.config import StoreConfig
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 WRITERS, PER_WRITER = 32, 50
 
 
@@ -62,10 +64,7 @@ def test_32_writers_sharing_one_store_store_exactly_1600_judgments(pref_store):
     assert counts.pairs == 3 * WRITERS * PER_WRITER
 
 
-@pytest.mark.parametrize("busy_timeout_ms", [30000, 1])
-def test_32_writers_with_their_own_connections_store_exactly_1600_judgments(chimed_home, pref_store, busy_timeout_ms):
-    # one store per writer contends on SQLite's lock like separate processes; with a 1 ms busy
-    # timeout the lock errors come back from SQLite and only the store's retries absorb them
+def run_writers_on_own_stores(pref_store, busy_timeout_ms: int) -> None:
     me, comparisons = prepare(pref_store)
     stores = [PreferenceStore(pref_store.url, StoreConfig(busy_timeout_ms=busy_timeout_ms)) for _ in range(WRITERS)]
     try:
@@ -76,3 +75,47 @@ def test_32_writers_with_their_own_connections_store_exactly_1600_judgments(chim
     assert errors == []
     assert pref_store.count_judgments() == WRITERS * PER_WRITER
     assert pref_store.counts().pairs == 3 * WRITERS * PER_WRITER
+
+
+def test_32_writers_with_their_own_connections_store_exactly_1600_judgments(pref_store):
+    # one store per writer contends for the database like separate processes (SQLite's file lock,
+    # PostgreSQL's row locks)
+    run_writers_on_own_stores(pref_store, busy_timeout_ms=30000)
+
+
+@pytest.mark.sqlite_only
+def test_with_a_1_ms_busy_timeout_the_lock_errors_are_retried_away(pref_store):
+    # SQLite gives the lock errors back at once and only the store's retries absorb them
+    run_writers_on_own_stores(pref_store, busy_timeout_ms=1)
+
+
+def test_stores_opening_a_new_database_at_once_agree_on_its_annotator_and_checkpoints(empty_database_url):
+    # as app replicas starting together: each opens (and migrates) the database, registers the run and
+    # takes the demo annotator at the same moment; nobody sees an error and nothing is made twice
+    workers, stores, errors, seen = 8, [], [], []
+    start = threading.Barrier(workers)
+
+    def replica():
+        try:
+            store = PreferenceStore(empty_database_url)
+            stores.append(store)
+            start.wait()
+            checkpoints = store.register_checkpoints("r1", ["base", "cpt", "sft", "dpo"])
+            seen.append((store.demo_annotator().id, tuple(c.id for c in checkpoints)))
+        except Exception as err:  # noqa: BLE001 - any error reaching a replica fails the test
+            errors.append(err)
+            start.abort()
+
+    threads = [threading.Thread(target=replica) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert len(set(seen)) == 1 and len(seen) == workers
+        assert [a.name for a in stores[0].list_annotators()] == ["demo"]
+        assert len(stores[0].list_checkpoints()) == 4
+    finally:
+        for store in stores:
+            store.close()

@@ -18,6 +18,8 @@ from chimed import main as cli_main
 from training.config import load_config
 from training.errors import UserError
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.json").read_text(encoding="utf-8"))
 RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
 PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",

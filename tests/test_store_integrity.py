@@ -10,6 +10,8 @@ from preference_store.integrity import binomial_cdf, wilson_interval
 from preference_store.models import BankPromptRow
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 
 def add_bank_prompt(store, text, split="train"):
     """A bank prompt written straight into the store (the import itself is tested in test_store_bank.py)."""

@@ -19,13 +19,15 @@ from preference_store.repository import PreferenceStore
 from preference_store.validation import PreferenceStoreError
 from training.config import load_config
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 TABLES = {"store_meta", "annotators", "checkpoints", "conversations", "comparisons", "responses",
           "judgments", "criterion_scores", "pairs", "exports", "exported_pairs", "consumptions", "guidelines", "bank_prompts", "assignments",
-          "answer_ratings", "exported_ratings", "alembic_version"}
+          "answer_ratings", "exported_ratings", "api_tokens", "alembic_version"}
 
 
-def test_empty_database_migrates_to_head_and_matches_the_models(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'new' / 'p.db'}", 1000)
+def test_empty_database_migrates_to_head_and_matches_the_models(empty_database_url):
+    engine = make_engine(empty_database_url, 1000)
     assert current_revision(engine) is None
     migrate(engine)
     assert current_revision(engine) == head_revision()
@@ -33,10 +35,11 @@ def test_empty_database_migrates_to_head_and_matches_the_models(tmp_path):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
     assert diff == []  # a model change without a migration fails here
+    engine.dispose()
 
 
-def test_downgrade_to_empty_and_back(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'p.db'}", 1000)
+def test_downgrade_to_empty_and_back(empty_database_url):
+    engine = make_engine(empty_database_url, 1000)
     migrate(engine)
     cfg = alembic_config()
     with engine.begin() as conn:
@@ -45,8 +48,10 @@ def test_downgrade_to_empty_and_back(tmp_path):
     assert set(inspect(engine).get_table_names()) == {"alembic_version"}
     migrate(engine)
     assert set(inspect(engine).get_table_names()) == TABLES
+    engine.dispose()
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(pref_store, chimed_home):
     assert (chimed_home / "preferences.db").exists()
     with pref_store._engine.connect() as conn:
@@ -69,13 +74,12 @@ def test_reopening_keeps_the_data_and_the_database_url_comes_from_the_environmen
     assert rows == [(head_revision(),)]
 
 
-def test_several_openers_of_a_new_database_do_not_collide(tmp_path):
-    url = f"sqlite:///{tmp_path / 'p.db'}"
+def test_several_openers_of_a_new_database_do_not_collide(empty_database_url):
     errors, stores = [], []
 
     def open_store():
         try:
-            stores.append(PreferenceStore(url))
+            stores.append(PreferenceStore(empty_database_url))
         except Exception as err:  # noqa: BLE001 - the assertion shows it
             errors.append(err)
 
@@ -113,22 +117,22 @@ def test_a_database_from_a_newer_version_or_a_bad_path_gives_a_clear_error(tmp_p
         PreferenceStore("preferences.db")
 
 
-def test_upgrading_a_0002_database_copies_its_scores_onto_the_guideline_criteria(tmp_path):
+def test_upgrading_a_0002_database_copies_its_scores_onto_the_guideline_criteria(empty_database_url):
     # a store as the previous release left it: one judgment with fixed-column scores, one export
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = empty_database_url
     engine = make_engine(url, 1000)
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0002")
-    with sqlite3.connect(tmp_path / "old.db") as db:
-        db.executescript("""
+    with engine.begin() as db:
+        for statement in """
             INSERT INTO annotators (id, name, role, password_hash, created) VALUES (1, 'dr_wang', 'annotator', NULL, '2024-05-01 09:00:00');
             INSERT INTO checkpoints (id, run_id, stage, registered) VALUES ('r1/sft', 'r1', 'sft', '2024-05-01 09:00:00'),
                                                                           ('r1/dpo', 'r1', 'dpo', '2024-05-01 09:00:00');
             INSERT INTO conversations (id, annotator_id, created) VALUES ('conv', 1, '2024-05-01 09:00:00');
             INSERT INTO comparisons (id, conversation_id, annotator_id, messages, blind, created)
-                VALUES ('cmp', 'conv', 1, '[{"role": "user", "content": "头痛怎么办？"}]', 1, '2024-05-01 09:01:00');
+                VALUES ('cmp', 'conv', 1, '[{"role": "user", "content": "头痛怎么办？"}]', TRUE, '2024-05-01 09:01:00');
             INSERT INTO responses (id, comparison_id, panel, checkpoint_id, text, decoding, serving)
                 VALUES ('ra', 'cmp', 0, 'r1/sft', '多休息。', '{}', NULL), ('rb', 'cmp', 1, 'r1/dpo', '应就医。', '{}', '{"mode": "exact"}');
             INSERT INTO judgments (id, client_id, comparison_id, annotator_id, kind, choice, created)
@@ -138,7 +142,8 @@ def test_upgrading_a_0002_database_copies_its_scores_onto_the_guideline_criteria
             INSERT INTO pairs (id, judgment_id, comparison_id, chosen_response_id, rejected_response_id, created)
                 VALUES ('clin-1', 'j1', 'cmp', 'rb', 'ra', '2024-05-01 09:02:00');
             INSERT INTO exports (id, path, sha256, n_pairs, created) VALUES (1, '/tmp/p.jsonl', 'abc', 1, '2024-05-02 09:00:00');
-        """)
+        """.split(";")[:-1]:
+            db.exec_driver_sql(statement)
 
     with PreferenceStore(url) as store:  # opening it upgrades it to head
         assert current_revision(store._engine) == head_revision()
@@ -149,7 +154,8 @@ def test_upgrading_a_0002_database_copies_its_scores_onto_the_guideline_criteria
         assert store.get_comparison("cmp").bank_prompt_id is None
         board = store.leaderboard(rounds=0)
         assert board.criteria["r1/dpo"] == {"safety": 5.0, "correctness": 5.0}
-    with sqlite3.connect(tmp_path / "old.db") as db:
-        assert db.execute("SELECT kind FROM exports").fetchall() == [("pairs",)]
-        assert db.execute("SELECT count(*) FROM criterion_scores").fetchone() == (4,)  # the NULLs are not copied
-        assert "scores" not in {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with engine.connect() as db:
+        assert db.exec_driver_sql("SELECT kind FROM exports").all() == [("pairs",)]
+        assert db.exec_driver_sql("SELECT count(*) FROM criterion_scores").scalar() == 4  # the NULLs are not copied
+    assert "scores" not in inspect(engine).get_table_names()
+    engine.dispose()

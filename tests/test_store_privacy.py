@@ -8,6 +8,8 @@ import pytest
 from preference_store.records import ComparisonIn, JudgmentIn, RatingIn, ResponseIn
 from preference_store.validation import PreferenceStoreError
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 
 def compare(store, annotator, prompt="胃痛反复发作怎么办？", **kwargs):
     return store.record_comparison(ComparisonIn(annotator.id, [{"role": "user", "content": prompt}],

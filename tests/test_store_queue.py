@@ -19,6 +19,8 @@ from preference_store.repository import PreferenceStore, accounts
 from preference_store.validation import PreferenceStoreError
 from training.config import load_config
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 ANSWERS = [ResponseIn("r1/sft", "建议低盐饮食，规律监测血压。"), ResponseIn("r1/dpo", "应限制钠盐，戒烟限酒，遵医嘱服药。")]
 
 
@@ -29,14 +31,14 @@ def open_store(url: str, **settings) -> PreferenceStore:
 
 
 @pytest.fixture
-def make_store(chimed_home, monkeypatch):
+def make_store(store_url, chimed_home, monkeypatch):
     """``make_store(n_prompts, **store settings)``: a store with a bank of ``n_prompts`` prompts (and cheap
     password hashing: these tests make many accounts and are about queues, not logins)."""
     monkeypatch.setattr(accounts, "_hasher", PasswordHasher(time_cost=1, memory_cost=64, parallelism=1))
     stores = []
 
     def _make(n_prompts: int, **settings) -> PreferenceStore:
-        store = open_store(f"sqlite:///{chimed_home / 'preferences.db'}", **settings)
+        store = open_store(store_url, **settings)
         stores.append(store)
         bank = chimed_home / "bank.jsonl"
         bank.write_text("".join(f'{{"prompt": "第{i}题：头痛应该怎么办？"}}\n' for i in range(n_prompts)), encoding="utf-8")

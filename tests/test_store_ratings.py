@@ -16,6 +16,8 @@ from preference_store.ratings import (
 )
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 PROMPT = [{"role": "user", "content": "糖尿病患者饮食上要注意什么？"}]
 
 

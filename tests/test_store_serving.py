@@ -19,6 +19,8 @@ from preference_store.repository import PreferenceStore
 from preference_store.validation import PreferenceStoreError
 from training.config import load_config
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 PROMPT = [{"role": "user", "content": "糖尿病患者可以吃水果吗？"}]
 EXACT = {"mode": "exact", "device": "cpu", "dtype": "float32"}
 DELTA = {"mode": "delta", "bits": 8, "device": "cpu", "dtype": "float32"}

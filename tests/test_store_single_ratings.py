@@ -16,6 +16,8 @@ from preference_store.records import ComparisonIn, JudgmentIn, RatingIn, Respons
 from preference_store.validation import PreferenceStoreError
 from training.config import load_config
 
+pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
+
 PROMPT = [{"role": "user", "content": "孩子发烧39度，需要马上去医院吗？"}]
 ANSWERS = {"r1/sft": "先物理降温，观察精神状态。", "r1/dpo": "39度以上或精神差、抽搐时应及时就医，可按体重用退烧药。"}
 RECORD_KEYS = {"prompt", "completion", "label", "source", "rating_id", "split", "provenance"}

@@ -218,3 +218,32 @@ def test_a_stage_is_saved_once_after_its_last_step(tiny_cfg, tmp_path):
     next_token_trainer(cfg, cfg.cpt, paths, model, tokenizer, texts).train()
     # the checkpoint for resuming at step 2 is there; none after the last step (the stage saves its model)
     assert sorted(p.name for p in paths.work.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_packed_batches_train_as_transformers_collator_and_attention_mask_would(tiny_cfg):
+    """CPT's collator stacks the full blocks without padding or an attention mask: the same ids and labels as
+    transformers' language-modeling collator, the same loss and gradients, the same tokens counted."""
+    cfg, run_id = tiny_cfg
+    from transformers import DataCollatorForLanguageModeling
+
+    from training.stages.packing import BlockCollator, pack_into_blocks
+
+    model, tokenizer = load_stage(cfg.runs_dir / run_id, "base", device="cpu")
+    texts = [r["text"] for r in read_jsonl(cfg.data_dir / "cpt.jsonl")][:100]
+    blocks = [{"input_ids": ids} for ids in pack_into_blocks(texts, tokenizer, 64)["input_ids"][:6]]
+    blocks[0]["input_ids"][5] = tokenizer.pad_token_id  # a pad id in the text is not learned, as before
+    ours = BlockCollator(tokenizer.pad_token_id)(blocks)
+    theirs = DataCollatorForLanguageModeling(tokenizer, mlm=False)(blocks)
+    assert torch.equal(ours["input_ids"], theirs["input_ids"]) and torch.equal(ours["labels"], theirs["labels"])
+    assert int((ours["labels"] == -100).sum()) == 1 and set(ours) == {"input_ids", "labels"}
+
+    model.train()
+    results = []
+    for batch in (ours, dict(theirs)):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    _assert_close(results[0][0], results[1][0], "loss", RTOL)
+    for name, grad in results[0][1].items():
+        _assert_close(grad, results[1][1][name], f"gradient of {name}", RTOL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -313,6 +314,77 @@ LEAK_TERMS = ("Baichuan", "百川", "Qwen", "通义千问", "千问", "阿里云
               "Qilin-Med", "HuatuoGPT", "华佗GPT", "Zhongjing", "仲景", "DISC-MedLLM", "ChiMed")
 
 
+ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass
+class EndpointConfig:
+    """A contestant served by an OpenAI-compatible engine (vLLM, SGLang, TGI, a hospital's deployment, a
+    commercial API, ``./launch.sh serve``): its answers stream from ``base_url``'s chat completions
+    (``app/endpoints.py``). The engine applies the served model's own chat template; ``system_prompt``, when
+    given, goes first in every conversation."""
+
+    name: str = ""  # its checkpoint id is "endpoint:<name>": letters, digits, . _ - (a new name for a new model)
+    base_url: str = ""  # the API root, e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # the model name the engine serves (its /v1/models id)
+    # the name of an environment variable holding the API key, read at each request (never stored or shown);
+    # "" = the endpoint needs no key
+    api_key_env: str = ""
+    system_prompt: str = ""
+    max_concurrency: int = 4  # requests in flight to it at once; further panels wait for a slot
+    timeout_s: float = 120.0  # a whole answer must arrive within this time, else its panel fails
+
+
+def url_without_secrets(url: str) -> str:
+    """``url`` as it may be shown, logged and stored: without user:password@, query string or fragment."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(not a URL)"
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, host + (f":{port}" if port is not None else ""), parts.path, "", ""))
+
+
+def check_endpoints(endpoints: list, where: str) -> None:
+    """Each endpoint named once, with an http(s) URL, a model, a well-formed key variable and positive limits.
+    A URL is only ever repeated without its secrets (:func:`url_without_secrets`)."""
+    from urllib.parse import urlsplit
+
+    seen = set()
+    for i, e in enumerate(endpoints):
+        at = f"{where}[{i}]"
+        if not ENDPOINT_NAME.match(e.name):
+            raise UserError(f"config: {at}.name={e.name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                            "(it names the contestant: endpoint:<name>)")
+        if e.name in seen:
+            raise UserError(f"config: {at}.name={e.name!r} is used twice: give each endpoint its own name")
+        seen.add(e.name)
+        shown = url_without_secrets(e.base_url)
+        try:
+            url = urlsplit(e.base_url)
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError:
+            raise UserError(f"config: {at}.base_url is not a URL: write it as http://HOST:PORT/v1") from None
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise UserError(f"config: {at}.base_url={shown!r} must be an http(s) URL such as "
+                            "http://127.0.0.1:8000/v1")
+        if url.username is not None or url.password is not None or url.query or url.fragment:
+            raise UserError(f"config: {at}.base_url={shown!r} holds a user, password or query string: give the "
+                            "API root alone, and put a key in an environment variable named in api_key_env")
+        if not e.model.strip():
+            raise UserError(f"config: {at}.model is missing: the model name the endpoint serves (its /v1/models id)")
+        if e.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", e.api_key_env):
+            # (its value is not repeated: it may be the key itself, pasted by mistake)
+            raise UserError(f"config: {at}.api_key_env must be the NAME of an environment variable holding the key "
+                            "(e.g. HOSPITAL_API_KEY), never the key itself")
+        if e.max_concurrency < 1 or not e.timeout_s > 0:
+            raise UserError(f"config: {at}: max_concurrency must be at least 1 and timeout_s above 0")
+
+
 @dataclass
 class AppConfig:
     """The arena app (``app/``): server, limits, serving and the default decoding."""
@@ -340,6 +412,8 @@ class AppConfig:
     # names an answer must not give away (blind judging): an answer naming one of them, or a contestant's
     # run or checkpoint id, is flagged when it is generated, and the flag is stored with it
     leak_terms: list[str] = field(default_factory=lambda: list(LEAK_TERMS))
+    # contestants served by OpenAI-compatible engines, listed beside the runs' stages (README "Endpoint contestants")
+    endpoints: list[EndpointConfig] = field(default_factory=list, metadata={"check": check_endpoints})
 
 
 @dataclass

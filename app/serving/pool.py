@@ -23,7 +23,10 @@ of one after the other. Each root has a lock held while adapters are attached an
 generates: requests from several browser sessions are safe and queue per root. Every answer samples
 with its own seeded generator, so it depends on its seed only, not on the other panels or processes.
 
-The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow.
+The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow. An
+endpoint contestant (a model served by an OpenAI-compatible engine, ``app.endpoints``) is answered in the same
+:class:`Generation`, by a thread of its own that streams from the engine (:mod:`app.endpoints`, which builds
+on this module: the arena passes its endpoint clients in).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Answer:
     # how the model answering it is held: {"mode": "exact"} or {"mode": "delta", "bits": 8}, with "device"
     # and "dtype"; set once its model is ready
     serving: dict | None = None
+    prompt_tokens: int | None = None  # the prompt's tokens as the model saw them (oldest turns cut to fit)
 
 
 @dataclass
@@ -316,6 +320,9 @@ class ModelPool:
         """Load the models and adapters of these contestants now; returns an error line or None for each."""
         errors = []
         for contestant in contestants:
+            if contestant.endpoint is not None:  # nothing to load: its engine holds the model
+                errors.append(None)
+                continue
             try:
                 root, chain = self._root_for(contestant)
                 with root.lock:
@@ -327,15 +334,22 @@ class ModelPool:
         return errors
 
     # --- generation ----------------------------------------------------------------------------
-    def generate(self, requests: list[PanelRequest], decoding: Decoding) -> Generation:
+    def generate(self, requests: list[PanelRequest], decoding: Decoding, endpoints=None) -> Generation:
         """Start answering every request; returns at once with a :class:`Generation` to read from.
 
         Requests on the same full model are batched together; different full models run in parallel.
         A failure (a checkpoint that does not load, a generation error) ends only its own panel.
+        ``endpoints`` (:class:`app.endpoints.EndpointClients`, the arena's) answers the endpoint contestants.
         """
         generation = Generation([r.contestant.checkpoint_id for r in requests], decoding)
         groups: dict[tuple, tuple[_Root, list[tuple[int, PanelRequest, list[dict]]]]] = {}
         for panel, request in enumerate(requests):
+            if request.contestant.endpoint is not None:  # an engine answers it, in a thread of its own
+                if endpoints is None:
+                    generation.fail(panel, "an endpoint contestant needs the arena's endpoint clients (app.endpoints)")
+                else:
+                    endpoints.start(request.contestant.endpoint, request.messages, generation, panel)
+                continue
             try:
                 root, chain = self._root_for(request.contestant)
             except Exception as err:  # noqa: BLE001 - a broken checkpoint fails its panel only
@@ -355,9 +369,9 @@ class ModelPool:
                 try:
                     prepared = self._prepare(root, chain, request.contestant)
                     limit = self._prompt_limit(root.worker.context, generation.decoding.max_new_tokens)
-                    ready.append((panel, prepared,
-                                  self._encode(prepared.tokenizer, request.messages, limit, prepared.chat)))
-                    generation.update(panel, serving=self._serving_record(root))
+                    ids = self._encode(prepared.tokenizer, request.messages, limit, prepared.chat)
+                    ready.append((panel, prepared, ids))
+                    generation.update(panel, serving=self._serving_record(root), prompt_tokens=len(ids))
                 except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
                     generation.fail(panel, err)
             if not ready:

@@ -2,7 +2,9 @@
 
 Reads get a plain session; each write is one transaction that takes SQLite's write lock first
 (``BEGIN IMMEDIATE``) and is retried as a whole while the database is busy, so no caller sees
-"database is locked".
+"database is locked". Other databases run writes concurrently (PostgreSQL: READ COMMITTED), so a write
+that checked a unique key was free ("no demo annotator yet: add it") may find another writer inserted it
+meanwhile: it is run once more, and then sees that row.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from preference_store.validation import PreferenceStoreError
 from training.config import StoreConfig
 
 T = TypeVar("T")
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE
 
 
 def new_id() -> str:
@@ -67,6 +70,7 @@ class StoreSessions:
             self._engine.execution_options(**{IMMEDIATE: True}) if sqlite else self._engine,
             expire_on_commit=False,
         )
+        self._sqlite = sqlite
         # SQLite takes one writer at a time anyway: queueing this process's writers on a lock spares
         # them the busy-wait sleeps; other processes are handled by the busy timeout and retries.
         self._write_lock = threading.Lock() if sqlite else contextlib.nullcontext()
@@ -99,6 +103,12 @@ class StoreSessions:
             with self._write_lock, self._write_sessions() as session, session.begin():
                 return work(session)
 
+        try:
+            return retry_while_busy(attempt)
+        except IntegrityError as err:
+            if self._sqlite or getattr(err.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                raise
+        # another transaction inserted the key between work's check and its insert: now work sees it
         return retry_while_busy(attempt)
 
     def _write_once(self, work: Callable[[Session], T], stored: Callable[[Session], T | None]) -> T:

@@ -86,11 +86,22 @@ def _prune(cache_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def causal_lm_collator(tokenizer):
-    """Labels = input ids (the model shifts them); blocks are full, so nothing is padded."""
-    from transformers import DataCollatorForLanguageModeling
+class BlockCollator:
+    """A batch of packed blocks: their ids stacked, and the same ids as labels (the model shifts them), the pad
+    id masked out of the loss as transformers' language-modeling collator does. Blocks are full, so there is
+    nothing to pad and no attention mask to build: causal attention over the whole block."""
 
-    return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    def __init__(self, pad_token_id: int | None):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict:
+        import torch
+
+        input_ids = torch.tensor([example["input_ids"] for example in examples], dtype=torch.long)
+        labels = input_ids.clone()
+        if self.pad_token_id is not None:
+            labels[labels == self.pad_token_id] = -100
+        return {"input_ids": input_ids, "labels": labels}
 
 
 def next_token_trainer(cfg: Config, section: ModelConfig | CptConfig, paths: StagePaths, model, tokenizer,
@@ -103,7 +114,7 @@ def next_token_trainer(cfg: Config, section: ModelConfig | CptConfig, paths: Sta
         model=model,
         args=training_arguments(cfg, section, paths),
         train_dataset=cached_blocks(texts, tokenizer, section.block_size, cfg.blocks_cache_dir),
-        data_collator=causal_lm_collator(tokenizer),
+        data_collator=BlockCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=stage_callbacks(cfg, paths),
     )

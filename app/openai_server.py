@@ -1,0 +1,559 @@
+"""A run as an OpenAI-compatible server: ``./launch.sh serve --run ID [--host HOST --port PORT]``.
+
+Every stage of the run is a model named by its checkpoint id (``"<run_id>/<stage>"``, as in the arena),
+behind ``GET /v1/models`` and ``POST /v1/chat/completions`` (streamed as server-sent events or not), so
+any OpenAI client (the ``openai`` library, lm-eval's ``local-chat-completions``, OpenCompass, curl) can
+evaluate the run's checkpoints:
+
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="TOKEN or anything without accounts")
+    client.chat.completions.create(model="RUN/sft", messages=[{"role": "user", "content": "..."}], seed=1)
+
+Answers come from the arena's model pool (:class:`~app.serving.pool.ModelPool`) with the arena's prompt
+(each chat stage's template, base and cpt the plain 问：/答： text) and decoding: ``max_tokens``,
+``temperature``, ``top_p`` and ``seed`` map onto :class:`~app.serving.sampling.Decoding`, ``app.decoding``
+fills what a request leaves out and bounds what it asks, so a request and an arena panel with the same
+settings and seed get the same answer. ``stop`` sequences are honoured (the answer ends before the first
+one). What the pool cannot do (``n`` > 1, tools, logprobs, penalties, JSON mode) is refused, never ignored.
+
+The arena's rules hold here too:
+
+- every response carries the research-only notice in headers (values must be ASCII): ``X-ChiMed-Notice``
+  is the English notice as is, ``X-ChiMed-Notice-Zh`` the Chinese one percent-encoded (UTF-8);
+- with annotator accounts in the store every request needs ``Authorization: Bearer TOKEN`` (one token per
+  annotator: ``./launch.sh serve-token NAME``); without accounts it runs as the local "demo" annotator.
+  Each answer is logged with its annotator; nothing is stored (this server records no comparisons or
+  judgments);
+- user messages are held to ``app.max_prompt_chars`` and the user and system messages are screened for
+  patient identifiers (:mod:`app.identifiers`): with any found nothing is sent, unless the request asks
+  for the redacted text (``"redact": true`` in the body, the arena's "redact and send").
+
+Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request,
+401 without a valid token, 404 for an unknown model, 500 when the model fails (in a stream that has
+started: an ``error`` event, then ``[DONE]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import quote
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from app.arena import Arena, resolve_decoding
+from app.auth import ADD_ACCOUNT_HINT
+from app.contestants import Contestant, completed_runs, resolve_contestants, run_checkpoints
+from app.identifiers import IdentifiersFound, as_sent, warm_up
+from app.notice import NOTICE_EN, NOTICE_ZH
+from app.serving.pool import Answer, Generation, ModelPool, PanelRequest
+from app.serving.sampling import Decoding
+from preference_store.records import Annotator
+from preference_store.repository import PreferenceStore
+from training.config import Config
+from training.errors import UserError
+
+NOTICE_HEADERS = {"X-ChiMed-Notice": NOTICE_EN, "X-ChiMed-Notice-Zh": quote(NOTICE_ZH)}
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+MAX_STOP_SEQUENCES = 4  # as OpenAI's API
+# request fields this server honours (``redact`` is its own: send the redacted text), and fields that
+# carry no instruction about the answer (accepted, not used)
+HONOURED = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+            "top_p", "seed", "stop", "redact"}
+NOT_INSTRUCTIONS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier",
+                    "prompt_cache_key"}
+# OpenAI's fields the pool cannot honour, with the values that ask for nothing (anything else is refused)
+DEFAULT_ONLY = {"n": (1,), "frequency_penalty": (0,), "presence_penalty": (0,), "logprobs": (False,),
+                "top_logprobs": (0,), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),
+                "function_call": ("none", "auto"), "logit_bias": ({},), "response_format": ({"type": "text"},),
+                "modalities": (["text"],), "audio": (), "prediction": (), "reasoning_effort": (),
+                "web_search_options": ()}
+DECODING_FIELDS = {"max_tokens": "max_new_tokens", "max_completion_tokens": "max_new_tokens",
+                   "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
+
+
+class ApiError(Exception):
+    """A request refused with an HTTP status and OpenAI's error object."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 kind: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.kind = kind or {401: "authentication_error", 404: "invalid_request_error"}.get(
+            status, "server_error" if status >= 500 else "invalid_request_error")
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    headers = dict(NOTICE_HEADERS)
+    if err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+class NoticeHeaders:
+    """ASGI middleware: the research-only notice headers on every HTTP response (streams included)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in NOTICE_HEADERS.items()]
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_notice(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                message = message | {"headers": headers + [h for h in self.raw if h[0] not in present]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_notice)
+
+
+# --- the request ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked chat completion request: what the pool answers and how the answer is returned."""
+
+    contestant: Contestant
+    messages: list[dict]
+    decoding: Decoding
+    stream: bool
+    include_usage: bool
+    stop: tuple[str, ...]
+
+
+def parse_chat_request(arena: Arena, run_id: str, body: dict) -> ChatRequest:
+    """``body`` checked against what this server can honour (:class:`ApiError` 400/404 otherwise), its
+    messages held to the arena's limits and screened, its decoding resolved with ``app.decoding``."""
+    cfg = arena.cfg
+    for name, value in body.items():
+        if name in HONOURED or name in NOT_INSTRUCTIONS or value is None:
+            continue
+        if name in DEFAULT_ONLY:
+            if value not in DEFAULT_ONLY[name]:
+                raise ApiError(400, f"{name}={json.dumps(value, ensure_ascii=False)[:80]} is not supported by this "
+                               "server (one answer per request, plain text, sampled with temperature/top_p/seed "
+                               "only): leave it out", param=name, code="unsupported_parameter")
+            continue
+        raise ApiError(400, f"unrecognized request argument supplied: {name}", param=name,
+                       code="unrecognized_argument")
+    contestant = _contestant(cfg, run_id, body.get("model"))
+    messages = _messages(arena, body.get("messages"), _flag(body, "redact"))
+    stream = _flag(body, "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or (options and not stream):
+        raise ApiError(400, "stream_options is an object, and only for stream=true", param="stream_options")
+    return ChatRequest(contestant, messages, _decoding(cfg, body), stream, bool(options.get("include_usage")),
+                       _stop(body.get("stop")))
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise ApiError(400, f"{name} must be true or false", param=name)
+    return bool(value)
+
+
+def _contestant(cfg: Config, run_id: str, model) -> Contestant:
+    served = run_checkpoints(cfg, run_id)
+    if not isinstance(model, str) or model not in served:
+        raise ApiError(404, f"the model {model!r} does not exist here: this server serves run {run_id!r}, "
+                       f"models {', '.join(served) or 'none (the run is gone)'}", param="model",
+                       code="model_not_found")
+    return resolve_contestants(cfg, [model])[0]
+
+
+def _messages(arena: Arena, messages, redact: bool) -> list[dict]:
+    """The conversation as the arena sends it to the pool: user messages checked like a typed prompt
+    (not empty, at most ``app.max_prompt_chars``, stripped), user and system messages screened for identifiers."""
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content} ending with a user message",
+                       param="messages")
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
+            role = message.get("role") if isinstance(message, dict) else None
+            raise ApiError(400, f"{where}.role {role!r} is not supported: use system, user or assistant "
+                           "(this server has no tools)", param=f"{where}.role")
+        role, content = ROLES[message["role"]], _text(message.get("content"), f"{where}.content")
+        if role == "user":
+            try:
+                content = arena.check_prompt(content)
+            except UserError as err:
+                raise ApiError(400, f"{where}: {err}", param=f"{where}.content",
+                               code="prompt_too_long" if content.strip() else "empty_prompt") from None
+        out.append({"role": role, "content": content})
+    if out[-1]["role"] != "user":
+        raise ApiError(400, f"the last message is from {out[-1]['role']!r}: the conversation must end with the "
+                       "user's message (the one to answer)", param=f"messages[{len(out) - 1}].role")
+    typed = {str(i): m["content"] for i, m in enumerate(out) if m["role"] in ("user", "system")}
+    try:
+        sent, _ = as_sent(redact, **typed)
+    except IdentifiersFound as err:
+        raise ApiError(400, f"{err}", param="messages", code="identifiers_found") from None
+    return [m | {"content": sent[str(i)]} if str(i) in sent else m for i, m in enumerate(out)]
+
+
+def _text(content, where: str) -> str:
+    """A message's text: a string, or OpenAI's list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise ApiError(400, f"{where} must be text (a string or a list of text parts): the models read text only",
+                   param=where)
+
+
+def _decoding(cfg: Config, body: dict) -> Decoding:
+    given = {}
+    for name, setting in DECODING_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ApiError(400, f"{name} must be a number, got {value!r}", param=name)
+        if setting in given and given[setting][1] != value:
+            raise ApiError(400, "max_tokens and max_completion_tokens differ: give one", param=name)
+        given[setting] = (name, value)
+    settings = {setting: value for setting, (_, value) in given.items()}
+    try:
+        return resolve_decoding(cfg.app.decoding, **settings)
+    except UserError as err:  # name the field at fault
+        for setting, (name, value) in given.items():
+            try:
+                resolve_decoding(cfg.app.decoding, **{setting: value})
+            except UserError:
+                raise ApiError(400, str(err) if str(err).startswith(name) else f"{name}: {err}", param=name) from None
+        raise ApiError(400, str(err)) from None
+
+
+def _stop(stop) -> tuple[str, ...]:
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is None:
+        return ()
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) \
+            or len(stops) > MAX_STOP_SEQUENCES:
+        raise ApiError(400, f"stop must be a non-empty string or a list of up to {MAX_STOP_SEQUENCES} of them",
+                       param="stop")
+    return tuple(stops)
+
+
+# --- the answer ------------------------------------------------------------------------------------------
+
+
+class AnswerText:
+    """What the client is given of a growing answer: the text cut before the first stop sequence, and, while
+    it grows, only the part that can no longer change (streamed pieces then add up to the final text).
+
+    The pool's text of a plain stage (base, cpt) is cut where the model runs on into an invented next turn
+    (a line starting 问： or 答：): its last line is held back until the next one starts. A tail that could be
+    the start of a stop sequence is held back too."""
+
+    def __init__(self, chat: bool, stop: tuple[str, ...]) -> None:
+        self.chat, self.stop = chat, stop
+        self.text = ""  # what the client has been given
+        self.stopped = False  # a stop sequence was reached: the answer is complete
+
+    def advance(self, text: str, done: bool) -> str:
+        """The new piece for the client, given the pool's text so far."""
+        if self.stopped:
+            return ""
+        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if cuts:
+            text, self.stopped = text[:min(cuts)], True
+        elif not done:
+            text = self._settled(text)
+        if not text.startswith(self.text):  # (the held-back parts are what the pool can still change)
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
+
+    def _settled(self, text: str) -> str:
+        if not text.strip():  # an answer of blanks only is returned as ""
+            return ""
+        if not self.chat:
+            text = text[:text.rfind("\n")] if "\n" in text else ""
+        held = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        return text[:len(text) - held]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One step of an answer for the client: new text, the end (with the final answer), or the failure."""
+
+    text: str = ""
+    end: Answer | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+async def answer_snapshots(generation: Generation) -> AsyncIterator[Answer]:
+    """The request's answer each time it changes, without blocking the event loop: a thread follows the
+    generation (:meth:`Generation.stream` blocks) and hands the newest snapshot over."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def follow() -> None:
+        try:
+            for answers in generation.stream():
+                loop.call_soon_threadsafe(queue.put_nowait, answers[0])
+        except RuntimeError:  # the event loop is closed: the server is stopping
+            generation.cancel()
+
+    threading.Thread(target=follow, daemon=True, name="serve:follow").start()
+    while True:
+        answer = await queue.get()
+        while not queue.empty():  # only the newest counts
+            answer = queue.get_nowait()
+        yield answer
+        if answer.done:
+            return
+
+
+async def answer_pieces(generation: Generation, shaper: AnswerText, max_new_tokens: int) -> AsyncIterator[Piece]:
+    """The answer as pieces for the client; a stop sequence ends the generation early. The generation is
+    cancelled when the client goes away."""
+    try:
+        async for answer in answer_snapshots(generation):
+            if answer.error is not None:
+                yield Piece(error=answer.error)
+                return
+            piece = shaper.advance(answer.text, answer.done)
+            if shaper.stopped and not answer.done:
+                generation.cancel()  # the rest would be cut off anyway
+            if piece:
+                yield Piece(text=piece)
+            if answer.done:
+                limited = not shaper.stopped and answer.n_tokens >= max_new_tokens
+                yield Piece(end=answer, finish_reason="length" if limited else "stop")
+                return
+    finally:
+        if not generation.done:
+            generation.cancel()
+
+
+# --- the server ------------------------------------------------------------------------------------------
+
+
+def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPool) -> FastAPI:
+    """The FastAPI app serving run ``run_id``'s stages from ``pool``; callers are checked against ``store``."""
+    app = FastAPI(title="ChiMed Arena · OpenAI-compatible server", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(NoticeHeaders)
+    arena = Arena(cfg, store, pool)  # its checks of a prompt; nothing is recorded
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return error_response(err)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        return error_response(ApiError(err.status_code, f"{request.method} {request.url.path}: {err.detail}",
+                                       code="not_found" if err.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        return error_response(ApiError(500, f"internal error: {err.__class__.__name__}: {err}"))
+
+    def who(authorization: str | None) -> Annotator:
+        """The caller: the annotator whose token this is; the demo annotator when the store has no accounts."""
+        if not store.has_login_accounts():
+            return store.demo_annotator()
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "this server has annotator accounts: send your token as 'Authorization: Bearer "
+                           "TOKEN' (the API key of an OpenAI client); an admin makes one with "
+                           "./launch.sh serve-token NAME", code="missing_api_key")
+        annotator = store.annotator_for_token(token.strip())
+        if annotator is None:
+            raise ApiError(401, "this token is not valid here (unknown, or its account cannot log in): ask for "
+                           "a new one (./launch.sh serve-token NAME)", code="invalid_api_key")
+        return annotator
+
+    async def caller(request: Request) -> Annotator:
+        return await run_in_threadpool(who, request.headers.get("authorization"))
+
+    def model_list() -> list[dict]:
+        created = {run.run_id: _epoch(run.created) for run in completed_runs(cfg)}
+        return [{"id": cid, "object": "model", "created": created.get(run_id, 0), "owned_by": "chimed"}
+                for cid in run_checkpoints(cfg, run_id)]
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        await caller(request)
+        return {"object": "list", "data": await run_in_threadpool(model_list)}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str, request: Request) -> dict:
+        await caller(request)
+        for entry in await run_in_threadpool(model_list):
+            if entry["id"] == model:
+                return entry
+        raise ApiError(404, f"the model {model!r} does not exist here (run {run_id!r})", param="model",
+                       code="model_not_found")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        annotator = await caller(request)
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object (a chat completion request)")
+        chat = await run_in_threadpool(parse_chat_request, arena, run_id, body)
+        generation = await run_in_threadpool(pool.generate, [PanelRequest(chat.contestant, chat.messages)],
+                                             chat.decoding)
+        shaper = AnswerText(chat.contestant.stage in cfg.eval.chat_stages, chat.stop)
+        pieces = answer_pieces(generation, shaper, chat.decoding.max_new_tokens)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+                "model": chat.contestant.checkpoint_id}
+        headers = {"X-ChiMed-Seed": str(chat.decoding.seed)}
+        first = await anext(pieces)  # a model that fails before its first word is an HTTP error
+        if first.error is not None:
+            raise ApiError(500, f"{chat.contestant.checkpoint_id} failed: {first.error}", code="model_error")
+        log = _log_line(annotator, chat, time.perf_counter())
+        if chat.stream:
+            return StreamingResponse(_events(head, first, pieces, chat.include_usage, log),
+                                     media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"})
+        text, piece = first.text, first
+        while piece.end is None and piece.error is None:
+            piece = await anext(pieces)
+            text += piece.text
+        if piece.error is not None:
+            raise ApiError(500, f"{chat.contestant.checkpoint_id} failed: {piece.error}", code="model_error")
+        log(piece)
+        return JSONResponse(head | {
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": piece.finish_reason}],
+            "usage": _usage(piece.end)}, headers=headers)
+
+    return app
+
+
+async def _events(head: dict, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool, log):
+    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
+
+    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return _sse(head | {"object": "chat.completion.chunk", "choices": [choice]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    piece = first
+    while True:
+        if piece.error is not None:
+            yield _sse(ApiError(500, f"{head['model']} failed: {piece.error}", code="model_error").body())
+            break
+        if piece.text:
+            yield chunk({"content": piece.text})
+        if piece.end is not None:
+            yield chunk({}, piece.finish_reason)
+            if include_usage:
+                yield _sse(head | {"object": "chat.completion.chunk", "choices": [], "usage": _usage(piece.end)})
+            log(piece)
+            break
+        piece = await anext(pieces)
+    yield "data: [DONE]\n\n"
+
+
+def _sse(data: dict) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _usage(answer: Answer) -> dict:
+    prompt = answer.prompt_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": answer.n_tokens, "total_tokens": prompt + answer.n_tokens}
+
+
+def _log_line(annotator: Annotator, chat: ChatRequest, started: float):
+    """Who asked which model what it cost, printed when the answer is complete (the text is not logged)."""
+
+    def log(piece: Piece) -> None:
+        answer = piece.end
+        print(f"serve: {annotator.name} · {chat.contestant.checkpoint_id} · seed {chat.decoding.seed} · "
+              f"{answer.prompt_tokens or 0} prompt + {answer.n_tokens} completion tokens · "
+              f"{answer.latency_s or time.perf_counter() - started:.2f} s · {piece.finish_reason}", flush=True)
+
+    return log
+
+
+def _epoch(created: str) -> int:
+    try:
+        return int(datetime.fromisoformat(created).timestamp())
+    except (TypeError, ValueError):
+        return 0
+
+
+# --- the command -----------------------------------------------------------------------------------------
+
+READY = re.compile(r"serving (\d+) models at (http://\S+/v1)")  # the line printed once the server listens
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server that calls ``on_ready(url)`` once its socket is bound (the real port when asked for 0)."""
+
+    def __init__(self, config: uvicorn.Config, on_ready) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1] if self.servers else self.config.port
+            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+            self.on_ready(f"http://{host}:{port}/v1")
+
+
+def serve_run(cfg: Config, run_id: str, host: str, port: int) -> None:
+    """Serve run ``run_id``'s stages on ``host:port`` until interrupted."""
+    models = run_checkpoints(cfg, run_id)
+    if not models:
+        known = [run.run_id for run in completed_runs(cfg)]
+        raise UserError(f"no completed run {run_id!r} under {cfg.runs_dir}: choose one of "
+                        f"{', '.join(known[:8]) or 'none yet (train one with ./launch.sh train-all)'}")
+    store = PreferenceStore.from_config(cfg)
+    pool = ModelPool(cfg)
+
+    def on_ready(url: str) -> None:
+        print(f"serving {len(models)} models at {url}", flush=True)
+        if cfg.app.preload_newest_run:  # the run's models load now, before the first request asks for them
+            threading.Thread(target=pool.preload, args=(resolve_contestants(cfg, models),), daemon=True,
+                             name="preload").start()
+
+    try:
+        accounts = "a bearer token per annotator" if store.has_login_accounts() else \
+            f"no token (no annotator accounts: requests are the demo annotator's; {ADD_ACCOUNT_HINT})"
+        print(f"run {run_id}: {', '.join(models)}; login: {accounts}", flush=True)
+        threading.Thread(target=warm_up, daemon=True, name="deid-warm-up").start()
+        server = _Server(uvicorn.Config(build_server(cfg, run_id, store, pool), host=host, port=port,
+                                        timeout_graceful_shutdown=5), on_ready)
+        try:
+            server.run()
+        except SystemExit:
+            if server.started:
+                raise
+            raise UserError(f"cannot listen on {host}:{port} (taken by another server, or not an address of this "
+                            "machine): choose another --port or --host") from None
+    finally:
+        pool.close()
+        store.close()

@@ -1,0 +1,52 @@
+"""Bearer tokens for the OpenAI-compatible server (``./launch.sh serve-token NAME``): each one an annotator
+account's, made at random, shown once and kept only as its sha256 (a random 256-bit token needs no slow
+password hash: nothing can be guessed from its digest, and checking one stays a single indexed read)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from preference_store.models import AnnotatorRow, ApiTokenRow
+from preference_store.records import Annotator
+from preference_store.repository.accounts import _by_name, annotator_record
+from preference_store.repository.sessions import StoreSessions
+from preference_store.validation import PreferenceStoreError
+
+TOKEN_PREFIX = "chimed-"  # says what a token is for when it turns up in a shell history or a config file
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class ApiTokens(StoreSessions):
+    """Tokens that let a program act as an annotator on the OpenAI-compatible server."""
+
+    def create_api_token(self, name: str) -> str:
+        """A new token for the login account ``name`` (returned once; only its digest is stored)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+        def work(session: Session) -> None:
+            row = _by_name(session, name)
+            if row is None or row.password_hash is None:
+                raise PreferenceStoreError(
+                    f"no annotator account {name!r}: create it first (./launch.sh add-annotator {name})")
+            session.add(ApiTokenRow(annotator_id=row.id, token_sha256=token_digest(token)))
+
+        self._write(work)
+        return token
+
+    def annotator_for_token(self, token: str) -> Annotator | None:
+        """The annotator whose token this is, while their account can log in; else None."""
+        if not isinstance(token, str) or not token:
+            return None
+        with self._read() as session:
+            row = session.scalar(select(AnnotatorRow).join(ApiTokenRow, ApiTokenRow.annotator_id == AnnotatorRow.id)
+                                 .where(ApiTokenRow.token_sha256 == token_digest(token)))
+        if row is None or row.password_hash is None:
+            return None
+        return annotator_record(row)
