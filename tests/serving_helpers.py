@@ -1,11 +1,23 @@
-"""Looks into a running model pool that only the tests need: its processes and a contestant's logits."""
+"""What only the tests need around serving: a running model pool's processes and a contestant's logits, and a
+``python -m chimed serve`` process to talk to."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
 import torch
 
 from app.contestants import Contestant
+from app.openai_server import READY
 from app.serving.pool import ModelPool
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def worker_pids(pool: ModelPool) -> list[int]:
@@ -20,3 +32,29 @@ def next_token_logits(pool: ModelPool, contestant: Contestant, messages: list[di
         prepared = pool._prepare(root, chain, contestant)
         ids = pool._encode(prepared.tokenizer, messages, limit=None)
         return root.worker.request("logits", prepared.adapters, ids)
+
+
+@contextmanager
+def chimed_serve(home: Path, run_id: str, log_path: Path, *overrides: str, timeout_s: float = 180):
+    """``python -m chimed serve --profile tiny --run RUN --port 0 [section.key=value ...]`` in ``home``; yields
+    its base URL (from the line it prints once it listens) and stops it afterwards."""
+    env = dict(os.environ, CHIMED_HOME=str(home))
+    env.pop("CHIMED_DATABASE_URL", None)
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "chimed", "serve", "--profile", "tiny", "--run", run_id,
+                                 "--port", "0", *overrides], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not (ready := READY.search(log_path.read_text(encoding="utf-8", errors="replace"))):
+                if proc.poll() is not None:
+                    pytest.fail(f"serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"serve did not listen within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.2)
+            yield ready.group(2)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()

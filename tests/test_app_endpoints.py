@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +23,7 @@ from app.leaderboard_tab import run_choices
 from app.serving.pool import PanelRequest
 from preference_store.export import export_pairs
 from preference_store.repository import PreferenceStore
+from tests.serving_helpers import chimed_serve
 from training.config import load_config
 from training.errors import UserError
 
@@ -377,27 +374,8 @@ def test_an_endpoint_contestant_is_blind_judged_and_stored_with_its_provenance(a
 def serve_run(app_home, tmp_path):
     """``python -m chimed serve`` of the tiny run on a free port: (base URL, run id); stopped at the end."""
     home, run_id = app_home
-    log_path = tmp_path / "serve.log"
-    env = dict(os.environ, CHIMED_HOME=str(home))
-    env.pop("CHIMED_DATABASE_URL", None)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chimed", "serve", "--profile", "tiny", "--run", run_id,
-                                 "--host", "127.0.0.1", "--port", "0"],
-                                cwd=Path(__file__).resolve().parents[1], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 240
-        ready = re.compile(r"serving \d+ models at (http://\S+/v1)")
-        while not (found := ready.search(log_path.read_text(encoding="utf-8", errors="replace"))):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"chimed serve did not come up:\n{log_path.read_text(encoding='utf-8')[-3000:]}")
-            time.sleep(0.5)
-        yield found.group(1), run_id
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with chimed_serve(home, run_id, tmp_path / "serve.log", timeout_s=240) as url:
+        yield url, run_id
 
 
 def test_the_arena_compares_a_runs_stage_with_the_same_stage_served_by_chimed_serve(serve_run, make_pool):

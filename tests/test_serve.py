@@ -5,15 +5,10 @@ a second one for the login rules), its answers against the model pool's in this 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import sqlite3
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -28,42 +23,16 @@ from app.arena import resolve_decoding
 from chimed import main as chimed_main
 from app.contestants import resolve_contestants
 from app.notice import NOTICE_EN, NOTICE_ZH
-from app.openai_server import READY, build_server
+from app.openai_server import build_server
 from app.serving.pool import ModelPool, PanelRequest
 from preference_store.models import ApiTokenRow
 from preference_store.repository import PreferenceStore
 from preference_store.validation import PreferenceStoreError
+from tests.serving_helpers import chimed_serve
 from training.config import load_config
 
-REPO = Path(__file__).resolve().parents[1]
 QUESTION = "高血压患者饮食上要注意什么？"
 ERROR_KEYS = {"message", "type", "param", "code"}
-
-
-@contextmanager
-def serving(home: Path, run_id: str, log_path: Path, *overrides: str, timeout_s: float = 180):
-    """``python -m chimed serve --profile tiny --run RUN --port 0 [section.key=value ...]`` in ``home``; yields
-    its base URL (from the line it prints once it listens) and stops it afterwards."""
-    env = dict(os.environ, CHIMED_HOME=str(home))
-    env.pop("CHIMED_DATABASE_URL", None)
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chimed", "serve", "--profile", "tiny", "--run", run_id,
-                                 "--port", "0", *overrides], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not (ready := READY.search(log_path.read_text())):
-                if proc.poll() is not None:
-                    pytest.fail(f"serve exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    pytest.fail(f"serve did not listen within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield ready.group(2)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def copy_home(tiny_run, into: Path) -> tuple[Path, str]:
@@ -77,7 +46,7 @@ def served(tiny_run, tmp_path_factory):
     """(base URL, home, run id, server log) of one server on a private copy of the tiny run, without accounts."""
     home, run_id = copy_home(tiny_run, tmp_path_factory.mktemp("serve") / "home")
     log = home.parent / "serve.log"
-    with serving(home, run_id, log) as url:
+    with chimed_serve(home, run_id, log) as url:
         yield url, home, run_id, log
 
 
@@ -251,7 +220,7 @@ def test_with_accounts_each_request_needs_an_annotators_token(tiny_run, tmp_path
     assert stored == [(hashlib.sha256(token.encode()).hexdigest(),)]  # only its hash is kept
 
     log = tmp_path / "serve.log"
-    with serving(home, run_id, log, "app.preload_newest_run=false") as base_url:  # (loads what it is asked for)
+    with chimed_serve(home, run_id, log, "app.preload_newest_run=false") as base_url:  # (loads what it is asked for)
         bare = httpx.get(f"{base_url}/models")
         assert bare.status_code == 401 and bare.json()["error"]["code"] == "missing_api_key"
         assert bare.headers["x-chimed-notice"] == NOTICE_EN
