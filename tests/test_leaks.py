@@ -66,7 +66,7 @@ def test_every_answer_is_checked_when_generated_and_the_flag_is_stored(app_home,
             def stream(self):
                 yield self.answers
 
-        monkeypatch.setattr(arena.pool, "generate", lambda requests, decoding: Scripted(requests, decoding))
+        monkeypatch.setattr(arena.pool, "generate", lambda requests, decoding, endpoints=None: Scripted(requests, decoding))
         session = ArenaSession(annotator=store.demo_annotator(), notice_accepted=True)
         arena.start(session, [f"{run_id}/dpo", f"{run_id}/sft"], blind=True, rng=random.Random(0))
         list(arena.ask(session, "你是谁？", resolve_decoding(cfg.app.decoding, seed=1)))
