@@ -311,16 +311,18 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             seed_used = arena.store.get_comparison(state.comparison_id).responses[0].seed
         empty = [label for label in state.judgeable
                  if not state.panels[PANEL_LABELS.index(label)].history[-1]["content"].strip()]
+        queue = state.assignment_id is not None
         if state.comparison_id is None:
             done = "⚠ 少于两个回答，本轮无法评判 / fewer than two answers: nothing to judge"
-        elif empty:
-            done = (f"✓ 回答完毕 answers complete (seed {seed_used}); {', '.join(empty)} 为空回答 (empty answer): "
-                    "可以评判，或点“重新生成 Regenerate”再问一次 / judge, or ask again with Regenerate.")
-        elif state.assignment_id is not None:
-            done = (f"✓ 回答完毕 answers complete (队列题 queue prompt, seed {seed_used}). 请评判，或为单个回答评分 "
-                    f"👍/👎 Please judge, or rate single answers.")
         else:
-            done = f"✓ 回答完毕 answers complete (seed {seed_used}). 请评判 Please judge."
+            done = f"✓ 回答完毕 answers complete ({'队列题 queue prompt, ' if queue else ''}seed {seed_used})"
+            if empty:
+                done += (f"; {', '.join(empty)} 为空回答 (empty answer): "
+                         "可以评判，或点“重新生成 Regenerate”再问一次 / judge, or ask again with Regenerate.")
+            elif queue:
+                done += ". 请评判，或为单个回答评分 👍/👎 Please judge, or rate single answers."
+            else:
+                done += ". 请评判 Please judge."
         if state.redacted:
             done += f" 已脱敏 redacted before sending: {describe_counts(state.redacted)}."
         yield state, done, gr.update(), progress_markdown(arena, state), *render(state, reset_form=False), *held_view(state)
