@@ -23,13 +23,14 @@ from pathlib import Path
 
 from preference_store.cli import add_annotator
 from preference_store.export import export_cli, export_pairs
+from preference_store.export_ratings import export_ratings
 from preference_store.repository import PreferenceStore
 from training.config import PROFILES, Config, load_config
 from training.data.build import build_chimed, data_is_built
 from training.errors import UserError
 from training.manifest import latest_run, read_manifest_at
 from training.serve_plan import DEFAULT_HOST, DEFAULT_PORT, ENGINES, PLANNERS
-from training.stages.registry import stage_names
+from training.stages.registry import ALIGN, answering, stage_names
 
 # The modules that train, evaluate and serve import torch, transformers or gradio: each subcommand imports
 # what it needs when it runs (they all point down; none of them imports this module).
@@ -54,21 +55,28 @@ def train_and_register(cfg: Config, **options) -> str:
 
 
 def export_clinician_pairs(cfg: Config) -> None:
-    """The loop: judgments not yet exported become a new file in the collected-pairs folder, so the data
-    fingerprint changes and ChiMed-DPO is rebuilt with them (held-out comparisons go to the eval set)."""
+    """The loop: judgments not yet exported become a new file in the collected-pairs folder and single-answer
+    ratings not yet exported a new file in the collected-ratings folder, so the data fingerprint changes and
+    the data is rebuilt with them: the train pairs join ChiMed-DPO (held-out comparisons go to the eval set),
+    the train ratings ChiMed-KTO (held-out ones stay out of training)."""
     url = cfg.database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return  # no store yet: nobody has judged anything
-    summary = export_pairs(cfg)
+    with PreferenceStore.from_config(cfg) as store:
+        summary = export_pairs(cfg, store=store)
+        ratings = export_ratings(cfg, store=store)
     if summary.path is not None:
         print(f"preferences: exported {len(summary.pair_ids)} new clinician pairs ({summary.train} train, "
               f"{summary.heldout} held out) to {summary.path}", flush=True)
+    if ratings.path is not None:
+        print(f"preferences: exported {len(ratings.rating_ids)} new single-answer ratings as {ratings.records} "
+              f"unpaired answers ({ratings.train} train, {ratings.heldout} held out) to {ratings.path}", flush=True)
 
 
 def register_run(cfg: Config, run_id: str) -> None:
     """The run's checkpoints become contestants of the store, which records the clinician pairs it trained on."""
     manifest = read_manifest_at(cfg.runs_dir / run_id)
-    stages = list(manifest["stages"])
+    stages = answering(manifest["stages"])
     with PreferenceStore(cfg.database_url) as store:
         store.register_checkpoints(run_id, stages)
         consumed = store.mark_consumed(manifest.get("dpo_pair_ids", []), run_id)
@@ -87,7 +95,7 @@ def report_run_comparison(cfg: Config, new_run: str, old_run: str, split: str | 
     with PreferenceStore.from_config(cfg) as store:
         for run_id in (new_run, old_run):  # a run trained before this store was opened elsewhere is still known
             if (cfg.runs_dir / run_id / "manifest.json").is_file():
-                store.register_checkpoints(run_id, read_manifest_at(cfg.runs_dir / run_id)["stages"])
+                store.register_checkpoints(run_id, answering(read_manifest_at(cfg.runs_dir / run_id)["stages"]))
         result = store.compare_runs(new_run, old_run, split=split, stage=stage)
     arena = dataclasses.asdict(result)
     arena.update(split=split or "all", as_of=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -222,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_build_data)
 
     p = sub.add_parser("train-all", parents=[common], help="run base -> cpt -> sft -> dpo, evaluate, register the run")
-    p.add_argument("--from", dest="from_stage", choices=stage_names(), help="first stage to train (needs --resume-run)")
+    p.add_argument("--from", dest="from_stage", choices=(*stage_names(), ALIGN),
+                   help="first stage to train (needs --resume-run); align: the stage of align.method")
     p.add_argument("--resume-run", help="earlier run whose stages before --from are reused")
     p.add_argument("--stages", help="comma-separated subset of stages to run")
     p.add_argument("--run-id", help="name of the run (default: a timestamp); rerun the same id to resume it")

@@ -16,7 +16,7 @@ from preference_store.repository.checkpoints import ENDPOINT_STAGE, endpoint_che
 from training.config import Config, EndpointConfig
 from training.errors import UserError
 from training.manifest import list_runs, run_dir
-from training.stages.registry import get_stage, is_stage, stage_names
+from training.stages.registry import answering, get_stage, is_stage, stage_names
 
 def stage_label(stage: str) -> str:
     """A stage's name as the app shows it (the registry's display name)."""
@@ -57,7 +57,7 @@ def completed_runs(cfg: Config) -> list[RunInfo]:
     """Runs that finished every stage they were asked for, newest first."""
     return [
         RunInfo(run_id=m["run_id"], created=m.get("created", ""), profile=m.get("profile", ""),
-                parent_run=m.get("parent_run"), stages=tuple(s for s in stage_names() if s in m.get("stages", {})),
+                parent_run=m.get("parent_run"), stages=tuple(answering(s for s in stage_names() if s in m.get("stages", {}))),
                 run_dir=run_dir(cfg, m["run_id"]))
         for m in list_runs(cfg, complete_only=True)
     ]

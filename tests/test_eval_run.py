@@ -11,12 +11,12 @@ import pytest
 
 from chimed import main as cli_main
 from training.config import load_config
-from training.stages.registry import stage_names
+from training.stages.registry import run_stages
 from training.errors import UserError
 from training.evaluation.evaluate import evaluate_run, load_eval_sets
 from training.evaluation.report import NOTICE
 
-STAGES = stage_names()
+STAGES = run_stages(load_config("tiny"))  # base, cpt, sft, dpo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 CONTRACT_KEYS = {"exam_acc", "exam_n", "exam_ci95", "bleu1", "rouge1", "rougeL", "general_ppl", "pref_acc"}

@@ -40,15 +40,18 @@ def test_tiny_run_manifest_matches_the_contract(tiny_cfg):
     datetime.fromisoformat(manifest["created"])
     assert manifest["config_sha256"] == cfg.sha256()
     assert manifest["data_sha256"] == {s: sha256_file(cfg.data_dir / f"{s}.jsonl")
-                                       for s in ("base", "cpt", "sft", "dpo")}
+                                       for s in ("base", "cpt", "sft", "dpo", "kto", "grpo")}
     assert list(manifest["stages"]) == ["base", "cpt", "sft", "dpo"]
     for stage, (kind, parent) in CHAIN.items():
         entry = manifest["stages"][stage]
-        assert set(entry) == {"path", "kind", "parent", "metrics"}
+        assert set(entry) == {"path", "kind", "parent", "metrics"} | ({"method"} if stage == "dpo" else set())
         assert (entry["kind"], entry["parent"]) == (kind, parent)
         assert (cfg.runs_dir / run_id / entry["path"]).is_dir()
         assert entry["metrics"]["steps"] > 0 and entry["metrics"]["train_tokens"] > 0
     assert manifest["dpo_pair_ids"] == [p["pair_id"] for p in read_jsonl(cfg.data_dir / "dpo.jsonl")]
+    method = manifest["stages"]["dpo"]["method"]  # the alignment method and its settings, as trained
+    assert method["name"] == "dpo" and method["settings"] == cfg.to_dict()["dpo"]
+    assert method["settings"]["loss_type"] == "sigmoid"
     assert latest_run(cfg) == run_id
     assert list_runs(cfg)[0]["complete"] is True
 

@@ -200,24 +200,147 @@ class SftConfig(TrlSchedule):
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=32, dropout=0.05))
 
 
-@dataclass
-class DpoConfig(TrlSchedule):
-    """Direct preference optimization with LoRA; the reference is the SFT model (adapter disabled)."""
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # TRL 1.16's, less "sft"
 
-    beta: float = 0.1
-    # schedule: TrainingSchedule's, but one epoch, no weight decay, the paper's batch (8 per GPU x 4)
+
+def check_dpo_loss(name: str, where: str) -> None:
+    if name not in DPO_LOSSES:
+        raise UserError(f"config: {where}={name!r}: choose one of TRL's DPO losses: {', '.join(DPO_LOSSES)} "
+                        "(the SFT term is dpo.sft_weight)")
+
+
+def check_label_smoothing(value: float, where: str) -> None:
+    if not 0.0 <= value < 0.5:
+        raise UserError(f"config: {where}={value}: the share of flipped preference labels must be in [0, 0.5)")
+
+
+@dataclass
+class AlignSchedule(TrainingSchedule):
+    """What the stages after sft share (dpo, kto, orpo, simpo, grpo, rm): TrainingSchedule's schedule, but one
+    epoch, no weight decay and the paper's DPO batch (8 per GPU x 4), and a fresh LoRA adapter (r 8, alpha 16)
+    on the SFT model."""
+
     epochs: float = 1.0
     weight_decay: float = 0.0
     gradient_accumulation_steps: int = 4
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.05))
+
+
+@dataclass
+class DpoConfig(AlignSchedule, TrlSchedule):
+    """Direct preference optimization with LoRA; the reference is the SFT model (adapter disabled)."""
+
+    beta: float = 0.1
     max_length: int = 512
     # weight of an SFT loss on the chosen answer added to the DPO loss (RPO, Pang et al. 2024; TRL's
     # loss_type ["sigmoid", "sft"]): keeps a small model's answers fluent; 0 = plain DPO, as in the paper
     sft_weight: float = 0.0
+    # TRL's DPO loss: sigmoid (the paper's), robust (noisy votes: label_smoothing = the share of flipped labels),
+    # ipo, hinge, ... (DPO_LOSSES)
+    loss_type: str = field(default="sigmoid", metadata={"check": check_dpo_loss})
+    # robust / exo_pair only: the share of votes taken to be flipped, in [0, 0.5) (robust: below 0.5, or the loss
+    # rewards the rejected answer)
+    label_smoothing: float = field(default=0.0, metadata={"check": check_label_smoothing})
     # the reference model's log-probabilities of every pair computed once before the loop (TRL's
     # precompute_ref_log_probs, through the fast path), not again at every visit: exact, since the reference is
     # fixed and DPO trains without dropout; one process only (several: computed in the loop as before)
     precompute_reference: bool = True
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=16, dropout=0.05))
+
+
+def check_align_method(name: str, where: str) -> None:
+    from training.stages.registry import align_methods
+
+    if name not in align_methods():
+        raise UserError(f"config: {where}={name!r}: choose one of {', '.join(align_methods())}")
+
+
+@dataclass
+class AlignConfig:
+    """The third stage (README "Alignment methods"): which method aligns the SFT model, and whether a reward
+    model is trained first. The stage is named after its method (runs/<id>/kto, ...); each method's
+    hyper-parameters are its own section below."""
+
+    method: str = field(default="dpo", metadata={"check": check_align_method})  # dpo, kto, orpo, simpo, grpo
+    # train the reward-model stage (rm) after sft: GRPO's reward for open prompts and the evaluation's judge
+    reward_model: bool = False
+
+
+def check_kto_batch(size: int, where: str) -> None:
+    if size < 2:
+        raise UserError(f"config: {where}={size}: KTO estimates its KL term from the other answers of a batch, "
+                        "so a batch needs at least 2 examples (raise it; lower gradient_accumulation_steps instead)")
+
+
+@dataclass
+class KtoConfig(AlignSchedule, TrlSchedule):
+    """Kahneman-Tversky optimization with LoRA on single answers marked desirable or undesirable; the
+    reference is the SFT model (adapter disabled)."""
+
+    beta: float = 0.1  # the KTO paper's (and TRL's)
+    # the weights of the desirable and undesirable losses: with unbalanced classes, keep
+    # desirable_weight x n_desirable / (undesirable_weight x n_undesirable) in [1, 4/3] (KTO paper, eq. 8)
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    per_device_batch_size: int = field(default=8, metadata={"check": check_kto_batch})
+    max_length: int = 512
+
+
+@dataclass
+class OrpoConfig(AlignSchedule):
+    """Odds-ratio preference optimization with LoRA (no reference model): SFT loss + beta x odds-ratio term.
+
+    Not a TrlSchedule: TRL's ORPOTrainer scores its model's plain logits, which the
+    padding-free and LM-head settings of training/stages/logprobs.py do not reach."""
+
+    beta: float = 0.1  # ORPO's lambda (the paper's and TRL's default): the weight of the odds-ratio term
+    learning_rate: float = 8e-6  # for a 7B model (ORPO paper scale); the tiny and demo profiles set their own
+    max_length: int = 512
+
+
+@dataclass
+class SimpoConfig(AlignSchedule):
+    """SimPO with LoRA (no reference model): length-normalized log-probability margin with target margin gamma.
+
+    Not a TrlSchedule: TRL's CPOTrainer scores its model's plain logits, which the
+    padding-free and LM-head settings of training/stages/logprobs.py do not reach."""
+
+    beta: float = 2.0  # the reward scale (SimPO paper: 2.0 to 2.5; larger, up to 10, reported to help too)
+    gamma: float = 1.0  # the target reward margin (SimPO paper: gamma / beta 0.25 to 0.5, gamma up to 1.6)
+    sft_weight: float = 0.0  # CPO's alpha: an SFT term on the chosen answer (CPO-SimPO; 0: plain SimPO)
+    learning_rate: float = 1e-6  # SimPO paper: 3e-7 to 1e-6, the most sensitive setting
+    max_length: int = 512
+
+
+@dataclass
+class GrpoConfig(AlignSchedule):
+    """GRPO with LoRA: rewards for sampled answers (exam exact match, the advice-to-see-a-doctor format term,
+    the rm stage's score on open prompts), KL to the SFT model. TRL's GRPOTrainer scores completions its own
+    way, so the TRL stages' log-probability settings (padding_free, lm_head_loss) do not apply."""
+
+    # the KL coefficient to the SFT model (reference = adapter disabled); the GRPO paper's. On the demo it keeps
+    # BLEU/ROUGE at SFT's while the exam reward rises (0: BLEU-1 3 points lower; 0.2: the exam gains less)
+    beta: float = 0.04
+    # answers sampled per prompt (the group); per_device_batch_size counts answers, and x gradient_accumulation_steps
+    # is one generation round, which num_generations divides
+    num_generations: int = 8
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    exam_weight: float = 1.0  # exact match of the chosen option on exam-style prompts (verifiable)
+    format_weight: float = 0.2  # the answer closes with the advice to see a doctor
+    rm_weight: float = 1.0  # the rm stage's score on open prompts (used only when the run has an rm stage)
+    learning_rate: float = 1e-6
+    max_prompt_length: int = 512  # longer prompts (chat template included) are left out, not cut
+
+
+@dataclass
+class RmConfig(AlignSchedule):
+    """The reward model: the SFT model with a scalar head (LoRA on the decoder, the head in full), trained on
+    ChiMed-DPO's train pairs with the Bradley-Terry loss (TRL's RewardTrainer; it has no LM head, so the
+    log-probability settings of the other TRL stages do not apply)."""
+
+    learning_rate: float = 1e-4  # TRL's RewardConfig default: LoRA, and a head that starts from random
+    max_length: int = 512  # longer pairs (prompt + answer, in tokens) are left out of training
 
 
 @dataclass
@@ -258,10 +381,13 @@ class EvalConfig:
     batch_size: int = 16
     score_by_letter: bool = False  # also report the answer-letter accuracy (options listed, letter scored)
     # instruction-tuned stages: prompted with the run's chat template; the others get plain 问：/答： text
-    chat_stages: list[str] = field(default_factory=lambda: ["sft", "dpo"])
+    chat_stages: list[str] = field(default_factory=lambda: ["sft", "dpo", "kto", "orpo", "simpo", "grpo"])
     # real exams (C-Eval / CMExam style files, or the ChiMed exam.jsonl format), each reported on its own
     user_exam_files: list[str] = field(default_factory=list)
     use_cache: bool = True  # reuse a stage's metrics when its checkpoint, the eval sets and these settings match
+    # the reward model that scores every stage's answers (results' RM score): "" = the run's own rm stage, if
+    # it has one; a run id = that run's rm stage (one judge for runs of every method)
+    reward_judge: str = ""
 
 
 @dataclass
@@ -425,6 +551,12 @@ class Config:
     cpt: CptConfig = field(default_factory=CptConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    kto: KtoConfig = field(default_factory=KtoConfig)
+    orpo: OrpoConfig = field(default_factory=OrpoConfig)
+    simpo: SimpoConfig = field(default_factory=SimpoConfig)
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    rm: RmConfig = field(default_factory=RmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     app: AppConfig = field(default_factory=AppConfig)

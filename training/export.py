@@ -32,7 +32,7 @@ from training.errors import UserError
 from training.evaluation.report import COLUMNS, NOTICE, format_value
 from training.manifest import list_runs, read_manifest_at, run_dir
 from training.modeling import default_device, default_dtype, load_stage, stage_chain, trust_remote_code
-from training.stages.registry import get_stage
+from training.stages.registry import answering, get_stage
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXPORT_INFO = "export.json"
@@ -58,9 +58,9 @@ def export_stage(cfg: Config, run_id: str, stage: str, out: str | Path, dtype: s
     """
     run_path = _existing_run(cfg, run_id)
     manifest = read_manifest_at(run_path)
-    if stage not in manifest["stages"]:
-        raise UserError(f"run {run_id} has no complete stage {stage!r}: export one of "
-                        f"{', '.join(manifest['stages']) or 'none (the run has no finished stage yet)'}")
+    if stage not in answering(manifest["stages"]):
+        raise UserError(f"run {run_id} has no complete stage {stage!r} that answers prompts: export one of "
+                        f"{', '.join(answering(manifest['stages'])) or 'none (the run has no finished stage yet)'}")
     out = Path(out)
     _check_out(out, run_path, force)
     torch_dtype = _parse_dtype(dtype) if dtype else serving_dtype(cfg)

@@ -16,8 +16,10 @@ from training.stages.paths import read_stage_info
 from training.stages.registry import get_stage
 
 
-def stage_fingerprint(cfg: Config, stage: str, hashes: dict, parent_fingerprint: str | None) -> str:
-    """Hash of what a stage's weights depend on: its config section, seed/precision, data, parent."""
+def stage_fingerprint(cfg: Config, stage: str, hashes: dict, parent_fingerprint: str | None,
+                      reads: dict[str, str | None] | None = None) -> str:
+    """Hash of what a stage's weights depend on: its config section, seed/precision, data, parent, and the
+    fingerprints of the other stages of the run it reads (``reads``: grpo, the rm stage's)."""
     payload = {
         "stage": stage,
         "config": cfg.to_dict()[get_stage(stage).section],
@@ -26,6 +28,8 @@ def stage_fingerprint(cfg: Config, stage: str, hashes: dict, parent_fingerprint:
         "data": {split: hashes[split] for split in get_stage(stage).data},
         "parent": parent_fingerprint,
     }
+    if reads:  # absent otherwise, so the stages that read no other keep their fingerprints
+        payload["reads"] = reads
     return sha256_json(payload)
 
 

@@ -27,6 +27,7 @@ import torch
 from training.chat_format import CHAT_TEMPLATE
 from training.errors import UserError
 from training.manifest import read_manifest_at
+from training.stages.registry import get_stage, is_stage
 
 # Special tokens of the tokenizers trained here (tiny/demo). "<|end|>" closes every assistant turn and
 # every pretraining document, so it is also the end-of-sequence token generation stops at.
@@ -152,6 +153,9 @@ def load_stage(run_dir: str | Path, stage: str, device: str | None = None, dtype
     from peft import PeftModel
 
     run_dir = Path(run_dir)
+    if is_stage(stage) and not get_stage(stage).generative:
+        raise UserError(f"stage {stage} of run {run_dir.name} does not generate (a reward model): load it with "
+                        "training.stages.rm.load_reward_model")
     chain = stage_chain(run_dir, stage)
     trust = trust_remote_code(run_dir)
     device = device or default_device()

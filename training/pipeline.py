@@ -1,4 +1,5 @@
-"""Training a run: the registered stages (base -> cpt -> sft -> dpo) into ``runs/<run_id>/``, then evaluation.
+"""Training a run: the registered stages its config includes (base -> cpt -> sft -> [rm] -> the alignment
+stage of ``align.method``: dpo, kto, orpo, simpo or grpo) into ``runs/<run_id>/``, then evaluation.
 
 The orchestrator (this module, one process) decides which stages to run, keeps ``manifest.json`` and
 ``run_state.json`` up to date and, per stage, either runs the stage's recipe in this process (tiny/demo on
@@ -36,6 +37,7 @@ from training.data.build import build_chimed, data_is_built
 from training.data.files import write_json_atomic
 from training.errors import UserError
 from training.evaluation.evaluate import evaluate_run
+from training.evaluation.reward import judge_run
 from training.fingerprints import recorded_fingerprint, stage_fingerprint
 from training.launch import launch_command, launch_env, print_dry_run
 from training.manifest import (
@@ -53,12 +55,12 @@ from training.manifest import (
 from training.modeling import CHAT_TEMPLATE_POLICIES
 from training.stages.arguments import check_device_options, process_state, write_deepspeed_config
 from training.stages.lifecycle import prepare_work_dir
+from training.stages.pairs import PAIR_IDS
 from training.stages.paths import STAGE_INFO, read_stage_info, stage_paths
-from training.stages.registry import get_stage, is_stage, stage_names
+from training.stages.registry import ALIGN, get_stage, is_stage, resolve_stage, run_stages, stage_names
 
 __all__ = ["train_all", "latest_run", "list_runs"]
 
-PAIR_IDS = "pair_ids.json"  # in a stage trained on preference pairs: their ids (the manifest's dpo_pair_ids)
 
 
 def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None = None,
@@ -89,7 +91,11 @@ def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None
         before_data(cfg)
     _ensure_data(cfg, is_main_machine)
 
+    for stage in plan:  # a method its data cannot feed stops here, before any stage trains
+        get_stage(stage).check_data(cfg)
     run_id, resuming = _choose_run(cfg, run_id, resume_run, from_stage, plan)
+    if cfg.train.evaluate_after and cfg.eval.reward_judge.strip() not in ("", run_id):
+        judge_run(cfg, run_id, {"stages": {}})  # a judge without an rm stage: one line now, not after training
     run_path = cfg.runs_dir / run_id
     hashes = data_hashes(cfg)
     if is_main_machine:
@@ -116,13 +122,17 @@ def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None
 
 def _plan(cfg: Config, from_stage, resume_run, stages) -> tuple[list[str], dict[str, str]]:
     """Stages to train, in order, and ``{stage: source_run}`` of the earlier stages reused from another run."""
-    STAGES = stage_names()  # noqa: N806 - the registered stages, in training order
-    requested = list(STAGES) if not stages else list(stages)
-    unknown = [s for s in requested if not is_stage(s)]
+    STAGES = run_stages(cfg)  # noqa: N806 - the stages this config trains, in training order
+    requested = list(STAGES) if not stages else [resolve_stage(cfg, s) for s in stages]
+    choices = ", ".join((*STAGES, ALIGN))
+    unknown = [s for s in requested if s not in STAGES]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r} in --stages: choose from {', '.join(STAGES)}")
-    if from_stage and not is_stage(from_stage):
-        raise UserError(f"unknown stage {from_stage!r} for --from: choose from {', '.join(STAGES)}")
+        raise UserError(f"unknown stage {unknown[0]!r} in --stages: {_not_in_run(cfg, unknown[0])}choose from "
+                        f"{choices}")
+    from_stage = resolve_stage(cfg, from_stage) if from_stage else None
+    if from_stage and from_stage not in STAGES:
+        raise UserError(f"unknown stage {from_stage!r} for --from: {_not_in_run(cfg, from_stage)}choose from "
+                        f"{choices}")
     reuse: dict[str, str] = {}
     if from_stage and from_stage != "base":
         if not resume_run:
@@ -133,6 +143,15 @@ def _plan(cfg: Config, from_stage, resume_run, stages) -> tuple[list[str], dict[
     if not plan:
         raise UserError("nothing to train: --stages and --from leave no stage")
     return plan, reuse
+
+
+def _not_in_run(cfg: Config, stage: str) -> str:
+    """Why a registered stage is not one this config trains (empty for a name that is no stage)."""
+    if not is_stage(stage):
+        return ""
+    if get_stage(stage).method:
+        return f"this config aligns with align.method={cfg.align.method} (set align.method={stage} to train it); "
+    return f"the config does not include it (see README, \"Alignment methods\"); "
 
 
 def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
@@ -270,7 +289,8 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
     if parent and parent_fp is None:
         raise UserError(f"stage {stage} needs a finished '{parent}' stage in run {run_path.name}: include "
                         f"{parent} in --stages or reuse it with --from {stage} --resume-run ID")
-    fingerprint = stage_fingerprint(cfg, stage, hashes, parent_fp)
+    reads = {s: recorded_fingerprint(run_path, s) for s in get_stage(stage).reads if s in run_stages(cfg)}
+    fingerprint = stage_fingerprint(cfg, stage, hashes, parent_fp, reads)
     reused = read_run_state(run_path).get("reused", {})
     done = read_stage_info(paths.final)
     if done and (done["fingerprint"] == fingerprint or stage in reused):
@@ -298,12 +318,15 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
                                                                     setting=f"runs/{run_path.name}/base")
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
-        _record_stage(run_path, stage, done)
+        _record_stage(cfg, run_path, stage, done)
 
 
-def _record_stage(run_path: Path, stage: str, info: dict) -> None:
+def _record_stage(cfg: Config, run_path: Path, stage: str, info: dict) -> None:
     manifest = read_manifest_at(run_path)
     manifest["stages"][stage] = stage_entry(stage, info["kind"], info["parent"], info["metrics"])
+    if get_stage(stage).method:  # the alignment method and its settings, as trained
+        manifest["stages"][stage]["method"] = {"name": get_stage(stage).method,
+                                               "settings": cfg.to_dict()[get_stage(stage).section]}
     if (run_path / stage / PAIR_IDS).is_file():  # a stage trained on preference pairs names them
         manifest["dpo_pair_ids"] = json.loads((run_path / stage / PAIR_IDS).read_text(encoding="utf-8"))
     write_manifest(run_path, manifest)

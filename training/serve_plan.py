@@ -31,6 +31,7 @@ import yaml
 from training.config import Config
 from training.errors import UserError
 from training.manifest import list_runs, read_manifest_at, run_dir
+from training.stages.registry import answering
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000  # vLLM's own default; the servers take this port and the ones after it
@@ -219,7 +220,7 @@ def plan_vllm(cfg: Config, run_id: str, host: str | None = None, port: int | Non
         raise UserError(f"no run {run_id!r} under {cfg.runs_dir}: runs there: "
                         f"{', '.join(runs) or 'none (train one with ./launch.sh train-all)'}")
     manifest = read_manifest_at(path)
-    stages = list(manifest["stages"])
+    stages = answering(manifest["stages"])  # a reward model (rm) answers nothing: no server for it
     if not stages:
         raise UserError(f"run {run_id} has no finished stage to serve yet")
     export_root = Path(export_dir) if export_dir else cfg.home / "exports" / run_id

@@ -37,6 +37,8 @@ from training.data.dpo import hold_out_by_prompt, objective_pairs, relation_inde
 from training.data.evalsets import build_exam, build_qa
 from training.data.files import sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from training.data.knowledge import choose_entities, split_by_entity
+from training.data.grpo import grpo_prompts
+from training.data.kto import kto_examples, read_collected_ratings
 from training.data.layout import EVAL_FILES, OUTPUTS, STATS_JSON, STATS_MD, TRAINING_FILES
 from training.data.relations import DISEASE, KINDS
 from training.data.sft import build_sft, differentials
@@ -58,6 +60,7 @@ class UserInputs:
     qa: list[dict] = field(default_factory=list)
     clinician_train: list[dict] = field(default_factory=list)
     clinician_heldout: list[dict] = field(default_factory=list)
+    ratings: list[dict] = field(default_factory=list)  # the clinicians' single-answer ratings, train split (KTO)
 
 
 def build_chimed(cfg: Config, strict: bool = False) -> dict:
@@ -104,6 +107,10 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
         splits[name], dedup[name] = deduplicate(records, data, name,
                                                 exempt=lambda r: r.get("source") == "clinician")
         splits[name] = seeded_order(splits[name], data.seed, name)
+    # the other alignment methods' data, from the same sources (README "Alignment methods")
+    splits["kto"] = seeded_order(kto_examples(splits["dpo"], inputs.ratings, prompts), data.seed, "kto")
+    splits["grpo"] = seeded_order(grpo_prompts(train, relation_index(train), splits["sft"], prompts, data),
+                                  data.seed, "grpo")
     overlap = overlap_report(eval_sets, splits, data.decontam_ngram)
 
     # 5. write, then swap into place
@@ -170,6 +177,11 @@ def collected_pair_files(cfg: Config) -> list[Path]:
     return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
 
 
+def collected_rating_files(cfg: Config) -> list[Path]:
+    folder = cfg.collected_ratings_dir
+    return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+
 def read_user_inputs(cfg: Config, errors: importers.LineErrors) -> UserInputs:
     for setting, path in _user_paths(cfg.data):
         importers.require_file(path, setting)  # every missing file is reported before any work
@@ -180,6 +192,8 @@ def read_user_inputs(cfg: Config, errors: importers.LineErrors) -> UserInputs:
     for path in collected_pair_files(cfg):
         for split, pair in importers.read_collected_pairs(path, errors):
             (inputs.clinician_train if split == "train" else inputs.clinician_heldout).append(pair)
+    for path in collected_rating_files(cfg):
+        inputs.ratings.extend(read_collected_ratings(path, errors))
     return inputs
 
 
@@ -214,6 +228,7 @@ def fingerprint(cfg: Config) -> dict:
         "user_files": {f"{setting}={path}": sha256_file(Path(path).expanduser())
                        for setting, path in _user_paths(cfg.data) if Path(path).expanduser().is_file()},
         "collected_pairs": {p.name: sha256_file(p) for p in collected_pair_files(cfg)},
+        "collected_ratings": {p.name: sha256_file(p) for p in collected_rating_files(cfg)},
     }
 
 

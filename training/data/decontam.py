@@ -51,7 +51,11 @@ def training_text(record: dict) -> str:
     """The words of a training record, without role names."""
     if "text" in record:
         return record["text"]
-    return _joined(record.get("messages") or record["prompt"] + record["chosen"] + record["rejected"])
+    if "messages" in record:
+        return _joined(record["messages"])
+    # DPO: prompt, chosen, rejected; KTO: prompt, completion; GRPO: the prompt alone
+    return _joined(record["prompt"] + record.get("chosen", []) + record.get("rejected", [])
+                   + record.get("completion", []))
 
 
 def eval_item_text(name: str, item: dict) -> str:

@@ -63,18 +63,24 @@ def exam_question(entity: Entity, key: str, specific: dict[str, list[str]], rng:
             "subject": f"cmekg_{key}"}
 
 
-def build_exam(held_out: list[Entity], having: dict[str, list[Entity]], cfg: DataConfig) -> list[dict]:
-    """One question per (held-out entity, examined relation), in a seeded order; ``exam_max`` caps it."""
+def exam_questions(entities: list[Entity], having: dict[str, list[Entity]], seed: int,
+                   salt: str = "exam") -> list[dict]:
+    """One 4-option question per (entity, examined relation) of ``entities``, options drawn from ``having``."""
     specific = {r.key: specific_values(having, r.key) for r in RELATIONS if r.exam and r.key in having}
     questions = []
-    for entity in held_out:
+    for entity in entities:
         for key in entity.facts:
             if key not in specific:
                 continue
-            rng = random.Random(f"{cfg.seed}|exam|{entity.name}|{key}")
-            question = exam_question(entity, key, specific[key], rng)
+            question = exam_question(entity, key, specific[key], random.Random(f"{seed}|{salt}|{entity.name}|{key}"))
             if question:
-                questions.append(question)
+                questions.append({**question, "entity": entity.name})
+    return questions
+
+
+def build_exam(held_out: list[Entity], having: dict[str, list[Entity]], cfg: DataConfig) -> list[dict]:
+    """One question per (held-out entity, examined relation), in a seeded order; ``exam_max`` caps it."""
+    questions = [{k: v for k, v in q.items() if k != "entity"} for q in exam_questions(held_out, having, cfg.seed)]
     random.Random(f"{cfg.seed}|exam-order").shuffle(questions)
     questions = questions[: cfg.exam_max] if cfg.exam_max else questions
     return [{"id": f"cmekg-exam-{i:05d}", **q} for i, q in enumerate(questions)]

@@ -7,6 +7,8 @@ For each stage of the run (base, cpt, sft, dpo), in order:
   3. perplexity on held-out general text;
   4. log-likelihoods of the held-out preference pairs -> preference accuracy (dpo: implicit reward against
      its reference, the sft stage).
+Then the reward model (``training/evaluation/reward.py``): the rm stage's accuracy on the held-out pairs, and
+the judge's (``eval.reward_judge``) mean reward of every stage's answers of step 2.
 Then ``runs/<id>/eval/``: results.json (DESIGN.md contract), results.md, stages.png, generations/, and a
 model card README.md in every stage directory; with ``compare`` also compare_<ID2>.md/.json.
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from training.config import Config
 from training.errors import UserError
-from training.evaluation import report
+from training.evaluation import report, reward
 from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
 from training.evaluation.perplexity import general_perplexity
@@ -33,7 +35,7 @@ from training.data.files import (read_jsonl, sha256_file, sha256_json, write_jso
                                  write_text_atomic)
 from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
-from training.stages.registry import get_stage, stage_names
+from training.stages.registry import answering, get_stage, stage_names
 
 # bump when what a metric means changes, so cached measurements are recomputed
 EVAL_VERSION = 1
@@ -68,9 +70,10 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
     manifest = read_manifest(cfg, run_id)
     if compare:
         read_manifest(cfg, compare)  # a wrong id stops here, not after the whole evaluation
-    stages = [s for s in stage_names() if s in manifest["stages"]]
+    stages = answering(s for s in stage_names() if s in manifest["stages"])
     if not stages:
         raise UserError(f"run {run_id} has no finished stage to evaluate: train it with ./launch.sh train-all")
+    judge = reward.judge_run(cfg, run_id, manifest)  # a reward judge that is not there stops here
     sets = load_eval_sets(cfg)
     out_dir = run_path / "eval"
 
@@ -88,6 +91,16 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
         results["timing_s"][stage] = {"wall": round(time.time() - started, 2),
                                       "measured": measured[stage].get("seconds", {})}
         write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
+    # the reward model: its own row (held-out pair accuracy) and, as a judge, the mean reward of the answers above
+    started = time.time()
+    rewards = reward.reward_metrics(cfg, run_path, manifest, judge, sets,
+                                    {stage: measured[stage]["generations"] for stage in stages})
+    if rewards:
+        for stage, metrics in rewards["stages"].items():
+            results["stages"].setdefault(stage, {}).update(metrics)
+        results["stages"] = {s: results["stages"][s] for s in stage_names() if s in results["stages"]}
+        results["reward_judge"] = rewards["reward_judge"]
+        results["timing_s"]["reward_model"] = {"wall": round(time.time() - started, 2)}
 
     previous = out_dir / "results.json"
     if previous.is_file():  # the clinicians' verdict is not measured here: keep it (see record_arena_comparison)
@@ -269,7 +282,8 @@ def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str |
     fingerprint = recorded_fingerprint(run_path, stage)
     if not fingerprint:
         return None
-    settings = {k: v for k, v in cfg.to_dict()["eval"].items() if k != "use_cache"}
+    # the reward judge scores the answers afterwards (training/evaluation/reward.py): no stage depends on it
+    settings = {k: v for k, v in cfg.to_dict()["eval"].items() if k not in ("use_cache", "reward_judge")}
     payload = {"version": EVAL_VERSION, "stage": stage, "fingerprint": fingerprint, "settings": settings,
                "sets": sets.hashes}
     return sha256_json(payload)

@@ -27,8 +27,9 @@ COLUMNS = [
     ("general_ppl", "general PPL"),
     ("pref_acc", "pref acc"),
     ("pref_acc_clinician", "pref acc (clinician)"),
+    ("reward_judge_mean", "RM score"),
 ]
-NOT_FRACTIONS = {"general_ppl", "exam_n"}
+NOT_FRACTIONS = {"general_ppl", "exam_n", "reward_judge_mean"}
 CHART_METRICS = ["exam_acc", "exam_acc_0shot", "bleu1", "rouge1", "rougeL", "distinct2", "pref_acc",
                  "pref_acc_clinician"]
 
@@ -39,6 +40,8 @@ def format_value(key: str, value) -> str:
         return "-"
     if isinstance(value, (list, tuple)):
         return "–".join(f"{100 * v:.1f}" for v in value)
+    if key == "reward_judge_mean":  # a raw reward: its sign and differences matter, not a percentage
+        return f"{value:+.3f}"
     if key in NOT_FRACTIONS or key.startswith("exam_n"):
         return f"{value:.2f}" if isinstance(value, float) else str(value)
     return f"{100 * value:.1f}"
@@ -79,6 +82,13 @@ def results_markdown(results: dict) -> str:
     ]
     if sizes.get("pref_clinician"):
         notes.insert(4, f"- pref acc (clinician): the same on {sizes['pref_clinician']} held-out clinician pairs.")
+    if "rm" in results["stages"]:
+        notes.insert(-1, "- rm: the reward model; its pref acc is the share of held-out pairs whose chosen answer it "
+                         "rewards more.")
+    judge = results.get("reward_judge")
+    if judge:
+        notes.insert(-1, f"- RM score: the mean reward that {judge['checkpoint']} gives each stage's answers to the "
+                         "held-out questions (a raw reward, comparable under this judge only).")
     parts = [f"# Evaluation of run {results['run_id']}", f"> {NOTICE}", results_table(results), "\n".join(notes)]
     if results.get("arena"):
         parts.append(arena_markdown(results["arena"]))
@@ -138,11 +148,10 @@ def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: d
         f"This checkpoint is {get_stage(stage).description}; it holds {kind}. Profile `{manifest.get('profile')}`"
         + (f"; the run continues run `{manifest['parent_run']}` (its earlier stages reused)"
            if manifest.get("parent_run") else "") + ".",
-        "Load it (adapters merged):\n\n```python\nfrom training.modeling import load_stage\n"
-        f"model, tokenizer = load_stage(\"runs/{run_id}\", \"{stage}\")\n```",
+        _load_snippet(run_id, stage),
         "## Evaluation\n\n" + _key_value_table(
             [(label, format_value(k, metrics.get(k))) for k, label in COLUMNS if metrics.get(k) is not None]
-            + [("exam n", str(metrics.get("exam_n")))]),
+            + ([("exam n", str(metrics.get("exam_n")))] if get_stage(stage).generative else [])),
     ]
     training = entry.get("metrics") or {}
     if training:
@@ -157,6 +166,17 @@ def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: d
         parts.append("## Data (ChiMed, from `data/chimed/stats.json`; all tables in `stats.md`)\n\n"
                      + _key_value_table(data_summary(stats)))
     return "\n\n".join(parts) + "\n"
+
+
+def _load_snippet(run_id: str, stage: str) -> str:
+    """How to load the stage: a model that answers (adapters merged), or the reward model (a scorer)."""
+    if get_stage(stage).generative:
+        return ("Load it (adapters merged):\n\n```python\nfrom training.modeling import load_stage\n"
+                f"model, tokenizer = load_stage(\"runs/{run_id}\", \"{stage}\")\n```")
+    return ("Load it (a sequence classifier with one output, adapters merged) and score answers:\n\n```python\n"
+            "from training.stages.rm import load_reward_model, reward_scores\n"
+            f"model, tokenizer = load_reward_model(\"runs/{run_id}\")\n"
+            "rewards = reward_scores(model, tokenizer, prompts, answers)  # prompts: lists of messages\n```")
 
 
 def _plain(value) -> str:

@@ -71,7 +71,7 @@ def resolve_lm_head_loss(setting: str, model, device: torch.device) -> str:
 
 def patch_trainer_logprobs(trainer, section) -> dict:
     """Re-patch the forward TRL's trainer gave its model (after ``add_fused_lm_head``) as the stage's config
-    ``section`` (``cfg.sft``, ``cfg.dpo``) says. Returns the stage's record of it, kept up to date while it
+    ``section`` (``cfg.sft``, ``cfg.dpo``, ``cfg.kto``) says. Returns the stage's record of it, kept up to date while it
     trains: the head chosen, padding-free or not, and the positions the scored batches had, real and with
     padding (:func:`logprob_metrics`)."""
     from peft import PeftModel
@@ -87,9 +87,11 @@ def patch_trainer_logprobs(trainer, section) -> dict:
 def trainer_outputs(trainer) -> tuple[str, ...]:
     """The fused-head fields TRL 1.16's trainers read (sft_trainer.py / dpo_trainer.py, ``add_fused_lm_head``):
     SFT the entropy and top-1 hits, DPO also the mean logit and, for WPO weighting, the log sum of squared
-    probabilities."""
-    from trl import DPOTrainer
+    probabilities, KTO the entropy and the mean logit."""
+    from trl import DPOTrainer, KTOTrainer
 
+    if isinstance(trainer, KTOTrainer):
+        return ("log_probs", "entropy", "mean_logits")
     if isinstance(trainer, DPOTrainer):
         return ("log_probs", "entropy", "mean_logits", "is_top1") + \
             (("log_sum_sq_probs",) if getattr(trainer, "use_weighting", False) else ())
