@@ -20,10 +20,10 @@ from app.main import build_app
 from app.runs_tab import run_view
 from preference_store.repository import PreferenceStore
 from training.config import load_config
-from training.stages.registry import stage_names
+from training.stages.registry import run_stages
 from training.errors import UserError
 
-STAGES = stage_names()
+STAGES = run_stages(load_config("tiny"))  # the tiny run's: base, cpt, sft, dpo
 
 PROMPT = "高血压患者饮食上要注意什么？"
 

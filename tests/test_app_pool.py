@@ -21,12 +21,12 @@ from app.serving.pool import PanelRequest
 from app.serving.sampling import Decoding
 from tests.serving_helpers import next_token_logits, worker_pids
 from training.config import load_config
-from training.stages.registry import stage_names
+from training.stages.registry import run_stages
 from training.errors import UserError
 from training.manifest import read_manifest
 from training.modeling import load_stage
 
-STAGES = stage_names()
+STAGES = run_stages(load_config("tiny"))  # the tiny run's: base, cpt, sft, dpo
 
 QUESTION = [{"role": "user", "content": "高血压患者饮食上要注意什么？"}]
 GREEDY = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
