@@ -38,7 +38,7 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     metrics.update(lora=record, **pair_metrics(pairs, trainer.state.log_history), **logprob_metrics(logprobs))
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
-    finish_stage(paths, save_with_pair_ids(trainer, pairs), kind="lora", parent=paths.parent,
+    finish_stage(paths, save_with_pair_ids(trainer, [p["pair_id"] for p in pairs]), kind="lora", parent=paths.parent,
                  fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
 
 

@@ -12,14 +12,13 @@ at least two examples. Serving KTO = cpt + sft adapter + kto adapter.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from datasets import Dataset
 from transformers import TrainerCallback
 from trl import KTOConfig, KTOTrainer
 
 from training.config import Config
-from training.data.files import read_jsonl, write_json_atomic
+from training.data.files import read_jsonl
 from training.data.kto import check_feeds_kto
 from training.modeling import load_stage
 from training.stages.arguments import training_arguments, training_dtype
@@ -27,7 +26,7 @@ from training.stages.callbacks import NonFiniteGuard, stage_callbacks
 from training.stages.lifecycle import finish_stage, train_resumably
 from training.stages.logprobs import logprob_metrics, patch_trainer_logprobs
 from training.stages.lora import describe_lora, lora_record, peft_lora_config
-from training.stages.pairs import PAIR_IDS
+from training.stages.pairs import last_logged, save_with_pair_ids
 from training.stages.paths import StagePaths
 
 # what KTOTrainer logs besides the loss; it averages its rewards with nansum, so a NaN there is checked here
@@ -56,12 +55,7 @@ def run_kto_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest and
     # the store's consumed clinician pairs)
-    def save(out):
-        trainer.save_model(out)
-        if trainer.is_world_process_zero():
-            write_json_atomic(Path(out) / PAIR_IDS, pair_ids)
-
-    finish_stage(paths, save, kind="lora", parent=paths.parent, fingerprint=fingerprint,
+    finish_stage(paths, save_with_pair_ids(trainer, pair_ids), kind="lora", parent=paths.parent, fingerprint=fingerprint,
                  metrics=metrics, is_main=trainer.is_world_process_zero())
 
 
@@ -108,11 +102,6 @@ class KtoRewardGuard(TrainerCallback):
 def _last_kto_metrics(log_history: list[dict]) -> dict:
     """The last logged KL estimate and rewards (mean implicit reward of the desirable and undesirable answers,
     and their margin)."""
-    names = {"kl": "train_kl", "rewards/chosen": "train_reward_desirable",
-             "rewards/rejected": "train_reward_undesirable", "rewards/margins": "train_reward_margins"}
-    out = {}
-    for record in log_history:
-        for key, name in names.items():
-            if key in record:
-                out[name] = round(float(record[key]), 4)
-    return out
+    return last_logged(log_history, {"kl": "train_kl", "rewards/chosen": "train_reward_desirable",
+                                     "rewards/rejected": "train_reward_undesirable",
+                                     "rewards/margins": "train_reward_margins"})

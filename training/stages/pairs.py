@@ -41,15 +41,15 @@ def pair_dataset(pairs: list[dict]):
                               for p in pairs])
 
 
-def save_with_pair_ids(trainer, pairs: list[dict]) -> Callable[[Path], None]:
+def save_with_pair_ids(trainer, pair_ids: list[str]) -> Callable[[Path], None]:
     """The stage's ``save(out)`` for :func:`~training.stages.lifecycle.finish_stage`: the adapter and the
     tokenizer beside it (every process: DeepSpeed gathers collectively), and the main process writes the ids
-    of the pairs it learned from."""
+    of the pairs it learned from (``pair_ids.json``: the manifest's ``dpo_pair_ids``)."""
 
     def save(out) -> None:
         trainer.save_model(out)
         if trainer.is_world_process_zero():
-            write_json_atomic(Path(out) / PAIR_IDS, [p["pair_id"] for p in pairs])
+            write_json_atomic(Path(out) / PAIR_IDS, list(pair_ids))
 
     return save
 
@@ -80,7 +80,7 @@ def train_reference_free(cfg: Config, paths, fingerprint: str, section, trainer_
     metrics.update(lora=record, **pair_metrics(pairs, trainer.state.log_history))
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
-    finish_stage(paths, save_with_pair_ids(trainer, pairs), kind="lora", parent=paths.parent,
+    finish_stage(paths, save_with_pair_ids(trainer, [p["pair_id"] for p in pairs]), kind="lora", parent=paths.parent,
                  fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
 
 
@@ -113,9 +113,16 @@ def pair_metrics(pairs: list[dict], log_history: list[dict]) -> dict:
 
 def last_preference_metrics(log_history: list[dict]) -> dict:
     """The last logged reward accuracy and margin (``train_reward_accuracies``, ``train_reward_margins``)."""
+    return last_logged(log_history, {"rewards/accuracies": "train_reward_accuracies",
+                                     "rewards/margins": "train_reward_margins"})
+
+
+def last_logged(log_history: list[dict], names: dict[str, str]) -> dict:
+    """``{name: last logged value}`` of each trainer log key in ``names`` (rounded to 4 places; absent if never
+    logged): the stage metrics a recipe keeps from its trainer's logs."""
     out = {}
     for record in log_history:
-        for key in ("rewards/accuracies", "rewards/margins"):
+        for key, name in names.items():
             if key in record:
-                out[key.replace("rewards/", "train_reward_")] = round(float(record[key]), 4)
+                out[name] = round(float(record[key]), 4)
     return out

@@ -144,7 +144,7 @@ register(Stage(
     include=lambda cfg: cfg.align.reward_model,
     description="a reward model (the SFT model with a scalar value head, LoRA) trained on ChiMed-DPO and the "
                 "clinicians' pairs: GRPO's reward for open prompts and the evaluation's judge",
-    runner="training.stages.rm:run_rm_stage"))
+    runner="training.stages.rm:run_rm_stage", check="training.stages.pairs:check_pairs"))
 register(Stage(
     name="dpo", parent="sft", section="dpo", data=("dpo",), display_name="DPO",
     preference=True,

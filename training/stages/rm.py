@@ -26,14 +26,13 @@ from transformers import set_seed
 from trl import RewardConfig, RewardTrainer
 
 from training.config import Config
-from training.data.files import read_jsonl, write_json_atomic
 from training.errors import UserError
 from training.modeling import default_device, default_dtype, stage_chain, stage_tokenizer, trust_remote_code
 from training.stages.arguments import training_arguments, training_dtype
 from training.stages.callbacks import stage_callbacks
 from training.stages.lifecycle import finish_stage, train_resumably
 from training.stages.lora import describe_lora, lora_record, resolve_lora_targets
-from training.stages.pairs import PAIR_IDS
+from training.stages.pairs import last_logged, read_pairs, save_with_pair_ids
 from training.stages.paths import StagePaths
 
 STAGE = "rm"
@@ -42,10 +41,7 @@ STAGE = "rm"
 def run_rm_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     """Train the reward model's LoRA adapter and head on the SFT model into ``runs/<id>/rm``."""
     # inputs: prompt (conversation so far) / chosen / rejected
-    pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")
-    if not pairs:
-        raise UserError(f"{cfg.data_dir / 'dpo.jsonl'} holds no preference pair to train the reward model on: "
-                        "rebuild the data with ./launch.sh build-data")
+    pairs = read_pairs(cfg)
 
     # model: the SFT model, merged, with a fresh one-output head (seeded: the head is drawn now)
     set_seed(cfg.train.seed)
@@ -77,13 +73,8 @@ def run_rm_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
                    **_last_reward_metrics(trainer.state.log_history))
 
     # save: the adapter with the head, the tokenizer beside it and the ids of the pairs it learned from
-    def save(out):
-        trainer.save_model(out)
-        if trainer.is_world_process_zero():
-            write_json_atomic(Path(out) / PAIR_IDS, list(kept["pair_id"]))
-
-    finish_stage(paths, save, kind="lora", parent=paths.parent, fingerprint=fingerprint,
-                 metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(paths, save_with_pair_ids(trainer, kept["pair_id"]), kind="lora", parent=paths.parent,
+                 fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
 
 
 def reward_lora_config(cfg: Config, model):
@@ -181,9 +172,4 @@ def conversation_rewards(model, tokenizer, conversations: list[list[dict]], batc
 
 def _last_reward_metrics(log_history: list[dict]) -> dict:
     """The last logged training accuracy (share of pairs already ranked right) and reward margin."""
-    out = {}
-    for record in log_history:
-        for key in ("accuracy", "margin"):
-            if key in record:
-                out[f"train_reward_{key}"] = round(float(record[key]), 4)
-    return out
+    return last_logged(log_history, {"accuracy": "train_reward_accuracy", "margin": "train_reward_margin"})
