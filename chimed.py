@@ -138,6 +138,10 @@ def _serve(cfg: Config, args) -> None:
 
 def _serve_token(cfg: Config, args) -> None:
     with PreferenceStore.from_config(cfg) as store:
+        if args.revoke:
+            revoked = store.revoke_api_tokens(args.name)
+            print(f"revoked {revoked} API token(s) of {args.name}: `serve` refuses them from the next request on")
+            return
         token = store.create_api_token(args.name)
     print(f"a new API token for {args.name} (shown once, stored only as its hash): {token}")
 
@@ -259,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-token", parents=[common],
                        help="a new bearer token for an annotator account, for `serve` (printed once)")
     p.add_argument("name", help="the annotator account (./launch.sh add-annotator NAME)")
+    p.add_argument("--revoke", action="store_true", help="delete every token of NAME instead (a leaked token)")
     p.set_defaults(func=_serve_token)
 
     p = sub.add_parser("add-annotator", parents=[common], help="create an annotator account (password from stdin)")

@@ -52,7 +52,8 @@ def endpoint_serving(endpoint: EndpointConfig) -> dict:
     """How an endpoint's answers are served, as stored with each of them (no key, no URL secrets)."""
     record = {"mode": "endpoint", "endpoint": endpoint.name, "model": endpoint.model,
               "base_url": url_without_secrets(endpoint.base_url)}
-    return record | ({"system_prompt": endpoint.system_prompt} if endpoint.system_prompt else {})
+    return record | ({"system_prompt": endpoint.system_prompt} if endpoint.system_prompt else {}) \
+        | ({"stop": list(endpoint.stop)} if endpoint.stop else {})
 
 
 def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
@@ -112,7 +113,7 @@ class EndpointClient:
         stream = self.client.chat.completions.create(
             model=e.model, messages=with_system_prompt(messages, e.system_prompt), stream=True,
             max_tokens=decoding.max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
-            seed=decoding.seed, extra_headers=self.headers,
+            seed=decoding.seed, extra_headers=self.headers, stop=list(e.stop) if e.stop else openai.omit,
             stream_options={"include_usage": True})  # the engine's own token count, in a last chunk
         text, pieces, usage, finish = "", 0, None, None
         with stream:

@@ -189,6 +189,8 @@ def test_endpoints_come_from_the_config_and_are_listed_beside_the_runs_stages(ap
     (endpoint("a", "http://h/v1", model=""), r"model is missing"),
     (endpoint("a", "http://h/v1", api_key_env=KEY), r"api_key_env must be the NAME of an environment variable"),
     (endpoint("a", "http://h/v1", max_concurrency=0), r"max_concurrency must be at least 1"),
+    (endpoint("a", "http://h/v1", stop=["a", "b", "c", "d", "e"]), r"stop must be at most 4 non-empty strings"),
+    (endpoint("a", "http://h/v1", stop=[""]), r"stop must be at most 4 non-empty strings"),
     ("{name: a, base_url: 'http://h/v1', model: m, url: x}", r"unknown key app.endpoints\[0\].url"),
 ])
 def test_a_bad_endpoint_entry_is_refused_in_one_line_without_repeating_a_secret(entry, message):
@@ -325,7 +327,7 @@ def test_the_api_key_is_sent_from_the_environment_and_never_stored_shown_or_logg
 
 def test_an_endpoint_contestant_is_blind_judged_and_stored_with_its_provenance(app_home, engine, make_pool):
     run_id = app_home[1]
-    cfg = config_with(endpoint("reference", engine.url, "ok", system_prompt="你是一名医生。"),
+    cfg = config_with(endpoint("reference", engine.url, "ok", system_prompt="你是一名医生。", stop=["\n问："]),
                       endpoint("leaky", engine.url, "leaky-med-7b"))
     chosen = [f"{run_id}/sft", "endpoint:reference", "endpoint:leaky"]
     with PreferenceStore.from_config(cfg) as store:
@@ -345,6 +347,8 @@ def test_an_endpoint_contestant_is_blind_judged_and_stored_with_its_provenance(a
         assert body["messages"] == [{"role": "system", "content": "你是一名医生。"}, {"role": "user", "content": PROMPT}]
         assert (body["seed"], body["max_tokens"], body["temperature"], body["top_p"], body["stream"]) == \
             (1234, 20, decoding.temperature, decoding.top_p, True)
+        assert body["stop"] == ["\n问："]  # its stop strings; an endpoint without any sends none
+        assert "stop" not in next(r["body"] for r in engine.requests if r["body"]["model"] == "leaky-med-7b")
         arena.rank(session, {labels["endpoint:reference"]: 1, labels[f"{run_id}/sft"]: 2, labels["endpoint:leaky"]: 3})
         assert session.header(labels["endpoint:reference"]).endswith("endpoint:reference")  # revealed after
 
@@ -352,7 +356,8 @@ def test_an_endpoint_contestant_is_blind_judged_and_stored_with_its_provenance(a
         reference = stored["endpoint:reference"]
         assert reference.text == "".join(ANSWER)  # exactly what the endpoint sent
         assert reference.serving == {"mode": "endpoint", "endpoint": "reference", "model": "ok",
-                                     "base_url": engine.url, "system_prompt": "你是一名医生。", "served_model": "ok"}
+                                     "base_url": engine.url, "system_prompt": "你是一名医生。", "stop": ["\n问："],
+                                     "served_model": "ok"}
         assert reference.seed == 1234 and reference.decoding["max_new_tokens"] == 20
         assert reference.n_tokens == len(ANSWER) and reference.latency_s > 0
         assert stored["endpoint:leaky"].leaks == ["leaky", "leaky-med-7b"]  # naming itself gives it away

@@ -234,6 +234,11 @@ def test_with_accounts_each_request_needs_an_annotators_token(tiny_run, tmp_path
         answer = client.chat.completions.create(model=f"{run_id}/dpo", max_tokens=4,
                                                 messages=[{"role": "user", "content": QUESTION}])
         assert answer.usage.completion_tokens > 0
+        # a leaked token is revoked while the server runs: refused from the next request on
+        assert chimed_main(["serve-token", "dr_li", "--revoke", "--profile", "tiny"]) == 0
+        assert "revoked 1 API token(s) of dr_li" in capsys.readouterr().out
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
     assert re.search(rf"serve: dr_li · {re.escape(run_id)}/dpo · ", log.read_text())  # attributed, and
     with PreferenceStore(url) as store:
         assert store.counts().comparisons == comparisons  # not recorded as a comparison
@@ -251,6 +256,16 @@ def test_a_token_is_an_accounts_and_only_its_hash_is_stored(pref_store):
     with pref_store._read() as session:
         digests = session.scalars(select(ApiTokenRow.token_sha256)).all()
     assert sorted(digests) == sorted(hashlib.sha256(t.encode()).hexdigest() for t in (first, second))
+
+    # revoking: all of one account's tokens, and no one else's
+    pref_store.add_annotator("dr_zhao", "pw")
+    other = pref_store.create_api_token("dr_zhao")
+    assert pref_store.revoke_api_tokens("dr_wang") == 2
+    assert pref_store.annotator_for_token(first) is None and pref_store.annotator_for_token(second) is None
+    assert pref_store.annotator_for_token(other).name == "dr_zhao"
+    assert pref_store.revoke_api_tokens("dr_wang") == 0
+    with pytest.raises(PreferenceStoreError, match="no annotator account 'nobody'"):
+        pref_store.revoke_api_tokens("nobody")
 
 
 def test_a_failing_model_is_a_server_error_and_the_other_stages_still_answer(app_home, make_pool):

@@ -63,6 +63,9 @@ def test_endpoint_entries_parse_back_into_the_config(tiny_run, use_home):
     assert len({e.name for e in from_yaml}) == 4
     assert all(e.api_key_env == "VLLM_API_KEY" and e.max_concurrency == load_config("tiny").app.concurrent_comparisons
                for e in from_yaml)
+    # base and cpt answer plain text: their endpoints end an answer at the next turn, where the pool cuts it
+    assert {s: by_model[f"{run_id}/{s}"].stop for s in ("base", "cpt", "sft", "dpo")} == \
+        {"base": ["\n问：", "\n答："], "cpt": ["\n问：", "\n答："], "sft": [], "dpo": []}
 
 
 def test_printed_commands_are_valid_and_skip_a_finished_export(app_home, capsys):

@@ -7,6 +7,7 @@ by content; a stage is saved once."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,6 +150,9 @@ def test_the_stages_record_their_log_probability_path(tiny_cfg):
         assert metrics["lm_head_loss"] == "plain" and metrics["padding_free"] is True
         assert 0 < metrics["padding_share"] < 1  # padded batches: this much was left out
     assert metrics["reference_precomputed"] is True and metrics["reference_precompute_s"] > 0
+    for stage in ("base", "cpt", "sft", "dpo"):  # trained on the CPU with train.keep_freed_memory on (default)
+        metrics = json.loads((cfg.runs_dir / run_id / stage / "stage.json").read_text())["metrics"]
+        assert metrics["freed_memory_kept"] is True, stage
 
 
 def test_the_settings_are_checked_and_fingerprinted(tiny_cfg):
@@ -247,3 +251,45 @@ def test_packed_batches_train_as_transformers_collator_and_attention_mask_would(
     _assert_close(results[0][0], results[1][0], "loss", RTOL)
     for name, grad in results[0][1].items():
         _assert_close(grad, results[1][1][name], f"gradient of {name}", RTOL)
+
+
+FAULTS_PER_STEP = """
+import json, resource, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from training.stages.allocator import freed_memory_kept, keep_freed_memory_for_training
+
+torch.manual_seed(0)  # one decoder layer of the demo model, a CPT batch of the demo's shape (16 x 128, 4,000 words)
+model = LlamaForCausalLM(LlamaConfig(vocab_size=4000, hidden_size=128, intermediate_size=344, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=4))
+ids = torch.randint(0, 4000, (16, 128))
+
+def faults():  # minor page faults per forward and backward pass, once the memory a step needs has been taken
+    for _ in range(5):
+        model(input_ids=ids, labels=ids).loss.backward()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        model(input_ids=ids, labels=ids).loss.backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+
+default = faults()
+applied = keep_freed_memory_for_training(sys.argv[1] == "on")
+print(json.dumps({"default": default, "applied": applied, "kept": freed_memory_kept(), "after": faults()}))
+"""
+
+
+@pytest.mark.parametrize("setting", ["on", "off"])
+def test_cpu_training_keeps_freed_memory_instead_of_faulting_it_in_again(setting):
+    """glibc maps a step's large tensors (the logits and their gradients) anew and faults their pages in again
+    at every step; with train.keep_freed_memory the next step reuses the freed memory, and off nothing is set."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, setting], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["default"] > 1000  # glibc's default: thousands of page faults a step
+    if setting == "on":
+        assert result["applied"] is True and result["kept"] is True
+        assert result["after"] < result["default"] / 5  # measured: 0-1,400 against 3,500-16,000
+    else:
+        assert result["applied"] is False and result["kept"] is False

@@ -164,17 +164,19 @@ def test_the_arena_compares_a_runs_stage_with_the_stage_served_by_vllm(vllm_serv
     served = [e for e in plan.endpoints() if e["base_url"].endswith(f":{server.port}/v1")]
     cfg = load_config("tiny", [f"app.endpoints={json.dumps(served)}"])
     sft = next(e for e in cfg.app.endpoints if e.model == f"{run_id}/sft")
+    cpt = next(e for e in cfg.app.endpoints if e.model == f"{run_id}/cpt")
     contestant = f"endpoint:{sft.name}"
     with PreferenceStore.from_config(cfg) as store:
         arena = Arena(cfg, store, make_pool(cfg))
         annotator = store.demo_annotator()
         store.mark_guideline_seen(annotator.id, store.guideline().version)
         session = ArenaSession(annotator=annotator, notice_accepted=True)
-        arena.start(session, [f"{run_id}/sft", contestant], blind=True, rng=random.Random(0))
+        arena.start(session, [f"{run_id}/sft", contestant, f"endpoint:{cpt.name}"], blind=True,
+                    rng=random.Random(0))
         decoding = resolve_decoding(cfg.app.decoding, seed=424242, max_new_tokens=24)
         list(arena.ask(session, PROMPT, decoding))
         assert session.errors == {}
-        arena.vote(session, "tie")
+        arena.rank(session, {label: place for place, label in enumerate(session.labels, 1)})
         stored = {r.checkpoint_id: r for r in store.get_comparison(session.comparison_id).responses}
 
     answer = stored[contestant]
@@ -189,3 +191,8 @@ def test_the_arena_compares_a_runs_stage_with_the_stage_served_by_vllm(vllm_serv
         temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed)
     sent = direct.choices[0].message.content
     assert answer.text == clean_answer(sent) and answer.text.strip()
+
+    # cpt answers plain text: vLLM takes the plan's stop strings and ends its answer before the next turn
+    plain = stored[f"endpoint:{cpt.name}"]
+    assert cpt.stop == ["\n问：", "\n答："] and plain.serving["stop"] == cpt.stop
+    assert not any(marker in plain.text for marker in cpt.stop)

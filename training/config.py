@@ -363,6 +363,9 @@ class TrainConfig:
     main_process_ip: str = "127.0.0.1"  # address of machine 0
     main_process_port: int = 29500
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # training on the CPU (glibc): freed memory stays in the heap for the next step instead of going back to the
+    # OS, so large tensors cost no page faults at each step (training/stages/allocator.py); the same numbers
+    keep_freed_memory: bool = True
     evaluate_after: bool = True  # train-all evaluates every stage when training is done
 
 
@@ -440,6 +443,7 @@ LEAK_TERMS = ("Baichuan", "百川", "Qwen", "通义千问", "千问", "阿里云
               "Qilin-Med", "HuatuoGPT", "华佗GPT", "Zhongjing", "仲景", "DISC-MedLLM", "ChiMed")
 
 
+MAX_STOP_STRINGS = 4  # an OpenAI chat completion takes at most 4 stop strings
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -459,6 +463,9 @@ class EndpointConfig:
     system_prompt: str = ""
     max_concurrency: int = 4  # requests in flight to it at once; further panels wait for a slot
     timeout_s: float = 120.0  # a whole answer must arrive within this time, else its panel fails
+    # strings the engine ends an answer before (OpenAI's stop, at most 4); serve-plan gives base and cpt the
+    # plain turn markers, where the pool cuts their answers too
+    stop: list[str] = field(default_factory=list)
 
 
 def url_without_secrets(url: str) -> str:
@@ -509,6 +516,9 @@ def check_endpoints(endpoints: list, where: str) -> None:
                             "(e.g. HOSPITAL_API_KEY), never the key itself")
         if e.max_concurrency < 1 or not e.timeout_s > 0:
             raise UserError(f"config: {at}: max_concurrency must be at least 1 and timeout_s above 0")
+        if len(e.stop) > MAX_STOP_STRINGS or not all(isinstance(x, str) and x for x in e.stop):
+            raise UserError(f"config: {at}.stop must be at most {MAX_STOP_STRINGS} non-empty strings "
+                            "(the OpenAI API's limit)")
 
 
 @dataclass

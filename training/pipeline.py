@@ -36,7 +36,6 @@ from training.config import Config, config_from_dict
 from training.data.build import build_chimed, data_is_built
 from training.data.files import write_json_atomic
 from training.errors import UserError
-from training.evaluation.evaluate import evaluate_run
 from training.evaluation.reward import judge_run
 from training.fingerprints import recorded_fingerprint, stage_fingerprint
 from training.launch import launch_command, launch_env, print_dry_run
@@ -53,6 +52,7 @@ from training.manifest import (
     write_manifest,
 )
 from training.modeling import CHAT_TEMPLATE_POLICIES
+from training.stages.allocator import keep_freed_memory_for_training
 from training.stages.arguments import check_device_options, process_state, write_deepspeed_config
 from training.stages.lifecycle import prepare_work_dir
 from training.stages.pairs import PAIR_IDS
@@ -112,6 +112,9 @@ def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None
         write_json_atomic(run_path / RUN_STATE, {**state, "complete": True})
         if cfg.train.evaluate_after:
             print(f"evaluation of run {run_id}", flush=True)
+            # imported here: its metrics (rouge, sacrebleu, nltk, scipy) add ~45 MB a training process never uses
+            from training.evaluation.evaluate import evaluate_run
+
             evaluate_run(cfg, run_id)
     print(f"run {run_id} complete: {run_path / MANIFEST}", flush=True)
     return run_id
@@ -309,7 +312,7 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
                 raise UserError(f"stage {stage} failed in its launched processes (exit {result.returncode}); "
                                 "see their output above, then rerun the same command to resume")
         else:
-            get_stage(stage).run()(cfg, paths, fingerprint)
+            train_stage_here(cfg, stage, paths, fingerprint)
         done = read_stage_info(paths.final)
         if is_main_machine:  # the stage's whole wall time: loading, data preparation, training, saving
             done["metrics"]["wall_s"] = round(time.time() - started, 1)
@@ -319,6 +322,12 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
         _record_stage(cfg, run_path, stage, done)
+
+
+def train_stage_here(cfg: Config, stage: str, paths, fingerprint: str) -> None:
+    """Train one stage in this process (train-all's own, or each process that accelerate launched)."""
+    keep_freed_memory_for_training(cfg.train.keep_freed_memory)
+    get_stage(stage).run()(cfg, paths, fingerprint)
 
 
 def _record_stage(cfg: Config, run_path: Path, stage: str, info: dict) -> None:
@@ -347,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = stage_paths(args.run_dir, args.stage)
     fingerprint = (paths.work / "fingerprint").read_text()
     try:
-        get_stage(args.stage).run()(cfg, paths, fingerprint)
+        train_stage_here(cfg, args.stage, paths, fingerprint)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ import yaml
 
 from training.config import Config
 from training.errors import UserError
+from training.evaluation.prompts import PLAIN_TURN_STOPS
 from training.manifest import list_runs, read_manifest_at, run_dir
 from training.stages.registry import answering
 
@@ -131,6 +132,7 @@ class ServePlan:
     exports: tuple[Export, ...]
     servers: tuple[Server, ...]
     notes: tuple[str, ...] = field(default=())
+    plain_stages: tuple[str, ...] = ()  # not instruction-tuned (base, cpt): their endpoints get the turn stops
 
     def server_for(self, stage: str) -> Server:
         return next(s for s in self.servers if stage in dict(s.models))
@@ -143,7 +145,8 @@ class ServePlan:
                 url = f"http://{self.host}:{server.port}/v1"
                 out.append({"name": endpoint_name(self.run_id, stage), "base_url": url, "model": model,
                              **({"api_key_env": self.api_key_env} if self.api_key_env else {}),
-                             "max_concurrency": self.max_concurrency})
+                             "max_concurrency": self.max_concurrency,
+                             **({"stop": list(PLAIN_TURN_STOPS)} if stage in self.plain_stages else {})})
         return out
 
     def endpoints_yaml(self) -> str:
@@ -251,16 +254,17 @@ def plan_vllm(cfg: Config, run_id: str, host: str | None = None, port: int | Non
                            gpus=gpu_sets[i][0], gpu_memory_utilization=gpu_sets[i][1])
                     for i, stage in enumerate(order))
     notes = []
-    plain = [s for s in stages if s not in cfg.eval.chat_stages]
+    plain = tuple(s for s in stages if s not in cfg.eval.chat_stages)
     if plain:
-        notes.append(f"{', '.join(plain)}: not instruction-tuned; the pool cuts their answers at the next 问： turn, "
-                     "vLLM does not (an endpoint sends no stop strings), so theirs run on to max_tokens")
+        notes.append(f"{', '.join(plain)}: not instruction-tuned; their endpoints stop at the next 问：/答： turn "
+                     "(stop strings), where the pool cuts their answers too")
     if any(s.gpu_memory_utilization for s in servers):
         notes.append(f"{len(servers)} servers share {gpus} GPU(s): each pre-allocates "
                      f"{servers[0].gpu_memory_utilization:g} of a GPU's memory; every model must fit in its share")
     return ServePlan(run_id=run_id, host=host, dtype=dtype, tensor_parallel=tensor_parallel,
                      trust_remote_code=trust_remote_code(path), max_concurrency=cfg.app.concurrent_comparisons,
-                     api_key_env=api_key_env, exports=exports, servers=servers, notes=tuple(notes))
+                     api_key_env=api_key_env, exports=exports, servers=servers, notes=tuple(notes),
+                     plain_stages=plain)
 
 
 def unservable_adapter(adapter_dir: Path) -> str | None:

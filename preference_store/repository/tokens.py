@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from preference_store.models import AnnotatorRow, ApiTokenRow
@@ -39,6 +39,18 @@ class ApiTokens(StoreSessions):
 
         self._write(work)
         return token
+
+    def revoke_api_tokens(self, name: str) -> int:
+        """Delete every token of the account ``name`` (checked at each request: refused from the next one on);
+        returns how many there were."""
+
+        def work(session: Session) -> int:
+            row = _by_name(session, name)
+            if row is None:
+                raise PreferenceStoreError(f"no annotator account {name!r}")
+            return session.execute(delete(ApiTokenRow).where(ApiTokenRow.annotator_id == row.id)).rowcount
+
+        return self._write(work)
 
     def annotator_for_token(self, token: str) -> Annotator | None:
         """The annotator whose token this is, while their account can log in; else None."""

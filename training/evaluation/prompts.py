@@ -14,6 +14,9 @@ from __future__ import annotations
 from training.chat_format import ASSISTANT_MARKER, USER_MARKER
 
 PLAIN_MARKERS = {"system": "", "user": USER_MARKER, "assistant": ASSISTANT_MARKER}
+# where a plain-text answer ends: the next turn's marker on a new line (the pool cuts there; an endpoint serving
+# base or cpt sends them as its stop strings)
+PLAIN_TURN_STOPS = ("\n" + USER_MARKER, "\n" + ASSISTANT_MARKER)
 
 
 def conversation_prompt(tokenizer, messages: list[dict], chat: bool) -> str:
@@ -26,6 +29,6 @@ def conversation_prompt(tokenizer, messages: list[dict], chat: bool) -> str:
 
 def cut_plain_answer(text: str) -> str:
     """A plain-text generation runs on into the next turn; keep what comes before it."""
-    for marker in ("\n" + PLAIN_MARKERS["user"], "\n" + PLAIN_MARKERS["assistant"]):
+    for marker in PLAIN_TURN_STOPS:
         text = text.split(marker, 1)[0]
     return text.strip()

@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers.trainer_utils import get_last_checkpoint
 
 from training.data.files import write_json_atomic
+from training.stages.allocator import freed_memory_kept
 from training.stages.callbacks import append_jsonl, check_training_loss
 from training.stages.paths import STAGE_INFO, StagePaths
 
@@ -59,6 +60,7 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
         "train_tokens": tokens,
         "tokens_per_s": round((tokens - tokens_before) / runtime, 1) if runtime else None,
         "world_size": trainer.args.world_size,
+        "freed_memory_kept": freed_memory_kept(),  # train.keep_freed_memory, applied (CPU, glibc)
     }
     _record_process(trainer, paths, metrics)
     return metrics
