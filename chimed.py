@@ -21,9 +21,10 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from preference_store.cli import add_annotator
-from preference_store.export import export_cli, export_pairs
-from preference_store.export_ratings import export_ratings
+from preference_store.cli import (add_annotator, cli_actor, report_superseded, set_account_enabled, set_password,
+                                  unlock_account)
+from preference_store.export import export_pairs, format_summary
+from preference_store.export_ratings import export_ratings, format_ratings_summary
 from preference_store.repository import PreferenceStore
 from training.config import PROFILES, Config, load_config
 from training.data.build import build_chimed, data_is_built
@@ -65,6 +66,8 @@ def export_clinician_pairs(cfg: Config) -> None:
     with PreferenceStore.from_config(cfg) as store:
         summary = export_pairs(cfg, store=store)
         ratings = export_ratings(cfg, store=store)
+        if summary.path is not None or ratings.path is not None:
+            store.record_export_event("loop", summary, ratings)
     if summary.path is not None:
         print(f"preferences: exported {len(summary.pair_ids)} new clinician pairs ({summary.train} train, "
               f"{summary.heldout} held out) to {summary.path}", flush=True)
@@ -139,10 +142,10 @@ def _serve(cfg: Config, args) -> None:
 def _serve_token(cfg: Config, args) -> None:
     with PreferenceStore.from_config(cfg) as store:
         if args.revoke:
-            revoked = store.revoke_api_tokens(args.name)
+            revoked = store.revoke_api_tokens(args.name, actor=cli_actor())
             print(f"revoked {revoked} API token(s) of {args.name}: `serve` refuses them from the next request on")
             return
-        token = store.create_api_token(args.name)
+        token = store.create_api_token(args.name, actor=cli_actor())
     print(f"a new API token for {args.name} (shown once, stored only as its hash): {token}")
 
 
@@ -155,21 +158,42 @@ def _demo(cfg: Config, args) -> None:
     _app(cfg, args)
 
 
-def _add_annotator(cfg: Config, args) -> None:
+def _read_password(name: str) -> str:
     if sys.stdin.isatty():
-        password = getpass.getpass(f"password for {args.name}: ")
-    else:
-        password = sys.stdin.readline().rstrip("\n")
-    add_annotator(cfg, args.name, role=args.role, password=password)
+        return getpass.getpass(f"password for {name}: ")
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _add_annotator(cfg: Config, args) -> None:
+    if args.disable or args.enable:
+        set_account_enabled(cfg, args.name, enabled=args.enable)
+        return
+    add_annotator(cfg, args.name, role=args.role, password=_read_password(args.name))
+
+
+def _passwd(cfg: Config, args) -> None:
+    set_password(cfg, args.name, _read_password(args.name))
+
+
+def _unlock(cfg: Config, args) -> None:
+    unlock_account(cfg, args.name)
 
 
 def _export_prefs(cfg: Config, args) -> None:
-    export_cli(cfg, out=args.out, since=args.since)
+    with PreferenceStore.from_config(cfg) as store:
+        pairs = export_pairs(cfg, out=args.out, since=args.since, store=store)
+        ratings = export_ratings(cfg, since=args.since, store=store)
+        store.record_export_event(cli_actor(), pairs, ratings)
+    print(format_summary(pairs))
+    print(format_ratings_summary(ratings))
 
 
 def _import_bank(cfg: Config, args) -> None:
     with PreferenceStore.from_config(cfg) as store:
         summary = store.import_bank(args.file, bank=args.bank)
+        store.record_event("bank.imported", actor=cli_actor(), target=summary.bank,
+                           detail={"file": str(args.file), "imported": summary.imported,
+                                   "duplicates": summary.duplicates, "errors": len(summary.errors)})
     print(f"prompt bank {summary.bank!r}: imported {summary.imported} prompts, {summary.duplicates} duplicates "
           f"imported once" + (f", {len(summary.errors)} malformed lines left out:" if summary.errors else ""))
     for error in summary.errors:
@@ -179,6 +203,7 @@ def _import_bank(cfg: Config, args) -> None:
 def _queue_round(cfg: Config, args) -> None:
     with PreferenceStore.from_config(cfg) as store:
         new = store.start_queue_round(None)
+        store.record_event("queue.round", actor=cli_actor(), target=str(new))
         prompts = len(store.bank_prompts())
     print(f"queue round {new} started: every annotator's queue holds the {prompts} bank prompts again "
           f"({cfg.store.annotators_per_prompt} annotators per prompt)")
@@ -269,7 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("add-annotator", parents=[common], help="create an annotator account (password from stdin)")
     p.add_argument("name")
     p.add_argument("--role", choices=("annotator", "admin"), default="annotator")
+    toggle = p.add_mutually_exclusive_group()
+    toggle.add_argument("--disable", action="store_true", help="disable NAME instead: its sessions and tokens "
+                        "stop at their next request")
+    toggle.add_argument("--enable", action="store_true", help="enable a disabled NAME again")
     p.set_defaults(func=_add_annotator)
+
+    p = sub.add_parser("passwd", parents=[common], help="set an account's password (from stdin; the policy applies)")
+    p.add_argument("name")
+    p.set_defaults(func=_passwd)
+
+    p = sub.add_parser("unlock", parents=[common], help="unlock an account locked by failed logins")
+    p.add_argument("name")
+    p.set_defaults(func=_unlock)
 
     p = sub.add_parser("export-prefs", parents=[common], help="export de-identified preference pairs as dpo.jsonl")
     p.add_argument("--out", help="output file (default: a new file in the collected-pairs folder)")
@@ -285,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("queue-round", parents=[common],
                        help="start a new queue round: every annotator gets the bank prompts again (e.g. for a new run)")
     p.set_defaults(func=_queue_round)
+
+    p = sub.add_parser("judgment-duplicates", parents=[common],
+                       help="list the judgments and ratings kept as history: second votes resolved when the store "
+                            "was migrated (the latest counts) and revisions")
+    p.set_defaults(func=lambda cfg, args: report_superseded(cfg))
 
     p = sub.add_parser("compare-runs", parents=[common],
                        help="clinicians' verdict on a run against another on the shared bank prompts")

@@ -5,16 +5,30 @@ bank prompts and rate single answers.
     from gradio_client import Client
     client = Client("http://127.0.0.1:7860/")               # auth=("name", "password") with accounts
     ids = client.predict(api_name="/contestants")
-    cmp = client.predict("高血压饮食注意什么？", ids[:2], True, api_name="/compare")
-    client.predict(cmp["comparison_id"], "A", api_name="/judge")
+    cmp = client.predict("高血压饮食注意什么？", ids[:2], True, api_name="/compare")   # answers A, B: no names
+    out = client.predict(cmp["comparison_id"], "A", api_name="/judge")  # out["reveal"]: label -> checkpoint id
     item = client.predict(ids[:2], True, api_name="/queue_next")  # the next bank prompt, answered; progress
     client.predict(item["comparison_id"], "B", False, api_name="/rate")   # thumbs down on answer B
 
 Every call is checked like the UI: the research-only notice must be accepted (``accept_notice``),
-unknown checkpoint ids and bad prompts are refused with a one-line error, and the caller is the
-logged-in annotator (or "demo" when no account exists). API comparisons are not blind: the caller
-names the contestants, and the answers come back labelled A-D with their checkpoint ids. A caller
-judges and rates only the comparisons they recorded themselves (the store refuses the others').
+unknown checkpoint ids and bad prompts are refused, and the caller is the logged-in annotator (or "demo"
+when no account exists). The browser's rules hold here too:
+
+- Blind: ``/compare`` and ``/queue_next`` shuffle the contestants over the labels A-D as the Compare tab's blind
+  mode does, and their results name no checkpoint (no id, run or stage; a failed panel's error is keyed by its
+  label) until the caller has judged; ``/judge`` returns ``reveal``. An admin may ask for ``blind=False`` (the
+  answers in the order given, with their checkpoint ids and leak flags); the comparison is then recorded as
+  not blind, and its judgments stay out of the leaderboard and the training pairs unless
+  ``store.admit_unblinded``. ``blind=False`` from anyone else is refused.
+- One vote: one judgment per (annotator, comparison) and one rating per (annotator, comparison, label); a
+  second one is refused ("already judged; ..."), with or without ``client_id``. The same ``client_id`` sent
+  again (a retry) returns the stored one with ``duplicate`` true. ``revise=True`` replaces the caller's
+  judgment (rating): the earlier one is kept as history, only the newest makes pairs.
+- A caller judges and rates only the comparisons they recorded themselves (the store refuses the others').
+
+Refusals raise gradio's error (``AppError`` in ``gradio_client``) and log one line (:mod:`app.refusals`).
+Only the endpoints of :data:`API_ENDPOINTS` are public: the UI's own callbacks are hidden from ``view_api()``
+and from ``gradio_client`` (:func:`hide_ui_callbacks`).
 
 Identifiers (:mod:`app.identifiers`): the text a caller sends, the prompt of ``/compare`` and the
 ``correction`` and ``reason`` of ``/judge`` and ``/rate``, is screened before any model sees it or the
@@ -39,8 +53,29 @@ from app.auth import identify
 from app.contestants import available_contestants
 from app.identifiers import as_sent
 from app.notice import NOT_ACCEPTED
-from preference_store.records import PANEL_LABELS, JudgmentIn, RatingIn
+from app.refusals import refusal
+from preference_store.records import PANEL_LABELS, Annotator, JudgmentIn, RatingIn
 from training.errors import UserError
+
+API_ENDPOINTS = ("contestants", "compare", "judge", "queue_next", "rate")  # the documented ones (README "API")
+UNBLIND_FOR_ADMINS = ("only admins may ask for an unblinded comparison (blind=False): leave blind on, the names "
+                      "come back with /judge's reveal")
+
+
+def hide_ui_callbacks(demo: gr.Blocks) -> None:
+    """Make every event of ``demo`` but :data:`API_ENDPOINTS` private: the browser still calls them, but they are
+    not listed by ``view_api()`` and ``gradio_client`` does not call them (gradio has no Blocks-wide switch)."""
+    for fn in demo.fns.values():
+        if fn.api_name not in API_ENDPOINTS:
+            fn.api_visibility = "private"
+    demo.config = demo.get_config_file()  # the config the page and the clients read was made on exit
+
+
+def check_blind(annotator: Annotator, blind) -> bool:
+    """The blind setting a caller may have: anyone blind, only an admin not."""
+    if not bool(blind) and not annotator.is_admin:
+        raise UserError(UNBLIND_FOR_ADMINS)
+    return bool(blind)
 
 
 def build_api(arena: Arena) -> None:
@@ -53,61 +88,79 @@ def build_api(arena: Arena) -> None:
         """Checkpoint ids that can be compared: every stage of every completed run, newest run first."""
         return [c.checkpoint_id for c in available_contestants(cfg)]
 
+    def caller(request: gr.Request | None) -> Annotator | str | None:
+        """Who is calling, for a refusal's log line: the annotator, else the name they logged in with."""
+        username = getattr(request, "username", None)
+        try:
+            return identify(store, username)
+        except UserError:
+            return username
+
     def compare(prompt: str, checkpoints: list[str], accept_notice: bool = False,
                 temperature: float = d.temperature, top_p: float = d.top_p, max_new_tokens: int = d.max_new_tokens,
-                seed: int = d.seed, redact: bool = False, request: gr.Request = None) -> dict:
-        """Answer ``prompt`` with 2-4 checkpoints and record the comparison; returns its id, the prompt as
-        sent, the answers and the identifiers redacted. A prompt with identifiers is refused unless ``redact``."""
+                seed: int = d.seed, redact: bool = False, blind: bool = True, request: gr.Request = None) -> dict:
+        """Answer ``prompt`` with 2-4 checkpoints, shuffled over the labels A-D, and record the comparison;
+        returns its id, the prompt as sent, the answers by label (no checkpoint names until judged) and the
+        identifiers redacted. A prompt with identifiers is refused unless ``redact``; ``blind=False`` (the
+        answers in the order given, with their checkpoint ids) is for admins."""
         try:
-            session = ArenaSession(annotator=identify(store, getattr(request, "username", None)),
-                                   notice_accepted=bool(accept_notice))
-            arena.start(session, checkpoints, blind=False)
+            annotator = identify(store, getattr(request, "username", None))
+            session = ArenaSession(annotator=annotator, notice_accepted=bool(accept_notice))
+            arena.start(session, checkpoints, blind=check_blind(annotator, blind))
             decoding = resolve_decoding(d, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                         seed=seed)
             for _ in arena.ask(session, prompt, decoding, redact=bool(redact)):
                 pass
+            return recorded(session, decoding.seed)
         except UserError as err:
-            raise gr.Error(str(err)) from None
-        return recorded(session, decoding.seed)
+            raise refusal("/compare", caller(request), str(err)) from None
 
     def recorded(session: ArenaSession, seed: int) -> dict:
-        errors = {session.panels[PANEL_LABELS.index(label)].checkpoint_id: error
-                  for label, error in session.errors.items()}
+        """The recorded comparison as a caller may see it before judging: blind, by label only."""
+        def named(label: str) -> str:
+            return label if session.blind else session.panels[PANEL_LABELS.index(label)].checkpoint_id
+
+        errors = {named(label): error for label, error in session.errors.items()}
         if session.comparison_id is None:
-            raise gr.Error(f"fewer than two answers, nothing recorded: {errors}")
+            raise UserError(f"fewer than two answers, nothing recorded: {errors}")
         stored = store.get_comparison(session.comparison_id)
-        return {"comparison_id": stored.id, "seed": seed, "errors": errors, "prompt": session.last_prompt,
-                "identifiers": dict(session.redacted),
-                "answers": [{"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
-                            for r in stored.responses]}
+        answers = [{"label": r.label, "text": r.text} if session.blind
+                   else {"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
+                   for r in stored.responses]
+        return {"comparison_id": stored.id, "blind": stored.blind, "seed": seed, "errors": errors,
+                "prompt": session.last_prompt, "identifiers": dict(session.redacted), "answers": answers}
 
     def judge(comparison_id: str, choice: str | None = None, ranking: dict[str, int] | None = None,
               correction: str | None = None, reason: str | None = None, client_id: str | None = None,
-              redact: bool = False, request: gr.Request = None) -> dict:
-        """Judge a recorded comparison: a choice (A/B/tie/both_bad), a ranking {label: place} or a correction.
+              redact: bool = False, revise: bool = False, request: gr.Request = None) -> dict:
+        """Judge a recorded comparison, once: a choice (A/B/tie/both_bad), a ranking {label: place} or a
+        correction; returns ``reveal`` (label -> checkpoint id). A second judgment is refused unless ``revise``
+        (which replaces the first); the same ``client_id`` again returns the first with ``duplicate`` true.
         A correction or reason with identifiers is refused unless ``redact``."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
             out = store.submit_judgment(JudgmentIn(comparison_id, annotator.id, client_id=client_id or None,
                                                    choice=choice or None, ranking=ranking or None,
-                                                   correction=sent["correction"], reason=sent["reason"]))
+                                                   correction=sent["correction"], reason=sent["reason"],
+                                                   revise=bool(revise)))
         except UserError as err:
-            raise gr.Error(str(err)) from None
+            raise refusal("/judge", caller(request), str(err)) from None
         return {"judgment_id": out.id, "kind": out.kind, "pair_ids": list(out.pair_ids), "duplicate": out.duplicate,
                 "reveal": store.get_comparison(comparison_id, annotator.id).reveal,
                 "judgments_by_you": store.count_judgments(annotator.id), "identifiers": dict(check.counts)}
 
-    def queue_next(checkpoints: list[str] | None = None, accept_notice: bool = False,
+    def queue_next(checkpoints: list[str] | None = None, accept_notice: bool = False, blind: bool = True,
                    request: gr.Request = None) -> dict:
         """The caller's next bank prompt (their open one first) and their progress; with 2-4 ``checkpoints``
         it is also answered (the shared queue decoding) and the comparison recorded, as ``/compare`` returns
-        it. ``assignment_id`` None and ``message`` when the queue is empty."""
+        it (blind unless an admin asks for ``blind=False``). ``assignment_id`` None and ``message`` when the
+        queue is empty."""
         try:
-            session = ArenaSession(annotator=identify(store, getattr(request, "username", None)),
-                                   notice_accepted=bool(accept_notice))
+            annotator = identify(store, getattr(request, "username", None))
+            session = ArenaSession(annotator=annotator, notice_accepted=bool(accept_notice))
             if checkpoints:
-                assignment = arena.take_assignment(session, checkpoints, blind=False)
+                assignment = arena.take_assignment(session, checkpoints, blind=check_blind(annotator, blind))
             elif not session.notice_accepted:
                 raise UserError(NOT_ACCEPTED)
             else:
@@ -126,22 +179,24 @@ def build_api(arena: Arena) -> None:
                     out |= recorded(session, decoding.seed)
             progress = store.queue_progress(session.annotator.id)
         except UserError as err:
-            raise gr.Error(str(err)) from None
+            raise refusal("/queue_next", caller(request), str(err)) from None
         return out | {"progress": str(progress), "done": progress.done, "total": progress.total}
 
     def rate(comparison_id: str, label: str, up: bool, correction: str | None = None, reason: str | None = None,
-             client_id: str | None = None, redact: bool = False, request: gr.Request = None) -> dict:
-        """Thumbs up (``up`` true) or down on answer ``label`` of a comparison you recorded, with an optional
-        better answer and reason (with identifiers: refused unless ``redact``)."""
+             client_id: str | None = None, redact: bool = False, revise: bool = False,
+             request: gr.Request = None) -> dict:
+        """Thumbs up (``up`` true) or down on answer ``label`` of a comparison you recorded, once per answer
+        (``revise`` replaces your rating), with an optional better answer and reason (with identifiers: refused
+        unless ``redact``). Names nothing: a rated comparison can still be judged blind."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
             out = store.submit_rating(RatingIn(comparison_id, annotator.id, label=label, up=bool(up),
                                                correction=sent["correction"], reason=sent["reason"],
-                                               client_id=client_id or None))
+                                               client_id=client_id or None, revise=bool(revise)))
             progress = store.queue_progress(annotator.id)
         except UserError as err:
-            raise gr.Error(str(err)) from None
+            raise refusal("/rate", caller(request), str(err)) from None
         return {"rating_id": out.id, "label": out.label, "up": out.up, "duplicate": out.duplicate,
                 "guideline_version": out.guideline_version, "progress": str(progress),
                 "identifiers": dict(check.counts)}

@@ -23,7 +23,9 @@ names their categories; the same call with ``redact=True`` sends the redacted te
 the rest). The tab keeps the entry meanwhile in ``session.held``.
 
 Judging needs the guideline in force acknowledged first (:meth:`Arena.acknowledge_guideline`); each
-judgment records its version, and the 1-5 scores are on its criteria.
+judgment records its version, and the 1-5 scores are on its criteria. A comparison is judged once, by a vote,
+a ranking or a better answer (the store keeps one judgment per annotator and comparison, whichever way it
+came, browser or API); the same button clicked twice is recorded once. Each answer is rated once.
 
 Each panel keeps its own history (the model sees its own earlier answers). The conversation stored
 with each comparison, which becomes the DPO prompt, has the user's turns and, after each, the best
@@ -63,6 +65,7 @@ from preference_store.records import (
     ResponseIn,
 )
 from preference_store.repository import PreferenceStore
+from preference_store.repository.judgments import AlreadyJudged
 from training.config import Config, DecodingConfig
 from training.errors import UserError
 
@@ -71,6 +74,8 @@ CHOICE_NAMES = {"A": "A 更好 A is better", "B": "B 更好 B is better", "tie":
 EMPTY_ANSWER = "空回答 (empty answer)"
 STILL_GENERATING = "还在生成 / the answers are still coming: wait for them, or start a new conversation"
 QUEUE_EMPTY = "队列已完成 / your queue is empty: nothing left to judge"
+JUDGED_ONCE = ("already judged; 每个对比只评判一次 / this comparison is judged already (one judgment per comparison: a "
+               "vote, a ranking or a better answer): send a new prompt")
 ACK_LABEL = "我已阅读 I have read the guideline"
 
 _seeds = random.SystemRandom()
@@ -113,7 +118,7 @@ class ArenaSession:
     reference: list[dict] = field(default_factory=list)  # the conversation stored with each comparison
     comparison_id: str | None = None  # the newest recorded comparison, the one judgments refer to
     judgeable: list[str] = field(default_factory=list)  # panel labels (A-D) with an answer in it
-    voted: bool = False  # a vote or ranking was stored for that comparison
+    voted: bool = False  # a judgment (vote, ranking or better answer) was stored for that comparison
     errors: dict[str, str] = field(default_factory=dict)  # panel label -> why its newest answer failed
     last_prompt: str | None = None
     undo: tuple | None = None  # lengths before the newest turn, for regenerate
@@ -451,6 +456,9 @@ class Arena:
         session.conversation_id = comparison.conversation_id
         session.comparison_id = comparison.id
         session.judgeable = [label for label, _ in ok]
+        if not session.blind:  # names shown from the start: the study's audit log says who ran it (issue 36)
+            self.store.record_event("comparison.unblinded", actor=session.annotator.name, target=comparison.id,
+                                    detail={"checkpoints": [a.checkpoint_id for _, a in ok]})
 
     # --- judgments -----------------------------------------------------------------------------
     def vote(self, session: ArenaSession, choice: str, reason: str | None = None,
@@ -495,6 +503,7 @@ class Arena:
         text, reason = sent["correction"], sent["reason"]
         digest = hashlib.sha256(text.strip().encode()).hexdigest()[:16]
         out = self._submit(session, f"correction-{digest}", reason, scores, correction=text.strip())
+        session.voted = True
         self._set_reference(session, text.strip())
         return self._confirm(session, out, "改写的回答 corrected answer")
 
@@ -512,11 +521,15 @@ class Arena:
         correction = correction.strip() if isinstance(correction, str) and correction.strip() else None
         reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
         digest = hashlib.sha256((correction or "").encode()).hexdigest()[:16]
-        out = self.store.submit_rating(RatingIn(
-            comparison_id=session.comparison_id, annotator_id=session.annotator.id, label=store_label, up=bool(up),
-            correction=correction, reason=reason, guideline_version=version,
-            # one record per answer, verdict and correction, however often it is clicked
-            client_id=f"{session.comparison_id}:rating-{store_label}-{'up' if up else 'down'}-{digest}"))
+        try:
+            out = self.store.submit_rating(RatingIn(
+                comparison_id=session.comparison_id, annotator_id=session.annotator.id, label=store_label,
+                up=bool(up), correction=correction, reason=reason, guideline_version=version,
+                # the same click twice is one record; another verdict on the answer is refused by the store
+                client_id=f"{session.comparison_id}:rating-{store_label}-{'up' if up else 'down'}-{digest}"))
+        except AlreadyJudged:
+            raise UserError(f"already rated; 回答 {label} 已评分 / you rated answer {label} already: "
+                            "one rating per answer") from None
         again = "（重复提交，未再次记录 / already recorded, not stored twice）" if out.duplicate else ""
         thumb = "👍 好 good" if up else "👎 差 bad"
         extra = " + 改写的回答 corrected answer" if correction else ""
@@ -529,7 +542,7 @@ class Arena:
         if session.comparison_id is None:
             raise UserError("nothing to judge yet: send a prompt and wait for at least two answers")
         if vote and session.voted:
-            raise UserError("this comparison is judged already: send a new prompt (or write a better answer)")
+            raise UserError(JUDGED_ONCE)
         return self._check_guideline(session)
 
     def _to_store_label(self, session: ArenaSession, label: str) -> str:
@@ -550,11 +563,16 @@ class Arena:
 
     def _submit(self, session: ArenaSession, kind: str, reason, scores, **judgment) -> JudgmentOut:
         reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
-        return self.store.submit_judgment(JudgmentIn(
-            comparison_id=session.comparison_id, annotator_id=session.annotator.id,
-            # one vote per comparison and one record per distinct correction, however often it is clicked
-            client_id=f"{session.comparison_id}:{kind}", reason=reason,
-            scores=self._store_scores(session, scores), guideline_version=session.guideline_version, **judgment))
+        try:
+            return self.store.submit_judgment(JudgmentIn(
+                comparison_id=session.comparison_id, annotator_id=session.annotator.id,
+                # the same button clicked twice is one record; any other judgment of it is refused by the store
+                client_id=f"{session.comparison_id}:{kind}", reason=reason,
+                scores=self._store_scores(session, scores), guideline_version=session.guideline_version,
+                **judgment))
+        except AlreadyJudged:
+            session.voted = True  # judged already (here, or through the API): the vote buttons go
+            raise UserError(JUDGED_ONCE) from None
 
     def _answer_text(self, session: ArenaSession, label: str) -> str:
         return session.panels[PANEL_LABELS.index(label)].history[-1]["content"]

@@ -167,7 +167,10 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         run = gr.Dropdown(label="训练运行 Run (选择后填入其四个阶段 picks its four stages)", choices=[],
                           scale=2, elem_id="run-choice")
         refresh = gr.Button("刷新 Refresh runs", scale=0, elem_id="refresh-runs")
-        blind = gr.Checkbox(value=cfg.app.blind, label="盲评 Blind (隐藏名称 hide names)", scale=1, elem_id="blind")
+        # admins only (shown at page load): a judgment made with the names shown is not blind, and stays out of the
+        # leaderboard and the training pairs unless store.admit_unblinded
+        blind = gr.Checkbox(value=cfg.app.blind, label="盲评 Blind (隐藏名称 hide names; 管理员 admins)", scale=1,
+                            elem_id="blind", visible=False)
     contestants = gr.CheckboxGroup(label=f"参赛模型 Contestants (2-{MAX_CONTESTANTS}; 可混合不同运行和外部端点 runs and "
                                    "endpoints can be mixed)",
                                    choices=[], elem_id="contestants")
@@ -232,7 +235,8 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         rank = gr.Button("提交排序 Submit ranking", variant="primary", elem_id="submit-ranking")
     reason = gr.Textbox(label="理由 Reason (可选 optional)", lines=1, elem_id="reason")
     with gr.Row():
-        correction = gr.Textbox(label="写一个更好的回答 Write a better answer (随时可写 any time)", lines=3, scale=5,
+        correction = gr.Textbox(label="写一个更好的回答 Write a better answer (代替投票或排序 instead of a vote or "
+                                "ranking: one judgment per comparison)", lines=3, scale=5,
                                 elem_id="correction")
         submit_correction = gr.Button("提交改写 Submit better answer", scale=1, elem_id="submit-correction")
     status = gr.Markdown("", elem_id="status")
@@ -253,13 +257,22 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
 
     # --- page load -----------------------------------------------------------------------------
     def load(state: ArenaSession) -> list:
-        """Progress, the score rows' criteria and, while it is unread, the guideline (for app.main's load)."""
+        """Progress, the score rows' criteria, while it is unread the guideline, and the blind switch for admins
+        (for app.main's load)."""
         try:
             arena.load_guideline(state)
             unread = arena.guideline_to_read(state) is not None
         except UserError:
             unread = False
-        return [progress_markdown(arena, state), *guideline_shown(unread), *criteria_updates(state)]
+        return [progress_markdown(arena, state), *guideline_shown(unread), *criteria_updates(state),
+                gr.update(visible=is_admin(state))]
+
+    def is_admin(state: ArenaSession) -> bool:
+        return state.annotator is not None and state.annotator.is_admin
+
+    def blind_for(state: ArenaSession, is_blind: bool) -> bool:
+        """Only an admin turns blind mode off (as with the API's blind=False); everyone else judges as configured."""
+        return bool(is_blind) if is_admin(state) else cfg.app.blind
 
     # --- contestants -----------------------------------------------------------------------------
     def pick_run(run_id: str | None):
@@ -267,7 +280,7 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
 
     def start(state: ArenaSession, selected: list[str], is_blind: bool):
         try:
-            arena.start(state, selected, is_blind)
+            arena.start(state, selected, blind_for(state, is_blind))
             message = ""
         except UserError as err:
             state.panels = []
@@ -342,7 +355,7 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
 
     def next_from_queue(state: ArenaSession, selected: list[str], is_blind: bool):
         try:
-            assignment = arena.take_assignment(state, selected, is_blind)
+            assignment = arena.take_assignment(state, selected, blind_for(state, is_blind))
         except UserError as err:
             yield (state, status_line(str(err), ok=False), gr.update(), progress_markdown(arena, state),
                    *render(state, reset_form=False), *held_view(state))
@@ -472,4 +485,4 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             return judged(state, "rate", {"label": label, "up": up}, {"correction": text, "reason": why})
         button.click(rate_answer, [session, correction, reason], judge_outputs)
     return CompareTab(run, contestants, status, load=load,
-                      load_outputs=[progress, guideline_box, guideline_text, *score_radios])
+                      load_outputs=[progress, guideline_box, guideline_text, *score_radios, blind])

@@ -16,14 +16,19 @@ is de-identified, whatever ``store.redact_on_entry`` says.
 
 from __future__ import annotations
 
+import csv
 import html
+import json
 import shutil
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
 
 from app.arena import ArenaSession
+from app.auth import request_address
+from app.refusals import admin_only
 from preference_store.deid import deidentify
 from preference_store.export import export_pairs, format_summary
 from preference_store.export_ratings import export_ratings, format_ratings_summary
@@ -177,12 +182,14 @@ def export_for_admin(cfg: Config, store: PreferenceStore, session: ArenaSession)
     return message, pairs_copy
 
 
-def export_new(cfg: Config, store: PreferenceStore, session: ArenaSession) -> tuple[str, str | None, str | None]:
+def export_new(cfg: Config, store: PreferenceStore, session: ArenaSession,
+               address: str | None = None) -> tuple[str, str | None, str | None]:
     """Export the new pairs (dpo.jsonl format) and the new single-answer ratings (unpaired format), as
-    ``export-prefs`` does; the summary and downloadable copies of the two files (None: nothing new)."""
-    _require_admin(session, "export")
+    ``export-prefs`` does; the summary and downloadable copies of the two files (None: nothing new). Audited."""
+    admin = _require_admin(session, "export")
     pairs = export_pairs(cfg, store=store)
     ratings = export_ratings(cfg, store=store)
+    store.record_export_event(admin.name, pairs, ratings, address=address)
     if pairs.path is None and ratings.path is None:
         return "没有新的偏好对或单项评价可导出 / nothing new to export", None, None
     lines = ["✓ " + format_summary(pairs) if pairs.path else "没有新的偏好对 / no new pairs",
@@ -202,21 +209,72 @@ def bank_summary_markdown(summary: BankImportSummary, path: str | Path | None = 
 
 
 def import_bank_for_admin(store: PreferenceStore, session: ArenaSession, path: str | None,
-                          bank: str | None = None) -> str:
-    """Import a bank file (.jsonl or .csv) uploaded in the tab (admins only); the summary as markdown."""
+                          bank: str | None = None, address: str | None = None) -> str:
+    """Import a bank file (.jsonl or .csv) uploaded in the tab (admins only); the summary as markdown. Audited."""
     admin = _require_admin(session, "import a prompt bank")
     if not path:
         raise UserError("choose a bank file first (.jsonl or .csv)")
     summary = store.import_bank(path, bank=(bank or "").strip() or None, imported_by=admin.id)
+    store.record_event("bank.imported", actor=admin.name, target=summary.bank, address=address,
+                       detail={"file": Path(path).name, "imported": summary.imported,
+                               "duplicates": summary.duplicates, "errors": len(summary.errors)})
     return bank_summary_markdown(summary, path)
 
 
-def start_round_for_admin(store: PreferenceStore, session: ArenaSession) -> str:
-    """Start the next queue round (admins only), as ``./launch.sh queue-round`` does."""
+def start_round_for_admin(store: PreferenceStore, session: ArenaSession, address: str | None = None) -> str:
+    """Start the next queue round (admins only), as ``./launch.sh queue-round`` does. Audited."""
     admin = _require_admin(session, "start a new queue round")
     new = store.start_queue_round(admin.id)
+    store.record_event("queue.round", actor=admin.name, target=str(new), address=address)
     return (f"✓ 第 {new} 轮 queue round {new} started: every annotator's queue holds the "
             f"{len(store.bank_prompts())} bank prompts again")
+
+
+AUDIT_COLUMNS = ["时间 time (UTC)", "操作者 actor", "操作 action", "对象 target", "地址 address", "详情 detail"]
+
+
+def audit_rows(store: PreferenceStore, session: ArenaSession, action: str = "", actor: str = "",
+               since: str = "", limit: int | None = 500) -> list[list]:
+    """The audit log for admins, newest first: ``action`` a prefix ("login" finds login.failed too), ``actor``
+    an account name or "cli:USER", ``since`` an ISO date or time (UTC)."""
+    _require_admin(session, "read the audit log")
+    start = None
+    if since.strip():
+        try:
+            start = datetime.fromisoformat(since.strip())
+        except ValueError:
+            raise UserError(f"'since' must be an ISO date or time such as 2026-12-01, not {since!r}") from None
+        start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    events = store.audit_events(action=action.strip() or None, actor=actor.strip() or None, since=start, limit=limit)
+    return [[e.time.strftime("%Y-%m-%d %H:%M:%S"), e.actor or "", e.action, e.target or "", e.address or "",
+             json.dumps(e.detail, ensure_ascii=False) if e.detail else ""] for e in events]
+
+
+def audit_csv(store: PreferenceStore, session: ArenaSession, action: str = "", actor: str = "",
+              since: str = "") -> str:
+    """Every audit event the filter selects, as a CSV file to download (admins only); the export is audited."""
+    rows = audit_rows(store, session, action, actor, since, limit=None)
+    path = Path(tempfile.mkdtemp(prefix="chimed-audit-")) / "audit_log.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([AUDIT_COLUMNS, *rows])
+    store.record_event("audit.exported", actor=session.annotator.name, detail={"rows": len(rows),
+                       "filter": {"action": action, "actor": actor, "since": since}})
+    return str(path)
+
+
+def weak_passwords_markdown(store: PreferenceStore) -> str:
+    """For admins: accounts whose password fails the policy, or has not been checked since the policy came."""
+    accounts = [a for a in store.list_annotators() if a.can_login]
+    weak = [html.escape(a.name) for a in accounts if a.password_weak]
+    unchecked = [html.escape(a.name) for a in accounts if a.password_weak is None]
+    lines = []
+    if weak:
+        lines.append(f"⚠ 弱密码 weak passwords (too short or common): {', '.join(weak)} — set new ones with "
+                     "`./launch.sh passwd NAME` or ask them to change theirs")
+    if unchecked:
+        lines.append(f"未检查 not checked yet (set before the password policy; checked at their next login): "
+                     f"{', '.join(unchecked)}")
+    return "  \n".join(lines)
 
 
 def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: gr.Tab) -> gr.Group:
@@ -249,33 +307,68 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
         export_status = gr.Markdown(elem_id="export-status")
         export_file = gr.File(label="导出文件 exported files", interactive=False, file_count="multiple",
                               elem_id="export-file")
+        gr.Markdown("#### 审计日志 Audit log (admins): logins, logouts, account changes, exports, bank imports, "
+                    "queue rounds, API tokens — rows are only ever added")
+        weak = gr.Markdown(elem_id="weak-passwords")
+        with gr.Row():
+            audit_action = gr.Textbox(label="操作 action (e.g. login, export)", elem_id="audit-action")
+            audit_actor = gr.Textbox(label="操作者 actor", elem_id="audit-actor")
+            audit_since = gr.Textbox(label="起始 since (UTC, e.g. 2026-12-01)", elem_id="audit-since")
+        with gr.Row():
+            audit_show = gr.Button("查看 Show", elem_id="audit-show")
+            audit_export = gr.Button("导出 CSV Export CSV", elem_id="audit-export")
+        audit_status = gr.Markdown(elem_id="audit-status")
+        audit_table = gr.Dataframe(headers=AUDIT_COLUMNS, interactive=False, wrap=True, elem_id="audit-log")
+        audit_file = gr.File(label="审计日志 audit log CSV", interactive=False, elem_id="audit-file")
 
     outputs = [counts, pairs, judgments]
 
     def view(state: ArenaSession):
         return session_view(cfg, store, state)
 
-    def run_export(state: ArenaSession):
+    def run_export(state: ArenaSession, request: gr.Request):
+        admin_only(state.annotator, "/run_export", "export")
         try:
-            message, *files = export_new(cfg, store, state)
+            message, *files = export_new(cfg, store, state, request_address(request, cfg))
         except UserError as err:
             return f"⚠ {html.escape(str(err), quote=False)}", None, *view(state)
         return message, [f for f in files if f] or None, *view(state)
 
-    def run_import(state: ArenaSession, path: str | None, bank: str):
+    def run_import(state: ArenaSession, path: str | None, bank: str, request: gr.Request):
+        admin_only(state.annotator, "/run_import", "import a prompt bank")
         try:
-            message = import_bank_for_admin(store, state, path, bank)
+            message = import_bank_for_admin(store, state, path, bank, request_address(request, cfg))
         except UserError as err:
             return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
         return message, *view(state)
 
-    def run_new_round(state: ArenaSession):
+    def run_new_round(state: ArenaSession, request: gr.Request):
+        admin_only(state.annotator, "/run_new_round", "start a new queue round")
         try:
-            message = start_round_for_admin(store, state)
+            message = start_round_for_admin(store, state, request_address(request, cfg))
         except UserError as err:
             return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
         return message, *view(state)
 
+    def show_audit(state: ArenaSession, action: str, actor: str, since: str):
+        admin_only(state.annotator, "/show_audit", "read the audit log")
+        try:
+            rows = audit_rows(store, state, action, actor, since)
+        except UserError as err:
+            return f"⚠ {html.escape(str(err), quote=False)}", gr.update(), ""
+        return (f"{len(rows)} events (newest first, at most 500 shown; the CSV has all)", rows,
+                weak_passwords_markdown(store))
+
+    def export_audit(state: ArenaSession, action: str, actor: str, since: str):
+        admin_only(state.annotator, "/export_audit", "read the audit log")
+        try:
+            return "✓ exported", audit_csv(store, state, action, actor, since)
+        except UserError as err:
+            return f"⚠ {html.escape(str(err), quote=False)}", None
+
+    audit_inputs = [session, audit_action, audit_actor, audit_since]
+    audit_show.click(show_audit, audit_inputs, [audit_status, audit_table, weak])
+    audit_export.click(export_audit, audit_inputs, [audit_status, audit_file])
     refresh.click(view, [session], outputs)
     tab.select(view, [session], outputs)
     new_round.click(run_new_round, [session], [round_status, *outputs])

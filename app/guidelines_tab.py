@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from app.arena import ArenaSession
+from app.refusals import admin_only
 from preference_store.guidelines import MAX_CRITERIA
 from preference_store.records import Criterion, Guideline
 from preference_store.repository import PreferenceStore
@@ -96,6 +97,7 @@ def build_guidelines_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab)
                 gr.update(value=format_criteria(guideline.criteria)) if is_admin else gr.update()]
 
     def publish_version(state: ArenaSession, new_text: str, new_criteria: str):
+        admin_only(state.annotator, "/publish_version", "change the guideline")
         try:
             guideline = publish_for_admin(store, state, new_text, new_criteria)
         except UserError as err:

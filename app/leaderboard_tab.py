@@ -124,6 +124,11 @@ def summary_line(board: Leaderboard) -> str:
     if board.leaked_battles:
         fate = "left out of the ratings" if board.leaked_excluded else "counted in the ratings"
         lines.append(f"{board.leaked_battles} 场对局的回答泄露了模型名称 battles where an answer names a model: {fate}.")
+    if board.unblinded_judgments:
+        fate = ("counted (store.admit_unblinded)" if board.unblinded_admitted
+                else "left out (store.admit_unblinded admits them)")
+        lines.append(f"{board.unblinded_judgments} 次评判在名称可见时做出 judgments made with the names shown "
+                     f"(not blind): {fate}.")
     return "  \n".join(lines)
 
 

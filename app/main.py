@@ -10,10 +10,11 @@ from __future__ import annotations
 import threading
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from app.api import build_api
+from app.api import build_api, hide_ui_callbacks
 from app.arena import Arena, ArenaSession
-from app.auth import identify, identity_line, login_checker
+from app.auth import AccountGuard, build_account_box, identify, identity_line, login_checker
 from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
 from app.contestants import default_checkpoints, resolve_contestants
 from app.data_tab import build_data_tab
@@ -46,6 +47,7 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
         session = gr.State(ArenaSession(blind=cfg.app.blind))
         gr.Markdown(f"# {TITLE}")
         identity = gr.Markdown(elem_id="identity")
+        account = build_account_box(cfg, store)
         with gr.Column(visible=True, elem_id="notice-gate") as gate:
             gr.Markdown(notice_markdown())
             accept = gr.Button(ACCEPT_LABEL, variant="primary", elem_id="accept-notice")
@@ -75,15 +77,18 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
             run, contestants, message = runs_and_contestants(cfg, [])
             is_admin = state.annotator is not None and state.annotator.is_admin
             return (state, who, gr.update(visible=is_admin), run, contestants, message, *compare.load(state),
-                    *guidelines.load(state))
+                    *guidelines.load(state), gr.update(visible=state.annotator is not None
+                                                       and state.annotator.can_login))
 
         def accept_notice(state: ArenaSession):
             state.notice_accepted = True
             return state, gr.update(visible=False), gr.update(visible=True)
 
         demo.load(on_load, [session], [session, identity, admin_tools, compare.run, compare.contestants,
-                                       compare.status, *compare.load_outputs, *guidelines.load_outputs])
+                                       compare.status, *compare.load_outputs, *guidelines.load_outputs,
+                                       account])
         accept.click(accept_notice, [session], [session, gate, main])
+    hide_ui_callbacks(demo)  # only the documented API is public (app.api.API_ENDPOINTS)
     return demo
 
 
@@ -109,4 +114,6 @@ def launch_app(cfg: Config, host: str | None = None, port: int | None = None) ->
         auth_message=("ChiMed Arena — 请使用标注账号登录 / log in with your annotator account. " + footer_markdown())
         if auth else None,
         footer_links=[], css=CSS,
+        # inside Gradio's app: throttled logins, session lifetime, disabled accounts, audited logouts (app.auth)
+        app_kwargs={"middleware": [Middleware(AccountGuard, cfg=cfg, store=store)]},
     )

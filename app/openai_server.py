@@ -13,7 +13,14 @@ Answers come from the arena's model pool (:class:`~app.serving.pool.ModelPool`) 
 ``temperature``, ``top_p`` and ``seed`` map onto :class:`~app.serving.sampling.Decoding`, ``app.decoding``
 fills what a request leaves out and bounds what it asks, so a request and an arena panel with the same
 settings and seed get the same answer. ``stop`` sequences are honoured (the answer ends before the first
-one). What the pool cannot do (``n`` > 1, tools, logprobs, penalties, JSON mode) is refused, never ignored.
+one; ``completion_tokens`` counts the tokens up to and including it). What the pool cannot do (``n`` > 1,
+tools, logprobs, penalties, JSON mode) is refused, never ignored.
+
+The server answers only what it read whole: a conversation whose prompt plus ``max_tokens`` does not fit the
+model's context is refused with 400 ``context_length_exceeded`` and the numbers, as vLLM refuses it. With
+``app.trim_history`` (or ``"trim_history": true`` in the body) its oldest turns are left out instead, and the
+response says which: ``dropped_messages`` (their indices in ``messages``) in the body (a stream's first
+chunk) and their count in the ``X-ChiMed-Dropped-Messages`` header.
 
 The arena's rules hold here too:
 
@@ -23,9 +30,10 @@ The arena's rules hold here too:
   annotator: ``./launch.sh serve-token NAME``); without accounts it runs as the local "demo" annotator.
   Each answer is logged with its annotator; nothing is stored (this server records no comparisons or
   judgments);
-- user messages are held to ``app.max_prompt_chars`` and the user and system messages are screened for
-  patient identifiers (:mod:`app.identifiers`): with any found nothing is sent, unless the request asks
-  for the redacted text (``"redact": true`` in the body, the arena's "redact and send").
+- every message, whatever its role, is held to ``app.max_prompt_chars`` (a user message must not be
+  empty either), and the user and system messages are screened for patient identifiers
+  (:mod:`app.identifiers`): with any found nothing is sent, unless the request asks for the redacted text
+  (``"redact": true`` in the body, the arena's "redact and send").
 
 Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad request,
 401 without a valid token, 404 for an unknown model, 500 when the model fails (in a stream that has
@@ -52,24 +60,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from app.arena import Arena, resolve_decoding
-from app.auth import ADD_ACCOUNT_HINT
+from app.auth import ADD_ACCOUNT_HINT, client_address
 from app.contestants import Contestant, completed_runs, resolve_contestants, run_checkpoints
 from app.identifiers import IdentifiersFound, as_sent, warm_up
 from app.notice import NOTICE_EN, NOTICE_ZH
-from app.serving.pool import Answer, Generation, ModelPool, PanelRequest
+from app.serving.model_process import describe_error
+from app.serving.pool import Answer, ContextLengthExceeded, Generation, ModelPool, PanelRequest, Prompt
 from app.serving.sampling import Decoding
 from preference_store.records import Annotator
 from preference_store.repository import PreferenceStore
+from preference_store.repository.audit import TOKEN_FAILED
 from training.config import Config
 from training.errors import UserError
 
 NOTICE_HEADERS = {"X-ChiMed-Notice": NOTICE_EN, "X-ChiMed-Notice-Zh": quote(NOTICE_ZH)}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_STOP_SEQUENCES = 4  # as OpenAI's API
-# request fields this server honours (``redact`` is its own: send the redacted text), and fields that
-# carry no instruction about the answer (accepted, not used)
+# request fields this server honours (``redact`` and ``trim_history`` are its own: send the redacted text,
+# leave the oldest turns out to fit the context), and fields that carry no instruction about the answer
+# (accepted, not used)
 HONOURED = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
-            "top_p", "seed", "stop", "redact"}
+            "top_p", "seed", "stop", "redact", "trim_history"}
 NOT_INSTRUCTIONS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "safety_identifier",
                     "prompt_cache_key"}
 # OpenAI's fields the pool cannot honour, with the values that ask for nothing (anything else is refused)
@@ -137,6 +148,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     stop: tuple[str, ...]
+    trim: bool  # leave the oldest turns out when the conversation does not fit (app.trim_history by default)
 
 
 def parse_chat_request(arena: Arena, run_id: str, body: dict) -> ChatRequest:
@@ -160,8 +172,9 @@ def parse_chat_request(arena: Arena, run_id: str, body: dict) -> ChatRequest:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict) or (options and not stream):
         raise ApiError(400, "stream_options is an object, and only for stream=true", param="stream_options")
+    trim = cfg.app.trim_history if body.get("trim_history") is None else _flag(body, "trim_history")
     return ChatRequest(contestant, messages, _decoding(cfg, body), stream, bool(options.get("include_usage")),
-                       _stop(body.get("stop")))
+                       _stop(body.get("stop")), trim)
 
 
 def _flag(body: dict, name: str) -> bool:
@@ -181,8 +194,9 @@ def _contestant(cfg: Config, run_id: str, model) -> Contestant:
 
 
 def _messages(arena: Arena, messages, redact: bool) -> list[dict]:
-    """The conversation as the arena sends it to the pool: user messages checked like a typed prompt
-    (not empty, at most ``app.max_prompt_chars``, stripped), user and system messages screened for identifiers."""
+    """The conversation as the arena sends it to the pool: every message held to ``app.max_prompt_chars``
+    whatever its role, user messages checked like a typed prompt (not empty, stripped), user and system
+    messages screened for identifiers."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list of {role, content} ending with a user message",
                        param="messages")
@@ -194,7 +208,7 @@ def _messages(arena: Arena, messages, redact: bool) -> list[dict]:
             raise ApiError(400, f"{where}.role {role!r} is not supported: use system, user or assistant "
                            "(this server has no tools)", param=f"{where}.role")
         role, content = ROLES[message["role"]], _text(message.get("content"), f"{where}.content")
-        if role == "user":
+        if role == "user" or len(content) > arena.cfg.app.max_prompt_chars:  # (a long system prompt too)
             try:
                 content = arena.check_prompt(content)
             except UserError as err:
@@ -261,8 +275,8 @@ def _stop(stop) -> tuple[str, ...]:
 
 
 class AnswerText:
-    """What the client is given of a growing answer: the text cut before the first stop sequence, and, while
-    it grows, only the part that can no longer change (streamed pieces then add up to the final text).
+    """What the client is given of a growing answer: while it grows, only the part that can no longer change
+    (streamed pieces then add up to the final text). The pool ends the answer at a stop sequence.
 
     The pool's text of a plain stage (base, cpt) is cut where the model runs on into an invented next turn
     (a line starting 问： or 答：): its last line is held back until the next one starts. A tail that could be
@@ -271,16 +285,10 @@ class AnswerText:
     def __init__(self, chat: bool, stop: tuple[str, ...]) -> None:
         self.chat, self.stop = chat, stop
         self.text = ""  # what the client has been given
-        self.stopped = False  # a stop sequence was reached: the answer is complete
 
     def advance(self, text: str, done: bool) -> str:
         """The new piece for the client, given the pool's text so far."""
-        if self.stopped:
-            return ""
-        cuts = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        if cuts:
-            text, self.stopped = text[:min(cuts)], True
-        elif not done:
+        if not done:
             text = self._settled(text)
         if not text.startswith(self.text):  # (the held-back parts are what the pool can still change)
             return ""
@@ -329,22 +337,18 @@ async def answer_snapshots(generation: Generation) -> AsyncIterator[Answer]:
             return
 
 
-async def answer_pieces(generation: Generation, shaper: AnswerText, max_new_tokens: int) -> AsyncIterator[Piece]:
-    """The answer as pieces for the client; a stop sequence ends the generation early. The generation is
-    cancelled when the client goes away."""
+async def answer_pieces(generation: Generation, shaper: AnswerText) -> AsyncIterator[Piece]:
+    """The answer as pieces for the client. The generation is cancelled when the client goes away."""
     try:
         async for answer in answer_snapshots(generation):
             if answer.error is not None:
                 yield Piece(error=answer.error)
                 return
             piece = shaper.advance(answer.text, answer.done)
-            if shaper.stopped and not answer.done:
-                generation.cancel()  # the rest would be cut off anyway
             if piece:
                 yield Piece(text=piece)
             if answer.done:
-                limited = not shaper.stopped and answer.n_tokens >= max_new_tokens
-                yield Piece(end=answer, finish_reason="length" if limited else "stop")
+                yield Piece(end=answer, finish_reason=answer.finish_reason or "stop")
                 return
     finally:
         if not generation.done:
@@ -374,8 +378,10 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
         return error_response(ApiError(500, f"internal error: {err.__class__.__name__}: {err}"))
 
-    def who(authorization: str | None) -> Annotator:
-        """The caller: the annotator whose token this is; the demo annotator when the store has no accounts."""
+    def who(authorization: str | None, address: str | None = None) -> Annotator:
+        """The caller: the annotator whose token this is; the demo annotator when the store has no accounts.
+        An address that sent too many invalid tokens is refused unchecked for a while (429; each invalid token
+        is an audit row, from which the throttle counts: preference_store.repository.audit)."""
         if not store.has_login_accounts():
             return store.demo_annotator()
         scheme, _, token = (authorization or "").partition(" ")
@@ -383,14 +389,19 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
             raise ApiError(401, "this server has annotator accounts: send your token as 'Authorization: Bearer "
                            "TOKEN' (the API key of an OpenAI client); an admin makes one with "
                            "./launch.sh serve-token NAME", code="missing_api_key")
+        refusal = store.token_refusal(address)
+        if refusal is not None:
+            raise ApiError(429, refusal.message, code="too_many_invalid_tokens", kind="rate_limit_error")
         annotator = store.annotator_for_token(token.strip())
         if annotator is None:
-            raise ApiError(401, "this token is not valid here (unknown, or its account cannot log in): ask for "
-                           "a new one (./launch.sh serve-token NAME)", code="invalid_api_key")
+            store.record_event(TOKEN_FAILED, address=address)
+            raise ApiError(401, "this token is not valid here (unknown, or its account cannot log in or is "
+                           "disabled): ask for a new one (./launch.sh serve-token NAME)", code="invalid_api_key")
         return annotator
 
     async def caller(request: Request) -> Annotator:
-        return await run_in_threadpool(who, request.headers.get("authorization"))
+        return await run_in_threadpool(who, request.headers.get("authorization"),
+                                       client_address(request.scope, cfg.app))
 
     def model_list() -> list[dict]:
         created = {run.run_id: _epoch(run.created) for run in completed_runs(cfg)}
@@ -421,19 +432,24 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object (a chat completion request)")
         chat = await run_in_threadpool(parse_chat_request, arena, run_id, body)
-        generation = await run_in_threadpool(pool.generate, [PanelRequest(chat.contestant, chat.messages)],
-                                             chat.decoding)
+        request = PanelRequest(chat.contestant, chat.messages, stop=chat.stop)
+        request.prompt = await run_in_threadpool(encode, request, chat)  # (never under the model's lock)
+        generation = await run_in_threadpool(pool.generate, [request], chat.decoding)
         shaper = AnswerText(chat.contestant.stage in cfg.eval.chat_stages, chat.stop)
-        pieces = answer_pieces(generation, shaper, chat.decoding.max_new_tokens)
+        pieces = answer_pieces(generation, shaper)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": chat.contestant.checkpoint_id}
         headers = {"X-ChiMed-Seed": str(chat.decoding.seed)}
+        dropped = {}  # said whenever trimming is on, even when nothing had to go
+        if chat.trim:
+            dropped = {"dropped_messages": list(request.prompt.dropped)}
+            headers["X-ChiMed-Dropped-Messages"] = str(len(request.prompt.dropped))
         first = await anext(pieces)  # a model that fails before its first word is an HTTP error
         if first.error is not None:
             raise ApiError(500, f"{chat.contestant.checkpoint_id} failed: {first.error}", code="model_error")
         log = _log_line(annotator, chat, time.perf_counter())
         if chat.stream:
-            return StreamingResponse(_events(head, first, pieces, chat.include_usage, log),
+            return StreamingResponse(_events(head, first, pieces, chat.include_usage, log, dropped),
                                      media_type="text/event-stream", headers=headers | {"Cache-Control": "no-cache"})
         text, piece = first.text, first
         while piece.end is None and piece.error is None:
@@ -446,19 +462,31 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
             "object": "chat.completion",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                          "finish_reason": piece.finish_reason}],
-            "usage": _usage(piece.end)}, headers=headers)
+            "usage": _usage(piece.end)} | dropped, headers=headers)
+
+    def encode(request: PanelRequest, chat: ChatRequest) -> Prompt:
+        """The request's prompt as its model reads it, whole, or with its oldest turns left out when asked."""
+        try:
+            return pool.encode(request, chat.decoding.max_new_tokens, chat.trim)
+        except ContextLengthExceeded as err:
+            raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
+        except Exception as err:  # noqa: BLE001 - its model does not load: as when it fails to answer
+            raise ApiError(500, f"{chat.contestant.checkpoint_id} failed: {describe_error(err)}",
+                           code="model_error") from None
 
     return app
 
 
-async def _events(head: dict, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool, log):
-    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
+async def _events(head: dict, first: Piece, pieces: AsyncIterator[Piece], include_usage: bool, log,
+                  extension: dict):
+    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``; ``extension``'s fields
+    (what trimming left out) go with the first chunk."""
 
-    def chunk(delta: dict, finish_reason: str | None = None) -> str:
+    def chunk(delta: dict, finish_reason: str | None = None, more: dict | None = None) -> str:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return _sse(head | {"object": "chat.completion.chunk", "choices": [choice]})
+        return _sse(head | {"object": "chat.completion.chunk", "choices": [choice]} | (more or {}))
 
-    yield chunk({"role": "assistant", "content": ""})
+    yield chunk({"role": "assistant", "content": ""}, more=extension)
     piece = first
     while True:
         if piece.error is not None:

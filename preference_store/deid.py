@@ -10,7 +10,10 @@ export can say what it redacted. What is covered, per category (the patterns are
   and names with no cue that the segmenter (jieba, part of speech ``nr``) tags, when they start with a
   common surname. CMeKG's entity names (diseases, drugs, herbs, symptoms, departments, examinations) are
   never names: 张力性气胸, 王不留行, 刘寄奴 stay. The segmenter also decides a cued name's length
-  (患者张三头痛 -> 张三).
+  (患者张三头痛 -> 张三). Also minority names with the middle dot, given name · father's name (买买提·艾力, the
+  dot typed as · • ‧ ・ ･ ∙ ⋅, or a full stop after a cue), compound surnames with or without a cue
+  (外孙司马晓东, 上官雅琴), and Latin-script names after a self-introduction or name cue (我叫 John Smith),
+  not the abbreviations, eponyms and lab values after the same cues (患者CT示, 患者Graves病, 我是Rh阴性).
 - ``address``: below the city: district/county, town, street or road with its number, 小区, building,
   unit and room. The province and city stay ("住在上海市[ADDRESS]").
 - ``date``: the month and day of any calendar date go and the year stays ("1958年[DATE]出生",
@@ -168,11 +171,13 @@ def _protected_overlap(text: str, start: int, end: int) -> int | None:
     return None
 
 
-def _spans_boundary(text: str, at: int) -> bool:
-    """Whether a CMeKG term runs across position ``at`` (starts before it and ends after it)."""
+def _spans_boundary(text: str, at: int, ends_after: int | None = None) -> bool:
+    """Whether a CMeKG term runs across position ``at`` (starts before it and ends after it, or after
+    ``ends_after`` when given: a term that ends inside a two-character surname, 医生|长孙悦 (生长), does not
+    count, as compound surnames are no everyday words)."""
     names = protected_names()
     return any(text[i:j] in names for i in range(max(0, at - MAX_PROTECTED_CHARS + 1), at)
-               for j in range(at + 1, min(len(text), i + MAX_PROTECTED_CHARS) + 1))
+               for j in range(max(at, ends_after or at) + 1, min(len(text), i + MAX_PROTECTED_CHARS) + 1))
 
 
 def _name_end(text: str, start: int, end: int, words: list[tuple[int, int, str]], surname_len: int) -> int:
@@ -201,11 +206,13 @@ def _surname_len(name: str) -> int:
     return 2 if name[:2] in rules.COMPOUND_SURNAMES else 1
 
 
+COMMON_WORD_FREQ = 400  # jieba's count above which a word is everyday vocabulary (买买提 272, 约翰 503 but a name)
 FUNCTION_TAGS = {"p", "c", "u", "ul", "uj", "uz", "ug", "uv", "ud", "d", "r", "v", "m", "q", "f", "t", "y", "x", "zg", "b", "a"}
-NAME_STOP = set("男女因今先自于在诉述说和与的是有及从被等也都将已曾")
+NAME_STOP = set("男女因今先自于在诉述说和与的是有及从被等也都将已曾代")
 PERSON_TAGS = ("nr", "nrfg", "nrt")
 KIN_ENDINGS = set("姐哥兄弟妹傅父母爷奶叔姨舅婶嫂")
 MEDICAL_ENDINGS = set("炎症病痛癌瘤疮疹痒肿热咳血泻胀毒菌药丸片汤散膏剂素酸碱科")
+PLANT_ENDINGS = set("菜草树叶根籽藤茶")  # 诸葛菜, 公孙树: a plant, not a person
 MEDICAL_NEXT = set("酶嗪胺醇酮酯钠钾科汤丸散膏片")  # "林可胺类", "牛科": the word goes on
 JOINED_NAME = re.compile(rf"(?P<first>{rules.SURNAME}[{rules.HAN}]{{1,2}})(?:和|与|跟|、|及)(?P<value>{rules.SURNAME}[{rules.HAN}]{{1,2}})")
 
@@ -235,9 +242,15 @@ def _name_candidates(text: str) -> list[tuple[int, int]]:
             if pattern is rules.CUE_NAME and "某" not in text[s:e]:
                 if text[s] in rules.WORDLIKE_SURNAMES and not any(a == s and f in PERSON_TAGS for a, _, f in words):
                     continue  # 患者常出现 / 医生应注意: a word, not a surname
-                if _spans_boundary(text, s):
+                compound = _surname_len(text[s:e]) == 2
+                if _spans_boundary(text, s, s + 2 if compound else None):
                     continue  # the cue is part of a medical term ("羊奶奶叶"); the segmenter may still find a name
-                e = _name_end(text, s, e, words, _surname_len(text[s:e]))
+                e = _compound_name_end(text, s, e) if compound else _name_end(text, s, e, words, 1)
+            spans.append((s, e))
+    for m in rules.COMPOUND_NAME.finditer(text):  # 欧阳/司马/上官 ... start a name with no cue
+        s = m.start("value")
+        e = _compound_name_end(text, s, m.end("value"))
+        if not _spans_boundary(text, s, s + 2) and _looks_like_name(text[s:e]) and text[e - 1] not in PLANT_ENDINGS:
             spans.append((s, e))
     surnames_only = {_value_span(m) for m in rules.HONORIFIC_NAME.finditer(text)}  # "[NAME]大爷"
     spans += sorted(surnames_only)
@@ -276,6 +289,94 @@ def _name_candidates(text: str) -> list[tuple[int, int]]:
                     continue  # what is left is a lone surname, or nothing
             if e == s:
                 continue
+        out.append((s, e))
+    return out + _dotted_names(text, words) + _latin_names(text)
+
+
+def _compound_name_end(text: str, start: int, end: int) -> int:
+    """Where a name with a two-character surname, matched to ``end`` (one or two given characters), ends:
+    after two given characters ("司马晓东最近"), or one when the second is a function word ("长孙悦说") or
+    starts a word that runs on past ``end`` ("端木磊查出", "慕容秋最近")."""
+    if end - start < 4:
+        return end
+    freq = segmenter().tokenizer.FREQ
+    runs_on = any(freq.get(text[start + 3:j], 0) > 0 for j in range(end + 1, min(len(text), start + 6) + 1))
+    return start + 3 if runs_on or text[start + 3] in NAME_STOP else end
+
+
+def _common_word(word: str) -> bool:
+    """Whether jieba knows ``word`` as a frequent word that is not a person's name (患者, 中国, 陪同)."""
+    seg = segmenter()
+    return seg.tokenizer.FREQ.get(word, 0) >= COMMON_WORD_FREQ and seg.word_tag_tab.get(word) not in PERSON_TAGS
+
+
+def _dotted_names(text: str, words: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
+    """Names written with the middle dot, given name · father's name ("患者阿依古丽·买买提，女"). The parts
+    are whole words of the segmenter: the first starts after the cue or function word before it ("患者之父|
+    达吾提"), the last ends before the word after it ("买买提|有"). Not a name: a one-character part (明·朱惠明,
+    a dynasty), a part that is an everyday word or a CMeKG term (中国·北京, 恶心·呕吐), an eponym or product
+    (斯蒂文斯·约翰逊综合征, 圣·约翰草提取物片), a book title (《素问·气穴论》), a full stop without a cue."""
+    out = []
+    for m in rules.DOTTED_RUN.finditer(text):
+        dots = [i for i in range(m.start(), m.end()) if not HAN_RUN.match(text[i])]
+        inside = [w for w in words if m.start() <= w[0] and w[1] <= m.end() and HAN_RUN.match(text[w[0]])]
+        start = dots[0]
+        for s, e, _ in reversed([w for w in inside if w[1] <= dots[0]]):
+            if text[s:e] in rules.DOTTED_LEFT_STOP or (e - s > 1 and _common_word(text[s:e])):
+                break
+            if text[s] in rules.DOTTED_LEFT_STOP:  # a rare word glued across the cue ("之达")
+                start = s + 1
+                break
+            start = s
+        end, eponym = dots[-1] + 1, False
+        for s, e, _ in (w for w in inside if w[0] > dots[-1]):
+            eponym = bool(rules.EPONYM_NEXT.match(text, s))
+            if eponym or text[s:e] in rules.DOTTED_RIGHT_STOP or (e - s > 1 and _common_word(text[s:e])) \
+                    or _medical_part(text, s):  # "吐尔逊|腹痛", "吐尔洪|血糖高"
+                break
+            if text[e - 1] in rules.DOTTED_RIGHT_STOP:  # a rare word glued across the verb ("阿/布都有/高血压")
+                end = e - 1
+                break
+            end = e
+        bounds = [start, *dots, end]
+        parts = [(bounds[0], dots[0])] + [(d + 1, b) for d, b in zip(dots, bounds[2:])]
+        if eponym or rules.EPONYM_NEXT.match(text, end) or any(pe - ps < 2 for ps, pe in parts) \
+                or text.rfind("《", 0, start) > text.rfind("》", 0, start) or rules.NOT_IN_NAMES.search(text, start, end):
+            continue
+        if any(_common_word(text[ps:pe]) or _medical_part(text, ps, pe) for ps, pe in parts):
+            continue
+        cued = rules.CUE_BEFORE.search(text[max(0, start - 12):start])
+        if any(text[d] in rules.CUED_DOTS for d in dots) and not cued:
+            continue
+        out.append((start, end))
+    return out
+
+
+def _medical_part(text: str, start: int, end: int | None = None) -> bool:
+    """Whether a CMeKG term that jieba knows as an everyday word begins at ``start`` (恶心·呕吐, 眼睑发红·肿胀,
+    吐尔逊|腹痛), or, with ``end``, any CMeKG term that begins there and runs on past ``end`` (圣·约翰草提取物片).
+    A term jieba does not know is no reason: 艾力 is a drug's brand name and one of the commonest Uyghur names
+    (买买提·艾力), 都拉 one too (阿不都拉)."""
+    names, seg = protected_names(), segmenter()
+    for j in range(start + 2, min(len(text), start + MAX_PROTECTED_CHARS) + 1):
+        term = text[start:j]
+        if term in names and ((end is not None and j > end) or (seg.tokenizer.FREQ.get(term, 0) > 0
+                                                                and seg.word_tag_tab.get(term) not in PERSON_TAGS)):
+            return True
+    return False
+
+
+def _latin_names(text: str) -> list[tuple[int, int]]:
+    """Latin-script names after a self-introduction or a name cue ("我叫John Smith", "患者 Maria"), not the
+    eponyms, scales and lab values that follow the same cues ("患者Graves病", "我是Rh阴性", "患者Hb 90 g/L");
+    all-capital abbreviations (CT, MRI, HIV) never match."""
+    out = []
+    for m in rules.LATIN_NAME.finditer(text):
+        s, e = _value_span(m)
+        first = text[s:e].split()[0]
+        if m.group("value") is not None and (first in rules.LATIN_NOT_NAMES or len(text[s:e]) < 3
+                                             or rules.LATIN_MEDICAL_NEXT.match(text, e)):
+            continue
         out.append((s, e))
     return out
 
@@ -327,7 +428,7 @@ def measure(corpus: list[dict]) -> dict:
     of its characters. A finding is true when it overlaps an expected identifier of its own category.
     Returns ``{category: {"expected", "found", "recall", "findings", "true", "precision"}, ..., "overall": ...}``.
     """
-    stats = {c: Counter() for c in CATEGORIES}
+    stats = {c: Counter(expected=0, found=0, findings=0, true=0) for c in CATEGORIES}  # zeros stay in the table
     for line in corpus:
         text, findings, pos, spans = line["text"], find_identifiers(line["text"]), 0, []
         for ident in line["identifiers"]:
@@ -340,7 +441,8 @@ def measure(corpus: list[dict]) -> dict:
         for f in findings:
             stats[f.category]["findings"] += 1
             stats[f.category]["true"] += any(c == f.category and s < f.end and f.start < e for c, s, e in spans)
-    stats["overall"] = sum(stats.values(), Counter())
+    counts = ("expected", "found", "findings", "true")
+    stats["overall"] = Counter({k: sum(s[k] for s in stats.values()) for k in counts})
     return {c: {**s, "recall": s["found"] / s["expected"] if s["expected"] else None,
                 "precision": s["true"] / s["findings"] if s["findings"] else None} for c, s in stats.items()}
 

@@ -29,17 +29,62 @@ PLAIN_SURNAME = "(?:" + "|".join(COMPOUND_SURNAMES) + "|[" + "".join(c for c in 
 # words after which the next word is a person's name (checked against the segmenter for its length)
 PERSON_CUES = ("护士长|科主任|主任医师|主任|患者|病人|病患|患儿|伤者|就诊者|就诊人|联系人|家属|病友|产妇|孕妇|老人|主治医师|主治医生|"
                "责任护士|经治医生|医生|医师|护士|大夫|签名|监护人|陪护|委托人")
-SELF_CUES = "我叫|我是|名叫|叫做|本人|我姓|姓名叫|名字叫|名字是"
+SELF_CUES = "我叫|我是|名叫|叫做|本人|我姓|姓名叫|名字叫|名字是|自称"
 KIN_CUES = ("我妈妈|我妈|我爸爸|我爸|我母亲|我父亲|我爷爷|我奶奶|我外婆|我外公|我姥姥|我姥爷|我老公|我老婆|我丈夫|"
             "我妻子|我爱人|我儿子|我女儿|我哥哥|我姐姐|我弟弟|我妹妹|我孙子|我孙女|我舅舅|我姑姑|我叔叔|我婆婆|"
             "妈妈|母亲|父亲|爸爸|爷爷|奶奶|外婆|外公|姥姥|姥爷|老公|老婆|丈夫|妻子|爱人|儿子|女儿|哥哥|姐姐|弟弟|"
-            "妹妹|孙子|孙女|舅舅|姑姑|叔叔|婆婆|公公|岳母|岳父|同事|朋友|邻居")
+            "妹妹|孙子|孙女|舅舅|姑姑|叔叔|婆婆|公公|岳母|岳父|同事|朋友|邻居|"
+            # issue 29: in-laws, cousins and the record's own kinship words ("患者之父", "配偶")
+            "外孙女|外孙|孙女婿|女婿|儿媳妇|儿媳|媳妇|配偶|之父|之母|之妻|之夫|侄子|侄女|外甥女|外甥|表哥|表姐|表弟|"
+            "表妹|堂哥|堂姐|堂弟|堂妹|姐夫|妹夫|嫂子|弟媳|舅妈|姑父|姨妈|姨父|小姨|继父|继母|养父|养母|亲戚|室友|"
+            "男朋友|女朋友|未婚夫|未婚妻")
 HONORIFICS = ("大爷|大妈|大娘|大叔|大姐|大哥|阿姨|叔叔|伯伯|婆婆|奶奶|爷爷|先生|女士|小姐|老师|医生|大夫|主任|"
               "教授|护士长|护士|师傅|老伯|同志|老太|老太太|阿婆|阿伯|老先生|书记|经理|院长|同学")
 LABEL_CUES = "姓名|名字"
-NAME_EN = re.compile(r"(?i:\b(?:patient|name|mr|mrs|ms|dr)\b\.?)\s*[:：]?\s*(?P<value>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
+# a Latin letter, not \\b, bounds the cue: "我是Dr. Wang" has no word boundary between 是 and D
+NAME_EN = re.compile(r"(?i:(?<![A-Za-z])(?:patient|name|mr|mrs|ms|dr)(?![A-Za-z])\.?)\s*[:：]?\s*(?P<value>[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?)")
 # a name a cue introduces: surname + one or two characters (the segmenter picks the length)
 NAME_AFTER = rf"(?P<value>{SURNAME}[某]{{1,2}}|{SURNAME}[{HAN}]{{1,2}})"
+# compound surnames that are no everyday word, so they start a name without a cue ("慕容秋，男，61岁");
+# 东方 (east), 西门 (west gate), 南宫 (a town), 长孙 (eldest grandson), 公孙 and 轩辕 need a cue
+CUELESS_COMPOUND_SURNAMES = tuple(s for s in COMPOUND_SURNAMES if s not in ("东方", "西门", "南宫", "长孙", "公孙", "轩辕"))
+COMPOUND_NAME = re.compile(rf"(?P<value>(?:{'|'.join(CUELESS_COMPOUND_SURNAMES)})[{HAN}]{{1,2}})")
+
+# the middle dot between a given name and the father's name (买买提·艾力), as it is typed: U+00B7, U+2022,
+# U+2027, U+30FB (fullwidth), U+FF65 (halfwidth), U+2219, U+22C5; a full stop, ASCII or fullwidth (U+FF0E),
+# counts only after a cue word ("姓名：艾力.买买提"), as CMeKG's texts use it between terms too ("定喘．祛痰")
+NAME_DOTS = "\u00b7\u2022\u2027\u30fb\uff65\u2219\u22c5"
+CUED_DOTS = ".\uff0e"
+DOTTED_RUN = re.compile(rf"[{HAN}]+(?:[{NAME_DOTS}{CUED_DOTS}][{HAN}]+)+")
+CUE_BEFORE = re.compile(rf"(?:{PERSON_CUES}|{SELF_CUES}|{KIN_CUES}|{LABEL_CUES})[：:\s]*(?:叫|是|名叫|为)?[：:\s]*$")
+# single characters that end a dotted name on the left ("患者之父|达吾提", "陪|买买提") or on the right
+# ("买买提|有高血压", "艾尼|诉"): transliterations write 阿/不/都/提/力/吾, never these
+DOTTED_LEFT_STOP = set("之的了和与及是叫为由在于到让给被把向对跟同将从父母妻夫儿子孙兄弟姐妹叔姨舅爷奶我你他她请经据称见带送找问陪喊帮替看")
+DOTTED_RIGHT_STOP = set("有说来在于因诉述和与及的是等也已曾被把让给向对今昨男女患自又就才还要想会能了吗呢吧请现近去到经")
+# what follows an eponym or a named product, not a person (斯蒂文斯·约翰逊综合征, 彼得·潘综合症, 圣·约翰草)
+# numerals and headings never appear in a transliterated name ("第一章·总论")
+NOT_IN_NAMES = re.compile(r"[第〇一二三四五六七八九十百千章节篇卷条款]")
+EPONYM_NEXT = re.compile(r"综合[征症]|病(?![了人情史])|症(?!状)|征|氏|肉瘤|瘤|试验|反射|定律|手术|疗法|效应|现象|草|片|胶囊|"
+                         r"注射液|颗粒|丸")
+
+# a Latin-script name after a self-introduction or a name cue ("我叫John Smith", "我的名字是Maria", "患者
+# Peter Müller"); all capitals ("姓名：ZHANG SAN", as on a passport) only after 姓名/名字/我叫/名叫
+LATIN_WORD = r"(?:[OD]['’])?[A-ZÀ-ÖØ-Þ][a-zß-öø-ÿ]+(?:[A-Z][a-zß-öø-ÿ]+)?(?:['’-][A-ZÀ-ÖØ-Þ]?[a-zß-öø-ÿ]+)*"
+LATIN_NAME = re.compile(
+    rf"(?:{PERSON_CUES}|{SELF_CUES}|{KIN_CUES}|{LABEL_CUES}|英文名字?|外文名)[：:\s]*(?:叫|是|名叫|为)?[：:\s]*"
+    rf"(?P<value>{LATIN_WORD}(?:[ \u00a0]{LATIN_WORD}){{0,2}})(?![A-Za-z0-9À-ÿ])"  # not "Chat" of ChatGPT
+    rf"|(?:姓名|名字|我叫|名叫)[：:\s]*(?:是|为)?[：:\s]*(?P<value2>[A-Z]{{2,}}(?: [A-Z]{{2,}}){{1,2}})(?![A-Za-z])")
+# what a Latin word before it is, when it is no name: an eponym, a lab value, a scale ("Graves病", "Rh阴性",
+# "Apgar评分", "Child-Pugh分级"), or English text going on ("Crohn's disease")
+LATIN_MEDICAL_NEXT = re.compile(r"\s*(?:综合[征症]|病|征|氏|病毒|试验|评分|反射|手术|术|染色|分型|分级|分期|指数|阴性|阳性|抗体|"
+                                r"抗原|因子|细胞|受体|检查|检测|监测|示|提示|结果|报告|值|水平|感染|疫苗|型|期|级|[-‐/]?\d)"
+                                r"|\s+[a-z]")
+# capitalised words that are not names: greetings, roles, scales and eponyms, Greek letters, and the models
+# that introduce themselves in answers ("我是Qwen")
+LATIN_NOT_NAMES = frozenset("Doctor Dr Nurse Patient Hello Hi Dear Male Female Yes No Please Thanks Thank Sorry The And "
+                            "Chinese English Ok Okay Holter Apgar Glasgow Gleason Doppler Gram Western Type Grade Stage "
+                            "Class Level Alpha Beta Gamma Delta Omicron Covid Sars Rh Hb Mr Mrs Ms Miss "
+                            "ChiMed Qwen Llama Mistral Gemma Claude Gemini Baichuan Copilot".split())
 
 SEP = r"[：:\s]*(?:是|为)?[：:\s]*"
 ALNUM_ID = r"[A-Za-z0-9][A-Za-z0-9-]{2,}[A-Za-z0-9]"

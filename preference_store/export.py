@@ -8,13 +8,18 @@ Each record is in the dpo.jsonl format of DESIGN.md plus ``split`` and ``provena
                     pseudonym, never the name), "chosen_checkpoint" (null = the clinician's correction),
                     "rejected_checkpoint", "chosen_serving", "rejected_serving" (how each answer was
                     served, e.g. {"mode": "exact"}; null for a correction or where it was not recorded),
-                    "judged_at", "agreement": {"share", "annotators"}}}
+                    "judged_at", "agreement": {"share", "annotators"}, "blind"}}
 
 ``agreement`` is measured on bank prompts, where several annotators judged the same two checkpoints: the
 share of them whose verdict agrees with this pair's direction (its own annotator included) and how many
 they were; ``share`` is null where only one annotator judged them (any prompt outside the bank). With
 ``store.min_agreement`` above 0, pairs whose measured share is below it are left out of the file and
 not logged, so a later export reconsiders them once more annotators have judged (the summary counts them).
+
+``blind`` says whether the judge could not see which checkpoint wrote which answer. Pairs of unblinded
+comparisons (an admin's ``blind=False``, or a later turn of a conversation whose names a judgment revealed) are
+left out unless ``store.admit_unblinded`` (not logged either: turning it on later admits them); only the live
+judgment of each annotator and comparison makes pairs (a revised one is history).
 
 The held-out share is chosen by prompt: every pair of a comparison shares its prompt, so a
 comparison is never split between train and held-out, and a prompt asked again in another
@@ -36,7 +41,6 @@ from pathlib import Path
 from tqdm import tqdm
 
 from preference_store.deid import deidentify, deidentify_messages
-from preference_store.export_ratings import export_ratings, format_ratings_summary
 from preference_store.export_rules import (
     SOURCE,
     export_split,
@@ -75,7 +79,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
     pseudonyms: dict[int, str] = {}
     texts: dict[str, str] = {}  # answer text -> de-identified (answers recur across a ranking's pairs)
     lines, entries, pair_ids, splits = [], [], [], Counter()
-    duplicates = same_text = low_agreement = 0
+    duplicates = same_text = low_agreement = unblinded = 0
     agreements = store.pair_agreement()  # pair id -> (share agreeing, annotators), bank prompts only
 
     def clean(text: str) -> str:
@@ -99,6 +103,9 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         if chosen.strip() == rejected.strip():  # two answers alike: DPO learns nothing from it, the builder refuses it
             entries.append((row.pair_id, content, split, row.pair_id))  # logged as handled, written nowhere
             same_text += 1
+            continue
+        if not row.blind and not cfg.store.admit_unblinded:
+            unblinded += 1  # not logged: exported once store.admit_unblinded admits it
             continue
         share, annotators = agreements.get(row.pair_id, (None, 1))
         if share is not None and share < cfg.store.min_agreement:
@@ -128,6 +135,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
                 "rejected_serving": row.rejected_serving,
                 "judged_at": row.created.isoformat(),
                 "agreement": {"share": share, "annotators": annotators},
+                "blind": row.blind,
             },
         }
         lines.append(json.dumps(record, ensure_ascii=False))
@@ -136,7 +144,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         splits[split] += 1
 
     summary = dict(pair_ids=pair_ids, train=splits["train"], heldout=splits["heldout"],
-                   duplicates=duplicates, same_text=same_text, low_agreement=low_agreement,
+                   duplicates=duplicates, same_text=same_text, low_agreement=low_agreement, unblinded=unblinded,
                    redactions=dict(redactions))
     if not entries:
         return ExportSummary(path=None, sha256=None, **summary)
@@ -161,13 +169,7 @@ def format_summary(summary: ExportSummary) -> str:
             f"left out because chosen and rejected say the same: {summary.same_text}\n"
             + (f"left out because annotators agree less than store.min_agreement: {summary.low_agreement}\n"
                if summary.low_agreement else "")
+            + (f"left out because the judge saw the names (unblinded; store.admit_unblinded admits them): "
+               f"{summary.unblinded}\n" if summary.unblinded else "")
             + f"redacted: {redacted}")
 
-
-def export_cli(cfg: Config, out: str | None = None, since: str | None = None) -> ExportSummary:
-    """``./launch.sh export-prefs [--out FILE] [--since TIME]``: export the pairs (to ``out``) and the
-    single-answer ratings (into ``cfg.collected_ratings_dir``), and print both summaries."""
-    summary = export_pairs(cfg, out=out, since=since)
-    print(format_summary(summary))
-    print(format_ratings_summary(export_ratings(cfg, since=since)))
-    return summary

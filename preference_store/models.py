@@ -6,7 +6,8 @@ the record callers see). Relationships exist where a parent and its children are
 (a comparison and its answers, a judgment and its scores and pairs, an export and its entries), so the
 unit of work orders the inserts. Migration 0003 added the annotation study: the guideline versions, the
 prompt bank and its assignments, per-criterion scores, single-answer ratings and identity-leak flags; 0004 the
-API tokens of the OpenAI-compatible server. Any change here needs a migration in ``migrations/versions/``
+API tokens of the OpenAI-compatible server; 0005 one live judgment per annotator and comparison (and one live
+rating per annotator and answer), earlier ones kept as history, marked superseded; 0006 the audit log and disabled accounts. Any change here needs a migration in ``migrations/versions/``
 (``tests/test_store_migrations.py`` fails when the two disagree).
 """
 
@@ -21,11 +22,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -72,6 +75,28 @@ class AnnotatorRow(Base):
     password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2; None = cannot log in
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     guideline_seen: Mapped[int | None] = mapped_column(Integer)  # newest guideline version they acknowledged
+    # migration 0006: a disabled account cannot log in, and its sessions and tokens stop at the next request
+    disabled: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # sessions begun before the password last changed end at their next request
+    password_changed: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # the password fails the policy (too short, common); None = not checked yet (set before 0006: checked at
+    # the next login, when the password is known); admins see the flagged accounts in the Data tab
+    password_weak: Mapped[bool | None] = mapped_column(Boolean)
+
+
+class AuditEventRow(Base):
+    """One event of the study's audit log (migration 0006): who (``actor``, an account name, "cli:USER" or
+    "loop") did what (``action``, e.g. "login.failed") to what (``target``), from where (``address``).
+    Rows are only ever inserted: the repository has no update or delete, and database triggers refuse both."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str | None] = mapped_column(String(100), index=True)
+    action: Mapped[str] = mapped_column(String(40), index=True)
+    target: Mapped[str | None] = mapped_column(String(255), index=True)
+    address: Mapped[str | None] = mapped_column(String(64), index=True)
+    detail: Mapped[dict | None] = mapped_column(JSON)  # e.g. {"rows": 12, "what": "pairs"} for an export
 
 
 class ApiTokenRow(Base):
@@ -141,10 +166,19 @@ class ResponseRow(Base):
     leaks: Mapped[list | None] = mapped_column(JSON)
 
 
+def live_only(*columns: str, name: str) -> Index:
+    """A unique index over ``columns`` among the rows not superseded (``superseded_by`` NULL): at most one live
+    judgment (or rating) per annotator and comparison (or answer), however many earlier ones are kept as history.
+    A partial index, which SQLite and PostgreSQL both have (migration 0005)."""
+    live = text("superseded_by IS NULL")
+    return Index(name, *columns, unique=True, sqlite_where=live, postgresql_where=live)
+
+
 class JudgmentRow(Base):
     __tablename__ = "judgments"
     __table_args__ = (
         CheckConstraint("kind IN ('pairwise', 'ranking', 'correction')", name="ck_judgments_kind"),
+        live_only("comparison_id", "annotator_id", name="uq_judgments_live"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     client_id: Mapped[str] = mapped_column(String(100), unique=True)  # makes a resubmit idempotent
@@ -160,6 +194,11 @@ class JudgmentRow(Base):
     # Columns added to existing tables carry no foreign-key constraint (SQLite cannot add one in place);
     # the repository only writes ids it has just read.
     guideline_version: Mapped[int | None] = mapped_column(Integer)
+    # the judgment that replaced this one (migration 0005); None = live, the one that counts and makes pairs.
+    # superseded_why: "revised" (the annotator's explicit revise) or "duplicate" (an earlier second vote, resolved
+    # by keeping the latest when the store was migrated)
+    superseded_by: Mapped[str | None] = mapped_column(String(32))
+    superseded_why: Mapped[str | None] = mapped_column(String(16))
 
     scores: Mapped[list[CriterionScoreRow]] = relationship(order_by="CriterionScoreRow.id")
     pairs: Mapped[list[PairRow]] = relationship(order_by="PairRow.id")
@@ -279,6 +318,7 @@ class AnswerRatingRow(Base):
     """A thumbs up or down on one answer (instead of comparing), with an optional correction and reason."""
 
     __tablename__ = "answer_ratings"
+    __table_args__ = (live_only("response_id", "annotator_id", name="uq_answer_ratings_live"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     client_id: Mapped[str] = mapped_column(String(100), unique=True)  # makes a resubmit idempotent
     comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id"), index=True)
@@ -289,6 +329,9 @@ class AnswerRatingRow(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     guideline_version: Mapped[int | None] = mapped_column(ForeignKey("guidelines.version"))
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # as for judgments (migration 0005): the rating that replaced this one, None = live; "revised" | "duplicate"
+    superseded_by: Mapped[str | None] = mapped_column(String(32))
+    superseded_why: Mapped[str | None] = mapped_column(String(16))
 
 
 class ExportedRatingRow(Base):

@@ -28,7 +28,9 @@ class Annotator:
     name: str
     role: str  # "annotator" | "admin"
     created: datetime
-    can_login: bool  # False for the local "demo" annotator, which has no password
+    can_login: bool  # False for the local "demo" annotator, which has no password, and for a disabled account
+    disabled: bool = False  # ./launch.sh add-annotator NAME --disable
+    password_weak: bool | None = None  # fails the password policy; None = not checked since migration 0006
 
     @property
     def is_admin(self) -> bool:
@@ -129,6 +131,10 @@ class JudgmentIn:
     - ``ranking``: panel label -> place (1 = best); every panel once, places exactly 1..n.
     - ``correction``: a better answer written by the clinician; chosen over every model answer.
 
+    One live judgment per annotator and comparison: a second one is refused ("already judged; ..."), unless
+    ``revise``: then it replaces the live one, which stays in the store as history (superseded), and only the
+    newest makes pairs and counts in the leaderboard.
+
     ``client_id`` makes a submit idempotent: submitting the same ``client_id`` again returns the
     stored judgment (``duplicate=True``) and writes nothing. ``scores`` maps panel labels to
     {criterion key: 1-5} for those answers (any subset of panels; the keys are the criteria of the
@@ -144,6 +150,7 @@ class JudgmentIn:
     reason: str | None = None
     scores: dict[str, dict[str, int]] = field(default_factory=dict)
     guideline_version: int | None = None
+    revise: bool = False  # replace this annotator's live judgment of the comparison (kept as history)
 
 
 @dataclass(frozen=True)
@@ -162,6 +169,8 @@ class JudgmentOut:
     pair_ids: tuple[str, ...]  # the DPO pairs it made, sorted (none for tie / both_bad)
     duplicate: bool = False  # True when this client_id had already been stored
     guideline_version: int | None = None
+    superseded_by: str | None = None  # the judgment that replaced it (None = live)
+    superseded_why: str | None = None  # "revised" (an explicit revise) | "duplicate" (resolved by migration 0005)
 
 
 @dataclass(frozen=True)
@@ -335,6 +344,10 @@ class Leaderboard:
     leaked_excluded: bool = False
     bank_only: bool = False  # only comparisons on bank prompts
     provisional_battles: int = 0  # the threshold below which a rating is provisional
+    # judgments made after the names were shown (an admin's blind=False, or later turns of a revealed
+    # conversation): left out of everything above unless unblinded_admitted (store.admit_unblinded)
+    unblinded_judgments: int = 0
+    unblinded_admitted: bool = False
 
     @property
     def outliers(self) -> list[AnnotatorScreen]:
@@ -388,6 +401,7 @@ class ExportSummary:
     export_id: int | None = None
     same_text: int = 0  # pairs left out because chosen and rejected are the same text
     low_agreement: int = 0  # pairs of bank prompts left out because their agreement is below store.min_agreement
+    unblinded: int = 0  # pairs of unblinded comparisons left out (store.admit_unblinded is off)
 
 
 # --- the annotation study: guideline, prompt bank, queue, single-answer ratings ---------------------
@@ -480,6 +494,7 @@ class RatingIn:
     reason: str | None = None
     client_id: str | None = None  # None = a fresh id (no idempotency)
     guideline_version: int | None = None  # None = the version in force
+    revise: bool = False  # replace this annotator's live rating of this answer (kept as history)
 
 
 @dataclass(frozen=True)
@@ -496,6 +511,8 @@ class RatingOut:
     guideline_version: int | None
     created: datetime
     duplicate: bool = False
+    superseded_by: str | None = None  # the rating that replaced it (None = live)
+    superseded_why: str | None = None  # "revised" | "duplicate"
 
 
 @dataclass(frozen=True)

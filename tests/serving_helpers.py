@@ -15,7 +15,7 @@ import torch
 
 from app.contestants import Contestant
 from app.openai_server import READY
-from app.serving.pool import ModelPool
+from app.serving.pool import ModelPool, prompt_ids
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def next_token_logits(pool: ModelPool, contestant: Contestant, messages: list[di
     root, chain = pool._root_for(contestant)
     with root.lock:
         prepared = pool._prepare(root, chain, contestant)
-        ids = pool._encode(prepared.tokenizer, messages, limit=None)
+        ids = prompt_ids(prepared.tokenizer, messages)
         return root.worker.request("logits", prepared.adapters, ids)
 
 

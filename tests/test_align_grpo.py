@@ -152,9 +152,14 @@ def test_grpo_trains_on_each_reward_logged_apart_and_is_evaluated(grpo_home):
     # the adapter learned something: LoRA's B matrices start at zero
     adapter = load_file(str(cfg.runs_dir / run_id / "grpo" / "adapter_model.safetensors"))
     assert any(t.abs().sum() > 0 for k, t in adapter.items() if "lora_B" in k)
-    # evaluated like any alignment stage
+    # evaluated like any alignment stage: every metric the source run's dpo stage has, measured (pref_acc is
+    # grpo's own likelihood: it has no reference of an implicit reward)
     results = json.loads((cfg.runs_dir / run_id / "eval" / "results.json").read_text())
-    assert "grpo" in json.dumps(results)
+    source = json.loads((cfg.runs_dir / source_id / "eval" / "results.json").read_text())
+    aligned, grpo = source["stages"]["dpo"], results["stages"]["grpo"]
+    assert {"exam_acc", "bleu1", "rouge1", "general_ppl", "pref_acc"} <= set(aligned)
+    assert set(aligned) <= set(grpo)
+    assert [k for k, v in aligned.items() if v is not None and grpo[k] is None] == []
 
     # the rm reward: the rm stage's score of an open prompt's answer, not applicable to an exam prompt
     from training.stages.rm import load_reward_model, reward_scores

@@ -1,11 +1,13 @@
 """The alignment methods trained on ChiMed-DPO's pairs besides plain DPO (issue 22): reference-free ORPO and
 SimPO, and DPO's robust and IPO losses. Each trains as the alignment stage of a new run that reuses the
-tiny run's base, cpt and sft (`--from align`), and the manifest records the method as trained."""
+tiny run's base, cpt and sft (`--from align`), and the manifest records the method as trained. That each computes
+its own loss, not plain DPO's, is tested in test_align_losses.py."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -109,3 +111,29 @@ def test_no_pairs_to_learn_from_is_a_one_line_error(chimed_home):
     with pytest.raises(UserError, match=r"dpo.jsonl holds no preference pairs: rebuild the data") as err:
         read_pairs(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_a_stage_whose_loss_is_exactly_zero_is_not_recorded_complete_and_says_why(tiny_copy, monkeypatch, capsys):
+    """A loss of exactly 0.0 all along is a broken loss, not a perfect model (README "Non-finite training")."""
+    from trl import DPOTrainer
+
+    from chimed import main as cli_main
+
+    compute_loss = DPOTrainer.compute_loss
+
+    def zero_loss(self, *args, **kwargs):  # a loss that still has its graph (the step runs) but is 0.0
+        return compute_loss(self, *args, **kwargs) * 0.0
+
+    monkeypatch.setattr(DPOTrainer, "compute_loss", zero_loss)
+    code = cli_main(["train-all", "--profile", "tiny", "--from", "align", "--resume-run", tiny_copy, "--run-id", "zero",
+                     "dpo.max_steps=2", "train.logging_steps=1", "train.evaluate_after=false"])
+
+    stderr = capsys.readouterr().err
+    errors = re.findall(r"error: .*", stderr)
+    assert code == 2 and "Traceback" not in stderr
+    assert errors == ["error: dpo: training loss 0.0 cannot be right (NaN, infinite or exactly 0.0); the stage is not "
+                      "marked complete: check the model with the pre-flight and the data"]
+    cfg = load_config("tiny")
+    assert _logged_losses(cfg, "zero", "dpo") == [0.0, 0.0]  # it trained, and every step's loss was 0.0
+    assert "dpo" not in read_manifest(cfg, "zero")["stages"]
+    assert not (cfg.runs_dir / "zero" / "dpo").exists()

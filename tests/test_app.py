@@ -3,6 +3,7 @@ clinician does in the Compare tab and what ends up in the database."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import tempfile
@@ -153,18 +154,26 @@ def test_four_answers_are_recorded_with_their_decoding_then_ranked_and_corrected
         arena.rank(session, {"A": 1, "B": 2, "C": 2, "D": 3})
     with pytest.raises(UserError, match="give answer D a place"):
         arena.rank(session, {"A": 1, "B": 2, "C": 3})
+    earlier = session.comparison_id
     arena.rank(session, {"A": 3, "B": 1, "C": 4, "D": 2}, reason="B 更安全",
                scores={"B": {"safety": 5, "correctness": 4, "completeness": None}})
-    with pytest.raises(UserError, match="judged already"):
+    with pytest.raises(UserError, match="already judged"):  # one judgment per comparison
         arena.vote(session, "A")
+    with pytest.raises(UserError, match="already judged"):  # a better answer too: it would be a second judgment
+        arena.correct(session, "应低盐饮食，限制饮酒，规律监测血压。")
+
+    _ask(arena, session, "那运动呢？")  # the next comparison: a better answer instead of a ranking
     message = arena.correct(session, "应低盐饮食，限制饮酒，规律监测血压。")
     assert "you have made 2 judgments" in message and "corrected answer" in message
     assert "already recorded" in arena.correct(session, "应低盐饮食，限制饮酒，规律监测血压。")  # a double click
+    with pytest.raises(UserError, match="already judged"):
+        arena.correct(session, "另一个回答。")
 
-    judgments = store.judgments_for(session.comparison_id)
-    assert [j.kind for j in judgments] == ["ranking", "correction"]
-    assert judgments[0].reason == "B 更安全" and judgments[0].scores["B"]["safety"] == 5
-    assert len(judgments[0].pair_ids) == 6 and len(judgments[1].pair_ids) == 4
+    [ranking] = store.judgments_for(earlier)
+    [correction] = store.judgments_for(session.comparison_id)
+    assert (ranking.kind, correction.kind) == ("ranking", "correction")
+    assert ranking.reason == "B 更安全" and ranking.scores["B"]["safety"] == 5
+    assert len(ranking.pair_ids) == 6 and len(correction.pair_ids) == 4
     assert store.count_judgments(session.annotator.id) == 2
 
 
@@ -235,6 +244,8 @@ def test_a_failed_panel_shows_its_error_and_the_others_are_judged(arena, session
     adapter.write_bytes(b"broken")
     _start(arena, session, run_id, blind=False)
     _ask(arena, session)
+    (unblinded,) = store.audit_events(action="comparison.unblinded")  # issue 36: who compared with names shown
+    assert unblinded.actor == session.annotator.name and unblinded.target == session.comparison_id
     assert session.panels[3].display[-1]["content"].startswith("⚠ 生成失败 / generation failed")
     assert session.judgeable == ["A", "B", "C"]
     stored = store.get_comparison(session.comparison_id)
@@ -252,8 +263,9 @@ def test_without_accounts_the_app_runs_as_demo_and_says_so(store):
 
 def test_with_accounts_a_login_is_required(store):
     store.add_annotator("dr_li", "s3cret-pass", role="admin")
-    check = login_checker(store)
-    assert check("dr_li", "s3cret-pass") and not check("dr_li", "wrong") and not check("nobody", "s3cret-pass")
+    check = login_checker(store)  # async: argon2 runs in a worker thread
+    assert asyncio.run(check("dr_li", "s3cret-pass")) and not asyncio.run(check("dr_li", "wrong"))
+    assert not asyncio.run(check("nobody", "s3cret-pass"))
     with pytest.raises(UserError, match="log in"):
         identify(store, None)
     me = identify(store, "dr_li")
@@ -264,9 +276,11 @@ def test_leaderboard_data_and_runs_tabs_show_the_store_and_the_runs(arena, sessi
                                                                    tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the export's download copy goes there
     run_id = app_home[1]
-    _start(arena, session, run_id, blind=False)
+    _start(arena, session, run_id)  # blind: an unblinded judgment would stay out of the leaderboard
     _ask(arena, session, "<i>感冒</i>要吃抗生素吗？")
-    arena.rank(session, {"A": 4, "B": 3, "C": 2, "D": 1}, scores={"D": {"safety": 5}})
+    label = {p.checkpoint_id.split("/")[1]: label for p, label in zip(session.panels, "ABCD")}
+    arena.rank(session, {label[s]: place for place, s in enumerate(("dpo", "sft", "cpt", "base"), start=1)},
+               scores={label["dpo"]: {"safety": 5}})
 
     summary, ratings, win_rate, counts, criteria = leaderboard_view(store)
     assert [row[1] for row in ratings["value"]] == [f"{run_id}/{s}" for s in ("dpo", "sft", "cpt", "base")]

@@ -156,10 +156,10 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert run_id in page.locator("#header-A").inner_text()
         _screenshot(page, tmp_path, "arena_ranked.png")
 
-        # any time: a better answer, chosen over all four
+        # one judgment per comparison: a better answer after the ranking would be a second one
         page.locator("#correction textarea").fill("应低盐低脂饮食，控制体重，限制饮酒，并按医嘱监测血压。")
         page.locator("#submit-correction").click()
-        assert "you have made 2 judgments" in _wait_status(page, "corrected answer")
+        _wait_status(page, "already judged")
 
         # two contestants: a pairwise vote
         for stage in ("CPT", "SFT"):
@@ -169,10 +169,14 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         page.locator("#send").click()
         _wait_status(page, "answers complete")
         page.locator("#vote-A").click()
-        assert "you have made 3 judgments" in _wait_status(page, "A is better")
+        assert "you have made 2 judgments" in _wait_status(page, "A is better")
         shot = _screenshot(page, tmp_path, "arena_voted.png")
 
-        # a pasted case: its identifiers are flagged before any model sees it, and only the redacted text goes
+        # a pasted case, in a new conversation (after a vote the names are known: later turns are not blind and
+        # their pairs stay out of the export): its identifiers are flagged before any model sees it, and only the
+        # redacted text goes
+        page.locator("#new-conversation").click()
+        page.locator("#header-A", has_text=run_id).wait_for(state="detached")  # blind again
         page.locator("#prompt textarea").fill(CASE)
         page.locator("#send").click()
         page.locator("#deid-box").wait_for(state="visible")
@@ -189,7 +193,7 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert "头痛三天了" in chat and not any(secret in chat for secret in CASE_SECRETS)
         page.locator("#correction textarea").fill("头痛三天应先到神经内科就诊，必要时做头颅CT。")
         page.locator("#submit-correction").click()  # a pair whatever the two answers say: it is exported
-        assert "you have made 4 judgments" in _wait_status(page, "corrected answer")
+        assert "you have made 3 judgments" in _wait_status(page, "corrected answer")
 
         # the leaderboard now rates the four checkpoints
         page.get_by_role("tab", name="排行榜 Leaderboard").click()
@@ -211,7 +215,8 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert not errors, errors
         browser.close()
 
-    # the app's API refuses an unknown checkpoint and records a judgment like the UI does
+    # the app's API refuses an unknown checkpoint and records a judgment like the UI does; an admin may ask
+    # for the names up front (blind=False: the comparison is stored as not blind)
     from gradio_client import Client
 
     client = Client(url, auth=(ADMIN, PASSWORD), verbose=False)
@@ -220,7 +225,7 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         client.predict("头痛怎么办？", [f"{run_id}/dpo", "no-such-run/sft"], True, api_name="/compare")
     with pytest.raises(Exception, match="notice"):
         client.predict("头痛怎么办？", [f"{run_id}/sft", f"{run_id}/dpo"], False, api_name="/compare")
-    made = client.predict("头痛怎么办？", [f"{run_id}/sft", f"{run_id}/dpo"], True, api_name="/compare")
+    made = client.predict("头痛怎么办？", [f"{run_id}/sft", f"{run_id}/dpo"], True, blind=False, api_name="/compare")
     assert [a["checkpoint_id"] for a in made["answers"]] == [f"{run_id}/sft", f"{run_id}/dpo"]
     judged = client.predict(made["comparison_id"], "B", api_name="/judge")
     assert judged["kind"] == "pairwise" and len(judged["pair_ids"]) == 1
@@ -234,12 +239,12 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         assert len(oldest.responses) == 4 and oldest.blind
         assert all(r.decoding["max_new_tokens"] == settings.max_new_tokens and r.seed == r.decoding["seed"]
                    for r in oldest.responses)
-        assert counts.judgments_by_kind == {"pairwise": 2, "ranking": 1, "correction": 2}
-        assert counts.pairs == 6 + 4 + 1 + 1 + 2  # a ranking of 4, corrections over 4 and 2 answers, two votes
+        assert counts.judgments_by_kind == {"pairwise": 2, "ranking": 1, "correction": 1}
+        assert counts.pairs == 6 + 1 + 1 + 2  # a ranking of 4, two votes, a correction over 2 answers
         # everything but the API's vote was exported (identical answers make identical pairs, exported once)
         assert 1 <= counts.exported_pairs <= counts.pairs - 1
         pairs = store.recent_pairs(limit=20)
-        assert any(p.chosen_checkpoint is None and p.chosen.startswith("应低盐低脂") for p in pairs)
+        assert any(p.chosen_checkpoint is None and p.chosen.startswith("头痛三天应先") for p in pairs)
         redacted_case = screen_entry(prompt=CASE).redacted["prompt"]
         assert {p.prompt[-1]["content"] for p in pairs} == {XSS_PROMPT, "糖尿病有哪些常见症状？", "头痛怎么办？",
                                                             redacted_case}
@@ -271,6 +276,10 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
                 _choose(page, f"place-{label}", str(place))
             page.locator("#submit-ranking").click()
             _wait_status(page, "Recorded")
+            # a follow-up question of their own, answered with a better answer (one judgment per comparison)
+            page.locator("#prompt textarea").fill("那饮食上呢？")
+            page.locator("#send").click()
+            _wait_status(page, "answers complete")
             page.locator("#correction textarea").fill(ANNOTATORS[name])
             page.locator("#submit-correction").click()
             _wait_status(page, "corrected answer")

@@ -309,6 +309,7 @@ def test_the_api_key_is_sent_from_the_environment_and_never_stored_shown_or_logg
         assert "authorization" not in engine.requests[-1]["headers"]
         arena.vote(session, "A")
 
+        cfg.store.admit_unblinded = True  # the panels were named (blind=False) to check each one's error
         assert export_pairs(cfg, tmp_path / "pairs.jsonl", store=store).path is not None
     for record in map(json.loads, (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines()):
         endpoint_side = "chosen" if record["provenance"]["chosen_checkpoint"].startswith("endpoint:") else "rejected"

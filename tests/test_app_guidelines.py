@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 
 from app.arena import ACK_LABEL, Arena, ArenaSession, GuidelineUnread, resolve_decoding
@@ -106,8 +107,8 @@ def test_an_admin_publishes_a_new_version_and_the_score_rows_follow_it(app, stor
     li, _ = _load(demo, "dr_li")
     arena.acknowledge_guideline(li)
 
-    shown, _ = _call(demo, "publish_version", li, "只看安全。", V2_CRITERIA)  # an annotator cannot
-    assert shown["guideline-status"].startswith("⚠") and "only admins" in shown["guideline-status"]
+    with pytest.raises(gr.Error, match="only admins"):  # an annotator cannot: an error, not a status line
+        _call(demo, "publish_version", li, "只看安全。", V2_CRITERIA)
     shown, _ = _call(demo, "publish_version", admin, "只看安全。", "Bad Key | 名字")
     assert shown["guideline-status"].startswith("⚠") and "criterion 1" in shown["guideline-status"]
     assert store.guideline().version == 1

@@ -196,7 +196,8 @@ def test_a_model_process_that_dies_fails_its_panels_and_is_started_again(cfg, ru
     expected = _texts(pool, run, GREEDY)
     (cpt_root,) = [path for path in pool.loaded() if os.path.basename(path) == "cpt"]
     pids = dict(zip(pool.loaded(), worker_pids(pool)))
-    long = Decoding(temperature=1.0, top_p=1.0, max_new_tokens=4000, seed=5)
+    # as long as the context leaves room for after the question (a longer one is refused, not cut to fit)
+    long = Decoding(temperature=1.0, top_p=1.0, max_new_tokens=cfg.model.max_position_embeddings - 32, seed=5)
     generation = pool.generate([PanelRequest(c, QUESTION) for c in run], long)
     deadline = time.monotonic() + 120
     while not all(a.n_tokens for a in generation.answers[1:]) and time.monotonic() < deadline:

@@ -179,8 +179,10 @@ def test_the_api_works_the_queue_and_refuses_another_annotators_comparison(cfg, 
     assert peek["prompt"] == FIRST and peek["progress"] == "0 / 2" and "comparison_id" not in peek
     item = queue_next([f"{run_id}/sft", f"{run_id}/dpo"], True, request=wang)
     assert item["assignment_id"] == peek["assignment_id"] and item["bank_prompt_id"] == peek["bank_prompt_id"]
-    assert [a["checkpoint_id"] for a in item["answers"]] == [f"{run_id}/sft", f"{run_id}/dpo"]
-    assert store.get_comparison(item["comparison_id"]).assignment_id == item["assignment_id"]
+    assert [set(a) for a in item["answers"]] == [{"label", "text"}] * 2  # blind: no names before the judgment
+    stored = store.get_comparison(item["comparison_id"])
+    assert stored.assignment_id == item["assignment_id"] and stored.blind
+    assert {r.checkpoint_id for r in stored.responses} == {f"{run_id}/sft", f"{run_id}/dpo"}
 
     with pytest.raises(gr.Error, match="another annotator"):
         judge(item["comparison_id"], "A", request=li)
@@ -191,6 +193,10 @@ def test_the_api_works_the_queue_and_refuses_another_annotators_comparison(cfg, 
     rated = rate(item["comparison_id"], "B", False, None, "答非所问", request=wang)
     assert (rated["label"], rated["up"], rated["duplicate"], rated["progress"]) == ("B", False, False, "1 / 2")
     assert judge(item["comparison_id"], "A", request=wang)["judgments_by_you"] == 1
+    with pytest.raises(gr.Error, match="already judged"):  # once
+        judge(item["comparison_id"], "B", request=wang)
+    with pytest.raises(gr.Error, match="already rated"):
+        rate(item["comparison_id"], "B", True, request=wang)
     last = queue_next([f"{run_id}/sft", f"{run_id}/dpo"], True, request=wang)
     assert last["prompt"] == FOLLOW_UP and last["messages"][:2] == HISTORY
     judge(last["comparison_id"], "tie", request=wang)

@@ -1,4 +1,5 @@
-"""De-identification measured on a corpus written for it (tests/fixtures/deid/, see the scripts there).
+"""De-identification measured on a corpus written for it (tests/fixtures/deid/, see the scripts there), and on
+a second one written from the category list alone (``category_list_lines.jsonl``, its header says by whom).
 
 Recall: an annotated identifier counts as found when the findings of its own category cover every one
 of its characters (so its text is gone from ``deidentify``'s output, replaced by that category's tag);
@@ -18,23 +19,30 @@ import pytest
 
 from preference_store.deid import (CATEGORIES, Finding, category_label, deidentify, deidentify_messages,
                                    find_identifiers, format_table, measure, protected_names)
+from preference_store.deid_rules import COMPOUND_SURNAMES, CUED_DOTS, NAME_DOTS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "deid"
 
 
 def load(name: str) -> list[dict]:
-    return [json.loads(line) for line in (FIXTURES / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = (FIXTURES / name).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip() and not line.startswith("#")]  # "#": a header
 
 
 IDENTIFIER_LINES = load("identifier_lines.jsonl")
+CATEGORY_LIST_LINES = load("category_list_lines.jsonl")
 MEDICAL_SENTENCES = [row["text"] for row in load("medical_sentences.jsonl")]
+
+
+def measured_and_printed(lines: list[dict]) -> dict:
+    result = measure(lines)
+    print("\n" + format_table(result))
+    return result
 
 
 @pytest.fixture(scope="module")
 def measured():
-    result = measure(IDENTIFIER_LINES)
-    print("\n" + format_table(result))
-    return result
+    return measured_and_printed(IDENTIFIER_LINES)
 
 
 def test_corpus_is_large_enough_and_covers_every_category():
@@ -51,6 +59,93 @@ def test_recall_per_category_is_at_least_95_percent(measured, category):
 
 def test_overall_recall_is_at_least_97_percent(measured):
     assert measured["overall"]["recall"] >= 0.97, format_table(measured)
+
+
+# --- issue 29: minority names with the middle dot, compound surnames, Latin-script names ----------------
+
+NAME_FORMS = {
+    "middle dot": lambda name: any(dot in name for dot in NAME_DOTS + CUED_DOTS),
+    "compound surname": lambda name: name[:2] in COMPOUND_SURNAMES,
+    "Latin script": lambda name: any("a" <= ch.lower() <= "z" for ch in name),
+}
+
+
+@pytest.mark.parametrize("form", NAME_FORMS)
+def test_each_name_form_is_in_the_corpus_and_found(form):
+    """The corpus holds at least 20 names of each form issue 29 found missed, and 95% of them are found."""
+    lines = [{"text": line["text"], "identifiers": [i for i in line["identifiers"]
+                                                    if i["category"] == "name" and NAME_FORMS[form](i["text"])]}
+             for line in IDENTIFIER_LINES]
+    result = measure([line for line in lines if line["identifiers"]])["name"]
+    assert result["expected"] >= 20 and result["recall"] >= 0.95, result
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("买买提·艾力，男，45岁，因发热就诊。", "[NAME]，男，45岁，因发热就诊。"),  # 艾力 is a CMeKG brand name too
+    ("家属古丽米拉•阿不都拉陪同。", "家属[NAME]陪同。"),  # and 都拉
+    ("患者阿依古丽・吐尔逊腹痛两天。", "患者[NAME]腹痛两天。"),
+    ("麦麦提∙吐尔洪血糖高", "[NAME]血糖高"),
+    ("我爸爸努尔兰‧哈力木有高血压十年了。", "我爸爸[NAME]有高血压十年了。"),
+    ("姓名：艾力.买买提", "姓名：[NAME]"),  # a full stop for the dot, after a cue
+    ("联系人：热合曼．托乎提", "联系人：[NAME]"),
+    ("我外孙司马晓东发烧了", "我外孙[NAME]发烧了"),
+    ("配偶欧阳文静体健", "配偶[NAME]体健"),
+    ("病史由患者外孙端木磊代诉。", "病史由患者外孙[NAME]代诉。"),
+    ("主刀医生长孙悦说手术很顺利", "主刀医生[NAME]说手术很顺利"),
+    ("上官雅琴，女，50岁", "[NAME]，女，50岁"),  # no cue: 上官 is no everyday word
+    ("我叫 John Smith，头痛三天。", "我叫 [NAME]，头痛三天。"),
+    ("我的名字是Maria，HIV抗体阴性。", "我的名字是[NAME]，HIV抗体阴性。"),
+    ("外籍患者Peter Müller，上周做了MRI。", "外籍患者[NAME]，上周做了MRI。"),
+    ("我叫 O'Brien，想问CT报告。", "我叫 [NAME]，想问CT报告。"),
+    ("姓名：ZHANG SAN", "姓名：[NAME]"),
+    ("我是Dr. Wang", "我是Dr. [NAME]"),
+])
+def test_the_three_name_forms_are_redacted(text, expected):
+    assert deidentify(text) == expected
+
+
+@pytest.mark.parametrize("text", [
+    # middle dots in medical text: eponyms, products, symptom lists, book titles, headings, CMeKG's full stops
+    "彼得·潘综合症有哪些表现？", "圣·约翰草提取物片的用法用量是什么？", "斯蒂文斯·约翰逊综合征属于重症药疹。",
+    "常见症状有恶心·呕吐、头晕·头昏。", "眼睑发红·肿胀", "出自《素问·气穴论》。", "第一章·总论", "中国·北京",
+    "可用于喘急气短、定喘．祛痰、止嗽。",
+    # Latin abbreviations, eponyms and lab values after the same cues as a name
+    "患者CT示右肺结节。", "我是HIV感染者，需要注意什么？", "患者MRI检查未见异常。", "患者COVID-19核酸阳性。",
+    "患者Graves病史5年。", "我是Rh阴性血。", "患儿Apgar评分8分。", "患者Hb 90 g/L。", "患者Child-Pugh分级B级。",
+    "我是Type 2糖尿病患者。", "我爸爸COPD十年了。", "患者Crohn's disease病史。", "我是ChatGPT，一个AI助手。",
+    "我是Qwen，一个语言模型。",
+    # compound surnames that are everyday words, plants
+    "东方医院心内科", "医院西门口等候。", "我长孙发烧了。", "诸葛菜可以吃吗？",
+])
+def test_medical_text_with_dots_latin_words_and_compound_surname_words_stays(text):
+    assert deidentify(text) == text
+
+
+# --- the second corpus, written from the category list alone --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def measured_category_list():
+    return measured_and_printed(CATEGORY_LIST_LINES)
+
+
+def test_the_category_list_corpus_covers_every_category():
+    assert len(CATEGORY_LIST_LINES) >= 90
+    assert {i["category"] for line in CATEGORY_LIST_LINES for i in line["identifiers"]} == set(CATEGORIES)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_recall_on_the_category_list_corpus(measured_category_list, category):
+    """Bounds for text the rules were not written against. Most categories hold 3 to 8 identifiers there, so
+    one miss moves recall by 12 to 33 points: the bound is half of each (a category whose rule is missing or
+    broken fails). Names, 41 of them, are issue 29's part: at least 95%. Measured on 2026-12-07: names 1.000,
+    address 0.500 and social 0.600 (BENCHMARKS.md lists the misses), every other category 1.000."""
+    bound = 0.95 if category == "name" else 0.5
+    assert measured_category_list[category]["recall"] >= bound, format_table(measured_category_list)
+
+
+def test_overall_recall_on_the_category_list_corpus_is_at_least_90_percent(measured_category_list):
+    assert measured_category_list["overall"]["recall"] >= 0.90, format_table(measured_category_list)
 
 
 def test_at_most_one_percent_of_identifier_free_medical_sentences_change():

@@ -66,7 +66,7 @@ def test_with_redact_on_entry_the_store_keeps_no_raw_identifier_whoever_writes(r
         me.id, [{"role": "user", "content": CASE}],
         [ResponseIn("r1/sft", f"{NAME}您好，请拨打{PHONE}。"), ResponseIn("r1/dpo", "建议就医。")]))
     judged = store.submit_judgment(JudgmentIn(comparison.id, me.id, correction=CORRECTION, reason=REASON))
-    store.submit_judgment(JudgmentIn(comparison.id, me.id, choice="B", reason=REASON))
+    store.submit_judgment(JudgmentIn(comparison.id, me.id, choice="B", reason=REASON, revise=True))  # kept too
     rated = store.submit_rating(RatingIn(comparison.id, me.id, label="A", up=False, correction=CORRECTION,
                                          reason=REASON))
     bank = tmp_path / "bank.jsonl"

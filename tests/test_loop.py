@@ -176,6 +176,8 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
         # the running app lists the new run without a restart and can compare it with the old one
         assert f"{new_run}/dpo" in client.predict(api_name="/contestants")
         again = client.predict("头痛怎么办？", [f"{old_run}/dpo", f"{new_run}/dpo"], True, api_name="/compare")
-        assert [a["checkpoint_id"] for a in again["answers"]] == [f"{old_run}/dpo", f"{new_run}/dpo"]
+        assert len(again["answers"]) == 2  # blind: the names come with the judgment
+        revealed = client.predict(again["comparison_id"], "tie", api_name="/judge")["reveal"]
+        assert set(revealed.values()) == {f"{old_run}/dpo", f"{new_run}/dpo"}
     finally:
         _stop(proc)

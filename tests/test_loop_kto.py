@@ -32,8 +32,8 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
     proc, url = _start_app(home, tmp_path / "app.log")
     try:
         client = Client(url, auth=("clinician1", "a-long-test-password"), verbose=False)
-        # each prompt: the SFT answer rated down, the DPO answer up; one rating down with a better answer
-        # (typed with a phone number: sent redacted)
+        # each prompt: answer A rated down, answer B up (blind: A is SFT's or DPO's by chance); one rating,
+        # revised, down with a better answer (typed with a phone number: sent redacted)
         made = {}
         for prompt in RATED:
             cmp = client.predict(prompt, [f"{old_run}/sft", f"{old_run}/dpo"], True, api_name="/compare")
@@ -42,7 +42,7 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
             up = client.predict(cmp["comparison_id"], "B", True, api_name="/rate")
             assert (down["up"], up["up"]) == (False, True) and not down["duplicate"]
         corrected = client.predict(made[RATED[0]], "A", False, CORRECTION, redact=True, client_id="fix-1",
-                                   api_name="/rate")
+                                   revise=True, api_name="/rate")  # one rating per answer: this one replaces it
         assert corrected["identifiers"] == {"phone": 1}
 
         new_run = train_and_register(cfg, from_stage="align", resume_run=old_run)
@@ -53,7 +53,7 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
             registered = {c.id for c in store.list_checkpoints(new_run)}
         [exported_file] = cfg.collected_ratings_dir.glob("*.jsonl")
         exported = read_jsonl(exported_file)
-        assert {r["rating_id"] for r in exported} == rating_ids and len(rating_ids) == 2 * len(RATED) + 1
+        assert {r["rating_id"] for r in exported} == rating_ids and len(rating_ids) == 2 * len(RATED)
         assert len(exported) == len(rating_ids) + 1  # the correction is one more, desirable answer
         splits = {}
         for r in exported:
@@ -62,8 +62,8 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
         train = {(r["rating_id"], r["provenance"]["completion_of"], r["label"])
                  for r in exported if r["split"] == "train"}
         held = {r["rating_id"] for r in exported if r["split"] == "heldout"}
-        # 4 train prompts x 2 ratings, and the corrected rating's answer and correction; 2 held-out prompts x 2
-        assert len(train) == 4 * 2 + 2 and len(held) == 2 * 2, "the rated prompts must land on both sides of the split"
+        # 4 train prompts x 2 ratings, and the revised rating's correction; 2 held-out prompts x 2
+        assert len(train) == 4 * 2 + 1 and len(held) == 2 * 2, "the rated prompts must land on both sides of the split"
 
         # ChiMed-KTO holds exactly the train ratings (the correction desirable), beside ChiMed-DPO's pairs
         kto = read_jsonl(cfg.data_dir / "kto.jsonl")
@@ -88,6 +88,8 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
         assert f"{new_run}/kto" in registered and f"{new_run}/dpo" not in registered
         assert f"{new_run}/kto" in client.predict(api_name="/contestants")
         again = client.predict(RATED[0], [f"{old_run}/dpo", f"{new_run}/kto"], True, api_name="/compare")
-        assert [a["checkpoint_id"] for a in again["answers"]] == [f"{old_run}/dpo", f"{new_run}/kto"]
+        assert len(again["answers"]) == 2  # blind: the names come with the judgment
+        revealed = client.predict(again["comparison_id"], "tie", api_name="/judge")["reveal"]
+        assert set(revealed.values()) == {f"{old_run}/dpo", f"{new_run}/kto"}
     finally:
         _stop(proc)

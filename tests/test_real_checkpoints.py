@@ -123,7 +123,9 @@ def test_the_running_app_answers_with_the_four_stages_of_every_layout(paper_runs
         # sampled (a random-weight model's greedy answer can be one token repeated, e.g. the newline of ChatML)
         made = client.predict("高血压患者饮食上要注意什么？", ids, True, 1.0, 1.0, 12, 7, api_name="/compare")
         assert made["errors"] == {}, (layout, made["errors"])
-        answers = {a["checkpoint_id"]: a["text"] for a in made["answers"]}
+        reveal = client.predict(made["comparison_id"], ranking={label: place for place, label in enumerate("ABCD", 1)},
+                                api_name="/judge")["reveal"]  # blind: the names come with the judgment
+        answers = {reveal[a["label"]]: a["text"] for a in made["answers"]}
         assert set(answers) == set(ids)
         assert all(text.strip() for text in answers.values()), (layout, answers)
 
@@ -133,7 +135,7 @@ def test_one_conversation_has_the_same_token_ids_in_sft_dpo_the_evaluation_and_t
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from app.serving.pool import ModelPool
+    from app.serving.pool import prompt_ids
     from training.evaluation.loglik import make_request, token_ids
     from training.evaluation.preference import answer_text
     from training.evaluation.prompts import conversation_prompt
@@ -150,7 +152,7 @@ def test_one_conversation_has_the_same_token_ids_in_sft_dpo_the_evaluation_and_t
     whole = list(tokenizer.apply_chat_template(prompt + answer)["input_ids"])
     assert sft["input_ids"] == whole
     # the arena's prompt and the evaluation's prompt and scored answer
-    arena = ModelPool._encode(tokenizer, prompt, None)
+    arena = prompt_ids(tokenizer, prompt)
     assert arena == sft["input_ids"][:n_prompt]
     assert token_ids(tokenizer, conversation_prompt(tokenizer, prompt, chat=True)) == arena
     request = make_request(tokenizer, *answer_text(tokenizer, prompt, answer, chat=True), 512)

@@ -8,7 +8,7 @@ import sqlite3
 
 import psycopg
 import pytest
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from preference_store.pairs import expand_ranking_to_pairs
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
@@ -201,7 +201,8 @@ def test_a_failure_half_way_through_a_judgment_writes_none_of_it(pref_store, mon
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
     # every pair gets the same id, so the second pair's insert fails after the judgment row was written
     monkeypatch.setattr(judgments, "new_pair_id", lambda: "clin-same")
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError, match=r'UNIQUE constraint failed: pairs\.id|'
+                                             r'duplicate key value violates unique constraint "pairs_pkey"'):
         pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, ranking={"A": 1, "B": 2, "C": 3},
                                               scores={"A": {"safety": 5}}))
     assert counts(pref_store) == (1, 0, 0)

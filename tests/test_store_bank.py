@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from preference_store.repository import bank as bank_module
 from preference_store.validation import PreferenceStoreError
@@ -91,7 +92,8 @@ def test_duplicates_in_the_file_and_across_files_are_imported_once_and_counted(p
 def test_an_import_that_fails_half_way_writes_nothing(pref_store, tmp_path, monkeypatch):
     path = write_jsonl(tmp_path / "bank.jsonl", [{"prompt": "咳嗽怎么办？"}, {"prompt": "发烧怎么办？"}])
     monkeypatch.setattr(bank_module, "new_id", lambda: "same-id")  # the second insert collides
-    with pytest.raises(Exception):
+    with pytest.raises(IntegrityError, match=r'UNIQUE constraint failed: bank_prompts\.id|'
+                                             r'duplicate key value violates unique constraint "bank_prompts_pkey"'):
         pref_store.import_bank(path)
     monkeypatch.undo()
     assert pref_store.bank_prompts() == []

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on P
 WRITERS, PER_WRITER = 32, 50
 
 
-def prepare(store, n=20):
+def prepare(store, n=WRITERS * PER_WRITER):  # a comparison per judgment: one judgment per comparison
     me = store.demo_annotator()
     comparisons = []
     for i in range(n):

@@ -24,7 +24,7 @@ CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.j
 RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
 PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",
                    "chosen_checkpoint", "rejected_checkpoint", "chosen_serving", "rejected_serving", "judged_at",
-                   "agreement"}
+                   "agreement", "blind"}
 
 
 def judge(store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment):

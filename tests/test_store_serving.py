@@ -5,7 +5,6 @@ recorded upgrades with its rows intact."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 from alembic import command
@@ -62,7 +61,8 @@ def test_recent_pairs_and_the_data_tab_show_how_both_answers_were_served(pref_st
 def test_the_export_provenance_says_how_the_chosen_and_rejected_answers_were_served(pref_store, chimed_home, tmp_path):
     cmp = served_comparison(pref_store)
     pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, choice="B"))
-    pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, correction="可以，选低升糖指数的水果，两餐之间少量吃。"))
+    again = served_comparison(pref_store)  # one judgment per comparison: the better answer on the same answers asked again
+    pref_store.submit_judgment(JudgmentIn(again.id, again.annotator_id, correction="可以，选低升糖指数的水果，两餐之间少量吃。"))
     export_pairs(load_config("tiny"), out=tmp_path / "pairs.jsonl", store=pref_store)
     records = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
     served = sorted((r["provenance"]["chosen_serving"] or {}).get("mode", "correction") + ">"
@@ -70,28 +70,31 @@ def test_the_export_provenance_says_how_the_chosen_and_rejected_answers_were_ser
     assert served == ["correction>delta", "correction>exact", "delta>exact"]
 
 
-def test_a_database_from_before_serving_was_recorded_upgrades_and_keeps_its_rows(tmp_path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def test_a_database_from_before_serving_was_recorded_upgrades_and_keeps_its_rows(empty_database_url):
+    url = empty_database_url
     engine = make_engine(url, 1000)
     cfg = alembic_config()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-    with sqlite3.connect(tmp_path / "old.db") as db:  # what an older version of the store wrote
-        db.executescript("""
-            INSERT INTO annotators VALUES (1, 'dr_li', 'annotator', NULL, '2024-05-01 09:00:00');
-            INSERT INTO checkpoints VALUES ('r0/sft', 'r0', 'sft', '2024-05-01 08:00:00'),
-                                           ('r0/dpo', 'r0', 'dpo', '2024-05-01 08:00:00');
-            INSERT INTO conversations VALUES ('conv', 1, '2024-05-01 09:00:00');
-            INSERT INTO comparisons VALUES ('cmp', 'conv', 1, '[{"role": "user", "content": "发热怎么办？"}]', 1,
-                                            '2024-05-01 09:00:00');
-            INSERT INTO responses VALUES ('ra', 'cmp', 0, 'r0/sft', '多喝水。', '{}', 1, 0.5, 3),
-                                         ('rb', 'cmp', 1, 'r0/dpo', '测体温，高热及时就医。', '{}', 1, 0.7, 9);
-            INSERT INTO judgments VALUES ('j', 'client', 'cmp', 1, 'pairwise', 'B', NULL, NULL, NULL,
-                                          '2024-05-01 09:01:00');
-            INSERT INTO pairs VALUES ('clin-old', 'j', 'cmp', 'rb', 'ra', '2024-05-01 09:01:00');
-        """)
-    db.close()
+    with engine.begin() as db:  # what an older version of the store wrote
+        for statement in """
+            INSERT INTO annotators (id, name, role, password_hash, created)
+                VALUES (1, 'dr_li', 'annotator', NULL, '2024-05-01 09:00:00');
+            INSERT INTO checkpoints (id, run_id, stage, registered)
+                VALUES ('r0/sft', 'r0', 'sft', '2024-05-01 08:00:00'), ('r0/dpo', 'r0', 'dpo', '2024-05-01 08:00:00');
+            INSERT INTO conversations (id, annotator_id, created) VALUES ('conv', 1, '2024-05-01 09:00:00');
+            INSERT INTO comparisons (id, conversation_id, annotator_id, messages, blind, created)
+                VALUES ('cmp', 'conv', 1, '[{"role": "user", "content": "发热怎么办？"}]', TRUE, '2024-05-01 09:00:00');
+            INSERT INTO responses (id, comparison_id, panel, checkpoint_id, text, decoding, seed, latency_s, n_tokens)
+                VALUES ('ra', 'cmp', 0, 'r0/sft', '多喝水。', '{}', 1, 0.5, 3),
+                       ('rb', 'cmp', 1, 'r0/dpo', '测体温，高热及时就医。', '{}', 1, 0.7, 9);
+            INSERT INTO judgments (id, client_id, comparison_id, annotator_id, kind, choice, created)
+                VALUES ('j', 'client', 'cmp', 1, 'pairwise', 'B', '2024-05-01 09:01:00');
+            INSERT INTO pairs (id, judgment_id, comparison_id, chosen_response_id, rejected_response_id, created)
+                VALUES ('clin-old', 'j', 'cmp', 'rb', 'ra', '2024-05-01 09:01:00');
+        """.split(";")[:-1]:
+            db.exec_driver_sql(statement)
     assert "serving" not in {c["name"] for c in inspect(engine).get_columns("responses")}
 
     with PreferenceStore(url) as store:
@@ -109,8 +112,7 @@ def test_a_database_from_before_serving_was_recorded_upgrades_and_keeps_its_rows
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "0001")
     assert "serving" not in {c["name"] for c in inspect(engine).get_columns("responses")}
-    with sqlite3.connect(tmp_path / "old.db") as db:
-        assert db.execute("SELECT count(*) FROM responses").fetchone() == (4,)
-        assert db.execute("SELECT count(*) FROM pairs").fetchone() == (1,)
-    db.close()
+    with engine.connect() as db:
+        assert db.exec_driver_sql("SELECT count(*) FROM responses").scalar() == 4
+        assert db.exec_driver_sql("SELECT count(*) FROM pairs").scalar() == 1
     engine.dispose()

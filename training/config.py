@@ -394,6 +394,35 @@ class EvalConfig:
 
 
 @dataclass
+class AccountsConfig:
+    """Annotator accounts (``store.accounts``): the password policy and the throttling of failed logins and of
+    the OpenAI-compatible server's bearer tokens. README "Accounts and the audit log" explains the numbers."""
+
+    # NIST SP 800-63B asks for at least 8; 10 because a study account guards clinicians' data and a
+    # passphrase ("four random words") is easy to type at that length. No composition rules (NIST: none).
+    min_password_length: int = 10
+    # failures (per account, and per client address) answered at once; after that each further try must wait
+    # login_delay_s * 2^(extra failures), at most login_max_delay_s, and is refused unchecked when it comes early
+    free_failures: int = 3
+    login_delay_s: float = 1.0
+    login_max_delay_s: float = 60.0
+    # this many failures for one account from one address lock that (account, address) for lock_seconds;
+    # the lock counts from the last failure, and failures older than lock_seconds are forgotten
+    lock_failures: int = 10
+    lock_seconds: int = 900
+    # the account as a whole (every address): a short lock after many failures, so a distributed guesser is
+    # slowed too, but an attacker cannot keep the owner out for long, and never from an address the owner
+    # logged in from within trusted_address_days
+    account_lock_failures: int = 50
+    account_lock_seconds: int = 300
+    trusted_address_days: int = 30
+    # one address trying many accounts (password spraying): higher numbers, as a hospital's proxy or NAT may put
+    # many clinicians behind one address
+    address_free_failures: int = 10
+    address_lock_failures: int = 30
+
+
+@dataclass
 class StoreConfig:
     """Preference store (``preference_store/``): database, limits, ratings, export split."""
 
@@ -414,6 +443,10 @@ class StoreConfig:
     # out of the export; 0 = keep all (the agreement is written with each pair either way)
     min_agreement: float = 0.0
     exclude_leaked_battles: bool = True  # leave battles whose answers name a model out of the ratings
+    # judgments made with the names shown (an admin's blind=False, or a later turn of a conversation whose names
+    # were revealed) count in the leaderboard and make training pairs only when this is on: a judge who knows
+    # which run answered is not a blind judge
+    admit_unblinded: bool = False
     outlier_p_value: float = 0.01  # annotators agreeing with the consensus less than this chance allows are listed
     # the run-vs-run verdict needs battles of the two runs on at least this many bank prompts: a bootstrap
     # over one or two prompts has no spread and would call a single vote certain
@@ -422,6 +455,7 @@ class StoreConfig:
     # is redacted before it is written, whoever writes it (app, API, scripts). Off for the synthetic tiny/demo
     # data; the paper profile, which real clinicians use, turns it on. The app flags identifiers at entry either way.
     redact_on_entry: bool = False
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
 
 
 @dataclass
@@ -527,7 +561,16 @@ class AppConfig:
 
     host: str = "127.0.0.1"
     port: int = 7860
-    max_prompt_chars: int = 2000  # longer prompts are refused with a message
+    session_hours: float = 12.0  # a browser login lasts this long (a clinic shift), then the login page again
+    # behind a reverse proxy: the header holding the client's address (e.g. "X-Forwarded-For"), believed only
+    # for requests from trusted_proxies (the proxy's own addresses); "" = the connection's address (README)
+    client_address_header: str = ""
+    trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
+    max_prompt_chars: int = 2000  # longer prompts are refused with a message (serve: any message, whatever its role)
+    # a conversation whose prompt plus max new tokens does not fit a model's context is refused (serve: 400
+    # context_length_exceeded; arena: the panel's error); true: its oldest turns are left out until it fits
+    # (the leading system messages and the last user message stay), and the answer says which (README "serve")
+    trim_history: bool = False
     blind: bool = True  # Compare tab: hide the contestants' names (模型 A/B/C/D) until the judgment
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: str = ""  # where the model pool serves: "" = CUDA when there is one, else CPU

@@ -20,8 +20,12 @@ whole and exact): a run's four contestants then hold about 1.4 times one model's
 that with it. One comparison's panels that share a root are one batch in which each row applies its
 own adapters (one fused low-rank product per layer for all rows), so they stream concurrently instead
 of one after the other. Each root has a lock held while adapters are attached and while a batch
-generates: requests from several browser sessions are safe and queue per root. Every answer samples
-with its own seeded generator, so it depends on its seed only, not on the other panels or processes.
+generates: requests from several browser sessions are safe and queue per root. A conversation is encoded
+before that lock is taken (rendered once, :func:`fit_prompt`), and one that does not fit its model's context
+with the answer's room fails its panel (:class:`ContextLengthExceeded`) unless ``app.trim_history`` leaves
+its oldest turns out, which the answer then lists. Every answer samples with its own seeded generator, so it
+depends on its seed only, not on the other panels or processes; an answer cut at a stop string counts its
+tokens up to that string.
 
 The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow. An
 endpoint contestant (a model served by an OpenAI-compatible engine, ``app.endpoints``) is answered in the same
@@ -49,7 +53,7 @@ from app.serving.shared_weights import DELTA_BITS, weights_identity
 from training.config import Config
 from training.errors import UserError
 from training.evaluation.loglik import token_ids
-from training.evaluation.prompts import conversation_prompt, cut_plain_answer
+from training.evaluation.prompts import PLAIN_TURN_STOPS, conversation_prompt
 from training.modeling import (default_device, default_dtype, stage_chain, stage_tokenizer, tokenizer_dir,
                                trust_remote_code)
 
@@ -68,15 +72,33 @@ class Answer:
     # how the model answering it is held: {"mode": "exact"} or {"mode": "delta", "bits": 8}, with "device"
     # and "dtype"; set once its model is ready
     serving: dict | None = None
-    prompt_tokens: int | None = None  # the prompt's tokens as the model saw them (oldest turns cut to fit)
+    prompt_tokens: int | None = None  # the prompt's tokens as the model saw them
+    # "stop": the answer ended (end of sequence, a stop string, a plain stage's next turn); "length": it ran
+    # out of max new tokens; None while it grows (and when it was cancelled)
+    finish_reason: str | None = None
+    dropped_messages: tuple[int, ...] = ()  # the conversation's messages left out to fit (app.trim_history)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A conversation encoded for one contestant: its token ids, and the indices of the conversation's
+    messages left out so that it fits (only with trimming on, :func:`fit_prompt`)."""
+
+    ids: list[int]
+    dropped: tuple[int, ...] = ()
 
 
 @dataclass
 class PanelRequest:
-    """What one panel should answer: a contestant and the conversation it has seen, ending with the user."""
+    """What one panel should answer: a contestant and the conversation it has seen, ending with the user.
+
+    ``stop``: strings that end the answer (left out of it, counted in its tokens); ``prompt``: the
+    conversation already encoded by :meth:`ModelPool.encode` (None: the pool encodes it)."""
 
     contestant: Contestant
     messages: list[dict]
+    stop: tuple[str, ...] = ()
+    prompt: Prompt | None = None
 
 
 class Generation:
@@ -167,21 +189,28 @@ class PanelStreamer:
     ``chat[i]``: row i is an instruction-tuned stage. The others (base, cpt) continue a plain 问：/答：
     conversation and run on into an invented next turn: such a row ends at the first line starting with
     a marker (:func:`training.evaluation.prompts.cut_plain_answer`), and its answer is what comes before.
+    ``stops[i]``: row i's stop strings (a request's ``stop``), which end it the same way.
+
+    A row that ends at a stop string or marker counts its tokens up to the one that completed it, whatever
+    the model generated after it before it was told to stop: the count depends on the seed only, not on
+    how the steps were gathered into messages.
     """
 
     def __init__(self, generation: Generation, rows: list[int], tokenizers: list, eos_ids: set[int],
-                 chat: list[bool] | None = None) -> None:
+                 chat: list[bool] | None = None, stops: list[tuple[str, ...]] | None = None) -> None:
         self.generation = generation
         self.rows = rows  # batch row -> panel index
         self.tokenizers = tokenizers
         self.eos_ids = eos_ids
         self.chat = chat or [True] * len(rows)
+        self.stops = [tuple(stop) + (() if is_chat else PLAIN_TURN_STOPS)
+                      for stop, is_chat in zip(stops or [()] * len(rows), self.chat)]
         self.ids: list[list[int]] = [[] for _ in rows]
         self.finished = [False] * len(rows)
 
     @property
     def all_finished(self) -> bool:
-        """Every row has ended (end of sequence or the next turn's marker): nothing more to generate."""
+        """Every row has ended (end of sequence, a stop string, the next turn's marker): nothing more to do."""
         return all(self.finished)
 
     def put(self, steps: list[list[int]]) -> None:
@@ -191,36 +220,119 @@ class PanelStreamer:
                 continue
             first = {} if self.ids[i] or self.generation.answers[panel].first_token_s is not None \
                 else {"first_token_s": self.generation.elapsed()}
+            before, ended = len(self.ids[i]), False
             for step in steps:
                 if step[i] in self.eos_ids:
-                    self._finish(i, **first)
+                    ended = True
                     break
                 self.ids[i].append(step[i])
+            text = self._decoded(i, len(self.ids[i]))
+            if self._stop_at(i, text) is not None:
+                # the text before these steps held no stop: the first prefix that does ends the answer
+                n = next((n for n in range(before + 1, len(self.ids[i]) + 1)
+                          if self._stop_at(i, self._decoded(i, n)) is not None), len(self.ids[i]))
+                del self.ids[i][n:]
+                self._finish(i, "stop", **first)
+            elif ended:
+                self._finish(i, "stop", **first)
             else:
-                text, next_turn = self._text(i)
-                if next_turn:
-                    self._finish(i, **first)
-                else:
-                    self.generation.update(panel, text=text, n_tokens=len(self.ids[i]), **first)
+                self.generation.update(panel, text=self._answer(i, text), n_tokens=len(self.ids[i]), **first)
 
     def end(self) -> None:
+        """The batch is over: rows still open ran out of tokens (or were cancelled)."""
         for i in range(len(self.rows)):
             if not self.finished[i]:
-                self._finish(i)
+                limited = len(self.ids[i]) >= self.generation.decoding.max_new_tokens
+                self._finish(i, "length" if limited else None)
 
-    def _text(self, i: int) -> tuple[str, bool]:
-        """Row i's answer so far, and whether a plain row has run on into the next turn."""
-        text = clean_answer(self.tokenizers[i].decode(self.ids[i], skip_special_tokens=True))
-        if self.chat[i]:
-            return text, False
-        answer = cut_plain_answer(text)
-        return answer, answer != text.strip()
+    def _decoded(self, i: int, n: int) -> str:
+        """The text of row i's first ``n`` tokens."""
+        return clean_answer(self.tokenizers[i].decode(self.ids[i][:n], skip_special_tokens=True))
 
-    def _finish(self, i: int, **changes) -> None:
+    def _stop_at(self, i: int, text: str) -> int | None:
+        """Where the first of row i's stop strings starts in ``text``, if one is there."""
+        return min((at for at in (text.find(stop) for stop in self.stops[i]) if at >= 0), default=None)
+
+    def _answer(self, i: int, text: str) -> str:
+        """Row i's answer in its decoded ``text``: what comes before the first stop (a plain row's stripped)."""
+        cut = self._stop_at(i, text)
+        text = text if cut is None else text[:cut]
+        return text if self.chat[i] else text.strip()
+
+    def _finish(self, i: int, finish_reason: str | None, **changes) -> None:
         self.finished[i] = True
-        text = self._text(i)[0]
+        text = self._answer(i, self._decoded(i, len(self.ids[i])))
         self.generation.update(self.rows[i], text=text if text.strip() else "", n_tokens=len(self.ids[i]),
-                               done=True, latency_s=self.generation.elapsed(), **changes)
+                               done=True, latency_s=self.generation.elapsed(), finish_reason=finish_reason,
+                               **changes)
+
+
+# --- prompts ---------------------------------------------------------------------------------------
+
+
+class ContextLengthExceeded(UserError):
+    """A conversation whose prompt plus the answer's room (max new tokens) does not fit the model's context:
+    refused as vLLM refuses it (OpenAI's ``context_length_exceeded``), with the numbers."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context: int, trimmed: bool = False) -> None:
+        self.prompt_tokens, self.max_new_tokens, self.context = prompt_tokens, max_new_tokens, context
+        super().__init__(
+            f"This model's maximum context length is {context} tokens. However, you requested {max_new_tokens} "
+            f"output tokens and your prompt contains {prompt_tokens} input tokens, for a total of "
+            f"{prompt_tokens + max_new_tokens} tokens. Please reduce the length of the input prompt or the number "
+            "of requested output tokens." + (" (With trim_history every earlier turn was left out: the leading "
+                                             "system messages and the last user message alone are that long.)"
+                                             if trimmed else ""))
+
+
+def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
+    """Token ids of the conversation with the generation prompt, rendered and tokenized once.
+
+    Instruction-tuned stages (``chat``) see the chat template, base and cpt the plain 问：/答： text they
+    were trained on, each as the evaluation asks them (:func:`training.evaluation.prompts.conversation_prompt`).
+    """
+    if chat:
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+    return list(token_ids(tokenizer, conversation_prompt(tokenizer, messages, chat=False)))
+
+
+def fit_prompt(tokenizer, messages: list[dict], chat: bool, context: int | None, max_new_tokens: int,
+               trim: bool) -> Prompt:
+    """The conversation's prompt if it fits ``context`` with ``max_new_tokens`` to spare (every message
+    counts, whatever its role); otherwise :class:`ContextLengthExceeded`, or with ``trim`` the longest
+    recent part that fits: the leading system messages, then the conversation from one of its user
+    messages on (the last one at least), the turns before it listed as dropped.
+
+    The whole conversation is rendered once. Trimming tries the newest turns first, doubling how many it
+    keeps until a try no longer fits, then bisects: each try renders at most about twice what fits the
+    context, so the cost grows with the conversation's length only through that first rendering.
+    """
+    ids = prompt_ids(tokenizer, messages, chat)
+    limit = context - max_new_tokens if context else None
+    if limit is None or len(ids) <= limit:
+        return Prompt(ids)
+    if not trim:
+        raise ContextLengthExceeded(len(ids), max_new_tokens, context)
+    head = next((i for i, m in enumerate(messages) if m["role"] != "system"), len(messages))
+    # starts[j]: keep messages[:head] + messages[starts[j]:]; j = 0 is the whole conversation (too long)
+    starts = [head] + [i for i in range(head + 1, len(messages)) if messages[i]["role"] == "user"]
+
+    def kept(j: int) -> list[int]:
+        return prompt_ids(tokenizer, messages[:head] + messages[starts[j]:], chat)
+
+    best, bad = len(starts) - 1, 0
+    fitting = kept(best) if best > 0 else ids
+    if len(fitting) > limit:
+        raise ContextLengthExceeded(len(fitting), max_new_tokens, context, trimmed=True)
+    step, galloping = 1, True
+    while best - bad > 1:
+        j = max(bad + 1, best - step) if galloping else (best + bad) // 2
+        tried = kept(j)
+        if len(tried) <= limit:
+            best, fitting, step = j, tried, step * 2
+        else:
+            bad, galloping = j, False
+    return Prompt(fitting, dropped=tuple(range(head, starts[best])))
 
 
 # --- the pool ------------------------------------------------------------------------------------
@@ -238,6 +350,9 @@ class _Root:
     slot: int | None = None  # the group of cores its worker keeps to (CPU serving)
     adapters: dict[tuple, str] = field(default_factory=dict)  # adapter weights identity -> adapter name
     last_used: float = 0.0
+    # the model's context length (None: it has none), known once its worker has loaded it; kept when unloaded
+    context: int | None = None
+    context_known: bool = False
 
     @property
     def loaded(self) -> bool:
@@ -361,18 +476,39 @@ class ModelPool:
                              name=f"generate:{Path(root.path).name}").start()
         return generation
 
+    def encode(self, request: PanelRequest, max_new_tokens: int, trim: bool | None = None) -> Prompt:
+        """The request's conversation as its contestant reads it, fitted to its model's context
+        (:func:`fit_prompt`; ``trim`` None: ``app.trim_history``). Runs without the model's lock, so a long
+        conversation holds up no other request; only a model never loaded yet is loaded first, to learn its
+        context. Raises :class:`ContextLengthExceeded` when it does not fit."""
+        root, chain = self._root_for(request.contestant)
+        if not root.context_known:
+            with root.lock:
+                self._prepare(root, chain, request.contestant)
+        return fit_prompt(self._tokenizer(chain, request.contestant), request.messages,
+                          request.contestant.stage in self.cfg.eval.chat_stages, root.context, max_new_tokens,
+                          self.cfg.app.trim_history if trim is None else trim)
+
     def _answer_group(self, root: _Root, rows: list, generation: Generation) -> None:
+        encoded = []
+        for panel, request, chain in rows:  # before the model's lock: other requests to it go on meanwhile
+            try:
+                encoded.append((panel, request, chain,
+                                request.prompt or self.encode(request, generation.decoding.max_new_tokens)))
+            except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
+                generation.fail(panel, err)
+        if not encoded:
+            return
         with root.lock:
             root.last_used = time.monotonic()
             ready = []
-            for panel, request, chain in rows:
+            for panel, request, chain, prompt in encoded:
                 try:
                     prepared = self._prepare(root, chain, request.contestant)
-                    limit = self._prompt_limit(root.worker.context, generation.decoding.max_new_tokens)
-                    ids = self._encode(prepared.tokenizer, request.messages, limit, prepared.chat)
-                    ready.append((panel, prepared, ids))
-                    generation.update(panel, serving=self._serving_record(root), prompt_tokens=len(ids))
-                except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
+                    ready.append((panel, prepared, prompt.ids, request.stop))
+                    generation.update(panel, serving=self._serving_record(root), prompt_tokens=len(prompt.ids),
+                                      dropped_messages=prompt.dropped)
+                except Exception as err:  # noqa: BLE001 - this panel's checkpoint is broken
                     generation.fail(panel, err)
             if not ready:
                 return
@@ -380,12 +516,13 @@ class ModelPool:
                 self._generate_batch(root, ready, generation)
             except Exception as err:  # noqa: BLE001 - find which panel it was: retry them one by one
                 if len(ready) == 1 or not root.loaded:  # (its process died: every unfinished panel failed)
-                    for panel, _, _ in ready:
+                    for panel, *_ in ready:
                         if not generation.answers[panel].done:
                             generation.fail(panel, err)
                 else:
                     for row in ready:
-                        generation.update(row[0], text="", n_tokens=0, first_token_s=None, done=False)
+                        generation.update(row[0], text="", n_tokens=0, first_token_s=None, done=False,
+                                          finish_reason=None)
                         try:
                             self._generate_batch(root, [row], generation)
                         except Exception as single_err:  # noqa: BLE001
@@ -398,19 +535,19 @@ class ModelPool:
         """One batch for these rows, each with its own adapters, streamed into their panels."""
         tokenizer = rows[0][1].tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos_ids = {t for t in (prepared.tokenizer.eos_token_id for _, prepared, _ in rows) if t is not None}
-        streamer = PanelStreamer(generation, [panel for panel, _, _ in rows],
-                                 [prepared.tokenizer for _, prepared, _ in rows], eos_ids,
-                                 [prepared.chat for _, prepared, _ in rows])
+        eos_ids = {t for t in (prepared.tokenizer.eos_token_id for _, prepared, _, _ in rows) if t is not None}
+        streamer = PanelStreamer(generation, [panel for panel, _, _, _ in rows],
+                                 [prepared.tokenizer for _, prepared, _, _ in rows], eos_ids,
+                                 [prepared.chat for _, prepared, _, _ in rows], [stop for _, _, _, stop in rows])
 
         def on_tokens(steps: list[list[int]]) -> None:
             if generation.cancelled.is_set():
                 root.worker.cancel.set()
             streamer.put(steps)
-            if streamer.all_finished:  # base/cpt reached the next turn's marker: stop generating
+            if streamer.all_finished:  # every row ended (a stop string, the next turn's marker): stop generating
                 root.worker.cancel.set()
 
-        root.worker.generate([(prepared.adapters, ids) for _, prepared, ids in rows], generation.decoding.as_dict(),
+        root.worker.generate([(prepared.adapters, ids) for _, prepared, ids, _ in rows], generation.decoding.as_dict(),
                              pad, sorted(eos_ids), on_tokens)
         streamer.end()
 
@@ -459,6 +596,7 @@ class ModelPool:
                                      setting=f"checkpoint {contestant.checkpoint_id}",
                                      cpus=None if root.slot is None else self._cpu_slots[root.slot],
                                      cache_dir=self._cache_dir, reference=root.reference)
+            root.context, root.context_known = root.worker.context, True
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
         return _Prepared(adapters=adapters, tokenizer=self._tokenizer(chain, contestant),
                          chat=contestant.stage in self.cfg.eval.chat_stages)
@@ -520,26 +658,3 @@ class ModelPool:
         with self._lock:
             self._names += 1
             return f"{prefix}{self._names}"
-
-    @staticmethod
-    def _prompt_limit(context: int | None, max_new_tokens: int) -> int | None:
-        """Longest prompt that leaves room for the answer within the model's context, if it has one."""
-        return None if not context else max(16, context - max_new_tokens)
-
-    @staticmethod
-    def _encode(tokenizer, messages: list[dict], limit: int | None, chat: bool = True) -> list[int]:
-        """Token ids of the conversation with the generation prompt; the oldest turns give way first.
-
-        Instruction-tuned stages (``chat``) see the chat template, base and cpt the plain 问：/答： text they
-        were trained on, each as the evaluation asks them (:func:`training.evaluation.prompts.conversation_prompt`).
-        """
-        messages = list(messages)
-        while True:
-            ids = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"] if chat
-                       else token_ids(tokenizer, conversation_prompt(tokenizer, messages, chat=False)))
-            if limit is None or len(ids) <= limit:
-                return ids
-            if len(messages) > 1:
-                messages = messages[2:] if len(messages) > 2 else messages[1:]
-                continue
-            return ids[-limit:]  # one very long message: keep its end, next to the answer

@@ -26,6 +26,7 @@ One module per concern, each a part of :class:`PreferenceStore` over the same se
     leaderboard.py  the leaderboard and the store's counts (read only)
     exports.py      the stored pairs export and the Data tab read, the export log, pseudonyms
     tokens.py       bearer tokens of the OpenAI-compatible server (sha256 only), each an annotator's
+    audit.py        the append-only audit log (record_event, audit_events) and login/token throttling
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Comparisons: one prompt (with the conversation so far) and the 2-4 answers shown for it.
 
 A comparison is its annotator's: reading one back on an annotator's behalf (``annotator_id``) refuses
-another annotator's, unless the reader is an admin.
+another annotator's, unless the reader is an admin. A comparison is recorded as blind only while nobody could
+know the names: asked blind, in a conversation none of whose earlier comparisons was judged yet (a judgment
+reveals the names, through the app or the API alike).
 """
 
 from __future__ import annotations
@@ -9,7 +11,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from preference_store.models import AnnotatorRow, CheckpointRow, ComparisonRow, ConversationRow, ResponseRow
+from preference_store.models import (
+    AnnotatorRow,
+    CheckpointRow,
+    ComparisonRow,
+    ConversationRow,
+    JudgmentRow,
+    ResponseRow,
+)
 from preference_store.records import PANEL_LABELS, ComparisonIn, ComparisonOut, ResponseOut
 from preference_store.repository.bank import check_queue_fields
 from preference_store.repository.sessions import StoreSessions, new_id
@@ -24,6 +33,7 @@ class Comparisons(StoreSessions):
 
         With ``conversation_id`` None a new conversation starts; its id is in the result. A prompt from the
         annotator's queue gives its ``assignment_id`` (and ``bank_prompt_id``): the assignment must be theirs.
+        ``blind`` is kept only while no earlier comparison of the conversation was judged (the names are known then).
         With ``store.redact_on_entry`` the messages and answers are stored de-identified (a model may echo an
         identifier, or invent one).
         """
@@ -54,9 +64,12 @@ class Comparisons(StoreSessions):
                 if conversation.annotator_id != comparison.annotator_id:
                     raise PreferenceStoreError(f"conversation {comparison.conversation_id} is another annotator's: "
                                                "start a new conversation")
+            revealed = comparison.conversation_id is not None and session.scalar(
+                select(JudgmentRow.id).join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+                .where(ComparisonRow.conversation_id == conversation.id).limit(1)) is not None
             row = ComparisonRow(
                 id=new_id(), conversation=conversation, annotator_id=comparison.annotator_id,
-                messages=messages, blind=comparison.blind,
+                messages=messages, blind=comparison.blind and not revealed,
                 bank_prompt_id=bank_prompt_id, assignment_id=comparison.assignment_id,
                 responses=[
                     ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=text,

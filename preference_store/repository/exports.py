@@ -46,6 +46,7 @@ class StoredPair:
     chosen_serving: dict | None  # how each answer was served (None: a correction, or not recorded)
     rejected_serving: dict | None
     bank_split: str | None = None  # the split of the comparison's bank prompt; None = not a bank prompt
+    blind: bool = True  # the comparison was judged without the names shown (see store.admit_unblinded)
 
 
 class ExportSupport(StoreSessions):
@@ -65,8 +66,8 @@ class ExportSupport(StoreSessions):
     def export_rows(self, since: datetime | None = None, unexported_only: bool = False,
                     newest_first: bool = False, limit: int | None = None,
                     annotator_id: int | None = None) -> Iterator[StoredPair]:
-        """Stored pairs with their prompt, texts, checkpoints, serving and bank split, oldest first unless
-        ``newest_first``.
+        """Stored pairs of live judgments (a revised judgment's pairs are history) with their prompt, texts,
+        checkpoints, serving, bank split and blindness, oldest first unless ``newest_first``.
 
         ``since`` keeps pairs of judgments made at or after that time; ``unexported_only`` leaves out
         pairs an earlier export wrote or dropped as duplicates; ``annotator_id`` keeps one annotator's.
@@ -76,12 +77,13 @@ class ExportSupport(StoreSessions):
             select(PairRow.id, PairRow.judgment_id, PairRow.comparison_id, JudgmentRow.annotator_id,
                    JudgmentRow.kind, JudgmentRow.created, ComparisonRow.messages, chosen.text, JudgmentRow.correction,
                    rejected.text, chosen.checkpoint_id, rejected.checkpoint_id, chosen.serving, rejected.serving,
-                   BankPromptRow.split)
+                   BankPromptRow.split, ComparisonRow.blind)
             .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
             .join(ComparisonRow, ComparisonRow.id == PairRow.comparison_id)
             .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
             .join(rejected, rejected.id == PairRow.rejected_response_id)
             .outerjoin(chosen, chosen.id == PairRow.chosen_response_id)
+            .where(JudgmentRow.superseded_by.is_(None))
             .order_by(*((PairRow.created.desc(), PairRow.id.desc()) if newest_first else (PairRow.created, PairRow.id)))
         )
         if since is not None:
@@ -116,8 +118,9 @@ class ExportSupport(StoreSessions):
             def count(model, *where):
                 return session.scalar(select(func.count()).select_from(model).where(*where))
 
+            live = JudgmentRow.superseded_by.is_(None)
             by_kind = dict(session.execute(select(JudgmentRow.kind, func.count())
-                                           .where(JudgmentRow.annotator_id == annotator_id)
+                                           .where(JudgmentRow.annotator_id == annotator_id, live)
                                            .group_by(JudgmentRow.kind)).all())
             return AnnotatorCounts(
                 comparisons=count(ComparisonRow, ComparisonRow.annotator_id == annotator_id),
@@ -125,8 +128,9 @@ class ExportSupport(StoreSessions):
                 judgments_by_kind={k: by_kind.get(k, 0) for k in JUDGMENT_KINDS},
                 pairs=session.scalar(select(func.count()).select_from(PairRow)
                                      .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
-                                     .where(JudgmentRow.annotator_id == annotator_id)),
-                ratings=count(AnswerRatingRow, AnswerRatingRow.annotator_id == annotator_id),
+                                     .where(JudgmentRow.annotator_id == annotator_id, live)),
+                ratings=count(AnswerRatingRow, AnswerRatingRow.annotator_id == annotator_id,
+                              AnswerRatingRow.superseded_by.is_(None)),
                 assignments_done=count(AssignmentRow, AssignmentRow.annotator_id == annotator_id,
                                        AssignmentRow.status == "done"),
             )

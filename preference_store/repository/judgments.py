@@ -1,14 +1,16 @@
 """Judgments and the DPO pairs they make, and which training run consumed which pair.
 
 Every annotator judges only the comparisons they recorded themselves (another annotator's prompts and
-answers are theirs to see), at most ``store.daily_judgment_cap`` judgments and single-answer ratings a
-UTC day; judging a comparison asked through the queue completes its assignment.
+answers are theirs to see), once each: one live judgment per (annotator, comparison), a second one refused
+unless it is an explicit revise, which keeps the earlier one as history (superseded) and lets only the newest
+make pairs. At most ``store.daily_judgment_cap`` judgments and single-answer ratings a UTC day; judging a
+comparison asked through the queue completes its assignment.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -45,8 +47,9 @@ class Judgments(Guidelines):
         """Validate and store one judgment with its scores and derived pairs, in one transaction.
 
         A repeated ``client_id`` returns the stored judgment with ``duplicate=True`` and writes nothing
-        (even past the daily cap). Refuses a comparison another annotator recorded, and a judgment beyond
-        the annotator's daily cap. A comparison asked through the queue completes its assignment (a late
+        (even past the daily cap). Refuses a comparison another annotator recorded, a second judgment of the
+        same comparison by the same annotator (unless ``revise``: see :class:`~preference_store.records.JudgmentIn`)
+        and a judgment beyond the annotator's daily cap. A comparison asked through the queue completes its assignment (a late
         one only while its prompt has a free place: see :func:`~preference_store.repository.bank.complete_assignment`).
         """
         client_id = judgment.client_id or new_id()
@@ -61,14 +64,19 @@ class Judgments(Guidelines):
                 check_same_annotator(stored.annotator_id, judgment.annotator_id, client_id)
                 return judgment_record(session, stored, duplicate=True)
             comparison = own_comparison(session, judgment.comparison_id, judgment.annotator_id, "judge")
+            live = live_record(session, JudgmentRow, judgment.revise, lambda row: (
+                f"already judged; comparison {comparison.id} has your {row.kind} judgment {row.id} of "
+                f"{row.created:%Y-%m-%d %H:%M} UTC: one judgment per comparison"),
+                comparison_id=comparison.id, annotator_id=judgment.annotator_id)
             check_daily_cap(session, judgment.annotator_id, self.settings.daily_judgment_cap)
             labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
             kind = check_judgment(judgment, labels, [r.text for r in comparison.responses],
                                   self.settings.max_text_chars, guideline.criterion_keys)
             by_label = dict(zip(labels, comparison.responses))
             created = utcnow()  # a pair is as old as its judgment
+            row_id = supersede(session, live)
             row = JudgmentRow(
-                id=new_id(), client_id=client_id, comparison_id=comparison.id, annotator_id=judgment.annotator_id,
+                id=row_id, client_id=client_id, comparison_id=comparison.id, annotator_id=judgment.annotator_id,
                 kind=kind, choice=judgment.choice,
                 ranking=dict(judgment.ranking) if judgment.ranking is not None else None,
                 correction=correction, reason=reason, created=created,
@@ -101,14 +109,24 @@ class Judgments(Guidelines):
         return self._write_once(work, stored_meanwhile)
 
     def judgments_for(self, comparison_id: str) -> list[JudgmentOut]:
+        """Every judgment of a comparison, oldest first, superseded ones (``superseded_by`` set) included."""
         with self._read() as session:
             rows = session.scalars(select(JudgmentRow).where(JudgmentRow.comparison_id == comparison_id)
                                    .order_by(JudgmentRow.created))
             return [judgment_record(session, row) for row in rows]
 
+    def superseded_judgments(self) -> list[JudgmentOut]:
+        """Every judgment kept as history, oldest first: replaced by a revise (``superseded_why`` "revised") or,
+        for a second vote stored before one judgment per comparison was the rule, by the newer one when the
+        store was migrated ("duplicate"). ``superseded_by`` names the judgment that counts instead."""
+        with self._read() as session:
+            rows = session.scalars(select(JudgmentRow).where(JudgmentRow.superseded_by.is_not(None))
+                                   .order_by(JudgmentRow.created, JudgmentRow.id))
+            return [judgment_record(session, row) for row in rows]
+
     def count_judgments(self, annotator_id: int | None = None) -> int:
-        """All judgments, or one annotator's (the app's running count)."""
-        query = select(func.count()).select_from(JudgmentRow)
+        """All live judgments, or one annotator's (the app's running count); superseded ones are history."""
+        query = select(func.count()).select_from(JudgmentRow).where(JudgmentRow.superseded_by.is_(None))
         if annotator_id is not None:
             query = query.where(JudgmentRow.annotator_id == annotator_id)
         with self._read() as session:
@@ -137,6 +155,29 @@ class Judgments(Guidelines):
     def consumed_pair_ids(self, run_id: str) -> list[str]:
         with self._read() as session:
             return sorted(session.scalars(select(ConsumptionRow.pair_id).where(ConsumptionRow.run_id == run_id)))
+
+
+class AlreadyJudged(PreferenceStoreError):
+    """A second judgment (or rating) of what the annotator has judged (rated) already, without revise."""
+
+
+def live_record(session: Session, model, revise: bool, refusal: Callable, **key):
+    """The live (not superseded) row of ``model`` (JudgmentRow or AnswerRatingRow) with these column values, or
+    None; one there without ``revise`` is refused with :class:`AlreadyJudged` (``refusal(row)`` says why)."""
+    live = session.scalar(select(model).filter_by(superseded_by=None, **key))
+    if live is not None and not revise:
+        raise AlreadyJudged(f"{refusal(live)} (to change it, send it again with revise)")
+    return live
+
+
+def supersede(session: Session, live) -> str:
+    """The id of the new record, with ``live`` (if any) marked as revised by it first: the live index allows
+    one live record, so the old one steps down before the new one is written."""
+    row_id = new_id()
+    if live is not None:
+        live.superseded_by, live.superseded_why = row_id, "revised"
+        session.flush()
+    return row_id
 
 
 def own_comparison(session: Session, comparison_id: str, annotator_id: int, what: str) -> ComparisonRow:
@@ -192,5 +233,5 @@ def judgment_record(session: Session, row: JudgmentRow, duplicate: bool = False)
         correction=row.correction, reason=row.reason,
         scores=scores,
         created=row.created, pair_ids=tuple(sorted(p.id for p in row.pairs)), duplicate=duplicate,
-        guideline_version=row.guideline_version,
+        guideline_version=row.guideline_version, superseded_by=row.superseded_by, superseded_why=row.superseded_why,
     )

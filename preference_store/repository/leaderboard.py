@@ -1,5 +1,8 @@
 """Read-only summaries: the leaderboard (ratings, win rates, scores, agreement, integrity), the run-vs-run
-verdict, the agreement of each pair on a bank prompt, and what the store holds."""
+verdict, the agreement of each pair on a bank prompt, and what the store holds.
+
+Every summary reads live judgments only (a revised one is history), and only judgments of blind comparisons
+unless ``store.admit_unblinded``: a judge who saw which run answered is not a blind judge."""
 
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ class LeaderboardQueries(StoreSessions):
             def count(model, *where):
                 return session.scalar(select(func.count()).select_from(model).where(*where))
 
-            by_kind = dict(session.execute(select(JudgmentRow.kind, func.count()).group_by(JudgmentRow.kind)).all())
+            by_kind = dict(session.execute(select(JudgmentRow.kind, func.count()).where(LIVE)
+                                           .group_by(JudgmentRow.kind)).all())
             return StoreCounts(
                 annotators=count(AnnotatorRow),
                 checkpoints=count(CheckpointRow),
@@ -54,7 +58,8 @@ class LeaderboardQueries(StoreSessions):
                 comparisons=count(ComparisonRow),
                 judgments=sum(by_kind.values()),
                 judgments_by_kind={k: by_kind.get(k, 0) for k in JUDGMENT_KINDS},
-                pairs=count(PairRow),
+                pairs=session.scalar(select(func.count()).select_from(PairRow)
+                                     .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id).where(LIVE)),
                 exported_pairs=session.scalar(select(func.count(func.distinct(ExportedPairRow.pair_id)))
                                               .where(ExportedPairRow.duplicate_of.is_(None))),
                 consumed_pairs=session.scalar(select(func.count(func.distinct(ConsumptionRow.pair_id)))),
@@ -68,19 +73,23 @@ class LeaderboardQueries(StoreSessions):
         and per criterion, and controlled for answer length; win rates; mean scores; the agreement among
         annotators on the shared bank prompts; the outlier screen and the position bias. ``bank_only``: only
         comparisons on bank prompts. ``exclude_leaked`` (default store.exclude_leaked_battles): leave battles
-        whose answers name a model out of the ratings and win rates.
+        whose answers name a model out of the ratings and win rates. Judgments of unblinded comparisons count
+        only with store.admit_unblinded (``unblinded_judgments`` says how many there are either way).
         """
         rounds = self.settings.bootstrap_rounds if rounds is None else rounds
         exclude_leaked = self.settings.exclude_leaked_battles if exclude_leaked is None else exclude_leaked
-        provisional = self.settings.provisional_battles
+        provisional, admit_unblinded = self.settings.provisional_battles, self.settings.admit_unblinded
         with self._read() as session:
-            judged = load_judged(session, bank_only=bank_only)
-            scored = select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value).join(
-                ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
-            if bank_only:
-                scored = scored.join(ComparisonRow, ComparisonRow.id == ResponseRow.comparison_id).where(
-                    ComparisonRow.bank_prompt_id.is_not(None))
+            judged = load_judged(session, bank_only=bank_only, admit_unblinded=admit_unblinded)
+            scored = (select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value)
+                      .join(ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
+                      .join(JudgmentRow, JudgmentRow.id == CriterionScoreRow.judgment_id)
+                      .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+                      .where(*counted(bank_only, admit_unblinded)))
             scored = session.execute(scored).all()
+            unblinded = session.scalar(select(func.count()).select_from(JudgmentRow)
+                                       .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+                                       .where(*counted(bank_only, True), ComparisonRow.blind.is_(False)))
             names = dict(session.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
 
         battles, leaked = judged_battles(judged, exclude_leaked)
@@ -97,7 +106,7 @@ class LeaderboardQueries(StoreSessions):
             position_bias=position_bias(judged),
             screen=screen_annotators(values, names, self.settings.outlier_p_value),
             leaked_battles=leaked, leaked_excluded=exclude_leaked, bank_only=bank_only,
-            provisional_battles=provisional,
+            provisional_battles=provisional, unblinded_judgments=unblinded, unblinded_admitted=admit_unblinded,
         )
 
     def compare_runs(self, new_run: str, old_run: str, split: str | None = None, stage: str | None = None,
@@ -130,7 +139,7 @@ class LeaderboardQueries(StoreSessions):
             elif stage not in shared:
                 raise NotFoundError(f"stage {stage!r} is not registered for both {new_run!r} and {old_run!r} "
                                     f"(both have: {', '.join(sorted(shared)) or 'none'})")
-            judged = load_judged(session, bank_only=True)
+            judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
         return compare_checkpoints(judged, new_run, old_run, stage, split=split, rounds=rounds, seed=seed,
                                    min_prompts=self.settings.run_comparison_min_prompts,
                                    exclude_leaked=self.settings.exclude_leaked_battles)
@@ -140,25 +149,37 @@ class LeaderboardQueries(StoreSessions):
         with it, how many they are), for every pair on a bank prompt; (None, 1) when only one annotator judged
         them. Pairs not on a bank prompt are absent. See :func:`preference_store.agreement.pair_agreement`."""
         with self._read() as session:
-            judged = load_judged(session, bank_only=True)
+            judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
             chosen, rejected = ResponseRow.__table__.alias("chosen"), ResponseRow.__table__.alias("rejected")
             pairs = session.execute(
                 select(PairRow.id, ComparisonRow.bank_prompt_id, chosen.c.checkpoint_id, rejected.c.checkpoint_id)
                 .join(ComparisonRow, ComparisonRow.id == PairRow.comparison_id)
                 .outerjoin(chosen, chosen.c.id == PairRow.chosen_response_id)
                 .join(rejected, rejected.c.id == PairRow.rejected_response_id)
-                .where(ComparisonRow.bank_prompt_id.is_not(None))
+                .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
+                .where(ComparisonRow.bank_prompt_id.is_not(None), LIVE)
             ).all()
         return pair_agreement(pairs, judged)
 
 
-def load_judged(session: Session, bank_only: bool = False) -> list[JudgedComparison]:
-    """Every judgment (oldest first) with the answers it judged and its scores; ``bank_only``: on bank prompts."""
+LIVE = JudgmentRow.superseded_by.is_(None)  # a revised (or resolved duplicate) judgment is history
+
+
+def counted(bank_only: bool, admit_unblinded: bool) -> list:
+    """The conditions on (JudgmentRow, ComparisonRow) of a judgment the summaries count."""
+    return [LIVE, *([ComparisonRow.bank_prompt_id.is_not(None)] if bank_only else []),
+            *([] if admit_unblinded else [ComparisonRow.blind.is_(True)])]
+
+
+def load_judged(session: Session, bank_only: bool = False, admit_unblinded: bool = True) -> list[JudgedComparison]:
+    """Every live judgment (oldest first) with the answers it judged and its scores; ``bank_only``: on bank
+    prompts; ``admit_unblinded`` False: on blind comparisons only."""
     query = (
         select(JudgmentRow.id, JudgmentRow.comparison_id, JudgmentRow.annotator_id, JudgmentRow.kind,
                JudgmentRow.choice, JudgmentRow.ranking, ComparisonRow.bank_prompt_id, BankPromptRow.split)
         .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
         .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
+        .where(*counted(bank_only, admit_unblinded))
         .order_by(JudgmentRow.created, JudgmentRow.id)
     )
     answers = (
@@ -169,7 +190,6 @@ def load_judged(session: Session, bank_only: bool = False) -> list[JudgedCompari
     scores = select(CriterionScoreRow.judgment_id, CriterionScoreRow.response_id, CriterionScoreRow.criterion,
                     CriterionScoreRow.value)
     if bank_only:
-        query = query.where(ComparisonRow.bank_prompt_id.is_not(None))
         on_bank = select(ComparisonRow.id).where(ComparisonRow.bank_prompt_id.is_not(None))
         answers = answers.where(ResponseRow.comparison_id.in_(on_bank))
         scores = scores.join(JudgmentRow, JudgmentRow.id == CriterionScoreRow.judgment_id).where(

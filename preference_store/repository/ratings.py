@@ -2,7 +2,9 @@
 an optional better answer and reason; what their export reads and logs.
 
 The same rules as a judgment: an annotator rates only the comparisons they recorded, within the daily
-cap, a repeated ``client_id`` stores nothing, and rating a queue comparison completes its assignment.
+cap, each answer once (one live rating per annotator and answer; a second one is refused unless it is an
+explicit revise, which keeps the earlier one as history), a repeated ``client_id`` stores nothing, and rating
+a queue comparison completes its assignment.
 """
 
 from __future__ import annotations
@@ -27,7 +29,13 @@ from preference_store.records import PANEL_LABELS, RatingIn, RatingOut
 from preference_store.repository.bank import complete_assignment
 from preference_store.repository.exports import log_export
 from preference_store.repository.guidelines import Guidelines
-from preference_store.repository.judgments import check_daily_cap, check_same_annotator, own_comparison
+from preference_store.repository.judgments import (
+    check_daily_cap,
+    check_same_annotator,
+    live_record,
+    own_comparison,
+    supersede,
+)
 from preference_store.repository.sessions import new_id
 from preference_store.validation import check_rating
 
@@ -55,7 +63,8 @@ class AnswerRatings(Guidelines):
 
     def submit_rating(self, rating: RatingIn) -> RatingOut:
         """Validate and store one rating in one transaction; a repeated ``client_id`` returns the stored one
-        with ``duplicate=True`` and writes nothing. ``label`` is the panel rated ("A".."D")."""
+        with ``duplicate=True`` and writes nothing. ``label`` is the panel rated ("A".."D"). A second rating of
+        the same answer by the same annotator is refused unless ``revise`` (the earlier one is kept, superseded)."""
         client_id = rating.client_id or new_id()
         guideline = self.guideline(rating.guideline_version)
         # kept de-identified with store.redact_on_entry (redacted before the write transaction)
@@ -69,11 +78,16 @@ class AnswerRatings(Guidelines):
             comparison = own_comparison(session, rating.comparison_id, rating.annotator_id, "rate")
             labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
             check_rating(rating, labels, [r.text for r in comparison.responses], self.settings.max_text_chars)
+            response_id = dict(zip(labels, comparison.responses))[rating.label].id
+            live = live_record(session, AnswerRatingRow, rating.revise, lambda row: (
+                f"already rated; answer {rating.label} of comparison {comparison.id} has your rating {row.id} "
+                f"({'up' if row.label else 'down'}): one rating per answer"),
+                response_id=response_id, annotator_id=rating.annotator_id)
             check_daily_cap(session, rating.annotator_id, self.settings.daily_judgment_cap)
             created = utcnow()
+            row_id = supersede(session, live)
             row = AnswerRatingRow(
-                id=new_id(), client_id=client_id, comparison_id=comparison.id,
-                response_id=dict(zip(labels, comparison.responses))[rating.label].id,
+                id=row_id, client_id=client_id, comparison_id=comparison.id, response_id=response_id,
                 annotator_id=rating.annotator_id, label=rating.up, correction=correction,
                 reason=reason, guideline_version=guideline.version, created=created)
             session.add(row)
@@ -92,13 +106,16 @@ class AnswerRatings(Guidelines):
         return self._write_once(work, stored_meanwhile)
 
     def ratings(self, annotator_id: int | None = None, comparison_id: str | None = None,
-                limit: int | None = None) -> list[RatingOut]:
-        """Single-answer ratings (one annotator's, one comparison's, or all), newest first."""
+                limit: int | None = None, history: bool = False) -> list[RatingOut]:
+        """Live single-answer ratings (one annotator's, one comparison's, or all), newest first; ``history``
+        includes the superseded ones."""
         query = select(AnswerRatingRow).order_by(AnswerRatingRow.created.desc(), AnswerRatingRow.id.desc())
         if annotator_id is not None:
             query = query.where(AnswerRatingRow.annotator_id == annotator_id)
         if comparison_id is not None:
             query = query.where(AnswerRatingRow.comparison_id == comparison_id)
+        if not history:
+            query = query.where(AnswerRatingRow.superseded_by.is_(None))
         if limit is not None:
             query = query.limit(limit)
         with self._read() as session:
@@ -115,6 +132,7 @@ class AnswerRatings(Guidelines):
             .join(ComparisonRow, ComparisonRow.id == AnswerRatingRow.comparison_id)
             .join(ResponseRow, ResponseRow.id == AnswerRatingRow.response_id)
             .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
+            .where(AnswerRatingRow.superseded_by.is_(None))  # a revised rating is history, not data
             .order_by(AnswerRatingRow.created, AnswerRatingRow.id)
         )
         if since is not None:
@@ -146,4 +164,4 @@ def rating_record(session: Session, row: AnswerRatingRow, duplicate: bool = Fals
                      annotator_id=row.annotator_id, label=PANEL_LABELS[response.panel],
                      checkpoint_id=response.checkpoint_id, up=row.label, correction=row.correction,
                      reason=row.reason, guideline_version=row.guideline_version, created=row.created,
-                     duplicate=duplicate)
+                     duplicate=duplicate, superseded_by=row.superseded_by, superseded_why=row.superseded_why)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from preference_store.models import AnnotatorRow, ApiTokenRow
 from preference_store.records import Annotator
 from preference_store.repository.accounts import _by_name, annotator_record
-from preference_store.repository.sessions import StoreSessions
+from preference_store.repository.audit import AuditLog
 from preference_store.validation import PreferenceStoreError
 
 TOKEN_PREFIX = "chimed-"  # says what a token is for when it turns up in a shell history or a config file
@@ -23,11 +23,11 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-class ApiTokens(StoreSessions):
+class ApiTokens(AuditLog):
     """Tokens that let a program act as an annotator on the OpenAI-compatible server."""
 
-    def create_api_token(self, name: str) -> str:
-        """A new token for the login account ``name`` (returned once; only its digest is stored)."""
+    def create_api_token(self, name: str, actor: str | None = None) -> str:
+        """A new token for the login account ``name`` (returned once; only its digest is stored). Audited."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
 
         def work(session: Session) -> None:
@@ -36,29 +36,32 @@ class ApiTokens(StoreSessions):
                 raise PreferenceStoreError(
                     f"no annotator account {name!r}: create it first (./launch.sh add-annotator {name})")
             session.add(ApiTokenRow(annotator_id=row.id, token_sha256=token_digest(token)))
+            self._add_event(session, "token.issued", actor=actor, target=name)
 
         self._write(work)
         return token
 
-    def revoke_api_tokens(self, name: str) -> int:
+    def revoke_api_tokens(self, name: str, actor: str | None = None) -> int:
         """Delete every token of the account ``name`` (checked at each request: refused from the next one on);
-        returns how many there were."""
+        returns how many there were. Audited."""
 
         def work(session: Session) -> int:
             row = _by_name(session, name)
             if row is None:
                 raise PreferenceStoreError(f"no annotator account {name!r}")
-            return session.execute(delete(ApiTokenRow).where(ApiTokenRow.annotator_id == row.id)).rowcount
+            revoked = session.execute(delete(ApiTokenRow).where(ApiTokenRow.annotator_id == row.id)).rowcount
+            self._add_event(session, "token.revoked", actor=actor, target=name, detail={"tokens": revoked})
+            return revoked
 
         return self._write(work)
 
     def annotator_for_token(self, token: str) -> Annotator | None:
-        """The annotator whose token this is, while their account can log in; else None."""
+        """The annotator whose token this is, while their account can log in (not disabled); else None."""
         if not isinstance(token, str) or not token:
             return None
         with self._read() as session:
             row = session.scalar(select(AnnotatorRow).join(ApiTokenRow, ApiTokenRow.annotator_id == AnnotatorRow.id)
                                  .where(ApiTokenRow.token_sha256 == token_digest(token)))
-        if row is None or row.password_hash is None:
+        if row is None or row.password_hash is None or row.disabled is not None:
             return None
         return annotator_record(row)
