@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import getpass
+import json
 import re
 import sys
 from datetime import datetime, timezone
@@ -23,13 +24,13 @@ from pathlib import Path
 
 from preference_store.cli import (add_annotator, cli_actor, report_superseded, set_account_enabled, set_password,
                                   unlock_account)
-from preference_store.export import export_pairs, format_summary
+from preference_store.export import export_pairs, format_summary, loop_report
 from preference_store.export_ratings import export_ratings, format_ratings_summary
 from preference_store.repository import PreferenceStore
 from training.config import PROFILES, Config, load_config
 from training.data.build import build_chimed, data_is_built
 from training.errors import UserError
-from training.manifest import latest_run, read_manifest_at
+from training.manifest import latest_run, read_manifest_at, read_run_state
 from training.serve_plan import DEFAULT_HOST, DEFAULT_PORT, ENGINES, PLANNERS
 from training.stages.registry import ALIGN, answering, stage_names
 
@@ -51,7 +52,10 @@ def train_and_register(cfg: Config, **options) -> str:
         register_run(cfg, run_id)
         parent = read_manifest_at(cfg.runs_dir / run_id).get("parent_run")
         if parent and (cfg.runs_dir / run_id / "eval" / "results.json").is_file():  # evaluated: report beside it
-            report_run_comparison(cfg, run_id, parent, split="heldout")
+            try:
+                report_run_comparison(cfg, run_id, parent, split="heldout")
+            except UserError as err:  # e.g. runs ending in different stages: the run itself trained fine
+                print(f"clinicians' verdict not recorded: {err}", flush=True)
     return run_id
 
 
@@ -59,18 +63,18 @@ def export_clinician_pairs(cfg: Config) -> None:
     """The loop: judgments not yet exported become a new file in the collected-pairs folder and single-answer
     ratings not yet exported a new file in the collected-ratings folder, so the data fingerprint changes and
     the data is rebuilt with them: the train pairs join ChiMed-DPO (held-out comparisons go to the eval set),
-    the train ratings ChiMed-KTO (held-out ones stay out of training)."""
+    the train ratings ChiMed-KTO (held-out ones stay out of training). Prints how many clinician pairs go into
+    the round and, when none do although the store holds judgments, why (:func:`loop_report`)."""
     url = cfg.database_url
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return  # no store yet: nobody has judged anything
+        print("preferences: 0 clinician pairs go into this round: there is no preference store yet", flush=True)
+        return
     with PreferenceStore.from_config(cfg) as store:
         summary = export_pairs(cfg, store=store)
         ratings = export_ratings(cfg, store=store)
         if summary.path is not None or ratings.path is not None:
             store.record_export_event("loop", summary, ratings)
-    if summary.path is not None:
-        print(f"preferences: exported {len(summary.pair_ids)} new clinician pairs ({summary.train} train, "
-              f"{summary.heldout} held out) to {summary.path}", flush=True)
+        print(loop_report(summary, store), flush=True)
     if ratings.path is not None:
         print(f"preferences: exported {len(ratings.rating_ids)} new single-answer ratings as {ratings.records} "
               f"unpaired answers ({ratings.train} train, {ratings.heldout} held out) to {ratings.path}", flush=True)
@@ -95,11 +99,20 @@ def report_run_comparison(cfg: Config, new_run: str, old_run: str, split: str | 
     judgments yet when it is trained; ``./launch.sh compare-runs`` brings the verdict up to date later."""
     from training.evaluation.evaluate import record_arena_comparison
 
+    # the stages the new run took over from the old one (train-all --from): the same weights under new ids
+    reused = read_run_state(cfg.runs_dir / new_run).get("reused", {})
     with PreferenceStore.from_config(cfg) as store:
         for run_id in (new_run, old_run):  # a run trained before this store was opened elsewhere is still known
             if (cfg.runs_dir / run_id / "manifest.json").is_file():
                 store.register_checkpoints(run_id, answering(read_manifest_at(cfg.runs_dir / run_id)["stages"]))
-        result = store.compare_runs(new_run, old_run, split=split, stage=stage)
+        result = store.compare_runs(new_run, old_run, split=split, stage=stage,
+                                    reused=frozenset(s for s, source in reused.items() if source == old_run))
+    print(f"comparing {result.new_checkpoint} (new) against {result.old_checkpoint} (old), "
+          f"{result.rounds} bootstrap resamples", flush=True)
+    if result.trained_on:
+        print(f"warning: {result.trained_on} of the {result.prompts} {split or 'train and held-out'} bank prompts "
+              f"counted had clinician pairs {new_run} trained on: its wins there may be recall; the held-out "
+              "split (--split heldout) is the fair test", file=sys.stderr, flush=True)
     arena = dataclasses.asdict(result)
     arena.update(split=split or "all", as_of=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  summary=result.summary)
@@ -180,9 +193,15 @@ def _unlock(cfg: Config, args) -> None:
 
 
 def _export_prefs(cfg: Config, args) -> None:
+    """Into the folders the loop reads (marked as exported), or with ``--out`` for inspection: the pairs to FILE
+    and the ratings beside it, marked only with ``--for-training`` so that an inspection never starves a round."""
+    if args.for_training and not args.out:
+        raise UserError("--for-training goes with --out FILE (export-prefs without --out always feeds the loop)")
+    mark = args.out is None or args.for_training
+    ratings_out = Path(args.out).with_suffix(".ratings.jsonl") if args.out else None
     with PreferenceStore.from_config(cfg) as store:
-        pairs = export_pairs(cfg, out=args.out, since=args.since, store=store)
-        ratings = export_ratings(cfg, since=args.since, store=store)
+        pairs = export_pairs(cfg, out=args.out, since=args.since, store=store, mark=mark)
+        ratings = export_ratings(cfg, out=ratings_out, since=args.since, store=store, mark=mark)
         store.record_export_event(cli_actor(), pairs, ratings)
     print(format_summary(pairs))
     print(format_ratings_summary(ratings))
@@ -201,17 +220,39 @@ def _import_bank(cfg: Config, args) -> None:
 
 
 def _queue_round(cfg: Config, args) -> None:
+    from app.rounds import close_study_round, start_study_round
+
     with PreferenceStore.from_config(cfg) as store:
-        new = store.start_queue_round(None)
-        store.record_event("queue.round", actor=cli_actor(), target=str(new))
-        prompts = len(store.bank_prompts())
-    print(f"queue round {new} started: every annotator's queue holds the {prompts} bank prompts again "
-          f"({cfg.store.annotators_per_prompt} annotators per prompt)")
+        if args.close:
+            print(close_study_round(store, None, cli_actor()))
+            return
+        print(start_study_round(cfg, store, None, cli_actor(), (args.contestants or "").split(","),
+                                split=args.split, blind=args.blind))
 
 
 def _compare_runs(cfg: Config, args) -> None:
     report_run_comparison(cfg, args.run, args.against, split=None if args.split == "all" else args.split,
                           stage=args.stage)
+
+
+def _study(cfg: Config, args) -> None:
+    """``study status | leaderboard | agreement [--json]``: the Leaderboard tab's figures (the same store calls)."""
+    from preference_store import study_figures as figures
+
+    with PreferenceStore.from_config(cfg) as store:
+        if args.view == "status":
+            data, text = figures.status_figures(store), figures.format_status
+        else:
+            board = store.leaderboard(bank_only=args.bank_only)
+            data, text = ((figures.leaderboard_figures(board, cfg.store.bootstrap_rounds), figures.format_leaderboard)
+                          if args.view == "leaderboard" else (figures.agreement_figures(board), figures.format_agreement))
+    print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text(data))
+
+
+def _export_judgments(cfg: Config, args) -> None:
+    from preference_store.export_judgments import export_judgments, format_judgments_summary
+
+    print(format_judgments_summary(export_judgments(cfg, args.out, actor=cli_actor())))
 
 
 def _export(cfg: Config, args) -> None:
@@ -311,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-prefs", parents=[common], help="export de-identified preference pairs as dpo.jsonl")
     p.add_argument("--out", help="output file (default: a new file in the collected-pairs folder)")
     p.add_argument("--since", help="only judgments at or after this ISO-8601 time")
+    p.add_argument("--for-training", action="store_true",
+                   help="with --out: mark what FILE holds as exported, so train-all leaves it out (default: an "
+                        "export to FILE is for inspection and the next train-all still trains on it)")
     p.set_defaults(func=_export_prefs)
 
     p = sub.add_parser("import-bank", parents=[common],
@@ -321,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("queue-round", parents=[common],
                        help="start a new queue round: every annotator gets the bank prompts again (e.g. for a new run)")
+    p.add_argument("--contestants", help="RUN/STAGE,RUN/STAGE[,...]: 2-4 checkpoints that answer every queue "
+                   "prompt of the round for everyone (default: each annotator chooses)")
+    p.add_argument("--split", choices=("heldout", "train", "all"), default="all",
+                   help="which bank prompts the round hands out (default all)")
+    p.add_argument("--blind", action="store_true", help="nobody, admins included, judges the round with names shown")
+    p.add_argument("--close", action="store_true", help="close the open round instead (its results may then be "
+                   "shown to annotators, study.interim_results)")
     p.set_defaults(func=_queue_round)
 
     p = sub.add_parser("judgment-duplicates", parents=[common],
@@ -334,8 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", required=True, help="the run it should beat (e.g. its parent)")
     p.add_argument("--split", choices=("heldout", "train", "all"), default="heldout",
                    help="which bank prompts count (default heldout)")
-    p.add_argument("--stage", help="stage to compare (default: the last stage both runs have)")
+    p.add_argument("--stage", help="stage to compare (default: the last stage, when both runs end in the same "
+                   "one; a stage the new run only reused from the other is refused)")
     p.set_defaults(func=_compare_runs)
+
+    p = sub.add_parser("study", help="the study's figures: who has finished what, the leaderboard, the agreement")
+    views = p.add_subparsers(dest="view", required=True, metavar="VIEW")
+    for view, what in (("status", "each annotator's queue progress in the current round and their judgments"),
+                       ("leaderboard", "Bradley-Terry ratings with 95%% intervals (overall, length-controlled, "
+                                       "per criterion)"),
+                       ("agreement", "Krippendorff's alpha overall and per annotator, outliers, position bias")):
+        v = views.add_parser(view, parents=[common], help=what)
+        v.add_argument("--json", action="store_true", help="print the figures as JSON")
+        if view != "status":
+            v.add_argument("--bank-only", action="store_true", help="only comparisons on bank prompts")
+        v.set_defaults(func=_study, bank_only=False)
+
+    p = sub.add_parser("export-judgments", parents=[common],
+                       help="every judgment, rating and score as one de-identified table (CSV, or Parquet)")
+    p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet (refused if it exists)")
+    p.set_defaults(func=_export_judgments)
 
     p = sub.add_parser("export", parents=[common], help="write a stage of a run as one merged Hugging Face checkpoint")
     p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")

@@ -27,6 +27,16 @@ when no account exists). The browser's rules hold here too:
 - A caller judges and rates only the comparisons they recorded themselves (the store refuses the others').
 
 Refusals raise gradio's error (``AppError`` in ``gradio_client``) and log one line (:mod:`app.refusals`).
+The study's figures (:mod:`preference_store.study_figures`, the Leaderboard tab's numbers): ``/study_status`` (an
+annotator gets their own progress, an admin everyone's), ``/leaderboard`` and ``/agreement`` (interim results:
+while a study round is open, admins only unless ``study.interim_results`` is everyone, as on the Leaderboard tab).
+
+The guideline: once an admin has published one, ``/judge`` and ``/rate`` are refused until the caller has
+acknowledged the version in force (``/acknowledge_guideline``, which returns its text and criteria), as the
+Compare tab asks before the first judgment; each judgment and rating records that version, and ``/judge``'s
+``scores`` ({label: {criterion: 1-5}}) are on its criteria. With only the built-in guideline, they are recorded
+under it without an acknowledgement.
+
 Only the endpoints of :data:`API_ENDPOINTS` are public: the UI's own callbacks are hidden from ``view_api()``
 and from ``gradio_client`` (:func:`hide_ui_callbacks`).
 
@@ -48,16 +58,19 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.arena import QUEUE_EMPTY, Arena, ArenaSession, resolve_decoding
+from app.arena import QUEUE_EMPTY, Arena, ArenaSession, GuidelineUnread, resolve_decoding, score_values
 from app.auth import identify
 from app.contestants import available_contestants
 from app.identifiers import as_sent
+from app.leaderboard_tab import interim_withheld
 from app.notice import NOT_ACCEPTED
 from app.refusals import refusal
 from preference_store.records import PANEL_LABELS, Annotator, JudgmentIn, RatingIn
+from preference_store.study_figures import agreement_figures, leaderboard_figures, status_figures
 from training.errors import UserError
 
-API_ENDPOINTS = ("contestants", "compare", "judge", "queue_next", "rate")  # the documented ones (README "API")
+API_ENDPOINTS = ("contestants", "compare", "acknowledge_guideline", "judge", "queue_next", "rate",  # README "API"
+                 "study_status", "leaderboard", "agreement")
 UNBLIND_FOR_ADMINS = ("only admins may ask for an unblinded comparison (blind=False): leave blind on, the names "
                       "come back with /judge's reveal")
 
@@ -79,8 +92,8 @@ def check_blind(annotator: Annotator, blind) -> bool:
 
 
 def build_api(arena: Arena) -> None:
-    """Register the endpoints ``/contestants``, ``/compare``, ``/judge``, ``/queue_next`` and ``/rate`` on the
-    current Blocks."""
+    """Register the endpoints ``/contestants``, ``/compare``, ``/acknowledge_guideline``, ``/judge``, ``/queue_next``,
+    ``/rate`` and the study's figures ``/study_status``, ``/leaderboard`` and ``/agreement`` on the current Blocks."""
     cfg, store = arena.cfg, arena.store
     d = cfg.app.decoding
 
@@ -130,23 +143,58 @@ def build_api(arena: Arena) -> None:
         return {"comparison_id": stored.id, "blind": stored.blind, "seed": seed, "errors": errors,
                 "prompt": session.last_prompt, "identifiers": dict(session.redacted), "answers": answers}
 
+    def acknowledge_guideline(version: int | None = None, request: gr.Request = None) -> dict:
+        """Acknowledge the guideline in force, as the Compare tab's "我已阅读" button does; returns its version,
+        text (Markdown) and 1-5 criteria (the keys ``/judge``'s ``scores`` use). Once an admin has published a
+        guideline, ``/judge`` and ``/rate`` are refused until the caller has acknowledged the version in force, and
+        record that version. ``version``: the one you read (refused when a newer one is in force meanwhile)."""
+        try:
+            annotator = identify(store, getattr(request, "username", None))
+            if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+                raise UserError(f"version must be a guideline version number, got {version!r}")
+            session = ArenaSession(annotator=annotator)
+            message = arena.acknowledge_guideline(session, version)
+            guideline = store.guideline(session.guideline_version)
+        except UserError as err:
+            raise refusal("/acknowledge_guideline", caller(request), str(err)) from None
+        return {"version": guideline.version, "text": guideline.text, "message": message,
+                "criteria": [{"key": c.key, "name": c.name, "description": c.description} for c in guideline.criteria]}
+
+    def judging_version(annotator: Annotator) -> int | None:
+        """The guideline version a judgment or rating through the API is made under: the one in force, once the
+        caller has acknowledged it (the browser's check); None (the version in force, unacknowledged, as before
+        guidelines were published) while only the built-in default exists."""
+        if store.guideline().author_id is None:
+            return None
+        try:
+            return arena.acknowledged_guideline(annotator).version
+        except GuidelineUnread:
+            version = store.guideline().version
+            raise UserError(f"read the guideline (version {version}) and acknowledge it before judging: call "
+                            "/acknowledge_guideline (it returns the text)") from None
+
     def judge(comparison_id: str, choice: str | None = None, ranking: dict[str, int] | None = None,
               correction: str | None = None, reason: str | None = None, client_id: str | None = None,
-              redact: bool = False, revise: bool = False, request: gr.Request = None) -> dict:
+              redact: bool = False, revise: bool = False, scores: dict[str, dict[str, int]] | None = None,
+              request: gr.Request = None) -> dict:
         """Judge a recorded comparison, once: a choice (A/B/tie/both_bad), a ranking {label: place} or a
-        correction; returns ``reveal`` (label -> checkpoint id). A second judgment is refused unless ``revise``
-        (which replaces the first); the same ``client_id`` again returns the first with ``duplicate`` true.
-        A correction or reason with identifiers is refused unless ``redact``."""
+        correction, with optional 1-5 ``scores`` {label: {criterion: score}} on the guideline's criteria; returns
+        ``reveal`` (label -> checkpoint id). A second judgment is refused unless ``revise`` (which replaces the
+        first); the same ``client_id`` again returns the first with ``duplicate`` true. A correction or reason
+        with identifiers is refused unless ``redact``. A refused judgment stores nothing (the comparison stays
+        open: send a valid judgment of it)."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
             out = store.submit_judgment(JudgmentIn(comparison_id, annotator.id, client_id=client_id or None,
                                                    choice=choice or None, ranking=ranking or None,
                                                    correction=sent["correction"], reason=sent["reason"],
-                                                   revise=bool(revise)))
+                                                   scores=score_values(scores), revise=bool(revise),
+                                                   guideline_version=judging_version(annotator)))
         except UserError as err:
             raise refusal("/judge", caller(request), str(err)) from None
         return {"judgment_id": out.id, "kind": out.kind, "pair_ids": list(out.pair_ids), "duplicate": out.duplicate,
+                "scores": out.scores, "guideline_version": out.guideline_version,
                 "reveal": store.get_comparison(comparison_id, annotator.id).reveal,
                 "judgments_by_you": store.count_judgments(annotator.id), "identifiers": dict(check.counts)}
 
@@ -154,12 +202,14 @@ def build_api(arena: Arena) -> None:
                    request: gr.Request = None) -> dict:
         """The caller's next bank prompt (their open one first) and their progress; with 2-4 ``checkpoints``
         it is also answered (the shared queue decoding) and the comparison recorded, as ``/compare`` returns
-        it (blind unless an admin asks for ``blind=False``). ``assignment_id`` None and ``message`` when the
-        queue is empty."""
+        it (blind unless an admin asks for ``blind=False``). In a round whose contestants the admin fixed
+        (``queue-round --contestants``) it is always answered by those: send no ``checkpoints`` (other ones
+        are refused). ``assignment_id`` None and ``message`` when the queue is empty."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             session = ArenaSession(annotator=annotator, notice_accepted=bool(accept_notice))
-            if checkpoints:
+            answered = bool(checkpoints) or bool(arena.round_contestants())
+            if answered:
                 assignment = arena.take_assignment(session, checkpoints, blind=check_blind(annotator, blind))
             elif not session.notice_accepted:
                 raise UserError(NOT_ACCEPTED)
@@ -172,7 +222,7 @@ def build_api(arena: Arena) -> None:
                 out = {"assignment_id": assignment.id, "bank_prompt_id": bank_prompt.id,
                        "messages": [dict(m) for m in bank_prompt.messages], "prompt": bank_prompt.prompt,
                        "split": bank_prompt.split, "tags": list(bank_prompt.tags), "message": ""}
-                if checkpoints:
+                if answered:
                     decoding = arena.queue_decoding(bank_prompt.id)
                     for _ in arena.ask_queue(session, assignment, decoding):
                         pass
@@ -193,7 +243,8 @@ def build_api(arena: Arena) -> None:
             sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
             out = store.submit_rating(RatingIn(comparison_id, annotator.id, label=label, up=bool(up),
                                                correction=sent["correction"], reason=sent["reason"],
-                                               client_id=client_id or None, revise=bool(revise)))
+                                               client_id=client_id or None, revise=bool(revise),
+                                               guideline_version=judging_version(annotator)))
             progress = store.queue_progress(annotator.id)
         except UserError as err:
             raise refusal("/rate", caller(request), str(err)) from None
@@ -201,9 +252,47 @@ def build_api(arena: Arena) -> None:
                 "guideline_version": out.guideline_version, "progress": str(progress),
                 "identifiers": dict(check.counts)}
 
+    def study_status(request: gr.Request = None) -> dict:
+        """The current queue round, the bank's size and each account's progress (``study status``): an admin
+        gets every account, an annotator their own line only."""
+        try:
+            return status_figures(store, identify(store, getattr(request, "username", None)))
+        except UserError as err:
+            raise refusal("/study_status", caller(request), str(err)) from None
+
+    def study_figures(endpoint: str, request: gr.Request | None, bank_only: bool):
+        """The leaderboard the study's figures come from, for whoever may see the results: while a round is open
+        admins only, unless ``study.interim_results`` is everyone (an assessor who sees them is biased); the
+        Leaderboard tab's own rule (:func:`~app.leaderboard_tab.interim_withheld`)."""
+        try:
+            annotator = identify(store, getattr(request, "username", None))
+        except UserError as err:
+            raise refusal(endpoint, caller(request), str(err)) from None
+        withheld = interim_withheld(store, annotator, cfg.study.interim_results)
+        if withheld is not None:
+            raise refusal(endpoint, annotator, f"study round {withheld.number} is open: its interim results go to "
+                                               "admins only (study.interim_results) until an admin closes it "
+                                               "(queue-round --close)")
+        return store.leaderboard(bank_only=bool(bank_only))
+
+    def leaderboard(bank_only: bool = False, request: gr.Request = None) -> dict:
+        """The Bradley-Terry ratings with 95% intervals, overall, length-controlled and per criterion, win
+        rates, vote counts and mean scores (``study leaderboard``); while a round is open, admins only."""
+        board = study_figures("/leaderboard", request, bank_only)
+        return leaderboard_figures(board, store.settings.bootstrap_rounds)
+
+    def agreement(bank_only: bool = False, request: gr.Request = None) -> dict:
+        """Krippendorff's alpha per kind and criterion, each annotator against the others, the outlier screen
+        and the position bias (``study agreement``); while a round is open, admins only."""
+        return agreement_figures(study_figures("/agreement", request, bank_only))
+
     limit = cfg.app.concurrent_comparisons
     gr.api(contestants, api_name="contestants")
     gr.api(compare, api_name="compare", concurrency_limit=limit, concurrency_id="generate")
+    gr.api(acknowledge_guideline, api_name="acknowledge_guideline")
     gr.api(judge, api_name="judge")
     gr.api(queue_next, api_name="queue_next", concurrency_limit=limit, concurrency_id="generate")
     gr.api(rate, api_name="rate")
+    gr.api(study_status, api_name="study_status")
+    gr.api(leaderboard, api_name="leaderboard")
+    gr.api(agreement, api_name="agreement")

@@ -42,7 +42,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from app.contestants import identifying_names, resolve_contestants
+from app.contestants import identifying_names, register_contestants, resolve_contestants
 from app.endpoints import EndpointClients
 from app.identifiers import EntryCheck, as_sent
 from app.leaks import contestant_terms, find_leaks
@@ -185,15 +185,7 @@ class Arena:
         if not MIN_CONTESTANTS <= len(ids) <= MAX_CONTESTANTS:
             raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants "
                             f"(you chose {len(ids)})")
-        for contestant in resolve_contestants(self.cfg, ids):  # refuses unknown checkpoint ids
-            # training registers a run's checkpoints when it completes; a store opened later (another
-            # CHIMED_DATABASE_URL) learns them here, so a completed run can always be compared
-            if self.store.is_known_checkpoint(contestant.checkpoint_id):
-                continue
-            if contestant.endpoint is not None:  # an endpoint is registered when first compared
-                self.store.register_endpoints([contestant.endpoint.name])
-            else:
-                self.store.register_checkpoints(contestant.run_id, [contestant.stage])
+        register_contestants(self.cfg, self.store, ids)  # refuses unknown checkpoint ids
         if blind:
             (rng or _seeds).shuffle(ids)
         session.panels = [Panel(cid) for cid in ids]
@@ -320,11 +312,12 @@ class Arena:
                             assignment_id=session.assignment_id, redact=True)
 
     # --- the annotator's queue of bank prompts ------------------------------------------------------
-    def take_assignment(self, session: ArenaSession, checkpoint_ids: list[str], blind: bool,
+    def take_assignment(self, session: ArenaSession, checkpoint_ids: list[str] | None, blind: bool,
                         rng: random.Random | None = None) -> Assignment | None:
         """The annotator's next queue prompt (their open one first), with a new conversation started with
         these contestants; None when nothing is left for them (:data:`QUEUE_EMPTY`; the panels stay as they
-        are)."""
+        are). In a round whose contestants the admin fixed (:meth:`round_contestants`) those answer it:
+        ``checkpoint_ids`` may be left out, and other ones are refused, as is ``blind`` off in a blind round."""
         if not session.notice_accepted:
             raise UserError(NOT_ACCEPTED)
         if session.annotator is None:
@@ -332,6 +325,14 @@ class Arena:
         if session.busy:
             raise UserError(STILL_GENERATING)
         ids = list(dict.fromkeys(checkpoint_ids or []))
+        round_ = self.store.queue_round_definition()
+        if round_.contestants:
+            if ids and set(ids) != set(round_.contestants):
+                raise UserError(f"queue round {round_.number} compares the contestants the admin chose "
+                                f"({len(round_.contestants)} of them): send no checkpoints for the queue")
+            if round_.blind and not blind:
+                raise UserError(f"queue round {round_.number} is blind for everyone: leave blind on")
+            ids = list(round_.contestants)
         if not MIN_CONTESTANTS <= len(ids) <= MAX_CONTESTANTS:  # checked before a prompt is taken
             raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants "
                             f"(you chose {len(ids)})")
@@ -340,6 +341,10 @@ class Arena:
         if assignment is not None:
             self.start(session, ids, blind, rng)
         return assignment
+
+    def round_contestants(self) -> list[str]:
+        """The contestants the admin fixed for the current queue round ([]: each annotator chooses)."""
+        return list(self.store.queue_round_definition().contestants)
 
     def ask_queue(self, session: ArenaSession, assignment: Assignment,
                   decoding: Decoding | None = None) -> Iterator[ArenaSession]:
@@ -401,15 +406,22 @@ class Arena:
         self.store.mark_guideline_seen(session.annotator.id, version)
         return f"✓ 已阅读评判准则第 {version} 版 / guideline version {version} acknowledged"
 
+    def acknowledged_guideline(self, annotator: Annotator) -> Guideline:
+        """The guideline in force, once ``annotator`` has acknowledged it (:meth:`acknowledge_guideline`);
+        :class:`GuidelineUnread` before that. The browser and the API judge under the version it returns."""
+        in_force = self.store.guideline()
+        seen = self.store.guideline_seen(annotator.id)
+        if seen is None or seen < in_force.version:
+            raise GuidelineUnread(f"请先阅读评判准则（第 {in_force.version} 版）并点击“{ACK_LABEL}” / read the "
+                                  f"guideline (version {in_force.version}) and acknowledge it before judging")
+        return in_force
+
     def _check_guideline(self, session: ArenaSession) -> int:
         """The version in force, once this annotator has acknowledged it and the score rows follow it."""
         in_force = self.store.guideline()
         changed = session.guideline_version not in (None, in_force.version)
         session.guideline_version, session.criteria = in_force.version, in_force.criteria
-        seen = self.store.guideline_seen(session.annotator.id)
-        if seen is None or seen < in_force.version:
-            raise GuidelineUnread(f"请先阅读评判准则（第 {in_force.version} 版）并点击“{ACK_LABEL}” / read the "
-                                  f"guideline (version {in_force.version}) and acknowledge it before judging")
+        self.acknowledged_guideline(session.annotator)
         if changed:
             raise UserError(f"评判准则已更新为第 {in_force.version} 版 / the guideline is now version "
                             f"{in_force.version}: the score rows follow its criteria; check them and judge again")
@@ -554,12 +566,8 @@ class Arena:
     def _store_scores(self, session: ArenaSession, scores: dict[str, dict] | None) -> dict[str, dict[str, int]]:
         """{panel on screen: {criterion: value}} -> the store's labels, blanks left out (the store checks the
         criteria against the guideline in force)."""
-        out = {}
-        for label, values in (scores or {}).items():
-            given = {c: _as_int(v, f"{c} score of answer {label}") for c, v in values.items() if v not in (None, "")}
-            if given and label in session.judgeable:
-                out[self._to_store_label(session, label)] = given
-        return out
+        return {self._to_store_label(session, label): given for label, given in score_values(scores).items()
+                if label in session.judgeable}
 
     def _submit(self, session: ArenaSession, kind: str, reason, scores, **judgment) -> JudgmentOut:
         reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
@@ -597,6 +605,21 @@ def _display_message(message: dict) -> dict:
     if message["role"] == "system":
         return {"role": "user", "content": f"〔系统 system〕 {as_display_text(message['content'])}"}
     return {"role": message["role"], "content": as_display_text(message["content"])}
+
+
+def score_values(scores: dict[str, dict] | None) -> dict[str, dict[str, int]]:
+    """{label: {criterion: value}} as the score radios send them -> whole numbers, blank scores (and answers
+    left unscored) left out; the store checks the criteria and the 1-5 range against the guideline."""
+    if scores is None:
+        return {}
+    if not isinstance(scores, dict) or not all(isinstance(v, dict) for v in scores.values()):
+        raise UserError("scores map answer labels to {criterion: 1-5}, e.g. {'A': {'safety': 5}, 'B': {'safety': 2}}")
+    out = {}
+    for label, values in scores.items():
+        given = {c: _as_int(v, f"{c} score of answer {label}") for c, v in values.items() if v not in (None, "")}
+        if given:
+            out[label] = given
+    return out
 
 
 def _as_int(value, what: str) -> int:

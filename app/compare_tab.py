@@ -157,6 +157,8 @@ def progress_markdown(arena: Arena, session: ArenaSession) -> str:
         line += f" · {QUEUE_EMPTY}"
     if session.assignment_id is not None:
         line += " · 当前为队列题 the panels hold a queue prompt"
+    if arena.round_contestants():
+        line += " · 本轮参赛模型由管理员设定 this round's contestants are set by the admin"
     return line
 
 
@@ -355,7 +357,9 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
 
     def next_from_queue(state: ArenaSession, selected: list[str], is_blind: bool):
         try:
-            assignment = arena.take_assignment(state, selected, blind_for(state, is_blind))
+            # a round whose contestants the admin fixed is answered by those, whatever this browser selected
+            chosen = None if arena.round_contestants() else selected
+            assignment = arena.take_assignment(state, chosen, blind_for(state, is_blind))
         except UserError as err:
             yield (state, status_line(str(err), ok=False), gr.update(), progress_markdown(arena, state),
                    *render(state, reset_form=False), *held_view(state))
@@ -425,8 +429,9 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         return state, message, *guideline_shown(False), *criteria_updates(state)
 
     open_guideline.click(lambda: guideline_shown(True), None, [guideline_box, guideline_text])
+    # the public /acknowledge_guideline is the API's (app.api): this browser event keeps a private name of its own
     acknowledge.click(acknowledge_guideline, [session], [session, status, guideline_box, guideline_text,
-                                                         *score_radios])
+                                                         *score_radios], api_name="acknowledge_guideline_in_tab")
 
     # --- judging -------------------------------------------------------------------------------
     def judge_with(state: ArenaSession, action: str, inputs: dict, texts: dict, redact: bool) -> str:

@@ -94,6 +94,23 @@ def run_checkpoints(cfg: Config, run_id: str) -> list[str]:
     return [f"{run.run_id}/{stage}" for run in completed_runs(cfg) if run.run_id == run_id for stage in run.stages]
 
 
+def register_contestants(cfg: Config, store, checkpoint_ids: list[str]) -> list[Contestant]:
+    """Resolve ``checkpoint_ids`` (refusing unknown ones) and make sure the store knows each of them.
+
+    Training registers a run's checkpoints when it completes; a store opened later (another
+    CHIMED_DATABASE_URL) learns them here, so a completed run can always be compared; an endpoint is
+    registered when first used."""
+    contestants = resolve_contestants(cfg, checkpoint_ids)
+    for contestant in contestants:
+        if store.is_known_checkpoint(contestant.checkpoint_id):
+            continue
+        if contestant.endpoint is not None:
+            store.register_endpoints([contestant.endpoint.name])
+        else:
+            store.register_checkpoints(contestant.run_id, [contestant.stage])
+    return contestants
+
+
 def resolve_contestants(cfg: Config, checkpoint_ids: list[str]) -> list[Contestant]:
     """The contestants named by ``checkpoint_ids``, refusing any id that is not a completed run's stage."""
     known = {c.checkpoint_id: c for c in available_contestants(cfg)}

@@ -8,7 +8,7 @@ Who sees what:
   of each of their comparisons (everyone sees this table of their own);
 - an admin sees the whole store and everyone's pairs with the annotator's name, each text de-identified
   for display (:func:`preference_store.deid.deidentify`: names, addresses, dates, phone and ID numbers ...)
-  unless it is the admin's own; admins also import prompt banks and export.
+  unless it is the admin's own; admins also import prompt banks, define and close study rounds, and export.
 
 Text is shown as typed only to the annotator who typed it (what they may see anyway); to anyone else it
 is de-identified, whatever ``store.redact_on_entry`` says.
@@ -28,11 +28,13 @@ import gradio as gr
 
 from app.arena import ArenaSession
 from app.auth import request_address
+from app.contestants import available_contestants
 from app.refusals import admin_only
+from app.rounds import close_study_round, start_study_round
 from preference_store.deid import deidentify
 from preference_store.export import export_pairs, format_summary
 from preference_store.export_ratings import export_ratings, format_ratings_summary
-from preference_store.records import Annotator, BankImportSummary, JudgmentOut
+from preference_store.records import ROUND_SPLITS, Annotator, BankImportSummary, JudgmentOut
 from preference_store.repository import PreferenceStore
 from training.config import Config
 from training.errors import UserError
@@ -221,13 +223,31 @@ def import_bank_for_admin(store: PreferenceStore, session: ArenaSession, path: s
     return bank_summary_markdown(summary, path)
 
 
-def start_round_for_admin(store: PreferenceStore, session: ArenaSession, address: str | None = None) -> str:
-    """Start the next queue round (admins only), as ``./launch.sh queue-round`` does. Audited."""
+def start_round_for_admin(cfg: Config, store: PreferenceStore, session: ArenaSession, contestants: list[str] = (),
+                          split: str = "all", blind: bool = False, address: str | None = None) -> str:
+    """Start the next queue round (admins only), as ``./launch.sh queue-round --contestants ... --split ...
+    [--blind]`` does: ``contestants`` (2-4 of the available ones, or none: each annotator chooses) answer every
+    queue prompt of ``split`` for everyone. Audited."""
     admin = _require_admin(session, "start a new queue round")
-    new = store.start_queue_round(admin.id)
-    store.record_event("queue.round", actor=admin.name, target=str(new), address=address)
-    return (f"✓ 第 {new} 轮 queue round {new} started: every annotator's queue holds the "
-            f"{len(store.bank_prompts())} bank prompts again")
+    return "✓ " + start_study_round(cfg, store, admin.id, admin.name, list(contestants or ()), split=split,
+                                    blind=blind, address=address)
+
+
+def close_round_for_admin(store: PreferenceStore, session: ArenaSession, address: str | None = None) -> str:
+    """Close the open queue round (admins only), as ``./launch.sh queue-round --close`` does. Audited."""
+    admin = _require_admin(session, "close a queue round")
+    return "✓ " + close_study_round(store, admin.id, admin.name, address=address)
+
+
+def round_markdown(store: PreferenceStore) -> str:
+    """The current round as the admin defined it: its contestants, split, blindness and whether it is open."""
+    current = store.queue_round_definition()
+    if current.started is None:
+        return f"第 {current.number} 轮 queue round {current.number}: not defined (each annotator chooses the contestants)"
+    who = ", ".join(current.contestants) or "each annotator chooses"
+    state = "open" if current.is_open else f"closed {current.closed:%Y-%m-%d %H:%M} UTC"
+    return (f"第 {current.number} 轮 queue round {current.number} ({state}): contestants {html.escape(who)}; "
+            f"split {current.split}{'; blind' if current.blind else ''}")
 
 
 AUDIT_COLUMNS = ["时间 time (UTC)", "操作者 actor", "操作 action", "对象 target", "地址 address", "详情 detail"]
@@ -296,9 +316,17 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
             bank_name = gr.Textbox(label="题库名 bank name (空 = 文件名 empty = the file's name)", elem_id="bank-name")
         import_bank = gr.Button("导入题库 Import bank", elem_id="import-bank")
         import_status = gr.Markdown(elem_id="import-status")
-        gr.Markdown("#### 新一轮 New queue round (admins): everyone gets the bank again, e.g. to judge a new run "
-                    "against its parent on the same prompts (`./launch.sh queue-round`)")
-        new_round = gr.Button("开始新一轮 Start a new queue round", elem_id="queue-round")
+        gr.Markdown("#### 新一轮 New queue round (admins): everyone gets the bank prompts of the split again, e.g. to "
+                    "judge a new run against its parent on the same prompts; with 2-4 contestants they answer every "
+                    "queue prompt for everyone (`./launch.sh queue-round --contestants ID,ID --split ... --blind`)")
+        with gr.Row():
+            round_contestants = gr.Dropdown(label="参赛检查点 contestants (2-4; none: each annotator chooses)",
+                                            choices=[], multiselect=True, elem_id="round-contestants")
+            round_split = gr.Radio(list(ROUND_SPLITS), value="all", label="题库划分 bank split", elem_id="round-split")
+            round_blind = gr.Checkbox(label="盲评 blind for everyone", value=False, elem_id="round-blind")
+        with gr.Row():
+            new_round = gr.Button("开始新一轮 Start a new queue round", elem_id="queue-round")
+            close_round = gr.Button("结束本轮 Close the round", elem_id="close-round")
         round_status = gr.Markdown(elem_id="round-status")
         gr.Markdown("#### 导出 Export (admins): 与 `./launch.sh export-prefs` 相同 — de-identified pairs into "
                     f"`{cfg.collected_pairs_dir}`, which the next `train-all` merges into ChiMed-DPO, and the "
@@ -342,13 +370,31 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
             return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
         return message, *view(state)
 
-    def run_new_round(state: ArenaSession, request: gr.Request):
+    def run_new_round(state: ArenaSession, contestants: list[str] | None, split: str, blind: bool,
+                      request: gr.Request):
         admin_only(state.annotator, "/run_new_round", "start a new queue round")
         try:
-            message = start_round_for_admin(store, state, request_address(request, cfg))
+            message = start_round_for_admin(cfg, store, state, contestants or [], split, bool(blind),
+                                            request_address(request, cfg))
         except UserError as err:
-            return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
-        return message, *view(state)
+            message = f"⚠ {html.escape(str(err), quote=False)}"
+        return f"{message}  \n{round_markdown(store)}", *view(state)
+
+    def run_close_round(state: ArenaSession, request: gr.Request):
+        admin_only(state.annotator, "/run_close_round", "close a queue round")
+        try:
+            message = close_round_for_admin(store, state, request_address(request, cfg))
+        except UserError as err:
+            message = f"⚠ {html.escape(str(err), quote=False)}"
+        return f"{message}  \n{round_markdown(store)}", *view(state)
+
+    def round_choices(state: ArenaSession, current: list[str] | None):
+        """The available contestants for the round picker (admins only: nobody else sees the picker)."""
+        if state.annotator is None or not state.annotator.is_admin:
+            return gr.update(), ""
+        choices = [(c.label, c.checkpoint_id) for c in available_contestants(cfg)]
+        keep = [c for c in current or [] if c in {cid for _, cid in choices}]
+        return gr.update(choices=choices, value=keep), round_markdown(store)
 
     def show_audit(state: ArenaSession, action: str, actor: str, since: str):
         admin_only(state.annotator, "/show_audit", "read the audit log")
@@ -371,7 +417,9 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
     audit_export.click(export_audit, audit_inputs, [audit_status, audit_file])
     refresh.click(view, [session], outputs)
     tab.select(view, [session], outputs)
-    new_round.click(run_new_round, [session], [round_status, *outputs])
+    new_round.click(run_new_round, [session, round_contestants, round_split, round_blind], [round_status, *outputs])
+    close_round.click(run_close_round, [session], [round_status, *outputs])
+    tab.select(round_choices, [session, round_contestants], [round_contestants, round_status])
     export.click(run_export, [session], [export_status, export_file, *outputs])
     import_bank.click(run_import, [session, bank_file, bank_name], [import_status, *outputs])
     return admin

@@ -6,15 +6,22 @@ computed by the preference store.
 Who sees what: agreement is shown overall to everyone; per annotator an admin sees every annotator
 by name, an annotator sees only their own line ("你 you"): never another annotator's name or
 numbers, and no judgment of anyone. The outlier screen is shown to admins only.
+
+While a study round is open (``queue-round`` until ``queue-round --close``) and ``study.interim_results`` is
+admins (the default), an annotator sees only their own progress in this tab: no ratings, win rates, agreement
+or run-vs-run verdict, which would tell them which stage tends to win (:func:`interim_withheld`), and no chart.
 """
 
 from __future__ import annotations
 
 import html
+import tempfile
+from pathlib import Path
 
 import gradio as gr
 
 from app.arena import ArenaSession
+from app.ratings_chart import save_ratings_chart
 from preference_store.records import (
     Agreement,
     Annotator,
@@ -22,6 +29,7 @@ from preference_store.records import (
     Leaderboard,
     LengthControlledRatings,
     PositionBias,
+    QueueRound,
     RunComparison,
 )
 from preference_store.repository import PreferenceStore
@@ -214,9 +222,11 @@ def core_view(board: Leaderboard, in_force: tuple[str, ...]) -> list:
     ]
 
 
-def full_view(store: PreferenceStore, viewer: Annotator | None, bank_only: bool = False) -> list:
-    """Every computed component of the tab for ``viewer`` (None: not logged in, sees no per-annotator line)."""
-    board = store.leaderboard(bank_only=bank_only)
+def full_view(store: PreferenceStore, viewer: Annotator | None, bank_only: bool = False,
+              board: Leaderboard | None = None) -> list:
+    """Every computed component of the tab for ``viewer`` (None: not logged in, sees no per-annotator line);
+    ``board``: the leaderboard already computed for ``bank_only``."""
+    board = board or store.leaderboard(bank_only=bank_only)
     in_force = store.guideline().criterion_keys
     criterion_head, criterion_rows = criterion_ratings_table(board, in_force)
     return [
@@ -229,6 +239,46 @@ def full_view(store: PreferenceStore, viewer: Annotator | None, bank_only: bool 
         position_markdown(board.position_bias),
         *screen_view(board, viewer),
     ]
+
+
+def interim_withheld(store: PreferenceStore, viewer: Annotator | None, interim_results: str) -> QueueRound | None:
+    """The open study round whose interim results ``viewer`` may not see (``study.interim_results`` admins:
+    everyone but admins while a round is open), else None."""
+    if interim_results == "everyone" or (viewer is not None and viewer.is_admin):
+        return None
+    current = store.queue_round_definition()
+    return current if current.is_open else None
+
+
+def interim_view(store: PreferenceStore, viewer: Annotator | None, current: QueueRound) -> list:
+    """The tab while round ``current`` is open, for an annotator: their own progress, every result empty."""
+    line = (f"**第 {current.number} 轮进行中 Study round {current.number} is open**: results are shown to admins "
+            "only until it closes, so that knowing which answers tend to win cannot steer the judgments.")
+    if viewer is not None:
+        line += f" 我的队列 Your queue: **{store.queue_progress(viewer.id)}** 已完成 done."
+    empty = gr.update(value=[])
+    hidden = gr.update(value="", visible=False), gr.update(value=[], visible=False)
+    return [line, empty, empty, empty, empty, "", gr.update(value=[], headers=AGREEMENT_COLUMNS), empty,
+            gr.update(value=[], headers=LENGTH_COLUMNS), "", "", *hidden]
+
+
+def ratings_chart(store: PreferenceStore, board: Leaderboard) -> str | None:
+    """The chart of every view's ratings with their intervals (:mod:`app.ratings_chart`) as a PNG in a folder
+    of its own under the temp folder (gradio serves files from there only); None with no ratings yet."""
+    in_force = store.guideline().criterion_keys
+    criteria = criteria_order(in_force, board.criterion_ratings)
+    path = Path(tempfile.mkdtemp(prefix="chimed-chart-")) / "ratings_intervals.png"
+    return str(path) if save_ratings_chart(board, criteria, path) else None
+
+
+def tab_view(store: PreferenceStore, viewer: Annotator | None, bank_only: bool, interim_results: str) -> list:
+    """What the tab shows ``viewer``: :func:`full_view` and the ratings chart (:func:`ratings_chart`), or
+    :func:`interim_view` and no chart while results are withheld."""
+    current = interim_withheld(store, viewer, interim_results)
+    if current is not None:
+        return [*interim_view(store, viewer, current), None]
+    board = store.leaderboard(bank_only=bank_only)
+    return [*full_view(store, viewer, bank_only, board), ratings_chart(store, board)]
 
 
 def run_choices(store: PreferenceStore) -> list[str]:
@@ -262,15 +312,19 @@ def compare_runs_line(store: PreferenceStore, new_run: str | None, old_run: str 
     return run_comparison_line(store.compare_runs(new_run, old_run, split=split))
 
 
-def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab) -> None:
+def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab, interim_results: str) -> None:
     """Lay out the Leaderboard tab; it is recomputed for the session's annotator whenever the tab is
-    opened, refreshed or the bank-only box changes."""
+    opened, refreshed or the bank-only box changes (``interim_results``: the config's study.interim_results)."""
     with gr.Row():
         bank_only = gr.Checkbox(label="只看题库 Bank prompts only", value=False, elem_id="bank-only")
         refresh = gr.Button("刷新 Refresh", elem_id="refresh-leaderboard")
     summary = gr.Markdown(elem_id="leaderboard-summary")
     gr.Markdown("#### Bradley-Terry 评分 ratings (95% bootstrap intervals)")
     ratings = gr.Dataframe(headers=RATING_COLUMNS, interactive=False, elem_id="ratings")
+    chart = gr.Image(label="评分与95%区间 Ratings with 95% intervals (overall, length-controlled, per criterion; "
+                           "download the PNG for reports)", type="filepath", interactive=False,
+                     buttons=["download", "fullscreen"],  # no "share": study results stay off Hugging Face
+                     elem_id="ratings-chart")
     gr.Markdown("#### 标注者一致性 Agreement")
     agreement = gr.Markdown(elem_id="agreement")
     annotator_agreement = gr.Dataframe(headers=AGREEMENT_COLUMNS, interactive=False, elem_id="annotator-agreement",
@@ -298,10 +352,10 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
     comparison = gr.Markdown(elem_id="run-comparison")
 
     outputs = [summary, ratings, win_rate, counts, criteria, agreement, annotator_agreement, criterion_ratings,
-               length_controlled, length_coefficient, position, outliers, screen]
+               length_controlled, length_coefficient, position, outliers, screen, chart]
 
     def view(state: ArenaSession, only_bank: bool):
-        return full_view(store, state.annotator, bool(only_bank))
+        return tab_view(store, state.annotator, bool(only_bank), interim_results)
 
     def runs(current_new: str | None, current_old: str | None):
         names = run_choices(store)
@@ -309,8 +363,12 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
         old = current_old if current_old in names else (names[1] if len(names) > 1 else None)
         return gr.update(choices=names, value=new), gr.update(choices=names, value=old)
 
-    def run_compare(new: str | None, old: str | None, split_label: str):
+    def run_compare(state: ArenaSession, new: str | None, old: str | None, split_label: str):
         try:
+            current = interim_withheld(store, state.annotator, interim_results)
+            if current is not None:
+                raise UserError(f"study round {current.number} is open: the run-vs-run verdict is for admins "
+                                "until it closes")
             return compare_runs_line(store, new, old, split_label)
         except UserError as err:
             return f"⚠ {html.escape(str(err), quote=False)}"
@@ -319,4 +377,4 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
         trigger(view, [session, bank_only], outputs)
     for trigger in (refresh.click, tab.select):
         trigger(runs, [new_run, old_run], [new_run, old_run])
-    compare.click(run_compare, [new_run, old_run, split], [comparison])
+    compare.click(run_compare, [session, new_run, old_run, split], [comparison])

@@ -58,7 +58,7 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
                 with gr.Tab("准则 Guidelines", elem_id="tab-guidelines") as guidelines_page:
                     guidelines = build_guidelines_tab(store, session, guidelines_page)
                 with gr.Tab("排行榜 Leaderboard", elem_id="tab-leaderboard") as leaderboard:
-                    build_leaderboard_tab(store, session, leaderboard)
+                    build_leaderboard_tab(store, session, leaderboard, cfg.study.interim_results)
                 with gr.Tab("数据 Data", elem_id="tab-data") as data:
                     admin_tools = build_data_tab(cfg, store, session, data)
                 with gr.Tab("训练记录 Runs", elem_id="tab-runs") as runs:

@@ -12,7 +12,8 @@ The rated answer is one record, labelled with the thumbs (up = desirable). A cor
 rating is one more record, labelled desirable, whatever the thumbs said about the model's answer. Texts
 are de-identified like the pairs (:mod:`preference_store.deid`); the split follows the comparison's bank
 prompt, or the same by-prompt hash as the pairs. By default only ratings no earlier export wrote are
-written; the export log (kind "ratings") records which rating went into which file, with its sha256.
+written; the export log (kind "ratings") records which rating went into which file, with its sha256. An export
+for inspection (``mark=False``) writes the same file and logs nothing, so the loop's export still finds them.
 The file appears complete or not at all, together with its log entry.
 """
 
@@ -44,23 +45,27 @@ def default_ratings_path(cfg: Config) -> Path:
 
 
 def export_ratings(cfg: Config, out: str | Path | None = None, store: PreferenceStore | None = None,
-                   since: str | datetime | None = None, include_exported: bool = False) -> RatingsExportSummary:
+                   since: str | datetime | None = None, include_exported: bool = False,
+                   mark: bool = True) -> RatingsExportSummary:
     """Write the de-identified single-answer ratings not yet exported (all with ``include_exported``) to ``out``.
 
     ``out`` defaults to a new file in ``cfg.collected_ratings_dir``; an existing file is never
-    overwritten. Nothing is written (``path`` None) when there is nothing new.
+    overwritten. Nothing is written (``path`` None) when there is nothing new. ``mark`` logs the export, so
+    later exports leave its ratings out; an export for inspection passes False and leaves them to the loop.
     """
     since_utc = parse_since(since)
     path = Path(out) if out else default_ratings_path(cfg)
-    return with_export_store(cfg, path, store, lambda store: _export(cfg, store, path, since_utc, include_exported))
+    return with_export_store(cfg, path, store,
+                             lambda store: _export(cfg, store, path, since_utc, include_exported, mark))
 
 
 def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | None,
-            include_exported: bool) -> RatingsExportSummary:
+            include_exported: bool, mark: bool) -> RatingsExportSummary:
     redactions: Counter = Counter()
     prompts: dict[str, tuple[list[dict], str]] = {}  # comparison -> (de-identified prompt, split)
     pseudonyms: dict[int, str] = {}
     lines, entries, rating_ids, splits = [], [], [], Counter()
+    empty_answers = 0
 
     for row in store.rating_export_rows(since=since, unexported_only=not include_exported):
         if row.comparison_id not in prompts:
@@ -77,6 +82,9 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         if row.correction:
             completions.append((deidentify(row.correction, redactions), True, "correction", None, None))
         for text, label, of, checkpoint, serving in completions:
+            if not text.strip():
+                empty_answers += 1
+                continue
             record = {"prompt": prompt, "completion": [{"role": "assistant", "content": text}], "label": label,
                       "source": SOURCE, "rating_id": row.rating_id, "split": split,
                       "provenance": {**provenance, "completion_of": of, "checkpoint": checkpoint, "serving": serving}}
@@ -86,9 +94,12 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         rating_ids.append(row.rating_id)
 
     summary = dict(rating_ids=rating_ids, records=len(lines), train=splits["train"], heldout=splits["heldout"],
-                   redactions=dict(redactions))
+                   redactions=dict(redactions), empty_answers=empty_answers)
     if not lines:
         return RatingsExportSummary(path=None, sha256=None, **summary)
+    if not mark:  # for inspection: the file alone, no log
+        digest, _ = write_logged(path, lines, lambda where, sha256, move_into_place: move_into_place())
+        return RatingsExportSummary(path=path, sha256=digest, **summary)
 
     digest, export_id = write_logged(path, lines, lambda where, sha256, move_into_place: store.record_ratings_export(
         where, sha256, entries, len(lines), before_commit=move_into_place))
@@ -100,6 +111,8 @@ def format_ratings_summary(summary: RatingsExportSummary) -> str:
     if summary.path is None:
         return "single-answer ratings: nothing new to export"
     redacted = format_redactions(summary.redactions)
+    empty = (f"left out because the rated answer is empty: {summary.empty_answers}\n"
+             if summary.empty_answers else "")
     return (f"exported {len(summary.rating_ids)} single-answer ratings as {summary.records} unpaired records "
             f"(train {summary.train}, heldout {summary.heldout}) to {summary.path}\nsha256 {summary.sha256}\n"
-            f"redacted: {redacted}")
+            f"{empty}redacted: {redacted}")

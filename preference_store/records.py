@@ -382,6 +382,9 @@ class RunComparison:
     ties: int
     rounds: int  # bootstrap resamples
     summary: str  # one line saying all of it
+    # of the ``prompts`` counted, how many had pairs the new run trained on (its wins there may be recall,
+    # not a better model: the held-out split has none)
+    trained_on: int = 0
 
     def __str__(self) -> str:
         return self.summary
@@ -400,8 +403,13 @@ class ExportSummary:
     redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
     export_id: int | None = None
     same_text: int = 0  # pairs left out because chosen and rejected are the same text
+    empty_answer: int = 0  # pairs left out because one of their answers is empty (logged as handled)
     low_agreement: int = 0  # pairs of bank prompts left out because their agreement is below store.min_agreement
     unblinded: int = 0  # pairs of unblinded comparisons left out (store.admit_unblinded is off)
+    outvoted: int = 0  # pairs left out because most votes on the same prompt and answers went the other way
+    split_votes: int = 0  # pairs left out because no direction had what store.aggregate asks (a split or tied vote)
+    aggregate: str = "majority"  # the store.aggregate the export used
+    marked: bool = True  # logged as handled (False: an export for inspection, which the loop's export does not skip)
 
 
 # --- the annotation study: guideline, prompt bank, queue, single-answer ratings ---------------------
@@ -482,6 +490,29 @@ class QueueProgress:
         return f"{self.done} / {self.total}"
 
 
+ROUND_SPLITS = ("heldout", "train", "all")  # which bank prompts a queue round hands out
+
+
+@dataclass(frozen=True)
+class QueueRound:
+    """A queue round as the admin defined it (``queue-round``): which bank prompts it hands out (``split``),
+    and, when ``contestants`` is not empty, the 2-4 checkpoints that answer every queue prompt of it for every
+    annotator (none: each annotator chooses, as in round 1). ``blind``: nobody, admins included, judges it
+    with the names shown. A round is *open* (a study is running: interim results are kept from annotators,
+    ``study.interim_results``) from its start until the admin closes it (``closed`` set)."""
+
+    number: int
+    contestants: tuple[str, ...] = ()
+    split: str = "all"
+    blind: bool = False
+    started: datetime | None = None  # None: round 1 before any queue-round (never defined, never open)
+    closed: datetime | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.started is not None and self.closed is None
+
+
 @dataclass
 class RatingIn:
     """A thumbs up (``label`` True) or down on one answer of a comparison, instead of comparing."""
@@ -527,3 +558,4 @@ class RatingsExportSummary:
     heldout: int
     redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
     export_id: int | None = None
+    empty_answers: int = 0  # rated answers left out because they are empty (the rating is logged, a correction kept)

@@ -5,7 +5,7 @@ bank prompts (optionally of one split: the held-out prompts no pair of the new r
 measure is the new checkpoint's share of those battles won minus the old one's (ties half each), in
 [-1, 1]. Its 95% interval comes from a bootstrap over prompts (a prompt's battles stay together, since
 judgments of one prompt are not independent of each other), and so does P(new better), the share of
-resamples in which the new checkpoint won more. The verdict: "better" or "worse" when the interval
+resamples in which the new checkpoint won more (``store.run_comparison_rounds``, at least 2000). The verdict: "better" or "worse" when the interval
 excludes 0, "same" when it does not, "not enough judgments" below ``min_prompts`` prompts.
 """
 
@@ -40,16 +40,18 @@ def prompt_scores(judged: Iterable[JudgedComparison], new: str, old: str, split:
 
 
 def compare_checkpoints(judged: Iterable[JudgedComparison], new_run: str, old_run: str, stage: str,
-                        split: str | None = None, rounds: int = 1000, seed: int = 0, min_prompts: int = 5,
-                        exclude_leaked: bool = True) -> RunComparison:
-    """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts."""
+                        split: str | None = None, rounds: int = 2000, seed: int = 0, min_prompts: int = 5,
+                        exclude_leaked: bool = True, trained_on: Iterable[str] = ()) -> RunComparison:
+    """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts;
+    ``trained_on``: the bank prompts whose pairs ``new_run`` trained on (counted in the result)."""
     new, old = f"{new_run}/{stage}", f"{old_run}/{stage}"
     by_prompt = prompt_scores(judged, new, old, split, exclude_leaked)
     flat = [s for scores in by_prompt.values() for s in scores]
     wins, losses = sum(s == 1.0 for s in flat), sum(s == 0.0 for s in flat)
     where = f"{split} bank prompts" if split else "bank prompts"
     common = dict(new_run=new_run, old_run=old_run, stage=stage, new_checkpoint=new, old_checkpoint=old, split=split,
-                  prompts=len(by_prompt), battles=len(flat), wins=wins, losses=losses, ties=len(flat) - wins - losses)
+                  prompts=len(by_prompt), battles=len(flat), wins=wins, losses=losses, ties=len(flat) - wins - losses,
+                  trained_on=len(by_prompt.keys() & set(trained_on)))
     if len(by_prompt) < max(min_prompts, 1):
         return RunComparison(
             **common, verdict=NOT_ENOUGH, difference=None, ci95=None, p_new_better=None, rounds=0,

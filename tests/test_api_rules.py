@@ -69,7 +69,8 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
 
     # only the documented endpoints are public, and they are the README's list
     listed = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert listed == documented_endpoints() == {"/contestants", "/compare", "/judge", "/queue_next", "/rate"}
+    assert listed == documented_endpoints() == {"/contestants", "/compare", "/acknowledge_guideline", "/judge",
+                                                "/queue_next", "/rate", "/study_status", "/leaderboard", "/agreement"}
     with pytest.raises(ValueError, match="Cannot find a function"):
         client.predict(api_name="/run_export")
 
@@ -120,11 +121,26 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
         who.predict(fn_index=_private(who, "on_load"))  # the page load: the session knows its annotator
         if expected:
             with pytest.raises(Exception, match=expected):
-                who.predict(fn_index=_private(who, "run_new_round"))
+                who.predict([], "all", False, fn_index=_private(who, "run_new_round"))
             with pytest.raises(Exception, match=expected):
                 who.predict(fn_index=_private(who, "run_export"))
         else:
-            assert "queue round 2" in who.predict(fn_index=_private(who, "run_new_round"))[0]
+            assert "queue round 2" in who.predict([], "all", False, fn_index=_private(who, "run_new_round"))[0]
+
+    # the study's figures: an annotator sees their own progress only, and no interim result; an admin all of it
+    mine = client.predict(api_name="/study_status")
+    assert [a["name"] for a in mine["annotators"]] == [ANNOTATOR] and mine["annotators"][0]["judgments"] == 1
+    for endpoint in ("/leaderboard", "/agreement"):
+        with pytest.raises(Exception, match="interim results go to admins only"):
+            client.predict(api_name=endpoint)
+    everyone = admin.predict(api_name="/study_status")
+    assert {a["name"] for a in everyone["annotators"]} == {ANNOTATOR, ADMIN}
+    board = admin.predict(api_name="/leaderboard")
+    with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
+        ratings = store.leaderboard().ratings
+    assert board["judgments"] == 1 and [(r["checkpoint_id"], r["rating"]) for r in board["ratings"]] == [
+        (r.checkpoint_id, pytest.approx(r.rating)) for r in ratings]
+    assert set(admin.predict(api_name="/agreement")) >= {"by_kind", "annotators", "outliers", "position_bias"}
 
     # every refusal above is one line in the app's log, and no traceback
     log = (tmp_path / "app-0.log").read_text(encoding="utf-8")
@@ -132,6 +148,7 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
     assert f"refused /judge for {ANNOTATOR}: already judged; " in log
     assert f"refused /compare for {ANNOTATOR}: only admins may ask for an unblinded comparison" in log
     assert f"refused /run_export for {ANNOTATOR}: only admins can export" in log
+    assert f"refused /leaderboard for {ANNOTATOR}: study round 2 is open: its interim results go to admins" in log
 
 
 def test_a_blind_comparison_started_in_the_browser_is_judged_once_through_the_api(app_home, make_pool):

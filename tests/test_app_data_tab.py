@@ -137,7 +137,7 @@ def test_annotators_cannot_import_or_export_and_do_not_see_the_controls(pref_sto
         with pytest.raises(UserError, match="only admins"):
             export_for_admin(cfg, pref_store, who)
         with pytest.raises(UserError, match="only admins"):
-            start_round_for_admin(pref_store, who)
+            start_round_for_admin(cfg, pref_store, who)
     assert pref_store.bank_prompts() == [] and pref_store.queue_round() == 1
 
     with gr.Blocks() as demo:
@@ -171,7 +171,7 @@ def test_the_export_button_exports_pairs_and_single_answer_ratings(pref_store, p
     assert export_for_admin(cfg, pref_store, ArenaSession(annotator=admin))[0].startswith("没有新的偏好对")
 
 
-def test_an_admin_starts_a_new_queue_round_and_the_bank_is_in_every_queue_again(pref_store, people):
+def test_an_admin_starts_a_new_queue_round_and_the_bank_is_in_every_queue_again(pref_store, people, cfg):
     alice, _, admin = people
     import_bank_for_admin(pref_store, ArenaSession(annotator=admin), str(FIXTURES / "bank_e2e.jsonl"))
     taken = pref_store.next_assignment(alice.id)
@@ -181,7 +181,7 @@ def test_an_admin_starts_a_new_queue_round_and_the_bank_is_in_every_queue_again(
         assignment_id=taken.id))
     pref_store.submit_judgment(JudgmentIn(made.id, alice.id, choice="B"))
     assert pref_store.next_assignment(alice.id) is None
-    message = start_round_for_admin(pref_store, ArenaSession(annotator=admin))
+    message = start_round_for_admin(cfg, pref_store, ArenaSession(annotator=admin))
     assert "queue round 2 started" in message and "1 bank prompts" in message
     again = pref_store.next_assignment(alice.id)
     assert again.bank_prompt.id == taken.bank_prompt.id and again.round == 2

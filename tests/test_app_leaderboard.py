@@ -141,6 +141,6 @@ def test_the_tab_builds_with_the_session(study):
     with gr.Blocks() as demo:
         session = gr.State(ArenaSession(annotator=people["alice"]))
         with gr.Tab("排行榜 Leaderboard") as tab:
-            build_leaderboard_tab(store, session, tab)
+            build_leaderboard_tab(store, session, tab, load_config("tiny").study.interim_results)
     ids = {b.elem_id for b in demo.blocks.values()}
     assert {"bank-only", "agreement", "run-comparison", "new-run", "old-run", "compare-split", "outliers"} <= ids

@@ -53,14 +53,17 @@ def test_a_bank_round_trains_a_new_run_and_the_heldout_verdict_is_in_its_results
         assert _work_queue(store, second, [sft, dpo], answers, lambda p: "A" if "失眠" in p.prompt else "B") == 12
         assert str(store.queue_progress(first.id)) == "12 / 12"
 
+    capsys.readouterr()
     new_run = train_and_register(cfg, from_stage="dpo", resume_run=old_run)
+    assert "preferences: 11 new clinician pairs go into this round" in capsys.readouterr().out
 
     # the export the retrain made: a bank prompt's pairs go to its own split, each with its agreement
     exported = [json.loads(line) for f in sorted(cfg.collected_pairs_dir.glob("*.jsonl"))
                 for line in f.read_text(encoding="utf-8").splitlines()]
-    # the same answers judged alike by two annotators make one pair (the copy is left out); the prompt they
-    # disagree on makes two opposite pairs, both kept and marked with their agreement of 0.5
-    assert len(exported) == 13
+    # the same answers judged alike by two annotators make one pair carrying both votes (the copy is left out);
+    # the prompt they disagree on is a split vote (store.aggregate=majority): neither direction goes to training
+    assert len(exported) == 11
+    assert all(r["provenance"]["votes"] == {"for": 2, "against": 0, "ties": 0} for r in exported)
     with PreferenceStore(cfg.database_url) as store:
         comparisons = {r["provenance"]["comparison_id"]: store.get_comparison(r["provenance"]["comparison_id"])
                        for r in exported}
@@ -69,7 +72,7 @@ def test_a_bank_round_trains_a_new_run_and_the_heldout_verdict_is_in_its_results
         assert record["split"] == ("heldout" if comparison.bank_prompt_id in heldout else "train")
         agreement = record["provenance"]["agreement"]
         assert agreement["annotators"] == 2
-        assert agreement["share"] == (0.5 if "失眠" in comparison.messages[-1]["content"] else 1.0)
+        assert agreement["share"] == 1.0 and "失眠" not in comparison.messages[-1]["content"]
     manifest = json.loads((cfg.runs_dir / new_run / "manifest.json").read_text(encoding="utf-8"))
     trained = {p for p in manifest["dpo_pair_ids"] if p.startswith("clin-")}
     assert trained == {r["pair_id"] for r in exported if r["split"] == "train"}

@@ -8,6 +8,7 @@ import json
 import shutil
 
 from chimed import train_and_register
+from preference_store.export_rules import heldout_split
 from preference_store.repository import PreferenceStore
 from tests.test_loop import PROMPTS, _start_app, _stop
 from training.config import load_config
@@ -34,10 +35,11 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
         client = Client(url, auth=("clinician1", "a-long-test-password"), verbose=False)
         # each prompt: answer A rated down, answer B up (blind: A is SFT's or DPO's by chance); one rating,
         # revised, down with a better answer (typed with a phone number: sent redacted)
-        made = {}
+        made, empty = {}, set()  # the tiny models may say nothing: an empty rated answer is left out of KTO's data
         for prompt in RATED:
             cmp = client.predict(prompt, [f"{old_run}/sft", f"{old_run}/dpo"], True, api_name="/compare")
             made[prompt] = cmp["comparison_id"]
+            empty |= {(prompt, a["label"]) for a in cmp["answers"] if not a["text"].strip()}
             down = client.predict(cmp["comparison_id"], "A", False, api_name="/rate")
             up = client.predict(cmp["comparison_id"], "B", True, api_name="/rate")
             assert (down["up"], up["up"]) == (False, True) and not down["duplicate"]
@@ -54,16 +56,24 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
         [exported_file] = cfg.collected_ratings_dir.glob("*.jsonl")
         exported = read_jsonl(exported_file)
         assert {r["rating_id"] for r in exported} == rating_ids and len(rating_ids) == 2 * len(RATED)
-        assert len(exported) == len(rating_ids) + 1  # the correction is one more, desirable answer
+        # the correction is one more, desirable answer; an empty rated answer is no record (and counted)
+        assert len(exported) == len(rating_ids) + 1 - len(empty)
         splits = {}
         for r in exported:
             splits.setdefault(r["prompt"][0]["content"], set()).add(r["split"])
-        assert all(len(s) == 1 for s in splits.values())
+        # each prompt's split is the by-prompt hash of the pairs (a prompt whose rated answers were all empty has
+        # no record, but its split is the same)
+        split_of = {p: heldout_split(json.dumps([{"role": "user", "content": p}], ensure_ascii=False, sort_keys=True),
+                                     cfg.store.heldout_share) for p in RATED}
+        assert all(s == {split_of[p]} for p, s in splits.items())
         train = {(r["rating_id"], r["provenance"]["completion_of"], r["label"])
                  for r in exported if r["split"] == "train"}
         held = {r["rating_id"] for r in exported if r["split"] == "heldout"}
         # 4 train prompts x 2 ratings, and the revised rating's correction; 2 held-out prompts x 2
-        assert len(train) == 4 * 2 + 1 and len(held) == 2 * 2, "the rated prompts must land on both sides of the split"
+        train_prompts = {p for p, s in split_of.items() if s == "train"}
+        empty_train = sum(1 for prompt, _ in empty if prompt in train_prompts)
+        assert len(train_prompts) == 4, "the rated prompts must land on both sides of the split"
+        assert len(train) == 4 * 2 + 1 - empty_train and len(held) == 2 * 2 - (len(empty) - empty_train)
 
         # ChiMed-KTO holds exactly the train ratings (the correction desirable), beside ChiMed-DPO's pairs
         kto = read_jsonl(cfg.data_dir / "kto.jsonl")

@@ -24,7 +24,7 @@ CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.j
 RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
 PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",
                    "chosen_checkpoint", "rejected_checkpoint", "chosen_serving", "rejected_serving", "judged_at",
-                   "agreement", "blind"}
+                   "agreement", "blind", "votes"}
 
 
 def judge(store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment):
@@ -61,6 +61,7 @@ def test_records_are_dpo_format_with_provenance(pref_store, cfg, tmp_path):
         assert prov["pair_id"] == record["pair_id"] and prov["judgment_id"] == out.id
         assert prov["comparison_id"] == cmp.id and prov["judgment_kind"] == "ranking"
         assert datetime.fromisoformat(prov["judged_at"]) == out.created
+        assert prov["votes"] == {"for": 1, "against": 0, "ties": 0}  # one annotator, one vote per pair
         assert record["chosen"][0]["content"] == next(r.text for r in cmp.responses if r.checkpoint_id == prov["chosen_checkpoint"])
         assert record["rejected"][0]["content"] == next(r.text for r in cmp.responses if r.checkpoint_id == prov["rejected_checkpoint"])
     best_first = [r.checkpoint_id for r in cmp.responses]  # the ranking put A first, then B, then C
@@ -173,6 +174,17 @@ def test_pairs_whose_two_answers_are_the_same_text_are_left_out_once(pref_store,
     assert pref_store.counts().exported_pairs == 1
 
 
+def test_pairs_with_an_empty_answer_are_left_out_counted_and_not_retried(pref_store, cfg, tmp_path):
+    # a model that said nothing (its answer is stored as the empty text it was): the builder would refuse the pair
+    judge(pref_store, "咽喉痛怎么办？", answers=("多喝温水，必要时就医。", "", "不清楚。"))
+    summary = export_pairs(cfg, out=tmp_path / "1.jsonl", store=pref_store)
+    assert (summary.empty_answer, len(summary.pair_ids)) == (2, 1)  # A>B and B>C have the empty answer
+    assert "left out because one answer is empty: 2" in format_summary(summary)
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in read(summary.path)] == [
+        ("多喝温水，必要时就医。", "不清楚。")]
+    assert export_pairs(cfg, out=tmp_path / "2.jsonl", store=pref_store).path is None  # handled, not retried
+
+
 def test_since_keeps_later_judgments_only(pref_store, cfg, tmp_path):
     judge(pref_store, "早先的问题：便秘怎么办？")
     middle = datetime.now(timezone.utc)
@@ -199,7 +211,8 @@ def test_default_output_goes_where_the_builder_reads_and_nothing_is_overwritten(
 
 def test_bank_pairs_carry_their_agreement_and_min_agreement_holds_back_contested_ones(pref_store, chimed_home,
                                                                                       tmp_path):
-    cfg = load_config("tiny", ["store.min_agreement=0.5"])
+    # min_agreement on its own: with the default store.aggregate=majority the contested vote would be outvoted first
+    cfg = load_config("tiny", ["store.min_agreement=0.5", "store.aggregate=all"])
     bank = tmp_path / "bank.jsonl"
     bank.write_text('{"prompt": "高血压患者饮食上要注意什么？", "split": "heldout"}\n'
                     '{"prompt": "糖尿病有哪些常见症状？"}\n', encoding="utf-8")
@@ -231,3 +244,37 @@ def test_bank_pairs_carry_their_agreement_and_min_agreement_holds_back_contested
     written = {r["pair_id"]: r for r in read(tmp_path / "two.jsonl")}
     assert contested in written and again.low_agreement == 0
     assert written[contested]["provenance"]["agreement"] == {"share": 0.5, "annotators": 4}
+
+
+def test_an_export_for_inspection_does_not_starve_the_next_round(pref_store, cfg, tmp_path, capsys):
+    """The starved round of issue 30: judgments -> export-prefs --out FILE -> the loop's export found nothing."""
+    from chimed import export_clinician_pairs
+    from preference_store.records import RatingIn
+
+    cmp, judged = judge(pref_store, "失眠多梦怎么调理？")
+    pref_store.submit_rating(RatingIn(cmp.id, pref_store.demo_annotator().id, "A", up=True))
+    assert cli_main(["export-prefs", "--profile", "tiny", "--out", str(tmp_path / "look.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "exported 3 pairs" in printed and "not marked as exported" in printed
+    assert len(read(tmp_path / "look.jsonl")) == 3 and len(read(tmp_path / "look.ratings.jsonl")) == 1
+    assert pref_store.counts().exported_pairs == 0
+
+    export_clinician_pairs(cfg)  # what train-all runs before it builds the data
+    printed = capsys.readouterr().out
+    [pairs_file] = cfg.collected_pairs_dir.glob("*.jsonl")
+    [ratings_file] = cfg.collected_ratings_dir.glob("*.jsonl")
+    assert sorted(r["pair_id"] for r in read(pairs_file)) == sorted(judged.pair_ids) and len(read(ratings_file)) == 1
+    assert "preferences: 3 new clinician pairs go into this round" in printed
+
+    export_clinician_pairs(cfg)  # the next round, with nothing new: it says so, and why
+    assert ("0 clinician pairs go into this round although the store holds 1 judgment: "
+            "3 already exported by an earlier export") in capsys.readouterr().out
+
+
+def test_for_training_marks_what_the_file_holds(pref_store, cfg, tmp_path, capsys):
+    judge(pref_store, "湿疹反复发作怎么办？")
+    assert cli_main(["export-prefs", "--profile", "tiny", "--out", str(tmp_path / "t.jsonl"), "--for-training"]) == 0
+    assert "not marked" not in capsys.readouterr().out and pref_store.counts().exported_pairs == 3
+    assert export_pairs(cfg, store=pref_store).path is None
+    assert cli_main(["export-prefs", "--profile", "tiny", "--for-training"]) == 2
+    assert "--for-training goes with --out FILE" in capsys.readouterr().err

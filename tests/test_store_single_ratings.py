@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chimed import main as cli_main
-from preference_store.export_ratings import export_ratings
+from preference_store.export_ratings import export_ratings, format_ratings_summary
 from preference_store.records import ComparisonIn, JudgmentIn, RatingIn, ResponseIn
 from preference_store.validation import PreferenceStoreError
 from training.config import load_config
@@ -102,6 +102,22 @@ def test_export_writes_the_unpaired_format_with_a_correction_as_a_desirable_reco
     assert (liked["completion"][0]["content"], liked["label"]) == (ANSWERS["r1/dpo"], True)
 
 
+def test_a_rated_empty_answer_is_left_out_and_counted_its_correction_kept(pref_store, cfg, tmp_path):
+    annotator = pref_store.demo_annotator()
+    cmp = pref_store.record_comparison(ComparisonIn(annotator.id, list(PROMPT), [
+        ResponseIn("r1/sft", ""), ResponseIn("r1/dpo", ANSWERS["r1/dpo"])]))
+    fixed = pref_store.submit_rating(RatingIn(cmp.id, annotator.id, "A", up=False, correction=ANSWERS["r1/dpo"] + "必要时复诊。"))
+    liked = pref_store.submit_rating(RatingIn(cmp.id, annotator.id, "B", up=True))
+    summary = export_ratings(cfg, out=tmp_path / "ratings.jsonl", store=pref_store)
+    records = read(tmp_path / "ratings.jsonl")
+    assert summary.rating_ids == [fixed.id, liked.id] and summary.empty_answers == 1 and summary.records == 2
+    assert [(r["rating_id"], r["provenance"]["completion_of"], r["label"]) for r in records] == [
+        (fixed.id, "correction", True), (liked.id, "answer", True)]
+    assert all(r["completion"][0]["content"].strip() for r in records)
+    assert "left out because the rated answer is empty: 1" in format_ratings_summary(summary)
+    assert export_ratings(cfg, out=tmp_path / "again.jsonl", store=pref_store).path is None  # handled
+
+
 def test_only_new_ratings_are_exported_next_time_and_the_export_is_logged(pref_store, cfg, tmp_path):
     cmp = compare(pref_store)
     pref_store.submit_rating(RatingIn(cmp.id, cmp.annotator_id, "A", up=False))
@@ -146,6 +162,7 @@ def test_export_prefs_writes_pairs_and_ratings_each_in_its_bank_prompts_split(pr
     assert "exported 8 pairs (train 4, heldout 4)" in printed
     assert "exported 8 single-answer ratings as 8 unpaired records (train 4, heldout 4)" in printed
     pairs = read(tmp_path / "pairs.jsonl")
-    [ratings_file] = cfg.collected_ratings_dir.glob("*.jsonl")
+    ratings_file = tmp_path / "pairs.ratings.jsonl"  # beside --out: an export to inspect feeds no training folder
+    assert not list(cfg.collected_ratings_dir.glob("*.jsonl"))
     for record in pairs + read(ratings_file):
         assert record["split"] == split_of[record["prompt"][-1]["content"]]

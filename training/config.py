@@ -422,6 +422,25 @@ class AccountsConfig:
     address_lock_failures: int = 30
 
 
+AGGREGATES = ("majority", "all", "unanimous")
+
+
+def check_aggregate(name: str, where: str) -> None:
+    if name not in AGGREGATES:
+        raise UserError(f"config: {where}={name!r}: choose one of {', '.join(AGGREGATES)}")
+
+
+MIN_VERDICT_RESAMPLES = 2000
+
+
+def check_verdict_resamples(rounds: int, where: str) -> None:
+    # the ends of a 95% percentile interval are the 2.5% tails: with fewer than ~2000 resamples they rest on
+    # fewer than 50 values each and move visibly between seeds, enough to flip a verdict near 0
+    if rounds < MIN_VERDICT_RESAMPLES:
+        raise UserError(f"config: {where}={rounds}: the run-vs-run verdict needs at least {MIN_VERDICT_RESAMPLES} "
+                        "bootstrap resamples")
+
+
 @dataclass
 class StoreConfig:
     """Preference store (``preference_store/``): database, limits, ratings, export split."""
@@ -442,6 +461,11 @@ class StoreConfig:
     # pairs of bank prompts whose annotators agree less than this (share agreeing with the pair) are left
     # out of the export; 0 = keep all (the agreement is written with each pair either way)
     min_agreement: float = 0.0
+    # how the votes of several annotators on the same prompt and the same two answers become training pairs:
+    # majority = one pair in the direction more than half of the votes took (ties count as votes), so a
+    # disagreement never sends both directions into DPO; unanimous = only when every vote agrees; all = every
+    # annotator's pair (both directions of a disagreement). The pair carries the counts either way
+    aggregate: str = field(default="majority", metadata={"check": check_aggregate})
     exclude_leaked_battles: bool = True  # leave battles whose answers name a model out of the ratings
     # judgments made with the names shown (an admin's blind=False, or a later turn of a conversation whose names
     # were revealed) count in the leaderboard and make training pairs only when this is on: a judge who knows
@@ -451,6 +475,8 @@ class StoreConfig:
     # the run-vs-run verdict needs battles of the two runs on at least this many bank prompts: a bootstrap
     # over one or two prompts has no spread and would call a single vote certain
     run_comparison_min_prompts: int = 5
+    # bootstrap resamples of the run-vs-run verdict's interval (cheap: one sum per resample, not a rating fit)
+    run_comparison_rounds: int = field(default=2000, metadata={"check": check_verdict_resamples})
     # store only de-identified text (:mod:`preference_store.deid`): every prompt, answer, correction and reason
     # is redacted before it is written, whoever writes it (app, API, scripts). Off for the synthetic tiny/demo
     # data; the paper profile, which real clinicians use, turns it on. The app flags identifiers at entry either way.
@@ -595,6 +621,26 @@ class AppConfig:
     endpoints: list[EndpointConfig] = field(default_factory=list, metadata={"check": check_endpoints})
 
 
+INTERIM_RESULTS = ("admins", "everyone")
+
+
+def check_interim_results(value: str, where: str) -> None:
+    if value not in INTERIM_RESULTS:
+        raise UserError(f"config: {where}={value!r}: choose one of {', '.join(INTERIM_RESULTS)}")
+
+
+@dataclass
+class StudyConfig:
+    """A clinician study's rules for who sees what: read by the app's tabs, its API and the ``study`` command
+    alike (a section of its own, not ``store`` or ``app``, since all of them must apply it the same way)."""
+
+    # while a queue round is open (queue-round .. queue-round --close), the leaderboard, win rates and
+    # run-vs-run verdicts go to admins only: an assessor who learns which stage tends to win, and its style,
+    # is no longer blind (as a trial keeps interim analyses from its assessors). Annotators see their own
+    # progress. everyone: no such screen
+    interim_results: str = field(default="admins", metadata={"check": check_interim_results})
+
+
 @dataclass
 class Config:
     profile: str = "demo"  # what ./launch.sh and every command use when --profile is not given
@@ -613,6 +659,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     app: AppConfig = field(default_factory=AppConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
     # --- where state lives (DESIGN.md) -------------------------------------------------------
     @property

@@ -25,6 +25,7 @@ One module per concern, each a part of :class:`PreferenceStore` over the same se
     ratings.py      single-answer ratings (thumbs up / down, optional correction) and their export log
     leaderboard.py  the leaderboard and the store's counts (read only)
     exports.py      the stored pairs export and the Data tab read, the export log, pseudonyms
+    study.py        every judgment, rating and score as rows (export-judgments); each annotator's progress
     tokens.py       bearer tokens of the OpenAI-compatible server (sha256 only), each an annotator's
     audit.py        the append-only audit log (record_event, audit_events) and login/token throttling
 """
@@ -43,14 +44,15 @@ from preference_store.repository.guidelines import Guidelines
 from preference_store.repository.judgments import Judgments
 from preference_store.repository.leaderboard import LeaderboardQueries
 from preference_store.repository.ratings import AnswerRatings, StoredRating
+from preference_store.repository.study import AnnotatorProgress, StudyRecord, StudyRecords
 from preference_store.repository.tokens import ApiTokens
 from training.config import Config
 
-__all__ = ["DEMO_ANNOTATOR", "PreferenceStore", "StoredPair", "StoredRating"]
+__all__ = ["DEMO_ANNOTATOR", "AnnotatorProgress", "PreferenceStore", "StoredPair", "StoredRating", "StudyRecord"]
 
 
 class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, BankQueue, Judgments, AnswerRatings, Guidelines,
-                      LeaderboardQueries, ExportSupport, ApiTokens):
+                      LeaderboardQueries, ExportSupport, StudyRecords, ApiTokens):
     """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
 
     Safe to share between threads (each call opens its own session); several processes may open the

@@ -12,7 +12,10 @@ The assignment rule (``next_assignment``):
 
 All of this is within the current *queue round*. Once a round's prompts are judged (or to judge a new
 run on the same prompts), an admin starts the next round (``start_queue_round``): every annotator's
-queue holds the bank again, the k-annotator rule now counting that round's assignments.
+queue holds the bank again, the k-annotator rule now counting that round's assignments. The admin defines
+the round (:class:`~preference_store.records.QueueRound`): which split's prompts it hands out, and which
+2-4 checkpoints answer them for everyone (the arena then takes no other), blind or not. The definition is
+kept as JSON in ``store_meta`` (``queue_round.N``) beside the round number: no column of its own.
 
 Choosing and inserting happen in one write transaction. On SQLite that transaction holds the write lock
 from its start (``BEGIN IMMEDIATE``), so assigners run one at a time; on other databases the chosen
@@ -22,6 +25,7 @@ unique (bank prompt, annotator, round) constraint is the last guard against givi
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,11 +39,20 @@ from preference_store.models import (
     AnswerRatingRow,
     AssignmentRow,
     BankPromptRow,
+    CheckpointRow,
     ComparisonRow,
     StoreMetaRow,
     utcnow,
 )
-from preference_store.records import Assignment, BankImportSummary, BankPrompt, QueueProgress
+from preference_store.records import (
+    PANEL_LABELS,
+    ROUND_SPLITS,
+    Assignment,
+    BankImportSummary,
+    BankPrompt,
+    QueueProgress,
+    QueueRound,
+)
 from preference_store.repository.sessions import StoreSessions, new_id
 from preference_store.validation import NotFoundError, PreferenceStoreError
 
@@ -118,23 +131,74 @@ class BankQueue(StoreSessions):
         with self._read() as session:
             return _current_round(session)
 
-    def start_queue_round(self, admin_id: int | None) -> int:
-        """Start the next queue round (an admin's id, or None for the command line): every annotator may be given every bank prompt again,
-        e.g. to judge a new run against its parent on the same prompts. Open assignments of the old round
-        stay judgeable (a judgment on them is stored), but hold no place. Returns the new round."""
+    def queue_round_definition(self) -> QueueRound:
+        """The current queue round as the admin defined it (round 1 before any ``queue-round``: undefined,
+        every annotator chooses their contestants, all splits, never open)."""
+        with self._read() as session:
+            return _round_definition(session, _current_round(session))
+
+    def start_queue_round(self, admin_id: int | None, contestants: list[str] | tuple[str, ...] = (),
+                          split: str = "all", blind: bool = False) -> int:
+        """Start the next queue round (an admin's id, or None for the command line): every annotator may be
+        given every bank prompt of ``split`` (heldout | train | all) again, e.g. to judge a new run against its
+        parent on the same prompts. With 2-4 registered ``contestants`` every queue prompt of the round is
+        answered by exactly these for everyone; ``blind``: nobody may judge the round with names shown. The
+        previous round closes. Open assignments of the old round stay judgeable (a judgment on them is
+        stored), but hold no place. Returns the new round."""
+        ids = list(dict.fromkeys(c.strip() for c in contestants if c.strip()))
+        if ids and not 2 <= len(ids) <= len(PANEL_LABELS):
+            raise PreferenceStoreError(f"a round compares 2-{len(PANEL_LABELS)} different contestants "
+                                       f"(given {len(ids)})")
+        if split not in ROUND_SPLITS:
+            raise PreferenceStoreError(f"unknown split {split!r}: choose {', '.join(ROUND_SPLITS)}")
 
         def work(session: Session) -> int:
             if admin_id is not None:
                 admin = session.get(AnnotatorRow, admin_id)
                 if admin is None or admin.role != "admin":
                     raise PreferenceStoreError("only admins can start a new queue round")
-            new = _current_round(session) + 1
-            row = session.get(StoreMetaRow, ROUND_KEY)
-            if row is None:
-                session.add(StoreMetaRow(key=ROUND_KEY, value=str(new)))
-            else:
-                row.value = str(new)
+            unknown = [c for c in ids if session.get(CheckpointRow, c) is None]
+            if unknown:
+                raise NotFoundError(f"unknown contestant {', '.join(unknown)}: give RUN/STAGE ids of trained runs "
+                                    "(the Compare tab's list, or /contestants)")
+            prompts = select(func.count()).select_from(BankPromptRow)
+            if split != "all":
+                prompts = prompts.where(BankPromptRow.split == split)
+            if not session.scalar(prompts):
+                raise PreferenceStoreError(f"the bank has no {'' if split == 'all' else split + ' '}prompts: "
+                                           "import a bank first (./launch.sh import-bank FILE)"
+                                           + ("" if split == "all" else " or choose another --split"))
+            now = utcnow()
+            old = _current_round(session)
+            previous = session.get(StoreMetaRow, _definition_key(old))
+            if previous is not None:  # a new round closes the one before
+                previous.value = json.dumps({**json.loads(previous.value), "closed": now.isoformat()})
+            new = old + 1
+            _set_meta(session, ROUND_KEY, str(new))
+            _set_meta(session, _definition_key(new), json.dumps(
+                {"contestants": ids, "split": split, "blind": bool(blind), "started": now.isoformat(),
+                 "closed": None}))
             return new
+
+        return self._write(work)
+
+    def close_queue_round(self, admin_id: int | None) -> QueueRound:
+        """Close the current round (an admin's id, or None for the command line): its queue hands out nothing
+        more and its interim results may be shown to everyone (``study.interim_results``). Refused when no
+        round is open."""
+
+        def work(session: Session) -> QueueRound:
+            if admin_id is not None:
+                admin = session.get(AnnotatorRow, admin_id)
+                if admin is None or admin.role != "admin":
+                    raise PreferenceStoreError("only admins can close a queue round")
+            current = _current_round(session)
+            row = session.get(StoreMetaRow, _definition_key(current))
+            if row is None or json.loads(row.value).get("closed"):
+                raise PreferenceStoreError(f"queue round {current} is not open: start one with ./launch.sh "
+                                           "queue-round --contestants ID,ID")
+            row.value = json.dumps({**json.loads(row.value), "closed": utcnow().isoformat()})
+            return _round_definition(session, current)
 
         return self._write(work)
 
@@ -149,6 +213,7 @@ class BankQueue(StoreSessions):
             now = utcnow()
             cutoff = now - timedelta(minutes=self.settings.assignment_timeout_minutes)
             current = _current_round(session)
+            defined = _round_definition(session, current)
             session.execute(update(AssignmentRow).where(AssignmentRow.status == "open", AssignmentRow.assigned < cutoff)
                             .values(status="expired"))
             own = session.scalar(select(AssignmentRow).where(AssignmentRow.annotator_id == annotator_id,
@@ -157,12 +222,14 @@ class BankQueue(StoreSessions):
                                  .order_by(AssignmentRow.assigned).limit(1))
             if own is not None:
                 return assignment_record(own, session.get(BankPromptRow, own.bank_prompt_id))
+            if defined.closed is not None:  # a closed round hands out nothing new
+                return None
             live = func.count(AssignmentRow.id)
             candidates = session.execute(
                 select(BankPromptRow.id)
                 .outerjoin(AssignmentRow, and_(AssignmentRow.bank_prompt_id == BankPromptRow.id,
                                                AssignmentRow.round == current, _is_live(cutoff)))
-                .where(~_had_it(annotator_id, current))
+                .where(~_had_it(annotator_id, current), *_in_split(defined.split))
                 .group_by(BankPromptRow.id, BankPromptRow.created)
                 .having(live < k)
                 .order_by(live, BankPromptRow.created, BankPromptRow.id)
@@ -198,6 +265,7 @@ class BankQueue(StoreSessions):
         cutoff = utcnow() - timedelta(minutes=self.settings.assignment_timeout_minutes)
         with self._read() as session:
             current = _current_round(session)
+            defined = _round_definition(session, current)
             mine = dict(session.execute(
                 select(AssignmentRow.status, func.count())
                 .where(AssignmentRow.annotator_id == annotator_id, AssignmentRow.round == current,
@@ -209,10 +277,10 @@ class BankQueue(StoreSessions):
                 select(BankPromptRow.id)
                 .outerjoin(AssignmentRow, and_(AssignmentRow.bank_prompt_id == BankPromptRow.id,
                                                AssignmentRow.round == current, _is_live(cutoff)))
-                .where(~_had_it(annotator_id, current))
+                .where(~_had_it(annotator_id, current), *_in_split(defined.split))
                 .group_by(BankPromptRow.id)
                 .having(live < k)
-                .subquery()))
+                .subquery())) if defined.closed is None else 0
         done = mine.get("done", 0)
         return QueueProgress(done=done, total=done + mine.get("open", 0) + free)
 
@@ -303,6 +371,35 @@ ROUND_KEY = "queue_round"
 def _current_round(session: Session) -> int:
     row = session.get(StoreMetaRow, ROUND_KEY)
     return int(row.value) if row is not None else 1
+
+
+def _definition_key(round_: int) -> str:
+    return f"{ROUND_KEY}.{round_}"
+
+
+def _set_meta(session: Session, key: str, value: str) -> None:
+    row = session.get(StoreMetaRow, key)
+    if row is None:
+        session.add(StoreMetaRow(key=key, value=value))
+    else:
+        row.value = value
+
+
+def _round_definition(session: Session, round_: int) -> QueueRound:
+    """The round's definition from ``store_meta`` (a round started before rounds were defined: an open-ended
+    one, as round 1)."""
+    row = session.get(StoreMetaRow, _definition_key(round_))
+    if row is None:
+        return QueueRound(number=round_)
+    value = json.loads(row.value)
+    when = {key: datetime.fromisoformat(value[key]) if value.get(key) else None for key in ("started", "closed")}
+    return QueueRound(number=round_, contestants=tuple(value.get("contestants", ())), split=value.get("split", "all"),
+                      blind=bool(value.get("blind")), **when)
+
+
+def _in_split(split: str) -> list:
+    """The condition on a bank prompt of a round over ``split`` (none for all)."""
+    return [] if split == "all" else [BankPromptRow.split == split]
 
 
 def bank_prompt_record(row: BankPromptRow) -> BankPrompt:

@@ -101,6 +101,27 @@ class ExportSupport(StoreSessions):
                                  chosen_text if chosen_text is not None else correction, rejected_text,
                                  *checkpoints_serving_and_split)
 
+    def tie_votes(self) -> Iterator[tuple[int, list[dict], tuple[str, ...], bool]]:
+        """The live pairwise votes that made no pair (a tie, or both bad), oldest first: (annotator id, prompt
+        messages, the texts of the answers judged, blind), so an export counts them among the votes on the
+        same prompt and answers (:mod:`preference_store.export`)."""
+        query = (
+            select(JudgmentRow.annotator_id, JudgmentRow.comparison_id, ComparisonRow.messages, ComparisonRow.blind,
+                   ResponseRow.text)
+            .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+            .join(ResponseRow, ResponseRow.comparison_id == JudgmentRow.comparison_id)
+            .where(JudgmentRow.superseded_by.is_(None), JudgmentRow.kind == "pairwise",
+                   JudgmentRow.choice.not_in(("A", "B")))
+            .order_by(JudgmentRow.created, JudgmentRow.id, ResponseRow.panel)
+        )
+        with self._read() as session:
+            rows = session.execute(query).all()
+        by_judgment: dict[tuple[int, str], tuple[list[dict], list[str], bool]] = {}
+        for annotator_id, comparison_id, messages, blind, text in rows:
+            by_judgment.setdefault((annotator_id, comparison_id), (messages, [], blind))[1].append(text)
+        for (annotator_id, _), (messages, texts, blind) in by_judgment.items():
+            yield annotator_id, messages, tuple(texts), blind
+
     def recent_pairs(self, limit: int = 20, annotator_id: int | None = None) -> list[PairOut]:
         """The newest preference pairs, newest first (for the app's Data tab): one annotator's own, or
         everyone's with ``annotator_id`` None (admins only: the caller decides who may see them)."""
@@ -134,6 +155,14 @@ class ExportSupport(StoreSessions):
                 assignments_done=count(AssignmentRow, AssignmentRow.annotator_id == annotator_id,
                                        AssignmentRow.status == "done"),
             )
+
+    def handled_pairs(self) -> int:
+        """Live pairs an earlier (marked) export wrote or left out as duplicates: what the next export skips."""
+        with self._read() as session:
+            return session.scalar(
+                select(func.count()).select_from(PairRow).join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
+                .where(JudgmentRow.superseded_by.is_(None),
+                       select(ExportedPairRow.pair_id).where(ExportedPairRow.pair_id == PairRow.id).exists()))
 
     def exported_content(self) -> dict[str, str]:
         """Content hash -> pair id of every pair written by an earlier export (for deduplication)."""

@@ -110,16 +110,21 @@ class LeaderboardQueries(StoreSessions):
         )
 
     def compare_runs(self, new_run: str, old_run: str, split: str | None = None, stage: str | None = None,
-                     rounds: int | None = None, seed: int = 0) -> RunComparison:
+                     rounds: int | None = None, seed: int = 0, reused: frozenset[str] = frozenset()
+                     ) -> RunComparison:
         """Is ``new_run`` better than ``old_run``? The clinicians' battles between the two runs' checkpoints of
-        ``stage`` (None = the last stage both runs have) on the bank prompts of ``split`` (train | heldout |
-        None = all), with a bootstrap over prompts (``rounds`` default store.bootstrap_rounds). See
-        :mod:`preference_store.run_comparison` for the verdict rule."""
+        ``stage`` on the bank prompts of ``split`` (train | heldout | None = all), with a bootstrap over
+        prompts (``rounds`` default store.run_comparison_rounds). See :mod:`preference_store.run_comparison`
+        for the verdict rule; the result counts the prompts whose pairs ``new_run`` trained on (``trained_on``).
+
+        ``stage`` None = the last stage of both runs, refused as ambiguous when the runs end in different
+        stages (their last common one may be one the new run only reused). ``reused``: the stages ``new_run``
+        took over from ``old_run`` unchanged (``train-all --from``), registered under new ids but the same
+        weights: comparing one of them is refused."""
         if new_run == old_run:
             raise PreferenceStoreError(f"compare run {new_run!r} with another run, not with itself")
         if split is not None and split not in SPLITS:
             raise PreferenceStoreError(f"unknown split {split!r}: choose train, heldout or all")
-        rounds = self.settings.bootstrap_rounds if rounds is None else rounds
         with self._read() as session:
             stages: dict[str, set[str]] = {new_run: set(), old_run: set()}
             for run_id, run_stage in session.execute(
@@ -130,19 +135,32 @@ class LeaderboardQueries(StoreSessions):
                     raise NotFoundError(f"run {run_id!r} has no registered checkpoints: give the id of a trained "
                                         "run (./launch.sh train-all registers its checkpoints)")
             shared = stages[new_run] & stages[old_run]
+            trained = sorted(shared - set(reused), key=_stage_order)
             if stage is None:
-                order = list(stage_names())
-                ordered = sorted(shared, key=lambda s: (order.index(s) if s in order else len(order), s))
-                if not ordered:
+                if not shared:
                     raise NotFoundError(f"runs {new_run!r} and {old_run!r} have no stage in common to compare")
-                stage = ordered[-1]
+                last_new, last_old = (max(stages[r], key=_stage_order) for r in (new_run, old_run))
+                if last_new != last_old:
+                    raise PreferenceStoreError(
+                        f"ambiguous: {new_run} ends in {last_new}, {old_run} in {last_old}; name the stage both "
+                        f"have to compare with --stage ({', '.join(trained) or 'none that the new run trained'})")
+                stage = last_new
             elif stage not in shared:
                 raise NotFoundError(f"stage {stage!r} is not registered for both {new_run!r} and {old_run!r} "
                                     f"(both have: {', '.join(sorted(shared)) or 'none'})")
+            if stage in reused:
+                raise PreferenceStoreError(
+                    f"{new_run}/{stage} is {old_run}/{stage} reused (the same weights): compare a stage {new_run} "
+                    f"trained itself with --stage ({', '.join(trained) or 'none in common'})")
             judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
+            trained_on = set(session.scalars(
+                select(ComparisonRow.bank_prompt_id).join(PairRow, PairRow.comparison_id == ComparisonRow.id)
+                .join(ConsumptionRow, ConsumptionRow.pair_id == PairRow.id)
+                .where(ConsumptionRow.run_id == new_run, ComparisonRow.bank_prompt_id.is_not(None))))
+        rounds = self.settings.run_comparison_rounds if rounds is None else rounds
         return compare_checkpoints(judged, new_run, old_run, stage, split=split, rounds=rounds, seed=seed,
                                    min_prompts=self.settings.run_comparison_min_prompts,
-                                   exclude_leaked=self.settings.exclude_leaked_battles)
+                                   exclude_leaked=self.settings.exclude_leaked_battles, trained_on=trained_on)
 
     def pair_agreement(self) -> dict[str, tuple[float | None, int]]:
         """pair id -> (share of the annotators of its bank prompt who judged the same two checkpoints and agree
@@ -160,6 +178,12 @@ class LeaderboardQueries(StoreSessions):
                 .where(ComparisonRow.bank_prompt_id.is_not(None), LIVE)
             ).all()
         return pair_agreement(pairs, judged)
+
+
+def _stage_order(stage: str) -> tuple[int, str]:
+    """Training order (base, cpt, sft, then the alignment stages); unknown stages last."""
+    order = list(stage_names())
+    return (order.index(stage) if stage in order else len(order), stage)
 
 
 LIVE = JudgmentRow.superseded_by.is_(None)  # a revised (or resolved duplicate) judgment is history
