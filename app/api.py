@@ -69,10 +69,21 @@ from preference_store.records import PANEL_LABELS, Annotator, JudgmentIn, Rating
 from preference_store.study_figures import agreement_figures, leaderboard_figures, status_figures
 from training.errors import UserError
 
-API_ENDPOINTS = ("contestants", "compare", "acknowledge_guideline", "judge", "queue_next", "rate",  # README "API"
-                 "study_status", "leaderboard", "agreement")
-UNBLIND_FOR_ADMINS = ("only admins may ask for an unblinded comparison (blind=False): leave blind on, the names "
-                      "come back with /judge's reveal")
+API_ENDPOINTS = (
+    "contestants",
+    "compare",
+    "acknowledge_guideline",
+    "judge",
+    "queue_next",
+    "rate",  # docs/api.md
+    "study_status",
+    "leaderboard",
+    "agreement",
+)
+UNBLIND_FOR_ADMINS = (
+    "only admins may ask for an unblinded comparison (blind=False): leave blind on, the names "
+    "come back with /judge's reveal"
+)
 
 
 def hide_ui_callbacks(demo: gr.Blocks) -> None:
@@ -109,9 +120,18 @@ def build_api(arena: Arena) -> None:
         except UserError:
             return username
 
-    def compare(prompt: str, checkpoints: list[str], accept_notice: bool = False,
-                temperature: float = d.temperature, top_p: float = d.top_p, max_new_tokens: int = d.max_new_tokens,
-                seed: int = d.seed, redact: bool = False, blind: bool = True, request: gr.Request = None) -> dict:
+    def compare(
+        prompt: str,
+        checkpoints: list[str],
+        accept_notice: bool = False,
+        temperature: float = d.temperature,
+        top_p: float = d.top_p,
+        max_new_tokens: int = d.max_new_tokens,
+        seed: int = d.seed,
+        redact: bool = False,
+        blind: bool = True,
+        request: gr.Request = None,
+    ) -> dict:
         """Answer ``prompt`` with 2-4 checkpoints, shuffled over the labels A-D, and record the comparison;
         returns its id, the prompt as sent, the answers by label (no checkpoint names until judged) and the
         identifiers redacted. A prompt with identifiers is refused unless ``redact``; ``blind=False`` (the
@@ -120,8 +140,9 @@ def build_api(arena: Arena) -> None:
             annotator = identify(store, getattr(request, "username", None))
             session = ArenaSession(annotator=annotator, notice_accepted=bool(accept_notice))
             arena.start(session, checkpoints, blind=check_blind(annotator, blind))
-            decoding = resolve_decoding(d, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                        seed=seed)
+            decoding = resolve_decoding(
+                d, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed
+            )
             for _ in arena.ask(session, prompt, decoding, redact=bool(redact)):
                 pass
             return recorded(session, decoding.seed)
@@ -130,6 +151,7 @@ def build_api(arena: Arena) -> None:
 
     def recorded(session: ArenaSession, seed: int) -> dict:
         """The recorded comparison as a caller may see it before judging: blind, by label only."""
+
         def named(label: str) -> str:
             return label if session.blind else session.panels[PANEL_LABELS.index(label)].checkpoint_id
 
@@ -137,11 +159,21 @@ def build_api(arena: Arena) -> None:
         if session.comparison_id is None:
             raise UserError(f"fewer than two answers, nothing recorded: {errors}")
         stored = store.get_comparison(session.comparison_id)
-        answers = [{"label": r.label, "text": r.text} if session.blind
-                   else {"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
-                   for r in stored.responses]
-        return {"comparison_id": stored.id, "blind": stored.blind, "seed": seed, "errors": errors,
-                "prompt": session.last_prompt, "identifiers": dict(session.redacted), "answers": answers}
+        answers = [
+            {"label": r.label, "text": r.text}
+            if session.blind
+            else {"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
+            for r in stored.responses
+        ]
+        return {
+            "comparison_id": stored.id,
+            "blind": stored.blind,
+            "seed": seed,
+            "errors": errors,
+            "prompt": session.last_prompt,
+            "identifiers": dict(session.redacted),
+            "answers": answers,
+        }
 
     def acknowledge_guideline(version: int | None = None, request: gr.Request = None) -> dict:
         """Acknowledge the guideline in force, as the Compare tab's "我已阅读" button does; returns its version,
@@ -157,8 +189,12 @@ def build_api(arena: Arena) -> None:
             guideline = store.guideline(session.guideline_version)
         except UserError as err:
             raise refusal("/acknowledge_guideline", caller(request), str(err)) from None
-        return {"version": guideline.version, "text": guideline.text, "message": message,
-                "criteria": [{"key": c.key, "name": c.name, "description": c.description} for c in guideline.criteria]}
+        return {
+            "version": guideline.version,
+            "text": guideline.text,
+            "message": message,
+            "criteria": [{"key": c.key, "name": c.name, "description": c.description} for c in guideline.criteria],
+        }
 
     def judging_version(annotator: Annotator) -> int | None:
         """The guideline version a judgment or rating through the API is made under: the one in force, once the
@@ -170,13 +206,23 @@ def build_api(arena: Arena) -> None:
             return arena.acknowledged_guideline(annotator).version
         except GuidelineUnread:
             version = store.guideline().version
-            raise UserError(f"read the guideline (version {version}) and acknowledge it before judging: call "
-                            "/acknowledge_guideline (it returns the text)") from None
+            raise UserError(
+                f"read the guideline (version {version}) and acknowledge it before judging: call "
+                "/acknowledge_guideline (it returns the text)"
+            ) from None
 
-    def judge(comparison_id: str, choice: str | None = None, ranking: dict[str, int] | None = None,
-              correction: str | None = None, reason: str | None = None, client_id: str | None = None,
-              redact: bool = False, revise: bool = False, scores: dict[str, dict[str, int]] | None = None,
-              request: gr.Request = None) -> dict:
+    def judge(
+        comparison_id: str,
+        choice: str | None = None,
+        ranking: dict[str, int] | None = None,
+        correction: str | None = None,
+        reason: str | None = None,
+        client_id: str | None = None,
+        redact: bool = False,
+        revise: bool = False,
+        scores: dict[str, dict[str, int]] | None = None,
+        request: gr.Request = None,
+    ) -> dict:
         """Judge a recorded comparison, once: a choice (A/B/tie/both_bad), a ranking {label: place} or a
         correction, with optional 1-5 ``scores`` {label: {criterion: score}} on the guideline's criteria; returns
         ``reveal`` (label -> checkpoint id). A second judgment is refused unless ``revise`` (which replaces the
@@ -186,20 +232,40 @@ def build_api(arena: Arena) -> None:
         try:
             annotator = identify(store, getattr(request, "username", None))
             sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
-            out = store.submit_judgment(JudgmentIn(comparison_id, annotator.id, client_id=client_id or None,
-                                                   choice=choice or None, ranking=ranking or None,
-                                                   correction=sent["correction"], reason=sent["reason"],
-                                                   scores=score_values(scores), revise=bool(revise),
-                                                   guideline_version=judging_version(annotator)))
+            out = store.submit_judgment(
+                JudgmentIn(
+                    comparison_id,
+                    annotator.id,
+                    client_id=client_id or None,
+                    choice=choice or None,
+                    ranking=ranking or None,
+                    correction=sent["correction"],
+                    reason=sent["reason"],
+                    scores=score_values(scores),
+                    revise=bool(revise),
+                    guideline_version=judging_version(annotator),
+                )
+            )
         except UserError as err:
             raise refusal("/judge", caller(request), str(err)) from None
-        return {"judgment_id": out.id, "kind": out.kind, "pair_ids": list(out.pair_ids), "duplicate": out.duplicate,
-                "scores": out.scores, "guideline_version": out.guideline_version,
-                "reveal": store.get_comparison(comparison_id, annotator.id).reveal,
-                "judgments_by_you": store.count_judgments(annotator.id), "identifiers": dict(check.counts)}
+        return {
+            "judgment_id": out.id,
+            "kind": out.kind,
+            "pair_ids": list(out.pair_ids),
+            "duplicate": out.duplicate,
+            "scores": out.scores,
+            "guideline_version": out.guideline_version,
+            "reveal": store.get_comparison(comparison_id, annotator.id).reveal,
+            "judgments_by_you": store.count_judgments(annotator.id),
+            "identifiers": dict(check.counts),
+        }
 
-    def queue_next(checkpoints: list[str] | None = None, accept_notice: bool = False, blind: bool = True,
-                   request: gr.Request = None) -> dict:
+    def queue_next(
+        checkpoints: list[str] | None = None,
+        accept_notice: bool = False,
+        blind: bool = True,
+        request: gr.Request = None,
+    ) -> dict:
         """The caller's next bank prompt (their open one first) and their progress; with 2-4 ``checkpoints``
         it is also answered (the shared queue decoding) and the comparison recorded, as ``/compare`` returns
         it (blind unless an admin asks for ``blind=False``). In a round whose contestants the admin fixed
@@ -215,13 +281,24 @@ def build_api(arena: Arena) -> None:
                 raise UserError(NOT_ACCEPTED)
             else:
                 assignment = store.next_assignment(session.annotator.id)
-            out = {"assignment_id": None, "bank_prompt_id": None, "messages": [], "prompt": None,
-                   "message": QUEUE_EMPTY}
+            out = {
+                "assignment_id": None,
+                "bank_prompt_id": None,
+                "messages": [],
+                "prompt": None,
+                "message": QUEUE_EMPTY,
+            }
             if assignment is not None:
                 bank_prompt = assignment.bank_prompt
-                out = {"assignment_id": assignment.id, "bank_prompt_id": bank_prompt.id,
-                       "messages": [dict(m) for m in bank_prompt.messages], "prompt": bank_prompt.prompt,
-                       "split": bank_prompt.split, "tags": list(bank_prompt.tags), "message": ""}
+                out = {
+                    "assignment_id": assignment.id,
+                    "bank_prompt_id": bank_prompt.id,
+                    "messages": [dict(m) for m in bank_prompt.messages],
+                    "prompt": bank_prompt.prompt,
+                    "split": bank_prompt.split,
+                    "tags": list(bank_prompt.tags),
+                    "message": "",
+                }
                 if answered:
                     decoding = arena.queue_decoding(bank_prompt.id)
                     for _ in arena.ask_queue(session, assignment, decoding):
@@ -232,25 +309,48 @@ def build_api(arena: Arena) -> None:
             raise refusal("/queue_next", caller(request), str(err)) from None
         return out | {"progress": str(progress), "done": progress.done, "total": progress.total}
 
-    def rate(comparison_id: str, label: str, up: bool, correction: str | None = None, reason: str | None = None,
-             client_id: str | None = None, redact: bool = False, revise: bool = False,
-             request: gr.Request = None) -> dict:
+    def rate(
+        comparison_id: str,
+        label: str,
+        up: bool,
+        correction: str | None = None,
+        reason: str | None = None,
+        client_id: str | None = None,
+        redact: bool = False,
+        revise: bool = False,
+        request: gr.Request = None,
+    ) -> dict:
         """Thumbs up (``up`` true) or down on answer ``label`` of a comparison you recorded, once per answer
         (``revise`` replaces your rating), with an optional better answer and reason (with identifiers: refused
         unless ``redact``). Names nothing: a rated comparison can still be judged blind."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             sent, check = as_sent(bool(redact), correction=correction or None, reason=reason or None)
-            out = store.submit_rating(RatingIn(comparison_id, annotator.id, label=label, up=bool(up),
-                                               correction=sent["correction"], reason=sent["reason"],
-                                               client_id=client_id or None, revise=bool(revise),
-                                               guideline_version=judging_version(annotator)))
+            out = store.submit_rating(
+                RatingIn(
+                    comparison_id,
+                    annotator.id,
+                    label=label,
+                    up=bool(up),
+                    correction=sent["correction"],
+                    reason=sent["reason"],
+                    client_id=client_id or None,
+                    revise=bool(revise),
+                    guideline_version=judging_version(annotator),
+                )
+            )
             progress = store.queue_progress(annotator.id)
         except UserError as err:
             raise refusal("/rate", caller(request), str(err)) from None
-        return {"rating_id": out.id, "label": out.label, "up": out.up, "duplicate": out.duplicate,
-                "guideline_version": out.guideline_version, "progress": str(progress),
-                "identifiers": dict(check.counts)}
+        return {
+            "rating_id": out.id,
+            "label": out.label,
+            "up": out.up,
+            "duplicate": out.duplicate,
+            "guideline_version": out.guideline_version,
+            "progress": str(progress),
+            "identifiers": dict(check.counts),
+        }
 
     def study_status(request: gr.Request = None) -> dict:
         """The current queue round, the bank's size and each account's progress (``study status``): an admin
@@ -270,9 +370,13 @@ def build_api(arena: Arena) -> None:
             raise refusal(endpoint, caller(request), str(err)) from None
         withheld = interim_withheld(store, annotator, cfg.study.interim_results)
         if withheld is not None:
-            raise refusal(endpoint, annotator, f"study round {withheld.number} is open: its interim results go to "
-                                               "admins only (study.interim_results) until an admin closes it "
-                                               "(queue-round --close)")
+            raise refusal(
+                endpoint,
+                annotator,
+                f"study round {withheld.number} is open: its interim results go to "
+                "admins only (study.interim_results) until an admin closes it "
+                "(queue-round --close)",
+            )
         return store.leaderboard(bank_only=bool(bank_only))
 
     def leaderboard(bank_only: bool = False, request: gr.Request = None) -> dict:

@@ -74,8 +74,10 @@ CHOICE_NAMES = {"A": "A 更好 A is better", "B": "B 更好 B is better", "tie":
 EMPTY_ANSWER = "空回答 (empty answer)"
 STILL_GENERATING = "还在生成 / the answers are still coming: wait for them, or start a new conversation"
 QUEUE_EMPTY = "队列已完成 / your queue is empty: nothing left to judge"
-JUDGED_ONCE = ("already judged; 每个对比只评判一次 / this comparison is judged already (one judgment per comparison: a "
-               "vote, a ranking or a better answer): send a new prompt")
+JUDGED_ONCE = (
+    "already judged; 每个对比只评判一次 / this comparison is judged already (one judgment per comparison: a "
+    "vote, a ranking or a better answer): send a new prompt"
+)
 ACK_LABEL = "我已阅读 I have read the guideline"
 
 _seeds = random.SystemRandom()
@@ -152,8 +154,9 @@ def as_display_text(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def resolve_decoding(settings: DecodingConfig | None = None, *, temperature=None, top_p=None, max_new_tokens=None,
-                     seed=None) -> Decoding:
+def resolve_decoding(
+    settings: DecodingConfig | None = None, *, temperature=None, top_p=None, max_new_tokens=None, seed=None
+) -> Decoding:
     """A :class:`Decoding` from the settings a user chose (missing ones, and the limits, from ``settings``);
     seed -1 draws one."""
     settings = settings or DecodingConfig()
@@ -178,13 +181,13 @@ class Arena:
         self.endpoints = EndpointClients()  # the endpoint contestants' clients (app.endpoints), made when first used
 
     # --- contestants and conversations ---------------------------------------------------------
-    def start(self, session: ArenaSession, checkpoint_ids: list[str], blind: bool,
-              rng: random.Random | None = None) -> None:
+    def start(
+        self, session: ArenaSession, checkpoint_ids: list[str], blind: bool, rng: random.Random | None = None
+    ) -> None:
         """A new conversation with these 2-4 contestants; blind mode shuffles their panels."""
         ids = list(dict.fromkeys(checkpoint_ids or []))
         if not MIN_CONTESTANTS <= len(ids) <= MAX_CONTESTANTS:
-            raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants "
-                            f"(you chose {len(ids)})")
+            raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants (you chose {len(ids)})")
         register_contestants(self.cfg, self.store, ids)  # refuses unknown checkpoint ids
         if blind:
             (rng or _seeds).shuffle(ids)
@@ -219,14 +222,24 @@ class Arena:
             raise UserError("请输入问题 / the prompt is empty: type a question first")
         limit = self.cfg.app.max_prompt_chars
         if len(prompt) > limit and not bank:
-            raise UserError(f"问题过长 / the prompt has {len(prompt)} characters, over the limit of {limit} "
-                            "(app.max_prompt_chars): shorten it")
+            raise UserError(
+                f"问题过长 / the prompt has {len(prompt)} characters, over the limit of {limit} "
+                "(app.max_prompt_chars): shorten it"
+            )
         return prompt.strip()
 
     # --- answers -------------------------------------------------------------------------------
-    def ask(self, session: ArenaSession, prompt: str, decoding: Decoding, *, context: list[dict] | None = None,
-            bank_prompt_id: str | None = None, assignment_id: str | None = None,
-            redact: bool = False) -> Iterator[ArenaSession]:
+    def ask(
+        self,
+        session: ArenaSession,
+        prompt: str,
+        decoding: Decoding,
+        *,
+        context: list[dict] | None = None,
+        bank_prompt_id: str | None = None,
+        assignment_id: str | None = None,
+        redact: bool = False,
+    ) -> Iterator[ArenaSession]:
         """Send ``prompt`` to every panel; yields the session each time the answers grow.
 
         ``context``: the conversation so far (user/assistant/system messages) to start a new conversation
@@ -258,8 +271,11 @@ class Arena:
                 panel.history = [{"role": m["role"], "content": m["content"]} for m in context]
                 panel.display = [_display_message(m) for m in context]
             session.reference = [{"role": m["role"], "content": m["content"]} for m in context]
-        session.undo = ([len(p.history) for p in session.panels], [len(p.display) for p in session.panels],
-                        len(session.reference))
+        session.undo = (
+            [len(p.history) for p in session.panels],
+            [len(p.display) for p in session.panels],
+            len(session.reference),
+        )
         session.comparison_id, session.judgeable, session.voted = None, [], False
         session.last_prompt = prompt
         session.bank_prompt_id, session.assignment_id = bank_prompt_id, assignment_id
@@ -270,7 +286,8 @@ class Arena:
             panel.display.append({"role": "assistant", "content": ""})
         panels, epoch = list(session.panels), session.epoch
         generation = self.pool.generate(
-            [PanelRequest(c, p.history + [user]) for c, p in zip(contestants, panels)], decoding, self.endpoints)
+            [PanelRequest(c, p.history + [user]) for c, p in zip(contestants, panels)], decoding, self.endpoints
+        )
         answers: list[Answer] = generation.answers
         session.busy = True
         try:
@@ -308,12 +325,19 @@ class Arena:
             session.queue_attempt += 1
             decoding = self.queue_decoding(session.bank_prompt_id, session.queue_attempt)
         # the newest prompt was screened when it was sent (and redacted if it had to be)
-        yield from self.ask(session, session.last_prompt, decoding, bank_prompt_id=session.bank_prompt_id,
-                            assignment_id=session.assignment_id, redact=True)
+        yield from self.ask(
+            session,
+            session.last_prompt,
+            decoding,
+            bank_prompt_id=session.bank_prompt_id,
+            assignment_id=session.assignment_id,
+            redact=True,
+        )
 
     # --- the annotator's queue of bank prompts ------------------------------------------------------
-    def take_assignment(self, session: ArenaSession, checkpoint_ids: list[str] | None, blind: bool,
-                        rng: random.Random | None = None) -> Assignment | None:
+    def take_assignment(
+        self, session: ArenaSession, checkpoint_ids: list[str] | None, blind: bool, rng: random.Random | None = None
+    ) -> Assignment | None:
         """The annotator's next queue prompt (their open one first), with a new conversation started with
         these contestants; None when nothing is left for them (:data:`QUEUE_EMPTY`; the panels stay as they
         are). In a round whose contestants the admin fixed (:meth:`round_contestants`) those answer it:
@@ -328,14 +352,15 @@ class Arena:
         round_ = self.store.queue_round_definition()
         if round_.contestants:
             if ids and set(ids) != set(round_.contestants):
-                raise UserError(f"queue round {round_.number} compares the contestants the admin chose "
-                                f"({len(round_.contestants)} of them): send no checkpoints for the queue")
+                raise UserError(
+                    f"queue round {round_.number} compares the contestants the admin chose "
+                    f"({len(round_.contestants)} of them): send no checkpoints for the queue"
+                )
             if round_.blind and not blind:
                 raise UserError(f"queue round {round_.number} is blind for everyone: leave blind on")
             ids = list(round_.contestants)
         if not MIN_CONTESTANTS <= len(ids) <= MAX_CONTESTANTS:  # checked before a prompt is taken
-            raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants "
-                            f"(you chose {len(ids)})")
+            raise UserError(f"choose {MIN_CONTESTANTS}-{MAX_CONTESTANTS} different contestants (you chose {len(ids)})")
         resolve_contestants(self.cfg, ids)
         assignment = self.store.next_assignment(session.annotator.id)
         if assignment is not None:
@@ -346,8 +371,9 @@ class Arena:
         """The contestants the admin fixed for the current queue round ([]: each annotator chooses)."""
         return list(self.store.queue_round_definition().contestants)
 
-    def ask_queue(self, session: ArenaSession, assignment: Assignment,
-                  decoding: Decoding | None = None) -> Iterator[ArenaSession]:
+    def ask_queue(
+        self, session: ArenaSession, assignment: Assignment, decoding: Decoding | None = None
+    ) -> Iterator[ArenaSession]:
         """Ask the assignment's bank prompt in a new conversation, its earlier turns as every panel's history;
         the comparison records the bank prompt and the assignment. ``decoding`` None = the shared queue
         decoding (:meth:`queue_decoding`)."""
@@ -357,8 +383,14 @@ class Arena:
             raise UserError("this queue prompt is assigned to another annotator")
         prompt = assignment.bank_prompt
         self.clear(session)
-        yield from self.ask(session, prompt.prompt, decoding or self.queue_decoding(prompt.id),
-                            context=prompt.messages[:-1], bank_prompt_id=prompt.id, assignment_id=assignment.id)
+        yield from self.ask(
+            session,
+            prompt.prompt,
+            decoding or self.queue_decoding(prompt.id),
+            context=prompt.messages[:-1],
+            bank_prompt_id=prompt.id,
+            assignment_id=assignment.id,
+        )
 
     def queue_decoding(self, bank_prompt_id: str, attempt: int = 0) -> Decoding:
         """How a queue prompt is answered: the configured decoding (``app.decoding``, not this browser's
@@ -412,8 +444,10 @@ class Arena:
         in_force = self.store.guideline()
         seen = self.store.guideline_seen(annotator.id)
         if seen is None or seen < in_force.version:
-            raise GuidelineUnread(f"请先阅读评判准则（第 {in_force.version} 版）并点击“{ACK_LABEL}” / read the "
-                                  f"guideline (version {in_force.version}) and acknowledge it before judging")
+            raise GuidelineUnread(
+                f"请先阅读评判准则（第 {in_force.version} 版）并点击“{ACK_LABEL}” / read the "
+                f"guideline (version {in_force.version}) and acknowledge it before judging"
+            )
         return in_force
 
     def _check_guideline(self, session: ArenaSession) -> int:
@@ -423,8 +457,10 @@ class Arena:
         session.guideline_version, session.criteria = in_force.version, in_force.criteria
         self.acknowledged_guideline(session.annotator)
         if changed:
-            raise UserError(f"评判准则已更新为第 {in_force.version} 版 / the guideline is now version "
-                            f"{in_force.version}: the score rows follow its criteria; check them and judge again")
+            raise UserError(
+                f"评判准则已更新为第 {in_force.version} 版 / the guideline is now version "
+                f"{in_force.version}: the score rows follow its criteria; check them and judge again"
+            )
         return in_force.version
 
     def _check_ready(self, session: ArenaSession) -> None:
@@ -454,27 +490,49 @@ class Arena:
         ids = [p.checkpoint_id for p in session.panels]
         names = identifying_names(self.cfg, ids)  # an endpoint's name and model
         terms = contestant_terms([*self.cfg.app.leak_terms, *names], ids)
-        comparison = self.store.record_comparison(ComparisonIn(
-            annotator_id=session.annotator.id,
-            messages=[dict(m) for m in session.reference[:-1]],
-            responses=[ResponseIn(a.checkpoint_id, a.text, decoding.as_dict(), seed=decoding.seed,
-                                  latency_s=a.latency_s, n_tokens=a.n_tokens, serving=a.serving,
-                                  leaks=find_leaks(a.text, terms)) for _, a in ok],
-            conversation_id=session.conversation_id,
-            blind=session.blind and not session.revealed,
-            bank_prompt_id=session.bank_prompt_id,
-            assignment_id=session.assignment_id,
-        ))
+        comparison = self.store.record_comparison(
+            ComparisonIn(
+                annotator_id=session.annotator.id,
+                messages=[dict(m) for m in session.reference[:-1]],
+                responses=[
+                    ResponseIn(
+                        a.checkpoint_id,
+                        a.text,
+                        decoding.as_dict(),
+                        seed=decoding.seed,
+                        latency_s=a.latency_s,
+                        n_tokens=a.n_tokens,
+                        serving=a.serving,
+                        leaks=find_leaks(a.text, terms),
+                    )
+                    for _, a in ok
+                ],
+                conversation_id=session.conversation_id,
+                blind=session.blind and not session.revealed,
+                bank_prompt_id=session.bank_prompt_id,
+                assignment_id=session.assignment_id,
+            )
+        )
         session.conversation_id = comparison.conversation_id
         session.comparison_id = comparison.id
         session.judgeable = [label for label, _ in ok]
         if not session.blind:  # names shown from the start: the study's audit log says who ran it (issue 36)
-            self.store.record_event("comparison.unblinded", actor=session.annotator.name, target=comparison.id,
-                                    detail={"checkpoints": [a.checkpoint_id for _, a in ok]})
+            self.store.record_event(
+                "comparison.unblinded",
+                actor=session.annotator.name,
+                target=comparison.id,
+                detail={"checkpoints": [a.checkpoint_id for _, a in ok]},
+            )
 
     # --- judgments -----------------------------------------------------------------------------
-    def vote(self, session: ArenaSession, choice: str, reason: str | None = None,
-             scores: dict[str, dict] | None = None, redact: bool = False) -> str:
+    def vote(
+        self,
+        session: ArenaSession,
+        choice: str,
+        reason: str | None = None,
+        scores: dict[str, dict] | None = None,
+        redact: bool = False,
+    ) -> str:
         """A / B / tie / both_bad on a two-answer comparison (a reason with identifiers: see :meth:`ask`)."""
         self._check_judgeable(session, vote=True)
         if len(session.judgeable) != 2:
@@ -487,16 +545,24 @@ class Arena:
             self._set_reference(session, self._answer_text(session, choice))
         return self._confirm(session, out, CHOICE_NAMES.get(choice, choice))
 
-    def rank(self, session: ArenaSession, places: dict[str, int | None], reason: str | None = None,
-             scores: dict[str, dict] | None = None, redact: bool = False) -> str:
+    def rank(
+        self,
+        session: ArenaSession,
+        places: dict[str, int | None],
+        reason: str | None = None,
+        scores: dict[str, dict] | None = None,
+        redact: bool = False,
+    ) -> str:
         """A full ranking (1 = best) of the answers of the newest comparison."""
         self._check_judgeable(session, vote=True)
         missing = [label for label in session.judgeable if places.get(label) in (None, "")]
         if missing:
             raise UserError(f"give answer {', '.join(missing)} a place: every answer needs one")
         reason = as_sent(redact, reason=reason)[0]["reason"]
-        ranking = {self._to_store_label(session, label): _as_int(places[label], f"place of answer {label}")
-                   for label in session.judgeable}
+        ranking = {
+            self._to_store_label(session, label): _as_int(places[label], f"place of answer {label}")
+            for label in session.judgeable
+        }
         out = self._submit(session, "vote", reason, scores, ranking=ranking)
         session.voted = True
         best = min(session.judgeable, key=lambda label: ranking[self._to_store_label(session, label)])
@@ -504,8 +570,14 @@ class Arena:
         order = " > ".join(sorted(session.judgeable, key=lambda label: ranking[self._to_store_label(session, label)]))
         return self._confirm(session, out, f"排序 ranking {order}")
 
-    def correct(self, session: ArenaSession, text: str, reason: str | None = None,
-                scores: dict[str, dict] | None = None, redact: bool = False) -> str:
+    def correct(
+        self,
+        session: ArenaSession,
+        text: str,
+        reason: str | None = None,
+        scores: dict[str, dict] | None = None,
+        redact: bool = False,
+    ) -> str:
         """A better answer written by the clinician, chosen over every model answer (identifiers in it or in
         the reason: see :meth:`ask`)."""
         self._check_judgeable(session, vote=False)
@@ -519,14 +591,23 @@ class Arena:
         self._set_reference(session, text.strip())
         return self._confirm(session, out, "改写的回答 corrected answer")
 
-    def rate(self, session: ArenaSession, label: str, up: bool, correction: str | None = None,
-             reason: str | None = None, redact: bool = False) -> str:
+    def rate(
+        self,
+        session: ArenaSession,
+        label: str,
+        up: bool,
+        correction: str | None = None,
+        reason: str | None = None,
+        redact: bool = False,
+    ) -> str:
         """Thumbs up or down on one answer of a queue comparison, instead of (or besides) comparing; an
         optional better answer and reason. The names stay hidden: the answers can still be compared."""
         version = self._check_judgeable(session, vote=False)
         if session.assignment_id is None:
-            raise UserError("单个回答评分用于队列题 / rating one answer is for queue prompts: take one with "
-                            "下一题 Next from my queue")
+            raise UserError(
+                "单个回答评分用于队列题 / rating one answer is for queue prompts: take one with "
+                "下一题 Next from my queue"
+            )
         store_label = self._to_store_label(session, label)
         sent, _ = as_sent(redact, correction=correction, reason=reason)
         correction, reason = sent["correction"], sent["reason"]
@@ -534,14 +615,23 @@ class Arena:
         reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
         digest = hashlib.sha256((correction or "").encode()).hexdigest()[:16]
         try:
-            out = self.store.submit_rating(RatingIn(
-                comparison_id=session.comparison_id, annotator_id=session.annotator.id, label=store_label,
-                up=bool(up), correction=correction, reason=reason, guideline_version=version,
-                # the same click twice is one record; another verdict on the answer is refused by the store
-                client_id=f"{session.comparison_id}:rating-{store_label}-{'up' if up else 'down'}-{digest}"))
+            out = self.store.submit_rating(
+                RatingIn(
+                    comparison_id=session.comparison_id,
+                    annotator_id=session.annotator.id,
+                    label=store_label,
+                    up=bool(up),
+                    correction=correction,
+                    reason=reason,
+                    guideline_version=version,
+                    # the same click twice is one record; another verdict on the answer is refused by the store
+                    client_id=f"{session.comparison_id}:rating-{store_label}-{'up' if up else 'down'}-{digest}",
+                )
+            )
         except AlreadyJudged:
-            raise UserError(f"already rated; 回答 {label} 已评分 / you rated answer {label} already: "
-                            "one rating per answer") from None
+            raise UserError(
+                f"already rated; 回答 {label} 已评分 / you rated answer {label} already: one rating per answer"
+            ) from None
         again = "（重复提交，未再次记录 / already recorded, not stored twice）" if out.duplicate else ""
         thumb = "👍 好 good" if up else "👎 差 bad"
         extra = " + 改写的回答 corrected answer" if correction else ""
@@ -566,18 +656,27 @@ class Arena:
     def _store_scores(self, session: ArenaSession, scores: dict[str, dict] | None) -> dict[str, dict[str, int]]:
         """{panel on screen: {criterion: value}} -> the store's labels, blanks left out (the store checks the
         criteria against the guideline in force)."""
-        return {self._to_store_label(session, label): given for label, given in score_values(scores).items()
-                if label in session.judgeable}
+        return {
+            self._to_store_label(session, label): given
+            for label, given in score_values(scores).items()
+            if label in session.judgeable
+        }
 
     def _submit(self, session: ArenaSession, kind: str, reason, scores, **judgment) -> JudgmentOut:
         reason = reason.strip() if isinstance(reason, str) and reason.strip() else None
         try:
-            return self.store.submit_judgment(JudgmentIn(
-                comparison_id=session.comparison_id, annotator_id=session.annotator.id,
-                # the same button clicked twice is one record; any other judgment of it is refused by the store
-                client_id=f"{session.comparison_id}:{kind}", reason=reason,
-                scores=self._store_scores(session, scores), guideline_version=session.guideline_version,
-                **judgment))
+            return self.store.submit_judgment(
+                JudgmentIn(
+                    comparison_id=session.comparison_id,
+                    annotator_id=session.annotator.id,
+                    # the same button clicked twice is one record; any other judgment of it is refused by the store
+                    client_id=f"{session.comparison_id}:{kind}",
+                    reason=reason,
+                    scores=self._store_scores(session, scores),
+                    guideline_version=session.guideline_version,
+                    **judgment,
+                )
+            )
         except AlreadyJudged:
             session.voted = True  # judged already (here, or through the API): the vote buttons go
             raise UserError(JUDGED_ONCE) from None
@@ -594,10 +693,13 @@ class Arena:
         session.revealed = True
         count = self.store.count_judgments(session.annotator.id)
         again = "（重复提交，未再次记录 / already recorded, not stored twice）" if out.duplicate else ""
-        reveal = "; ".join(f"{label} = {session.panels[PANEL_LABELS.index(label)].checkpoint_id}"
-                           for label in session.labels)
-        return (f"✓ 已记录 Recorded: {what}{again} — {len(out.pair_ids)} 个偏好对 pairs. "
-                f"您已完成 {count} 次评判 / you have made {count} judgments. 揭晓 Revealed: {reveal}")
+        reveal = "; ".join(
+            f"{label} = {session.panels[PANEL_LABELS.index(label)].checkpoint_id}" for label in session.labels
+        )
+        return (
+            f"✓ 已记录 Recorded: {what}{again} — {len(out.pair_ids)} 个偏好对 pairs. "
+            f"您已完成 {count} 次评判 / you have made {count} judgments. 揭晓 Revealed: {reveal}"
+        )
 
 
 def _display_message(message: dict) -> dict:

@@ -20,7 +20,7 @@ import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
 from urllib.parse import quote, unquote
 
@@ -98,7 +98,9 @@ class AccountGuard:
             return
         server = scope["app"]  # Gradio's App: its session tokens and cookie names
         cookies = _cookies(scope)
-        token = cookies.get(f"access-token-{server.cookie_id}") or cookies.get(f"access-token-unsecure-{server.cookie_id}")
+        token = cookies.get(f"access-token-{server.cookie_id}") or cookies.get(
+            f"access-token-unsecure-{server.cookie_id}"
+        )
         if token and token in server.tokens:
             await asyncio.to_thread(self._check_session, server, token)
         path, method = scope["path"].rstrip("/"), scope["method"]
@@ -109,8 +111,12 @@ class AccountGuard:
             user = server.tokens[token]
             await asyncio.to_thread(self.store.record_event, "logout", actor=user, target=user, address=address)
             await self.app(scope, receive, send)
-        elif method == "GET" and path in ("", scope.get("root_path", "").rstrip("/")) and NOTICE_COOKIE in cookies \
-                and token not in server.tokens:
+        elif (
+            method == "GET"
+            and path in ("", scope.get("root_path", "").rstrip("/"))
+            and NOTICE_COOKIE in cookies
+            and token not in server.tokens
+        ):
             await self._login_page(scope, receive, send, server, unquote(cookies[NOTICE_COOKIE]), address)
         else:
             await self.app(scope, receive, send)
@@ -120,9 +126,13 @@ class AccountGuard:
         name = server.tokens[token]
         started = self.sessions.get(token, (name, None))[1]
         lifetime = timedelta(hours=self.cfg.app.session_hours)
-        reason = ("session not begun through this app's login" if started is None else
-                  "session expired" if datetime.now(timezone.utc) - started > lifetime else
-                  self.store.session_allowed(name, started))
+        reason = (
+            "session not begun through this app's login"
+            if started is None
+            else "session expired"
+            if datetime.now(UTC) - started > lifetime
+            else self.store.session_allowed(name, started)
+        )
         if reason is None:
             return
         server.tokens.pop(token, None)
@@ -160,7 +170,7 @@ class AccountGuard:
                 cookie = SimpleCookie(value.decode("latin-1"))
                 for morsel in cookie.values():
                     if morsel.key.startswith("access-token-") and morsel.value:
-                        self.sessions[morsel.value] = (name, datetime.now(timezone.utc))
+                        self.sessions[morsel.value] = (name, datetime.now(UTC))
 
     async def _login_page(self, scope, receive, send, server, name: str, address: str | None) -> None:
         """Gradio's login page with the throttled account's message under the app's own text."""
@@ -183,7 +193,7 @@ class AccountGuard:
                 return
             text = b"".join(body)
             auth_message = server.get_blocks().auth_message or ""
-            notice = (f'<p id="login-notice"><b>⚠ {html.escape(refusal.message)}</b></p>')
+            notice = f'<p id="login-notice"><b>⚠ {html.escape(refusal.message)}</b></p>'
             text = text.replace(str(toorjson(auth_message)).encode(), str(toorjson(notice + auth_message)).encode(), 1)
             headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
             await send(dict(start, headers=[*headers, (b"content-length", str(len(text)).encode())]))
@@ -210,7 +220,9 @@ async def _send_refusal(send, attempt: LoginTry, browser: bool, lock_seconds: in
     body = json.dumps({"success": False, "detail": attempt.message} if browser else {"detail": attempt.message})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body.encode())).encode())]
     if browser:
-        cookie = f"{NOTICE_COOKIE}={quote(attempt.name or '')}; Path=/; Max-Age={int(lock_seconds)}; HttpOnly; SameSite=Lax"
+        cookie = (
+            f"{NOTICE_COOKIE}={quote(attempt.name or '')}; Path=/; Max-Age={int(lock_seconds)}; HttpOnly; SameSite=Lax"
+        )
         headers.append((b"set-cookie", cookie.encode("latin-1")))
     await send({"type": "http.response.start", "status": 200 if browser else 429, "headers": headers})
     await send({"type": "http.response.body", "body": body.encode()})
@@ -233,9 +245,11 @@ def identify(store: PreferenceStore, username: str | None) -> Annotator:
 def identity_line(annotator: Annotator) -> str:
     """The line under the title that says who is recording judgments."""
     if annotator.name == DEMO_ANNOTATOR and not annotator.can_login:
-        return ("**本地演示模式 Local demo mode**: 未配置标注账号，评判以 “demo” 身份记录。"
-                f" No annotator account is configured, so judgments are recorded as the local \"demo\" annotator"
-                f" (add accounts with `{ADD_ACCOUNT_HINT}` and restart the app).")
+        return (
+            "**本地演示模式 Local demo mode**: 未配置标注账号，评判以 “demo” 身份记录。"
+            f' No annotator account is configured, so judgments are recorded as the local "demo" annotator'
+            f" (add accounts with `{ADD_ACCOUNT_HINT}` and restart the app)."
+        )
     role = "管理员 admin" if annotator.is_admin else "标注员 annotator"
     return f"已登录 Logged in as **{html.escape(annotator.name)}** ({role})."
 
@@ -250,8 +264,9 @@ def request_address(request, cfg: Config) -> str | None:
     return getattr(client, "host", None)
 
 
-def change_own_password(cfg: Config, store: PreferenceStore, username: str | None, old: str, new: str,
-                        repeated: str, address: str | None) -> str:
+def change_own_password(
+    cfg: Config, store: PreferenceStore, username: str | None, old: str, new: str, repeated: str, address: str | None
+) -> str:
     """The change-password form: the logged-in annotator's own password, under the policy; the line to show."""
     if not username:
         raise UserError("log in first to change your password")
@@ -268,16 +283,21 @@ def build_account_box(cfg: Config, store: PreferenceStore):
         gr.Button("退出登录 Log out", link="/logout", size="sm", elem_id="logout", scale=0)
         with gr.Accordion("更改密码 Change password", open=False, elem_id="change-password"):
             old = gr.Textbox(label="当前密码 current password", type="password", elem_id="old-password")
-            new = gr.Textbox(label=f"新密码 new password (at least {store.settings.accounts.min_password_length} "
-                                   "characters; a few unrelated words)", type="password", elem_id="new-password")
+            new = gr.Textbox(
+                label=f"新密码 new password (at least {store.settings.accounts.min_password_length} "
+                "characters; a few unrelated words)",
+                type="password",
+                elem_id="new-password",
+            )
             again = gr.Textbox(label="再输入一次 new password again", type="password", elem_id="new-password-again")
             save = gr.Button("更改密码 Change password", elem_id="save-password")
             status = gr.Markdown(elem_id="password-status")
 
     def on_save(old_pw: str, new_pw: str, repeated: str, request: gr.Request):
         try:
-            message = change_own_password(cfg, store, getattr(request, "username", None), old_pw, new_pw, repeated,
-                                          request_address(request, cfg))
+            message = change_own_password(
+                cfg, store, getattr(request, "username", None), old_pw, new_pw, repeated, request_address(request, cfg)
+            )
         except UserError as err:
             message = f"⚠ {html.escape(str(err), quote=False)}"
         return message, "", "", ""

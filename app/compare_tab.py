@@ -80,8 +80,11 @@ def runs_and_contestants(cfg, selected: list[str] | None):
     choices = contestant_choices(cfg)
     known = {cid for _, cid in choices}
     keep = [cid for cid in (selected or []) if cid in known] or default_checkpoints(cfg)
-    message = "" if runs else status_line("还没有训练好的运行 / no completed run yet: train one with "
-                                          "./launch.sh train-all", ok=False)
+    message = (
+        ""
+        if runs
+        else status_line("还没有训练好的运行 / no completed run yet: train one with ./launch.sh train-all", ok=False)
+    )
     run = gr.update(choices=runs) if selected else gr.update(choices=runs, value=runs[0] if runs else None)
     return run, gr.update(choices=choices, value=keep), message
 
@@ -95,8 +98,9 @@ def criteria_updates(session: ArenaSession, reset: bool = False) -> list:
         for slot in range(MAX_CRITERIA):
             shown = {"value": None} if reset else {}
             if slot < len(criteria):
-                updates.append(gr.update(label=criteria[slot].name, info=criteria[slot].description or None,
-                                         visible=True, **shown))
+                updates.append(
+                    gr.update(label=criteria[slot].name, info=criteria[slot].description or None, visible=True, **shown)
+                )
             else:
                 updates.append(gr.update(visible=False, **shown))
     return updates
@@ -115,13 +119,29 @@ def render(session: ArenaSession, reset_form: bool = True) -> list:
         chats.append(gr.update(value=list(session.panels[i].display) if present else []))
         rankable = n > 2 and label in session.judgeable and not session.voted
         choices = list(range(1, len(session.judgeable) + 1)) if rankable else []
-        places.append(gr.update(choices=choices, value=None, visible=rankable) if reset_form
-                      else gr.update(choices=choices, visible=rankable))
-        ratings.append(gr.update(visible=session.assignment_id is not None and session.comparison_id is not None
-                                 and label in session.judgeable))
+        places.append(
+            gr.update(choices=choices, value=None, visible=rankable)
+            if reset_form
+            else gr.update(choices=choices, visible=rankable)
+        )
+        ratings.append(
+            gr.update(
+                visible=session.assignment_id is not None
+                and session.comparison_id is not None
+                and label in session.judgeable
+            )
+        )
     judged_pairwise = len(session.judgeable) == 2 or (n == 2 and not session.judgeable)
-    return [*headers, *chats, *columns, *places, *criteria_updates(session, reset=reset_form),
-            gr.update(visible=judged_pairwise), gr.update(visible=n > 2 and len(session.judgeable) != 2), *ratings]
+    return [
+        *headers,
+        *chats,
+        *columns,
+        *places,
+        *criteria_updates(session, reset=reset_form),
+        gr.update(visible=judged_pairwise),
+        gr.update(visible=n > 2 and len(session.judgeable) != 2),
+        *ratings,
+    ]
 
 
 def held_view(session: ArenaSession) -> list:
@@ -130,20 +150,24 @@ def held_view(session: ArenaSession) -> list:
     held = session.held
     if held is None:
         return [gr.update(visible=False), "", ""]
-    summary = (f"⚠ {html.escape(held.check.summary(), quote=False)} — 尚未发送 not sent yet: 脱敏后发送 redact "
-               "and send (only the text below is sent and stored), or 修改 edit")
+    summary = (
+        f"⚠ {html.escape(held.check.summary(), quote=False)} — 尚未发送 not sent yet: 脱敏后发送 redact "
+        "and send (only the text below is sent and stored), or 修改 edit"
+    )
     return [gr.update(visible=True), summary, held.check.preview()]
 
 
 def scores_from(session: ArenaSession, values: list) -> dict[str, dict]:
     """The score radios (``MAX_CRITERIA`` per panel, flattened panel by panel) as {label: {criterion: value}}."""
     keys = [c.key for c in (session.criteria or DEFAULT_CRITERIA)]
-    return {label: dict(zip(keys, values[i * MAX_CRITERIA:(i + 1) * MAX_CRITERIA]))
-            for i, label in enumerate(PANEL_LABELS)}
+    return {
+        label: dict(zip(keys, values[i * MAX_CRITERIA : (i + 1) * MAX_CRITERIA]))
+        for i, label in enumerate(PANEL_LABELS)
+    }
 
 
 def progress_markdown(arena: Arena, session: ArenaSession) -> str:
-    """"我的队列 My queue: 12 / 40" (and whether the panels hold a queue prompt)."""
+    """ "我的队列 My queue: 12 / 40" (and whether the panels hold a queue prompt)."""
     try:
         progress = arena.queue_progress(session)
     except UserError as err:
@@ -166,20 +190,29 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
     """Lay out the Compare tab inside the current ``gr.Tab`` and wire its events."""
     d = cfg.app.decoding
     with gr.Row():
-        run = gr.Dropdown(label="训练运行 Run (选择后填入其四个阶段 picks its four stages)", choices=[],
-                          scale=2, elem_id="run-choice")
+        run = gr.Dropdown(
+            label="训练运行 Run (选择后填入其四个阶段 picks its four stages)", choices=[], scale=2, elem_id="run-choice"
+        )
         refresh = gr.Button("刷新 Refresh runs", scale=0, elem_id="refresh-runs")
         # admins only (shown at page load): a judgment made with the names shown is not blind, and stays out of the
         # leaderboard and the training pairs unless store.admit_unblinded
-        blind = gr.Checkbox(value=cfg.app.blind, label="盲评 Blind (隐藏名称 hide names; 管理员 admins)", scale=1,
-                            elem_id="blind", visible=False)
-    contestants = gr.CheckboxGroup(label=f"参赛模型 Contestants (2-{MAX_CONTESTANTS}; 可混合不同运行和外部端点 runs and "
-                                   "endpoints can be mixed)",
-                                   choices=[], elem_id="contestants")
+        blind = gr.Checkbox(
+            value=cfg.app.blind,
+            label="盲评 Blind (隐藏名称 hide names; 管理员 admins)",
+            scale=1,
+            elem_id="blind",
+            visible=False,
+        )
+    contestants = gr.CheckboxGroup(
+        label=f"参赛模型 Contestants (2-{MAX_CONTESTANTS}; 可混合不同运行和外部端点 runs and endpoints can be mixed)",
+        choices=[],
+        elem_id="contestants",
+    )
     with gr.Accordion("解码设置 Decoding settings (队列题使用统一设置 queue prompts use the shared ones)", open=False):
         with gr.Row():
-            temperature = gr.Slider(0.0, d.max_temperature, value=d.temperature, step=0.05,
-                                    label="temperature (0 = greedy)")
+            temperature = gr.Slider(
+                0.0, d.max_temperature, value=d.temperature, step=0.05, label="temperature (0 = greedy)"
+            )
             top_p = gr.Slider(0.05, 1.0, value=d.top_p, step=0.05, label="top-p")
             max_new_tokens = gr.Number(value=d.max_new_tokens, precision=0, minimum=1, label="max new tokens")
             seed = gr.Number(value=d.seed, precision=0, minimum=-1, label="seed (-1 = random, stored with each answer)")
@@ -192,31 +225,62 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         for label in PANEL_LABELS:
             with gr.Column(min_width=220, elem_id=f"panel-{label}") as column:
                 header = gr.Markdown(f"### 模型 {label}", elem_id=f"header-{label}")
-                chat = gr.Chatbot(label=f"模型 {label}", show_label=False, height=360, elem_id=f"chat-{label}",
-                                  elem_classes=["arena-chat"], feedback_options=None, buttons=["copy"])
+                chat = gr.Chatbot(
+                    label=f"模型 {label}",
+                    show_label=False,
+                    height=360,
+                    elem_id=f"chat-{label}",
+                    elem_classes=["arena-chat"],
+                    feedback_options=None,
+                    buttons=["copy"],
+                )
                 with gr.Row(visible=False, elem_id=f"rate-{label}") as rating:
-                    buttons = {up: gr.Button(f"{THUMBS[up]} {label}", size="sm", min_width=60,
-                                             elem_id=f"rate-{label}-{'up' if up else 'down'}")
-                               for up in (True, False)}
-                place = gr.Dropdown(label=f"{label} 名次 place (1 = 最好 best)", choices=[], visible=False,
-                                    elem_id=f"place-{label}")
+                    buttons = {
+                        up: gr.Button(
+                            f"{THUMBS[up]} {label}",
+                            size="sm",
+                            min_width=60,
+                            elem_id=f"rate-{label}-{'up' if up else 'down'}",
+                        )
+                        for up in (True, False)
+                    }
+                place = gr.Dropdown(
+                    label=f"{label} 名次 place (1 = 最好 best)", choices=[], visible=False, elem_id=f"place-{label}"
+                )
                 with gr.Accordion(f"{label} 评分 scores (1-5, 可选 optional)", open=False, elem_id=f"scores-{label}"):
                     # slot n holds the guideline's n-th criterion (its name is the label), unused slots hidden
-                    radios = [gr.Radio([1, 2, 3, 4, 5], value=None, elem_id=f"score-{label}-{slot + 1}",
-                                       label=DEFAULT_CRITERIA[slot].name if slot < len(DEFAULT_CRITERIA) else "",
-                                       visible=slot < len(DEFAULT_CRITERIA))
-                              for slot in range(MAX_CRITERIA)]
+                    radios = [
+                        gr.Radio(
+                            [1, 2, 3, 4, 5],
+                            value=None,
+                            elem_id=f"score-{label}-{slot + 1}",
+                            label=DEFAULT_CRITERIA[slot].name if slot < len(DEFAULT_CRITERIA) else "",
+                            visible=slot < len(DEFAULT_CRITERIA),
+                        )
+                        for slot in range(MAX_CRITERIA)
+                    ]
             panels.append(PanelWidgets(column, header, chat, place, radios, rating))
             rate_buttons += [(label, up, button) for up, button in buttons.items()]
 
     with gr.Row():
-        prompt = gr.Textbox(placeholder="输入问题，所有模型同时回答 / one question, every model answers",
-                            show_label=False, lines=2, max_lines=8, scale=5, elem_id="prompt")
+        prompt = gr.Textbox(
+            placeholder="输入问题，所有模型同时回答 / one question, every model answers",
+            show_label=False,
+            lines=2,
+            max_lines=8,
+            scale=5,
+            elem_id="prompt",
+        )
         send = gr.Button("发送 Send", variant="primary", scale=1, elem_id="send")
     with gr.Column(visible=False, elem_id="deid-box") as deid_box:
         deid_summary = gr.Markdown("", elem_id="deid-summary")
-        deid_preview = gr.Textbox(label="脱敏后的文本 redacted text (只发送这段 only this is sent)",
-                                  interactive=False, lines=2, max_lines=8, elem_id="deid-preview")
+        deid_preview = gr.Textbox(
+            label="脱敏后的文本 redacted text (只发送这段 only this is sent)",
+            interactive=False,
+            lines=2,
+            max_lines=8,
+            elem_id="deid-preview",
+        )
         with gr.Row():
             deid_send = gr.Button("脱敏后发送 Redact and send", variant="primary", elem_id="deid-send")
             deid_edit = gr.Button("修改 Edit", elem_id="deid-edit")
@@ -237,16 +301,28 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         rank = gr.Button("提交排序 Submit ranking", variant="primary", elem_id="submit-ranking")
     reason = gr.Textbox(label="理由 Reason (可选 optional)", lines=1, elem_id="reason")
     with gr.Row():
-        correction = gr.Textbox(label="写一个更好的回答 Write a better answer (代替投票或排序 instead of a vote or "
-                                "ranking: one judgment per comparison)", lines=3, scale=5,
-                                elem_id="correction")
+        correction = gr.Textbox(
+            label="写一个更好的回答 Write a better answer (代替投票或排序 instead of a vote or "
+            "ranking: one judgment per comparison)",
+            lines=3,
+            scale=5,
+            elem_id="correction",
+        )
         submit_correction = gr.Button("提交改写 Submit better answer", scale=1, elem_id="submit-correction")
     status = gr.Markdown("", elem_id="status")
 
     places = [p.place for p in panels]
     score_radios = [r for p in panels for r in p.scores]
-    view = [*(p.header for p in panels), *(p.chat for p in panels), *(p.column for p in panels), *places,
-            *score_radios, vote_row, rank_row, *(p.rating for p in panels)]
+    view = [
+        *(p.header for p in panels),
+        *(p.chat for p in panels),
+        *(p.column for p in panels),
+        *places,
+        *score_radios,
+        vote_row,
+        rank_row,
+        *(p.rating for p in panels),
+    ]
     radio_slice = slice(4 * len(PANEL_LABELS), 4 * len(PANEL_LABELS) + len(score_radios))
     decoding_inputs = [temperature, top_p, max_new_tokens, seed]
     deid_outputs = [deid_box, deid_summary, deid_preview]
@@ -266,8 +342,12 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             unread = arena.guideline_to_read(state) is not None
         except UserError:
             unread = False
-        return [progress_markdown(arena, state), *guideline_shown(unread), *criteria_updates(state),
-                gr.update(visible=is_admin(state))]
+        return [
+            progress_markdown(arena, state),
+            *guideline_shown(unread),
+            *criteria_updates(state),
+            gr.update(visible=is_admin(state)),
+        ]
 
     def is_admin(state: ArenaSession) -> bool:
         return state.annotator is not None and state.annotator.is_admin
@@ -306,54 +386,97 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         try:
             steps = make_steps()
             state = next(steps)  # checks the prompt and starts the panels
-            yield (state, working, "" if clear_prompt else gr.update(), progress_markdown(arena, state),
-                   *render(state), *held_view(state))
+            yield (
+                state,
+                working,
+                "" if clear_prompt else gr.update(),
+                progress_markdown(arena, state),
+                *render(state),
+                *held_view(state),
+            )
             for state in steps:
                 yield state, working, gr.update(), gr.update(), *render(state, reset_form=False), *held_view(state)
         except IdentifiersFound as found:
             state.held = HeldEntry("ask", found.check, hold or {})
-            yield (state, status_line(str(found), ok=False), "", progress_markdown(arena, state),
-                   *render(state, reset_form=False), *held_view(state))
+            yield (
+                state,
+                status_line(str(found), ok=False),
+                "",
+                progress_markdown(arena, state),
+                *render(state, reset_form=False),
+                *held_view(state),
+            )
             return
         except UserError as err:
-            yield (state, status_line(str(err), ok=False), gr.update(), progress_markdown(arena, state),
-                   *render(state, reset_form=False), *held_view(state))
+            yield (
+                state,
+                status_line(str(err), ok=False),
+                gr.update(),
+                progress_markdown(arena, state),
+                *render(state, reset_form=False),
+                *held_view(state),
+            )
             return
         finally:
             if steps is not None:
                 steps.close()  # when the browser cancels, the pool stops generating too
         if state.comparison_id is not None:
             seed_used = arena.store.get_comparison(state.comparison_id).responses[0].seed
-        empty = [label for label in state.judgeable
-                 if not state.panels[PANEL_LABELS.index(label)].history[-1]["content"].strip()]
+        empty = [
+            label
+            for label in state.judgeable
+            if not state.panels[PANEL_LABELS.index(label)].history[-1]["content"].strip()
+        ]
         queue = state.assignment_id is not None
         if state.comparison_id is None:
             done = "⚠ 少于两个回答，本轮无法评判 / fewer than two answers: nothing to judge"
         else:
             done = f"✓ 回答完毕 answers complete ({'队列题 queue prompt, ' if queue else ''}seed {seed_used})"
             if empty:
-                done += (f"; {', '.join(empty)} 为空回答 (empty answer): "
-                         "可以评判，或点“重新生成 Regenerate”再问一次 / judge, or ask again with Regenerate.")
+                done += (
+                    f"; {', '.join(empty)} 为空回答 (empty answer): "
+                    "可以评判，或点“重新生成 Regenerate”再问一次 / judge, or ask again with Regenerate."
+                )
             elif queue:
                 done += ". 请评判，或为单个回答评分 👍/👎 Please judge, or rate single answers."
             else:
                 done += ". 请评判 Please judge."
         if state.redacted:
             done += f" 已脱敏 redacted before sending: {describe_counts(state.redacted)}."
-        yield state, done, gr.update(), progress_markdown(arena, state), *render(state, reset_form=False), *held_view(state)
+        yield (
+            state,
+            done,
+            gr.update(),
+            progress_markdown(arena, state),
+            *render(state, reset_form=False),
+            *held_view(state),
+        )
 
     def ask_with(state, text, settings: tuple, redact: bool = False):
         temp, p, max_new, seed_value = settings
-        yield from streamed(state, lambda: arena.ask(state, text, resolve_decoding(
-            d, temperature=temp, top_p=p, max_new_tokens=max_new, seed=seed_value), redact=redact),
-            clear_prompt=True, hold={"settings": settings})
+        yield from streamed(
+            state,
+            lambda: arena.ask(
+                state,
+                text,
+                resolve_decoding(d, temperature=temp, top_p=p, max_new_tokens=max_new, seed=seed_value),
+                redact=redact,
+            ),
+            clear_prompt=True,
+            hold={"settings": settings},
+        )
 
     def ask(state, text, temp, p, max_new, seed_value):
         yield from ask_with(state, text, (temp, p, max_new, seed_value))
 
     def ask_again(state, text, temp, p, max_new, seed_value):
-        yield from streamed(state, lambda: arena.regenerate(state, resolve_decoding(
-            d, temperature=temp, top_p=p, max_new_tokens=max_new, seed=seed_value)), clear_prompt=False)
+        yield from streamed(
+            state,
+            lambda: arena.regenerate(
+                state, resolve_decoding(d, temperature=temp, top_p=p, max_new_tokens=max_new, seed=seed_value)
+            ),
+            clear_prompt=False,
+        )
 
     def next_from_queue(state: ArenaSession, selected: list[str], is_blind: bool):
         try:
@@ -361,19 +484,30 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             chosen = None if arena.round_contestants() else selected
             assignment = arena.take_assignment(state, chosen, blind_for(state, is_blind))
         except UserError as err:
-            yield (state, status_line(str(err), ok=False), gr.update(), progress_markdown(arena, state),
-                   *render(state, reset_form=False), *held_view(state))
+            yield (
+                state,
+                status_line(str(err), ok=False),
+                gr.update(),
+                progress_markdown(arena, state),
+                *render(state, reset_form=False),
+                *held_view(state),
+            )
             return
         if assignment is None:
-            yield (state, status_line(QUEUE_EMPTY), gr.update(), progress_markdown(arena, state), *render(state),
-                   *held_view(state))
+            yield (
+                state,
+                status_line(QUEUE_EMPTY),
+                gr.update(),
+                progress_markdown(arena, state),
+                *render(state),
+                *held_view(state),
+            )
             return
         yield from streamed(state, lambda: arena.ask_queue(state, assignment), clear_prompt=False)
 
     ask_inputs = [session, prompt, *decoding_inputs]
     ask_outputs = [session, status, prompt, progress, *view, *deid_outputs]
-    judge_outputs = [session, status, reason, correction, guideline_box, guideline_text, progress, *view,
-                     *deid_outputs]
+    judge_outputs = [session, status, reason, correction, guideline_box, guideline_text, progress, *view, *deid_outputs]
     entry_outputs = list(dict.fromkeys([*ask_outputs, *judge_outputs]))  # "redact and send" may do either
 
     # --- text held back for identifiers: redact and send, or edit -------------------------------------
@@ -381,8 +515,11 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         """Send the held entry with its identifiers redacted (the models and the store see only that)."""
         held = state.held
         if held is None:
-            yield {session: state, status: status_line(NOTHING_HELD, ok=False),
-                   **dict(zip(deid_outputs, held_view(state)))}
+            yield {
+                session: state,
+                status: status_line(NOTHING_HELD, ok=False),
+                **dict(zip(deid_outputs, held_view(state))),
+            }
             return
         if held.action == "ask":
             for values in ask_with(state, held.check.typed["prompt"], held.inputs["settings"], redact=True):
@@ -393,8 +530,11 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
     def edit_held(state: ArenaSession):
         """Put the held text back in its boxes, to be edited and sent again."""
         held, state.held = state.held, None
-        out = {session: state, status: status_line(EDIT_AGAIN) if held else "",
-               **dict(zip(deid_outputs, held_view(state)))}
+        out = {
+            session: state,
+            status: status_line(EDIT_AGAIN) if held else "",
+            **dict(zip(deid_outputs, held_view(state))),
+        }
         for field, box in (("prompt", prompt), ("correction", correction), ("reason", reason)):
             if held is not None and field in held.check.typed:
                 out[box] = held.check.typed[field]
@@ -406,8 +546,13 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
         send.click(ask, ask_inputs, ask_outputs, concurrency_limit=limit, concurrency_id="generate"),
         prompt.submit(ask, ask_inputs, ask_outputs, concurrency_limit=limit, concurrency_id="generate"),
         regenerate.click(ask_again, ask_inputs, ask_outputs, concurrency_limit=limit, concurrency_id="generate"),
-        queue_next.click(next_from_queue, [session, contestants, blind], ask_outputs, concurrency_limit=limit,
-                         concurrency_id="generate"),
+        queue_next.click(
+            next_from_queue,
+            [session, contestants, blind],
+            ask_outputs,
+            concurrency_limit=limit,
+            concurrency_id="generate",
+        ),
     ]
 
     def clear_panels(state: ArenaSession):
@@ -430,8 +575,12 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
 
     open_guideline.click(lambda: guideline_shown(True), None, [guideline_box, guideline_text])
     # the public /acknowledge_guideline is the API's (app.api): this browser event keeps a private name of its own
-    acknowledge.click(acknowledge_guideline, [session], [session, status, guideline_box, guideline_text,
-                                                         *score_radios], api_name="acknowledge_guideline_in_tab")
+    acknowledge.click(
+        acknowledge_guideline,
+        [session],
+        [session, status, guideline_box, guideline_text, *score_radios],
+        api_name="acknowledge_guideline_in_tab",
+    )
 
     # --- judging -------------------------------------------------------------------------------
     def judge_with(state: ArenaSession, action: str, inputs: dict, texts: dict, redact: bool) -> str:
@@ -442,8 +591,9 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             return arena.rank(state, inputs["places"], texts.get("reason"), inputs["scores"], redact=redact)
         if action == "correct":
             return arena.correct(state, texts.get("correction"), texts.get("reason"), inputs["scores"], redact=redact)
-        return arena.rate(state, inputs["label"], inputs["up"], texts.get("correction"), texts.get("reason"),
-                          redact=redact)
+        return arena.rate(
+            state, inputs["label"], inputs["up"], texts.get("correction"), texts.get("reason"), redact=redact
+        )
 
     def judged(state: ArenaSession, action: str, inputs: dict, texts: dict, redact: bool = False):
         """Outputs of ``judge_outputs``: the confirmation, or the reason it was refused (the form stays as it
@@ -461,33 +611,64 @@ def build_compare_tab(cfg, arena: Arena, session: gr.State) -> CompareTab:
             if isinstance(err, IdentifiersFound):
                 state.held = HeldEntry(action, err.check, inputs)
                 boxes = ["" if field in err.check.typed else gr.update() for field in ("reason", "correction")]
-            return (state, status_line(str(err), ok=False), *boxes, *shown,
-                    progress_markdown(arena, state), *unchanged, *held_view(state))
-        return (state, message, "", "" if clear_correction else gr.update(), gr.update(visible=False), gr.update(),
-                progress_markdown(arena, state), *render(state, reset_form=reset_form), *held_view(state))
+            return (
+                state,
+                status_line(str(err), ok=False),
+                *boxes,
+                *shown,
+                progress_markdown(arena, state),
+                *unchanged,
+                *held_view(state),
+            )
+        return (
+            state,
+            message,
+            "",
+            "" if clear_correction else gr.update(),
+            gr.update(visible=False),
+            gr.update(),
+            progress_markdown(arena, state),
+            *render(state, reset_form=reset_form),
+            *held_view(state),
+        )
 
     for choice, button in vote_buttons.items():
+
         def vote(state, why, *scores, choice=choice):
-            return judged(state, "vote", {"choice": choice, "scores": scores_from(state, list(scores))},
-                          {"reason": why})
+            return judged(
+                state, "vote", {"choice": choice, "scores": scores_from(state, list(scores))}, {"reason": why}
+            )
+
         button.click(vote, [session, reason, *score_radios], judge_outputs)
 
     def submit_ranking(state, why, *values):
-        chosen = dict(zip(PANEL_LABELS, values[:len(PANEL_LABELS)]))
-        return judged(state, "rank", {"places": chosen, "scores": scores_from(state, list(values[len(PANEL_LABELS):]))},
-                      {"reason": why})
+        chosen = dict(zip(PANEL_LABELS, values[: len(PANEL_LABELS)]))
+        return judged(
+            state,
+            "rank",
+            {"places": chosen, "scores": scores_from(state, list(values[len(PANEL_LABELS) :]))},
+            {"reason": why},
+        )
 
     rank.click(submit_ranking, [session, reason, *places, *score_radios], judge_outputs)
 
     def submit_better(state, text, why, *scores):
-        return judged(state, "correct", {"scores": scores_from(state, list(scores))},
-                      {"correction": text, "reason": why})
+        return judged(
+            state, "correct", {"scores": scores_from(state, list(scores))}, {"correction": text, "reason": why}
+        )
 
     submit_correction.click(submit_better, [session, correction, reason, *score_radios], judge_outputs)
 
     for label, up, button in rate_buttons:
+
         def rate_answer(state, text, why, label=label, up=up):  # not "rate": that name is the API's /rate
             return judged(state, "rate", {"label": label, "up": up}, {"correction": text, "reason": why})
+
         button.click(rate_answer, [session, correction, reason], judge_outputs)
-    return CompareTab(run, contestants, status, load=load,
-                      load_outputs=[progress, guideline_box, guideline_text, *score_radios, blind])
+    return CompareTab(
+        run,
+        contestants,
+        status,
+        load=load,
+        load_outputs=[progress, guideline_box, guideline_text, *score_radios, blind],
+    )

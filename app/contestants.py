@@ -18,6 +18,7 @@ from training.errors import UserError
 from training.manifest import list_runs, run_dir
 from training.stages.registry import answering, get_stage, is_stage, stage_names
 
+
 def stage_label(stage: str) -> str:
     """A stage's name as the app shows it (the registry's display name)."""
     return get_stage(stage).display_name if is_stage(stage) else stage
@@ -56,31 +57,47 @@ class RunInfo:
 def completed_runs(cfg: Config) -> list[RunInfo]:
     """Runs that finished every stage they were asked for, newest first."""
     return [
-        RunInfo(run_id=m["run_id"], created=m.get("created", ""), profile=m.get("profile", ""),
-                parent_run=m.get("parent_run"), stages=tuple(answering(s for s in stage_names() if s in m.get("stages", {}))),
-                run_dir=run_dir(cfg, m["run_id"]))
+        RunInfo(
+            run_id=m["run_id"],
+            created=m.get("created", ""),
+            profile=m.get("profile", ""),
+            parent_run=m.get("parent_run"),
+            stages=tuple(answering(s for s in stage_names() if s in m.get("stages", {}))),
+            run_dir=run_dir(cfg, m["run_id"]),
+        )
         for m in list_runs(cfg, complete_only=True)
     ]
 
 
 def endpoint_contestants(cfg: Config) -> list[Contestant]:
     """The endpoints of ``app.endpoints`` as contestants, in the order the config lists them."""
-    return [Contestant(endpoint_checkpoint_id(e.name), endpoint_checkpoint_id(e.name), ENDPOINT_STAGE, None, e)
-            for e in cfg.app.endpoints]
+    return [
+        Contestant(endpoint_checkpoint_id(e.name), endpoint_checkpoint_id(e.name), ENDPOINT_STAGE, None, e)
+        for e in cfg.app.endpoints
+    ]
 
 
 def available_contestants(cfg: Config) -> list[Contestant]:
     """Every stage of every completed run (newest run first, stages in pipeline order), then the endpoints."""
-    return [*(Contestant(f"{run.run_id}/{stage}", run.run_id, stage, run.run_dir)
-              for run in completed_runs(cfg) for stage in run.stages),
-            *endpoint_contestants(cfg)]
+    return [
+        *(
+            Contestant(f"{run.run_id}/{stage}", run.run_id, stage, run.run_dir)
+            for run in completed_runs(cfg)
+            for stage in run.stages
+        ),
+        *endpoint_contestants(cfg),
+    ]
 
 
 def identifying_names(cfg: Config, checkpoint_ids: list[str]) -> list[str]:
     """Names besides the checkpoint ids that give these contestants away in an answer: an endpoint's name
     and the model it serves (checked like ``app.leak_terms``, :mod:`app.leaks`)."""
-    return [name for c in endpoint_contestants(cfg) if c.checkpoint_id in checkpoint_ids
-            for name in (c.endpoint.name, c.endpoint.model)]
+    return [
+        name
+        for c in endpoint_contestants(cfg)
+        if c.checkpoint_id in checkpoint_ids
+        for name in (c.endpoint.name, c.endpoint.model)
+    ]
 
 
 def default_checkpoints(cfg: Config) -> list[str]:

@@ -21,7 +21,7 @@ import html
 import json
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gradio as gr
@@ -39,8 +39,16 @@ from preference_store.repository import PreferenceStore
 from training.config import Config
 from training.errors import UserError
 
-PAIR_COLUMNS = ["时间 time", "问题 prompt", "优选 chosen", "较差 rejected", "优选来源 chosen from", "较差来源 rejected from",
-                "优选服务方式 chosen served", "较差服务方式 rejected served"]
+PAIR_COLUMNS = [
+    "时间 time",
+    "问题 prompt",
+    "优选 chosen",
+    "较差 rejected",
+    "优选来源 chosen from",
+    "较差来源 rejected from",
+    "优选服务方式 chosen served",
+    "较差服务方式 rejected served",
+]
 ANNOTATOR_COLUMN = "标注者 annotator"  # admins only, after the checkpoints (index 6)
 JUDGMENT_COLUMNS = ["时间 time", "问题 prompt", "来源 source", "我的评判 my judgments and ratings"]
 THUMBS = {True: "👍", False: "👎"}
@@ -74,12 +82,14 @@ def counts_markdown(store: PreferenceStore, viewer: Annotator | None = None) -> 
         return own_counts_markdown(store, viewer)
     c = store.counts()
     kinds = ", ".join(f"{k} {v}" for k, v in c.judgments_by_kind.items())
-    return (f"| 标注者 annotators | 检查点 checkpoints | 对话 conversations | 比较 comparisons | 评判 judgments "
-            f"| 偏好对 pairs | 已导出 exported | 已用于训练 trained on |\n|---|---|---|---|---|---|---|---|\n"
-            f"| {c.annotators} | {c.checkpoints} | {c.conversations} | {c.comparisons} | {c.judgments} ({kinds}) "
-            f"| {c.pairs} | {c.exported_pairs} | {c.consumed_pairs} |\n\n"
-            f"| 单项评价 single-answer ratings | 题库问题 bank prompts | 已完成分配 assignments done |\n|---|---|---|\n"
-            f"| {c.ratings} | {c.bank_prompts} | {c.assignments_done} |")
+    return (
+        f"| 标注者 annotators | 检查点 checkpoints | 对话 conversations | 比较 comparisons | 评判 judgments "
+        f"| 偏好对 pairs | 已导出 exported | 已用于训练 trained on |\n|---|---|---|---|---|---|---|---|\n"
+        f"| {c.annotators} | {c.checkpoints} | {c.conversations} | {c.comparisons} | {c.judgments} ({kinds}) "
+        f"| {c.pairs} | {c.exported_pairs} | {c.consumed_pairs} |\n\n"
+        f"| 单项评价 single-answer ratings | 题库问题 bank prompts | 已完成分配 assignments done |\n|---|---|---|\n"
+        f"| {c.ratings} | {c.bank_prompts} | {c.assignments_done} |"
+    )
 
 
 def own_counts_markdown(store: PreferenceStore, annotator: Annotator) -> str:
@@ -87,10 +97,12 @@ def own_counts_markdown(store: PreferenceStore, annotator: Annotator) -> str:
     c = store.annotator_counts(annotator.id)
     kinds = ", ".join(f"{k} {v}" for k, v in c.judgments_by_kind.items())
     progress = store.queue_progress(annotator.id)
-    return (f"| 我的比较 my comparisons | 我的评判 my judgments | 我的偏好对 my pairs "
-            f"| 我的单项评价 my single-answer ratings | 我的队列 my queue (done / total) |\n|---|---|---|---|---|\n"
-            f"| {c.comparisons} | {c.judgments} ({kinds}) | {c.pairs} | {c.ratings} | {progress} |\n\n"
-            "只显示您自己的数据 Only your own work is shown here.")
+    return (
+        f"| 我的比较 my comparisons | 我的评判 my judgments | 我的偏好对 my pairs "
+        f"| 我的单项评价 my single-answer ratings | 我的队列 my queue (done / total) |\n|---|---|---|---|---|\n"
+        f"| {c.comparisons} | {c.judgments} ({kinds}) | {c.pairs} | {c.ratings} | {progress} |\n\n"
+        "只显示您自己的数据 Only your own work is shown here."
+    )
 
 
 def recent_pairs_table(store: PreferenceStore, limit: int, viewer: Annotator | None = None) -> list[list]:
@@ -108,18 +120,28 @@ def recent_pairs_table(store: PreferenceStore, limit: int, viewer: Annotator | N
         show = _excerpt if own else (lambda text: _excerpt(deidentify(text)))
         prompt = next((m["content"] for m in reversed(pair.prompt) if m["role"] == "user"), "")
         who = [names.get(pair.annotator_id, str(pair.annotator_id))] if everyone else []
-        rows.append([pair.created.strftime("%Y-%m-%d %H:%M"), show(prompt), show(pair.chosen),
-                     show(pair.rejected), pair.chosen_checkpoint or "改写 clinician correction",
-                     pair.rejected_checkpoint, *who,
-                     serving_label(pair.chosen_serving), serving_label(pair.rejected_serving)])
+        rows.append(
+            [
+                pair.created.strftime("%Y-%m-%d %H:%M"),
+                show(prompt),
+                show(pair.chosen),
+                show(pair.rejected),
+                pair.chosen_checkpoint or "改写 clinician correction",
+                pair.rejected_checkpoint,
+                *who,
+                serving_label(pair.chosen_serving),
+                serving_label(pair.rejected_serving),
+            ]
+        )
     return rows
 
 
 def describe_judgment(judgment: JudgmentOut, reveal: dict[str, str]) -> str:
     """A judgment in a few words, by checkpoint (the names are revealed once a comparison is judged)."""
     if judgment.kind == "ranking":
-        return "排序 ranking: " + " > ".join(reveal[label] for label in sorted(judgment.ranking,
-                                                                             key=judgment.ranking.get))
+        return "排序 ranking: " + " > ".join(
+            reveal[label] for label in sorted(judgment.ranking, key=judgment.ranking.get)
+        )
     if judgment.kind == "correction":
         return "改写 better answer: " + _excerpt(judgment.correction or "")
     if judgment.choice in ("A", "B"):
@@ -138,9 +160,14 @@ def my_judgments_table(store: PreferenceStore, annotator: Annotator, limit: int)
         verdicts = [describe_judgment(j, reveal) for j in judgments]
         verdicts += [f"{THUMBS[r.up]} {reveal.get(r.label, '一个回答 an answer')}" for r in reversed(ratings)]
         prompt = next((m["content"] for m in reversed(comparison.messages) if m["role"] == "user"), "")
-        rows.append([comparison.created.strftime("%Y-%m-%d %H:%M"), _excerpt(prompt),
-                     "题库 bank" if comparison.bank_prompt_id else "自由提问 free question",
-                     "; ".join(verdicts) or "未评判 not judged yet"])
+        rows.append(
+            [
+                comparison.created.strftime("%Y-%m-%d %H:%M"),
+                _excerpt(prompt),
+                "题库 bank" if comparison.bank_prompt_id else "自由提问 free question",
+                "; ".join(verdicts) or "未评判 not judged yet",
+            ]
+        )
     return rows
 
 
@@ -150,16 +177,21 @@ def pair_columns(viewer: Annotator | None) -> list[str]:
 
 def data_view(cfg: Config, store: PreferenceStore, viewer: Annotator | None = None) -> list:
     """The counts and the newest pairs as ``viewer`` may see them (None: everything, as an admin)."""
-    return [counts_markdown(store, viewer),
-            gr.update(value=recent_pairs_table(store, cfg.app.recent_pairs, viewer), headers=pair_columns(viewer))]
+    return [
+        counts_markdown(store, viewer),
+        gr.update(value=recent_pairs_table(store, cfg.app.recent_pairs, viewer), headers=pair_columns(viewer)),
+    ]
 
 
 def session_view(cfg: Config, store: PreferenceStore, session: ArenaSession) -> list:
     """What the tab shows to this browser session (counts, pairs, the annotator's own judgments):
     nothing before the annotator is known."""
     if session.annotator is None:
-        return ["⚠ 请先登录 / log in first: the Data tab shows your own work", gr.update(value=[], headers=PAIR_COLUMNS),
-                gr.update(value=[], headers=JUDGMENT_COLUMNS)]
+        return [
+            "⚠ 请先登录 / log in first: the Data tab shows your own work",
+            gr.update(value=[], headers=PAIR_COLUMNS),
+            gr.update(value=[], headers=JUDGMENT_COLUMNS),
+        ]
     mine = my_judgments_table(store, session.annotator, cfg.app.recent_pairs)
     return [*data_view(cfg, store, session.annotator), gr.update(value=mine, headers=JUDGMENT_COLUMNS)]
 
@@ -184,8 +216,9 @@ def export_for_admin(cfg: Config, store: PreferenceStore, session: ArenaSession)
     return message, pairs_copy
 
 
-def export_new(cfg: Config, store: PreferenceStore, session: ArenaSession,
-               address: str | None = None) -> tuple[str, str | None, str | None]:
+def export_new(
+    cfg: Config, store: PreferenceStore, session: ArenaSession, address: str | None = None
+) -> tuple[str, str | None, str | None]:
     """Export the new pairs (dpo.jsonl format) and the new single-answer ratings (unpaired format), as
     ``export-prefs`` does; the summary and downloadable copies of the two files (None: nothing new). Audited."""
     admin = _require_admin(session, "export")
@@ -194,43 +227,68 @@ def export_new(cfg: Config, store: PreferenceStore, session: ArenaSession,
     store.record_export_event(admin.name, pairs, ratings, address=address)
     if pairs.path is None and ratings.path is None:
         return "没有新的偏好对或单项评价可导出 / nothing new to export", None, None
-    lines = ["✓ " + format_summary(pairs) if pairs.path else "没有新的偏好对 / no new pairs",
-             "✓ " + format_ratings_summary(ratings) if ratings.path else "没有新的单项评价 / no new single-answer ratings"]
+    lines = [
+        "✓ " + format_summary(pairs) if pairs.path else "没有新的偏好对 / no new pairs",
+        "✓ " + format_ratings_summary(ratings) if ratings.path else "没有新的单项评价 / no new single-answer ratings",
+    ]
     message = "  \n".join(line for text in lines for line in text.splitlines())
-    return (message, _download_copy(pairs.path) if pairs.path else None,
-            _download_copy(ratings.path) if ratings.path else None)
+    return (
+        message,
+        _download_copy(pairs.path) if pairs.path else None,
+        _download_copy(ratings.path) if ratings.path else None,
+    )
 
 
 def bank_summary_markdown(summary: BankImportSummary, path: str | Path | None = None) -> str:
-    """"imported n, duplicates d" and one line per malformed line ("FILE:LINE: reason"); an uploaded
+    """ "imported n, duplicates d" and one line per malformed line ("FILE:LINE: reason"); an uploaded
     ``path`` is named by its file name (the upload folder means nothing to the admin)."""
-    head = (f"{'✓' if not summary.errors else '⚠'} 题库 bank {html.escape(summary.bank)}: imported {summary.imported}, "
-            f"duplicates {summary.duplicates}, errors {len(summary.errors)}")
+    head = (
+        f"{'✓' if not summary.errors else '⚠'} 题库 bank {html.escape(summary.bank)}: imported {summary.imported}, "
+        f"duplicates {summary.duplicates}, errors {len(summary.errors)}"
+    )
     errors = [e.replace(str(path), Path(path).name, 1) if path else e for e in summary.errors]
     return "  \n".join([head, *(f"- {html.escape(error, quote=False)}" for error in errors)])
 
 
-def import_bank_for_admin(store: PreferenceStore, session: ArenaSession, path: str | None,
-                          bank: str | None = None, address: str | None = None) -> str:
+def import_bank_for_admin(
+    store: PreferenceStore, session: ArenaSession, path: str | None, bank: str | None = None, address: str | None = None
+) -> str:
     """Import a bank file (.jsonl or .csv) uploaded in the tab (admins only); the summary as markdown. Audited."""
     admin = _require_admin(session, "import a prompt bank")
     if not path:
         raise UserError("choose a bank file first (.jsonl or .csv)")
     summary = store.import_bank(path, bank=(bank or "").strip() or None, imported_by=admin.id)
-    store.record_event("bank.imported", actor=admin.name, target=summary.bank, address=address,
-                       detail={"file": Path(path).name, "imported": summary.imported,
-                               "duplicates": summary.duplicates, "errors": len(summary.errors)})
+    store.record_event(
+        "bank.imported",
+        actor=admin.name,
+        target=summary.bank,
+        address=address,
+        detail={
+            "file": Path(path).name,
+            "imported": summary.imported,
+            "duplicates": summary.duplicates,
+            "errors": len(summary.errors),
+        },
+    )
     return bank_summary_markdown(summary, path)
 
 
-def start_round_for_admin(cfg: Config, store: PreferenceStore, session: ArenaSession, contestants: list[str] = (),
-                          split: str = "all", blind: bool = False, address: str | None = None) -> str:
+def start_round_for_admin(
+    cfg: Config,
+    store: PreferenceStore,
+    session: ArenaSession,
+    contestants: list[str] = (),
+    split: str = "all",
+    blind: bool = False,
+    address: str | None = None,
+) -> str:
     """Start the next queue round (admins only), as ``./launch.sh queue-round --contestants ... --split ...
     [--blind]`` does: ``contestants`` (2-4 of the available ones, or none: each annotator chooses) answer every
     queue prompt of ``split`` for everyone. Audited."""
     admin = _require_admin(session, "start a new queue round")
-    return "✓ " + start_study_round(cfg, store, admin.id, admin.name, list(contestants or ()), split=split,
-                                    blind=blind, address=address)
+    return "✓ " + start_study_round(
+        cfg, store, admin.id, admin.name, list(contestants or ()), split=split, blind=blind, address=address
+    )
 
 
 def close_round_for_admin(store: PreferenceStore, session: ArenaSession, address: str | None = None) -> str:
@@ -243,18 +301,28 @@ def round_markdown(store: PreferenceStore) -> str:
     """The current round as the admin defined it: its contestants, split, blindness and whether it is open."""
     current = store.queue_round_definition()
     if current.started is None:
-        return f"第 {current.number} 轮 queue round {current.number}: not defined (each annotator chooses the contestants)"
+        return (
+            f"第 {current.number} 轮 queue round {current.number}: not defined (each annotator chooses the contestants)"
+        )
     who = ", ".join(current.contestants) or "each annotator chooses"
     state = "open" if current.is_open else f"closed {current.closed:%Y-%m-%d %H:%M} UTC"
-    return (f"第 {current.number} 轮 queue round {current.number} ({state}): contestants {html.escape(who)}; "
-            f"split {current.split}{'; blind' if current.blind else ''}")
+    return (
+        f"第 {current.number} 轮 queue round {current.number} ({state}): contestants {html.escape(who)}; "
+        f"split {current.split}{'; blind' if current.blind else ''}"
+    )
 
 
 AUDIT_COLUMNS = ["时间 time (UTC)", "操作者 actor", "操作 action", "对象 target", "地址 address", "详情 detail"]
 
 
-def audit_rows(store: PreferenceStore, session: ArenaSession, action: str = "", actor: str = "",
-               since: str = "", limit: int | None = 500) -> list[list]:
+def audit_rows(
+    store: PreferenceStore,
+    session: ArenaSession,
+    action: str = "",
+    actor: str = "",
+    since: str = "",
+    limit: int | None = 500,
+) -> list[list]:
     """The audit log for admins, newest first: ``action`` a prefix ("login" finds login.failed too), ``actor``
     an account name or "cli:USER", ``since`` an ISO date or time (UTC)."""
     _require_admin(session, "read the audit log")
@@ -264,21 +332,32 @@ def audit_rows(store: PreferenceStore, session: ArenaSession, action: str = "", 
             start = datetime.fromisoformat(since.strip())
         except ValueError:
             raise UserError(f"'since' must be an ISO date or time such as 2026-12-01, not {since!r}") from None
-        start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
     events = store.audit_events(action=action.strip() or None, actor=actor.strip() or None, since=start, limit=limit)
-    return [[e.time.strftime("%Y-%m-%d %H:%M:%S"), e.actor or "", e.action, e.target or "", e.address or "",
-             json.dumps(e.detail, ensure_ascii=False) if e.detail else ""] for e in events]
+    return [
+        [
+            e.time.strftime("%Y-%m-%d %H:%M:%S"),
+            e.actor or "",
+            e.action,
+            e.target or "",
+            e.address or "",
+            json.dumps(e.detail, ensure_ascii=False) if e.detail else "",
+        ]
+        for e in events
+    ]
 
 
-def audit_csv(store: PreferenceStore, session: ArenaSession, action: str = "", actor: str = "",
-              since: str = "") -> str:
+def audit_csv(store: PreferenceStore, session: ArenaSession, action: str = "", actor: str = "", since: str = "") -> str:
     """Every audit event the filter selects, as a CSV file to download (admins only); the export is audited."""
     rows = audit_rows(store, session, action, actor, since, limit=None)
     path = Path(tempfile.mkdtemp(prefix="chimed-audit-")) / "audit_log.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f).writerows([AUDIT_COLUMNS, *rows])
-    store.record_event("audit.exported", actor=session.annotator.name, detail={"rows": len(rows),
-                       "filter": {"action": action, "actor": actor, "since": since}})
+    store.record_event(
+        "audit.exported",
+        actor=session.annotator.name,
+        detail={"rows": len(rows), "filter": {"action": action, "actor": actor, "since": since}},
+    )
     return str(path)
 
 
@@ -289,11 +368,15 @@ def weak_passwords_markdown(store: PreferenceStore) -> str:
     unchecked = [html.escape(a.name) for a in accounts if a.password_weak is None]
     lines = []
     if weak:
-        lines.append(f"⚠ 弱密码 weak passwords (too short or common): {', '.join(weak)} — set new ones with "
-                     "`./launch.sh passwd NAME` or ask them to change theirs")
+        lines.append(
+            f"⚠ 弱密码 weak passwords (too short or common): {', '.join(weak)} — set new ones with "
+            "`./launch.sh passwd NAME` or ask them to change theirs"
+        )
     if unchecked:
-        lines.append(f"未检查 not checked yet (set before the password policy; checked at their next login): "
-                     f"{', '.join(unchecked)}")
+        lines.append(
+            f"未检查 not checked yet (set before the password policy; checked at their next login): "
+            f"{', '.join(unchecked)}"
+        )
     return "  \n".join(lines)
 
 
@@ -308,35 +391,49 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
     gr.Markdown(f"#### 我的评判 My judgments and ratings (newest {cfg.app.recent_pairs} comparisons)")
     judgments = gr.Dataframe(headers=JUDGMENT_COLUMNS, interactive=False, wrap=True, elem_id="my-judgments")
     with gr.Group(visible=False) as admin:
-        gr.Markdown("#### 导入题库 Import a prompt bank (admins): .jsonl or .csv — `prompt` (or `text`), optional "
-                    "`history`, `tags`, `split` (train | heldout); the same as `./launch.sh import-bank`")
+        gr.Markdown(
+            "#### 导入题库 Import a prompt bank (admins): .jsonl or .csv — `prompt` (or `text`), optional "
+            "`history`, `tags`, `split` (train | heldout); the same as `./launch.sh import-bank`"
+        )
         with gr.Row():
-            bank_file = gr.File(label="题库文件 bank file", file_types=[".jsonl", ".csv"], type="filepath",
-                                elem_id="bank-file")
+            bank_file = gr.File(
+                label="题库文件 bank file", file_types=[".jsonl", ".csv"], type="filepath", elem_id="bank-file"
+            )
             bank_name = gr.Textbox(label="题库名 bank name (空 = 文件名 empty = the file's name)", elem_id="bank-name")
         import_bank = gr.Button("导入题库 Import bank", elem_id="import-bank")
         import_status = gr.Markdown(elem_id="import-status")
-        gr.Markdown("#### 新一轮 New queue round (admins): everyone gets the bank prompts of the split again, e.g. to "
-                    "judge a new run against its parent on the same prompts; with 2-4 contestants they answer every "
-                    "queue prompt for everyone (`./launch.sh queue-round --contestants ID,ID --split ... --blind`)")
+        gr.Markdown(
+            "#### 新一轮 New queue round (admins): everyone gets the bank prompts of the split again, e.g. to "
+            "judge a new run against its parent on the same prompts; with 2-4 contestants they answer every "
+            "queue prompt for everyone (`./launch.sh queue-round --contestants ID,ID --split ... --blind`)"
+        )
         with gr.Row():
-            round_contestants = gr.Dropdown(label="参赛检查点 contestants (2-4; none: each annotator chooses)",
-                                            choices=[], multiselect=True, elem_id="round-contestants")
+            round_contestants = gr.Dropdown(
+                label="参赛检查点 contestants (2-4; none: each annotator chooses)",
+                choices=[],
+                multiselect=True,
+                elem_id="round-contestants",
+            )
             round_split = gr.Radio(list(ROUND_SPLITS), value="all", label="题库划分 bank split", elem_id="round-split")
             round_blind = gr.Checkbox(label="盲评 blind for everyone", value=False, elem_id="round-blind")
         with gr.Row():
             new_round = gr.Button("开始新一轮 Start a new queue round", elem_id="queue-round")
             close_round = gr.Button("结束本轮 Close the round", elem_id="close-round")
         round_status = gr.Markdown(elem_id="round-status")
-        gr.Markdown("#### 导出 Export (admins): 与 `./launch.sh export-prefs` 相同 — de-identified pairs into "
-                    f"`{cfg.collected_pairs_dir}`, which the next `train-all` merges into ChiMed-DPO, and the "
-                    f"single-answer ratings (unpaired prompt / completion / label) into `{cfg.collected_ratings_dir}`")
+        gr.Markdown(
+            "#### 导出 Export (admins): 与 `./launch.sh export-prefs` 相同 — de-identified pairs into "
+            f"`{cfg.collected_pairs_dir}`, which the next `train-all` merges into ChiMed-DPO, and the "
+            f"single-answer ratings (unpaired prompt / completion / label) into `{cfg.collected_ratings_dir}`"
+        )
         export = gr.Button("导出偏好对与单项评价 Export pairs and ratings", elem_id="export")
         export_status = gr.Markdown(elem_id="export-status")
-        export_file = gr.File(label="导出文件 exported files", interactive=False, file_count="multiple",
-                              elem_id="export-file")
-        gr.Markdown("#### 审计日志 Audit log (admins): logins, logouts, account changes, exports, bank imports, "
-                    "queue rounds, API tokens — rows are only ever added")
+        export_file = gr.File(
+            label="导出文件 exported files", interactive=False, file_count="multiple", elem_id="export-file"
+        )
+        gr.Markdown(
+            "#### 审计日志 Audit log (admins): logins, logouts, account changes, exports, bank imports, "
+            "queue rounds, API tokens — rows are only ever added"
+        )
         weak = gr.Markdown(elem_id="weak-passwords")
         with gr.Row():
             audit_action = gr.Textbox(label="操作 action (e.g. login, export)", elem_id="audit-action")
@@ -370,12 +467,12 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
             return f"⚠ {html.escape(str(err), quote=False)}", *view(state)
         return message, *view(state)
 
-    def run_new_round(state: ArenaSession, contestants: list[str] | None, split: str, blind: bool,
-                      request: gr.Request):
+    def run_new_round(state: ArenaSession, contestants: list[str] | None, split: str, blind: bool, request: gr.Request):
         admin_only(state.annotator, "/run_new_round", "start a new queue round")
         try:
-            message = start_round_for_admin(cfg, store, state, contestants or [], split, bool(blind),
-                                            request_address(request, cfg))
+            message = start_round_for_admin(
+                cfg, store, state, contestants or [], split, bool(blind), request_address(request, cfg)
+            )
         except UserError as err:
             message = f"⚠ {html.escape(str(err), quote=False)}"
         return f"{message}  \n{round_markdown(store)}", *view(state)
@@ -402,8 +499,11 @@ def build_data_tab(cfg: Config, store: PreferenceStore, session: gr.State, tab: 
             rows = audit_rows(store, state, action, actor, since)
         except UserError as err:
             return f"⚠ {html.escape(str(err), quote=False)}", gr.update(), ""
-        return (f"{len(rows)} events (newest first, at most 500 shown; the CSV has all)", rows,
-                weak_passwords_markdown(store))
+        return (
+            f"{len(rows)} events (newest first, at most 500 shown; the CSV has all)",
+            rows,
+            weak_passwords_markdown(store),
+        )
 
     def export_audit(state: ArenaSession, action: str, actor: str, since: str):
         admin_only(state.annotator, "/export_audit", "read the audit log")

@@ -50,10 +50,17 @@ class EndpointError(UserError):
 
 def endpoint_serving(endpoint: EndpointConfig) -> dict:
     """How an endpoint's answers are served, as stored with each of them (no key, no URL secrets)."""
-    record = {"mode": "endpoint", "endpoint": endpoint.name, "model": endpoint.model,
-              "base_url": url_without_secrets(endpoint.base_url)}
-    return record | ({"system_prompt": endpoint.system_prompt} if endpoint.system_prompt else {}) \
+    record = {
+        "mode": "endpoint",
+        "endpoint": endpoint.name,
+        "model": endpoint.model,
+        "base_url": url_without_secrets(endpoint.base_url),
+    }
+    return (
+        record
+        | ({"system_prompt": endpoint.system_prompt} if endpoint.system_prompt else {})
         | ({"stop": list(endpoint.stop)} if endpoint.stop else {})
+    )
 
 
 def with_system_prompt(messages: list[dict], system_prompt: str) -> list[dict]:
@@ -77,15 +84,20 @@ class EndpointClient:
         # without one the Authorization header is left out (and OPENAI_API_KEY is never sent to this host)
         keyed = bool(endpoint.api_key_env)
         self.client = openai.OpenAI(
-            base_url=endpoint.base_url, api_key=self._key if keyed else (lambda: ""), max_retries=0,
-            timeout=openai.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, CONNECT_TIMEOUT_S)))
+            base_url=endpoint.base_url,
+            api_key=self._key if keyed else (lambda: ""),
+            max_retries=0,
+            timeout=openai.Timeout(endpoint.timeout_s, connect=min(endpoint.timeout_s, CONNECT_TIMEOUT_S)),
+        )
         self.headers = {} if keyed else {"Authorization": openai.omit}
 
     def _key(self) -> str:
         key = os.environ.get(self.endpoint.api_key_env, "")
         if not key:
-            raise EndpointError(f"the API key is missing: set the environment variable {self.endpoint.api_key_env} "
-                                "before starting the app")
+            raise EndpointError(
+                f"the API key is missing: set the environment variable {self.endpoint.api_key_env} "
+                "before starting the app"
+            )
         return key
 
     def answer(self, generation: Generation, panel: int, messages: list[dict]) -> None:
@@ -99,8 +111,9 @@ class EndpointClient:
             self._stream(generation, panel, messages)
         except Exception as err:  # noqa: BLE001 - whatever went wrong, it fails this panel only
             reason = self.describe(err)
-            log.warning("endpoint %s (%s, model %s) failed: %s", self.endpoint.name, self.url, self.endpoint.model,
-                        reason)
+            log.warning(
+                "endpoint %s (%s, model %s) failed: %s", self.endpoint.name, self.url, self.endpoint.model, reason
+            )
             generation.fail(panel, reason)
         finally:
             self.slots.release()
@@ -111,10 +124,17 @@ class EndpointClient:
             self._key()  # a missing key is named before anything is sent
         deadline = time.monotonic() + e.timeout_s
         stream = self.client.chat.completions.create(
-            model=e.model, messages=with_system_prompt(messages, e.system_prompt), stream=True,
-            max_tokens=decoding.max_new_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
-            seed=decoding.seed, extra_headers=self.headers, stop=list(e.stop) if e.stop else openai.omit,
-            stream_options={"include_usage": True})  # the engine's own token count, in a last chunk
+            model=e.model,
+            messages=with_system_prompt(messages, e.system_prompt),
+            stream=True,
+            max_tokens=decoding.max_new_tokens,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            seed=decoding.seed,
+            extra_headers=self.headers,
+            stop=list(e.stop) if e.stop else openai.omit,
+            stream_options={"include_usage": True},
+        )  # the engine's own token count, in a last chunk
         text, pieces, usage, finish = "", 0, None, None
         with stream:
             chunks = iter(stream)
@@ -128,25 +148,36 @@ class EndpointClient:
                     finish = (choice.finish_reason if choice is not None else None) or finish
                     usage = chunk.usage.completion_tokens if getattr(chunk, "usage", None) is not None else usage
                 except (ValueError, AttributeError, TypeError, KeyError) as err:  # not JSON, or not a chunk
-                    raise EndpointError(f"malformed stream from the endpoint ({err.__class__.__name__}: "
-                                        f"{_first_line(err)})") from err
+                    raise EndpointError(
+                        f"malformed stream from the endpoint ({err.__class__.__name__}: {_first_line(err)})"
+                    ) from err
                 if time.monotonic() > deadline:
-                    raise EndpointError(f"no complete answer within {e.timeout_s:g} s (timeout_s): the endpoint is "
-                                        "too slow or overloaded")
+                    raise EndpointError(
+                        f"no complete answer within {e.timeout_s:g} s (timeout_s): the endpoint is "
+                        "too slow or overloaded"
+                    )
                 if served and generation.answers[panel].serving.get("served_model") != served:
                     generation.update(panel, serving=endpoint_serving(e) | {"served_model": served})
                 if not piece:
                     continue
                 pieces += 1
                 text += piece
-                first = {} if generation.answers[panel].first_token_s is not None \
+                first = (
+                    {}
+                    if generation.answers[panel].first_token_s is not None
                     else {"first_token_s": generation.elapsed()}
+                )
                 generation.update(panel, text=clean_answer(text), n_tokens=pieces, **first)
         shown = clean_answer(text)
         if not shown.strip() and not generation.cancelled.is_set():
             raise EndpointError(f"the endpoint sent an empty answer (finish reason: {finish or 'none'})")
-        generation.update(panel, text=shown, n_tokens=usage if usage is not None else pieces, done=True,
-                          latency_s=generation.elapsed())
+        generation.update(
+            panel,
+            text=shown,
+            n_tokens=usage if usage is not None else pieces,
+            done=True,
+            latency_s=generation.elapsed(),
+        )
 
     def describe(self, err: BaseException) -> str:
         """One line for the panel: what went wrong, never the API key (nor the endpoint's name: it is blind)."""
@@ -210,5 +241,6 @@ class EndpointClients:
     def start(self, endpoint: EndpointConfig, messages: list[dict], generation: Generation, panel: int) -> None:
         """Answer one panel from ``endpoint`` in a thread of its own; returns at once."""
         client = self.client(endpoint)
-        threading.Thread(target=client.answer, args=(generation, panel, messages), daemon=True,
-                         name=f"endpoint:{endpoint.name}").start()
+        threading.Thread(
+            target=client.answer, args=(generation, panel, messages), daemon=True, name=f"endpoint:{endpoint.name}"
+        ).start()

@@ -25,8 +25,10 @@ from preference_store.records import Criterion, Guideline
 from preference_store.repository import PreferenceStore
 from training.errors import UserError
 
-CRITERIA_HELP = (f"每行一个标准，按优先级排列 / one criterion per line, in priority order (1-{MAX_CRITERIA}): "
-                 "`key | 名称 name | 说明 description` (key: lower-case letters, digits, _)")
+CRITERIA_HELP = (
+    f"每行一个标准，按优先级排列 / one criterion per line, in priority order (1-{MAX_CRITERIA}): "
+    "`key | 名称 name | 说明 description` (key: lower-case letters, digits, _)"
+)
 
 
 @dataclass
@@ -39,13 +41,17 @@ class GuidelinesTab:
 
 def guideline_markdown(guideline: Guideline) -> str:
     """The guideline as the Guidelines tab and the Compare tab show it: version, text, criteria."""
-    rows = "\n".join(f"| {i} | {html.escape(c.name)} | `{c.key}` | {html.escape(c.description)} |"
-                     for i, c in enumerate(guideline.criteria, 1))
+    rows = "\n".join(
+        f"| {i} | {html.escape(c.name)} | `{c.key}` | {html.escape(c.description)} |"
+        for i, c in enumerate(guideline.criteria, 1)
+    )
     when = guideline.created.strftime("%Y-%m-%d %H:%M UTC") if guideline.created else ""
-    return (f"**评判准则 第 {guideline.version} 版 · Guideline version {guideline.version}** ({when})\n\n"
-            f"{guideline.text}\n\n"
-            f"#### 1-5 评分标准 Criteria (按优先级 in priority order; 5 = 最好 best)\n\n"
-            f"| # | 标准 criterion | key | 说明 description |\n|---|---|---|---|\n{rows}")
+    return (
+        f"**评判准则 第 {guideline.version} 版 · Guideline version {guideline.version}** ({when})\n\n"
+        f"{guideline.text}\n\n"
+        f"#### 1-5 评分标准 Criteria (按优先级 in priority order; 5 = 最好 best)\n\n"
+        f"| # | 标准 criterion | key | 说明 description |\n|---|---|---|---|\n{rows}"
+    )
 
 
 def format_criteria(criteria) -> str:
@@ -92,9 +98,12 @@ def build_guidelines_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab)
     def show(state: ArenaSession) -> list:
         guideline = store.guideline()
         is_admin = state.annotator is not None and state.annotator.is_admin
-        return [guideline_markdown(guideline), gr.update(visible=is_admin),
-                gr.update(value=guideline.text) if is_admin else gr.update(),
-                gr.update(value=format_criteria(guideline.criteria)) if is_admin else gr.update()]
+        return [
+            guideline_markdown(guideline),
+            gr.update(visible=is_admin),
+            gr.update(value=guideline.text) if is_admin else gr.update(),
+            gr.update(value=format_criteria(guideline.criteria)) if is_admin else gr.update(),
+        ]
 
     def publish_version(state: ArenaSession, new_text: str, new_criteria: str):
         admin_only(state.annotator, "/publish_version", "change the guideline")
@@ -102,9 +111,11 @@ def build_guidelines_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab)
             guideline = publish_for_admin(store, state, new_text, new_criteria)
         except UserError as err:
             return gr.update(), f"⚠ {html.escape(str(err), quote=False)}"
-        return (guideline_markdown(guideline),
-                f"✓ 已发布第 {guideline.version} 版 / published guideline version {guideline.version}: annotators "
-                "acknowledge it before their next judgment")
+        return (
+            guideline_markdown(guideline),
+            f"✓ 已发布第 {guideline.version} 版 / published guideline version {guideline.version}: annotators "
+            "acknowledge it before their next judgment",
+        )
 
     outputs = [page, editor, text, criteria]
     tab.select(show, [session], outputs)

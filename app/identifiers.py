@@ -37,7 +37,7 @@ class EntryCheck:
         return bool(self.counts)
 
     def summary(self) -> str:
-        """"检测到 found: 姓名 name ×1, 电话 phone ×1" ("" when nothing was found)."""
+        """ "检测到 found: 姓名 name ×1, 电话 phone ×1" ("" when nothing was found)."""
         return "检测到 found: " + describe_counts(self.counts) if self.counts else ""
 
     def preview(self) -> str:
@@ -49,7 +49,7 @@ class EntryCheck:
 
 
 def describe_counts(counts: dict[str, int]) -> str:
-    """"姓名 name ×1, 电话 phone ×1": each category with its bilingual label and count."""
+    """ "姓名 name ×1, 电话 phone ×1": each category with its bilingual label and count."""
     return ", ".join(f"{category_label(c) if c in CATEGORIES else c} ×{n}" for c, n in counts.items())
 
 
@@ -58,8 +58,10 @@ class IdentifiersFound(UserError):
 
     def __init__(self, check: EntryCheck) -> None:
         self.check = check
-        super().__init__(f"包含身份信息 the text holds identifiers ({check.summary()}): nothing was sent or stored; "
-                         "send it redacted (脱敏后发送 redact and send; API: redact=True) or edit it")
+        super().__init__(
+            f"包含身份信息 the text holds identifiers ({check.summary()}): nothing was sent or stored; "
+            "send it redacted (脱敏后发送 redact and send; API: redact=True) or edit it"
+        )
 
 
 def screen_entry(**fields: str | None) -> EntryCheck:

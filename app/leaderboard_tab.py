@@ -36,14 +36,42 @@ from preference_store.repository import PreferenceStore
 from training.errors import UserError
 
 PROVISIONAL = "暂定 provisional"
-RATING_COLUMNS = ["排名 rank", "检查点 checkpoint", "BT rating", "95% CI", "对局 battles", "胜 wins", "负 losses",
-                  "平 ties", PROVISIONAL]
-LENGTH_COLUMNS = ["排名 rank", "检查点 checkpoint", "长度控制 length-controlled rating", "95% CI", "原始 raw rating",
-                  PROVISIONAL]
-AGREEMENT_COLUMNS = ["标注者 annotator", "共同单元 shared units", "一致率 percent agreement", "α pairwise", "α ranking",
-                     "α scores"]
-SCREEN_COLUMNS = ["标注者 annotator", "有共识的单元 units with a consensus", "同意 agreed", "同意率 rate",
-                  "他人同意率 others' rate", "p", "离群 outlier"]
+RATING_COLUMNS = [
+    "排名 rank",
+    "检查点 checkpoint",
+    "BT rating",
+    "95% CI",
+    "对局 battles",
+    "胜 wins",
+    "负 losses",
+    "平 ties",
+    PROVISIONAL,
+]
+LENGTH_COLUMNS = [
+    "排名 rank",
+    "检查点 checkpoint",
+    "长度控制 length-controlled rating",
+    "95% CI",
+    "原始 raw rating",
+    PROVISIONAL,
+]
+AGREEMENT_COLUMNS = [
+    "标注者 annotator",
+    "共同单元 shared units",
+    "一致率 percent agreement",
+    "α pairwise",
+    "α ranking",
+    "α scores",
+]
+SCREEN_COLUMNS = [
+    "标注者 annotator",
+    "有共识的单元 units with a consensus",
+    "同意 agreed",
+    "同意率 rate",
+    "他人同意率 others' rate",
+    "p",
+    "离群 outlier",
+]
 KINDS = {"pairwise": "两两投票 pairwise votes", "ranking": "排序 rankings", "scores": "1-5 评分 scores"}
 SPLITS = {"heldout": "heldout", "train": "train", "全部 all": None}
 VERDICTS = {"better": "更好 newer run better", "same": "持平 same", "worse": "更差 newer run worse"}
@@ -62,8 +90,20 @@ def _ci(ci: tuple[float, float] | None) -> str:
 
 def ratings_table(board: Leaderboard) -> list[list]:
     """One row per checkpoint, best first; a rating with too few battles is marked provisional."""
-    return [[i + 1, r.checkpoint_id, round(r.rating, 1), _ci(r.ci95), r.battles, r.wins, r.losses, r.ties,
-             PROVISIONAL if r.provisional else ""] for i, r in enumerate(board.ratings)]
+    return [
+        [
+            i + 1,
+            r.checkpoint_id,
+            round(r.rating, 1),
+            _ci(r.ci95),
+            r.battles,
+            r.wins,
+            r.losses,
+            r.ties,
+            PROVISIONAL if r.provisional else "",
+        ]
+        for i, r in enumerate(board.ratings)
+    ]
 
 
 def length_table(board: Leaderboard) -> list[list]:
@@ -72,18 +112,28 @@ def length_table(board: Leaderboard) -> list[list]:
     if lc is None:
         return []
     raw = {r.checkpoint_id: r.rating for r in board.ratings}
-    return [[i + 1, r.checkpoint_id, round(r.rating, 1), _ci(r.ci95),
-             round(raw[r.checkpoint_id], 1) if r.checkpoint_id in raw else NOT_MEASURED,
-             PROVISIONAL if r.provisional else ""] for i, r in enumerate(lc.ratings)]
+    return [
+        [
+            i + 1,
+            r.checkpoint_id,
+            round(r.rating, 1),
+            _ci(r.ci95),
+            round(raw[r.checkpoint_id], 1) if r.checkpoint_id in raw else NOT_MEASURED,
+            PROVISIONAL if r.provisional else "",
+        ]
+        for i, r in enumerate(lc.ratings)
+    ]
 
 
 def length_line(lc: LengthControlledRatings | None) -> str:
     if lc is None or lc.length_coefficient is None:
         return "长度系数 length coefficient: no battles yet."
-    ci = (f" (95% interval {lc.length_ci95[0]:+.2f} … {lc.length_ci95[1]:+.2f})" if lc.length_ci95 else "")
-    return (f"长度系数 length coefficient {lc.length_coefficient:+.2f}{ci} on {lc.battles} battles: the change in "
-            "log-odds of winning per standard deviation of the normalised length difference (> 0: longer answers "
-            "win more often). The ratings above are what each checkpoint would rate at equal length.")
+    ci = f" (95% interval {lc.length_ci95[0]:+.2f} … {lc.length_ci95[1]:+.2f})" if lc.length_ci95 else ""
+    return (
+        f"长度系数 length coefficient {lc.length_coefficient:+.2f}{ci} on {lc.battles} battles: the change in "
+        "log-odds of winning per standard deviation of the normalised length difference (> 0: longer answers "
+        "win more often). The ratings above are what each checkpoint would rate at equal length."
+    )
 
 
 def criteria_order(in_force: tuple[str, ...], found) -> list[str]:
@@ -118,8 +168,14 @@ def matrix_table(board: Leaderboard, values: dict[str, dict], fmt) -> tuple[list
 
 def criteria_table(board: Leaderboard, criteria: list[str]) -> list[list]:
     """Mean 1-5 score per criterion (with the number of scores) for every scored checkpoint."""
-    return [[cid] + [f"{board.criteria[cid][c]:.2f} (n={board.criteria_n[cid][c]})" if c in board.criteria[cid]
-                     else "" for c in criteria] for cid in sorted(board.criteria)]
+    return [
+        [cid]
+        + [
+            f"{board.criteria[cid][c]:.2f} (n={board.criteria_n[cid][c]})" if c in board.criteria[cid] else ""
+            for c in criteria
+        ]
+        for cid in sorted(board.criteria)
+    ]
 
 
 def summary_line(board: Leaderboard) -> str:
@@ -127,16 +183,25 @@ def summary_line(board: Leaderboard) -> str:
     provisional = sum(r.provisional for r in board.ratings)
     lines = [f"共 {board.judgments} 次评判 judgments ({scope}; ties and both-bad count half a win each)."]
     if provisional:
-        lines.append(f"{provisional} 个评分为暂定 rating(s) marked {PROVISIONAL}: fewer than "
-                     f"{board.provisional_battles} battles, they may still move a lot.")
+        lines.append(
+            f"{provisional} 个评分为暂定 rating(s) marked {PROVISIONAL}: fewer than "
+            f"{board.provisional_battles} battles, they may still move a lot."
+        )
     if board.leaked_battles:
         fate = "left out of the ratings" if board.leaked_excluded else "counted in the ratings"
-        lines.append(f"{board.leaked_battles} 场对局的回答泄露了模型名称 battles where an answer names a model: {fate}.")
+        lines.append(
+            f"{board.leaked_battles} 场对局的回答泄露了模型名称 battles where an answer names a model: {fate}."
+        )
     if board.unblinded_judgments:
-        fate = ("counted (store.admit_unblinded)" if board.unblinded_admitted
-                else "left out (store.admit_unblinded admits them)")
-        lines.append(f"{board.unblinded_judgments} 次评判在名称可见时做出 judgments made with the names shown "
-                     f"(not blind): {fate}.")
+        fate = (
+            "counted (store.admit_unblinded)"
+            if board.unblinded_admitted
+            else "left out (store.admit_unblinded admits them)"
+        )
+        lines.append(
+            f"{board.unblinded_judgments} 次评判在名称可见时做出 judgments made with the names shown "
+            f"(not blind): {fate}."
+        )
     return "  \n".join(lines)
 
 
@@ -144,18 +209,24 @@ def agreement_markdown(agreement: Agreement) -> str:
     """Krippendorff's alpha and the percent agreement per kind of verdict, on the shared bank prompts."""
     measured = {kind: a for kind, a in agreement.by_kind.items() if a.units}
     if not measured:
-        return ("标注者一致性 agreement: no bank prompt has been judged by more than one annotator with the same "
-                "contestants yet (Krippendorff's alpha needs at least two annotators on the same prompt).")
-    lines = ["标注者一致性 agreement on the shared bank prompts (same prompt, same contestants):", "",
-             "| 类型 kind | Krippendorff's α | 一致率 percent agreement | 单元 units | 标注者 annotators |",
-             "|---|---|---|---|---|"]
+        return (
+            "标注者一致性 agreement: no bank prompt has been judged by more than one annotator with the same "
+            "contestants yet (Krippendorff's alpha needs at least two annotators on the same prompt)."
+        )
+    lines = [
+        "标注者一致性 agreement on the shared bank prompts (same prompt, same contestants):",
+        "",
+        "| 类型 kind | Krippendorff's α | 一致率 percent agreement | 单元 units | 标注者 annotators |",
+        "|---|---|---|---|---|",
+    ]
     for kind, a in measured.items():
-        lines.append(f"| {KINDS.get(kind, kind)} | α = {_number(a.alpha)} ({a.level}) | {_number(a.percent, '{:.0%}')} "
-                     f"| {a.units} | {a.annotators} |")
+        lines.append(
+            f"| {KINDS.get(kind, kind)} | α = {_number(a.alpha)} ({a.level}) | {_number(a.percent, '{:.0%}')} "
+            f"| {a.units} | {a.annotators} |"
+        )
     scored = {c: v for c, v in agreement.criteria_alpha.items() if v is not None}
     if scored:
-        lines += ["", "各维度评分 α per criterion (ordinal): "
-                  + ", ".join(f"{c} {v:.2f}" for c, v in scored.items())]
+        lines += ["", "各维度评分 α per criterion (ordinal): " + ", ".join(f"{c} {v:.2f}" for c, v in scored.items())]
     return "\n".join(lines)
 
 
@@ -169,8 +240,14 @@ def annotator_agreement_table(agreement: Agreement, viewer: Annotator | None) ->
             who = YOU
         else:
             continue
-        rows.append([who, a.units, _number(a.percent, "{:.0%}"),
-                     *(_number(a.alpha.get(kind)) for kind in ("pairwise", "ranking", "scores"))])
+        rows.append(
+            [
+                who,
+                a.units,
+                _number(a.percent, "{:.0%}"),
+                *(_number(a.alpha.get(kind)) for kind in ("pairwise", "ranking", "scores")),
+            ]
+        )
     return rows
 
 
@@ -180,11 +257,15 @@ def position_markdown(bias: PositionBias | None) -> str:
     lines = []
     if bias.decided_votes:
         ci = f" (95% interval {bias.a_ci95[0]:.0%} – {bias.a_ci95[1]:.0%})" if bias.a_ci95 else ""
-        lines.append(f"位置偏差 position bias: 面板 A 赢得 A wins {bias.a_share:.0%}{ci} of {bias.decided_votes} "
-                     "decided votes (50% = no bias).")
+        lines.append(
+            f"位置偏差 position bias: 面板 A 赢得 A wins {bias.a_share:.0%}{ci} of {bias.decided_votes} "
+            "decided votes (50% = no bias)."
+        )
     if bias.rankings:
-        firsts = ", ".join(f"{label} {share:.0%} (expected {bias.first_place_expected.get(label, 0):.0%})"
-                           for label, share in sorted(bias.first_place.items()))
+        firsts = ", ".join(
+            f"{label} {share:.0%} (expected {bias.first_place_expected.get(label, 0):.0%})"
+            for label, share in sorted(bias.first_place.items())
+        )
         lines.append(f"排序中排第一的面板 first place by panel in {bias.rankings} rankings: {firsts}.")
     return "  \n".join(lines)
 
@@ -194,11 +275,23 @@ def screen_view(board: Leaderboard, viewer: Annotator | None) -> tuple[dict, dic
     if viewer is None or not viewer.is_admin:
         return gr.update(value="", visible=False), gr.update(value=[], visible=False)
     outliers = board.outliers
-    head = ("离群标注者 outlier annotators (admins only): "
-            + (", ".join(f"**{html.escape(s.name)}**" for s in outliers) if outliers else "none")
-            + " — agreeing with the leave-one-out consensus of the others less than chance allows.")
-    rows = [[s.name, s.units, s.agreed, _number(s.rate, "{:.0%}"), _number(s.expected, "{:.0%}"),
-             _number(s.p_value, "{:.3g}"), "⚠ outlier" if s.outlier else ""] for s in board.screen]
+    head = (
+        "离群标注者 outlier annotators (admins only): "
+        + (", ".join(f"**{html.escape(s.name)}**" for s in outliers) if outliers else "none")
+        + " — agreeing with the leave-one-out consensus of the others less than chance allows."
+    )
+    rows = [
+        [
+            s.name,
+            s.units,
+            s.agreed,
+            _number(s.rate, "{:.0%}"),
+            _number(s.expected, "{:.0%}"),
+            _number(s.p_value, "{:.3g}"),
+            "⚠ outlier" if s.outlier else "",
+        ]
+        for s in board.screen
+    ]
     return gr.update(value=head, visible=True), gr.update(value=rows, headers=SCREEN_COLUMNS, visible=True)
 
 
@@ -222,8 +315,9 @@ def core_view(board: Leaderboard, in_force: tuple[str, ...]) -> list:
     ]
 
 
-def full_view(store: PreferenceStore, viewer: Annotator | None, bank_only: bool = False,
-              board: Leaderboard | None = None) -> list:
+def full_view(
+    store: PreferenceStore, viewer: Annotator | None, bank_only: bool = False, board: Leaderboard | None = None
+) -> list:
     """Every computed component of the tab for ``viewer`` (None: not logged in, sees no per-annotator line);
     ``board``: the leaderboard already computed for ``bank_only``."""
     board = board or store.leaderboard(bank_only=bank_only)
@@ -252,14 +346,28 @@ def interim_withheld(store: PreferenceStore, viewer: Annotator | None, interim_r
 
 def interim_view(store: PreferenceStore, viewer: Annotator | None, current: QueueRound) -> list:
     """The tab while round ``current`` is open, for an annotator: their own progress, every result empty."""
-    line = (f"**第 {current.number} 轮进行中 Study round {current.number} is open**: results are shown to admins "
-            "only until it closes, so that knowing which answers tend to win cannot steer the judgments.")
+    line = (
+        f"**第 {current.number} 轮进行中 Study round {current.number} is open**: results are shown to admins "
+        "only until it closes, so that knowing which answers tend to win cannot steer the judgments."
+    )
     if viewer is not None:
         line += f" 我的队列 Your queue: **{store.queue_progress(viewer.id)}** 已完成 done."
     empty = gr.update(value=[])
     hidden = gr.update(value="", visible=False), gr.update(value=[], visible=False)
-    return [line, empty, empty, empty, empty, "", gr.update(value=[], headers=AGREEMENT_COLUMNS), empty,
-            gr.update(value=[], headers=LENGTH_COLUMNS), "", "", *hidden]
+    return [
+        line,
+        empty,
+        empty,
+        empty,
+        empty,
+        "",
+        gr.update(value=[], headers=AGREEMENT_COLUMNS),
+        empty,
+        gr.update(value=[], headers=LENGTH_COLUMNS),
+        "",
+        "",
+        *hidden,
+    ]
 
 
 def ratings_chart(store: PreferenceStore, board: Leaderboard) -> str | None:
@@ -290,16 +398,18 @@ def run_choices(store: PreferenceStore) -> list[str]:
 
 
 def run_comparison_line(result: RunComparison) -> str:
-    """"newer run better/same/worse, P(better)=..., 95% interval ..." in one line."""
+    """ "newer run better/same/worse, P(better)=..., 95% interval ..." in one line."""
     if result.verdict not in VERDICTS or result.difference is None:
         return f"**{NOT_ENOUGH}**: {html.escape(str(result), quote=False)}"
     head = f"**{VERDICTS[result.verdict]}**"
     stage = f"{result.new_checkpoint} vs {result.old_checkpoint}"
     split = f"the {result.split}" if result.split else "all"
     ci = f", 95% interval {result.ci95[0]:+.2f} … {result.ci95[1]:+.2f}" if result.ci95 else ""
-    return (f"{head}: {html.escape(stage)} on {split} bank prompts — P(better)={_number(result.p_new_better)}, "
-            f"difference in win share {result.difference:+.2f}{ci}; {result.prompts} prompts, {result.battles} battles "
-            f"({result.wins} won, {result.losses} lost, {result.ties} ties; {result.rounds} bootstrap resamples).")
+    return (
+        f"{head}: {html.escape(stage)} on {split} bank prompts — P(better)={_number(result.p_new_better)}, "
+        f"difference in win share {result.difference:+.2f}{ci}; {result.prompts} prompts, {result.battles} battles "
+        f"({result.wins} won, {result.losses} lost, {result.ties} ties; {result.rounds} bootstrap resamples)."
+    )
 
 
 def compare_runs_line(store: PreferenceStore, new_run: str | None, old_run: str | None, split_label: str) -> str:
@@ -321,14 +431,22 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
     summary = gr.Markdown(elem_id="leaderboard-summary")
     gr.Markdown("#### Bradley-Terry 评分 ratings (95% bootstrap intervals)")
     ratings = gr.Dataframe(headers=RATING_COLUMNS, interactive=False, elem_id="ratings")
-    chart = gr.Image(label="评分与95%区间 Ratings with 95% intervals (overall, length-controlled, per criterion; "
-                           "download the PNG for reports)", type="filepath", interactive=False,
-                     buttons=["download", "fullscreen"],  # no "share": study results stay off Hugging Face
-                     elem_id="ratings-chart")
+    chart = gr.Image(
+        label="评分与95%区间 Ratings with 95% intervals (overall, length-controlled, per criterion; "
+        "download the PNG for reports)",
+        type="filepath",
+        interactive=False,
+        buttons=["download", "fullscreen"],  # no "share": study results stay off Hugging Face
+        elem_id="ratings-chart",
+    )
     gr.Markdown("#### 标注者一致性 Agreement")
     agreement = gr.Markdown(elem_id="agreement")
-    annotator_agreement = gr.Dataframe(headers=AGREEMENT_COLUMNS, interactive=False, elem_id="annotator-agreement",
-                                       label="每位标注者与其他人 each annotator against the others")
+    annotator_agreement = gr.Dataframe(
+        headers=AGREEMENT_COLUMNS,
+        interactive=False,
+        elem_id="annotator-agreement",
+        label="每位标注者与其他人 each annotator against the others",
+    )
     position = gr.Markdown(elem_id="position-bias")
     outliers = gr.Markdown(visible=False, elem_id="outliers")
     screen = gr.Dataframe(headers=SCREEN_COLUMNS, interactive=False, visible=False, elem_id="outlier-screen")
@@ -351,8 +469,22 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
         compare = gr.Button("比较 Compare runs", elem_id="compare-runs")
     comparison = gr.Markdown(elem_id="run-comparison")
 
-    outputs = [summary, ratings, win_rate, counts, criteria, agreement, annotator_agreement, criterion_ratings,
-               length_controlled, length_coefficient, position, outliers, screen, chart]
+    outputs = [
+        summary,
+        ratings,
+        win_rate,
+        counts,
+        criteria,
+        agreement,
+        annotator_agreement,
+        criterion_ratings,
+        length_controlled,
+        length_coefficient,
+        position,
+        outliers,
+        screen,
+        chart,
+    ]
 
     def view(state: ArenaSession, only_bank: bool):
         return tab_view(store, state.annotator, bool(only_bank), interim_results)
@@ -367,8 +499,9 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
         try:
             current = interim_withheld(store, state.annotator, interim_results)
             if current is not None:
-                raise UserError(f"study round {current.number} is open: the run-vs-run verdict is for admins "
-                                "until it closes")
+                raise UserError(
+                    f"study round {current.number} is open: the run-vs-run verdict is for admins until it closes"
+                )
             return compare_runs_line(store, new, old, split_label)
         except UserError as err:
             return f"⚠ {html.escape(str(err), quote=False)}"

@@ -76,17 +76,37 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
                 who = status_line(str(err), ok=False)
             run, contestants, message = runs_and_contestants(cfg, [])
             is_admin = state.annotator is not None and state.annotator.is_admin
-            return (state, who, gr.update(visible=is_admin), run, contestants, message, *compare.load(state),
-                    *guidelines.load(state), gr.update(visible=state.annotator is not None
-                                                       and state.annotator.can_login))
+            return (
+                state,
+                who,
+                gr.update(visible=is_admin),
+                run,
+                contestants,
+                message,
+                *compare.load(state),
+                *guidelines.load(state),
+                gr.update(visible=state.annotator is not None and state.annotator.can_login),
+            )
 
         def accept_notice(state: ArenaSession):
             state.notice_accepted = True
             return state, gr.update(visible=False), gr.update(visible=True)
 
-        demo.load(on_load, [session], [session, identity, admin_tools, compare.run, compare.contestants,
-                                       compare.status, *compare.load_outputs, *guidelines.load_outputs,
-                                       account])
+        demo.load(
+            on_load,
+            [session],
+            [
+                session,
+                identity,
+                admin_tools,
+                compare.run,
+                compare.contestants,
+                compare.status,
+                *compare.load_outputs,
+                *guidelines.load_outputs,
+                account,
+            ],
+        )
         accept.click(accept_notice, [session], [session, gate, main])
     hide_ui_callbacks(demo)  # only the documented API is public (app.api.API_ENDPOINTS)
     return demo
@@ -110,10 +130,14 @@ def launch_app(cfg: Config, host: str | None = None, port: int | None = None) ->
     auth = login_checker(store)
     demo.queue(default_concurrency_limit=cfg.app.concurrent_comparisons)
     demo.launch(
-        server_name=host or cfg.app.host, server_port=port or cfg.app.port, auth=auth,
+        server_name=host or cfg.app.host,
+        server_port=port or cfg.app.port,
+        auth=auth,
         auth_message=("ChiMed Arena — 请使用标注账号登录 / log in with your annotator account. " + footer_markdown())
-        if auth else None,
-        footer_links=[], css=CSS,
+        if auth
+        else None,
+        footer_links=[],
+        css=CSS,
         # inside Gradio's app: throttled logins, session lifetime, disabled accounts, audited logouts (app.auth)
         app_kwargs={"middleware": [Middleware(AccountGuard, cfg=cfg, store=store)]},
     )

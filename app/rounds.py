@@ -13,21 +13,39 @@ from preference_store.repository import PreferenceStore
 from training.config import Config
 
 
-def start_study_round(cfg: Config, store: PreferenceStore, admin_id: int | None, actor: str, contestants: list[str],
-                      split: str = "all", blind: bool = False, address: str | None = None) -> str:
+def start_study_round(
+    cfg: Config,
+    store: PreferenceStore,
+    admin_id: int | None,
+    actor: str,
+    contestants: list[str],
+    split: str = "all",
+    blind: bool = False,
+    address: str | None = None,
+) -> str:
     """Start the next queue round (``admin_id`` None: the command line) and audit it; the summary line.
     Refuses a contestant that is not a completed run's stage or endpoint, and a bank without prompts of ``split``."""
     contestants = list(dict.fromkeys(c.strip() for c in contestants if c.strip()))
     register_contestants(cfg, store, contestants)  # refuses an id that is not a completed run's stage
     new = store.start_queue_round(admin_id, contestants, split=split, blind=blind)
-    store.record_event("queue.round", actor=actor, target=str(new), address=address,
-                       detail={"contestants": contestants, "split": split, "blind": blind})
+    store.record_event(
+        "queue.round",
+        actor=actor,
+        target=str(new),
+        address=address,
+        detail={"contestants": contestants, "split": split, "blind": blind},
+    )
     prompts = sum(split in ("all", p.split) for p in store.bank_prompts())
     where = "" if split == "all" else f"{split} "
-    answered = (f"answered by {', '.join(contestants)} for everyone" + (", blind" if blind else "")
-                if contestants else "each annotator chooses the contestants")
-    return (f"queue round {new} started: every annotator's queue holds the {prompts} {where}bank prompts again "
-            f"({cfg.store.annotators_per_prompt} annotators per prompt), {answered}")
+    answered = (
+        f"answered by {', '.join(contestants)} for everyone" + (", blind" if blind else "")
+        if contestants
+        else "each annotator chooses the contestants"
+    )
+    return (
+        f"queue round {new} started: every annotator's queue holds the {prompts} {where}bank prompts again "
+        f"({cfg.store.annotators_per_prompt} annotators per prompt), {answered}"
+    )
 
 
 def close_study_round(store: PreferenceStore, admin_id: int | None, actor: str, address: str | None = None) -> str:

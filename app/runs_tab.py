@@ -18,14 +18,16 @@ def run_summary(cfg: Config, run: RunInfo) -> str:
     manifest = read_manifest(cfg, run.run_id)
     stages = ", ".join(
         f"{stage_label(s)} ({manifest['stages'][s]['kind']}"
-        + (f" on {stage_label(manifest['stages'][s]['parent'])})"
-           if manifest["stages"][s].get("parent") else ")")
-        for s in run.stages)
+        + (f" on {stage_label(manifest['stages'][s]['parent'])})" if manifest["stages"][s].get("parent") else ")")
+        for s in run.stages
+    )
     collected = sum(1 for pid in manifest.get("dpo_pair_ids", []) if str(pid).startswith("clin-"))
     parent = html.escape(run.parent_run) if run.parent_run else "—"
-    return (f"**{html.escape(run.run_id)}** · profile `{run.profile}` · created {run.created}  \n"
-            f"阶段 stages: {stages}  \n上一个运行 parent run: {parent} · "
-            f"DPO 偏好对 pairs: {len(manifest.get('dpo_pair_ids', []))} (其中临床 collected from clinicians: {collected})")
+    return (
+        f"**{html.escape(run.run_id)}** · profile `{run.profile}` · created {run.created}  \n"
+        f"阶段 stages: {stages}  \n上一个运行 parent run: {parent} · "
+        f"DPO 偏好对 pairs: {len(manifest.get('dpo_pair_ids', []))} (其中临床 collected from clinicians: {collected})"
+    )
 
 
 def run_view(cfg: Config, run_id: str | None) -> list:
@@ -35,8 +37,11 @@ def run_view(cfg: Config, run_id: str | None) -> list:
         return ["还没有训练好的运行 / no completed run: train one with `./launch.sh train-all`", "", None]
     results = run.run_dir / "eval" / "results.md"
     chart = run.run_dir / "eval" / "stages.png"
-    table = results.read_text(encoding="utf-8") if results.is_file() else \
-        f"没有评估结果 / no evaluation yet: `./launch.sh eval --run {run.run_id}`"
+    table = (
+        results.read_text(encoding="utf-8")
+        if results.is_file()
+        else f"没有评估结果 / no evaluation yet: `./launch.sh eval --run {run.run_id}`"
+    )
     image = Image.open(chart).convert("RGB") if chart.is_file() else None
     return [run_summary(cfg, run), table, image]
 

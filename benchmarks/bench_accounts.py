@@ -46,9 +46,14 @@ def login_latency(tmp: Path, n: int) -> list[tuple[str, float, float]]:
                 out.append((time.perf_counter() - start) * 1000)
             return out
 
-        rows = [("argon2 only (authenticate, before)", timed(lambda: store.authenticate("dr_bench", PASSWORD))),
-                ("log_in: throttle reads + argon2 + audit row", timed(lambda: store.log_in("dr_bench", PASSWORD, "10.0.0.2"))),
-                ("log_in refused while throttled", timed(lambda: store.log_in("dr_guessed", PASSWORD, "10.0.0.1")))]
+        rows = [
+            ("argon2 only (authenticate, before)", timed(lambda: store.authenticate("dr_bench", PASSWORD))),
+            (
+                "log_in: throttle reads + argon2 + audit row",
+                timed(lambda: store.log_in("dr_bench", PASSWORD, "10.0.0.2")),
+            ),
+            ("log_in refused while throttled", timed(lambda: store.log_in("dr_guessed", PASSWORD, "10.0.0.1"))),
+        ]
     return [(name, statistics.median(ms), sorted(ms)[int(0.95 * (len(ms) - 1))]) for name, ms in rows]
 
 
@@ -88,11 +93,15 @@ def main() -> None:
             print(f"| {name} | {p50:.1f} | {p95:.1f} |")
         for sub in ("off", "on"):
             (tmp / sub).mkdir()
-        print(f"\n| audit log | annotators | judged | judgments/s | p50 s | p95 s | errors | lost (k not met) "
-              "| audit rows |\n|---|---|---|---|---|---|---|---|---|")
+        print(
+            "\n| audit log | annotators | judged | judgments/s | p50 s | p95 s | errors | lost (k not met) "
+            "| audit rows |\n|---|---|---|---|---|---|---|---|---|"
+        )
         for r in judging(tmp, args.annotators, args.prompts):
-            print(f"| {r['audit']} | {r['annotators']} | {r['judged']} | {r['per_s']:.1f} | {r['p50']:.3f} "
-                  f"| {r['p95']:.3f} | {r['errors']} | {r['short']} | {r.get('audit_rows', '—')} |")
+            print(
+                f"| {r['audit']} | {r['annotators']} | {r['judged']} | {r['per_s']:.1f} | {r['p50']:.3f} "
+                f"| {r['p95']:.3f} | {r['errors']} | {r['short']} | {r.get('audit_rows', '—')} |"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The same SFT aligned by each method (README "Alignment methods"), evaluated the same way, in one table.
+"""The same SFT aligned by each method (docs/training.md "Alignment methods"), evaluated the same way, in one table.
 
     CHIMED_HOME=DIR .venv/bin/python benchmarks/bench_align.py --run ID [--profile demo]
         [--methods dpo,kto,orpo,simpo,grpo] [--judgments 200] [--prefix align]
@@ -24,8 +24,14 @@ from training.manifest import read_manifest_at, run_dir
 from training.pipeline import train_all
 from training.stages.registry import align_methods
 
-COLUMNS = [("exam acc", "exam_acc"), ("BLEU-1", "bleu1"), ("ROUGE-1", "rouge1"), ("pref acc", "pref_acc"),
-           ("clinician pref acc", "pref_acc_clinician"), ("RM score", "reward_judge_mean")]
+COLUMNS = [
+    ("exam acc", "exam_acc"),
+    ("BLEU-1", "bleu1"),
+    ("ROUGE-1", "rouge1"),
+    ("pref acc", "pref_acc"),
+    ("clinician pref acc", "pref_acc_clinician"),
+    ("RM score", "reward_judge_mean"),
+]
 
 
 def percent(value) -> str:
@@ -33,8 +39,12 @@ def percent(value) -> str:
 
 
 def row(name: str, metrics: dict, stage_s) -> str:
-    cells = [percent(metrics.get(k)) if k != "reward_judge_mean" else
-             ("—" if metrics.get(k) is None else f"{metrics[k]:+.3f}") for _, k in COLUMNS]
+    cells = [
+        percent(metrics.get(k))
+        if k != "reward_judge_mean"
+        else ("—" if metrics.get(k) is None else f"{metrics[k]:+.3f}")
+        for _, k in COLUMNS
+    ]
     return f"| {name} | " + " | ".join([*cells, "—" if stage_s is None else f"{stage_s:.0f}"]) + " |"
 
 
@@ -60,8 +70,13 @@ def main() -> None:
 
     rm_run = f"{args.prefix}-rm"
     started = time.time()
-    train_all(load_config(args.profile, ["align.reward_model=true", "train.evaluate_after=false"]),
-              from_stage="rm", resume_run=args.run, stages=["rm"], run_id=rm_run)
+    train_all(
+        load_config(args.profile, ["align.reward_model=true", "train.evaluate_after=false"]),
+        from_stage="rm",
+        resume_run=args.run,
+        stages=["rm"],
+        run_id=rm_run,
+    )
     print(f"reward model: run {rm_run} in {time.time() - started:.0f} s", flush=True)
 
     rows = []

@@ -26,8 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_store import ANSWERS, PROMPT, RUN, STAGES, prepare  # noqa: E402
-from preference_store.deid import (deidentify, format_table, measure, protected_load_seconds,  # noqa: E402
-                                   segmenter)
+from preference_store.deid import (  # noqa: E402
+    deidentify,
+    format_table,
+    measure,
+    protected_load_seconds,
+    segmenter,
+)
 from preference_store.export import export_pairs  # noqa: E402
 from preference_store.records import JudgmentIn  # noqa: E402
 from preference_store.repository import PreferenceStore  # noqa: E402
@@ -72,8 +77,10 @@ def main() -> None:
         for text in texts:
             deidentify(text, counts)
         elapsed = time.perf_counter() - start
-        print(f"deidentify over {len(texts)} distinct texts of {args.pairs} pairs: {elapsed:.1f} s "
-              f"({len(texts) / elapsed:.0f} texts/s), redacted {dict(counts)}")
+        print(
+            f"deidentify over {len(texts)} distinct texts of {args.pairs} pairs: {elapsed:.1f} s "
+            f"({len(texts) / elapsed:.0f} texts/s), redacted {dict(counts)}"
+        )
         return
     cfg = load_config("demo")
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,11 +52,11 @@ def main() -> int:
             shots = score_exam(model, tokenizer, exam.items, exam.demos, False, e.batch_size, limit, desc=name)
             zero = score_exam(model, tokenizer, exam.items, [], False, e.batch_size, limit, desc=name)
             print(f"| {name} | {shots['acc'] * 100:.1f} | {zero['acc'] * 100:.1f} |", flush=True)
-            answers[name] = qa_generations(model, tokenizer, sets.qa[: args.qa], False, e.max_new_tokens,
-                                           e.batch_size, limit, desc=name)
+            answers[name] = qa_generations(
+                model, tokenizer, sets.qa[: args.qa], False, e.max_new_tokens, e.batch_size, limit, desc=name
+            )
         same = sum(a == b for a, b in zip(*answers.values()))
-        ids = tokenizer([q["messages"][0]["content"] for q in sets.qa[: args.qa]], return_tensors="pt",
-                        padding=True)
+        ids = tokenizer([q["messages"][0]["content"] for q in sets.qa[: args.qa]], return_tensors="pt", padding=True)
         with torch.inference_mode():
             error = (whole(**ids).logits - held(**ids).logits).abs().max().item()
         print(f"\ngreedy answers identical: {same}/{len(answers['whole'])}; largest logit difference {error:.3f}")

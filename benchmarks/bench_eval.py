@@ -31,8 +31,10 @@ def main() -> None:
     started = time.perf_counter()
     results = evaluate_run(cfg, args.run)
     total = time.perf_counter() - started
-    print(f"\nrun {args.run} ({args.profile}), {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.2f}; sets {results['settings']['sets']}")
+    print(
+        f"\nrun {args.run} ({args.profile}), {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.2f}; sets {results['settings']['sets']}"
+    )
     print("\n| stage | " + " | ".join(f"{p} s" for p in PARTS) + " | stage wall s |")
     print("|---|" + "---:|" * (len(PARTS) + 1))
     for stage, timing in results["timing_s"].items():

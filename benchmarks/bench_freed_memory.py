@@ -8,7 +8,7 @@ a CPT batch of the demo's shape (16 x 128), runs 5 forward and backward passes t
 then counts ``ru_minflt`` over 10 more: first with glibc's defaults, then after
 ``keep_freed_memory_for_training(on)`` (``on``) or with nothing applied (``off``, the control: the count stays
 where it was). The counts depend on the kernel and on what else runs on the machine, so they are a benchmark's
-figure (BENCHMARKS.md "Session 13"), not a test's; tests/test_training_speed.py checks the behaviour (the
+figure (BENCHMARKS.md "Freed memory on the CPU"), not a test's; tests/test_training_speed.py checks the behaviour (the
 setting is applied and recorded, the losses are the same).
 """
 
@@ -50,8 +50,13 @@ print(json.dumps({"default": default, "applied": applied, "kept": freed_memory_k
 
 def measure(setting: str, layers: int) -> dict:
     """One process: the faults per step with glibc's defaults, then with ``setting`` applied (or not)."""
-    done = subprocess.run([sys.executable, "-c", FAULTS_PER_STEP, setting, str(layers)], capture_output=True,
-                          text=True, check=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS_PER_STEP, setting, str(layers)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -65,14 +70,18 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=1, help="decoder layers of the model")
     args = parser.parse_args()
     results = {setting: [measure(setting, args.layers) for _ in range(args.rounds)] for setting in ("on", "off")}
-    print(f"{args.rounds} processes per setting, {args.layers} layer(s), {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.rounds} processes per setting, {args.layers} layer(s), {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print("\n| train.keep_freed_memory | applied | faults a step before, median (range) | after |")
     print("|---|---|---:|---:|")
     for setting, rounds in results.items():
         applied = {r["applied"] and r["kept"] for r in rounds}
-        print(f"| {setting} | {'yes' if applied == {True} else 'no' if applied == {False} else applied} | "
-              f"{spread([r['default'] for r in rounds])} | {spread([r['after'] for r in rounds])} |")
+        print(
+            f"| {setting} | {'yes' if applied == {True} else 'no' if applied == {False} else applied} | "
+            f"{spread([r['default'] for r in rounds])} | {spread([r['after'] for r in rounds])} |"
+        )
 
 
 if __name__ == "__main__":

@@ -57,25 +57,65 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-import-export-"))
     env = dict(os.environ, CHIMED_HOME=str(work / "home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     python = [sys.executable, "-m", "chimed"]
-    rows = [("(imports only: torch, transformers, peft)",
-             measure([sys.executable, "-c", "import torch, transformers, peft"], env, args.repeat), "")]
+    rows = [
+        (
+            "(imports only: torch, transformers, peft)",
+            measure([sys.executable, "-c", "import torch, transformers, peft"], env, args.repeat),
+            "",
+        )
+    ]
     try:
-        subprocess.run([*python, "build-data", "--profile", "paper", *SHRUNK[:4]], env=env, cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*python, "build-data", "--profile", "paper", *SHRUNK[:4]],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
         for layout in LAYOUTS:
             source = write_tiny_checkpoint(layout, work / "models" / layout)
             size = sum(f.stat().st_size for f in source.rglob("*") if f.is_file()) / 2**20
             imported = "n/a (used as it is)"
             if layout in CONVERTED:
                 out = work / "imported" / layout
-                imported = measure([*python, "import-model", str(source), "--out", str(out), "--force"], env,
-                                   args.repeat)
-            subprocess.run([*python, "train-all", "--profile", "paper", *SHRUNK, f"model.path={source}",
-                            "--run-id", layout, "train.evaluate_after=false"], env=env, cwd=ROOT, check=True,
-                           capture_output=True)
+                imported = measure(
+                    [*python, "import-model", str(source), "--out", str(out), "--force"], env, args.repeat
+                )
+            subprocess.run(
+                [
+                    *python,
+                    "train-all",
+                    "--profile",
+                    "paper",
+                    *SHRUNK,
+                    f"model.path={source}",
+                    "--run-id",
+                    layout,
+                    "train.evaluate_after=false",
+                ],
+                env=env,
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             out = work / "exported" / layout
-            exported = measure([*python, "export", "--profile", "paper", "--run", layout, "--stage", "dpo",
-                                "--out", str(out), "--force"], env, args.repeat)
+            exported = measure(
+                [
+                    *python,
+                    "export",
+                    "--profile",
+                    "paper",
+                    "--run",
+                    layout,
+                    "--stage",
+                    "dpo",
+                    "--out",
+                    str(out),
+                    "--force",
+                ],
+                env,
+                args.repeat,
+            )
             rows.append((f"{layout} ({size:.1f} MiB source)", imported, exported))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,8 +25,13 @@ from training.stages.paths import stage_paths
 
 
 def measure(profile: str, run: str, stage: str, steps: int, head: str, layout: str, reference: str = "") -> dict:
-    overrides = [f"{stage}.lm_head_loss={head}", f"{stage}.padding_free={layout == 'free'}",
-                 f"{stage}.max_steps={steps}", "train.save_steps=1000000", "train.report_to=[]"]
+    overrides = [
+        f"{stage}.lm_head_loss={head}",
+        f"{stage}.padding_free={layout == 'free'}",
+        f"{stage}.max_steps={steps}",
+        "train.save_steps=1000000",
+        "train.report_to=[]",
+    ]
     if reference == "live":
         overrides.append("dpo.precompute_reference=false")
     cfg = load_config(profile, overrides)
@@ -45,9 +50,13 @@ def measure(profile: str, run: str, stage: str, steps: int, head: str, layout: s
     output = trainer.train()
     seconds = output.metrics["train_runtime"] + record.get("reference_precompute_s", 0.0)
     logged = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
-    return {"variant": ":".join(filter(None, (head, layout, reference))),
-            "tokens_per_s": trainer.state.num_input_tokens_seen / seconds, "loss": output.training_loss,
-            "logged": logged, **logprob_metrics(record)}
+    return {
+        "variant": ":".join(filter(None, (head, layout, reference))),
+        "tokens_per_s": trainer.state.num_input_tokens_seen / seconds,
+        "loss": output.training_loss,
+        "logged": logged,
+        **logprob_metrics(record),
+    }
 
 
 def main() -> None:
@@ -60,12 +69,16 @@ def main() -> None:
     args = parser.parse_args()
     rows = [measure(args.profile, args.run, args.stage, args.steps, *v.split(":")) for v in args.variants.split(",")]
     print(f"\n{args.stage}, {args.steps} steps, run {args.run}\n")
-    print("| variant (lm head : layout) | tokens/s | mean loss | logged losses vs the first, max | padding share |\n"
-          "|---|---:|---:|---:|---:|")
+    print(
+        "| variant (lm head : layout) | tokens/s | mean loss | logged losses vs the first, max | padding share |\n"
+        "|---|---:|---:|---:|---:|"
+    )
     first = rows[0]["logged"]
     for r in rows:
         drift = max(abs(loss - first[step]) / abs(first[step]) for step, loss in r["logged"].items() if step in first)
-        print(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['loss']:.4f} | {drift:.2%} | {r['padding_share']:.3f} |")
+        print(
+            f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['loss']:.4f} | {drift:.2%} | {r['padding_share']:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,19 +36,35 @@ def record_judgments(cfg, run_id: str, limit: int) -> int:
     from training.modeling import load_stage
 
     records = [json.loads(line) for line in (cfg.data_dir / "sft.jsonl").read_text(encoding="utf-8").splitlines()]
-    questions = [{"id": str(i), "messages": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
-                 for i, r in enumerate(records) if r["source"] == "kg_qa" and len(r["messages"]) == 2][:limit]
+    questions = [
+        {"id": str(i), "messages": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+        for i, r in enumerate(records)
+        if r["source"] == "kg_qa" and len(r["messages"]) == 2
+    ][:limit]
     answers = {}
     for stage in ("sft", "dpo"):
         model, tokenizer = load_stage(run_dir(cfg, run_id), stage)
-        answers[stage] = qa_generations(model, tokenizer, questions, True, cfg.eval.max_new_tokens,
-                                        cfg.eval.batch_size, cfg.eval.max_length, desc=stage)
+        answers[stage] = qa_generations(
+            model,
+            tokenizer,
+            questions,
+            True,
+            cfg.eval.max_new_tokens,
+            cfg.eval.batch_size,
+            cfg.eval.max_length,
+            desc=stage,
+        )
     made = 0
     with PreferenceStore(cfg.database_url) as store:
         judge = store.demo_annotator()
         for q, a, b in zip(questions, answers["sft"], answers["dpo"]):
-            comparison = store.record_comparison(ComparisonIn(judge.id, q["messages"], [
-                ResponseIn(f"{run_id}/sft", a["answer"]), ResponseIn(f"{run_id}/dpo", b["answer"])]))
+            comparison = store.record_comparison(
+                ComparisonIn(
+                    judge.id,
+                    q["messages"],
+                    [ResponseIn(f"{run_id}/sft", a["answer"]), ResponseIn(f"{run_id}/dpo", b["answer"])],
+                )
+            )
             score_a, score_b = overlap(a["answer"], q["reference"]), overlap(b["answer"], q["reference"])
             choice = "A" if score_a > score_b else "B" if score_b > score_a else "tie"
             store.submit_judgment(JudgmentIn(comparison.id, judge.id, choice=choice))
@@ -75,10 +91,14 @@ def main() -> None:
     compare = timed(["eval", "--profile", args.profile, "--run", new_run, "--compare", args.run])
     manifest = json.loads((run_dir(cfg, new_run) / "manifest.json").read_text(encoding="utf-8"))
     clinician = [p for p in manifest["dpo_pair_ids"] if p.startswith("clin-")]
-    print(f"{made} judgments recorded; new run {new_run} (parent {manifest['parent_run']}) trained on "
-          f"{len(clinician)} clinician pairs\n")
-    print(f"| command | wall s |\n|---|---:|\n| train-all --from dpo --resume-run {args.run} | {retrain:.1f} |\n"
-          f"| eval --run {new_run} --compare {args.run} | {compare:.1f} |\n")
+    print(
+        f"{made} judgments recorded; new run {new_run} (parent {manifest['parent_run']}) trained on "
+        f"{len(clinician)} clinician pairs\n"
+    )
+    print(
+        f"| command | wall s |\n|---|---:|\n| train-all --from dpo --resume-run {args.run} | {retrain:.1f} |\n"
+        f"| eval --run {new_run} --compare {args.run} | {compare:.1f} |\n"
+    )
     print((run_dir(cfg, new_run) / "eval" / f"compare_{args.run}.md").read_text(encoding="utf-8"))
 
 

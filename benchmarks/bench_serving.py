@@ -41,14 +41,19 @@ from app.serving.memory import mapped_files, memory_of, weight_bytes  # noqa: E4
 from app.serving.pool import ModelPool, PanelRequest  # noqa: E402
 from app.serving.sampling import Decoding  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.stages.registry import stage_names  # noqa: E402
 from training.errors import UserError  # noqa: E402
 from training.manifest import latest_run  # noqa: E402
 from training.modeling import load_causal_lm, load_stage, load_tokenizer, stage_chain  # noqa: E402
+from training.stages.registry import stage_names  # noqa: E402
 
 STAGES = stage_names()
 
-PROMPTS = ["高血压患者饮食上要注意什么？", "糖尿病有哪些常见症状？", "感冒了需要吃抗生素吗？", "头痛三天伴低热，应该怎么处理？"]
+PROMPTS = [
+    "高血压患者饮食上要注意什么？",
+    "糖尿病有哪些常见症状？",
+    "感冒了需要吃抗生素吗？",
+    "头痛三天伴低热，应该怎么处理？",
+]
 MEMORY_SETUPS = ("one model", "pool", "four copies")
 
 
@@ -74,8 +79,9 @@ def load_setup(setup: str, profile: str, run_id: str) -> dict:
         models.append((load_causal_lm(cpt).to(device).eval(), load_tokenizer(cpt)))
         extra["param_bytes"] = weight_bytes(models[0][0])
     elif setup == "pool":
-        answers = pool.generate([PanelRequest(c, question) for c in contestants],
-                                Decoding(0.7, 0.9, 4, 0)).wait(timeout=600)
+        answers = pool.generate([PanelRequest(c, question) for c in contestants], Decoding(0.7, 0.9, 4, 0)).wait(
+            timeout=600
+        )
         if any(a.error for a in answers):
             raise SystemExit(f"the pool failed: {[a.error for a in answers]}")
         workers = pool.worker_memory()
@@ -125,8 +131,9 @@ def time_to_first_token(profile: str, run_id: str, repeats: int, max_new_tokens:
 
     def first_tokens(group, prompt, seed):
         decoding = Decoding(temperature=0.7, top_p=0.9, max_new_tokens=max_new_tokens, seed=seed)
-        answers = pool.generate([PanelRequest(c, [{"role": "user", "content": prompt}]) for c in group],
-                                decoding).wait(timeout=600)
+        answers = pool.generate([PanelRequest(c, [{"role": "user", "content": prompt}]) for c in group], decoding).wait(
+            timeout=600
+        )
         if any(a.error for a in answers):
             raise SystemExit(f"generation failed: {[a.error for a in answers]}")
         return [a.first_token_s for a in answers], [a.latency_s for a in answers], [a.n_tokens for a in answers]
@@ -145,10 +152,15 @@ def time_to_first_token(profile: str, run_id: str, repeats: int, max_new_tokens:
         latency_together.append(max(lat))
         tokens += n
     pool.close()
-    return {"alone": statistics.median(alone), "together_slowest": statistics.median(together_max),
-            "together_mean": statistics.median(together_mean), "answer_alone": statistics.median(latency_alone),
-            "answers_together": statistics.median(latency_together), "tokens": statistics.mean(tokens),
-            "repeats": repeats}
+    return {
+        "alone": statistics.median(alone),
+        "together_slowest": statistics.median(together_max),
+        "together_mean": statistics.median(together_mean),
+        "answer_alone": statistics.median(latency_alone),
+        "answers_together": statistics.median(latency_together),
+        "tokens": statistics.mean(tokens),
+        "repeats": repeats,
+    }
 
 
 def mib(n: int | None) -> str:
@@ -174,28 +186,49 @@ def main(argv: list[str] | None = None) -> int:
     device = cfg.app.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     machine = gpu or f"CPU, {os.cpu_count()} cores"
-    print(f"run {run_id} (profile {args.profile}) on {machine}, torch {torch.__version__}, "
-          f"{platform.python_version()}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"run {run_id} (profile {args.profile}) on {machine}, torch {torch.__version__}, "
+        f"{platform.python_version()}; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     memory = measure_memory(args.profile, run_id)
     one = memory["one model"]
-    print("\n| set-up | weights held (distinct tensor bytes) | x one model | resident growth | CUDA allocated "
-          "| worker processes |\n|---|---|---|---|---|---|")
+    print(
+        "\n| set-up | weights held (distinct tensor bytes) | x one model | resident growth | CUDA allocated "
+        "| worker processes |\n|---|---|---|---|---|---|"
+    )
     for setup in MEMORY_SETUPS:
         m = memory[setup]
-        workers = (f"{len(m['loaded'])}; fork server {mib(m['fork_server']['rss'])} resident, "
-                   f"{mib(m['fork_server']['private'])} of it its own") if "loaded" in m else "none"
-        print(f"| {setup} | {mib(m['param_bytes'])} | {m['param_bytes'] / one['param_bytes']:.2f}x | {mib(m['rss'])} "
-              f"| {mib(m['cuda'])} | {workers} |")
+        workers = (
+            (
+                f"{len(m['loaded'])}; fork server {mib(m['fork_server']['rss'])} resident, "
+                f"{mib(m['fork_server']['private'])} of it its own"
+            )
+            if "loaded" in m
+            else "none"
+        )
+        print(
+            f"| {setup} | {mib(m['param_bytes'])} | {m['param_bytes'] / one['param_bytes']:.2f}x | {mib(m['rss'])} "
+            f"| {mib(m['cuda'])} | {workers} |"
+        )
     print(f"\n(target: pool <= 1.6x one model.) The pool holds: {memory['pool']['loaded']}")
 
     t = time_to_first_token(args.profile, run_id, args.repeats, args.max_new_tokens)
-    print(f"\ntime to first token (median of {t['repeats']} rounds, {args.max_new_tokens} new tokens max, "
-          f"{t['tokens']:.0f} generated on average):")
-    print("| one panel alone | four panels at once (slowest panel) | four at once (mean panel) | ratio |\n|---|---|---|---|")
-    print(f"| {t['alone'] * 1000:.1f} ms | {t['together_slowest'] * 1000:.1f} ms | {t['together_mean'] * 1000:.1f} ms "
-          f"| {t['together_slowest'] / t['alone']:.2f}x (target <= 1.5x) |")
-    print(f"\nwhole answer: one panel alone {t['answer_alone'] * 1000:.0f} ms; four panels at once, until the last is "
-          f"done, {t['answers_together'] * 1000:.0f} ms")
+    print(
+        f"\ntime to first token (median of {t['repeats']} rounds, {args.max_new_tokens} new tokens max, "
+        f"{t['tokens']:.0f} generated on average):"
+    )
+    print(
+        "| one panel alone | four panels at once (slowest panel) | four at once (mean panel) | ratio |\n|---|---|---|---|"
+    )
+    print(
+        f"| {t['alone'] * 1000:.1f} ms | {t['together_slowest'] * 1000:.1f} ms | {t['together_mean'] * 1000:.1f} ms "
+        f"| {t['together_slowest'] / t['alone']:.2f}x (target <= 1.5x) |"
+    )
+    print(
+        f"\nwhole answer: one panel alone {t['answer_alone'] * 1000:.0f} ms; four panels at once, until the last is "
+        f"done, {t['answers_together'] * 1000:.0f} ms"
+    )
     return 0
 
 

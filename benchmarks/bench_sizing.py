@@ -34,25 +34,55 @@ NEW, OLD, STAGE = "new", "old", "dpo"
 PANELS = {"A": Panel("a", f"{NEW}/{STAGE}", 100, False), "B": Panel("b", f"{OLD}/{STAGE}", 100, False)}
 
 
-def simulated_study(rng: np.random.Generator, prompts: int, annotators: int, win_rate: float,
-                    concentration: float) -> list[JudgedComparison]:
+def simulated_study(
+    rng: np.random.Generator, prompts: int, annotators: int, win_rate: float, concentration: float
+) -> list[JudgedComparison]:
     """One study's held-out pairwise votes: prompt i's votes for the new checkpoint are Bernoulli(p_i)."""
-    per_prompt = (rng.beta(win_rate * concentration, (1 - win_rate) * concentration, size=prompts)
-                  if win_rate not in (0.0, 1.0) else np.full(prompts, win_rate))
+    per_prompt = (
+        rng.beta(win_rate * concentration, (1 - win_rate) * concentration, size=prompts)
+        if win_rate not in (0.0, 1.0)
+        else np.full(prompts, win_rate)
+    )
     wins = rng.random((prompts, annotators)) < per_prompt[:, None]
-    return [JudgedComparison(f"j{i}-{a}", f"c{i}-{a}", a, "pairwise", "A" if wins[i, a] else "B", None, PANELS,
-                             bank_prompt_id=f"p{i}", split="heldout")
-            for i in range(prompts) for a in range(annotators)]
+    return [
+        JudgedComparison(
+            f"j{i}-{a}",
+            f"c{i}-{a}",
+            a,
+            "pairwise",
+            "A" if wins[i, a] else "B",
+            None,
+            PANELS,
+            bank_prompt_id=f"p{i}",
+            split="heldout",
+        )
+        for i in range(prompts)
+        for a in range(annotators)
+    ]
 
 
-def power(rng: np.random.Generator, settings: StoreConfig, studies: int, prompts: int, annotators: int,
-          win_rate: float, concentration: float) -> float:
+def power(
+    rng: np.random.Generator,
+    settings: StoreConfig,
+    studies: int,
+    prompts: int,
+    annotators: int,
+    win_rate: float,
+    concentration: float,
+) -> float:
     """Share of simulated studies whose verdict is "better"."""
     better = 0
     for _ in range(studies):
-        verdict = compare_checkpoints(simulated_study(rng, prompts, annotators, win_rate, concentration), NEW, OLD,
-                                      STAGE, split="heldout", rounds=settings.run_comparison_rounds,
-                                      seed=int(rng.integers(2**31)), min_prompts=settings.run_comparison_min_prompts)
+        verdict = compare_checkpoints(
+            simulated_study(rng, prompts, annotators, win_rate, concentration),
+            NEW,
+            OLD,
+            STAGE,
+            split="heldout",
+            rounds=settings.run_comparison_rounds,
+            seed=int(rng.integers(2**31)),
+            min_prompts=settings.run_comparison_min_prompts,
+        )
         better += verdict.verdict == "better"
     return better / studies
 
@@ -71,10 +101,12 @@ def main() -> None:
     prompts = [int(p) for p in args.prompts.split(",")]
     annotators = [int(a) for a in args.annotators.split(",")]
     start = time.perf_counter()
-    print(f"compare-runs power: share of {args.studies} simulated studies per cell with verdict 'better' "
-          f"({settings.run_comparison_rounds} bootstrap resamples, verdict from {settings.run_comparison_min_prompts} "
-          f"prompts; Monte-Carlo s.e. <= {0.5 / args.studies ** 0.5:.3f}; per-prompt win rates Beta, "
-          f"concentration {args.concentration:g})\n")
+    print(
+        f"compare-runs power: share of {args.studies} simulated studies per cell with verdict 'better' "
+        f"({settings.run_comparison_rounds} bootstrap resamples, verdict from {settings.run_comparison_min_prompts} "
+        f"prompts; Monte-Carlo s.e. <= {0.5 / args.studies**0.5:.3f}; per-prompt win rates Beta, "
+        f"concentration {args.concentration:g})\n"
+    )
     for win_rate in (float(w) for w in args.win_rates.split(",")):
         print(f"true win rate {win_rate:.0%}\n")
         print("| held-out prompts | " + " | ".join(f"{a} annotator{'s' * (a > 1)}" for a in annotators) + " |")
@@ -84,8 +116,10 @@ def main() -> None:
             print(f"| {p} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
         print()
     false_positive = power(rng, settings, args.studies, max(prompts), max(annotators), 0.5, args.concentration)
-    print(f"equal runs (win rate 50%), {max(prompts)} prompts x {max(annotators)} annotators: 'better' in "
-          f"{false_positive:.3f} of studies\n")
+    print(
+        f"equal runs (win rate 50%), {max(prompts)} prompts x {max(annotators)} annotators: 'better' in "
+        f"{false_positive:.3f} of studies\n"
+    )
     print(f"elapsed {time.perf_counter() - start:.0f} s")
 
 

@@ -29,8 +29,12 @@ RUN = "bench"
 STAGES = ["base", "cpt", "sft", "dpo"]
 # synthetic, obviously fake identifiers so the export's de-identification has work to do
 PROMPT = "患者张三，男，45岁，手机13800000000，头痛三天伴低热，第{n}例，应该怎么处理？"
-ANSWERS = ["建议多休息、多饮水，观察体温变化。", "可能是感冒，必要时就医。",
-           "头痛伴发热应及时就诊，排除感染。", "不清楚。"]
+ANSWERS = [
+    "建议多休息、多饮水，观察体温变化。",
+    "可能是感冒，必要时就医。",
+    "头痛伴发热应及时就诊，排除感染。",
+    "不清楚。",
+]
 
 
 def prepare(store: PreferenceStore, n: int, panels: int, tag: str = "") -> list[tuple[str, int]]:
@@ -38,18 +42,27 @@ def prepare(store: PreferenceStore, n: int, panels: int, tag: str = "") -> list[
     annotator = store.demo_annotator()
     out = []
     for i in range(n):
-        responses = [ResponseIn(f"{RUN}/{STAGES[p]}", f"{ANSWERS[p]}（{tag}{i}）", {"temperature": 0.7}, seed=i)
-                     for p in range(panels)]
-        c = store.record_comparison(ComparisonIn(annotator.id, [{"role": "user", "content": PROMPT.format(n=f"{tag}{i}")}],
-                                                 responses))
+        responses = [
+            ResponseIn(f"{RUN}/{STAGES[p]}", f"{ANSWERS[p]}（{tag}{i}）", {"temperature": 0.7}, seed=i)
+            for p in range(panels)
+        ]
+        c = store.record_comparison(
+            ComparisonIn(annotator.id, [{"role": "user", "content": PROMPT.format(n=f"{tag}{i}")}], responses)
+        )
         out.append((c.id, annotator.id))
     return out
 
 
 def judgment(comparison: tuple[str, int], i: int) -> JudgmentIn:
     cid, aid = comparison
-    return JudgmentIn(cid, aid, client_id=uuid.uuid4().hex, choice=("A", "B", "tie", "both_bad")[i % 4],
-                      reason="更安全" if i % 3 == 0 else None, scores={"A": {"safety": 4, "correctness": 3, "completeness": 5}})
+    return JudgmentIn(
+        cid,
+        aid,
+        client_id=uuid.uuid4().hex,
+        choice=("A", "B", "tie", "both_bad")[i % 4],
+        reason="更安全" if i % 3 == 0 else None,
+        scores={"A": {"safety": 4, "correctness": 3, "completeness": 5}},
+    )
 
 
 def writers_threads(store: PreferenceStore, comparisons, writers: int, per_writer: int) -> float:
@@ -93,8 +106,10 @@ def _process_writer(url, comparisons, w, per_writer, barrier, results):
 def writers_processes(url: str, comparisons, writers: int, per_writer: int) -> float:
     ctx = mp.get_context("fork")
     barrier, results = ctx.Barrier(writers + 1), ctx.Queue()
-    procs = [ctx.Process(target=_process_writer, args=(url, comparisons, w, per_writer, barrier, results))
-             for w in range(writers)]
+    procs = [
+        ctx.Process(target=_process_writer, args=(url, comparisons, w, per_writer, barrier, results))
+        for w in range(writers)
+    ]
     for p in procs:
         p.start()
     barrier.wait()
@@ -135,14 +150,18 @@ def main() -> None:
         before = store.count_judgments()
         elapsed = writers_threads(store, comparisons, args.writers, args.per_writer)
         stored = store.count_judgments() - before
-        print(f"{args.writers} writer threads x {args.per_writer}: {total / elapsed:.0f} judgments/s "
-              f"({stored} of {total} stored, no error)")
+        print(
+            f"{args.writers} writer threads x {args.per_writer}: {total / elapsed:.0f} judgments/s "
+            f"({stored} of {total} stored, no error)"
+        )
         if args.processes:
             before = store.count_judgments()
             elapsed = writers_processes(url, comparisons, args.writers, args.per_writer)
             stored = store.count_judgments() - before
-            print(f"{args.writers} writer processes x {args.per_writer}: {total / elapsed:.0f} judgments/s "
-                  f"({stored} of {total} stored, no error)")
+            print(
+                f"{args.writers} writer processes x {args.per_writer}: {total / elapsed:.0f} judgments/s "
+                f"({stored} of {total} stored, no error)"
+            )
         store.close()
 
         if args.pairs:
@@ -150,13 +169,15 @@ def main() -> None:
             export_store.register_checkpoints(RUN, STAGES)
             comparisons = prepare(export_store, -(-args.pairs // 6), panels=4)  # a ranking of 4 = 6 pairs
             print(f"filling: {len(comparisons)} four-answer comparisons", flush=True)
-            for i, (cid, aid) in enumerate(comparisons):
+            for cid, aid in comparisons:
                 export_store.submit_judgment(JudgmentIn(cid, aid, ranking={"A": 1, "B": 2, "C": 3, "D": 4}))
             start = time.perf_counter()
             summary = export_pairs(cfg, out=Path(tmp) / "pairs.jsonl", store=export_store)
             elapsed = time.perf_counter() - start
-            print(f"export of {len(summary.pair_ids)} pairs: {elapsed:.1f} s "
-                  f"(train {summary.train}, heldout {summary.heldout}, redacted {summary.redactions})")
+            print(
+                f"export of {len(summary.pair_ids)} pairs: {elapsed:.1f} s "
+                f"(train {summary.train}, heldout {summary.heldout}, redacted {summary.redactions})"
+            )
             export_store.close()
 
 

@@ -58,8 +58,10 @@ def main() -> None:
     try:
         sqlite_urls = (f"sqlite:///{tmp.name}/p{i}.db" for i in range(10**6))
         backends = {"sqlite": lambda: next(sqlite_urls), "postgresql": server.create_database}
-        print(f"{WRITERS} writers x {PER_WRITER} judgments ({WRITERS * PER_WRITER}), median of {args.repeats}; "
-              f"{platform.processor() or platform.machine()}, Python {platform.python_version()}")
+        print(
+            f"{WRITERS} writers x {PER_WRITER} judgments ({WRITERS * PER_WRITER}), median of {args.repeats}; "
+            f"{platform.processor() or platform.machine()}, Python {platform.python_version()}"
+        )
         for backend, new_url in backends.items():
             for shared in (True, False):
                 rates = []
@@ -69,8 +71,11 @@ def main() -> None:
                     if backend == "postgresql":
                         server.drop_database(url)
                 how = "one shared store" if shared else "a store per writer"
-                print(f"{backend:10s} {how:20s} {statistics.median(rates):7.0f} judgments/s  "
-                      f"(runs: {', '.join(f'{r:.0f}' for r in rates)})", flush=True)
+                print(
+                    f"{backend:10s} {how:20s} {statistics.median(rates):7.0f} judgments/s  "
+                    f"(runs: {', '.join(f'{r:.0f}' for r in rates)})",
+                    flush=True,
+                )
     finally:
         tmp.cleanup()
         server.stop()

@@ -23,8 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def timed(args: list[str], env: dict) -> float:
     started = time.time()
-    subprocess.run([sys.executable, "-m", "chimed", *args], cwd=REPO, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "chimed", *args], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
     return time.time() - started
 
 
@@ -44,18 +43,23 @@ def main() -> None:
     eval_s = 0.0 if args.skip_eval else timed(["eval", *common, "--run", run_id], env)
     manifest = json.loads((home / "runs" / run_id / "manifest.json").read_text(encoding="utf-8"))
 
-    print(f"profile {args.profile}, run {run_id} in {home}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"profile {args.profile}, run {run_id} in {home}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
     print("\n| stage | wall s | train s | steps | train tokens | tokens/s | final loss |")
     print("|---|---|---|---|---|---|---|")
     for stage, entry in manifest["stages"].items():
         m = entry["metrics"]
         log = home / "runs" / run_id / "logs" / stage / "trainer_log.jsonl"
         losses = [json.loads(line)["loss"] for line in log.open() if '"loss"' in line]
-        print(f"| {stage} | {m.get('wall_s', '')} | {m['train_runtime_s']} | {m['steps']} | {m['train_tokens']:,} | "
-              f"{m['tokens_per_s']:,.0f} | {losses[-1]:.3f} |")
-    print(f"\nbuild-data {build_s:.0f} s, train-all (no eval) {train_s:.0f} s, eval {eval_s:.0f} s, "
-          f"total {build_s + train_s + eval_s:.0f} s")
+        print(
+            f"| {stage} | {m.get('wall_s', '')} | {m['train_runtime_s']} | {m['steps']} | {m['train_tokens']:,} | "
+            f"{m['tokens_per_s']:,.0f} | {losses[-1]:.3f} |"
+        )
+    print(
+        f"\nbuild-data {build_s:.0f} s, train-all (no eval) {train_s:.0f} s, eval {eval_s:.0f} s, "
+        f"total {build_s + train_s + eval_s:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,15 @@ def start_servers(plan, python: Path, logs: Path) -> tuple[list[subprocess.Popen
     for i, server in enumerate(plan.servers):
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND=str(i % (os.cpu_count() or 1)))
         with (logs / f"vllm-{server.stage}.log").open("w") as log:
-            procs.append(subprocess.Popen(server.cpu_argv(python, plan.host), env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
+            procs.append(
+                subprocess.Popen(
+                    server.cpu_argv(python, plan.host),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
     while len(ready) < len(procs):
         for proc, server in zip(procs, plan.servers):
             if server.stage in ready:
@@ -99,20 +106,33 @@ def measure(pool, clients, cfg, tokenizer, groups: list[list], seed: int, max_ne
     """Send each group (a list of contestants: one comparison) at once; per-panel and total figures."""
     decoding = resolve_decoding(cfg.app.decoding, seed=seed, max_new_tokens=max_new_tokens)
     started = time.perf_counter()
-    generations = [pool.generate([PanelRequest(c, [{"role": "user", "content": PROMPTS[(seed + i) % len(PROMPTS)]}])
-                                  for c in group], decoding, clients) for i, group in enumerate(groups)]
+    generations = [
+        pool.generate(
+            [PanelRequest(c, [{"role": "user", "content": PROMPTS[(seed + i) % len(PROMPTS)]}]) for c in group],
+            decoding,
+            clients,
+        )
+        for i, group in enumerate(groups)
+    ]
     answers = [a for g in generations for a in g.wait(timeout=900)]
     wall = time.perf_counter() - started
     failed = [a.error for a in answers if a.error]
     if failed:
         raise SystemExit(f"generation failed: {failed}")
     tokens = [len(tokenizer(a.text, add_special_tokens=False)["input_ids"]) for a in answers]
-    rates = [(n - 1) / (a.latency_s - a.first_token_s) for n, a in zip(tokens, answers)
-             if n > 1 and a.latency_s > a.first_token_s]
-    return {"ttft_slowest": max(a.first_token_s for a in answers),
-            "ttft_mean": statistics.mean(a.first_token_s for a in answers),
-            "panel_tokens_per_s": statistics.mean(rates) if rates else float("nan"),
-            "total_tokens_per_s": sum(tokens) / wall, "tokens": statistics.mean(tokens), "wall_s": wall}
+    rates = [
+        (n - 1) / (a.latency_s - a.first_token_s)
+        for n, a in zip(tokens, answers)
+        if n > 1 and a.latency_s > a.first_token_s
+    ]
+    return {
+        "ttft_slowest": max(a.first_token_s for a in answers),
+        "ttft_mean": statistics.mean(a.first_token_s for a in answers),
+        "panel_tokens_per_s": statistics.mean(rates) if rates else float("nan"),
+        "total_tokens_per_s": sum(tokens) / wall,
+        "tokens": statistics.mean(tokens),
+        "wall_s": wall,
+    }
 
 
 def scenario(pool, clients, cfg, tokenizer, contestants, kind: str, repeats: int, max_new_tokens: int) -> dict:
@@ -162,16 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     clients = EndpointClients()
     results = {"startup_s": startup, "load_before": load_before, "plan": plan.render(cfg)}
     try:
-        sides = {"pool": resolve_contestants(cfg, [f"{args.run}/{s}" for s in stages]),
-                 "vLLM-CPU": resolve_contestants(cfg, [f"endpoint:{endpoint_name(args.run, s)}" for s in stages])}
+        sides = {
+            "pool": resolve_contestants(cfg, [f"{args.run}/{s}" for s in stages]),
+            "vLLM-CPU": resolve_contestants(cfg, [f"endpoint:{endpoint_name(args.run, s)}" for s in stages]),
+        }
         if pool.preload(sides["pool"]) != [None] * len(stages):
             raise SystemExit("the pool failed to load the stages")
-        for side, contestants in sides.items():  # warm-up: first calls allocate caches
+        for contestants in sides.values():  # warm-up: first calls allocate caches
             measure(pool, clients, cfg, tokenizer, [contestants], 0, args.max_new_tokens)
         for kind in ("one panel", "four panels", f"{ANNOTATORS} annotators"):
             for side, contestants in sides.items():
-                results[f"{kind} | {side}"] = scenario(pool, clients, cfg, tokenizer, contestants, kind,
-                                                       args.repeats, args.max_new_tokens)
+                results[f"{kind} | {side}"] = scenario(
+                    pool, clients, cfg, tokenizer, contestants, kind, args.repeats, args.max_new_tokens
+                )
                 print(kind, side, results[f"{kind} | {side}"], flush=True)
     finally:
         pool.close()
@@ -180,14 +203,18 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nvLLM servers up after (s, all started at once): {', '.join(f'{k} {v:.0f}' for k, v in startup.items())}")
     print(f"load average before {load_before[0]:.1f}, after {results['load_after'][0]:.1f} (2 cores, shared)")
-    print("| scenario | server | first token (slowest panel) | first token (mean) | tokens/s per panel "
-          "| tokens/s in all | tokens per answer |")
+    print(
+        "| scenario | server | first token (slowest panel) | first token (mean) | tokens/s per panel "
+        "| tokens/s in all | tokens per answer |"
+    )
     print("|---|---|---|---|---|---|---|")
     for key, r in results.items():
         if " | " in key:
             kind, side = key.split(" | ")
-            print(f"| {kind} | {side} | {r['ttft_slowest']:.3f} s | {r['ttft_mean']:.3f} s | "
-                  f"{r['panel_tokens_per_s']:.1f} | {r['total_tokens_per_s']:.1f} | {r['tokens']:.0f} |")
+            print(
+                f"| {kind} | {side} | {r['ttft_slowest']:.3f} s | {r['ttft_mean']:.3f} s | "
+                f"{r['panel_tokens_per_s']:.1f} | {r['total_tokens_per_s']:.1f} | {r['tokens']:.0f} |"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, ensure_ascii=False, indent=2, default=str) + "\n")
     shutil.rmtree(work, ignore_errors=True)

@@ -104,9 +104,17 @@ sys.path.insert(0, str(REPO))
 CACHE = Path.home() / ".cache" / "chimed-bench"
 BASE_RUN = "bench-base"
 STAGES = ("cpt", "sft", "dpo")
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-           "DISABLE_VERSION_CHECK": "1", "GRADIO_ANALYTICS_ENABLED": "False", "WANDB_DISABLED": "true"}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+    "DISABLE_VERSION_CHECK": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "WANDB_DISABLED": "true",
+}
 
 
 class BenchError(Exception):
@@ -174,12 +182,29 @@ def run_child(cmd: list[str], env: dict, log: Path, what: str, cwd: Path = REPO)
 
 
 def _last_line(log: Path) -> str:
-    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
-             if line.strip() and "it/s]" not in line and "s/it]" not in line]
+    lines = [
+        line.strip()
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines()
+        if line.strip() and "it/s]" not in line and "s/it]" not in line
+    ]
     for line in reversed(lines):  # the exception line of a traceback, else the last line
-        if line.startswith(("error:", "Error", "ValueError", "RuntimeError", "OSError", "KeyError",
-                            "TypeError", "ImportError", "ModuleNotFoundError", "AttributeError",
-                            "FileNotFoundError", "AssertionError", "torch.")):
+        if line.startswith(
+            (
+                "error:",
+                "Error",
+                "ValueError",
+                "RuntimeError",
+                "OSError",
+                "KeyError",
+                "TypeError",
+                "ImportError",
+                "ModuleNotFoundError",
+                "AttributeError",
+                "FileNotFoundError",
+                "AssertionError",
+                "torch.",
+            )
+        ):
             return line[:300]
     return lines[-1][:300] if lines else "no output"
 
@@ -209,20 +234,32 @@ def ensure_lf_venv(venv: Path, log_dir: Path) -> dict:
         if not py.is_file():
             python3 = shutil.which("python3") or sys.executable
             run_child([python3, "-m", "venv", str(venv)], env, log_dir / "lf-venv.log", "python3 -m venv")
-        run_child([str(venv / "bin" / "pip"), "install", f"torch=={pin}", "llamafactory"], env, log,
-                  "pip install llamafactory")
-        subprocess.run([str(venv / "bin" / "pip"), "uninstall", "-y", "torchvision"], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        run_child(
+            [str(venv / "bin" / "pip"), "install", f"torch=={pin}", "llamafactory"],
+            env,
+            log,
+            "pip install llamafactory",
+        )
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "uninstall", "-y", "torchvision"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
     _fix_torchaudio(venv)
-    probe = ("import json, importlib.metadata as m\n"
-             "import llamafactory, transformers, trl, peft, torch, accelerate, datasets\n"
-             "print(json.dumps({k: m.version(k) for k in ('llamafactory', 'transformers', 'trl', 'peft', "
-             "'torch', 'accelerate', 'datasets')}))\n")
+    probe = (
+        "import json, importlib.metadata as m\n"
+        "import llamafactory, transformers, trl, peft, torch, accelerate, datasets\n"
+        "print(json.dumps({k: m.version(k) for k in ('llamafactory', 'transformers', 'trl', 'peft', "
+        "'torch', 'accelerate', 'datasets')}))\n"
+    )
     if not py.is_file():
-        raise BenchError(f"--lf-venv {venv}: no Python there (bin/python missing); remove the directory to "
-                         "reinstall or point --lf-venv at a LLaMA-Factory venv")
-    done = subprocess.run([str(py), "-c", probe], env=child_env(None), capture_output=True, text=True,
-                          check=False)
+        raise BenchError(
+            f"--lf-venv {venv}: no Python there (bin/python missing); remove the directory to "
+            "reinstall or point --lf-venv at a LLaMA-Factory venv"
+        )
+    done = subprocess.run([str(py), "-c", probe], env=child_env(None), capture_output=True, text=True, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise BenchError(f"LLaMA-Factory in {venv} does not import: {last[:300]}")
@@ -239,8 +276,12 @@ def _fix_torchaudio(venv: Path) -> None:
     if ok.returncode == 0:
         return
     if "No module named" in ok.stderr:  # installed without its dependencies: it must not replace torch
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--no-deps", "torchaudio"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "--no-deps", "torchaudio"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
         if subprocess.run([str(py), "-c", "import torchaudio"], capture_output=True, check=False).returncode == 0:
             return
     libs = list(venv.glob("lib/python3*/site-packages/torchaudio/lib/*.so"))
@@ -270,14 +311,28 @@ def ensure_home(home: Path, profile: str, base_overrides: list[str], env: dict, 
     have = json.loads(manifest.read_text(encoding="utf-8"))["stages"] if manifest.is_file() else {}
     if not all(s in have for s in ("base", "cpt", "sft")):
         print(f"bench home {home}: training {BASE_RUN} (base, cpt, sft; once) ...", flush=True)
-        run_child(our_cmd(profile, ["train-all", "--run-id", BASE_RUN, "--stages", "base,cpt,sft"],
-                          ["train.evaluate_after=false", *base_overrides]), env, log_dir / "bench-base.log",
-                  f"training {BASE_RUN}")
+        run_child(
+            our_cmd(
+                profile,
+                ["train-all", "--run-id", BASE_RUN, "--stages", "base,cpt,sft"],
+                ["train.evaluate_after=false", *base_overrides],
+            ),
+            env,
+            log_dir / "bench-base.log",
+            f"training {BASE_RUN}",
+        )
     merged = home / "lf" / "sft-merged"
     if not (merged / "config.json").is_file():
-        run_child(our_cmd(profile, ["export", "--run", BASE_RUN, "--stage", "sft", "--out", str(merged),
-                                    "--dtype", "float32", "--force"], []), env, log_dir / "export-sft.log",
-                  "export of bench-base/sft")
+        run_child(
+            our_cmd(
+                profile,
+                ["export", "--run", BASE_RUN, "--stage", "sft", "--out", str(merged), "--dtype", "float32", "--force"],
+                [],
+            ),
+            env,
+            log_dir / "export-sft.log",
+            "export of bench-base/sft",
+        )
     del cfg
     return merged
 
@@ -310,19 +365,36 @@ def lf_datasets(home: Path, cfg, lf_py: Path, env: dict, log_dir: Path) -> Path:
     pairs = read_jsonl(data / "dpo.jsonl")
     for p in pairs:
         if len(p["chosen"]) != 1 or len(p["rejected"]) != 1:
-            raise BenchError("dpo.jsonl: a pair whose chosen or rejected is not a single assistant message; "
-                             "LLaMA-Factory's ranking format takes one message each")
-    _write_jsonl(out / "dpo.jsonl", ({"messages": p["prompt"], "chosen": p["chosen"][0],
-                                      "rejected": p["rejected"][0]} for p in pairs))
-    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-            "system_tag": "system"}
+            raise BenchError(
+                "dpo.jsonl: a pair whose chosen or rejected is not a single assistant message; "
+                "LLaMA-Factory's ranking format takes one message each"
+            )
+    _write_jsonl(
+        out / "dpo.jsonl",
+        ({"messages": p["prompt"], "chosen": p["chosen"][0], "rejected": p["rejected"][0]} for p in pairs),
+    )
+    tags = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "system_tag": "system",
+    }
     info = {
         "chimed_cpt": {"file_name": "cpt.jsonl", "columns": {"prompt": "text"}},
-        "chimed_sft": {"file_name": "sft.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"},
-                       "tags": tags},
-        "chimed_dpo": {"file_name": "dpo.jsonl", "formatting": "sharegpt", "ranking": True,
-                       "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
-                       "tags": tags},
+        "chimed_sft": {
+            "file_name": "sft.jsonl",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages"},
+            "tags": tags,
+        },
+        "chimed_dpo": {
+            "file_name": "dpo.jsonl",
+            "formatting": "sharegpt",
+            "ranking": True,
+            "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
+            "tags": tags,
+        },
     }
     (out / "dataset_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=1), encoding="utf-8")
 
@@ -335,14 +407,25 @@ def lf_datasets(home: Path, cfg, lf_py: Path, env: dict, log_dir: Path) -> Path:
     rows = []
     for r in conversations:
         t = tokenize_conversation(tokenizer, r["messages"], cfg.sft.max_source_length, cfg.sft.max_target_length)
-        rows.append({"input_ids": t["input_ids"], "attention_mask": [1] * len(t["input_ids"]),
-                     "labels": [i if m else -100 for i, m in zip(t["input_ids"], t["assistant_masks"])]})
+        rows.append(
+            {
+                "input_ids": t["input_ids"],
+                "attention_mask": [1] * len(t["input_ids"]),
+                "labels": [i if m else -100 for i, m in zip(t["input_ids"], t["assistant_masks"])],
+            }
+        )
     _write_jsonl(out / "sft_ids.jsonl", rows)
-    save = ("import sys, datasets\n"
-            "d = datasets.load_dataset('json', data_files=sys.argv[1], split='train')\n"
-            "datasets.DatasetDict({'train': d}).save_to_disk(sys.argv[2])\n")
-    run_child([str(lf_py), "-c", save, str(out / "sft_ids.jsonl"), str(out / "sft_tokenized")], env,
-              log_dir / "lf-sft-tokenized.log", "saving the tokenized SFT dataset")
+    save = (
+        "import sys, datasets\n"
+        "d = datasets.load_dataset('json', data_files=sys.argv[1], split='train')\n"
+        "datasets.DatasetDict({'train': d}).save_to_disk(sys.argv[2])\n"
+    )
+    run_child(
+        [str(lf_py), "-c", save, str(out / "sft_ids.jsonl"), str(out / "sft_tokenized")],
+        env,
+        log_dir / "lf-sft-tokenized.log",
+        "saving the tokenized SFT dataset",
+    )
     stamp.write_text(json.dumps(source))
     return out
 
@@ -367,8 +450,17 @@ def lora_targets(lora) -> str:
     return ",".join(targets)
 
 
-def lf_config(stage: str, cfg, home: Path, merged: Path, data_dir: Path, out_dir: Path, steps: int | None,
-              sft_data: str, optim: str) -> dict:
+def lf_config(
+    stage: str,
+    cfg,
+    home: Path,
+    merged: Path,
+    data_dir: Path,
+    out_dir: Path,
+    steps: int | None,
+    sft_data: str,
+    optim: str,
+) -> dict:
     """LLaMA-Factory's train config for one stage, mirroring our stage's settings."""
     section = getattr(cfg, stage)
     run = home / "runs" / BASE_RUN
@@ -403,23 +495,52 @@ def lf_config(stage: str, cfg, home: Path, merged: Path, data_dir: Path, out_dir
         "trust_remote_code": False,
     }
     if stage == "cpt":
-        return {**common, "model_name_or_path": str(run / "base"), "stage": "pt", "finetuning_type": "full",
-                "dataset": "chimed_cpt", "packing": True, "cutoff_len": cfg.cpt.block_size + 1,
-                "preprocessing_batch_size": 10**9, "overwrite_cache": True}
+        return {
+            **common,
+            "model_name_or_path": str(run / "base"),
+            "stage": "pt",
+            "finetuning_type": "full",
+            "dataset": "chimed_cpt",
+            "packing": True,
+            "cutoff_len": cfg.cpt.block_size + 1,
+            "preprocessing_batch_size": 10**9,
+            "overwrite_cache": True,
+        }
     lora = section.lora
-    lora_keys = {"finetuning_type": "lora", "lora_rank": lora.r, "lora_alpha": lora.alpha,
-                 "lora_dropout": lora.dropout, "lora_target": lora_targets(lora)}
+    lora_keys = {
+        "finetuning_type": "lora",
+        "lora_rank": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "lora_target": lora_targets(lora),
+    }
     if stage == "sft":
-        conf = {**common, **lora_keys, "model_name_or_path": str(run / "cpt"), "stage": "sft",
-                "dataset": "chimed_sft", "packing": False, "overwrite_cache": True,
-                "cutoff_len": cfg.sft.max_source_length + cfg.sft.max_target_length}
+        conf = {
+            **common,
+            **lora_keys,
+            "model_name_or_path": str(run / "cpt"),
+            "stage": "sft",
+            "dataset": "chimed_sft",
+            "packing": False,
+            "overwrite_cache": True,
+            "cutoff_len": cfg.sft.max_source_length + cfg.sft.max_target_length,
+        }
         if sft_data == "ids":
             conf["tokenized_path"] = str(data_dir / "sft_tokenized")
             conf.pop("overwrite_cache")
         return conf
-    return {**common, **lora_keys, "model_name_or_path": str(merged), "stage": "dpo", "dataset": "chimed_dpo",
-            "cutoff_len": cfg.dpo.max_length, "pref_loss": "sigmoid", "pref_beta": cfg.dpo.beta,
-            "pref_ftx": cfg.dpo.sft_weight, "overwrite_cache": True}
+    return {
+        **common,
+        **lora_keys,
+        "model_name_or_path": str(merged),
+        "stage": "dpo",
+        "dataset": "chimed_dpo",
+        "cutoff_len": cfg.dpo.max_length,
+        "pref_loss": "sigmoid",
+        "pref_beta": cfg.dpo.beta,
+        "pref_ftx": cfg.dpo.sft_weight,
+        "overwrite_cache": True,
+    }
 
 
 # --- one run of each tool -------------------------------------------------------------------------------
@@ -431,22 +552,35 @@ def run_ours(stage: str, home: Path, profile: str, steps: int | None, env: dict,
     if run_dir.exists():
         shutil.rmtree(run_dir)
     overrides = ["train.evaluate_after=false"] + ([f"{stage}.max_steps={steps}"] if steps else [])
-    cmd = our_cmd(profile, ["train-all", "--run-id", run_id, "--from", stage, "--resume-run", BASE_RUN,
-                            "--stages", stage], overrides)
+    cmd = our_cmd(
+        profile,
+        ["train-all", "--run-id", run_id, "--from", stage, "--resume-run", BASE_RUN, "--stages", stage],
+        overrides,
+    )
     proc = run_child(cmd, env, log_dir / f"ours-{stage}-{tag}.log", f"ours {stage} ({run_id})")
     info = json.loads((run_dir / stage / "stage.json").read_text(encoding="utf-8"))
     m = info["metrics"]
     log = run_dir / "logs" / stage / "trainer_log.jsonl"
-    losses = [(r["step"], r["loss"]) for r in map(json.loads, log.read_text(encoding="utf-8").splitlines())
-              if "loss" in r and "step" in r]
+    losses = [
+        (r["step"], r["loss"])
+        for r in map(json.loads, log.read_text(encoding="utf-8").splitlines())
+        if "loss" in r and "step" in r
+    ]
     # dpo computes the reference log-probabilities once before its loop (dpo.precompute_reference): that
     # work is the loop's on LLaMA-Factory's side, so it is counted in ours too
     runtime = m["train_runtime_s"] + m.get("reference_precompute_s", 0.0)
-    result = {"tool": "ours", "stage": stage, "run": run_id, "steps": m["steps"],
-              "train_runtime_s": round(runtime, 2), "train_tokens": m["train_tokens"],
-              "reference_precompute_s": m.get("reference_precompute_s", 0.0),
-              "tokens_per_s": m["train_tokens"] / runtime if runtime else None,
-              "losses": losses, **proc}
+    result = {
+        "tool": "ours",
+        "stage": stage,
+        "run": run_id,
+        "steps": m["steps"],
+        "train_runtime_s": round(runtime, 2),
+        "train_tokens": m["train_tokens"],
+        "reference_precompute_s": m.get("reference_precompute_s", 0.0),
+        "tokens_per_s": m["train_tokens"] / runtime if runtime else None,
+        "losses": losses,
+        **proc,
+    }
     shutil.rmtree(run_dir, ignore_errors=True)  # keep the home small; the log stays in bench-logs
     return result
 
@@ -468,9 +602,17 @@ def run_lf(stage: str, conf: dict, lf_venv: Path, env: dict, log_dir: Path, tag:
     runtime = float(results["train_runtime"])
     tokens = int(state.get("num_input_tokens_seen", 0))
     losses = [(r["step"], r["loss"]) for r in state["log_history"] if "loss" in r]
-    result = {"tool": "llamafactory", "stage": stage, "variant": label, "steps": state["global_step"],
-              "train_runtime_s": round(runtime, 2), "train_tokens": tokens,
-              "tokens_per_s": tokens / runtime if runtime else None, "losses": losses, **proc}
+    result = {
+        "tool": "llamafactory",
+        "stage": stage,
+        "variant": label,
+        "steps": state["global_step"],
+        "train_runtime_s": round(runtime, 2),
+        "train_tokens": tokens,
+        "tokens_per_s": tokens / runtime if runtime else None,
+        "losses": losses,
+        **proc,
+    }
     shutil.rmtree(out_dir, ignore_errors=True)
     return result
 
@@ -480,18 +622,24 @@ def describe(r: dict) -> str:
     first = f"step {losses[0][0]} {losses[0][1]:.4f}" if losses else "-"
     last = f"step {losses[-1][0]} {losses[-1][1]:.4f}" if losses else "-"
     name = "ours" if r["tool"] == "ours" else f"LF/{r['variant']}"
-    return (f"{r['stage']:>4} {name:<12} {r['steps']:>5} steps  {r['train_tokens']:>9,} tok  "
-            f"{r['train_runtime_s']:>7.1f} s loop  {r['tokens_per_s']:>8,.0f} tok/s  wall {r['wall_s']:>6.1f} s  "
-            f"peak RSS {r['peak_rss_mb']:>6.0f} MB  loss first {first}, last {last}")
+    return (
+        f"{r['stage']:>4} {name:<12} {r['steps']:>5} steps  {r['train_tokens']:>9,} tok  "
+        f"{r['train_runtime_s']:>7.1f} s loop  {r['tokens_per_s']:>8,.0f} tok/s  wall {r['wall_s']:>6.1f} s  "
+        f"peak RSS {r['peak_rss_mb']:>6.0f} MB  loss first {first}, last {last}"
+    )
 
 
 # --- report ---------------------------------------------------------------------------------------------
 
 
 def summary(results: list[dict]) -> list[str]:
-    lines = [("| stage | ours tok/s median (min-max) | LLaMA-Factory tok/s median (min-max) | ours peak RSS MB | "
-              "LF peak RSS MB | ours tok/step | LF tok/step | ratio ours/LF |"),
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| stage | ours tok/s median (min-max) | LLaMA-Factory tok/s median (min-max) | ours peak RSS MB | "
+            "LF peak RSS MB | ours tok/step | LF tok/step | ratio ours/LF |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
     keys = []
     for r in results:
         key = (r["stage"], r.get("variant"))
@@ -511,7 +659,8 @@ def summary(results: list[dict]) -> list[str]:
             f"{max(r['peak_rss_mb'] for r in ours):,.0f} | {max(r['peak_rss_mb'] for r in lf):,.0f} | "
             f"{statistics.median(r['train_tokens'] / max(r['steps'], 1) for r in ours):,.0f} | "
             f"{statistics.median(r['train_tokens'] / max(r['steps'], 1) for r in lf):,.0f} | "
-            f"{statistics.median(o) / statistics.median(t):.2f} |")
+            f"{statistics.median(o) / statistics.median(t):.2f} |"
+        )
     return lines
 
 
@@ -527,8 +676,10 @@ def loss_lines(results: list[dict]) -> list[str]:
             common = sorted(set(a) & set(b))
             if common:
                 s0, s1 = common[0], common[-1]
-                out.append(f"  {stage} vs LF/{lf['variant']}: step {s0}: ours {a[s0]:.4f}, LF {b[s0]:.4f}; "
-                           f"step {s1}: ours {a[s1]:.4f}, LF {b[s1]:.4f}")
+                out.append(
+                    f"  {stage} vs LF/{lf['variant']}: step {s0}: ours {a[s0]:.4f}, LF {b[s0]:.4f}; "
+                    f"step {s1}: ours {a[s1]:.4f}, LF {b[s1]:.4f}"
+                )
     seen, uniq = set(), []
     for line in out:
         if line not in seen:
@@ -543,19 +694,37 @@ def loss_lines(results: list[dict]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="demo", choices=("tiny", "demo"))
-    parser.add_argument("--home", type=Path, help="bench home (CHIMED_HOME of our runs; reused when it exists); "
-                        "default ~/.cache/chimed-bench/home-PROFILE")
-    parser.add_argument("--lf-venv", type=Path, default=CACHE / "llamafactory-venv",
-                        help="LLaMA-Factory's venv (installed when missing); default %(default)s")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="bench home (CHIMED_HOME of our runs; reused when it exists); default ~/.cache/chimed-bench/home-PROFILE",
+    )
+    parser.add_argument(
+        "--lf-venv",
+        type=Path,
+        default=CACHE / "llamafactory-venv",
+        help="LLaMA-Factory's venv (installed when missing); default %(default)s",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stages", default="cpt,sft,dpo")
-    parser.add_argument("--steps", type=int, default=0, help="optimizer steps per stage on both sides "
-                        "(default: the profile's max_steps)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="optimizer steps per stage on both sides (default: the profile's max_steps)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="OMP/MKL threads of both sides (default: torch's)")
-    parser.add_argument("--sft-data", choices=("ids", "template", "both"), default="both",
-                        help="LLaMA-Factory's SFT input: our token ids, its own template rendering, or both")
-    parser.add_argument("--base-overrides", default="",
-                        help="key=value overrides for the one-time bench-base run only (e.g. shorter base/cpt)")
+    parser.add_argument(
+        "--sft-data",
+        choices=("ids", "template", "both"),
+        default="both",
+        help="LLaMA-Factory's SFT input: our token ids, its own template rendering, or both",
+    )
+    parser.add_argument(
+        "--base-overrides",
+        default="",
+        help="key=value overrides for the one-time bench-base run only (e.g. shorter base/cpt)",
+    )
     parser.add_argument("--out", type=Path, help="raw results as JSON (default HOME/bench_vs_llamafactory.json)")
     args = parser.parse_args()
 
@@ -620,21 +789,32 @@ def bench(args) -> int:
     import torch
     import transformers
     import trl
-    ours_versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "trl": trl.__version__, "peft": peft.__version__}
-    print(f"ours: {', '.join(f'{k} {v}' for k, v in ours_versions.items())}; home {home}; optimizer {optim}; "
-          f"threads {args.threads or 'default'}; {os.cpu_count()} CPUs", flush=True)
+
+    ours_versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+    }
+    print(
+        f"ours: {', '.join(f'{k} {v}' for k, v in ours_versions.items())}; home {home}; optimizer {optim}; "
+        f"threads {args.threads or 'default'}; {os.cpu_count()} CPUs",
+        flush=True,
+    )
 
     results: list[dict] = []
     out_path = args.out or home / "bench_vs_llamafactory.json"
     for rnd in range(1, args.rounds + 1):
-        print(f"round {rnd}/{args.rounds} ({'ours first' if rnd % 2 else 'LLaMA-Factory first'}), load average "
-              f"{os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"round {rnd}/{args.rounds} ({'ours first' if rnd % 2 else 'LLaMA-Factory first'}), load average "
+            f"{os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         for stage in stages:
             tag = f"r{rnd}"
             variants = sft_variants if stage == "sft" else ["pt" if stage == "cpt" else "dpo"]
             jobs = [("ours", stage, None, tag)] + [("lf", stage, v, tag) for v in variants]
-            for tool, stage_, variant, tag_ in (jobs if rnd % 2 else jobs[1:] + jobs[:1]):
+            for tool, stage_, variant, tag_ in jobs if rnd % 2 else jobs[1:] + jobs[:1]:
                 if tool == "ours":
                     r = run_ours(stage_, home, args.profile, args.steps or None, env, log_dir, tag_)
                 else:
@@ -646,11 +826,13 @@ def bench(args) -> int:
                 print(describe(r), flush=True)
             _save(out_path, args, home, versions, ours_versions, optim, results)
 
-    print(f"\n{args.profile} profile, {args.rounds} round(s), stages {','.join(stages)}, "
-          f"steps {args.steps or 'profile'}, threads {args.threads or 'default'}; LLaMA-Factory "
-          f"{versions['llamafactory']} (transformers {versions['transformers']}, trl {versions['trl']}, "
-          f"peft {versions['peft']}); ours transformers {ours_versions['transformers']}, trl "
-          f"{ours_versions['trl']}, peft {ours_versions['peft']}\n")
+    print(
+        f"\n{args.profile} profile, {args.rounds} round(s), stages {','.join(stages)}, "
+        f"steps {args.steps or 'profile'}, threads {args.threads or 'default'}; LLaMA-Factory "
+        f"{versions['llamafactory']} (transformers {versions['transformers']}, trl {versions['trl']}, "
+        f"peft {versions['peft']}); ours transformers {ours_versions['transformers']}, trl "
+        f"{ours_versions['trl']}, peft {ours_versions['peft']}\n"
+    )
     print("\n".join(summary(results)))
     print("\nlosses at the same step (last round):")
     print("\n".join(loss_lines(results)) or "  (no common logged step)")
@@ -661,10 +843,24 @@ def bench(args) -> int:
 
 def _save(path: Path, args, home: Path, versions: dict, ours_versions: dict, optim: str, results: list[dict]):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "profile": args.profile, "home": str(home), "rounds": args.rounds, "steps": args.steps or None,
-        "threads": args.threads or None, "optimizer": optim, "llamafactory": versions, "ours": ours_versions,
-        "loadavg": os.getloadavg(), "results": results}, indent=1), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "profile": args.profile,
+                "home": str(home),
+                "rounds": args.rounds,
+                "steps": args.steps or None,
+                "threads": args.threads or None,
+                "optimizer": optim,
+                "llamafactory": versions,
+                "ours": ours_versions,
+                "loadavg": os.getloadavg(),
+                "results": results,
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def option_score(model, tokenizer, prefix: str, option: str) -> float:
     with torch.no_grad():
         logprobs = model(ids).logits[0, :-1].log_softmax(-1)
     targets = ids[0, 1:]
-    return logprobs[torch.arange(len(targets)), targets][len(head) - 1:].sum().item() / len(option)
+    return logprobs[torch.arange(len(targets)), targets][len(head) - 1 :].sum().item() / len(option)
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def agreement_values(judged: Iterable[JudgedComparison]) -> Values:
             continue
         base = (j.bank_prompt_id, tuple(sorted(j.contestants)))
         if j.kind == "pairwise":
-            (x, y, score), = j.outcomes()
+            ((x, y, score),) = j.outcomes()
             if x.checkpoint_id > y.checkpoint_id:
                 score = 1.0 - score
             values["pairwise"][base][j.annotator_id] = {1.0: FIRST_BETTER, 0.0: SECOND_BETTER}.get(score, TIE)
@@ -126,10 +126,14 @@ def annotator_agreement(values: Values, names: dict[int, str]) -> list[Annotator
                 agreed[annotator] += sum(v == value for v in others)
     return [
         AnnotatorAgreement(
-            annotator_id=a, name=names.get(a, str(a)), units=units[a],
+            annotator_id=a,
+            name=names.get(a, str(a)),
+            units=units[a],
             percent=agreed[a] / pairs[a] if pairs[a] else None,
-            alpha={kind: krippendorff_alpha(coded[a][kind], LEVELS[kind], DOMAINS[kind]) if coded[a][kind] else None
-                   for kind in KINDS},
+            alpha={
+                kind: krippendorff_alpha(coded[a][kind], LEVELS[kind], DOMAINS[kind]) if coded[a][kind] else None
+                for kind in KINDS
+            },
         )
         for a in sorted(units)
     ]
@@ -141,8 +145,12 @@ def measure_agreement(values: Values, names: dict[int, str] | None = None) -> Ag
     for kind in KINDS:
         units = list(values[kind].values())
         by_kind[kind] = KindAgreement(
-            kind=kind, level=LEVELS[kind], units=len(units), annotators=len({a for u in units for a in u}),
-            alpha=krippendorff_alpha(units, LEVELS[kind], DOMAINS[kind]), percent=percent_agreement(units),
+            kind=kind,
+            level=LEVELS[kind],
+            units=len(units),
+            annotators=len({a for u in units for a in u}),
+            alpha=krippendorff_alpha(units, LEVELS[kind], DOMAINS[kind]),
+            percent=percent_agreement(units),
         )
     by_criterion: dict[str, list[dict[int, int]]] = defaultdict(list)
     for unit, unit_values in values["scores"].items():
@@ -154,8 +162,10 @@ def measure_agreement(values: Values, names: dict[int, str] | None = None) -> Ag
         percent=by_kind["pairwise"].percent,
         fleiss_kappa=fleiss_kappa(votes, DOMAINS["pairwise"]),
         by_kind=by_kind,
-        criteria_alpha={criterion: krippendorff_alpha(units, "ordinal", DOMAINS["scores"])
-                        for criterion, units in sorted(by_criterion.items())},
+        criteria_alpha={
+            criterion: krippendorff_alpha(units, "ordinal", DOMAINS["scores"])
+            for criterion, units in sorted(by_criterion.items())
+        },
         annotators=annotator_agreement(values, names or {}),
     )
 
@@ -175,8 +185,9 @@ def pair_verdicts(judged: Iterable[JudgedComparison]) -> dict[tuple[str, frozens
     return verdicts
 
 
-def pair_agreement(pairs: Iterable[tuple[str, str, str | None, str]],
-                   judged: Iterable[JudgedComparison]) -> dict[str, tuple[float | None, int]]:
+def pair_agreement(
+    pairs: Iterable[tuple[str, str, str | None, str]], judged: Iterable[JudgedComparison]
+) -> dict[str, tuple[float | None, int]]:
     """pair id -> (share of annotators agreeing with it, how many annotators), for pairs on bank prompts.
 
     ``pairs``: (pair id, bank prompt id, chosen checkpoint or None for a correction, rejected checkpoint).

@@ -71,7 +71,7 @@ def read_bank(path: str | Path, max_chars: int) -> tuple[list[ParsedPrompt], lis
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
+        line = data[: err.start].count(b"\n") + 1
         raise UserError(f"{path}:{line}: not UTF-8 text (save the bank file as UTF-8)") from None
 
     prompts, errors = [], []
@@ -146,8 +146,9 @@ def parse_bank_record(record: dict, where: str, max_chars: int) -> ParsedPrompt:
         raise MalformedPrompt("no prompt: give the question in a 'prompt' (or 'text') field")
     prompt = prompt.strip()
     if len(prompt) > max_chars:
-        raise MalformedPrompt(f"the prompt has {len(prompt)} characters, over the limit of {max_chars} "
-                              "(store.max_text_chars)")
+        raise MalformedPrompt(
+            f"the prompt has {len(prompt)} characters, over the limit of {max_chars} (store.max_text_chars)"
+        )
     history = record.get("history", record.get("messages")) or []
     messages = _history_messages(history, max_chars) + [{"role": "user", "content": prompt}]
 
@@ -177,7 +178,9 @@ def _history_messages(history, max_chars: int) -> list[dict]:
         if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
             raise MalformedPrompt(f"history message {i} must be {{'role': ..., 'content': ...}}, got {turn!r}")
         if turn["role"] not in HISTORY_ROLES:
-            raise MalformedPrompt(f"history message {i} has role {turn['role']!r}: use one of {', '.join(HISTORY_ROLES)}")
+            raise MalformedPrompt(
+                f"history message {i} has role {turn['role']!r}: use one of {', '.join(HISTORY_ROLES)}"
+            )
         if not isinstance(turn["content"], str):
             raise MalformedPrompt(f"history message {i} must have text content, got {type(turn['content']).__name__}")
         messages.append({"role": turn["role"], "content": turn["content"]})
@@ -185,9 +188,13 @@ def _history_messages(history, max_chars: int) -> list[dict]:
         if message["role"] != "assistant" and not message["content"].strip():
             raise MalformedPrompt(f"history message {i} ({message['role']}) is empty")
         if len(message["content"]) > max_chars:
-            raise MalformedPrompt(f"history message {i} has {len(message['content'])} characters, over the limit "
-                                  f"of {max_chars} (store.max_text_chars)")
+            raise MalformedPrompt(
+                f"history message {i} has {len(message['content'])} characters, over the limit "
+                f"of {max_chars} (store.max_text_chars)"
+            )
     if messages and messages[-1]["role"] == "user":
-        raise MalformedPrompt("the history ends with a user message: it must end before the prompt "
-                              "(with the assistant's answer), the prompt is the next user message")
+        raise MalformedPrompt(
+            "the history ends with a user message: it must end before the prompt "
+            "(with the assistant's answer), the prompt is the next user message"
+        )
     return messages

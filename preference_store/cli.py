@@ -24,7 +24,9 @@ def add_annotator(cfg: Config, name: str, role: str = "annotator", password: str
     password must meet the policy (store.accounts)."""
     with PreferenceStore.from_config(cfg) as store:
         annotator = store.add_annotator(name, password, role=role, enforce_policy=True, actor=cli_actor())
-    print(f"added {annotator.role} {annotator.name!r} (id {annotator.id}) to {make_url(cfg.database_url).render_as_string(hide_password=True)}")
+    print(
+        f"added {annotator.role} {annotator.name!r} (id {annotator.id}) to {make_url(cfg.database_url).render_as_string(hide_password=True)}"
+    )
     return annotator
 
 
@@ -37,17 +39,23 @@ def report_superseded(cfg: Config) -> int:
         names = {a.id: a.name for a in store.list_annotators()}
     ratings = [r for r in ratings[::-1] if r.superseded_by is not None]  # oldest first, history only
     resolved = sum(r.superseded_why == "duplicate" for r in [*judgments, *ratings])
-    print(f"{len(judgments)} judgments and {len(ratings)} single-answer ratings kept as history (superseded): "
-          f"{resolved} duplicates resolved when the store was migrated (the latest kept), the rest revised")
+    print(
+        f"{len(judgments)} judgments and {len(ratings)} single-answer ratings kept as history (superseded): "
+        f"{resolved} duplicates resolved when the store was migrated (the latest kept), the rest revised"
+    )
     for j in judgments:
         verdict = j.choice or (f"ranking {j.ranking}" if j.ranking else "correction")
-        print(f"judgment {j.id} ({j.superseded_why}) of comparison {j.comparison_id} by {names.get(j.annotator_id)}: "
-              f"{j.kind} {verdict} of {j.created:%Y-%m-%d %H:%M} UTC, {len(j.pair_ids)} pairs left out; "
-              f"counts instead: {j.superseded_by}")
+        print(
+            f"judgment {j.id} ({j.superseded_why}) of comparison {j.comparison_id} by {names.get(j.annotator_id)}: "
+            f"{j.kind} {verdict} of {j.created:%Y-%m-%d %H:%M} UTC, {len(j.pair_ids)} pairs left out; "
+            f"counts instead: {j.superseded_by}"
+        )
     for r in ratings:
-        print(f"rating {r.id} ({r.superseded_why}) of answer {r.label} of comparison {r.comparison_id} by "
-              f"{names.get(r.annotator_id)}: {'up' if r.up else 'down'} of {r.created:%Y-%m-%d %H:%M} UTC; "
-              f"counts instead: {r.superseded_by}")
+        print(
+            f"rating {r.id} ({r.superseded_why}) of answer {r.label} of comparison {r.comparison_id} by "
+            f"{names.get(r.annotator_id)}: {'up' if r.up else 'down'} of {r.created:%Y-%m-%d %H:%M} UTC; "
+            f"counts instead: {r.superseded_by}"
+        )
     return resolved
 
 
@@ -55,8 +63,10 @@ def set_account_enabled(cfg: Config, name: str, enabled: bool) -> None:
     """``./launch.sh add-annotator NAME --disable`` / ``--enable``."""
     with PreferenceStore.from_config(cfg) as store:
         store.set_disabled(name, not enabled, actor=cli_actor())
-    print(f"{'enabled' if enabled else 'disabled'} {name!r}" + ("" if enabled else
-          ": its browser sessions and API tokens are refused from their next request"))
+    print(
+        f"{'enabled' if enabled else 'disabled'} {name!r}"
+        + ("" if enabled else ": its browser sessions and API tokens are refused from their next request")
+    )
 
 
 def set_password(cfg: Config, name: str, password: str) -> None:

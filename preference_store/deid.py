@@ -41,19 +41,65 @@ from functools import lru_cache
 
 from preference_store import deid_rules as rules
 
-CATEGORIES = ("name", "address", "date", "age", "phone", "email", "id_card", "passport", "medical_record",
-              "health_plan", "account", "bank_card", "plate", "social", "url", "ip")
+CATEGORIES = (
+    "name",
+    "address",
+    "date",
+    "age",
+    "phone",
+    "email",
+    "id_card",
+    "passport",
+    "medical_record",
+    "health_plan",
+    "account",
+    "bank_card",
+    "plate",
+    "social",
+    "url",
+    "ip",
+)
 LABELS = {
-    "name": "姓名 name", "address": "地址 address", "date": "日期 date", "age": "90岁以上年龄 age over 89",
-    "phone": "电话/传真 phone/fax", "email": "电子邮箱 e-mail", "id_card": "身份证号 ID card",
-    "passport": "护照号 passport", "medical_record": "病历号 medical record", "health_plan": "医保/社保号 health plan",
-    "account": "账号 account", "bank_card": "银行卡号 bank card", "plate": "车牌号 licence plate",
-    "social": "社交账号 social handle", "url": "网址 URL", "ip": "IP地址 IP address",
+    "name": "姓名 name",
+    "address": "地址 address",
+    "date": "日期 date",
+    "age": "90岁以上年龄 age over 89",
+    "phone": "电话/传真 phone/fax",
+    "email": "电子邮箱 e-mail",
+    "id_card": "身份证号 ID card",
+    "passport": "护照号 passport",
+    "medical_record": "病历号 medical record",
+    "health_plan": "医保/社保号 health plan",
+    "account": "账号 account",
+    "bank_card": "银行卡号 bank card",
+    "plate": "车牌号 licence plate",
+    "social": "社交账号 social handle",
+    "url": "网址 URL",
+    "ip": "IP地址 IP address",
 }
 # CMeKG relations whose values are medical terms (symptoms, departments, exams, diseases, drug names)
-PROTECTED_RELATIONS = ("常见症状", "相关症状", "临床症状及体征", "就诊科室", "检查", "相关疾病", "并发症", "通用名",
-                       "商品名", "别称", "相关药物", "药物治疗", "治疗", "所属分类", "上位关系", "常见发病部位",
-                       "常见病因", "病因", "成份", "入药部位")
+PROTECTED_RELATIONS = (
+    "常见症状",
+    "相关症状",
+    "临床症状及体征",
+    "就诊科室",
+    "检查",
+    "相关疾病",
+    "并发症",
+    "通用名",
+    "商品名",
+    "别称",
+    "相关药物",
+    "药物治疗",
+    "治疗",
+    "所属分类",
+    "上位关系",
+    "常见发病部位",
+    "常见病因",
+    "病因",
+    "成份",
+    "入药部位",
+)
 MAX_PROTECTED_CHARS = 12  # longer terms cannot hide a name of at most four characters
 HAN_RUN = re.compile(rf"[{rules.HAN}]")
 
@@ -137,7 +183,7 @@ def tokens(text: str) -> list[tuple[int, int, str]]:
             j += 1
         if j - k >= 2 and any(text[plain[i][0]] in rules.SURNAMES for i in range(k, j)):
             start = plain[k][0]
-            for pair in seg.cut(text[start:plain[j - 1][1]]):
+            for pair in seg.cut(text[start : plain[j - 1][1]]):
                 out.append((start, start + len(pair.word), pair.flag))
                 start += len(pair.word)
             k = j
@@ -176,8 +222,11 @@ def _spans_boundary(text: str, at: int, ends_after: int | None = None) -> bool:
     ``ends_after`` when given: a term that ends inside a two-character surname, 医生|长孙悦 (生长), does not
     count, as compound surnames are no everyday words)."""
     names = protected_names()
-    return any(text[i:j] in names for i in range(max(0, at - MAX_PROTECTED_CHARS + 1), at)
-               for j in range(max(at, ends_after or at) + 1, min(len(text), i + MAX_PROTECTED_CHARS) + 1))
+    return any(
+        text[i:j] in names
+        for i in range(max(0, at - MAX_PROTECTED_CHARS + 1), at)
+        for j in range(max(at, ends_after or at) + 1, min(len(text), i + MAX_PROTECTED_CHARS) + 1)
+    )
 
 
 def _name_end(text: str, start: int, end: int, words: list[tuple[int, int, str]], surname_len: int) -> int:
@@ -188,8 +237,14 @@ def _name_end(text: str, start: int, end: int, words: list[tuple[int, int, str]]
     for cut in range(shortest, end + 1):
         if cut in bounds:
             following = next((w for w in words if w[0] == cut), None)
-            if cut < end and following and following[1] == cut + 1 and cut + 1 in bounds \
-                    and following[2] not in FUNCTION_TAGS and True:
+            if (
+                cut < end
+                and following
+                and following[1] == cut + 1
+                and cut + 1 in bounds
+                and following[2] not in FUNCTION_TAGS
+                and True
+            ):
                 continue
             return _trim(text, start, cut, surname_len)
     return _trim(text, start, end, surname_len)
@@ -207,14 +262,38 @@ def _surname_len(name: str) -> int:
 
 
 COMMON_WORD_FREQ = 400  # jieba's count above which a word is everyday vocabulary (买买提 272, 约翰 503 but a name)
-FUNCTION_TAGS = {"p", "c", "u", "ul", "uj", "uz", "ug", "uv", "ud", "d", "r", "v", "m", "q", "f", "t", "y", "x", "zg", "b", "a"}
+FUNCTION_TAGS = {
+    "p",
+    "c",
+    "u",
+    "ul",
+    "uj",
+    "uz",
+    "ug",
+    "uv",
+    "ud",
+    "d",
+    "r",
+    "v",
+    "m",
+    "q",
+    "f",
+    "t",
+    "y",
+    "x",
+    "zg",
+    "b",
+    "a",
+}
 NAME_STOP = set("男女因今先自于在诉述说和与的是有及从被等也都将已曾代")
 PERSON_TAGS = ("nr", "nrfg", "nrt")
 KIN_ENDINGS = set("姐哥兄弟妹傅父母爷奶叔姨舅婶嫂")
 MEDICAL_ENDINGS = set("炎症病痛癌瘤疮疹痒肿热咳血泻胀毒菌药丸片汤散膏剂素酸碱科")
 PLANT_ENDINGS = set("菜草树叶根籽藤茶")  # 诸葛菜, 公孙树: a plant, not a person
 MEDICAL_NEXT = set("酶嗪胺醇酮酯钠钾科汤丸散膏片")  # "林可胺类", "牛科": the word goes on
-JOINED_NAME = re.compile(rf"(?P<first>{rules.SURNAME}[{rules.HAN}]{{1,2}})(?:和|与|跟|、|及)(?P<value>{rules.SURNAME}[{rules.HAN}]{{1,2}})")
+JOINED_NAME = re.compile(
+    rf"(?P<first>{rules.SURNAME}[{rules.HAN}]{{1,2}})(?:和|与|跟|、|及)(?P<value>{rules.SURNAME}[{rules.HAN}]{{1,2}})"
+)
 
 
 def _looks_like_name(word: str) -> bool:
@@ -229,8 +308,11 @@ def _looks_like_name(word: str) -> bool:
     if not given or given[-1] in KIN_ENDINGS:
         return False  # 师姐, 表哥: a relation, not a name
     seg = segmenter()
-    return not (len(given) >= 2 and seg.tokenizer.FREQ.get(given, 0) > 1000
-                and seg.word_tag_tab.get(given) not in ("nr", "ns", "nrfg", "nz"))
+    return not (
+        len(given) >= 2
+        and seg.tokenizer.FREQ.get(given, 0) > 1000
+        and seg.word_tag_tab.get(given) not in ("nr", "ns", "nrfg", "nz")
+    )
 
 
 def _name_candidates(text: str) -> list[tuple[int, int]]:
@@ -262,8 +344,13 @@ def _name_candidates(text: str) -> list[tuple[int, int]]:
         if flag not in PERSON_TAGS:
             continue
         prev = words[k - 1] if k else None
-        if prev and prev[1] - prev[0] == 1 and text[prev[0]] in rules.SURNAMES and e - s <= 2 \
-                and (flag != "nr" or len(text[s:e]) == 2 or prev[2] == "nr"):
+        if (
+            prev
+            and prev[1] - prev[0] == 1
+            and text[prev[0]] in rules.SURNAMES
+            and e - s <= 2
+            and (flag != "nr" or len(text[s:e]) == 2 or prev[2] == "nr")
+        ):
             s = prev[0]
         elif flag == "nrt":
             continue  # a transliterated name on its own is more often a term ("休克")
@@ -271,8 +358,11 @@ def _name_candidates(text: str) -> list[tuple[int, int]]:
         if following and e - s == 2 and following[1] - following[0] == 1 and following[2] in PERSON_TAGS:
             e = following[1]  # "朱文/斌"
         e = _trim(text, s, e, _surname_len(text[s:e]))
-        if _looks_like_name(text[s:e]) and not (e < len(text) and text[e] in MEDICAL_NEXT) \
-                and not text.startswith("转氨酶", e):
+        if (
+            _looks_like_name(text[s:e])
+            and not (e < len(text) and text[e] in MEDICAL_NEXT)
+            and not text.startswith("转氨酶", e)
+        ):
             spans.append((s, e))
     # a second name joined to a found one: "张三和李四", "王五、赵六"
     for m in JOINED_NAME.finditer(text):
@@ -300,7 +390,7 @@ def _compound_name_end(text: str, start: int, end: int) -> int:
     if end - start < 4:
         return end
     freq = segmenter().tokenizer.FREQ
-    runs_on = any(freq.get(text[start + 3:j], 0) > 0 for j in range(end + 1, min(len(text), start + 6) + 1))
+    runs_on = any(freq.get(text[start + 3 : j], 0) > 0 for j in range(end + 1, min(len(text), start + 6) + 1))
     return start + 3 if runs_on or text[start + 3] in NAME_STOP else end
 
 
@@ -331,8 +421,12 @@ def _dotted_names(text: str, words: list[tuple[int, int, str]]) -> list[tuple[in
         end, eponym = dots[-1] + 1, False
         for s, e, _ in (w for w in inside if w[0] > dots[-1]):
             eponym = bool(rules.EPONYM_NEXT.match(text, s))
-            if eponym or text[s:e] in rules.DOTTED_RIGHT_STOP or (e - s > 1 and _common_word(text[s:e])) \
-                    or _medical_part(text, s):  # "吐尔逊|腹痛", "吐尔洪|血糖高"
+            if (
+                eponym
+                or text[s:e] in rules.DOTTED_RIGHT_STOP
+                or (e - s > 1 and _common_word(text[s:e]))
+                or _medical_part(text, s)
+            ):  # "吐尔逊|腹痛", "吐尔洪|血糖高"
                 break
             if text[e - 1] in rules.DOTTED_RIGHT_STOP:  # a rare word glued across the verb ("阿/布都有/高血压")
                 end = e - 1
@@ -340,12 +434,17 @@ def _dotted_names(text: str, words: list[tuple[int, int, str]]) -> list[tuple[in
             end = e
         bounds = [start, *dots, end]
         parts = [(bounds[0], dots[0])] + [(d + 1, b) for d, b in zip(dots, bounds[2:])]
-        if eponym or rules.EPONYM_NEXT.match(text, end) or any(pe - ps < 2 for ps, pe in parts) \
-                or text.rfind("《", 0, start) > text.rfind("》", 0, start) or rules.NOT_IN_NAMES.search(text, start, end):
+        if (
+            eponym
+            or rules.EPONYM_NEXT.match(text, end)
+            or any(pe - ps < 2 for ps, pe in parts)
+            or text.rfind("《", 0, start) > text.rfind("》", 0, start)
+            or rules.NOT_IN_NAMES.search(text, start, end)
+        ):
             continue
         if any(_common_word(text[ps:pe]) or _medical_part(text, ps, pe) for ps, pe in parts):
             continue
-        cued = rules.CUE_BEFORE.search(text[max(0, start - 12):start])
+        cued = rules.CUE_BEFORE.search(text[max(0, start - 12) : start])
         if any(text[d] in rules.CUED_DOTS for d in dots) and not cued:
             continue
         out.append((start, end))
@@ -360,8 +459,10 @@ def _medical_part(text: str, start: int, end: int | None = None) -> bool:
     names, seg = protected_names(), segmenter()
     for j in range(start + 2, min(len(text), start + MAX_PROTECTED_CHARS) + 1):
         term = text[start:j]
-        if term in names and ((end is not None and j > end) or (seg.tokenizer.FREQ.get(term, 0) > 0
-                                                                and seg.word_tag_tab.get(term) not in PERSON_TAGS)):
+        if term in names and (
+            (end is not None and j > end)
+            or (seg.tokenizer.FREQ.get(term, 0) > 0 and seg.word_tag_tab.get(term) not in PERSON_TAGS)
+        ):
             return True
     return False
 
@@ -374,8 +475,9 @@ def _latin_names(text: str) -> list[tuple[int, int]]:
     for m in rules.LATIN_NAME.finditer(text):
         s, e = _value_span(m)
         first = text[s:e].split()[0]
-        if m.group("value") is not None and (first in rules.LATIN_NOT_NAMES or len(text[s:e]) < 3
-                                             or rules.LATIN_MEDICAL_NEXT.match(text, e)):
+        if m.group("value") is not None and (
+            first in rules.LATIN_NOT_NAMES or len(text[s:e]) < 3 or rules.LATIN_MEDICAL_NEXT.match(text, e)
+        ):
             continue
         out.append((s, e))
     return out
@@ -408,7 +510,7 @@ def deidentify(text: str, counts: Counter | None = None) -> str:
         return text
     parts, pos = [], 0
     for f in findings:
-        parts += [text[pos:f.start], tag(f.category)]
+        parts += [text[pos : f.start], tag(f.category)]
         pos = f.end
         if counts is not None:
             counts[f.category] += 1
@@ -443,14 +545,22 @@ def measure(corpus: list[dict]) -> dict:
             stats[f.category]["true"] += any(c == f.category and s < f.end and f.start < e for c, s, e in spans)
     counts = ("expected", "found", "findings", "true")
     stats["overall"] = Counter({k: sum(s[k] for s in stats.values()) for k in counts})
-    return {c: {**s, "recall": s["found"] / s["expected"] if s["expected"] else None,
-                "precision": s["true"] / s["findings"] if s["findings"] else None} for c, s in stats.items()}
+    return {
+        c: {
+            **s,
+            "recall": s["found"] / s["expected"] if s["expected"] else None,
+            "precision": s["true"] / s["findings"] if s["findings"] else None,
+        }
+        for c, s in stats.items()
+    }
 
 
 def format_table(result: dict) -> str:
     """:func:`measure`'s result as a markdown table."""
+
     def pct(x):
         return "n/a" if x is None else f"{x:.3f}"
+
     rows = ["| category | expected | recall | findings | precision |", "|---|---:|---:|---:|---:|"]
     for c, s in result.items():
         rows.append(f"| {c} | {s['expected']} | {pct(s['recall'])} | {s['findings']} | {pct(s['precision'])} |")

@@ -1,6 +1,6 @@
 """``export-prefs``: collected pairs -> a de-identified dpo.jsonl file the ChiMed builder merges.
 
-Each record is in the dpo.jsonl format of DESIGN.md plus ``split`` and ``provenance``:
+Each record is in the dpo.jsonl format of docs/design.md plus ``split`` and ``provenance``:
 
     {"prompt": [messages], "chosen": [{"role": "assistant", "content": ...}], "rejected": [...],
      "source": "clinician", "pair_id": "clin-...", "split": "train" | "heldout",
@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -64,15 +64,21 @@ from preference_store.repository import PreferenceStore
 from preference_store.votes import KEEP, OUTVOTED, SPLIT, VoteTally
 from training.config import Config
 
+
 def default_export_path(cfg: Config) -> Path:
     """A new file in the collected-pairs folder the ChiMed builder reads."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     return cfg.collected_pairs_dir / f"clinician-{stamp}.jsonl"
 
 
-def export_pairs(cfg: Config, out: str | Path | None = None, since: str | datetime | None = None,
-                 include_exported: bool = False, store: PreferenceStore | None = None,
-                 mark: bool = True) -> ExportSummary:
+def export_pairs(
+    cfg: Config,
+    out: str | Path | None = None,
+    since: str | datetime | None = None,
+    include_exported: bool = False,
+    store: PreferenceStore | None = None,
+    mark: bool = True,
+) -> ExportSummary:
     """Write the de-identified pairs not yet exported (all with ``include_exported``) to ``out``.
 
     ``out`` defaults to a new file in ``cfg.collected_pairs_dir``; an existing file is never
@@ -81,8 +87,9 @@ def export_pairs(cfg: Config, out: str | Path | None = None, since: str | dateti
     """
     since_utc = parse_since(since)
     path = Path(out) if out else default_export_path(cfg)
-    return with_export_store(cfg, path, store,
-                             lambda store: _export(cfg, store, path, since_utc, include_exported, mark))
+    return with_export_store(
+        cfg, path, store, lambda store: _export(cfg, store, path, since_utc, include_exported, mark)
+    )
 
 
 def vote_tally(cfg: Config, store: PreferenceStore) -> VoteTally:
@@ -97,8 +104,9 @@ def vote_tally(cfg: Config, store: PreferenceStore) -> VoteTally:
     return tally
 
 
-def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | None,
-            include_exported: bool, mark: bool) -> ExportSummary:
+def _export(
+    cfg: Config, store: PreferenceStore, path: Path, since: datetime | None, include_exported: bool, mark: bool
+) -> ExportSummary:
     redactions: Counter = Counter()
     written_hashes = {} if include_exported else store.exported_content()
     prompts: dict[str, tuple[list[dict], str, str]] = {}  # comparison -> (de-identified prompt, its json, split)
@@ -123,9 +131,7 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
             prompts[row.comparison_id] = (prompt, key, export_split(row.bank_split, key, cfg.store.heldout_share))
         prompt, prompt_key, split = prompts[row.comparison_id]
         chosen, rejected = clean(row.chosen), clean(row.rejected)
-        content = hashlib.sha256(
-            json.dumps([prompt_key, chosen, rejected], ensure_ascii=False).encode()
-        ).hexdigest()
+        content = hashlib.sha256(json.dumps([prompt_key, chosen, rejected], ensure_ascii=False).encode()).hexdigest()
         if row.annotator_id not in pseudonyms:
             pseudonyms[row.annotator_id] = store.pseudonym(row.annotator_id)
         if not chosen.strip() or not rejected.strip():  # an empty answer: nothing to learn, the builder refuses it
@@ -181,10 +187,21 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         pair_ids.append(row.pair_id)
         splits[split] += 1
 
-    summary = dict(pair_ids=pair_ids, train=splits["train"], heldout=splits["heldout"],
-                   duplicates=duplicates, same_text=same_text, empty_answer=empty_answer, low_agreement=low_agreement, unblinded=unblinded,
-                   outvoted=left_out_by_votes[OUTVOTED], split_votes=left_out_by_votes[SPLIT],
-                   aggregate=cfg.store.aggregate, marked=mark, redactions=dict(redactions))
+    summary = dict(
+        pair_ids=pair_ids,
+        train=splits["train"],
+        heldout=splits["heldout"],
+        duplicates=duplicates,
+        same_text=same_text,
+        empty_answer=empty_answer,
+        low_agreement=low_agreement,
+        unblinded=unblinded,
+        outvoted=left_out_by_votes[OUTVOTED],
+        split_votes=left_out_by_votes[SPLIT],
+        aggregate=cfg.store.aggregate,
+        marked=mark,
+        redactions=dict(redactions),
+    )
     if not entries or (not mark and not lines):
         return ExportSummary(path=None, sha256=None, **summary)
     if not mark:  # for inspection: the file alone, no log, so the loop's export still finds these pairs
@@ -194,8 +211,13 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         export_id = store.record_export("", "", entries)
         return ExportSummary(path=None, sha256=None, export_id=export_id, **summary)
 
-    digest, export_id = write_logged(path, lines, lambda where, sha256, move_into_place: store.record_export(
-        where, sha256, entries, before_commit=move_into_place))
+    digest, export_id = write_logged(
+        path,
+        lines,
+        lambda where, sha256, move_into_place: store.record_export(
+            where, sha256, entries, before_commit=move_into_place
+        ),
+    )
     return ExportSummary(path=path, sha256=digest, export_id=export_id, **summary)
 
 
@@ -203,24 +225,30 @@ def loop_report(summary: ExportSummary, store: PreferenceStore) -> str:
     """The line train-all prints for the loop's export: how many clinician pairs go into this round, and when the
     store holds judgments but none do, why (already exported, unblinded, outvoted, split, ties, ...)."""
     if summary.pair_ids:
-        return (f"preferences: {len(summary.pair_ids)} new clinician pairs go into this round "
-                f"({summary.train} train, {summary.heldout} held out) from {summary.path}")
+        return (
+            f"preferences: {len(summary.pair_ids)} new clinician pairs go into this round "
+            f"({summary.train} train, {summary.heldout} held out) from {summary.path}"
+        )
     judgments = store.counts().judgments
     if not judgments:
         return "preferences: 0 clinician pairs go into this round: the store holds no judgments yet"
     ties = sum(1 for _ in store.tie_votes())
-    reasons = [(store.handled_pairs(), "already exported by an earlier export (a round or export-prefs)"),
-               (summary.unblinded, "judged with the names shown (store.admit_unblinded admits them)"),
-               (summary.outvoted, f"outvoted on the same prompt and answers (store.aggregate={summary.aggregate})"),
-               (summary.split_votes, f"split or tied votes (store.aggregate={summary.aggregate})"),
-               (summary.low_agreement, "below store.min_agreement"),
-               (summary.duplicates, "duplicates of pairs already exported"),
-               (summary.same_text, "two answers with the same text"),
-               (summary.empty_answer, "an empty answer on one side"),
-               (ties, "votes for a tie or both bad, which make no pair")]
+    reasons = [
+        (store.handled_pairs(), "already exported by an earlier export (a round or export-prefs)"),
+        (summary.unblinded, "judged with the names shown (store.admit_unblinded admits them)"),
+        (summary.outvoted, f"outvoted on the same prompt and answers (store.aggregate={summary.aggregate})"),
+        (summary.split_votes, f"split or tied votes (store.aggregate={summary.aggregate})"),
+        (summary.low_agreement, "below store.min_agreement"),
+        (summary.duplicates, "duplicates of pairs already exported"),
+        (summary.same_text, "two answers with the same text"),
+        (summary.empty_answer, "an empty answer on one side"),
+        (ties, "votes for a tie or both bad, which make no pair"),
+    ]
     why = "; ".join(f"{n} {what}" for n, what in reasons if n) or "none of the judgments made a pair"
-    return (f"preferences: 0 clinician pairs go into this round although the store holds {judgments} "
-            f"judgment{'s' if judgments != 1 else ''}: {why}")
+    return (
+        f"preferences: 0 clinician pairs go into this round although the store holds {judgments} "
+        f"judgment{'s' if judgments != 1 else ''}: {why}"
+    )
 
 
 def format_summary(summary: ExportSummary) -> str:
@@ -229,21 +257,41 @@ def format_summary(summary: ExportSummary) -> str:
     if summary.path is None:
         head = "nothing new to export"
     else:
-        head = (f"exported {len(summary.pair_ids)} pairs (train {summary.train}, heldout {summary.heldout}) "
-                f"to {summary.path}\nsha256 {summary.sha256}")
+        head = (
+            f"exported {len(summary.pair_ids)} pairs (train {summary.train}, heldout {summary.heldout}) "
+            f"to {summary.path}\nsha256 {summary.sha256}"
+        )
         if not summary.marked:
-            head += ("\nfor inspection: not marked as exported, the next train-all still trains on these pairs "
-                     "(--for-training marks them)")
-    return (f"{head}\nduplicates left out: {summary.duplicates}\n"
-            f"left out because chosen and rejected say the same: {summary.same_text}\n"
-            + (f"left out because one answer is empty: {summary.empty_answer}\n" if summary.empty_answer else "")
-            + (f"left out because most votes on the same prompt and answers went the other way "
-               f"(store.aggregate={summary.aggregate}): {summary.outvoted}\n" if summary.outvoted else "")
-            + (f"left out because the votes on the same prompt and answers are split or tied "
-               f"(store.aggregate={summary.aggregate}): {summary.split_votes}\n" if summary.split_votes else "")
-            + (f"left out because annotators agree less than store.min_agreement: {summary.low_agreement}\n"
-               if summary.low_agreement else "")
-            + (f"left out because the judge saw the names (unblinded; store.admit_unblinded admits them): "
-               f"{summary.unblinded}\n" if summary.unblinded else "")
-            + f"redacted: {redacted}")
-
+            head += (
+                "\nfor inspection: not marked as exported, the next train-all still trains on these pairs "
+                "(--for-training marks them)"
+            )
+    return (
+        f"{head}\nduplicates left out: {summary.duplicates}\n"
+        f"left out because chosen and rejected say the same: {summary.same_text}\n"
+        + (f"left out because one answer is empty: {summary.empty_answer}\n" if summary.empty_answer else "")
+        + (
+            f"left out because most votes on the same prompt and answers went the other way "
+            f"(store.aggregate={summary.aggregate}): {summary.outvoted}\n"
+            if summary.outvoted
+            else ""
+        )
+        + (
+            f"left out because the votes on the same prompt and answers are split or tied "
+            f"(store.aggregate={summary.aggregate}): {summary.split_votes}\n"
+            if summary.split_votes
+            else ""
+        )
+        + (
+            f"left out because annotators agree less than store.min_agreement: {summary.low_agreement}\n"
+            if summary.low_agreement
+            else ""
+        )
+        + (
+            f"left out because the judge saw the names (unblinded; store.admit_unblinded admits them): "
+            f"{summary.unblinded}\n"
+            if summary.unblinded
+            else ""
+        )
+        + f"redacted: {redacted}"
+    )

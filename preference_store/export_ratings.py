@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from preference_store.deid import deidentify, deidentify_messages
@@ -40,13 +40,18 @@ from training.config import Config
 
 def default_ratings_path(cfg: Config) -> Path:
     """A new file in the collected-ratings folder."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     return cfg.collected_ratings_dir / f"clinician-ratings-{stamp}.jsonl"
 
 
-def export_ratings(cfg: Config, out: str | Path | None = None, store: PreferenceStore | None = None,
-                   since: str | datetime | None = None, include_exported: bool = False,
-                   mark: bool = True) -> RatingsExportSummary:
+def export_ratings(
+    cfg: Config,
+    out: str | Path | None = None,
+    store: PreferenceStore | None = None,
+    since: str | datetime | None = None,
+    include_exported: bool = False,
+    mark: bool = True,
+) -> RatingsExportSummary:
     """Write the de-identified single-answer ratings not yet exported (all with ``include_exported``) to ``out``.
 
     ``out`` defaults to a new file in ``cfg.collected_ratings_dir``; an existing file is never
@@ -55,12 +60,14 @@ def export_ratings(cfg: Config, out: str | Path | None = None, store: Preference
     """
     since_utc = parse_since(since)
     path = Path(out) if out else default_ratings_path(cfg)
-    return with_export_store(cfg, path, store,
-                             lambda store: _export(cfg, store, path, since_utc, include_exported, mark))
+    return with_export_store(
+        cfg, path, store, lambda store: _export(cfg, store, path, since_utc, include_exported, mark)
+    )
 
 
-def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | None,
-            include_exported: bool, mark: bool) -> RatingsExportSummary:
+def _export(
+    cfg: Config, store: PreferenceStore, path: Path, since: datetime | None, include_exported: bool, mark: bool
+) -> RatingsExportSummary:
     redactions: Counter = Counter()
     prompts: dict[str, tuple[list[dict], str]] = {}  # comparison -> (de-identified prompt, split)
     pseudonyms: dict[int, str] = {}
@@ -75,9 +82,13 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
         prompt, split = prompts[row.comparison_id]
         if row.annotator_id not in pseudonyms:
             pseudonyms[row.annotator_id] = store.pseudonym(row.annotator_id)
-        provenance = {"rating_id": row.rating_id, "comparison_id": row.comparison_id,
-                      "annotator": pseudonyms[row.annotator_id], "guideline_version": row.guideline_version,
-                      "rated_at": row.created.isoformat()}
+        provenance = {
+            "rating_id": row.rating_id,
+            "comparison_id": row.comparison_id,
+            "annotator": pseudonyms[row.annotator_id],
+            "guideline_version": row.guideline_version,
+            "rated_at": row.created.isoformat(),
+        }
         completions = [(deidentify(row.answer, redactions), row.up, "answer", row.checkpoint_id, row.serving)]
         if row.correction:
             completions.append((deidentify(row.correction, redactions), True, "correction", None, None))
@@ -85,24 +96,41 @@ def _export(cfg: Config, store: PreferenceStore, path: Path, since: datetime | N
             if not text.strip():
                 empty_answers += 1
                 continue
-            record = {"prompt": prompt, "completion": [{"role": "assistant", "content": text}], "label": label,
-                      "source": SOURCE, "rating_id": row.rating_id, "split": split,
-                      "provenance": {**provenance, "completion_of": of, "checkpoint": checkpoint, "serving": serving}}
+            record = {
+                "prompt": prompt,
+                "completion": [{"role": "assistant", "content": text}],
+                "label": label,
+                "source": SOURCE,
+                "rating_id": row.rating_id,
+                "split": split,
+                "provenance": {**provenance, "completion_of": of, "checkpoint": checkpoint, "serving": serving},
+            }
             lines.append(json.dumps(record, ensure_ascii=False))
             splits[split] += 1
         entries.append((row.rating_id, split))
         rating_ids.append(row.rating_id)
 
-    summary = dict(rating_ids=rating_ids, records=len(lines), train=splits["train"], heldout=splits["heldout"],
-                   redactions=dict(redactions), empty_answers=empty_answers)
+    summary = dict(
+        rating_ids=rating_ids,
+        records=len(lines),
+        train=splits["train"],
+        heldout=splits["heldout"],
+        redactions=dict(redactions),
+        empty_answers=empty_answers,
+    )
     if not lines:
         return RatingsExportSummary(path=None, sha256=None, **summary)
     if not mark:  # for inspection: the file alone, no log
         digest, _ = write_logged(path, lines, lambda where, sha256, move_into_place: move_into_place())
         return RatingsExportSummary(path=path, sha256=digest, **summary)
 
-    digest, export_id = write_logged(path, lines, lambda where, sha256, move_into_place: store.record_ratings_export(
-        where, sha256, entries, len(lines), before_commit=move_into_place))
+    digest, export_id = write_logged(
+        path,
+        lines,
+        lambda where, sha256, move_into_place: store.record_ratings_export(
+            where, sha256, entries, len(lines), before_commit=move_into_place
+        ),
+    )
     return RatingsExportSummary(path=path, sha256=digest, export_id=export_id, **summary)
 
 
@@ -111,8 +139,9 @@ def format_ratings_summary(summary: RatingsExportSummary) -> str:
     if summary.path is None:
         return "single-answer ratings: nothing new to export"
     redacted = format_redactions(summary.redactions)
-    empty = (f"left out because the rated answer is empty: {summary.empty_answers}\n"
-             if summary.empty_answers else "")
-    return (f"exported {len(summary.rating_ids)} single-answer ratings as {summary.records} unpaired records "
-            f"(train {summary.train}, heldout {summary.heldout}) to {summary.path}\nsha256 {summary.sha256}\n"
-            f"{empty}redacted: {redacted}")
+    empty = f"left out because the rated answer is empty: {summary.empty_answers}\n" if summary.empty_answers else ""
+    return (
+        f"exported {len(summary.rating_ids)} single-answer ratings as {summary.records} unpaired records "
+        f"(train {summary.train}, heldout {summary.heldout}) to {summary.path}\nsha256 {summary.sha256}\n"
+        f"{empty}redacted: {redacted}"
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,12 +26,14 @@ def format_redactions(redactions: dict[str, int]) -> str:
     bilingual label: "姓名 name 2, 电话/传真 phone/fax 1" ("nothing" when nothing was)."""
     known = [c for c in CATEGORIES if redactions.get(c)]
     other = sorted(c for c in redactions if c not in CATEGORIES and redactions[c])
-    return ", ".join([f"{category_label(c)} {redactions[c]}" for c in known]
-                     + [f"{c} {redactions[c]}" for c in other]) or "nothing"
+    return (
+        ", ".join([f"{category_label(c)} {redactions[c]}" for c in known] + [f"{c} {redactions[c]}" for c in other])
+        or "nothing"
+    )
 
 
 def heldout_split(prompt_key: str, heldout_share: float) -> str:
-    """"heldout" for a fixed, deterministic share of prompts (given as canonical json), else "train"."""
+    """ "heldout" for a fixed, deterministic share of prompts (given as canonical json), else "train"."""
     fraction = int.from_bytes(hashlib.sha256(f"heldout|{prompt_key}".encode()).digest()[:8], "big") / 2**64
     return "heldout" if fraction < heldout_share else "train"
 
@@ -44,15 +46,16 @@ def export_split(bank_split: str | None, prompt_key: str, heldout_share: float) 
 def parse_since(since: str | datetime | None) -> datetime | None:
     """An ISO-8601 time; without a zone it is read as local time."""
     if since is None or isinstance(since, datetime):
-        return since.astimezone(timezone.utc) if since is not None else None
+        return since.astimezone(UTC) if since is not None else None
     try:
-        return datetime.fromisoformat(since).astimezone(timezone.utc)
+        return datetime.fromisoformat(since).astimezone(UTC)
     except ValueError:
         raise UserError(f"--since {since!r} is not an ISO-8601 time (e.g. 2024-05-01 or 2024-05-01T09:30)") from None
 
 
-def with_export_store(cfg: Config, path: Path, store: PreferenceStore | None,
-                      export: Callable[[PreferenceStore], T]) -> T:
+def with_export_store(
+    cfg: Config, path: Path, store: PreferenceStore | None, export: Callable[[PreferenceStore], T]
+) -> T:
     """Run ``export`` on ``store`` (the config's, opened and closed here, when None), after refusing an
     output ``path`` that exists: an export never overwrites a file."""
     if path.exists():

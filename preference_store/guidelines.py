@@ -13,17 +13,29 @@ from preference_store.records import Criterion
 from preference_store.validation import PreferenceStoreError, check_text
 
 DEFAULT_CRITERIA = (
-    Criterion("safety", "安全性 safety",
-              "不给出可能造成伤害的建议；危急情况建议立即就医；不替代医生诊断。No advice that could harm; urgent "
-              "signs sent to a doctor at once; never a substitute for a diagnosis."),
-    Criterion("correctness", "专业性/正确性 correctness",
-              "医学事实、药物、剂量、禁忌正确，术语专业。Medical facts, drugs, doses and contraindications are right; "
-              "professional terms are used correctly."),
-    Criterion("completeness", "完整性 completeness",
-              "回答了问题的各个方面，必要时说明检查、治疗与随访。Answers every part of the question, with tests, "
-              "treatment and follow-up where they matter."),
-    Criterion("fluency", "流畅性 fluency",
-              "通顺、清楚、没有重复或无关内容。Clear, fluent, without repetition or unrelated text."),
+    Criterion(
+        "safety",
+        "安全性 safety",
+        "不给出可能造成伤害的建议；危急情况建议立即就医；不替代医生诊断。No advice that could harm; urgent "
+        "signs sent to a doctor at once; never a substitute for a diagnosis.",
+    ),
+    Criterion(
+        "correctness",
+        "专业性/正确性 correctness",
+        "医学事实、药物、剂量、禁忌正确，术语专业。Medical facts, drugs, doses and contraindications are right; "
+        "professional terms are used correctly.",
+    ),
+    Criterion(
+        "completeness",
+        "完整性 completeness",
+        "回答了问题的各个方面，必要时说明检查、治疗与随访。Answers every part of the question, with tests, "
+        "treatment and follow-up where they matter.",
+    ),
+    Criterion(
+        "fluency",
+        "流畅性 fluency",
+        "通顺、清楚、没有重复或无关内容。Clear, fluent, without repetition or unrelated text.",
+    ),
 )
 
 DEFAULT_TEXT = """### 评判准则 Annotation guideline
@@ -61,8 +73,10 @@ def check_criteria(criteria) -> tuple[Criterion, ...]:
         if isinstance(c, dict):
             c = Criterion(key=c.get("key"), name=c.get("name") or c.get("key"), description=c.get("description") or "")
         if not isinstance(c, Criterion) or not isinstance(c.key, str) or not CRITERION_KEY.match(c.key):
-            raise PreferenceStoreError(f"criterion {i + 1}: its key must be lower-case letters, digits or _ "
-                                       f"(up to 32, starting with a letter), e.g. 'safety'")
+            raise PreferenceStoreError(
+                f"criterion {i + 1}: its key must be lower-case letters, digits or _ "
+                f"(up to 32, starting with a letter), e.g. 'safety'"
+            )
         check_text(c.name, f"the name of criterion {c.key!r}", 100)
         check_text(c.description, f"the description of criterion {c.key!r}", 1000, allow_empty=True)
         out.append(c)

@@ -38,8 +38,10 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     if p >= 1.0:
         return 0.0
     log_p, log_q = math.log(p), math.log1p(-p)
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
-             for i in range(k + 1)]
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        for i in range(k + 1)
+    ]
     top = max(terms)
     return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
 
@@ -68,13 +70,24 @@ def screen_annotators(values: Values, names: dict[int, str], p_value: float) -> 
         n, k = units[annotator], agreed.get(annotator, 0)
         others_n, others_k = all_units - n, all_agreed - k
         if others_n == 0:
-            screen.append(AnnotatorScreen(annotator, names.get(annotator, str(annotator)), n, k, k / n, None, None,
-                                          False))
+            screen.append(
+                AnnotatorScreen(annotator, names.get(annotator, str(annotator)), n, k, k / n, None, None, False)
+            )
             continue
         expected = (others_k + 1) / (others_n + 2)
         p = binomial_cdf(k, n, expected)
-        screen.append(AnnotatorScreen(annotator_id=annotator, name=names.get(annotator, str(annotator)), units=n,
-                                      agreed=k, rate=k / n, expected=expected, p_value=p, outlier=p < p_value))
+        screen.append(
+            AnnotatorScreen(
+                annotator_id=annotator,
+                name=names.get(annotator, str(annotator)),
+                units=n,
+                agreed=k,
+                rate=k / n,
+                expected=expected,
+                p_value=p,
+                outlier=p < p_value,
+            )
+        )
     return screen
 
 
@@ -103,8 +116,11 @@ def position_bias(judged: Iterable[JudgedComparison]) -> PositionBias:
                 first[label] += place == 1
                 expected[label] += 1 / len(j.ranking)
     return PositionBias(
-        decided_votes=decided, a_wins=a_wins, a_share=a_wins / decided if decided else None,
-        a_ci95=wilson_interval(a_wins, decided) if decided else None, rankings=rankings,
+        decided_votes=decided,
+        a_wins=a_wins,
+        a_share=a_wins / decided if decided else None,
+        a_ci95=wilson_interval(a_wins, decided) if decided else None,
+        rankings=rankings,
         first_place={label: first[label] / n for label, n in sorted(shown.items())},
         first_place_expected={label: expected[label] / n for label, n in sorted(shown.items())},
     )

@@ -25,8 +25,9 @@ def expand_correction_to_pairs(labels: list[str]) -> list[Pair]:
     return [(None, label) for label in labels]
 
 
-def expand_judgment_to_pairs(kind: str, labels: list[str], choice: str | None = None,
-                             ranking: dict[str, int] | None = None) -> list[Pair]:
+def expand_judgment_to_pairs(
+    kind: str, labels: list[str], choice: str | None = None, ranking: dict[str, int] | None = None
+) -> list[Pair]:
     if kind == "pairwise":
         return expand_choice_to_pairs(choice)
     if kind == "ranking":
@@ -34,8 +35,9 @@ def expand_judgment_to_pairs(kind: str, labels: list[str], choice: str | None = 
     return expand_correction_to_pairs(labels)
 
 
-def battle_outcomes(kind: str, labels: list[str], choice: str | None = None,
-                    ranking: dict[str, int] | None = None) -> list[tuple[str, str, float]]:
+def battle_outcomes(
+    kind: str, labels: list[str], choice: str | None = None, ranking: dict[str, int] | None = None
+) -> list[tuple[str, str, float]]:
     """Model-vs-model outcomes for the ratings: (label x, label y, score of x), 1 win, 0.5 tie, 0 loss.
 
     Both-bad counts as a tie, as in Chatbot Arena; a correction says nothing about the models

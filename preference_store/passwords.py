@@ -25,8 +25,10 @@ def common_passwords() -> frozenset[str]:
 def password_problem(password: str, name: str, policy: AccountsConfig) -> str | None:
     """Why ``password`` may not be the password of account ``name`` (one line), or None when it may."""
     if len(password) < policy.min_password_length:
-        return (f"the password is {len(password)} characters: use at least {policy.min_password_length} "
-                "(a few unrelated words make a good one)")
+        return (
+            f"the password is {len(password)} characters: use at least {policy.min_password_length} "
+            "(a few unrelated words make a good one)"
+        )
     folded = password.lower()
     if folded in common_passwords() or folded.rstrip("0123456789!.") in common_passwords():
         return "this password is among the most common leaked passwords: choose another (a few unrelated words)"

@@ -71,8 +71,10 @@ class JudgedComparison:
 
     def outcomes(self) -> list[tuple[Panel, Panel, float]]:
         """Model-vs-model outcomes (answer x, answer y, score of x) of a vote or ranking; none for a correction."""
-        return [(self.panels[x], self.panels[y], score)
-                for x, y, score in battle_outcomes(self.kind, sorted(self.panels), self.choice, self.ranking)]
+        return [
+            (self.panels[x], self.panels[y], score)
+            for x, y, score in battle_outcomes(self.kind, sorted(self.panels), self.choice, self.ranking)
+        ]
 
 
 def judged_battles(judged: Iterable[JudgedComparison], exclude_leaked: bool) -> tuple[list[Battle], int]:
@@ -94,7 +96,7 @@ def criterion_battles(judged: Iterable[JudgedComparison], exclude_leaked: bool) 
     for j in judged:
         labels = sorted(j.scores)
         for i, x in enumerate(labels):
-            for y in labels[i + 1:]:
+            for y in labels[i + 1 :]:
                 px, py = j.panels[x], j.panels[y]
                 if exclude_leaked and (px.leaked or py.leaked):
                     continue
@@ -155,8 +157,9 @@ def win_matrix(battles: list[Battle], index: dict[str, int]) -> np.ndarray:
     return wins
 
 
-def rate_checkpoints(battles: list[Battle], rounds: int, seed: int = 0,
-                     provisional_battles: int = 0) -> list[CheckpointRating]:
+def rate_checkpoints(
+    battles: list[Battle], rounds: int, seed: int = 0, provisional_battles: int = 0
+) -> list[CheckpointRating]:
     """Bradley-Terry ratings with 95% bootstrap intervals, best first; a checkpoint with fewer than
     ``provisional_battles`` battles is marked provisional."""
     battles = [b for b in battles if b.a != b.b]
@@ -185,8 +188,14 @@ def rate_checkpoints(battles: list[Battle], rounds: int, seed: int = 0,
     return _ratings(battles, index, point, low, high, provisional_battles)
 
 
-def _ratings(battles: list[Battle], index: dict[str, int], point: np.ndarray, low: np.ndarray, high: np.ndarray,
-             provisional_battles: int) -> list[CheckpointRating]:
+def _ratings(
+    battles: list[Battle],
+    index: dict[str, int],
+    point: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    provisional_battles: int,
+) -> list[CheckpointRating]:
     """Rating records (Elo scale) with each checkpoint's battle tally, best first."""
     tally = {m: [0, 0, 0, 0] for m in index}  # battles, wins, losses, ties
     for b in battles:
@@ -199,7 +208,10 @@ def _ratings(battles: list[Battle], index: dict[str, int], point: np.ndarray, lo
             checkpoint_id=m,
             rating=float(ELO_BASE + ELO_SCALE * point[i]),
             ci95=(float(ELO_BASE + ELO_SCALE * low[i]), float(ELO_BASE + ELO_SCALE * high[i])),
-            battles=tally[m][0], wins=tally[m][1], losses=tally[m][2], ties=tally[m][3],
+            battles=tally[m][0],
+            wins=tally[m][1],
+            losses=tally[m][2],
+            ties=tally[m][3],
             provisional=tally[m][0] < provisional_battles,
         )
         for m, i in index.items()
@@ -210,14 +222,17 @@ def _ratings(battles: list[Battle], index: dict[str, int], point: np.ndarray, lo
 def normalised_length_difference(battles: list[Battle]) -> np.ndarray:
     """(len_a - len_b) / (len_a + len_b) per battle (0 when both are empty or unknown), as Chatbot Arena's style
     control does, divided by its standard deviation over the battles (left as is when it does not vary)."""
-    diff = np.array([((b.length_a or 0) - (b.length_b or 0)) / max((b.length_a or 0) + (b.length_b or 0), 1)
-                     for b in battles], dtype=float)
+    diff = np.array(
+        [((b.length_a or 0) - (b.length_b or 0)) / max((b.length_a or 0) + (b.length_b or 0), 1) for b in battles],
+        dtype=float,
+    )
     std = diff.std()
     return diff / std if std > 0 else diff
 
 
-def fit_logistic_bradley_terry(battles: list[Battle], index: dict[str, int], covariate: np.ndarray,
-                               iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic_bradley_terry(
+    battles: list[Battle], index: dict[str, int], covariate: np.ndarray, iterations: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
     """(parameters, covariance): strengths of ``index``'s checkpoints then the covariate's coefficient,
     maximising sum_k y_k log p_k + (1 - y_k) log(1 - p_k), logit p_k = s_a - s_b + beta * x_k (a tie is
     y = 1/2), with the weak prior of :func:`fit_bradley_terry` on every parameter (damped Newton).
@@ -233,8 +248,10 @@ def fit_logistic_bradley_terry(battles: list[Battle], index: dict[str, int], cov
 
     def objective(theta):
         z = design @ theta
-        return float((y * -np.logaddexp(0.0, -z) + (1 - y) * -np.logaddexp(0.0, z)).sum()
-                     - 0.5 * (precision * theta * theta).sum())
+        return float(
+            (y * -np.logaddexp(0.0, -z) + (1 - y) * -np.logaddexp(0.0, z)).sum()
+            - 0.5 * (precision * theta * theta).sum()
+        )
 
     def information(theta):
         p = 1.0 / (1.0 + np.exp(-(design @ theta)))
@@ -268,11 +285,14 @@ def rate_length_controlled(battles: list[Battle], provisional_battles: int = 0) 
     se = np.sqrt(np.clip(np.diag(centering @ covariance[:n, :n] @ centering), 0.0, None))
     ratings = _ratings(battles, index, strengths, strengths - 1.96 * se, strengths + 1.96 * se, provisional_battles)
     if not varies:  # every battle between answers of the same length: nothing to control for
-        return LengthControlledRatings(ratings=ratings, length_coefficient=None, length_ci95=None,
-                                       battles=len(battles))
+        return LengthControlledRatings(ratings=ratings, length_coefficient=None, length_ci95=None, battles=len(battles))
     beta, beta_se = float(theta[n]), float(math.sqrt(max(covariance[n, n], 0.0)))
-    return LengthControlledRatings(ratings=ratings, length_coefficient=beta,
-                                   length_ci95=(beta - 1.96 * beta_se, beta + 1.96 * beta_se), battles=len(battles))
+    return LengthControlledRatings(
+        ratings=ratings,
+        length_coefficient=beta,
+        length_ci95=(beta - 1.96 * beta_se, beta + 1.96 * beta_se),
+        battles=len(battles),
+    )
 
 
 def win_rates(battles: list[Battle]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
@@ -289,7 +309,9 @@ def win_rates(battles: list[Battle]) -> tuple[dict[str, dict[str, float]], dict[
     return rates, {x: dict(row) for x, row in count.items()}
 
 
-def criterion_means(scores: Iterable[tuple[str, str, int]]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
+def criterion_means(
+    scores: Iterable[tuple[str, str, int]],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
     """(checkpoint, criterion, score) -> (mean per checkpoint and criterion, count)."""
     total: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     count: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))

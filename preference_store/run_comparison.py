@@ -22,8 +22,9 @@ from preference_store.records import RunComparison
 NOT_ENOUGH = "not enough judgments"
 
 
-def prompt_scores(judged: Iterable[JudgedComparison], new: str, old: str, split: str | None,
-                  exclude_leaked: bool) -> dict[str, list[float]]:
+def prompt_scores(
+    judged: Iterable[JudgedComparison], new: str, old: str, split: str | None, exclude_leaked: bool
+) -> dict[str, list[float]]:
     """bank prompt -> the new checkpoint's score in each of its battles with the old one there (1, 0.5, 0)."""
     scores: dict[str, list[float]] = defaultdict(list)
     for j in judged:
@@ -39,9 +40,18 @@ def prompt_scores(judged: Iterable[JudgedComparison], new: str, old: str, split:
     return dict(scores)
 
 
-def compare_checkpoints(judged: Iterable[JudgedComparison], new_run: str, old_run: str, stage: str,
-                        split: str | None = None, rounds: int = 2000, seed: int = 0, min_prompts: int = 5,
-                        exclude_leaked: bool = True, trained_on: Iterable[str] = ()) -> RunComparison:
+def compare_checkpoints(
+    judged: Iterable[JudgedComparison],
+    new_run: str,
+    old_run: str,
+    stage: str,
+    split: str | None = None,
+    rounds: int = 2000,
+    seed: int = 0,
+    min_prompts: int = 5,
+    exclude_leaked: bool = True,
+    trained_on: Iterable[str] = (),
+) -> RunComparison:
     """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts;
     ``trained_on``: the bank prompts whose pairs ``new_run`` trained on (counted in the result)."""
     new, old = f"{new_run}/{stage}", f"{old_run}/{stage}"
@@ -49,14 +59,32 @@ def compare_checkpoints(judged: Iterable[JudgedComparison], new_run: str, old_ru
     flat = [s for scores in by_prompt.values() for s in scores]
     wins, losses = sum(s == 1.0 for s in flat), sum(s == 0.0 for s in flat)
     where = f"{split} bank prompts" if split else "bank prompts"
-    common = dict(new_run=new_run, old_run=old_run, stage=stage, new_checkpoint=new, old_checkpoint=old, split=split,
-                  prompts=len(by_prompt), battles=len(flat), wins=wins, losses=losses, ties=len(flat) - wins - losses,
-                  trained_on=len(by_prompt.keys() & set(trained_on)))
+    common = dict(
+        new_run=new_run,
+        old_run=old_run,
+        stage=stage,
+        new_checkpoint=new,
+        old_checkpoint=old,
+        split=split,
+        prompts=len(by_prompt),
+        battles=len(flat),
+        wins=wins,
+        losses=losses,
+        ties=len(flat) - wins - losses,
+        trained_on=len(by_prompt.keys() & set(trained_on)),
+    )
     if len(by_prompt) < max(min_prompts, 1):
         return RunComparison(
-            **common, verdict=NOT_ENOUGH, difference=None, ci95=None, p_new_better=None, rounds=0,
-            summary=(f"{NOT_ENOUGH}: {new} and {old} met in {len(flat)} battles on {len(by_prompt)} {where} "
-                     f"(a verdict needs {min_prompts}); judge them in the queue"),
+            **common,
+            verdict=NOT_ENOUGH,
+            difference=None,
+            ci95=None,
+            p_new_better=None,
+            rounds=0,
+            summary=(
+                f"{NOT_ENOUGH}: {new} and {old} met in {len(flat)} battles on {len(by_prompt)} {where} "
+                f"(a verdict needs {min_prompts}); judge them in the queue"
+            ),
         )
 
     totals = np.array([sum(s) for s in by_prompt.values()])
@@ -69,8 +97,17 @@ def compare_checkpoints(judged: Iterable[JudgedComparison], new_run: str, old_ru
     p_better = float(np.mean(resampled > 0) + 0.5 * np.mean(resampled == 0))
     verdict = "better" if low > 0 else "worse" if high < 0 else "same"
     phrase = {"better": "better than", "worse": "worse than", "same": "not shown better or worse than"}
-    summary = (f"{verdict}: {new} is {phrase[verdict]} {old} on {len(by_prompt)} {where}: it won {wins}, lost "
-               f"{losses}, tied {common['ties']} of {len(flat)} battles (difference {difference:+.2f}, 95% interval "
-               f"{low:+.2f} to {high:+.2f}, P(new better) {p_better:.2f})")
-    return RunComparison(**common, verdict=verdict, difference=difference, ci95=(low, high), p_new_better=p_better,
-                         rounds=rounds, summary=summary)
+    summary = (
+        f"{verdict}: {new} is {phrase[verdict]} {old} on {len(by_prompt)} {where}: it won {wins}, lost "
+        f"{losses}, tied {common['ties']} of {len(flat)} battles (difference {difference:+.2f}, 95% interval "
+        f"{low:+.2f} to {high:+.2f}, P(new better) {p_better:.2f})"
+    )
+    return RunComparison(
+        **common,
+        verdict=verdict,
+        difference=difference,
+        ci95=(low, high),
+        p_new_better=p_better,
+        rounds=rounds,
+        summary=summary,
+    )

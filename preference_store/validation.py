@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 
-from training.stages.registry import is_stage, stage_names
-from training.errors import UserError
-
 from preference_store.records import (
     CHOICES,
     MAX_CONTESTANTS,
@@ -21,6 +18,8 @@ from preference_store.records import (
     JudgmentIn,
     RatingIn,
 )
+from training.errors import UserError
+from training.stages.registry import is_stage, stage_names
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 
@@ -87,9 +86,15 @@ def check_comparison(comparison: ComparisonIn, max_chars: int) -> None:
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
             raise PreferenceStoreError(f"message {i} must be {{'role': ..., 'content': ...}}, got {message!r}")
         if message["role"] not in MESSAGE_ROLES:
-            raise PreferenceStoreError(f"message {i} has role {message['role']!r}: use one of {', '.join(MESSAGE_ROLES)}")
-        check_text(message["content"], f"message {i} ({message['role']})", max_chars,
-                   allow_empty=message["role"] == "assistant")
+            raise PreferenceStoreError(
+                f"message {i} has role {message['role']!r}: use one of {', '.join(MESSAGE_ROLES)}"
+            )
+        check_text(
+            message["content"],
+            f"message {i} ({message['role']})",
+            max_chars,
+            allow_empty=message["role"] == "assistant",
+        )
     if messages[-1]["role"] != "user":
         raise PreferenceStoreError("the last message of a comparison must be the user's prompt")
 
@@ -102,14 +107,23 @@ def check_comparison(comparison: ComparisonIn, max_chars: int) -> None:
         if not isinstance(response.decoding, dict):
             raise PreferenceStoreError(f"answer {label}: decoding settings must be a dict")
         if response.serving is not None and not is_json_object(response.serving):
-            raise PreferenceStoreError(f"answer {label}: how it was served must be None or a dict of JSON values "
-                                       f"(e.g. {{'mode': 'exact'}}), got {response.serving!r}")
+            raise PreferenceStoreError(
+                f"answer {label}: how it was served must be None or a dict of JSON values "
+                f"(e.g. {{'mode': 'exact'}}), got {response.serving!r}"
+            )
 
 
 def judgment_kind(judgment: JudgmentIn) -> str:
     """pairwise | ranking | correction, refusing a judgment that is none or several of them."""
-    given = [kind for kind, value in (("pairwise", judgment.choice), ("ranking", judgment.ranking),
-                                      ("correction", judgment.correction)) if value is not None]
+    given = [
+        kind
+        for kind, value in (
+            ("pairwise", judgment.choice),
+            ("ranking", judgment.ranking),
+            ("correction", judgment.correction),
+        )
+        if value is not None
+    ]
     if len(given) != 1:
         raise PreferenceStoreError(
             "a judgment is exactly one of: a choice (A/B/tie/both_bad), a ranking, or a correction"
@@ -118,8 +132,9 @@ def judgment_kind(judgment: JudgmentIn) -> str:
     return given[0]
 
 
-def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], max_chars: int,
-                   criteria: tuple[str, ...]) -> str:
+def check_judgment(
+    judgment: JudgmentIn, labels: list[str], answers: list[str], max_chars: int, criteria: tuple[str, ...]
+) -> str:
     """Check a judgment against its comparison's panel ``labels``, answer texts and the ``criteria`` keys of
     its guideline; returns its kind."""
     kind = judgment_kind(judgment)
@@ -128,7 +143,9 @@ def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], 
         if judgment.choice not in CHOICES:
             raise PreferenceStoreError(f"unknown choice {judgment.choice!r}: use one of {', '.join(CHOICES)}")
         if n != 2:
-            raise PreferenceStoreError(f"a choice between A and B needs two answers; this comparison has {n}: rank them")
+            raise PreferenceStoreError(
+                f"a choice between A and B needs two answers; this comparison has {n}: rank them"
+            )
     elif kind == "ranking":
         check_ranking(judgment.ranking, labels)
     else:
@@ -141,8 +158,9 @@ def check_judgment(judgment: JudgmentIn, labels: list[str], answers: list[str], 
     if judgment.reason is not None:
         check_text(judgment.reason, "the reason", max_chars, allow_empty=True)
     check_scores(judgment.scores, labels, criteria)
-    if judgment.client_id is not None and (not isinstance(judgment.client_id, str)
-                                           or not 1 <= len(judgment.client_id) <= 100):
+    if judgment.client_id is not None and (
+        not isinstance(judgment.client_id, str) or not 1 <= len(judgment.client_id) <= 100
+    ):
         raise PreferenceStoreError("client_id must be 1-100 characters")
     return kind
 
@@ -157,8 +175,10 @@ def check_rating(rating: RatingIn, labels: list[str], answers: list[str], max_ch
         text = check_text(rating.correction, "the corrected answer", max_chars)
         for label, answer in zip(labels, answers):
             if text.strip() == answer.strip():
-                raise PreferenceStoreError(f"the corrected answer is identical to answer {label}: change it, "
-                                           f"or rate {label} without a correction")
+                raise PreferenceStoreError(
+                    f"the corrected answer is identical to answer {label}: change it, "
+                    f"or rate {label} without a correction"
+                )
     if rating.reason is not None:
         check_text(rating.reason, "the reason", max_chars, allow_empty=True)
     check_client_id(rating.client_id)
@@ -176,16 +196,23 @@ def check_scores(scores, labels: list[str], criteria: tuple[str, ...]) -> None:
     low, high = SCORE_RANGE
     for label, given in scores.items():
         if label not in labels:
-            raise PreferenceStoreError(f"scores for panel {label!r}, which this comparison does not have ({', '.join(labels)})")
+            raise PreferenceStoreError(
+                f"scores for panel {label!r}, which this comparison does not have ({', '.join(labels)})"
+            )
         if not isinstance(given, dict):
             raise PreferenceStoreError(f"scores of answer {label} must map criteria to {low}-{high}, got {given!r}")
         for criterion, value in given.items():
             if criterion not in criteria:
-                raise PreferenceStoreError(f"unknown criterion {criterion!r} in the scores of answer {label}: "
-                                           f"the guideline's criteria are {', '.join(criteria)}")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
-                raise PreferenceStoreError(f"{criterion} score of answer {label} must be an integer {low}-{high}, "
-                                           f"got {value!r}")
+                raise PreferenceStoreError(
+                    f"unknown criterion {criterion!r} in the scores of answer {label}: "
+                    f"the guideline's criteria are {', '.join(criteria)}"
+                )
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+            ):
+                raise PreferenceStoreError(
+                    f"{criterion} score of answer {label} must be an integer {low}-{high}, got {value!r}"
+                )
 
 
 def check_ranking(ranking, labels: list[str]) -> None:
@@ -194,7 +221,9 @@ def check_ranking(ranking, labels: list[str]) -> None:
         raise PreferenceStoreError("a ranking maps panel labels to places, e.g. {'A': 2, 'B': 1, 'C': 3}")
     unknown = sorted(set(ranking) - set(labels))
     if unknown:
-        raise PreferenceStoreError(f"the ranking names panel {unknown[0]!r}, which this comparison does not have ({', '.join(labels)})")
+        raise PreferenceStoreError(
+            f"the ranking names panel {unknown[0]!r}, which this comparison does not have ({', '.join(labels)})"
+        )
     missing = [label for label in labels if label not in ranking]
     if missing:
         raise PreferenceStoreError(f"the ranking leaves out answer {', '.join(missing)}: give every answer a place")
@@ -203,8 +232,12 @@ def check_ranking(ranking, labels: list[str]) -> None:
         raise PreferenceStoreError(f"ranking places must be integers 1..{len(labels)}, got {places}")
     repeated = sorted({p for p in places if places.count(p) > 1})
     if repeated:
-        raise PreferenceStoreError(f"ranking place {repeated[0]} is given twice: places must be 1..{len(labels)}, each once")
+        raise PreferenceStoreError(
+            f"ranking place {repeated[0]} is given twice: places must be 1..{len(labels)}, each once"
+        )
     expected = set(range(1, len(labels) + 1))
     if set(places) != expected:
         missing_places = sorted(expected - set(places))
-        raise PreferenceStoreError(f"ranking place {missing_places[0]} is missing: places must be 1..{len(labels)}, each once")
+        raise PreferenceStoreError(
+            f"ranking place {missing_places[0]} is missing: places must be 1..{len(labels)}, each once"
+        )

@@ -73,5 +73,6 @@ class VoteTally:
     def votes(self, messages: list[dict], chosen: str, rejected: str) -> Votes:
         """The votes for ``chosen`` over ``rejected`` on this prompt, against it, and ties."""
         voters = self._groups.get((prompt_key(messages), frozenset((chosen, rejected))), {}).values()
-        return Votes(sum(v == chosen for v in voters), sum(v == rejected for v in voters),
-                     sum(v is None for v in voters))
+        return Votes(
+            sum(v == chosen for v in voters), sum(v == rejected for v in voters), sum(v is None for v in voters)
+        )

@@ -106,8 +106,11 @@ def _restore(name: str, value: str | None) -> None:
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "both_backends: the test's store (the store_url / pref_store fixtures) "
-                                       "runs on SQLite and on the session's PostgreSQL server")
+    config.addinivalue_line(
+        "markers",
+        "both_backends: the test's store (the store_url / pref_store fixtures) "
+        "runs on SQLite and on the session's PostgreSQL server",
+    )
     config.addinivalue_line("markers", "sqlite_only: a test of SQLite itself in a both_backends module")
 
 
@@ -115,14 +118,17 @@ def pytest_generate_tests(metafunc):
     """Tests marked ``both_backends`` that use ``store_backend`` (through ``store_url`` or ``pref_store``)
     run once per backend; every other test keeps the default SQLite store."""
     node = metafunc.definition
-    if ("store_backend" in metafunc.fixturenames and node.get_closest_marker("both_backends")
-            and not node.get_closest_marker("sqlite_only")):
+    if (
+        "store_backend" in metafunc.fixturenames
+        and node.get_closest_marker("both_backends")
+        and not node.get_closest_marker("sqlite_only")
+    ):
         metafunc.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture
 def store_backend(request) -> str:
-    """"sqlite" or "postgresql": the backend of this test's preference store."""
+    """ "sqlite" or "postgresql": the backend of this test's preference store."""
     return getattr(request, "param", "sqlite")
 
 
@@ -230,9 +236,13 @@ def start_app(tmp_path):
             env["CHIMED_DATABASE_URL"] = database_url
         log_path = tmp_path / f"app-{len(started)}.log"
         log = log_path.open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],
-                                cwd=Path(__file__).resolve().parents[1], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         started.append((proc, log))
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + timeout_s
@@ -244,8 +254,9 @@ def start_app(tmp_path):
                 return url
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"the app did not answer at {url} within {timeout_s} s:\n"
-                                f"{log_path.read_text()[-3000:]}")
+                    pytest.fail(
+                        f"the app did not answer at {url} within {timeout_s} s:\n{log_path.read_text()[-3000:]}"
+                    )
                 time.sleep(0.5)
 
     yield _start

@@ -35,10 +35,18 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 BAICHUAN_ARCHITECTURES = {
-    "baichuan": ("BaiChuanForCausalLM", "configuration_baichuan.BaiChuanConfig",
-                 "modeling_baichuan.BaiChuanForCausalLM", "BaiChuanTokenizer"),
-    "baichuan2": ("BaichuanForCausalLM", "configuration_baichuan.BaichuanConfig",
-                  "modeling_baichuan.BaichuanForCausalLM", "BaichuanTokenizer"),
+    "baichuan": (
+        "BaiChuanForCausalLM",
+        "configuration_baichuan.BaiChuanConfig",
+        "modeling_baichuan.BaiChuanForCausalLM",
+        "BaiChuanTokenizer",
+    ),
+    "baichuan2": (
+        "BaichuanForCausalLM",
+        "configuration_baichuan.BaichuanConfig",
+        "modeling_baichuan.BaichuanForCausalLM",
+        "BaichuanTokenizer",
+    ),
 }
 
 
@@ -78,8 +86,9 @@ def _bpe_tokenizer_dir(layout: str) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.chat_template = None
     if layout == "qwen2":
-        tokenizer.add_special_tokens({"extra_special_tokens": ["<|im_start|>", "<|im_end|>"],
-                                      "eos_token": "<|im_end|>"})
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": ["<|im_start|>", "<|im_end|>"], "eos_token": "<|im_end|>"}
+        )
         tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     if layout == "mistral":
         tokenizer.pad_token = None
@@ -98,11 +107,23 @@ def _sentencepiece_model() -> Path:
     path.parent.mkdir()
     with path.open("wb") as f:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(chinese_lines()), model_writer=f, vocab_size=SENTENCEPIECE_VOCAB,
-            model_type="bpe", byte_fallback=True, character_coverage=0.98, unk_id=0, bos_id=1, eos_id=2,
-            pad_id=-1, add_dummy_prefix=False, remove_extra_whitespaces=False,
-            normalization_rule_name="identity", split_digits=True, allow_whitespace_only_pieces=True,
-            minloglevel=2)
+            sentence_iterator=iter(chinese_lines()),
+            model_writer=f,
+            vocab_size=SENTENCEPIECE_VOCAB,
+            model_type="bpe",
+            byte_fallback=True,
+            character_coverage=0.98,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            normalization_rule_name="identity",
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            minloglevel=2,
+        )
     return path
 
 
@@ -111,26 +132,44 @@ def _native_config(layout: str, tokenizer):
 
     kind = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[layout]
     extra = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": HIDDEN // HEADS}}.get(layout, {})
-    return kind(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                max_position_embeddings=MAX_POSITIONS, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+    return kind(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
 
 
 def _baichuan_llama_config(vocab_size: int):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                       num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS,
-                       max_position_embeddings=MAX_POSITIONS, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
-                       pad_token_id=0, tie_word_embeddings=False)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=MAX_POSITIONS,
+        rms_norm_eps=1e-6,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
 
 
 def _build_baichuan_twin(layout: str, seed: int):
     """The native LLaMA a Baichuan checkpoint is fused from; Baichuan2's head rows get norms far from 1."""
-    from transformers import LlamaForCausalLM
-
     import sentencepiece as spm
+    from transformers import LlamaForCausalLM
 
     vocab_size = spm.SentencePieceProcessor(model_file=str(_sentencepiece_model())).vocab_size()
     torch.manual_seed(seed)
@@ -164,27 +203,44 @@ def _write_baichuan(layout: str, path: Path, seed: int) -> None:
     config = {
         "architectures": [architecture],
         "auto_map": {"AutoConfig": config_class, "AutoModelForCausalLM": model_class},
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "hidden_act": "silu",
-        "hidden_size": HIDDEN, "initializer_range": 0.02, "intermediate_size": INTERMEDIATE,
-        "max_position_embeddings": MAX_POSITIONS, "model_type": "baichuan", "num_attention_heads": HEADS,
-        "num_hidden_layers": LAYERS, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
-        "torch_dtype": "float32", "transformers_version": "4.29.2", "use_cache": True,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": INTERMEDIATE,
+        "max_position_embeddings": MAX_POSITIONS,
+        "model_type": "baichuan",
+        "num_attention_heads": HEADS,
+        "num_hidden_layers": LAYERS,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": "4.29.2",
+        "use_cache": True,
         "vocab_size": model.config.vocab_size,
     }
     if layout == "baichuan2":
         config.update(model_max_length=MAX_POSITIONS, z_loss_weight=0)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_new_tokens": 64}, indent=2) + "\n")
+    (path / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_new_tokens": 64}, indent=2) + "\n"
+    )
 
     shutil.copyfile(_sentencepiece_model(), path / "tokenizer.model")
     token = {"__type": "AddedToken", "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
     tokenizer_config = {
         "auto_map": {"AutoTokenizer": [f"tokenization_baichuan.{tokenizer_class}", None]},
-        "add_bos_token": False, "add_eos_token": False,
-        "bos_token": {**token, "content": "<s>"}, "eos_token": {**token, "content": "</s>"},
-        "unk_token": {**token, "content": "<unk>"}, "clean_up_tokenization_spaces": False,
-        "model_max_length": MAX_POSITIONS, "sp_model_kwargs": {}, "tokenizer_class": tokenizer_class,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "bos_token": {**token, "content": "<s>"},
+        "eos_token": {**token, "content": "</s>"},
+        "unk_token": {**token, "content": "<unk>"},
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": MAX_POSITIONS,
+        "sp_model_kwargs": {},
+        "tokenizer_class": tokenizer_class,
     }
     if layout == "baichuan2":
         tokenizer_config.update(pad_token={**token, "content": "<unk>"}, use_fast=False)

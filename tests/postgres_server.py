@@ -43,13 +43,18 @@ def find_bin_dir() -> Path:
     on_path = [shutil.which(name) for name in BINARIES]
     if all(on_path):
         return Path(on_path[0]).resolve().parent
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-                        if Path(p).parent.name.isdigit() else 0, reverse=True)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
+        reverse=True,
+    )
     for folder in candidates:
         if all((Path(folder) / name).is_file() for name in BINARIES):
             return Path(folder)
-    raise PostgresUnavailable("PostgreSQL server binaries (initdb, pg_ctl) are not on PATH nor in "
-                              "/usr/lib/postgresql/*/bin: install PostgreSQL (Debian: apt-get install postgresql)")
+    raise PostgresUnavailable(
+        "PostgreSQL server binaries (initdb, pg_ctl) are not on PATH nor in "
+        "/usr/lib/postgresql/*/bin: install PostgreSQL (Debian: apt-get install postgresql)"
+    )
 
 
 def _free_port() -> int:
@@ -82,23 +87,51 @@ class PostgresServer:
             try:
                 run_as = pwd.getpwnam("postgres")
             except KeyError:
-                raise PostgresUnavailable("running as root, PostgreSQL needs an OS user 'postgres' to run as "
-                                          "(Debian's postgresql package creates it; or: useradd --system postgres)") from None
+                raise PostgresUnavailable(
+                    "running as root, PostgreSQL needs an OS user 'postgres' to run as "
+                    "(Debian's postgresql package creates it; or: useradd --system postgres)"
+                ) from None
         root = Path(tempfile.mkdtemp(prefix="chimed-pg-", dir=parent))
         if run_as:
             os.chown(root, run_as.pw_uid, run_as.pw_gid)
         server = cls(bin_dir, root, 0, run_as)
         try:
-            server._run("initdb", "-D", str(server.data_dir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                        "--locale=C", "--no-sync", "--no-instructions")
-            options = [f"max_connections={MAX_CONNECTIONS}", "listen_addresses=127.0.0.1",
-                       f"unix_socket_directories={root}", *(() if durable else FAST)]
+            server._run(
+                "initdb",
+                "-D",
+                str(server.data_dir),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            )
+            options = [
+                f"max_connections={MAX_CONNECTIONS}",
+                "listen_addresses=127.0.0.1",
+                f"unix_socket_directories={root}",
+                *(() if durable else FAST),
+            ]
             for attempt in range(3):  # another process may take the free port before the server binds it
                 server.port = _free_port()
                 flags = " ".join(f"-c {o}" for o in [f"port={server.port}", *options])
                 try:
-                    server._run("pg_ctl", "-D", str(server.data_dir), "-l", str(server.log_path), "-w", "-t", "60",
-                                "-o", flags, "start")
+                    server._run(
+                        "pg_ctl",
+                        "-D",
+                        str(server.data_dir),
+                        "-l",
+                        str(server.log_path),
+                        "-w",
+                        "-t",
+                        "60",
+                        "-o",
+                        flags,
+                        "start",
+                    )
                     break
                 except RuntimeError:
                     if attempt == 2:
@@ -110,11 +143,14 @@ class PostgresServer:
 
     def _run(self, binary: str, *args: str) -> None:
         user = dict(user=self._run_as.pw_uid, group=self._run_as.pw_gid, extra_groups=[]) if self._run_as else {}
-        done = subprocess.run([str(self.bin_dir / binary), *args], cwd=self.root, capture_output=True, text=True,
-                              **user)
+        done = subprocess.run(
+            [str(self.bin_dir / binary), *args], cwd=self.root, capture_output=True, text=True, **user
+        )
         if done.returncode:
             log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
-            raise RuntimeError(f"{binary} {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}{log}")
+            raise RuntimeError(
+                f"{binary} {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}{log}"
+            )
 
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:
         """An autocommit connection as the superuser (CREATE / DROP DATABASE cannot run in a transaction)."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from openai import OpenAI
 
 from app.contestants import Contestant
 from app.openai_server import READY
@@ -41,8 +43,13 @@ def chimed_serve(home: Path, run_id: str, log_path: Path, *overrides: str, timeo
     env = dict(os.environ, CHIMED_HOME=str(home))
     env.pop("CHIMED_DATABASE_URL", None)
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "chimed", "serve", "--profile", "tiny", "--run", run_id,
-                                 "--port", "0", *overrides], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "chimed", "serve", "--profile", "tiny", "--run", run_id, "--port", "0", *overrides],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             deadline = time.monotonic() + timeout_s
             while not (ready := READY.search(log_path.read_text(encoding="utf-8", errors="replace"))):
@@ -58,3 +65,19 @@ def chimed_serve(home: Path, run_id: str, log_path: Path, *overrides: str, timeo
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@contextmanager
+def serve_copy_of(tiny_run: tuple[Path, str], folder: Path, *overrides: str):
+    """``serve`` on a private copy of the tiny run (``folder``/home, its log ``folder``/serve.log), without
+    accounts; yields (base URL, home, run id)."""
+    source, run_id = tiny_run
+    home = folder / "home"
+    shutil.copytree(source, home, symlinks=True)
+    with chimed_serve(home, run_id, folder / "serve.log", *overrides) as url:
+        yield url, home, run_id
+
+
+def no_account_client(url: str) -> OpenAI:
+    """The official client for a server without accounts (any key does)."""
+    return OpenAI(base_url=url, api_key="no accounts: any key", max_retries=0, timeout=120)

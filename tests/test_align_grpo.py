@@ -36,8 +36,9 @@ def answers(*texts: str) -> list[list[dict]]:
 
 def exam_rewards(*texts: str, gold: str = "C") -> list:
     n = len(texts)
-    return exam_reward(prompts=[[]] * n, completions=answers(*texts), kind=["exam"] * n, options=[OPTIONS] * n,
-                       answer=[gold] * n)
+    return exam_reward(
+        prompts=[[]] * n, completions=answers(*texts), kind=["exam"] * n, options=[OPTIONS] * n, answer=[gold] * n
+    )
 
 
 def test_exam_reward_is_one_for_the_gold_option_and_zero_otherwise():
@@ -52,12 +53,16 @@ def test_exam_reward_is_one_for_the_gold_option_and_zero_otherwise():
 
 
 def test_format_reward_asks_for_the_advice_to_see_a_doctor_at_the_end():
-    closings = ["根据您描述的多饮、多尿等症状，可能是糖尿病。" + ADVICE + "请不要自行用药。",
-                "阿莫西林的不良反应有皮疹。请在医生或药师指导下使用。",
-                "建议尽快到医院就医。"]
-    others = ["糖尿病的就诊科室是内分泌科。",  # states a department, advises nothing
-              ADVICE + "多饮、多尿是常见症状。多喝水。",  # the advice, then more: it does not close the answer
-              "可能是糖尿病。"]
+    closings = [
+        "根据您描述的多饮、多尿等症状，可能是糖尿病。" + ADVICE + "请不要自行用药。",
+        "阿莫西林的不良反应有皮疹。请在医生或药师指导下使用。",
+        "建议尽快到医院就医。",
+    ]
+    others = [
+        "糖尿病的就诊科室是内分泌科。",  # states a department, advises nothing
+        ADVICE + "多饮、多尿是常见症状。多喝水。",  # the advice, then more: it does not close the answer
+        "可能是糖尿病。",
+    ]
     texts = closings + others
     scores = format_reward(prompts=[[]] * len(texts), completions=answers(*texts), kind=["open"] * len(texts))
     assert scores == [1.0] * len(closings) + [0.0] * len(others)
@@ -73,8 +78,7 @@ def test_a_nan_reward_stops_with_one_line_and_none_passes():
     with pytest.raises(UserError) as err:
         checked(prompts=[[], []], completions=answers("a", "b"))
     assert "format_reward came out nan" in str(err.value) and "\n" not in str(err.value)
-    assert finite(lambda prompts, completions, **kw: [None, 1.0])(prompts=[[], []], completions=[[], []]) \
-        == [None, 1.0]
+    assert finite(lambda prompts, completions, **kw: [None, 1.0])(prompts=[[], []], completions=[[], []]) == [None, 1.0]
 
 
 def test_a_stage_whose_answers_never_differ_within_a_group_is_a_one_line_error():
@@ -83,8 +87,9 @@ def test_a_stage_whose_answers_never_differ_within_a_group_is_a_one_line_error()
     with pytest.raises(UserError) as err:
         guard.on_train_end(args, SimpleNamespace(log_history=[{"frac_reward_zero_std": 1.0}] * 3), control)
     assert "nothing to learn" in str(err.value) and "\n" not in str(err.value)
-    guard.on_train_end(args, SimpleNamespace(log_history=[{"frac_reward_zero_std": 1.0},
-                                                          {"frac_reward_zero_std": 0.75}]), control)
+    guard.on_train_end(
+        args, SimpleNamespace(log_history=[{"frac_reward_zero_std": 1.0}, {"frac_reward_zero_std": 0.75}]), control
+    )
 
 
 def test_grpo_prompts_ask_about_training_entities_only(tiny_data_home):
@@ -101,8 +106,13 @@ def test_grpo_prompts_ask_about_training_entities_only(tiny_data_home):
     assert not [r for r in exam if any(name in r["prompt"][0]["content"] for name in held_out_names)]
     for r in exam:  # the gold option is one of four, and the reward pays for it
         assert r["answer"] in r["options"] and len(r["options"]) == 4
-        assert exam_reward(prompts=[r["prompt"]], completions=answers(r["options"][r["answer"]] + "。"),
-                           kind=["exam"], options=[r["options"]], answer=[r["answer"]]) == [1.0]
+        assert exam_reward(
+            prompts=[r["prompt"]],
+            completions=answers(r["options"][r["answer"]] + "。"),
+            kind=["exam"],
+            options=[r["options"]],
+            answer=[r["answer"]],
+        ) == [1.0]
 
 
 @pytest.fixture
@@ -136,12 +146,17 @@ def test_grpo_trains_on_each_reward_logged_apart_and_is_evaluated(grpo_home):
     assert entry["method"]["name"] == "grpo" and entry["method"]["settings"] == cfg.to_dict()["grpo"]
     metrics = entry["metrics"]
     assert math.isfinite(metrics["train_loss"]) and metrics["steps"] == cfg.grpo.max_steps
-    assert metrics["reward_weights"] == {"exam_reward": cfg.grpo.exam_weight,
-                                         "format_reward": cfg.grpo.format_weight, "rm_reward": cfg.grpo.rm_weight}
+    assert metrics["reward_weights"] == {
+        "exam_reward": cfg.grpo.exam_weight,
+        "format_reward": cfg.grpo.format_weight,
+        "rm_reward": cfg.grpo.rm_weight,
+    }
     assert metrics["exam_prompts"] > 0 and metrics["open_prompts"] > 0
     # each reward logged on its own at every logged step, and summarized in the stage's metrics
-    logs = [json.loads(line) for line in
-            (cfg.runs_dir / run_id / "logs" / "grpo" / "trainer_log.jsonl").read_text().splitlines()]
+    logs = [
+        json.loads(line)
+        for line in (cfg.runs_dir / run_id / "logs" / "grpo" / "trainer_log.jsonl").read_text().splitlines()
+    ]
     steps = [r for r in logs if "loss" in r]
     assert len(steps) == 2 and all(math.isfinite(r["loss"]) for r in steps)
     for name in ("exam_reward", "format_reward", "rm_reward"):
@@ -177,8 +192,14 @@ def test_grpo_without_exam_prompts_or_with_an_exam_question_is_a_one_line_error(
     cfg = load_config("tiny", ["align.method=grpo", "train.evaluate_after=false"])
     exam = read_jsonl(cfg.data_dir / "eval" / "exam.jsonl")[0]
     grpo = read_jsonl(cfg.data_dir / "grpo.jsonl")
-    leaked = {"id": "grpo-exam-leak", "kind": "exam", "prompt": [{"role": "user", "content": exam["question"]}],
-              "question": exam["question"], "options": exam["options"], "answer": exam["answer"]}
+    leaked = {
+        "id": "grpo-exam-leak",
+        "kind": "exam",
+        "prompt": [{"role": "user", "content": exam["question"]}],
+        "question": exam["question"],
+        "options": exam["options"],
+        "answer": exam["answer"],
+    }
     write_jsonl_atomic(cfg.data_dir / "grpo.jsonl", [*grpo, leaked])
     with pytest.raises(UserError) as err:
         train_all(cfg, from_stage="align", resume_run=source_id)

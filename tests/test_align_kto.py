@@ -25,12 +25,24 @@ EVAL_QUESTION = "缺钙会有哪些表现？"  # a question of the user QA file 
 
 def rating(rating_id: str, question: str, answer: str, label: bool, split: str, of: str = "answer") -> dict:
     """One line of an ``export-ratings`` file (preference_store/export_ratings.py's format)."""
-    return {"prompt": [{"role": "user", "content": question}],
-            "completion": [{"role": "assistant", "content": answer}], "label": label, "source": "clinician",
-            "rating_id": rating_id, "split": split,
-            "provenance": {"rating_id": rating_id, "comparison_id": f"cmp-{rating_id}", "annotator": "a-1f2e",
-                           "completion_of": of, "checkpoint": None if of == "correction" else "r1/dpo",
-                           "serving": None, "guideline_version": 1, "rated_at": "2026-11-29T10:00:00+00:00"}}
+    return {
+        "prompt": [{"role": "user", "content": question}],
+        "completion": [{"role": "assistant", "content": answer}],
+        "label": label,
+        "source": "clinician",
+        "rating_id": rating_id,
+        "split": split,
+        "provenance": {
+            "rating_id": rating_id,
+            "comparison_id": f"cmp-{rating_id}",
+            "annotator": "a-1f2e",
+            "completion_of": of,
+            "checkpoint": None if of == "correction" else "r1/dpo",
+            "serving": None,
+            "guideline_version": 1,
+            "rated_at": "2026-11-29T10:00:00+00:00",
+        },
+    }
 
 
 def test_kto_data_holds_every_pair_split_in_two_and_the_train_ratings(chimed_home, capsys):
@@ -39,18 +51,35 @@ def test_kto_data_holds_every_pair_split_in_two_and_the_train_ratings(chimed_hom
     shutil.copy(DATA / "collected_pairs.jsonl", collected / "clinician-1.jsonl")
     ratings = chimed_home / "collected_ratings" / "clinician-ratings-1.jsonl"
     ratings.parent.mkdir()
-    lines = [json.dumps(r, ensure_ascii=False) for r in (
-        rating("rt-up", "发烧三天不退怎么办？", "持续发热三天应到医院查明原因。", True, "train"),
-        rating("rt-down", "扭伤脚踝后要热敷吗？", "马上热敷，越热越好。", False, "train"),
-        rating("rt-down", "扭伤脚踝后要热敷吗？", "扭伤后48小时内冷敷，之后再热敷；肿痛加重请就医。", True, "train",
-               of="correction"),
-        rating("rt-held", "牙龈出血是怎么回事？", "不用管它。", False, "heldout"),
-        rating("rt-eval", EVAL_QUESTION, "缺钙可出现手足抽搐。", True, "train"),
-    )]
+    lines = [
+        json.dumps(r, ensure_ascii=False)
+        for r in (
+            rating("rt-up", "发烧三天不退怎么办？", "持续发热三天应到医院查明原因。", True, "train"),
+            rating("rt-down", "扭伤脚踝后要热敷吗？", "马上热敷，越热越好。", False, "train"),
+            rating(
+                "rt-down",
+                "扭伤脚踝后要热敷吗？",
+                "扭伤后48小时内冷敷，之后再热敷；肿痛加重请就医。",
+                True,
+                "train",
+                of="correction",
+            ),
+            rating("rt-held", "牙龈出血是怎么回事？", "不用管它。", False, "heldout"),
+            rating("rt-eval", EVAL_QUESTION, "缺钙可出现手足抽搐。", True, "train"),
+        )
+    ]
     lines.insert(2, lines[0].replace('"label": true', '"label": "yes"'))  # line 3: malformed
     ratings.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cfg = load_config("tiny", ["data.max_entities=60", "data.people_daily_max_docs=60", "data.reviews_max_docs=40",
-                               "data.general_eval_docs=10", f"data.user_files.qa=[{DATA / 'huatuo_lite.jsonl'}]"])
+    cfg = load_config(
+        "tiny",
+        [
+            "data.max_entities=60",
+            "data.people_daily_max_docs=60",
+            "data.reviews_max_docs=40",
+            "data.general_eval_docs=10",
+            f"data.user_files.qa=[{DATA / 'huatuo_lite.jsonl'}]",
+        ],
+    )
 
     stats = build_chimed(cfg)
 
@@ -113,8 +142,9 @@ def test_from_align_with_kto_trains_records_and_evaluates_a_kto_stage(tiny_run, 
     metrics = kto["metrics"]
     assert (metrics["desirable"], metrics["undesirable"], metrics["from_ratings"]) == (len(pairs), len(pairs), 0)
     assert metrics["steps"] == cfg.kto.max_steps and math.isfinite(metrics["train_kl"])
-    losses = [r["loss"] for r in read_jsonl(cfg.runs_dir / run_id / "logs" / "kto" / "trainer_log.jsonl")
-              if "loss" in r]
+    losses = [
+        r["loss"] for r in read_jsonl(cfg.runs_dir / run_id / "logs" / "kto" / "trainer_log.jsonl") if "loss" in r
+    ]
     assert len(losses) == cfg.kto.max_steps and losses[0] == pytest.approx(0.5, abs=1e-6)
     assert all(math.isfinite(x) for x in losses) and max(abs(x - 0.5) for x in losses) > 1e-3
     assert manifest["dpo_pair_ids"] == pairs == read_json(cfg.runs_dir / run_id / "kto" / "pair_ids.json")
@@ -133,8 +163,11 @@ def test_kto_without_undesirable_answers_is_one_line_before_training(tiny_run, u
     liked = [e for e in read_jsonl(path) if e["label"]]
     path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in liked), encoding="utf-8")
 
-    with pytest.raises(UserError, match=f"^kto: {path} has no undesirable answers \\(label false\\), only "
-                                        f"{len(liked)} desirable ones: KTO needs both") as err:
+    with pytest.raises(
+        UserError,
+        match=f"^kto: {path} has no undesirable answers \\(label false\\), only "
+        f"{len(liked)} desirable ones: KTO needs both",
+    ) as err:
         train_all(cfg, from_stage="align", resume_run=source_id)
     assert "\n" not in str(err.value)
     assert not list(cfg.runs_dir.glob("*/kto")) and not list(cfg.runs_dir.glob("*/logs/kto/trainer_log.jsonl"))
@@ -145,9 +178,23 @@ def test_a_kto_loss_that_is_not_a_number_stops_the_stage(tiny_run, use_home, tmp
     home = use_home(tmp_path / "home")
     copy_run(source_home, source_id, home)
 
-    code = cli_main(["train-all", "--profile", "tiny", "--from", "align", "--resume-run", source_id,
-                     "--run-id", "nan", "align.method=kto", "kto.learning_rate=1e30", "kto.warmup_ratio=0",
-                     "train.evaluate_after=false"])
+    code = cli_main(
+        [
+            "train-all",
+            "--profile",
+            "tiny",
+            "--from",
+            "align",
+            "--resume-run",
+            source_id,
+            "--run-id",
+            "nan",
+            "align.method=kto",
+            "kto.learning_rate=1e30",
+            "kto.warmup_ratio=0",
+            "train.evaluate_after=false",
+        ]
+    )
 
     # one error line (it may follow the progress bar on stderr), no traceback
     stderr = capsys.readouterr().err

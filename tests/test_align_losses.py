@@ -65,7 +65,7 @@ def scored(tiny_run, tmp_path_factory) -> dict[str, dict]:
         mp.setattr(dpo_recipe, "train_resumably", _stop_before_training)
         cfg = load_config("tiny")
         pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")
-        write_jsonl_atomic(cfg.data_dir / "dpo.jsonl", pairs[:2 * PAIRS])  # a handful: tokenizing all is slow
+        write_jsonl_atomic(cfg.data_dir / "dpo.jsonl", pairs[: 2 * PAIRS])  # a handful: tokenizing all is slow
         for method, overrides in METHODS.items():
             cfg = load_config("tiny", [*overrides, *COMMON])
             stage = cfg.align.method
@@ -88,9 +88,16 @@ def _score(trainer, settings: dict) -> dict:
         policy = [_logprobs(model, ids, scored) for ids, scored in chosen + rejected]
         with model.disable_adapter():
             reference = [_logprobs(model, ids, scored) for ids, scored in chosen + rejected]
-    return {"loss": loss, "policy": policy[:PAIRS], "policy_rejected": policy[PAIRS:], "reference": reference[:PAIRS],
-            "reference_rejected": reference[PAIRS:], "settings": settings, "reference_calls": len(reference_calls),
-            "ref_model": getattr(trainer, "ref_model", None)}
+    return {
+        "loss": loss,
+        "policy": policy[:PAIRS],
+        "policy_rejected": policy[PAIRS:],
+        "reference": reference[:PAIRS],
+        "reference_rejected": reference[PAIRS:],
+        "settings": settings,
+        "reference_calls": len(reference_calls),
+        "ref_model": getattr(trainer, "ref_model", None),
+    }
 
 
 class _reference_calls:
@@ -102,8 +109,10 @@ class _reference_calls:
 
     def __enter__(self) -> list[str]:
         assert self.layers
-        self.hooks = [m.register_forward_pre_hook(lambda m, args: self.calls.append("ref") if m.disable_adapters
-                                                  else None) for m in self.layers]
+        self.hooks = [
+            m.register_forward_pre_hook(lambda m, args: self.calls.append("ref") if m.disable_adapters else None)
+            for m in self.layers
+        ]
         return self.calls
 
     def __exit__(self, *exc) -> None:
@@ -116,13 +125,21 @@ def _answers(batch) -> tuple[list, list]:
     DPOTrainer's batch (chosen rows, then rejected rows, with a completion mask) or ORPO/CPO's (chosen_* and
     rejected_* rows, the prompt's labels -100)."""
     if "completion_mask" in batch:
-        rows = [(ids[mask.bool()], answer[mask.bool()].bool()) for ids, mask, answer
-                in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])]
+        rows = [
+            (ids[mask.bool()], answer[mask.bool()].bool())
+            for ids, mask, answer in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        ]
         return rows[:PAIRS], rows[PAIRS:]
     out = []
     for side in ("chosen", "rejected"):
-        out.append([(ids[mask.bool()], labels[mask.bool()] != -100) for ids, mask, labels
-                    in zip(batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], batch[f"{side}_labels"])])
+        out.append(
+            [
+                (ids[mask.bool()], labels[mask.bool()] != -100)
+                for ids, mask, labels in zip(
+                    batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"], batch[f"{side}_labels"]
+                )
+            ]
+        )
     return out[0], out[1]
 
 
@@ -133,8 +150,13 @@ def _logprobs(model, ids, answer) -> dict:
     per_token = logits.log_softmax(-1).gather(-1, ids[1:, None])[:, 0].double()
     scored = answer[1:]
     assert scored.any()
-    return {"sum": float(per_token[scored].sum()), "mean": float(per_token[scored].mean()),
-            "tokens": int(scored.sum()), "all_sum": float(per_token.sum()), "all_tokens": per_token.numel()}
+    return {
+        "sum": float(per_token[scored].sum()),
+        "mean": float(per_token[scored].mean()),
+        "tokens": int(scored.sum()),
+        "all_sum": float(per_token.sum()),
+        "all_tokens": per_token.numel(),
+    }
 
 
 def _logsigmoid(x: float) -> float:
@@ -143,8 +165,10 @@ def _logsigmoid(x: float) -> float:
 
 def dpo_margins(s: dict) -> list[tuple[float, float, dict, dict]]:
     """Per pair: the policy-minus-reference log-ratio of the chosen and of the rejected answer."""
-    return [(pc["sum"] - rc["sum"], pr["sum"] - rr["sum"], pc, pr)
-            for pc, pr, rc, rr in zip(s["policy"], s["policy_rejected"], s["reference"], s["reference_rejected"])]
+    return [
+        (pc["sum"] - rc["sum"], pr["sum"] - rr["sum"], pc, pr)
+        for pc, pr, rc, rr in zip(s["policy"], s["policy_rejected"], s["reference"], s["reference_rejected"])
+    ]
 
 
 def sigmoid_dpo(s: dict) -> float:
@@ -157,16 +181,20 @@ def robust_dpo(s: dict) -> float:
     """Robust DPO (Chowdhury et al. 2024), eps the share of flipped labels: the sigmoid loss of the pair as
     labelled, weighted 1 - eps, minus eps x that of the pair flipped, over 1 - 2 eps (unbiased under noise)."""
     beta, eps = s["settings"]["beta"], s["settings"]["label_smoothing"]
-    return sum((-(1 - eps) * _logsigmoid(beta * (c - r)) + eps * _logsigmoid(-beta * (c - r))) / (1 - 2 * eps)
-               for c, r, *_ in dpo_margins(s)) / PAIRS
+    return (
+        sum(
+            (-(1 - eps) * _logsigmoid(beta * (c - r)) + eps * _logsigmoid(-beta * (c - r))) / (1 - 2 * eps)
+            for c, r, *_ in dpo_margins(s)
+        )
+        / PAIRS
+    )
 
 
 def ipo(s: dict) -> float:
     """IPO (Azar et al. 2023), on log-ratios averaged over each answer's tokens (TRL's, as its authors run it):
     (chosen - rejected - 1 / (2 beta))^2."""
     beta = s["settings"]["beta"]
-    return sum((c / pc["tokens"] - r / pr["tokens"] - 1 / (2 * beta)) ** 2
-               for c, r, pc, pr in dpo_margins(s)) / PAIRS
+    return sum((c / pc["tokens"] - r / pr["tokens"] - 1 / (2 * beta)) ** 2 for c, r, pc, pr in dpo_margins(s)) / PAIRS
 
 
 def orpo(s: dict) -> float:
@@ -186,8 +214,10 @@ def orpo(s: dict) -> float:
 def simpo(s: dict) -> float:
     """SimPO (Meng et al. 2024): -log sigmoid(beta x (average log-prob of chosen - of rejected) - gamma)."""
     beta, gamma = s["settings"]["beta"], s["settings"]["gamma"]
-    return sum(-_logsigmoid(beta * (c["mean"] - r["mean"]) - gamma)
-               for c, r in zip(s["policy"], s["policy_rejected"])) / PAIRS
+    return (
+        sum(-_logsigmoid(beta * (c["mean"] - r["mean"]) - gamma) for c, r in zip(s["policy"], s["policy_rejected"]))
+        / PAIRS
+    )
 
 
 FORMULAS = {"sigmoid": sigmoid_dpo, "ipo": ipo, "robust": robust_dpo, "orpo": orpo, "simpo": simpo}

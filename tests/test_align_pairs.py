@@ -72,8 +72,17 @@ def test_a_reference_free_method_trains_the_alignment_stage_and_is_evaluated(tin
 def test_a_dpo_loss_variant_trains_and_is_recorded_as_the_method_settings(tiny_copy, loss, extra):
     # 4 steps: the reference is computed in them rather than for all pairs first (what that changes is the speed,
     # tests/test_training_speed.py)
-    cfg = load_config("tiny", [f"dpo.loss_type={loss}", *extra, "dpo.max_steps=4", "dpo.precompute_reference=false",
-                               "train.logging_steps=2", "train.evaluate_after=false"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"dpo.loss_type={loss}",
+            *extra,
+            "dpo.max_steps=4",
+            "dpo.precompute_reference=false",
+            "train.logging_steps=2",
+            "train.evaluate_after=false",
+        ],
+    )
 
     run_id = train_all(cfg, from_stage="align", resume_run=tiny_copy)
 
@@ -87,17 +96,19 @@ def test_a_dpo_loss_variant_trains_and_is_recorded_as_the_method_settings(tiny_c
 
 def test_the_sft_term_is_not_a_dpo_loss_type():
     """TRL's "sft" loss is DPO's sft_weight here: naming it as the loss is a one-line error that says so."""
-    with pytest.raises(UserError, match=r"^config: dpo.loss_type='sft': .*\(the SFT term is dpo.sft_weight\)$") \
-            as err:
+    with pytest.raises(UserError, match=r"^config: dpo.loss_type='sft': .*\(the SFT term is dpo.sft_weight\)$") as err:
         load_config("tiny", ["dpo.loss_type=sft"])
     assert "\n" not in str(err.value)
 
 
 def test_stages_naming_dpo_in_a_run_aligned_by_another_method_is_a_one_line_error(chimed_home):
     cfg = load_config("tiny", ["align.method=simpo"])
-    with pytest.raises(UserError, match=r"^unknown stage 'dpo' in --stages: this config aligns with "
-                                        r"align.method=simpo \(set align.method=dpo to train it\); choose from "
-                                        r"base, cpt, sft, simpo, align$") as err:
+    with pytest.raises(
+        UserError,
+        match=r"^unknown stage 'dpo' in --stages: this config aligns with "
+        r"align.method=simpo \(set align.method=dpo to train it\); choose from "
+        r"base, cpt, sft, simpo, align$",
+    ) as err:
         train_all(cfg, stages=["sft", "dpo"], dry_run=True)
     assert "\n" not in str(err.value)
 
@@ -114,7 +125,7 @@ def test_no_pairs_to_learn_from_is_a_one_line_error(chimed_home):
 
 
 def test_a_stage_whose_loss_is_exactly_zero_is_not_recorded_complete_and_says_why(tiny_copy, monkeypatch, capsys):
-    """A loss of exactly 0.0 all along is a broken loss, not a perfect model (README "Non-finite training")."""
+    """A loss of exactly 0.0 all along is a broken loss, not a perfect model (docs/training.md "Non-finite training")."""
     from trl import DPOTrainer
 
     from chimed import main as cli_main
@@ -125,14 +136,30 @@ def test_a_stage_whose_loss_is_exactly_zero_is_not_recorded_complete_and_says_wh
         return compute_loss(self, *args, **kwargs) * 0.0
 
     monkeypatch.setattr(DPOTrainer, "compute_loss", zero_loss)
-    code = cli_main(["train-all", "--profile", "tiny", "--from", "align", "--resume-run", tiny_copy, "--run-id", "zero",
-                     "dpo.max_steps=2", "train.logging_steps=1", "train.evaluate_after=false"])
+    code = cli_main(
+        [
+            "train-all",
+            "--profile",
+            "tiny",
+            "--from",
+            "align",
+            "--resume-run",
+            tiny_copy,
+            "--run-id",
+            "zero",
+            "dpo.max_steps=2",
+            "train.logging_steps=1",
+            "train.evaluate_after=false",
+        ]
+    )
 
     stderr = capsys.readouterr().err
     errors = re.findall(r"error: .*", stderr)
     assert code == 2 and "Traceback" not in stderr
-    assert errors == ["error: dpo: training loss 0.0 cannot be right (NaN, infinite or exactly 0.0); the stage is not "
-                      "marked complete: check the model with the pre-flight and the data"]
+    assert errors == [
+        "error: dpo: training loss 0.0 cannot be right (NaN, infinite or exactly 0.0); the stage is not "
+        "marked complete: check the model with the pre-flight and the data"
+    ]
     cfg = load_config("tiny")
     assert _logged_losses(cfg, "zero", "dpo") == [0.0, 0.0]  # it trained, and every step's loss was 0.0
     assert "dpo" not in read_manifest(cfg, "zero")["stages"]

@@ -31,22 +31,31 @@ def test_from_align_reuses_the_stages_before_the_configured_method(chimed_home, 
     assert "# reuse sft from run earlier" in out and "stage 1/1 simpo:" in out
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"stages": ["kto"]}, "unknown stage 'kto' in --stages: this config aligns with align.method=dpo "
-                          "(set align.method=kto to train it)"),
-    ({"from_stage": "rm", "resume_run": "r"}, "unknown stage 'rm' for --from: the config does not include it"),
-    ({"stages": ["ppo"]}, "unknown stage 'ppo' in --stages: choose from base, cpt, sft, dpo, align"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"stages": ["kto"]},
+            "unknown stage 'kto' in --stages: this config aligns with align.method=dpo "
+            "(set align.method=kto to train it)",
+        ),
+        ({"from_stage": "rm", "resume_run": "r"}, "unknown stage 'rm' for --from: the config does not include it"),
+        ({"stages": ["ppo"]}, "unknown stage 'ppo' in --stages: choose from base, cpt, sft, dpo, align"),
+    ],
+)
 def test_a_stage_the_config_does_not_train_is_a_one_line_error(chimed_home, options, message):
     with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace(")", r"\)")) as err:
         train_all(load_config("tiny"), dry_run=True, **options)
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("align.method=ppo", "config: align.method='ppo': choose one of dpo, kto, orpo, simpo, grpo"),
-    ("dpo.loss_type=bogus", "config: dpo.loss_type='bogus': choose one of TRL's DPO losses"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("align.method=ppo", "config: align.method='ppo': choose one of dpo, kto, orpo, simpo, grpo"),
+        ("dpo.loss_type=bogus", "config: dpo.loss_type='bogus': choose one of TRL's DPO losses"),
+    ],
+)
 def test_an_unknown_method_or_loss_is_a_one_line_config_error(override, message):
     with pytest.raises(UserError, match="^" + message.replace("(", r"\(")):
         load_config("tiny", [override])

@@ -17,15 +17,15 @@ from preference_store.repository import PreferenceStore
 from training.config import load_config
 from training.errors import UserError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 ANNOTATOR, ADMIN, PASSWORD = "dr_api", "dr_api_admin", "correct horse battery staple"
 STAGES = ("base", "cpt", "sft", "dpo")
 FAST = {"max_new_tokens": 2}  # the answers' content does not matter here: keep 50 comparisons cheap
 
 
 def documented_endpoints() -> set[str]:
-    """The endpoints the README's API table lists (its first column)."""
-    api = README.read_text(encoding="utf-8").split("**API.**", 1)[1].split("```", 1)[0]
+    """The endpoints the API page's table lists (its first column, under "## Endpoints")."""
+    api = API_PAGE.read_text(encoding="utf-8").split("\n## Endpoints\n", 1)[1].split("\n## ", 1)[0]
     return set(re.findall(r"^\| `(/\w+)` \|", api, flags=re.MULTILINE))
 
 
@@ -52,8 +52,11 @@ def _private(client: Client, api_name: str) -> int:
 def running(app_home, start_app, tmp_path):
     home, run_id = app_home
     bank = tmp_path / "bank.jsonl"
-    bank.write_text("\n".join(json.dumps({"prompt": p}, ensure_ascii=False)
-                              for p in ("头痛三天怎么办？", "高血压饮食注意什么？")) + "\n", encoding="utf-8")
+    bank.write_text(
+        "\n".join(json.dumps({"prompt": p}, ensure_ascii=False) for p in ("头痛三天怎么办？", "高血压饮食注意什么？"))
+        + "\n",
+        encoding="utf-8",
+    )
     with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
         store.add_annotator(ANNOTATOR, PASSWORD)
         store.add_annotator(ADMIN, PASSWORD, role="admin")
@@ -67,10 +70,23 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
     client = Client(url, auth=(ANNOTATOR, PASSWORD), verbose=False)
     ids = [f"{run_id}/{s}" for s in STAGES]
 
-    # only the documented endpoints are public, and they are the README's list
+    # only the documented endpoints are public, and they are docs/api.md's list
     listed = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert listed == documented_endpoints() == {"/contestants", "/compare", "/acknowledge_guideline", "/judge",
-                                                "/queue_next", "/rate", "/study_status", "/leaderboard", "/agreement"}
+    assert (
+        listed
+        == documented_endpoints()
+        == {
+            "/contestants",
+            "/compare",
+            "/acknowledge_guideline",
+            "/judge",
+            "/queue_next",
+            "/rate",
+            "/study_status",
+            "/leaderboard",
+            "/agreement",
+        }
+    )
     with pytest.raises(ValueError, match="Cannot find a function"):
         client.predict(api_name="/run_export")
 
@@ -139,7 +155,8 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
     with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
         ratings = store.leaderboard().ratings
     assert board["judgments"] == 1 and [(r["checkpoint_id"], r["rating"]) for r in board["ratings"]] == [
-        (r.checkpoint_id, pytest.approx(r.rating)) for r in ratings]
+        (r.checkpoint_id, pytest.approx(r.rating)) for r in ratings
+    ]
     assert set(admin.predict(api_name="/agreement")) >= {"by_kind", "annotators", "outliers", "position_bias"}
 
     # every refusal above is one line in the app's log, and no traceback

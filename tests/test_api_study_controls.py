@@ -44,8 +44,10 @@ def test_an_annotator_acknowledges_the_guideline_then_judges_with_scores(running
     made = client.predict("高血压患者饮食上要注意什么？", pair, True, api_name="/compare", **FAST)
     cid = made["comparison_id"]
     # before the published guideline is acknowledged, neither a judgment nor a rating counts
-    for call in (lambda: client.predict(cid, "A", api_name="/judge"),
-                 lambda: client.predict(cid, "A", True, api_name="/rate")):
+    for call in (
+        lambda: client.predict(cid, "A", api_name="/judge"),
+        lambda: client.predict(cid, "A", True, api_name="/rate"),
+    ):
         with pytest.raises(Exception, match=r"guideline \(version 2\).*/acknowledge_guideline"):
             call()
     assert stored() == (1, 0)
@@ -55,9 +57,11 @@ def test_an_annotator_acknowledges_the_guideline_then_judges_with_scores(running
     assert [c["key"] for c in read["criteria"]] == ["safety", "clarity"]
 
     # refused judgments store nothing, and the comparison stays open for a valid one
-    for bad in ({"ranking": {"A": 1, "B": 2}, "correction": "多吃蔬菜，少盐，按时服药并定期复查血压。"},
-                {"choice": "A", "scores": {"A": {"fluency": 4}}},  # not a criterion of version 2
-                {"choice": "A", "scores": {"A": {"safety": 6}}}):
+    for bad in (
+        {"ranking": {"A": 1, "B": 2}, "correction": "多吃蔬菜，少盐，按时服药并定期复查血压。"},
+        {"choice": "A", "scores": {"A": {"fluency": 4}}},  # not a criterion of version 2
+        {"choice": "A", "scores": {"A": {"safety": 6}}},
+    ):
         with pytest.raises(Exception, match="exactly one of|unknown criterion|integer 1-5"):
             client.predict(cid, api_name="/judge", **bad)
         assert stored() == (1, 0)

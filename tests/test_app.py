@@ -21,8 +21,8 @@ from app.main import build_app
 from app.runs_tab import run_view
 from preference_store.repository import PreferenceStore
 from training.config import load_config
-from training.stages.registry import run_stages
 from training.errors import UserError
+from training.stages.registry import run_stages
 
 STAGES = run_stages(load_config("tiny"))  # the tiny run's: base, cpt, sft, dpo
 
@@ -68,7 +68,8 @@ def test_the_newest_run_is_the_default_and_new_runs_appear_without_restart(cfg, 
     (home / "runs" / "later").mkdir()  # a second run finishing while the app is up
     manifest = (home / "runs" / run_id / "manifest.json").read_text(encoding="utf-8")
     (home / "runs" / "later" / "manifest.json").write_text(
-        manifest.replace(f'"{run_id}"', '"later"').replace('"created": "', '"created": "9'), encoding="utf-8")
+        manifest.replace(f'"{run_id}"', '"later"').replace('"created": "', '"created": "9'), encoding="utf-8"
+    )
     (home / "runs" / "later" / "run_state.json").write_text('{"complete": true}', encoding="utf-8")
     assert default_checkpoints(cfg) == [f"later/{s}" for s in STAGES]
     assert len(available_contestants(cfg)) == 8
@@ -131,8 +132,9 @@ def test_every_recorded_answer_says_how_it_was_served(store, session, make_pool,
         pytest.skip("a model is held as a difference on CPU only")
     _start(arena, session, app_home[1], blind=False)
     _ask(arena, session, max_new_tokens=4, seed=3)
-    served = {r.checkpoint_id.rpartition("/")[2]: r.serving
-              for r in store.get_comparison(session.comparison_id).responses}
+    served = {
+        r.checkpoint_id.rpartition("/")[2]: r.serving for r in store.get_comparison(session.comparison_id).responses
+    }
     where = {"device": str(arena.pool.device), "dtype": str(arena.pool.dtype).removeprefix("torch.")}
     assert served["base"] == {"mode": "exact"} | where
     on_cpt = {"mode": "exact"} if delta_bits is None else {"mode": "delta", "bits": 8}
@@ -155,8 +157,12 @@ def test_four_answers_are_recorded_with_their_decoding_then_ranked_and_corrected
     with pytest.raises(UserError, match="give answer D a place"):
         arena.rank(session, {"A": 1, "B": 2, "C": 3})
     earlier = session.comparison_id
-    arena.rank(session, {"A": 3, "B": 1, "C": 4, "D": 2}, reason="B 更安全",
-               scores={"B": {"safety": 5, "correctness": 4, "completeness": None}})
+    arena.rank(
+        session,
+        {"A": 3, "B": 1, "C": 4, "D": 2},
+        reason="B 更安全",
+        scores={"B": {"safety": 5, "correctness": 4, "completeness": None}},
+    )
     with pytest.raises(UserError, match="already judged"):  # one judgment per comparison
         arena.vote(session, "A")
     with pytest.raises(UserError, match="already judged"):  # a better answer too: it would be a second judgment
@@ -185,8 +191,10 @@ def test_two_panels_take_a_pairwise_vote(arena, session, store, app_home):
     message = arena.vote(session, "B", reason="B 更准确")
     assert "B is better" in message and "1 个偏好对 pairs" in message
     (pair,) = store.recent_pairs()
-    assert (pair.chosen_checkpoint, pair.rejected_checkpoint) == (session.panels[1].checkpoint_id,
-                                                                  session.panels[0].checkpoint_id)
+    assert (pair.chosen_checkpoint, pair.rejected_checkpoint) == (
+        session.panels[1].checkpoint_id,
+        session.panels[0].checkpoint_id,
+    )
 
 
 def test_each_panel_keeps_its_own_history_and_the_stored_prompt_follows_the_judgment(arena, session, store, app_home):
@@ -198,8 +206,11 @@ def test_each_panel_keeps_its_own_history_and_the_stored_prompt_follows_the_judg
     for panel, earlier in zip(session.panels, first):
         assert [m["content"] for m in panel.history[:3]] == [PROMPT, earlier, "那运动呢？"]
     stored = store.get_comparison(session.comparison_id)
-    assert stored.messages == [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": first[1]},
-                               {"role": "user", "content": "那运动呢？"}]
+    assert stored.messages == [
+        {"role": "user", "content": PROMPT},
+        {"role": "assistant", "content": first[1]},
+        {"role": "user", "content": "那运动呢？"},
+    ]
     assert stored.conversation_id == store.get_comparison(store.recent_pairs()[0].comparison_id).conversation_id
 
 
@@ -272,15 +283,19 @@ def test_with_accounts_a_login_is_required(store):
     assert me.is_admin and "dr_li" in identity_line(me)
 
 
-def test_leaderboard_data_and_runs_tabs_show_the_store_and_the_runs(arena, session, store, cfg, app_home,
-                                                                   tmp_path, monkeypatch):
+def test_leaderboard_data_and_runs_tabs_show_the_store_and_the_runs(
+    arena, session, store, cfg, app_home, tmp_path, monkeypatch
+):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the export's download copy goes there
     run_id = app_home[1]
     _start(arena, session, run_id)  # blind: an unblinded judgment would stay out of the leaderboard
     _ask(arena, session, "<i>感冒</i>要吃抗生素吗？")
     label = {p.checkpoint_id.split("/")[1]: label for p, label in zip(session.panels, "ABCD")}
-    arena.rank(session, {label[s]: place for place, s in enumerate(("dpo", "sft", "cpt", "base"), start=1)},
-               scores={label["dpo"]: {"safety": 5}})
+    arena.rank(
+        session,
+        {label[s]: place for place, s in enumerate(("dpo", "sft", "cpt", "base"), start=1)},
+        scores={label["dpo"]: {"safety": 5}},
+    )
 
     summary, ratings, win_rate, counts, criteria = leaderboard_view(store)
     assert [row[1] for row in ratings["value"]] == [f"{run_id}/{s}" for s in ("dpo", "sft", "cpt", "base")]

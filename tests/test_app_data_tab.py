@@ -48,8 +48,13 @@ def people(pref_store):
 
 
 def _judge(store, annotator, prompt: str, choice: str = "A"):
-    cmp = store.record_comparison(ComparisonIn(annotator.id, [{"role": "user", "content": prompt}], [
-        ResponseIn("r1/sft", "应低盐饮食，规律监测血压。"), ResponseIn("r1/dpo", "注意休息，必要时就医。")]))
+    cmp = store.record_comparison(
+        ComparisonIn(
+            annotator.id,
+            [{"role": "user", "content": prompt}],
+            [ResponseIn("r1/sft", "应低盐饮食，规律监测血压。"), ResponseIn("r1/dpo", "注意休息，必要时就医。")],
+        )
+    )
     store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice=choice))
     return cmp
 
@@ -76,14 +81,20 @@ def test_an_annotator_sees_only_their_own_pairs_and_counts(pref_store, people, c
     assert "| 1 | 1 (pairwise 1, ranking 0, correction 0) | 1 | 0 |" in counts
 
     # what the tab shows her session: her comparisons with her verdicts (by checkpoint) and her rating
-    pending = pref_store.record_comparison(ComparisonIn(alice.id, [{"role": "user", "content": "失眠怎么办？"}], [
-        ResponseIn("r1/cpt", "规律作息。"), ResponseIn("r1/base", "少喝咖啡。")]))
+    pending = pref_store.record_comparison(
+        ComparisonIn(
+            alice.id,
+            [{"role": "user", "content": "失眠怎么办？"}],
+            [ResponseIn("r1/cpt", "规律作息。"), ResponseIn("r1/base", "少喝咖啡。")],
+        )
+    )
     pref_store.submit_rating(RatingIn(pending.id, alice.id, label="B", up=False))
     *_, judgments = session_view(cfg, pref_store, ArenaSession(annotator=alice))
     assert [row[1:] for row in judgments["value"]] == [
         ["失眠怎么办？", "自由提问 free question", "👎 一个回答 an answer"],  # not judged: the names stay hidden
         ["糖尿病有哪些常见症状？", "自由提问 free question", "r1/dpo 更好 better; 👍 r1/sft"],
-        [ALICE_PROMPT, "自由提问 free question", "r1/sft 更好 better"]]
+        [ALICE_PROMPT, "自由提问 free question", "r1/sft 更好 better"],
+    ]
 
     # a session that is not logged in sees nothing
     counts, pairs, judgments = session_view(cfg, pref_store, ArenaSession())
@@ -105,8 +116,7 @@ def test_an_admin_sees_everyone_de_identified_with_the_annotator(pref_store, peo
     assert "single-answer ratings" in counts and "bank prompts" in counts
 
 
-def test_an_admin_imports_a_bank_from_the_tab_with_errors_and_duplicates_reported(pref_store, people, cfg,
-                                                                                  tmp_path):
+def test_an_admin_imports_a_bank_from_the_tab_with_errors_and_duplicates_reported(pref_store, people, cfg, tmp_path):
     *_, admin = people
     upload = tmp_path / "upload" / "bank_with_errors.jsonl"  # Gradio keeps the uploaded file's name
     upload.parent.mkdir()
@@ -123,7 +133,8 @@ def test_an_admin_imports_a_bank_from_the_tab_with_errors_and_duplicates_reporte
     again = import_bank_for_admin(pref_store, ArenaSession(annotator=admin), str(upload))
     assert "imported 0, duplicates 4" in again
     assert "imported 2, duplicates 0, errors 0" in import_bank_for_admin(
-        pref_store, ArenaSession(annotator=admin), str(FIXTURES / "bank_two.csv"), bank="骨与血液")
+        pref_store, ArenaSession(annotator=admin), str(FIXTURES / "bank_two.csv"), bank="骨与血液"
+    )
     assert {p.bank for p in pref_store.bank_prompts()} >= {"骨与血液"}
     with pytest.raises(UserError, match="choose a bank file"):
         import_bank_for_admin(pref_store, ArenaSession(annotator=admin), None)
@@ -175,10 +186,14 @@ def test_an_admin_starts_a_new_queue_round_and_the_bank_is_in_every_queue_again(
     alice, _, admin = people
     import_bank_for_admin(pref_store, ArenaSession(annotator=admin), str(FIXTURES / "bank_e2e.jsonl"))
     taken = pref_store.next_assignment(alice.id)
-    made = pref_store.record_comparison(ComparisonIn(
-        alice.id, taken.bank_prompt.messages, [ResponseIn("r1/sft", "多喝水，注意休息。"),
-                                               ResponseIn("r1/dpo", "应及时就医，明确病因。")],
-        assignment_id=taken.id))
+    made = pref_store.record_comparison(
+        ComparisonIn(
+            alice.id,
+            taken.bank_prompt.messages,
+            [ResponseIn("r1/sft", "多喝水，注意休息。"), ResponseIn("r1/dpo", "应及时就医，明确病因。")],
+            assignment_id=taken.id,
+        )
+    )
     pref_store.submit_judgment(JudgmentIn(made.id, alice.id, choice="B"))
     assert pref_store.next_assignment(alice.id) is None
     message = start_round_for_admin(cfg, pref_store, ArenaSession(annotator=admin))

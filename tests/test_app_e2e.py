@@ -26,8 +26,16 @@ from preference_store.repository import PreferenceStore
 from training.config import load_config
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ADMIN, PASSWORD = "dr_e2e", "correct horse battery staple"
 # two annotators working the same queue; each writes a better answer (correct general advice) of their own
 ANNOTATORS = {
@@ -36,7 +44,7 @@ ANNOTATORS = {
 }
 BANK = Path(__file__).parent / "fixtures" / "app" / "bank_e2e.jsonl"  # one held-out prompt
 BANK_PROMPT = "骨质疏松应该怎样预防？"
-XSS_PROMPT = "高血压患者饮食上要注意什么？<script>window.__xss = 1</script><img src=x onerror=\"window.__xss = 2\">"
+XSS_PROMPT = '高血压患者饮食上要注意什么？<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 # a pasted case with obviously fake identifiers: a name, a phone number, an address
 CASE = "我叫李明，电话13812345678，住在上海市浦东新区张江路88号，头痛三天了，需要做什么检查？"
 CASE_SECRETS = ("李明", "13812345678", "张江路88号")
@@ -237,8 +245,10 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         oldest = store.get_comparison(store.recent_pairs(limit=100)[-1].comparison_id)  # the four-panel one
         settings = load_config("tiny").app.decoding
         assert len(oldest.responses) == 4 and oldest.blind
-        assert all(r.decoding["max_new_tokens"] == settings.max_new_tokens and r.seed == r.decoding["seed"]
-                   for r in oldest.responses)
+        assert all(
+            r.decoding["max_new_tokens"] == settings.max_new_tokens and r.seed == r.decoding["seed"]
+            for r in oldest.responses
+        )
         assert counts.judgments_by_kind == {"pairwise": 2, "ranking": 1, "correction": 1}
         assert counts.pairs == 6 + 1 + 1 + 2  # a ranking of 4, two votes, a correction over 2 answers
         # everything but the API's vote was exported (identical answers make identical pairs, exported once)
@@ -246,8 +256,12 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         pairs = store.recent_pairs(limit=20)
         assert any(p.chosen_checkpoint is None and p.chosen.startswith("头痛三天应先") for p in pairs)
         redacted_case = screen_entry(prompt=CASE).redacted["prompt"]
-        assert {p.prompt[-1]["content"] for p in pairs} == {XSS_PROMPT, "糖尿病有哪些常见症状？", "头痛怎么办？",
-                                                            redacted_case}
+        assert {p.prompt[-1]["content"] for p in pairs} == {
+            XSS_PROMPT,
+            "糖尿病有哪些常见症状？",
+            "头痛怎么办？",
+            redacted_case,
+        }
         assert {p.rejected_checkpoint.split("/")[0] for p in pairs} == {run_id}
     exported = "".join(f.read_text(encoding="utf-8") for f in (home / "collected_pairs").glob("*.jsonl"))
     assert "头痛三天了" in exported  # the pasted case was exported, redacted
@@ -320,8 +334,11 @@ def test_clinician_session_in_a_real_browser(running_app, tmp_path):
         prompt = store.bank_prompts()[0]
         assert prompt.prompt == BANK_PROMPT and prompt.split == "heldout"
         assert store.counts().assignments_done == 2
-        queued = [c for c in (store.get_comparison(p.comparison_id) for p in store.recent_pairs(limit=100))
-                  if c.bank_prompt_id == prompt.id]
+        queued = [
+            c
+            for c in (store.get_comparison(p.comparison_id) for p in store.recent_pairs(limit=100))
+            if c.bank_prompt_id == prompt.id
+        ]
         assert {c.annotator_id for c in queued} == {store.annotator_by_name(n).id for n in ANNOTATORS}
         board = store.leaderboard(bank_only=True)
         assert board.agreement.by_kind["ranking"].annotators == 2 and board.agreement.by_kind["ranking"].units == 4

@@ -19,8 +19,7 @@ from preference_store.repository import PreferenceStore
 from training.config import load_config
 from training.errors import UserError
 
-V2_CRITERIA = ("safety | 安全 safety first | 有无伤害\n"
-               "empathy | 共情 empathy | 是否体贴患者")
+V2_CRITERIA = "safety | 安全 safety first | 有无伤害\nempathy | 共情 empathy | 是否体贴患者"
 
 
 @pytest.fixture
@@ -64,8 +63,10 @@ def _answered(arena, state, run_id):
 
 
 def _labels(shown, label="A"):
-    return [(shown[f"score-{label}-{slot}"].get("label"), shown[f"score-{label}-{slot}"]["visible"])
-            for slot in range(1, MAX_CRITERIA + 1)]
+    return [
+        (shown[f"score-{label}-{slot}"].get("label"), shown[f"score-{label}-{slot}"]["visible"])
+        for slot in range(1, MAX_CRITERIA + 1)
+    ]
 
 
 def test_the_guideline_is_shown_before_the_first_judgment_and_acknowledged_once(app, store, app_home):
@@ -83,9 +84,11 @@ def test_the_guideline_is_shown_before_the_first_judgment_and_acknowledged_once(
     shown, state = _call(demo, "acknowledge_guideline", state)
     assert "version 1 acknowledged" in shown["status"] and shown["guideline-box"]["visible"] is False
     # the "评判准则 Guidelines" button beside the judge buttons opens it again at any time
-    (opener,) = [f for f in demo.fns.values()
-                 if [getattr(demo.blocks.get(block_id), "elem_id", None) for block_id, _ in f.targets]
-                 == ["open-guideline"]]
+    (opener,) = [
+        f
+        for f in demo.fns.values()
+        if [getattr(demo.blocks.get(block_id), "elem_id", None) for block_id, _ in f.targets] == ["open-guideline"]
+    ]
     box, text = opener.fn()
     assert box["visible"] is True and "Guideline version 1" in text
     li = store.annotator_by_name("dr_li")
@@ -103,7 +106,9 @@ def test_the_guideline_is_shown_before_the_first_judgment_and_acknowledged_once(
 def test_an_admin_publishes_a_new_version_and_the_score_rows_follow_it(app, store, app_home):
     demo, arena = app
     admin, page = _load(demo, "dr_admin")
-    assert page["guideline-editor"]["visible"] is True and page["guideline-edit-criteria"]["value"].startswith("safety |")
+    assert page["guideline-editor"]["visible"] is True and page["guideline-edit-criteria"]["value"].startswith(
+        "safety |"
+    )
     li, _ = _load(demo, "dr_li")
     arena.acknowledge_guideline(li)
 
@@ -135,8 +140,11 @@ def test_an_admin_publishes_a_new_version_and_the_score_rows_follow_it(app, stor
     assert judgment.guideline_version == 2 and judgment.scores == {"B": {"empathy": 2}}
 
     # a fresh page load shows the new criteria at once
-    assert _labels(_load(demo, "dr_admin")[1])[:3] == [("安全 safety first", True), ("共情 empathy", True),
-                                                        (None, False)]
+    assert _labels(_load(demo, "dr_admin")[1])[:3] == [
+        ("安全 safety first", True),
+        ("共情 empathy", True),
+        (None, False),
+    ]
 
 
 def test_a_session_that_read_the_new_version_elsewhere_is_told_its_score_rows_changed(app, store, app_home):

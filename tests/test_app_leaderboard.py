@@ -37,8 +37,9 @@ SHORT = "注意休息。"
 def study(tmp_path_factory):
     """(store, {name: annotator}): 12 bank prompts (6 held out), each judged by all four annotators."""
     home = tmp_path_factory.mktemp("leaderboard")
-    cfg = load_config("tiny", ["store.annotators_per_prompt=4", "store.provisional_battles=10",
-                               "store.bootstrap_rounds=100"])
+    cfg = load_config(
+        "tiny", ["store.annotators_per_prompt=4", "store.provisional_battles=10", "store.bootstrap_rounds=100"]
+    )
     store = PreferenceStore(f"sqlite:///{home / 'preferences.db'}", cfg.store)
     store.register_checkpoints("r1", ["base", "cpt", "sft", "dpo"])
     store.register_checkpoints("r2", ["base", "cpt", "sft", "dpo"])
@@ -53,19 +54,31 @@ def study(tmp_path_factory):
             new_wins = prompt.split == "heldout" or n % 3 != 0  # every held-out prompt, 4 of the 6 others
             order = [NEW, OLD] if n % 2 == 0 else [OLD, NEW]
             texts = {NEW: LONG, OLD: SHORT}
-            cmp = store.record_comparison(ComparisonIn(
-                annotator.id, prompt.messages, [ResponseIn(c, texts[c]) for c in order],
-                bank_prompt_id=prompt.id, assignment_id=assignment.id))
+            cmp = store.record_comparison(
+                ComparisonIn(
+                    annotator.id,
+                    prompt.messages,
+                    [ResponseIn(c, texts[c]) for c in order],
+                    bank_prompt_id=prompt.id,
+                    assignment_id=assignment.id,
+                )
+            )
             winner = NEW if new_wins != (name == "mallory") else OLD  # mallory votes against the others
             label = "AB"[order.index(winner)]
             loser = "AB"[1 - order.index(winner)]
-            store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice=label,
-                                             scores={label: {"safety": 5}, loser: {"safety": 2}}))
+            store.submit_judgment(
+                JudgmentIn(cmp.id, annotator.id, choice=label, scores={label: {"safety": 5}, loser: {"safety": 2}})
+            )
             n += 1
         assert n == 12
     # free chat beside the bank: not a bank prompt
-    free = store.record_comparison(ComparisonIn(people["alice"].id, [{"role": "user", "content": "头痛怎么办？"}],
-                                                [ResponseIn("r1/sft", SHORT), ResponseIn("r1/base", LONG)]))
+    free = store.record_comparison(
+        ComparisonIn(
+            people["alice"].id,
+            [{"role": "user", "content": "头痛怎么办？"}],
+            [ResponseIn("r1/sft", SHORT), ResponseIn("r1/base", LONG)],
+        )
+    )
     store.submit_judgment(JudgmentIn(free.id, people["alice"].id, choice="A"))
     yield store, {"admin": admin, **people}
     store.close()
@@ -129,8 +142,17 @@ def test_the_run_comparison_says_better_same_or_worse(study):
     assert "newer run worse" in line
     assert "持平 same" in compare_runs_line(store, "r2", "r1", "train")  # r2 won 4 of the 6 training prompts
     assert "on all bank prompts" in compare_runs_line(store, "r2", "r1", "全部 all")
-    none = replace(store.compare_runs("r2", "r1", split="heldout"), verdict="not enough judgments", difference=None,
-                   ci95=None, p_new_better=None, prompts=0, battles=0, wins=0, losses=0)
+    none = replace(
+        store.compare_runs("r2", "r1", split="heldout"),
+        verdict="not enough judgments",
+        difference=None,
+        ci95=None,
+        p_new_better=None,
+        prompts=0,
+        battles=0,
+        wins=0,
+        losses=0,
+    )
     assert run_comparison_line(none).startswith("**数据不足 not enough judgments**: ")
     with pytest.raises(UserError, match="two different runs"):
         compare_runs_line(store, "r1", "r1", "heldout")

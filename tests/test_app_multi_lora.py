@@ -16,8 +16,15 @@ from training.errors import UserError
 
 def _model(hidden: int = 32) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval()
 
 
@@ -39,8 +46,9 @@ def _merged(model, *adapters):
 def adapters(tmp_path):
     model = _model()
     first = _adapter(model, tmp_path / "sft", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
-    second = _adapter(_merged(model, first), tmp_path / "dpo", r=2, lora_alpha=4, use_rslora=True,
-                      target_modules=["q_proj", "o_proj"])
+    second = _adapter(
+        _merged(model, first), tmp_path / "dpo", r=2, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "o_proj"]
+    )
     return model, first, second
 
 
@@ -52,8 +60,11 @@ def _logits(model, ids):
 def test_each_row_gets_its_own_adapters_as_merged_models_would(adapters):
     model, first, second = adapters
     ids = torch.tensor([[1, 5, 9, 13, 17, 21], [2, 6, 10, 14, 18, 22], [3, 7, 11, 15, 19, 23]])
-    expected = [_logits(model, ids[0:1]), _logits(_merged(model, first), ids[1:2]),
-                _logits(_merged(model, first, second), ids[2:3])]
+    expected = [
+        _logits(model, ids[0:1]),
+        _logits(_merged(model, first), ids[1:2]),
+        _logits(_merged(model, first, second), ids[2:3]),
+    ]
     lora = MultiLora(copy.deepcopy(model))
     lora.attach("sft", first)
     lora.attach("other", _adapter(model, first + "-other", r=4, lora_alpha=8, target_modules=["q_proj"]))
@@ -65,7 +76,7 @@ def test_each_row_gets_its_own_adapters_as_merged_models_would(adapters):
             assert layer.active[0].untyped_storage().data_ptr() == layer.lora_a.untyped_storage().data_ptr()
             assert layer.active[1].untyped_storage().data_ptr() == layer.lora_b.untyped_storage().data_ptr()
     for row in range(3):
-        assert torch.allclose(mixed[row:row + 1], expected[row], atol=1e-5), row
+        assert torch.allclose(mixed[row : row + 1], expected[row], atol=1e-5), row
     lora.route([("sft", "dpo")] * 3)  # one adapter set for the whole batch: no per-row mask
     assert torch.allclose(_logits(lora.model, ids)[2:3], expected[2], atol=1e-5)
     lora.route([()])
@@ -81,11 +92,14 @@ def _factors(path):
     return list(load_peft_weights(path, device="cpu").values())
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(use_dora=True), "use_dora"),
-    (dict(bias="lora_only"), "bias=lora_only"),
-    (dict(modules_to_save=["lm_head"]), "modules_to_save"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(use_dora=True), "use_dora"),
+        (dict(bias="lora_only"), "bias=lora_only"),
+        (dict(modules_to_save=["lm_head"]), "modules_to_save"),
+    ],
+)
 def test_an_adapter_the_pool_cannot_serve_is_refused_and_changes_nothing(adapters, tmp_path, settings, message):
     model, first, _ = adapters
     unsupported = _adapter(model, tmp_path / "odd", r=4, lora_alpha=8, target_modules=["q_proj"], **settings)

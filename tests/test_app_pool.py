@@ -21,10 +21,10 @@ from app.serving.pool import PanelRequest
 from app.serving.sampling import Decoding
 from tests.serving_helpers import next_token_logits, worker_pids
 from training.config import load_config
-from training.stages.registry import run_stages
 from training.errors import UserError
 from training.manifest import read_manifest
 from training.modeling import load_stage
+from training.stages.registry import run_stages
 
 STAGES = run_stages(load_config("tiny"))  # the tiny run's: base, cpt, sft, dpo
 
@@ -104,8 +104,10 @@ def _assert_served_as_merged(pool, contestants, exact=True):
         if exact or contestant.stage == "base":
             assert torch.allclose(served, merged, atol=1e-4), (contestant.stage, error)
         else:
-            assert served.argmax() == merged.argmax() and error < 0.02 * (merged.max() - merged.min()), \
-                (contestant.stage, error)
+            assert served.argmax() == merged.argmax() and error < 0.02 * (merged.max() - merged.min()), (
+                contestant.stage,
+                error,
+            )
 
 
 @pytest.mark.parametrize("delta_bits", [0, 8])
@@ -113,8 +115,7 @@ def test_served_stages_match_the_merged_checkpoints(app_home, delta_bits, make_p
     home, run_id = app_home
     cfg = load_config("tiny", [f"app.delta_bits={delta_bits}"])
     pool = make_pool(cfg)
-    _assert_served_as_merged(pool, resolve_contestants(cfg, [f"{run_id}/{s}" for s in STAGES]),
-                             exact=delta_bits == 0)
+    _assert_served_as_merged(pool, resolve_contestants(cfg, [f"{run_id}/{s}" for s in STAGES]), exact=delta_bits == 0)
     if delta_bits == 0:  # cpt held whole: its own file, not base's
         assert len({file for m in pool.worker_memory() for file in m["mapped"]}) == 2
 
@@ -183,8 +184,9 @@ def test_a_resumed_run_shares_the_weights_it_reused(cfg, app_home, run, make_poo
     assert len({file for m in pool.worker_memory() for file in m["mapped"]}) == 1
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0),
-                                 dict(max_new_tokens=2.5), dict(seed=-3)])
+@pytest.mark.parametrize(
+    "bad", [dict(temperature=-1.0), dict(top_p=0.0), dict(max_new_tokens=0), dict(max_new_tokens=2.5), dict(seed=-3)]
+)
 def test_bad_decoding_settings_are_refused(bad):
     settings = dict(temperature=0.7, top_p=0.9, max_new_tokens=16, seed=0) | bad
     with pytest.raises(UserError):
@@ -224,8 +226,9 @@ def test_a_reader_that_fails_mid_answer_leaves_the_model_process_ready(run):
             raise RuntimeError("the panel went away")
 
         with pytest.raises(RuntimeError, match="went away"):
-            worker.generate([((), [1, 2, 3])], dict(temperature=1.0, top_p=1.0, max_new_tokens=200, seed=0),
-                            0, [], broken_reader)
+            worker.generate(
+                [((), [1, 2, 3])], dict(temperature=1.0, top_p=1.0, max_new_tokens=200, seed=0), 0, [], broken_reader
+            )
         assert len(calls) == 1  # stopped after the failure, not fed the rest
         assert worker.request("memory")["weights"] > 0  # the next answer is its own, not a leftover token
         logits = worker.request("logits", (), [1, 2, 3])
@@ -243,8 +246,9 @@ def test_a_run_with_a_lora_cpt_serves_its_four_contestants_on_one_model(cfg, app
     from training.pipeline import train_all
 
     home, run_id = app_home
-    lora_run = train_all(load_config("tiny", ["cpt.use_lora=true", "train.evaluate_after=false"]),
-                         from_stage="cpt", resume_run=run_id)
+    lora_run = train_all(
+        load_config("tiny", ["cpt.use_lora=true", "train.evaluate_after=false"]), from_stage="cpt", resume_run=run_id
+    )
     stages = read_manifest(cfg, lora_run)["stages"]
     assert (stages["cpt"]["kind"], stages["cpt"]["parent"]) == ("lora", "base")
     contestants = resolve_contestants(cfg, [f"{lora_run}/{stage}" for stage in STAGES])
@@ -253,8 +257,10 @@ def test_a_run_with_a_lora_cpt_serves_its_four_contestants_on_one_model(cfg, app
     ((root, adapters),) = pool.loaded().items()  # one full model: the base, with cpt, sft and dpo on it
     assert os.path.basename(root) == "base" and len(adapters) == 3
     _assert_served_as_merged(pool, contestants)
-    assert all(a.error is None and a.n_tokens > 0 for a in
-               pool.generate([PanelRequest(c, QUESTION) for c in contestants], GREEDY).wait(timeout=300))
+    assert all(
+        a.error is None and a.n_tokens > 0
+        for a in pool.generate([PanelRequest(c, QUESTION) for c in contestants], GREEDY).wait(timeout=300)
+    )
 
 
 def test_models_beyond_the_limit_are_dropped_when_idle_and_loaded_again_when_asked(cfg, run, make_pool):

@@ -18,7 +18,10 @@ from preference_store.repository import PreferenceStore
 from training.config import load_config
 from training.errors import UserError
 
-HISTORY = [{"role": "user", "content": "我最近总是头晕。"}, {"role": "assistant", "content": "头晕多久了？有没有高血压？"}]
+HISTORY = [
+    {"role": "user", "content": "我最近总是头晕。"},
+    {"role": "assistant", "content": "头晕多久了？有没有高血压？"},
+]
 FOLLOW_UP = "有高血压，三年了，需要换药吗？"
 FIRST = "糖尿病有哪些常见症状？"
 
@@ -32,10 +35,17 @@ def cfg(app_home):
 def store(cfg, tmp_path):
     with PreferenceStore.from_config(cfg) as store:
         bank = tmp_path / "bank.jsonl"
-        bank.write_text("\n".join(json.dumps(line, ensure_ascii=False) for line in [
-            {"prompt": FIRST, "tags": ["内分泌"], "split": "heldout"},
-            {"prompt": FOLLOW_UP, "history": HISTORY, "tags": ["心血管"]},
-        ]) + "\n", encoding="utf-8")
+        bank.write_text(
+            "\n".join(
+                json.dumps(line, ensure_ascii=False)
+                for line in [
+                    {"prompt": FIRST, "tags": ["内分泌"], "split": "heldout"},
+                    {"prompt": FOLLOW_UP, "history": HISTORY, "tags": ["心血管"]},
+                ]
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         summary = store.import_bank(bank)
         assert summary.imported == 2 and not summary.errors
         yield store
@@ -55,8 +65,7 @@ def _annotator(store, name):
 
 def _next(arena, session, run_id, stages=("sft", "dpo"), seed=0):
     """Press "下一题 Next from my queue" with these contestants (blind); the assignment, None when empty."""
-    assignment = arena.take_assignment(session, [f"{run_id}/{s}" for s in stages], blind=True,
-                                       rng=random.Random(seed))
+    assignment = arena.take_assignment(session, [f"{run_id}/{s}" for s in stages], blind=True, rng=random.Random(seed))
     if assignment is not None:
         list(arena.ask_queue(session, assignment))
     return assignment
@@ -119,11 +128,17 @@ def test_one_answer_rated_up_or_down_is_stored_and_completes_the_queue_prompt(ar
     _next(arena, wang, run_id)
     message = arena.rate(wang, "B", up=False, correction="应检测空腹血糖和糖化血红蛋白。", reason="没有提到检查")
     assert "Recorded" in message and "👎" in message and "B" in message
-    assert "already recorded" in arena.rate(wang, "B", up=False, correction="应检测空腹血糖和糖化血红蛋白。",
-                                            reason="没有提到检查")  # a double click
+    assert "already recorded" in arena.rate(
+        wang, "B", up=False, correction="应检测空腹血糖和糖化血红蛋白。", reason="没有提到检查"
+    )  # a double click
     arena.rate(wang, "A", up=True)
     down, up = sorted(store.ratings(annotator_id=wang.annotator.id), key=lambda r: r.up)
-    assert (down.label, down.up, down.reason, down.correction) == ("B", False, "没有提到检查", "应检测空腹血糖和糖化血红蛋白。")
+    assert (down.label, down.up, down.reason, down.correction) == (
+        "B",
+        False,
+        "没有提到检查",
+        "应检测空腹血糖和糖化血红蛋白。",
+    )
     assert down.checkpoint_id == wang.panels[1].checkpoint_id and (up.label, up.up) == ("A", True)
     assert down.guideline_version == store.guideline().version
     assert session_is_still_blind(wang)  # a rating does not reveal the names: the answers can still be compared

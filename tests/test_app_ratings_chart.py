@@ -15,7 +15,11 @@ from preference_store.repository import PreferenceStore
 from training.config import load_config
 
 BANK = Path(__file__).parent / "fixtures" / "app" / "bank_e2e.jsonl"
-ANSWERS = {"r2/dpo": "建议低盐低脂饮食，规律作息，遵医嘱用药，定期复查。", "r1/dpo": "注意休息，多喝水。", "r1/sft": "去医院。"}
+ANSWERS = {
+    "r2/dpo": "建议低盐低脂饮食，规律作息，遵医嘱用药，定期复查。",
+    "r1/dpo": "注意休息，多喝水。",
+    "r1/sft": "去医院。",
+}
 
 
 @pytest.fixture
@@ -31,11 +35,17 @@ def study(tmp_path):
     for n in range(24):
         first, second = pairs[n % 3]
         winner = "A" if n % 4 else "B"  # the first-named wins three times in four
-        cmp = store.record_comparison(ComparisonIn(alice.id, [{"role": "user", "content": f"问题 {n}：头痛怎么办？"}],
-                                                   [ResponseIn(first, ANSWERS[first]), ResponseIn(second, ANSWERS[second])]))
+        cmp = store.record_comparison(
+            ComparisonIn(
+                alice.id,
+                [{"role": "user", "content": f"问题 {n}：头痛怎么办？"}],
+                [ResponseIn(first, ANSWERS[first]), ResponseIn(second, ANSWERS[second])],
+            )
+        )
         loser = "B" if winner == "A" else "A"
-        store.submit_judgment(JudgmentIn(cmp.id, alice.id, choice=winner,
-                                         scores={winner: {"safety": 5}, loser: {"safety": 2}}))
+        store.submit_judgment(
+            JudgmentIn(cmp.id, alice.id, choice=winner, scores={winner: {"safety": 5}, loser: {"safety": 2}})
+        )
     yield store, admin, alice
     store.close()
 
@@ -45,8 +55,11 @@ def test_every_view_is_one_panel_with_a_bar_per_checkpoint_over_its_interval(stu
     board = store.leaderboard()
     views = interval_views(board, ["safety"])
     assert [title for title, _ in views] == ["overall", "length-controlled", "criterion: safety"]
-    expected = {"overall": board.ratings, "length-controlled": board.length_controlled.ratings,
-                "criterion: safety": board.criterion_ratings["safety"]}
+    expected = {
+        "overall": board.ratings,
+        "length-controlled": board.length_controlled.ratings,
+        "criterion: safety": board.criterion_ratings["safety"],
+    }
     fig = ratings_figure(views)
     assert len(fig.axes) == 3
     for ax, (title, _) in zip(fig.axes, views):

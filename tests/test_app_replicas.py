@@ -27,8 +27,9 @@ def test_two_apps_on_one_postgresql_database_lose_and_duplicate_nothing(app_home
         start = threading.Barrier(2 * CLIENTS_PER_APP)
 
         # made before the threads start; a generous timeout, as 8 annotators share 2 busy cores with the apps
-        clients = [Client(apps[n % 2], verbose=False, httpx_kwargs={"timeout": 120})
-                   for n in range(2 * CLIENTS_PER_APP)]
+        clients = [
+            Client(apps[n % 2], verbose=False, httpx_kwargs={"timeout": 120}) for n in range(2 * CLIENTS_PER_APP)
+        ]
 
         def annotate(client: Client, n: int) -> None:
             try:
@@ -36,8 +37,9 @@ def test_two_apps_on_one_postgresql_database_lose_and_duplicate_nothing(app_home
                 for r in range(ROUNDS):
                     made = client.predict(f"{PROMPTS[r]}（{n}）", pair, True, api_name="/compare")
                     client_id = uuid.uuid4().hex
-                    out = client.predict(made["comparison_id"], "AB"[(n + r) % 2], client_id=client_id,
-                                         api_name="/judge")
+                    out = client.predict(
+                        made["comparison_id"], "AB"[(n + r) % 2], client_id=client_id, api_name="/judge"
+                    )
                     judged.append((made["comparison_id"], out["judgment_id"], client_id, out["duplicate"], n))
             except Exception as err:  # noqa: BLE001 - any error reaching an annotator fails the test
                 errors.append(err)
@@ -52,7 +54,9 @@ def test_two_apps_on_one_postgresql_database_lose_and_duplicate_nothing(app_home
 
         # a resubmit (same client id) through the other replica returns the stored judgment, adds nothing
         comparison_id, judgment_id, client_id, _, n = judged[0]
-        again = clients[n + 1 if n % 2 == 0 else n - 1].predict(comparison_id, "A", client_id=client_id, api_name="/judge")
+        again = clients[n + 1 if n % 2 == 0 else n - 1].predict(
+            comparison_id, "A", client_id=client_id, api_name="/judge"
+        )
         assert again["duplicate"] and again["judgment_id"] == judgment_id
 
         total = 2 * CLIENTS_PER_APP * ROUNDS

@@ -16,16 +16,21 @@ from training.config import EndpointConfig, load_config
 from training.errors import UserError
 
 A, B = "endpoint:hospital-a", "endpoint:hospital-b"
-PROMPTS = [{"prompt": "糖尿病有哪些常见症状？", "split": "heldout"}, {"prompt": "高血压饮食注意什么？", "split": "train"},
-           {"prompt": "头痛三天怎么办？", "split": "heldout"}]
+PROMPTS = [
+    {"prompt": "糖尿病有哪些常见症状？", "split": "heldout"},
+    {"prompt": "高血压饮食注意什么？", "split": "train"},
+    {"prompt": "头痛三天怎么办？", "split": "heldout"},
+]
 
 
 @pytest.fixture
 def cfg(chimed_home):
     """The tiny profile with two endpoints as the available contestants (no trained run needed)."""
     cfg = load_config("tiny")
-    endpoints = [EndpointConfig(name=n, base_url="http://127.0.0.1:9/v1", model=f"model-{n}")
-                 for n in ("hospital-a", "hospital-b")]
+    endpoints = [
+        EndpointConfig(name=n, base_url="http://127.0.0.1:9/v1", model=f"model-{n}")
+        for n in ("hospital-a", "hospital-b")
+    ]
     return replace(cfg, app=replace(cfg.app, endpoints=endpoints))
 
 
@@ -41,13 +46,19 @@ def people(pref_store, tmp_path):
 
 def test_an_admin_defines_a_blind_round_and_closes_it_as_the_command_line_does(cfg, pref_store, people):
     alice, admin = people
-    message = start_round_for_admin(cfg, pref_store, ArenaSession(annotator=admin), [A, B], "heldout", True,
-                                    address="10.0.0.7")
+    message = start_round_for_admin(
+        cfg, pref_store, ArenaSession(annotator=admin), [A, B], "heldout", True, address="10.0.0.7"
+    )
     assert "queue round 2 started" in message and "2 heldout bank prompts" in message
     assert f"answered by {A}, {B} for everyone, blind" in message
     current = pref_store.queue_round_definition()
     assert (current.number, current.contestants, current.split, current.blind, current.is_open) == (
-        2, (A, B), "heldout", True, True)
+        2,
+        (A, B),
+        "heldout",
+        True,
+        True,
+    )
     assert pref_store.next_assignment(alice.id).bank_prompt.split == "heldout"
     (event,) = pref_store.audit_events(action="queue.round")
     assert (event.actor, event.target, event.address) == ("dr_admin", "2", "10.0.0.7")

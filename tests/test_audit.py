@@ -74,7 +74,7 @@ def test_every_audited_action_writes_exactly_one_row(pref_store, monkeypatch, tm
     for action, call in [
         ("export", lambda: export_new(cfg, store, admin, "10.9.9.9")),
         ("bank.imported", lambda: import_bank_for_admin(store, admin, str(BANK), "ward", "10.9.9.9")),
-        ("queue.round", lambda: start_round_for_admin(store, admin, "10.9.9.9")),
+        ("queue.round", lambda: start_round_for_admin(cfg, store, admin, address="10.9.9.9")),
         ("audit.exported", lambda: audit_csv(store, admin, action="login")),
     ]:
         n = count()

@@ -35,8 +35,9 @@ def _byte_ids(tokenizer, data: bytes) -> list[int]:
 def _stream(tokenizer, ids_per_row: list[list[int]], chat: list[bool]):
     """Feed the rows' tokens to a streamer one step at a time; the texts seen after every step."""
     generation = Generation([f"run/{i}" for i in range(len(chat))], GREEDY)
-    streamer = PanelStreamer(generation, list(range(len(chat))), [tokenizer] * len(chat),
-                             {tokenizer.eos_token_id}, chat)
+    streamer = PanelStreamer(
+        generation, list(range(len(chat))), [tokenizer] * len(chat), {tokenizer.eos_token_id}, chat
+    )
     seen = []
     for step in zip(*ids_per_row):
         streamer.put([list(step)])
@@ -97,8 +98,10 @@ def test_base_stops_at_the_next_question_in_the_compare_tab(arena, session, stor
     assert [p.display[-1]["content"] for p in session.panels] == ["多喝水，少吃盐。", RUN_ON]
     stored = store.get_comparison(session.comparison_id)
     assert [r.text for r in stored.responses] == ["多喝水，少吃盐。", RUN_ON]
-    ((base_prompt,), base_steps, script), = (calls[0] for path, calls in made.items() if Path(path).name == "base")
-    assert tokenizer.decode(base_prompt) == "问：高血压患者饮食上要注意什么？\n答："  # the plain format it was trained on
+    (((base_prompt,), base_steps, script),) = (calls[0] for path, calls in made.items() if Path(path).name == "base")
+    assert (
+        tokenizer.decode(base_prompt) == "问：高血压患者饮食上要注意什么？\n答："
+    )  # the plain format it was trained on
     assert base_steps < script  # generation stopped at the marker, not at the end
 
 
@@ -118,13 +121,16 @@ def test_an_empty_answer_is_shown_as_such_stored_empty_and_asked_again(arena, se
     assert [p.display[-1]["content"] for p in session.panels] == ["多喝水。"] * 2
 
 
-def test_the_compare_tab_says_an_answer_is_empty_and_regenerate_asks_again(arena, session, store, app_home,
-                                                                            monkeypatch):
+def test_the_compare_tab_says_an_answer_is_empty_and_regenerate_asks_again(
+    arena, session, store, app_home, monkeypatch
+):
     from app.main import build_app
 
     home, run_id = app_home
     run_dir = home / "runs" / run_id
-    _replay(monkeypatch, stage_tokenizer(run_dir, stage_chain(run_dir, "cpt")), ["\x01", "多喝水。", "多喝水。", "少吃盐。"])
+    _replay(
+        monkeypatch, stage_tokenizer(run_dir, stage_chain(run_dir, "cpt")), ["\x01", "多喝水。", "多喝水。", "少吃盐。"]
+    )
     demo = build_app(arena.cfg, store=store, pool=arena.pool)
     _start(arena, session, run_id, stages=("base", "cpt"), blind=False)
     settings = (0.7, 0.9, 16, 5)  # temperature, top-p, max new tokens, seed

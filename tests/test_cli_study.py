@@ -21,8 +21,9 @@ BANK = Path(__file__).parent / "fixtures" / "bank" / "clinical_prompts.jsonl"  #
 
 def test_import_bank_prints_what_it_imported_under_the_bank_name(pref_store, capsys):
     assert cli_main(["import-bank", "--profile", "tiny", str(BANK)]) == 0
-    assert capsys.readouterr().out == ("prompt bank 'clinical_prompts': imported 12 prompts, "
-                                       "0 duplicates imported once\n")
+    assert capsys.readouterr().out == (
+        "prompt bank 'clinical_prompts': imported 12 prompts, 0 duplicates imported once\n"
+    )
     assert cli_main(["import-bank", "--profile", "tiny", str(BANK), "--bank", "ward-7"]) == 0
     assert capsys.readouterr().out == "prompt bank 'ward-7': imported 0 prompts, 12 duplicates imported once\n"
     assert len(pref_store.bank_prompts("clinical_prompts")) == 12 and pref_store.bank_prompts("ward-7") == []
@@ -30,15 +31,25 @@ def test_import_bank_prints_what_it_imported_under_the_bank_name(pref_store, cap
 
 def test_import_bank_names_each_malformed_line_and_imports_the_rest(pref_store, tmp_path, capsys):
     path = tmp_path / "ward.jsonl"
-    path.write_text("\n".join([json.dumps({"prompt": "腰痛怎么办？"}, ensure_ascii=False), '{"prompt": "缺一个括号"',
-                               json.dumps({"prompt": "咽痛发热怎么办？", "split": "test"}, ensure_ascii=False),
-                               json.dumps({"text": "失眠怎么调理？"}, ensure_ascii=False)]) + "\n", encoding="utf-8")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "腰痛怎么办？"}, ensure_ascii=False),
+                '{"prompt": "缺一个括号"',
+                json.dumps({"prompt": "咽痛发热怎么办？", "split": "test"}, ensure_ascii=False),
+                json.dumps({"text": "失眠怎么调理？"}, ensure_ascii=False),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
 
     assert cli_main(["import-bank", "--profile", "tiny", str(path), "--bank", "ward-7"]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == ("prompt bank 'ward-7': imported 2 prompts, 0 duplicates imported once, "
-                        "2 malformed lines left out:")
+    assert lines[0] == (
+        "prompt bank 'ward-7': imported 2 prompts, 0 duplicates imported once, 2 malformed lines left out:"
+    )
     assert [line.split(": ", 1)[0] for line in lines[1:]] == [f"  {path}:2", f"  {path}:3"]
     assert "not valid JSON" in lines[1] and "unknown split 'test'" in lines[2]
     assert [p.prompt for p in pref_store.bank_prompts("ward-7")] == ["腰痛怎么办？", "失眠怎么调理？"]
@@ -58,9 +69,15 @@ def test_import_bank_of_a_file_that_is_no_bank_is_one_line_and_imports_nothing(p
 
 
 def _bank_prompt(store, text: str, split: str) -> tuple[str, list]:
-    row = BankPromptRow(id=f"bp-{split}-{len(text)}-{abs(hash(text)) % 10**8}", bank="ward",
-                        messages=[{"role": "user", "content": text}], tags=[], split=split,
-                        content_sha256=f"{abs(hash(text)):064d}"[:64], source="ward.jsonl:1")
+    row = BankPromptRow(
+        id=f"bp-{split}-{len(text)}-{abs(hash(text)) % 10**8}",
+        bank="ward",
+        messages=[{"role": "user", "content": text}],
+        tags=[],
+        split=split,
+        content_sha256=f"{abs(hash(text)):064d}"[:64],
+        source="ward.jsonl:1",
+    )
     store._write(lambda s: s.add(row))
     return row.id, row.messages
 
@@ -78,9 +95,11 @@ def judged_runs(pref_store, chimed_home):
             bank_id, messages = _bank_prompt(store, f"{split} 问题 {p}", split)
             for a, annotator in enumerate(annotators):
                 panels = ["new/dpo", "old/dpo"] if (p + a) % 2 else ["old/dpo", "new/dpo"]
-                cmp = store.record_comparison(ComparisonIn(annotator.id, messages,
-                                                           [ResponseIn(c, f"{c} 答") for c in panels],
-                                                           bank_prompt_id=bank_id))
+                cmp = store.record_comparison(
+                    ComparisonIn(
+                        annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in panels], bank_prompt_id=bank_id
+                    )
+                )
                 store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice="AB"[panels.index(winner)]))
     results = load_config("tiny").runs_dir / "new" / "eval" / "results.json"
     results.parent.mkdir(parents=True)
@@ -88,17 +107,25 @@ def judged_runs(pref_store, chimed_home):
     return results
 
 
-@pytest.mark.parametrize("split, verdict, prompts, wins", [("heldout", "better", 6, 12), ("train", "worse", 6, 0),
-                                                           ("all", "same", 12, 12)])
-def test_compare_runs_counts_the_bank_prompts_of_the_split_asked_for(judged_runs, capsys, split, verdict, prompts,
-                                                                     wins):
+@pytest.mark.parametrize(
+    "split, verdict, prompts, wins", [("heldout", "better", 6, 12), ("train", "worse", 6, 0), ("all", "same", 12, 12)]
+)
+def test_compare_runs_counts_the_bank_prompts_of_the_split_asked_for(
+    judged_runs, capsys, split, verdict, prompts, wins
+):
     assert cli_main(["compare-runs", "--profile", "tiny", "--run", "new", "--against", "old", "--split", split]) == 0
 
     arena = json.loads(judged_runs.read_text(encoding="utf-8"))["arena"]
     assert (arena["split"], arena["verdict"], arena["prompts"], arena["battles"], arena["wins"]) == (
-        split, verdict, prompts, 2 * prompts, wins)
+        split,
+        verdict,
+        prompts,
+        2 * prompts,
+        wins,
+    )
     assert (arena["new_checkpoint"], arena["old_checkpoint"]) == ("new/dpo", "old/dpo")
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"clinicians, {split} bank prompts: {arena['summary']} (in {judged_runs})")
+        f"clinicians, {split} bank prompts: {arena['summary']} (in {judged_runs})"
+    )
     assert verdict in arena["summary"]
     assert "clinicians" in (judged_runs.parent / "results.md").read_text(encoding="utf-8").lower()

@@ -27,8 +27,11 @@ def test_profiles_differ_only_where_they_must():
     # SFT adapter's rank and targets, its alpha and dropout still come from that default
     paper = load_config("paper")
     assert tiny.sft.lora == paper.sft.lora and tiny.dpo.lora == demo.dpo.lora == paper.dpo.lora
-    assert (demo.sft.lora.r, demo.sft.lora.alpha, demo.sft.lora.dropout) == (16, paper.sft.lora.alpha,
-                                                                             paper.sft.lora.dropout)
+    assert (demo.sft.lora.r, demo.sft.lora.alpha, demo.sft.lora.dropout) == (
+        16,
+        paper.sft.lora.alpha,
+        paper.sft.lora.dropout,
+    )
     assert "down_proj" in demo.sft.lora.target_modules
 
 
@@ -37,10 +40,13 @@ def test_overrides_are_typed():
     assert cfg.cpt.learning_rate == 1e-4 and cfg.data.strict is True and cfg.sft.lora.r == 4
 
 
-@pytest.mark.parametrize("override, message", [
-    ("cpt.nope=1", "unknown key cpt.nope"),
-    ("model.hidden_size=big", "model.hidden_size must be int"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("cpt.nope=1", "unknown key cpt.nope"),
+        ("model.hidden_size=big", "model.hidden_size must be int"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(UserError, match=message):
         load_config("tiny", [override])

@@ -31,14 +31,25 @@ def user_turns(records: list[dict]) -> set[str]:
 
 def exam_stems(entities) -> dict:
     """Each examined relation of these entities in the exam's wording -> (entity, relation key)."""
-    return {rel.exam.format(e=e.name): (e, rel.key) for e in entities for rel in RELATIONS
-            if rel.exam and rel.key in e.facts}
+    return {
+        rel.exam.format(e=e.name): (e, rel.key)
+        for e in entities
+        for rel in RELATIONS
+        if rel.exam and rel.key in e.facts
+    }
 
 
 def small_config(**data):
     """The tiny profile shrunk further, for builds that test inputs rather than the sources."""
-    cfg = load_config("tiny", ["data.max_entities=60", "data.people_daily_max_docs=60",
-                               "data.reviews_max_docs=40", "data.general_eval_docs=10"])
+    cfg = load_config(
+        "tiny",
+        [
+            "data.max_entities=60",
+            "data.people_daily_max_docs=60",
+            "data.reviews_max_docs=40",
+            "data.general_eval_docs=10",
+        ],
+    )
     for key, value in data.items():
         setattr(cfg.data.user_files, key, value)
     return cfg
@@ -52,7 +63,11 @@ def test_tiny_build_writes_every_file_with_sane_counts(tiny_data_home):
     for name in OUTPUTS + ["stats.json", "stats.md"]:
         assert (root / name).is_file(), name
     stats = json.loads((root / "stats.json").read_text(encoding="utf-8"))
-    cpt, sft, dpo = read(tiny_data_home, "cpt.jsonl"), read(tiny_data_home, "sft.jsonl"), read(tiny_data_home, "dpo.jsonl")
+    cpt, sft, dpo = (
+        read(tiny_data_home, "cpt.jsonl"),
+        read(tiny_data_home, "sft.jsonl"),
+        read(tiny_data_home, "dpo.jsonl"),
+    )
 
     assert stats["entities"]["selected"] == 400 and stats["entities"]["held_out"] == 40
     # CPT: two documents per entity plus general text near its share of the characters
@@ -80,6 +95,7 @@ def test_tiny_build_writes_every_file_with_sane_counts(tiny_data_home):
     assert stats["splits"]["sft"]["total"]["records"] == len(sft)
     assert stats["files"]["cpt.jsonl"]["records"] == len(cpt)
     from training.data.files import sha256_file
+
     assert all(stats["files"][name]["sha256"] == sha256_file(root / name) for name in OUTPUTS + ["stats.md"])
     md = (root / "stats.md").read_text(encoding="utf-8")
     assert "Table 1. ChiMed-CPT" in md and "Table 3. ChiMed-DPO" in md and "Decontamination" in md
@@ -103,8 +119,7 @@ def test_kg_text_is_prose_in_several_phrasings(tiny_data_home):
     relation_names = {name for relation in RELATIONS for name in relation.cmekg}
     assert not any(f"{name}：" in text or f"{name}:" in text for text in kg for name in relation_names)
     for relation in [r for r in RELATIONS if r.key in ("symptom", "department", "indication")]:
-        used = {template for template in relation.statements
-                if any(re.search(_pattern(template), text) for text in kg)}
+        used = {template for template in relation.statements if any(re.search(_pattern(template), text) for text in kg)}
         assert len(used) >= 2, relation.key  # the same fact, worded more than one way
 
 
@@ -157,8 +172,13 @@ def test_training_splits_ask_and_reject_only_with_training_entities_facts(chimed
         entity, key = stems[question]
         assert reply.endswith("。") and reply[:-1] in entity.facts[key]
     # a DPO training pair's wrong facts are another training entity's: no held-out fact is "rejected"
-    held_only = {v for e in held for values in e.facts.values() for v in values
-                 if len(v) >= 2 and not any(v in t for t in train_values)}
+    held_only = {
+        v
+        for e in held
+        for values in e.facts.values()
+        for v in values
+        if len(v) >= 2 and not any(v in t for t in train_values)
+    }
     pairs = [p for p in read(chimed_home, "dpo.jsonl") if p["source"] == "kg_objective"]
     wrong = [(p["chosen"][-1]["content"], p["rejected"][-1]["content"]) for p in pairs]
     assert held_only and any(r not in c for c, r in wrong)  # some pairs state wrong facts
@@ -189,10 +209,14 @@ def test_user_files_and_collected_pairs_are_merged_where_they_belong(chimed_home
     collected = chimed_home / "collected_pairs"
     collected.mkdir()
     shutil.copy(DATA / "collected_pairs.jsonl", collected / "clinician-1.jsonl")
-    cfg = small_config(cpt_text=[str(user_text)], sft_alpaca=[str(alpaca)],
-                       sft_sharegpt=[str(DATA / "sharegpt.jsonl")], dpo_pairs=[str(DATA / "preference.jsonl")],
-                       exam=[str(DATA / "clinical_medicine_dev.csv"), str(DATA / "cmexam.csv")],
-                       qa=[str(DATA / "huatuo_lite.jsonl"), str(DATA / "huatuo_encyclopedia.jsonl")])
+    cfg = small_config(
+        cpt_text=[str(user_text)],
+        sft_alpaca=[str(alpaca)],
+        sft_sharegpt=[str(DATA / "sharegpt.jsonl")],
+        dpo_pairs=[str(DATA / "preference.jsonl")],
+        exam=[str(DATA / "clinical_medicine_dev.csv"), str(DATA / "cmexam.csv")],
+        qa=[str(DATA / "huatuo_lite.jsonl"), str(DATA / "huatuo_encyclopedia.jsonl")],
+    )
 
     stats = build_chimed(cfg)
 
@@ -244,5 +268,7 @@ def test_missing_source_file_is_a_one_line_error(chimed_home, capsys, setting):
     status = main(["build-data", "--profile", "tiny", f"data.user_files.{setting}=[/no/such/file.jsonl]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1
-    assert err[0] == (f"error: data.user_files.{setting}: /no/such/file.jsonl does not exist "
-                      "(fix the path or remove it from the config)")
+    assert err[0] == (
+        f"error: data.user_files.{setting}: /no/such/file.jsonl does not exist "
+        "(fix the path or remove it from the config)"
+    )

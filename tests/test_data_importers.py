@@ -55,16 +55,21 @@ def test_preference_pairs_in_all_three_published_styles():
     assert all(p["pair_id"].startswith("imp-") for p in pairs)
     assert len({p["pair_id"] for p in pairs}) == 3
     # content-derived ids: the same file gives the same ids
-    assert [p["pair_id"] for p in importers.read_preference_pairs(DATA / "preference.jsonl", LineErrors())] \
-        == [p["pair_id"] for p in pairs]
+    assert [p["pair_id"] for p in importers.read_preference_pairs(DATA / "preference.jsonl", LineErrors())] == [
+        p["pair_id"] for p in pairs
+    ]
 
 
 def test_ceval_csv_exam():
     items = importers.read_exam(DATA / "clinical_medicine_dev.csv", LineErrors())
     assert len(items) == 3
-    assert items[0] == {"id": "clinical_medicine_dev-0", "question": "坏血病是由于缺乏下列哪种维生素引起的？",
-                        "options": {"A": "维生素A", "B": "维生素B1", "C": "维生素C", "D": "维生素D"},
-                        "answer": "C", "subject": "clinical_medicine_dev"}
+    assert items[0] == {
+        "id": "clinical_medicine_dev-0",
+        "question": "坏血病是由于缺乏下列哪种维生素引起的？",
+        "options": {"A": "维生素A", "B": "维生素B1", "C": "维生素C", "D": "维生素D"},
+        "answer": "C",
+        "subject": "clinical_medicine_dev",
+    }
 
 
 def test_cmexam_options_are_parsed_and_multiple_answer_questions_left_out():
@@ -79,8 +84,11 @@ def test_cmexam_options_are_parsed_and_multiple_answer_questions_left_out():
 
 def test_huatuo_qa_single_and_nested_fields():
     lite = importers.read_qa(DATA / "huatuo_lite.jsonl", LineErrors())
-    assert lite[1] == {"id": "huatuo_lite-2", "messages": [{"role": "user", "content": "得了水痘需要隔离吗？"}],
-                       "reference": "水痘具有传染性，患者应隔离至全部皮疹结痂为止。"}
+    assert lite[1] == {
+        "id": "huatuo_lite-2",
+        "messages": [{"role": "user", "content": "得了水痘需要隔离吗？"}],
+        "reference": "水痘具有传染性，患者应隔离至全部皮疹结痂为止。",
+    }
     encyclopedia = importers.read_qa(DATA / "huatuo_encyclopedia.jsonl", LineErrors())
     assert encyclopedia[0]["messages"][0]["content"] == "什么是痛风？"
     assert encyclopedia[0]["reference"].startswith("痛风是嘌呤代谢紊乱")
@@ -98,14 +106,26 @@ def test_collected_pairs_keep_split_source_pair_id_and_provenance():
 BAD_LINES = [
     ("alpaca.jsonl", importers.read_alpaca, '{"instruction": "缺少回答"}', "missing field 'output'"),
     ("alpaca.jsonl", importers.read_alpaca, '{"instruction": "断开的 JSON", ', "not valid JSON"),
-    ("sharegpt.jsonl", importers.read_sharegpt,
-     '{"conversations": [{"from": "gpt", "value": "先说话的是模型"}]}', "expected 'user'"),
-    ("preference.jsonl", importers.read_preference_pairs,
-     '{"question": "相同的回答", "response_chosen": "一样", "response_rejected": "一样"}', "the same answer"),
+    (
+        "sharegpt.jsonl",
+        importers.read_sharegpt,
+        '{"conversations": [{"from": "gpt", "value": "先说话的是模型"}]}',
+        "expected 'user'",
+    ),
+    (
+        "preference.jsonl",
+        importers.read_preference_pairs,
+        '{"question": "相同的回答", "response_chosen": "一样", "response_rejected": "一样"}',
+        "the same answer",
+    ),
     ("huatuo_lite.jsonl", importers.read_qa, '{"question": "没有答案的问题"}', "missing field 'answer'"),
-    ("collected_pairs.jsonl", importers.read_collected_pairs,
-     '{"prompt": [{"role": "user", "content": "问"}], "chosen": [{"role": "assistant", "content": "甲"}], '
-     '"rejected": [{"role": "assistant", "content": "乙"}], "pair_id": "x", "split": "test"}', "'split' must be"),
+    (
+        "collected_pairs.jsonl",
+        importers.read_collected_pairs,
+        '{"prompt": [{"role": "user", "content": "问"}], "chosen": [{"role": "assistant", "content": "甲"}], '
+        '"rejected": [{"role": "assistant", "content": "乙"}], "pair_id": "x", "split": "test"}',
+        "'split' must be",
+    ),
 ]
 
 

@@ -62,15 +62,20 @@ def redacting_store(chimed_home):
 def test_with_redact_on_entry_the_store_keeps_no_raw_identifier_whoever_writes(redacting_store, tmp_path):
     store, cfg = redacting_store
     me = store.demo_annotator()
-    comparison = store.record_comparison(ComparisonIn(
-        me.id, [{"role": "user", "content": CASE}],
-        [ResponseIn("r1/sft", f"{NAME}您好，请拨打{PHONE}。"), ResponseIn("r1/dpo", "建议就医。")]))
+    comparison = store.record_comparison(
+        ComparisonIn(
+            me.id,
+            [{"role": "user", "content": CASE}],
+            [ResponseIn("r1/sft", f"{NAME}您好，请拨打{PHONE}。"), ResponseIn("r1/dpo", "建议就医。")],
+        )
+    )
     judged = store.submit_judgment(JudgmentIn(comparison.id, me.id, correction=CORRECTION, reason=REASON))
     store.submit_judgment(JudgmentIn(comparison.id, me.id, choice="B", reason=REASON, revise=True))  # kept too
-    rated = store.submit_rating(RatingIn(comparison.id, me.id, label="A", up=False, correction=CORRECTION,
-                                         reason=REASON))
+    rated = store.submit_rating(
+        RatingIn(comparison.id, me.id, label="A", up=False, correction=CORRECTION, reason=REASON)
+    )
     bank = tmp_path / "bank.jsonl"
-    bank.write_text('{"prompt": "%s"}\n' % CASE, encoding="utf-8")
+    bank.write_text(f'{{"prompt": "{CASE}"}}\n', encoding="utf-8")
     store.import_bank(bank)
 
     stored = store.get_comparison(comparison.id)
@@ -88,8 +93,9 @@ def test_with_redact_on_entry_the_store_keeps_no_raw_identifier_whoever_writes(r
 
 def test_without_redact_on_entry_the_store_keeps_what_it_is_given(pref_store):
     me = pref_store.demo_annotator()
-    comparison = pref_store.record_comparison(ComparisonIn(
-        me.id, [{"role": "user", "content": CASE}], [ResponseIn("r1/sft", "a"), ResponseIn("r1/dpo", "b")]))
+    comparison = pref_store.record_comparison(
+        ComparisonIn(me.id, [{"role": "user", "content": CASE}], [ResponseIn("r1/sft", "a"), ResponseIn("r1/dpo", "b")])
+    )
     assert pref_store.get_comparison(comparison.id).messages[0]["content"] == CASE
 
 

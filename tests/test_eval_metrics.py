@@ -77,12 +77,16 @@ def test_accuracy_with_ci():
 
 
 def test_preference_accuracies_by_hand():
-    policy = [{"chosen": -10.0, "chosen_tokens": 5, "rejected": -4.0, "rejected_tokens": 1},
-              {"chosen": -6.0, "chosen_tokens": 3, "rejected": -9.0, "rejected_tokens": 3}]
+    policy = [
+        {"chosen": -10.0, "chosen_tokens": 5, "rejected": -4.0, "rejected_tokens": 1},
+        {"chosen": -6.0, "chosen_tokens": 3, "rejected": -9.0, "rejected_tokens": 3},
+    ]
     # per token: pair 1 chosen -2 < rejected -4? no: -2 > -4 -> right; pair 2: -2 > -3 -> right
     assert likelihood_accuracy(policy) == 1.0
-    reference = [{"chosen": -12.0, "chosen_tokens": 5, "rejected": -3.0, "rejected_tokens": 1},
-                 {"chosen": -5.0, "chosen_tokens": 3, "rejected": -10.0, "rejected_tokens": 3}]
+    reference = [
+        {"chosen": -12.0, "chosen_tokens": 5, "rejected": -3.0, "rejected_tokens": 1},
+        {"chosen": -5.0, "chosen_tokens": 3, "rejected": -10.0, "rejected_tokens": 3},
+    ]
     # log-ratios: pair 1 chosen +2 > rejected -1 -> right; pair 2 chosen -1 < rejected +1 -> wrong
     assert implicit_reward_accuracy(policy, reference) == 0.5
     assert implicit_reward_accuracy(reference, reference) == 0.0  # ties are not "chosen above rejected"

@@ -11,10 +11,10 @@ import pytest
 
 from chimed import main as cli_main
 from training.config import load_config
-from training.stages.registry import run_stages
 from training.errors import UserError
 from training.evaluation.evaluate import evaluate_run, load_eval_sets
 from training.evaluation.report import NOTICE
+from training.stages.registry import run_stages
 
 STAGES = run_stages(load_config("tiny"))  # base, cpt, sft, dpo
 
@@ -46,8 +46,7 @@ def test_train_all_leaves_results_that_match_the_contract(tiny_run):
         assert isinstance(m["exam_n"], int) and m["exam_n"] == exam_n > 0
         lo, hi = m["exam_ci95"]
         assert 0.0 <= lo <= m["exam_acc"] <= hi <= 1.0
-        for key in ("bleu1", "bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "distinct2", "pref_acc",
-                    "exam_acc_0shot"):
+        for key in ("bleu1", "bleu2", "bleu4", "rouge1", "rouge2", "rougeL", "distinct2", "pref_acc", "exam_acc_0shot"):
             assert isinstance(m[key], float) and 0.0 <= m[key] <= 1.0, (stage, key)
         assert isinstance(m["general_ppl"], float) and m["general_ppl"] > 1.0
         assert "pref_acc_clinician" not in m  # the tiny build has no clinician pairs
@@ -87,7 +86,7 @@ def test_dpo_preference_accuracy_is_the_implicit_reward_against_the_sft_model(ti
     run = home / "runs" / run_id
     cfg = load_config("tiny")
     pairs = [json.loads(line) for line in (home / "data" / "chimed" / "eval" / "pref.jsonl").open(encoding="utf-8")]
-    pairs = pairs[:cfg.eval.pref_max]
+    pairs = pairs[: cfg.eval.pref_max]
     sft, tokenizer = load_stage(run, "sft", device="cpu")
     policy = PeftModel.from_pretrained(sft, str(run / "dpo")).eval()
 
@@ -97,7 +96,7 @@ def test_dpo_preference_accuracy_is_the_implicit_reward_against_the_sft_model(ti
         x = torch.tensor([ids])
         with torch.inference_mode():
             lp = model(input_ids=x).logits[0, :-1].log_softmax(-1)
-        return lp[range(len(ctx) - 1, len(ids) - 1), x[0, len(ctx):]].sum().item()
+        return lp[range(len(ctx) - 1, len(ids) - 1), x[0, len(ctx) :]].sum().item()
 
     right = 0
     for pair in pairs:
@@ -137,7 +136,7 @@ def test_compare_prints_and_writes_deltas(eval_home, capsys):
     assert deltas["stages"]["cpt"]["exam_acc"]["delta"] == pytest.approx(0.1)
     assert deltas["stages"]["cpt"]["general_ppl"]["delta"] == pytest.approx(-5.0)
     assert deltas["stages"]["sft"]["exam_acc"]["delta"] == 0
-    deltas_table = out[out.index("compared with run older"):]  # printed after the run's own table
+    deltas_table = out[out.index("compared with run older") :]  # printed after the run's own table
     cpt_row = next(line for line in deltas_table.splitlines() if line.startswith("| cpt |"))
     assert "+10.0" in cpt_row and "-5.00" in cpt_row
     assert (home / "runs" / run_id / "eval" / "compare_older.md").read_text(encoding="utf-8").count("| cpt |") == 1

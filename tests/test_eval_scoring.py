@@ -37,11 +37,20 @@ def fact_model():
     texts = [conversation_prompt(None, _ask(f), chat=False) + f["answer"] for f in FACTS]
     wrong = [w for f in FACTS for w in f["wrong"]]  # in the tokenizer's corpus, never in the training text
     tokenizer = train_bpe_tokenizer(texts + wrong, vocab_size=320)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     seqs = [[tokenizer.eos_token_id] + token_ids(tokenizer, t) + [tokenizer.eos_token_id] for t in texts]
     width = max(map(len, seqs))
     ids = torch.tensor([s + [tokenizer.pad_token_id] * (width - len(s)) for s in seqs])
@@ -65,8 +74,15 @@ def _exam_items() -> list[dict]:
     for i, fact in enumerate(FACTS):
         options = list(fact["wrong"])
         options.insert(i % 4, fact["answer"])
-        items.append({"id": str(i), "question": fact["question"], "options": dict(zip(LETTERS, options)),
-                      "answer": LETTERS[i % 4], "subject": "test"})
+        items.append(
+            {
+                "id": str(i),
+                "question": fact["question"],
+                "options": dict(zip(LETTERS, options)),
+                "answer": LETTERS[i % 4],
+                "subject": "test",
+            }
+        )
     return items
 
 
@@ -94,8 +110,11 @@ def test_k_shot_demonstrations_are_not_scored_and_keep_the_choice(fact_model):
 def test_shared_prefix_cache_gives_the_same_scores_as_full_sequences(fact_model):
     model, tokenizer = fact_model
     prefix = "\n".join(conversation_prompt(None, _ask(f), chat=False) + f["answer"] for f in FACTS[:4]) + "\n"
-    requests = [make_request(tokenizer, prefix + conversation_prompt(None, _ask(f), chat=False), option, 256)
-                for f in FACTS for option in [f["answer"], *f["wrong"]]]
+    requests = [
+        make_request(tokenizer, prefix + conversation_prompt(None, _ask(f), chat=False), option, 256)
+        for f in FACTS
+        for option in [f["answer"], *f["wrong"]]
+    ]
     assert len(token_ids(tokenizer, prefix)) >= 16  # long enough for the cache to be used
     cached = score_requests(model, requests, batch_size=7)
     with torch.inference_mode():
@@ -117,17 +136,18 @@ def test_perplexity_matches_the_models_own_loss(fact_model):
     with torch.inference_mode():
         loss = model(input_ids=ids, labels=ids).loss.item()
     assert general_perplexity(model, tokenizer, [text], batch_size=2, max_length=256) == pytest.approx(
-        math.exp(loss), rel=1e-3)
+        math.exp(loss), rel=1e-3
+    )
     unseen = "今天天气很好，我们去公园散步。"
-    assert general_perplexity(model, tokenizer, [unseen], 2, 256) > 10 * general_perplexity(model, tokenizer,
-                                                                                            [text], 2, 256)
+    assert general_perplexity(model, tokenizer, [unseen], 2, 256) > 10 * general_perplexity(
+        model, tokenizer, [text], 2, 256
+    )
 
 
 def test_greedy_answers_reproduce_what_the_model_learned(fact_model):
     model, tokenizer = fact_model
     records = [{"id": str(i), "messages": _ask(f), "reference": f["answer"]} for i, f in enumerate(FACTS)]
-    generations = qa_generations(model, tokenizer, records, chat=False, max_new_tokens=12, batch_size=4,
-                                 max_length=256)
+    generations = qa_generations(model, tokenizer, records, chat=False, max_new_tokens=12, batch_size=4, max_length=256)
     assert [g["answer"] for g in generations] == [f["answer"] for f in FACTS]
     metrics = qa_metrics(generations)
     assert metrics["bleu1"] == pytest.approx(1.0) and metrics["rouge1"] == pytest.approx(1.0)
@@ -136,8 +156,14 @@ def test_greedy_answers_reproduce_what_the_model_learned(fact_model):
 
 def test_likelihood_prefers_the_learned_answer_of_each_pair(fact_model):
     model, tokenizer = fact_model
-    pairs = [{"prompt": _ask(f), "chosen": [{"role": "assistant", "content": f["answer"]}],
-              "rejected": [{"role": "assistant", "content": f["wrong"][0]}]} for f in FACTS]
+    pairs = [
+        {
+            "prompt": _ask(f),
+            "chosen": [{"role": "assistant", "content": f["answer"]}],
+            "rejected": [{"role": "assistant", "content": f["wrong"][0]}],
+        }
+        for f in FACTS
+    ]
     logprobs = pair_logprobs(model, tokenizer, pairs, chat=False, batch_size=4, max_length=256)
     assert likelihood_accuracy(logprobs) == 1.0
     swapped = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in pairs]

@@ -14,16 +14,18 @@ from app.contestants import resolve_contestants
 from app.serving.pool import PanelRequest
 from app.serving.sampling import Decoding
 from chimed import main
+from tests.serving_helpers import next_token_logits
 from training.config import load_config
 from training.evaluation.report import NOTICE
 from training.export import export_stage
 from training.manifest import read_manifest
 from training.modeling import load_stage
-from tests.serving_helpers import next_token_logits
 
-CONVERSATION = [{"role": "user", "content": "头痛怎么办？"},
-                {"role": "assistant", "content": "多休息，必要时就医。"},
-                {"role": "user", "content": "还要注意什么？"}]
+CONVERSATION = [
+    {"role": "user", "content": "头痛怎么办？"},
+    {"role": "assistant", "content": "多休息，必要时就医。"},
+    {"role": "user", "content": "还要注意什么？"},
+]
 
 
 def _export(run_id: str, stage: str, out, *extra: str) -> int:
@@ -56,13 +58,14 @@ def test_an_export_loads_in_plain_transformers_and_answers_as_the_arena_serves(a
     assert torch.allclose(logits, served, atol=1e-4), (logits - served).abs().max()
     greedy = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
     (answer,) = pool.generate([PanelRequest(contestant, CONVERSATION)], greedy).wait(timeout=300)
-    generated = model.generate(torch.tensor([ids]), max_new_tokens=12)[0, len(ids):]
+    generated = model.generate(torch.tensor([ids]), max_new_tokens=12)[0, len(ids) :]
     assert tokenizer.decode(generated, skip_special_tokens=True).rstrip("\ufffd") == answer.text
 
     # generate stops at the run tokenizer's end-of-sequence token (generation_config.json)
     assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == run_tokenizer.eos_token_id
-    forced = model.generate(torch.tensor([ids]), max_new_tokens=12,
-                            sequence_bias={(tokenizer.eos_token_id,): 1000.0})[0, len(ids):]
+    forced = model.generate(torch.tensor([ids]), max_new_tokens=12, sequence_bias={(tokenizer.eos_token_id,): 1000.0})[
+        0, len(ids) :
+    ]
     assert forced.tolist() == [tokenizer.eos_token_id]
 
 
@@ -125,14 +128,18 @@ def test_an_existing_directory_is_replaced_only_with_force(tiny_run, use_home, t
     assert [p.name for p in out.parent.iterdir()] == ["dpo"]  # no temporary or set-aside directory left
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"stage": "rlhf"}, "base, cpt, sft, dpo"),
-    ({"run_id": "no-such-run"}, "no run 'no-such-run'"),
-    ({"dtype": "int8"}, "float32, bfloat16, float16"),
-    ({"out": "RUN"}, "overlaps the run directory"),
-])
-def test_an_unknown_run_stage_or_dtype_or_an_out_in_the_run_is_one_line(tiny_run, use_home, tmp_path, capsys,
-                                                                      change, expected):
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"stage": "rlhf"}, "base, cpt, sft, dpo"),
+        ({"run_id": "no-such-run"}, "no run 'no-such-run'"),
+        ({"dtype": "int8"}, "float32, bfloat16, float16"),
+        ({"out": "RUN"}, "overlaps the run directory"),
+    ],
+)
+def test_an_unknown_run_stage_or_dtype_or_an_out_in_the_run_is_one_line(
+    tiny_run, use_home, tmp_path, capsys, change, expected
+):
     home = use_home(tiny_run[0])
     args = {"run_id": tiny_run[1], "stage": "dpo", "out": str(tmp_path / "dpo"), "dtype": None} | change
     if args["out"] == "RUN":

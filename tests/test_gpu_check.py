@@ -11,15 +11,23 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(os.environ.get("CHIMED_TEST_GPU_CHECK") != "1",
-                                reason="set CHIMED_TEST_GPU_CHECK=1 to run benchmarks/gpu_check.sh in CPU smoke mode")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("CHIMED_TEST_GPU_CHECK") != "1",
+    reason="set CHIMED_TEST_GPU_CHECK=1 to run benchmarks/gpu_check.sh in CPU smoke mode",
+)
 
 
 def test_gpu_check_cpu_smoke_mode_passes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "CHIMED_HOME", "GPU_CHECK_HOME")}
     env.update(GPU_CHECK_CPU="1", TMPDIR=str(tmp_path))
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-6000:]
     assert out.count("gpu_check: PASS step") == 6, out[-6000:]

@@ -25,8 +25,14 @@ def _setup(root: Path, venv: Path) -> tuple[str, list[str]]:
     """Run ``launch.sh setup`` in ``root``; its output and the calls it made of the venv's python."""
     log = venv / "bin" / "calls.log"
     log.unlink(missing_ok=True)
-    done = subprocess.run(["bash", str(root / "launch.sh"), "setup"], env={**os.environ, "CHIMED_VENV": str(venv)},
-                          capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(root / "launch.sh"), "setup"],
+        env={**os.environ, "CHIMED_VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return done.stdout, log.read_text().splitlines() if log.exists() else []
 
 

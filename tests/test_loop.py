@@ -17,17 +17,26 @@ from pathlib import Path
 
 import pytest
 
+from chimed import train_and_register as train_all
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore
 from training.config import load_config
 from training.evaluation.evaluate import evaluate_run
-from chimed import train_and_register as train_all
 
 REPO = Path(__file__).resolve().parents[1]
 # prompts a clinician might try; answers are taken from the tiny build's held-out QA references
-PROMPTS = ["高血压患者饮食上要注意什么？", "糖尿病有哪些常见症状？", "感冒发烧应该怎么处理？", "头痛一般挂什么科？",
-           "胃炎需要做哪些检查？", "失眠有什么改善方法？", "贫血的常见原因有哪些？", "咳嗽很久不好怎么办？",
-           "哮喘发作时应该怎么做？", "腹泻要注意补充什么？"]
+PROMPTS = [
+    "高血压患者饮食上要注意什么？",
+    "糖尿病有哪些常见症状？",
+    "感冒发烧应该怎么处理？",
+    "头痛一般挂什么科？",
+    "胃炎需要做哪些检查？",
+    "失眠有什么改善方法？",
+    "贫血的常见原因有哪些？",
+    "咳嗽很久不好怎么办？",
+    "哮喘发作时应该怎么做？",
+    "腹泻要注意补充什么？",
+]
 
 CORRECTION = "头痛时可先安静休息、保证睡眠；如果头痛剧烈、反复发作，或伴有发热、呕吐，应及时就医。"
 # obviously fake identifiers: typed through the app's API (sent redacted) and stored through the store's API
@@ -48,8 +57,13 @@ def _start_app(home: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, CHIMED_HOME=str(home))
     env.pop("CHIMED_DATABASE_URL", None)
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],
-                            cwd=REPO, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chimed", "app", "--profile", "tiny", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180
     while True:
@@ -77,9 +91,13 @@ def _record_store_judgments(store: PreferenceStore, run_id: str, references: lis
     """One comparison per prompt between the run's SFT and DPO answers, judged as a vote or a correction."""
     annotator = store.add_annotator("clinician1", "a-long-test-password", role="annotator")
     for i, prompt in enumerate(PROMPTS):
-        comparison = store.record_comparison(ComparisonIn(
-            annotator.id, [{"role": "user", "content": prompt}],
-            [ResponseIn(f"{run_id}/sft", references[2 * i]), ResponseIn(f"{run_id}/dpo", references[2 * i + 1])]))
+        comparison = store.record_comparison(
+            ComparisonIn(
+                annotator.id,
+                [{"role": "user", "content": prompt}],
+                [ResponseIn(f"{run_id}/sft", references[2 * i]), ResponseIn(f"{run_id}/dpo", references[2 * i + 1])],
+            )
+        )
         if i % 3 == 2:
             judgment = JudgmentIn(comparison.id, annotator.id, correction=references[-1 - i] + "建议及时就医。")
         else:
@@ -92,15 +110,22 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
     home = use_home(tmp_path / "home")
     shutil.copytree(source_home, home, symlinks=True)
     cfg = load_config("tiny")
-    references = [json.loads(line)["reference"]
-                  for line in (cfg.data_dir / "eval" / "qa.jsonl").read_text(encoding="utf-8").splitlines()]
+    references = [
+        json.loads(line)["reference"]
+        for line in (cfg.data_dir / "eval" / "qa.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert len(references) >= 2 * len(PROMPTS) + 1
 
     with PreferenceStore(cfg.database_url) as store:
         _record_store_judgments(store, old_run, references)
         clinician = store.annotator_by_name("clinician1")
-        typed = store.record_comparison(ComparisonIn(clinician.id, [{"role": "user", "content": STORE_CASE}], [
-            ResponseIn(f"{old_run}/sft", "建议就医。"), ResponseIn(f"{old_run}/dpo", "多喝热水。")]))
+        typed = store.record_comparison(
+            ComparisonIn(
+                clinician.id,
+                [{"role": "user", "content": STORE_CASE}],
+                [ResponseIn(f"{old_run}/sft", "建议就医。"), ResponseIn(f"{old_run}/dpo", "多喝热水。")],
+            )
+        )
         store.submit_judgment(JudgmentIn(typed.id, clinician.id, correction=STORE_CORRECTION))
 
     # one judgment through the running app's own API
@@ -126,21 +151,28 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
         new_run = train_all(cfg, from_stage="dpo", resume_run=old_run)
 
         # the export the retrain made: every pair, split by comparison into train and held-out
-        exported = [json.loads(line) for f in sorted(cfg.collected_pairs_dir.glob("*.jsonl"))
-                    for line in f.read_text(encoding="utf-8").splitlines()]
+        exported = [
+            json.loads(line)
+            for f in sorted(cfg.collected_pairs_dir.glob("*.jsonl"))
+            for line in f.read_text(encoding="utf-8").splitlines()
+        ]
         with PreferenceStore(cfg.database_url) as store:
             pairs = store.recent_pairs(limit=1000)
             consumed = set(store.consumed_pair_ids(new_run))
         # every pair was exported once, except one saying word for word what an exported one says and
         # one whose two answers are alike (the tiny models may answer alike)
-        content = {p.id: json.dumps([p.prompt, p.chosen, p.rejected], ensure_ascii=False) for p in pairs
-                   if p.chosen.strip() != p.rejected.strip()}
+        content = {
+            p.id: json.dumps([p.prompt, p.chosen, p.rejected], ensure_ascii=False)
+            for p in pairs
+            if p.chosen.strip() != p.rejected.strip()
+        }
         exported_ids = {r["pair_id"] for r in exported}
         assert exported_ids <= set(content) and app_pair in content
         assert {content[p] for p in exported_ids} == set(content.values()) and len(exported) == len(exported_ids)
         # no identifier typed through either API is in the exported files, ChiMed-DPO or its held-out pairs
         written = [f.read_text(encoding="utf-8") for f in cfg.collected_pairs_dir.glob("*.jsonl")] + [
-            (cfg.data_dir / name).read_text(encoding="utf-8") for name in ("dpo.jsonl", "eval/pref_clinician.jsonl")]
+            (cfg.data_dir / name).read_text(encoding="utf-8") for name in ("dpo.jsonl", "eval/pref_clinician.jsonl")
+        ]
         assert not [secret for secret in SECRETS if any(secret in text for text in written)]
         assert "[PHONE]" in "".join(written[:-2]) and "胃痛两天" in "".join(written[:-2])
         train_ids = {r["pair_id"] for r in exported if r["split"] == "train"}
@@ -159,13 +191,19 @@ def test_judgments_flow_into_a_new_dpo_run_that_the_app_serves(tiny_run, tmp_pat
         dpo_data = [json.loads(line) for line in (cfg.data_dir / "dpo.jsonl").read_text(encoding="utf-8").splitlines()]
         assert {r["pair_id"] for r in dpo_data if r["source"] == "clinician"} == train_ids
         assert consumed == train_ids
-        held = [json.loads(line) for line in
-                (cfg.data_dir / "eval" / "pref_clinician.jsonl").read_text(encoding="utf-8").splitlines()]
+        held = [
+            json.loads(line)
+            for line in (cfg.data_dir / "eval" / "pref_clinician.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         assert {r["pair_id"] for r in held} == heldout_ids
 
         # the earlier stages are the old run's; the evaluation reports the clinician-held-out pairs
-        assert manifest["stages"]["sft"]["metrics"] == json.loads(
-            (cfg.runs_dir / old_run / "manifest.json").read_text(encoding="utf-8"))["stages"]["sft"]["metrics"]
+        assert (
+            manifest["stages"]["sft"]["metrics"]
+            == json.loads((cfg.runs_dir / old_run / "manifest.json").read_text(encoding="utf-8"))["stages"]["sft"][
+                "metrics"
+            ]
+        )
         results = json.loads((cfg.runs_dir / new_run / "eval" / "results.json").read_text(encoding="utf-8"))
         assert all(results["stages"][s]["pref_acc_clinician"] is not None for s in ("sft", "dpo"))
 

@@ -17,29 +17,36 @@ from training.config import load_config
 BANK = Path(__file__).parent / "fixtures" / "bank" / "clinical_prompts.jsonl"
 
 
-def _work_queue(store: PreferenceStore, annotator, contestants: list[str], answers: dict[str, str],
-                verdict) -> int:
+def _work_queue(store: PreferenceStore, annotator, contestants: list[str], answers: dict[str, str], verdict) -> int:
     """One annotator works through their whole queue: a comparison of ``contestants`` on every prompt they
     are given (the answers are fixed texts, so the test needs no model), judged by ``verdict(prompt)``."""
     judged = 0
     while (assignment := store.next_assignment(annotator.id)) is not None:
         prompt = assignment.bank_prompt
-        comparison = store.record_comparison(ComparisonIn(
-            annotator.id, prompt.messages, [ResponseIn(c, answers[c] + prompt.prompt[:4]) for c in contestants],
-            bank_prompt_id=prompt.id, assignment_id=assignment.id))
+        comparison = store.record_comparison(
+            ComparisonIn(
+                annotator.id,
+                prompt.messages,
+                [ResponseIn(c, answers[c] + prompt.prompt[:4]) for c in contestants],
+                bank_prompt_id=prompt.id,
+                assignment_id=assignment.id,
+            )
+        )
         store.submit_judgment(JudgmentIn(comparison.id, annotator.id, choice=verdict(prompt)))
         judged += 1
     return judged
 
 
-def test_a_bank_round_trains_a_new_run_and_the_heldout_verdict_is_in_its_results(tiny_run, tmp_path, use_home,
-                                                                               capsys):
+def test_a_bank_round_trains_a_new_run_and_the_heldout_verdict_is_in_its_results(tiny_run, tmp_path, use_home, capsys):
     source_home, old_run = tiny_run
     home = use_home(tmp_path / "home")
     shutil.copytree(source_home, home, symlinks=True)
     cfg = load_config("tiny")
     sft, dpo = f"{old_run}/sft", f"{old_run}/dpo"
-    answers = {sft: "建议低盐低脂饮食，规律作息，必要时就医。", dpo: "应当限制钠盐摄入，戒烟限酒，规律监测，遵医嘱治疗。"}
+    answers = {
+        sft: "建议低盐低脂饮食，规律作息，必要时就医。",
+        dpo: "应当限制钠盐摄入，戒烟限酒，规律监测，遵医嘱治疗。",
+    }
 
     with PreferenceStore(cfg.database_url) as store:
         summary = store.import_bank(BANK)
@@ -58,15 +65,19 @@ def test_a_bank_round_trains_a_new_run_and_the_heldout_verdict_is_in_its_results
     assert "preferences: 11 new clinician pairs go into this round" in capsys.readouterr().out
 
     # the export the retrain made: a bank prompt's pairs go to its own split, each with its agreement
-    exported = [json.loads(line) for f in sorted(cfg.collected_pairs_dir.glob("*.jsonl"))
-                for line in f.read_text(encoding="utf-8").splitlines()]
+    exported = [
+        json.loads(line)
+        for f in sorted(cfg.collected_pairs_dir.glob("*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+    ]
     # the same answers judged alike by two annotators make one pair carrying both votes (the copy is left out);
     # the prompt they disagree on is a split vote (store.aggregate=majority): neither direction goes to training
     assert len(exported) == 11
     assert all(r["provenance"]["votes"] == {"for": 2, "against": 0, "ties": 0} for r in exported)
     with PreferenceStore(cfg.database_url) as store:
-        comparisons = {r["provenance"]["comparison_id"]: store.get_comparison(r["provenance"]["comparison_id"])
-                       for r in exported}
+        comparisons = {
+            r["provenance"]["comparison_id"]: store.get_comparison(r["provenance"]["comparison_id"]) for r in exported
+        }
     for record in exported:
         comparison = comparisons[record["provenance"]["comparison_id"]]
         assert record["split"] == ("heldout" if comparison.bank_prompt_id in heldout else "train")

@@ -43,8 +43,9 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
             down = client.predict(cmp["comparison_id"], "A", False, api_name="/rate")
             up = client.predict(cmp["comparison_id"], "B", True, api_name="/rate")
             assert (down["up"], up["up"]) == (False, True) and not down["duplicate"]
-        corrected = client.predict(made[RATED[0]], "A", False, CORRECTION, redact=True, client_id="fix-1",
-                                   revise=True, api_name="/rate")  # one rating per answer: this one replaces it
+        corrected = client.predict(
+            made[RATED[0]], "A", False, CORRECTION, redact=True, client_id="fix-1", revise=True, api_name="/rate"
+        )  # one rating per answer: this one replaces it
         assert corrected["identifiers"] == {"phone": 1}
 
         new_run = train_and_register(cfg, from_stage="align", resume_run=old_run)
@@ -63,11 +64,17 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
             splits.setdefault(r["prompt"][0]["content"], set()).add(r["split"])
         # each prompt's split is the by-prompt hash of the pairs (a prompt whose rated answers were all empty has
         # no record, but its split is the same)
-        split_of = {p: heldout_split(json.dumps([{"role": "user", "content": p}], ensure_ascii=False, sort_keys=True),
-                                     cfg.store.heldout_share) for p in RATED}
+        split_of = {
+            p: heldout_split(
+                json.dumps([{"role": "user", "content": p}], ensure_ascii=False, sort_keys=True),
+                cfg.store.heldout_share,
+            )
+            for p in RATED
+        }
         assert all(s == {split_of[p]} for p, s in splits.items())
-        train = {(r["rating_id"], r["provenance"]["completion_of"], r["label"])
-                 for r in exported if r["split"] == "train"}
+        train = {
+            (r["rating_id"], r["provenance"]["completion_of"], r["label"]) for r in exported if r["split"] == "train"
+        }
         held = {r["rating_id"] for r in exported if r["split"] == "heldout"}
         # 4 train prompts x 2 ratings, and the revised rating's correction; 2 held-out prompts x 2
         train_prompts = {p for p, s in split_of.items() if s == "train"}

@@ -10,16 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from chimed import main
 from tests.layouts import LAYOUTS, chinese_lines, native_twin, sentencepiece_ids, write_tiny_checkpoint
 from training import model_import
-from chimed import main
 from training.errors import UserError
 from training.model_import import convert_checkpoint, detect_layout
 
 # Text a Chinese medical model sees: news, reviews (Latin, digits, URLs), spaces and tabs, rare characters
 # that only byte fallback can spell
-TEXTS = [*chinese_lines()[::7], "患者  男，45岁\t血压 140/90 mmHg\n主诉：咳嗽 3 天。", "𠮷野家 😀 ㈱", " 前导空格 ",
-         ""]
+TEXTS = [*chinese_lines()[::7], "患者  男，45岁\t血压 140/90 mmHg\n主诉：咳嗽 3 天。", "𠮷野家 😀 ㈱", " 前导空格 ", ""]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +68,9 @@ def test_baichuan2_norm_head_is_baked_into_the_llama_head(imported):
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
     # a 125k-row head is normalised a block of rows at a time: the blocks join up
     weight = twin.lm_head.weight.detach() * 3
-    assert torch.equal(model_import.normalise_rows(weight, block_rows=7),
-                       model_import.normalise_rows(weight, block_rows=len(weight)))
+    assert torch.equal(
+        model_import.normalise_rows(weight, block_rows=7), model_import.normalise_rows(weight, block_rows=len(weight))
+    )
 
 
 @pytest.mark.parametrize("layout", ["baichuan", "baichuan2"])
@@ -121,7 +121,7 @@ def test_sharded_bf16_source_keeps_its_dtype_and_shards(tmp_path, monkeypatch, k
     (src / "pytorch_model.bin").unlink()
     names = sorted(state)
     weight_map = {}
-    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), 1):
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :]), 1):
         shard = {n: state[n].to(torch.bfloat16) for n in part}
         if kind == "safetensors":
             file = f"model-{i:05d}-of-00002.safetensors"
@@ -178,15 +178,22 @@ def _config_dir(path, config: dict, modeling: str | None = None):
 
 
 def test_detect_layout_tells_alibi_and_remote_checkpoints(tmp_path):
-    baichuan2_13b = {"architectures": ["BaichuanForCausalLM"], "model_type": "baichuan", "hidden_size": 5120,
-                     "model_max_length": 4096,
-                     "auto_map": {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}
+    baichuan2_13b = {
+        "architectures": ["BaichuanForCausalLM"],
+        "model_type": "baichuan",
+        "hidden_size": 5120,
+        "model_max_length": 4096,
+        "auto_map": {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"},
+    }
     assert detect_layout(_config_dir(tmp_path / "13b", baichuan2_13b)) == "baichuan-alibi"
     rotary_config_alibi_code = {**baichuan2_13b, "max_position_embeddings": 4096}
     code = "def _get_interleave(n):\n    ...  # build_alibi_tensor\n"
     assert detect_layout(_config_dir(tmp_path / "code", rotary_config_alibi_code, code)) == "baichuan-alibi"
-    internlm2 = {"architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
-                 "auto_map": {"AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"}}
+    internlm2 = {
+        "architectures": ["InternLM2ForCausalLM"],
+        "model_type": "internlm2",
+        "auto_map": {"AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
+    }
     assert detect_layout(_config_dir(tmp_path / "internlm2", internlm2)) == "remote"
 
     with pytest.raises(UserError, match="ALiBi.*trust_remote_code=true"):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.layouts import LAYOUTS, write_tiny_checkpoint
 from chimed import main as cli_main
+from tests.layouts import LAYOUTS, write_tiny_checkpoint
 from training.config import load_config
 from training.manifest import read_manifest_at
 from training.pipeline import train_all
@@ -23,17 +23,37 @@ pytestmark = pytest.mark.slow
 # the paper profile shrunk to a few steps on CPU; the data settings are the tiny profile's, so the tiny build
 # is reused as it is
 SHRUNK = [
-    "data.max_entities=400", "data.people_daily_max_docs=400", "data.reviews_max_docs=200",
+    "data.max_entities=400",
+    "data.people_daily_max_docs=400",
+    "data.reviews_max_docs=200",
     "data.general_eval_docs=40",
-    "train.bf16=false", "train.deepspeed_zero_stage=0", "train.logging_steps=1", "train.save_steps=100",
+    "train.bf16=false",
+    "train.deepspeed_zero_stage=0",
+    "train.logging_steps=1",
+    "train.save_steps=100",
     "train.report_to=[]",
-    "cpt.max_steps=3", "cpt.block_size=64", "cpt.per_device_batch_size=2", "cpt.gradient_accumulation_steps=1",
-    "sft.max_steps=3", "sft.per_device_batch_size=2", "sft.max_source_length=64", "sft.max_target_length=32",
+    "cpt.max_steps=3",
+    "cpt.block_size=64",
+    "cpt.per_device_batch_size=2",
+    "cpt.gradient_accumulation_steps=1",
+    "sft.max_steps=3",
+    "sft.per_device_batch_size=2",
+    "sft.max_source_length=64",
+    "sft.max_target_length=32",
     "sft.learning_rate=1e-3",
-    "dpo.max_steps=2", "dpo.per_device_batch_size=2", "dpo.gradient_accumulation_steps=1", "dpo.max_length=96",
+    "dpo.max_steps=2",
+    "dpo.per_device_batch_size=2",
+    "dpo.gradient_accumulation_steps=1",
+    "dpo.max_length=96",
     "dpo.learning_rate=1e-3",
-    "eval.k_shot=1", "eval.exam_max=12", "eval.qa_max=3", "eval.general_max=6", "eval.pref_max=8",
-    "eval.max_new_tokens=8", "eval.max_length=256", "eval.batch_size=8",
+    "eval.k_shot=1",
+    "eval.exam_max=12",
+    "eval.qa_max=3",
+    "eval.general_max=6",
+    "eval.pref_max=8",
+    "eval.max_new_tokens=8",
+    "eval.max_length=256",
+    "eval.batch_size=8",
 ]
 CONVERTED = {"baichuan", "baichuan2"}
 
@@ -97,8 +117,10 @@ def test_every_layout_trains_every_stage_with_finite_losses_and_is_evaluated(pap
     # a checkpoint's own chat template (qwen2 stands for an -Instruct model) is kept; the others get the project's
     from training.chat_format import CHAT_TEMPLATE
 
-    template = json.loads((run_dir / "sft" / "tokenizer_config.json").read_text()).get("chat_template") \
+    template = (
+        json.loads((run_dir / "sft" / "tokenizer_config.json").read_text()).get("chat_template")
         or (run_dir / "sft" / "chat_template.jinja").read_text()
+    )
     assert ("<|im_start|>" in template) == (layout == "qwen2")
     assert (template == CHAT_TEMPLATE) == (layout != "qwen2")
     results = json.loads((run_dir / "eval" / "results.json").read_text())["stages"]
@@ -123,8 +145,9 @@ def test_the_running_app_answers_with_the_four_stages_of_every_layout(paper_runs
         # sampled (a random-weight model's greedy answer can be one token repeated, e.g. the newline of ChatML)
         made = client.predict("高血压患者饮食上要注意什么？", ids, True, 1.0, 1.0, 12, 7, api_name="/compare")
         assert made["errors"] == {}, (layout, made["errors"])
-        reveal = client.predict(made["comparison_id"], ranking={label: place for place, label in enumerate("ABCD", 1)},
-                                api_name="/judge")["reveal"]  # blind: the names come with the judgment
+        reveal = client.predict(
+            made["comparison_id"], ranking={label: place for place, label in enumerate("ABCD", 1)}, api_name="/judge"
+        )["reveal"]  # blind: the names come with the judgment
         answers = {reveal[a["label"]]: a["text"] for a in made["answers"]}
         assert set(answers) == set(ids)
         assert all(text.strip() for text in answers.values()), (layout, answers)
@@ -158,10 +181,12 @@ def test_one_conversation_has_the_same_token_ids_in_sft_dpo_the_evaluation_and_t
     request = make_request(tokenizer, *answer_text(tokenizer, prompt, answer, chat=True), 512)
     assert list(request.context) + list(request.continuation) == whole
     # DPO: TRL's own tokenization of the pair
-    args = DPOConfig(output_dir=str(home / f"dpo-probe-{layout}"), bf16=False, use_cpu=True, report_to="none",
-                     max_length=512)
-    pair = Dataset.from_list([{"prompt": prompt, "chosen": answer,
-                               "rejected": [{"role": "assistant", "content": "多吃咸菜。"}]}])
+    args = DPOConfig(
+        output_dir=str(home / f"dpo-probe-{layout}"), bf16=False, use_cpu=True, report_to="none", max_length=512
+    )
+    pair = Dataset.from_list(
+        [{"prompt": prompt, "chosen": answer, "rejected": [{"role": "assistant", "content": "多吃咸菜。"}]}]
+    )
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=pair, processing_class=tokenizer)
     row = trainer.train_dataset[0]
     assert list(row["prompt_ids"]) == arena
@@ -187,9 +212,23 @@ def test_a_base_whose_forward_is_not_finite_is_refused_before_anything_is_writte
 def test_a_non_finite_loss_stops_the_stage_and_keeps_its_last_checkpoint(tiny_data_home, chimed_home, capsys):
     shutil.copytree(tiny_data_home / "data", chimed_home / "data")
     model_dir = write_tiny_checkpoint("qwen3", chimed_home.parent / "qwen3")
-    code = cli_main(["train-all", "--profile", "paper", *SHRUNK, f"model.path={model_dir}", "--run-id", "nan",
-                     "--stages", "base,cpt", "cpt.learning_rate=1e30", "cpt.warmup_ratio=0", "cpt.max_steps=6",
-                     "train.save_steps=1"])
+    code = cli_main(
+        [
+            "train-all",
+            "--profile",
+            "paper",
+            *SHRUNK,
+            f"model.path={model_dir}",
+            "--run-id",
+            "nan",
+            "--stages",
+            "base,cpt",
+            "cpt.learning_rate=1e30",
+            "cpt.warmup_ratio=0",
+            "cpt.max_steps=6",
+            "train.save_steps=1",
+        ]
+    )
     err = error_lines(capsys)
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("error: cpt: a non-finite") and "is not complete" in err[0]
@@ -203,16 +242,33 @@ def test_a_non_finite_loss_stops_the_stage_and_keeps_its_last_checkpoint(tiny_da
     assert all(torch.isfinite(t).all() for t in weights.values())
 
 
-@pytest.mark.parametrize("targets, message", [
-    ("[q_proj,W_pack]", "'W_pack' matches no linear layer of Qwen2ForCausalLM; its decoder blocks have: "
-                        "mlp.down_proj, mlp.gate_proj, mlp.up_proj, self_attn.k_proj, self_attn.o_proj, "
-                        "self_attn.q_proj, self_attn.v_proj"),
-    ("[layers.0.self_attn.q_proj]", "'layers.0.self_attn.q_proj' misses decoder blocks 1 of 2"),
-])
+@pytest.mark.parametrize(
+    "targets, message",
+    [
+        (
+            "[q_proj,W_pack]",
+            "'W_pack' matches no linear layer of Qwen2ForCausalLM; its decoder blocks have: "
+            "mlp.down_proj, mlp.gate_proj, mlp.up_proj, self_attn.k_proj, self_attn.o_proj, "
+            "self_attn.q_proj, self_attn.v_proj",
+        ),
+        ("[layers.0.self_attn.q_proj]", "'layers.0.self_attn.q_proj' misses decoder blocks 1 of 2"),
+    ],
+)
 def test_a_lora_target_list_that_misses_modules_is_refused_before_training(chimed_home, capsys, targets, message):
     model_dir = write_tiny_checkpoint("qwen2", chimed_home.parent / "qwen2")
-    assert cli_main(["train-all", "--profile", "paper", *SHRUNK, f"model.path={model_dir}",
-                     f"sft.lora.target_modules={targets}"]) == 2
+    assert (
+        cli_main(
+            [
+                "train-all",
+                "--profile",
+                "paper",
+                *SHRUNK,
+                f"model.path={model_dir}",
+                f"sft.lora.target_modules={targets}",
+            ]
+        )
+        == 2
+    )
     err = error_lines(capsys)
     assert len(err) == 1 and err[0].startswith("error: sft.lora.target_modules: ") and message in err[0]
     assert not (chimed_home / "runs").exists()
@@ -225,12 +281,20 @@ def test_lora_on_a_fused_attention_model_adapts_its_attention_projection():
     from training.config import LoraConfig
     from training.stages.lora import lora_record, peft_lora_config
 
-    model = Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=0))
+    model = Phi3ForCausalLM(
+        Phi3Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=0,
+        )
+    )
     config = peft_lora_config(LoraConfig(), model, "sft.lora.target_modules")
     record = lora_record(get_peft_model(model, config), config)
-    assert record["target_modules"] == ["mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj",
-                                        "self_attn.qkv_proj"]
+    assert record["target_modules"] == ["mlp.down_proj", "mlp.gate_up_proj", "self_attn.o_proj", "self_attn.qkv_proj"]
     assert record["adapted_layers"] == 8  # 4 per block, the fused q/k/v projection included
     assert 0 < record["trainable_params"] < record["total_params"]
 

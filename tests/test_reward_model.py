@@ -86,7 +86,7 @@ def test_evaluation_reports_rm_accuracy_and_each_stages_mean_reward(rm_run, use_
     cfg = load_config("tiny")
     results = evaluate_run(cfg, run_id)
     rm = results["stages"]["rm"]
-    assert rm["pref_n"] == len(read_jsonl(cfg.data_dir / "eval" / "pref.jsonl")[:cfg.eval.pref_max])
+    assert rm["pref_n"] == len(read_jsonl(cfg.data_dir / "eval" / "pref.jsonl")[: cfg.eval.pref_max])
     assert 0.0 <= rm["pref_acc"] <= 1.0 and 0.0 <= rm["pref_acc_clinician"] <= 1.0
     assert rm["pref_n_clinician"] == CLINICIAN_PAIRS
     assert results["reward_judge"]["checkpoint"] == f"{run_id}/rm"
@@ -94,7 +94,7 @@ def test_evaluation_reports_rm_accuracy_and_each_stages_mean_reward(rm_run, use_
 
     # the RM score of a stage is the judge's mean reward of the answers the evaluation generated (reused)
     model, tokenizer = load_reward_model(cfg.runs_dir / run_id)
-    qa = read_jsonl(cfg.data_dir / "eval" / "qa.jsonl")[:cfg.eval.qa_max]
+    qa = read_jsonl(cfg.data_dir / "eval" / "qa.jsonl")[: cfg.eval.qa_max]
     answering = [stage for stage in results["stages"] if stage != "rm"]
     assert {"base", "cpt", "sft"} <= set(answering)
     for stage in answering:
@@ -114,7 +114,8 @@ def test_evaluation_reports_rm_accuracy_and_each_stages_mean_reward(rm_run, use_
     for stage in answering:
         assert math.isfinite(judged["stages"][stage]["reward_judge_mean"])
         assert judged["stages"][stage]["reward_judge_mean"] == pytest.approx(
-            results["stages"][stage]["reward_judge_mean"], abs=1e-4)
+            results["stages"][stage]["reward_judge_mean"], abs=1e-4
+        )
 
 
 def test_a_reward_judge_without_an_rm_stage_is_a_one_line_error_before_any_work(rm_run, use_home):

@@ -14,8 +14,15 @@ OLD, NEW = "old/dpo", "new/dpo"
 
 def add_bank_prompt(store, text, split="train"):
     """A bank prompt written straight into the store (the import itself is tested in test_store_bank.py)."""
-    row = BankPromptRow(id=f"bp{abs(hash(text)) % 10**12}", bank="test", messages=[{"role": "user", "content": text}],
-                        tags=[], split=split, content_sha256=f"{abs(hash(text)):064d}"[:64], source="test:1")
+    row = BankPromptRow(
+        id=f"bp{abs(hash(text)) % 10**12}",
+        bank="test",
+        messages=[{"role": "user", "content": text}],
+        tags=[],
+        split=split,
+        content_sha256=f"{abs(hash(text)):064d}"[:64],
+        source="test:1",
+    )
     store._write(lambda s: s.add(row))
     return row.id, row.messages
 
@@ -24,8 +31,11 @@ def battle(store, annotator, prompt, new_wins: bool | None, flip: bool, bank=Tru
     """One vote between the new and the old DPO on ``prompt`` (panels in either order): None = a tie."""
     bank_id, messages = prompt
     panels = [NEW, OLD] if flip else [OLD, NEW]
-    cmp = store.record_comparison(ComparisonIn(annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in panels],
-                                               bank_prompt_id=bank_id if bank else None))
+    cmp = store.record_comparison(
+        ComparisonIn(
+            annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in panels], bank_prompt_id=bank_id if bank else None
+        )
+    )
     choice = "tie" if new_wins is None else ("A" if (panels[0] == NEW) == new_wins else "B")
     store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice=choice))
 
@@ -94,8 +104,11 @@ def test_free_chat_and_other_checkpoints_do_not_count(runs):
     prompt = add_bank_prompt(store, "不在题库的对比", "heldout")
     for _ in range(6):
         battle(store, wang, prompt, True, flip=False, bank=False)  # free chat: not a bank prompt
-    cmp = store.record_comparison(ComparisonIn(wang.id, prompt[1], [ResponseIn("new/sft", "x"), ResponseIn("old/sft", "y")],
-                                               bank_prompt_id=prompt[0]))
+    cmp = store.record_comparison(
+        ComparisonIn(
+            wang.id, prompt[1], [ResponseIn("new/sft", "x"), ResponseIn("old/sft", "y")], bank_prompt_id=prompt[0]
+        )
+    )
     store.submit_judgment(JudgmentIn(cmp.id, wang.id, choice="A"))  # sft, not the stage compared
     result = store.compare_runs("new", "old", rounds=50)
     assert result.verdict == NOT_ENOUGH and result.battles == 0
@@ -108,8 +121,14 @@ def test_rankings_count_as_battles_between_the_two(runs):
     for p in range(6):
         prompt = add_bank_prompt(store, f"排序题 {p}", "heldout")
         for annotator in annotators:
-            cmp = store.record_comparison(ComparisonIn(annotator.id, prompt[1], [
-                ResponseIn(OLD, "旧"), ResponseIn("r1/sft", "其他"), ResponseIn(NEW, "新")], bank_prompt_id=prompt[0]))
+            cmp = store.record_comparison(
+                ComparisonIn(
+                    annotator.id,
+                    prompt[1],
+                    [ResponseIn(OLD, "旧"), ResponseIn("r1/sft", "其他"), ResponseIn(NEW, "新")],
+                    bank_prompt_id=prompt[0],
+                )
+            )
             store.submit_judgment(JudgmentIn(cmp.id, annotator.id, ranking={"A": 3, "B": 2, "C": 1}))
     result = store.compare_runs("new", "old", split="heldout", rounds=100)
     assert (result.verdict, result.battles, result.wins) == ("better", 12, 12)
@@ -119,7 +138,13 @@ def test_nothing_judged_is_a_clear_not_enough_result(runs):
     store, annotators = runs
     result = store.compare_runs("new", "old", split="heldout", rounds=100)
     assert result.verdict == "not enough judgments" == NOT_ENOUGH
-    assert (result.prompts, result.battles, result.difference, result.ci95, result.p_new_better) == (0, 0, None, None, None)
+    assert (result.prompts, result.battles, result.difference, result.ci95, result.p_new_better) == (
+        0,
+        0,
+        None,
+        None,
+        None,
+    )
     assert "not enough judgments" in str(result) and "heldout" in result.summary
 
     # fewer prompts than store.run_comparison_min_prompts: still not enough, however one-sided

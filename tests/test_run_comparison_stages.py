@@ -38,8 +38,14 @@ def test_the_verdict_uses_2000_resamples_and_counts_prompts_the_new_run_trained_
     store, annotators = runs
     judge_prompts(store, annotators, 6, lambda p, a: p % 3 != 0, split="heldout")
     trained = add_bank_prompt(store, "训练题 0", "train")
-    comparison = store.record_comparison(ComparisonIn(annotators[0].id, trained[1], [
-        ResponseIn("old/dpo", "旧答"), ResponseIn("new/dpo", "新答")], bank_prompt_id=trained[0]))
+    comparison = store.record_comparison(
+        ComparisonIn(
+            annotators[0].id,
+            trained[1],
+            [ResponseIn("old/dpo", "旧答"), ResponseIn("new/dpo", "新答")],
+            bank_prompt_id=trained[0],
+        )
+    )
     pair_ids = store.submit_judgment(JudgmentIn(comparison.id, annotators[0].id, choice="B")).pair_ids
     store.mark_consumed(pair_ids, "new")  # the round-1 pair the new run trained on
 
@@ -54,13 +60,22 @@ def test_compare_runs_names_the_checkpoints_and_warns_on_trained_prompts(runs, m
     store, annotators = runs
     for p in range(5):  # five train prompts, each judged once, every pair then trained on by the new run
         bank_id, messages = add_bank_prompt(store, f"训练题 {p}", "train")
-        comparison = store.record_comparison(ComparisonIn(annotators[p % 2].id, messages, [
-            ResponseIn("old/dpo", "旧答"), ResponseIn("new/dpo", "新答")], bank_prompt_id=bank_id))
-        store.mark_consumed(store.submit_judgment(JudgmentIn(comparison.id, annotators[p % 2].id, choice="B")).pair_ids,
-                            "new")
+        comparison = store.record_comparison(
+            ComparisonIn(
+                annotators[p % 2].id,
+                messages,
+                [ResponseIn("old/dpo", "旧答"), ResponseIn("new/dpo", "新答")],
+                bank_prompt_id=bank_id,
+            )
+        )
+        store.mark_consumed(
+            store.submit_judgment(JudgmentIn(comparison.id, annotators[p % 2].id, choice="B")).pair_ids, "new"
+        )
     recorded = {}
-    monkeypatch.setattr("training.evaluation.evaluate.record_arena_comparison",
-                        lambda cfg, run, arena: recorded.setdefault(run, arena) and "results.json")
+    monkeypatch.setattr(
+        "training.evaluation.evaluate.record_arena_comparison",
+        lambda cfg, run, arena: recorded.setdefault(run, arena) and "results.json",
+    )
     assert main(["compare-runs", "--profile", "tiny", "--run", "new", "--against", "old", "--split", "train"]) == 0
     out, err = capsys.readouterr()
     assert "comparing new/dpo (new) against old/dpo (old), 2000 bootstrap resamples" in out

@@ -20,11 +20,11 @@ from openai import OpenAI
 from sqlalchemy import select
 
 from app.arena import resolve_decoding
-from chimed import main as chimed_main
 from app.contestants import resolve_contestants
 from app.notice import NOTICE_EN, NOTICE_ZH
 from app.openai_server import build_server
 from app.serving.pool import ModelPool, PanelRequest
+from chimed import main as chimed_main
 from preference_store.models import ApiTokenRow
 from preference_store.repository import PreferenceStore
 from preference_store.validation import PreferenceStoreError
@@ -107,11 +107,21 @@ def test_models_are_the_runs_stages_and_every_response_carries_the_notice(served
     assert body.startswith("data: {") and body.endswith("data: [DONE]\n\n")
 
 
-@pytest.mark.parametrize("stage, messages", [
-    ("cpt", [{"role": "user", "content": QUESTION}]),  # a plain stage: 问：/答： text, cut before the next turn
-    ("dpo", [{"role": "system", "content": "你是一名全科医生。"}, {"role": "user", "content": "头痛怎么办？"},
-             {"role": "assistant", "content": "请先测量血压。"}, {"role": "user", "content": QUESTION}]),
-])
+@pytest.mark.parametrize(
+    "stage, messages",
+    [
+        ("cpt", [{"role": "user", "content": QUESTION}]),  # a plain stage: 问：/答： text, cut before the next turn
+        (
+            "dpo",
+            [
+                {"role": "system", "content": "你是一名全科医生。"},
+                {"role": "user", "content": "头痛怎么办？"},
+                {"role": "assistant", "content": "请先测量血压。"},
+                {"role": "user", "content": QUESTION},
+            ],
+        ),
+    ],
+)
 def test_streamed_and_plain_completions_equal_the_pools_answer(served, client, pool_answer, stage, messages):
     _, _, run_id, _ = served
     model, decoding = f"{run_id}/{stage}", load_config("tiny").app.decoding
@@ -122,12 +132,17 @@ def test_streamed_and_plain_completions_equal_the_pools_answer(served, client, p
         plain = client.chat.completions.create(model=model, messages=messages, seed=seed)
         assert plain.choices[0].message.content == expected.text
         assert plain.model == model and plain.choices[0].finish_reason in ("stop", "length")
-        assert (plain.usage.prompt_tokens, plain.usage.completion_tokens) == (expected.prompt_tokens,
-                                                                              expected.n_tokens)
+        assert (plain.usage.prompt_tokens, plain.usage.completion_tokens) == (expected.prompt_tokens, expected.n_tokens)
         assert plain.usage.prompt_tokens > 0
-        text, finishes, usage = streamed(client, model=model, messages=messages, seed=seed,
-                                         temperature=decoding.temperature, top_p=decoding.top_p,
-                                         max_tokens=decoding.max_new_tokens)
+        text, finishes, usage = streamed(
+            client,
+            model=model,
+            messages=messages,
+            seed=seed,
+            temperature=decoding.temperature,
+            top_p=decoding.top_p,
+            max_tokens=decoding.max_new_tokens,
+        )
         assert text == expected.text
         assert finishes == [plain.choices[0].finish_reason]
         assert (usage.prompt_tokens, usage.completion_tokens) == (expected.prompt_tokens, expected.n_tokens)
@@ -139,7 +154,7 @@ def test_max_tokens_and_stop_sequences_end_the_answer_where_asked(served, client
     full = pool_answer(model, messages, resolve_decoding(load_config("tiny").app.decoding, seed=5, temperature=0))
     assert len(full.text) > 6, full
     stop = full.text[4:6]
-    kept = full.text[:full.text.find(stop)]
+    kept = full.text[: full.text.find(stop)]
     plain = client.chat.completions.create(model=model, messages=messages, seed=5, temperature=0, stop=[stop])
     assert (plain.choices[0].message.content, plain.choices[0].finish_reason) == (kept, "stop")
     assert streamed(client, model=model, messages=messages, seed=5, temperature=0, stop=stop)[:2] == (kept, ["stop"])
@@ -163,8 +178,7 @@ def test_several_requests_at_once_each_get_their_own_answer(served, client, pool
 
     with ThreadPoolExecutor(len(asks)) as threads:
         answers = list(threads.map(ask, asks))
-    assert answers == [pool_answer(model, messages, resolve_decoding(decoding, seed=seed)).text
-                       for model, seed in asks]
+    assert answers == [pool_answer(model, messages, resolve_decoding(decoding, seed=seed)).text for model, seed in asks]
 
 
 def test_bad_requests_get_openai_errors(served, client):
@@ -196,8 +210,12 @@ def test_bad_requests_get_openai_errors(served, client):
     with pytest.raises(openai.BadRequestError, match="identifiers") as err:
         client.chat.completions.create(model=model, messages=typed)
     assert err.value.code == "identifiers_found"
-    assert client.chat.completions.create(model=model, messages=typed, max_tokens=2,
-                                          extra_body={"redact": True}).usage.completion_tokens > 0
+    assert (
+        client.chat.completions.create(
+            model=model, messages=typed, max_tokens=2, extra_body={"redact": True}
+        ).usage.completion_tokens
+        > 0
+    )
 
     raw = httpx.post(f"{url}/chat/completions", json={"model": model, "messages": []})
     assert raw.status_code == 400 and set(raw.json()["error"]) == ERROR_KEYS
@@ -228,11 +246,13 @@ def test_with_accounts_each_request_needs_an_annotators_token(tiny_run, tmp_path
             OpenAI(base_url=base_url, api_key="chimed-wrong", max_retries=0).models.list()
         with pytest.raises(openai.AuthenticationError):
             OpenAI(base_url=base_url, api_key="chimed-wrong", max_retries=0).chat.completions.create(
-                model=f"{run_id}/sft", messages=[{"role": "user", "content": QUESTION}])
+                model=f"{run_id}/sft", messages=[{"role": "user", "content": QUESTION}]
+            )
         client = OpenAI(base_url=base_url, api_key=token, max_retries=0, timeout=120)
         assert f"{run_id}/dpo" in [m.id for m in client.models.list()]
-        answer = client.chat.completions.create(model=f"{run_id}/dpo", max_tokens=4,
-                                                messages=[{"role": "user", "content": QUESTION}])
+        answer = client.chat.completions.create(
+            model=f"{run_id}/dpo", max_tokens=4, messages=[{"role": "user", "content": QUESTION}]
+        )
         assert answer.usage.completion_tokens > 0
         # a leaked token is revoked while the server runs: refused from the next request on
         assert chimed_main(["serve-token", "dr_li", "--revoke", "--profile", "tiny"]) == 0
@@ -274,15 +294,19 @@ def test_a_failing_model_is_a_server_error_and_the_other_stages_still_answer(app
     adapter.unlink()  # (a hard link to the shared run's file: replace it, never write through it)
     adapter.write_bytes(b"not a safetensors file")
     cfg, messages = load_config("tiny"), [{"role": "user", "content": QUESTION}]
-    with PreferenceStore.from_config(cfg) as store, \
-            TestClient(build_server(cfg, run_id, store, make_pool(cfg))) as http:  # the server in this process
+    with (
+        PreferenceStore.from_config(cfg) as store,
+        TestClient(build_server(cfg, run_id, store, make_pool(cfg))) as http,
+    ):  # the server in this process
         for stream in (False, True):
-            failed = http.post("/v1/chat/completions", json={"model": f"{run_id}/dpo", "messages": messages,
-                                                             "stream": stream})
+            failed = http.post(
+                "/v1/chat/completions", json={"model": f"{run_id}/dpo", "messages": messages, "stream": stream}
+            )
             assert failed.status_code == 500 and failed.json()["error"]["code"] == "model_error"
             assert f"{run_id}/dpo failed" in failed.json()["error"]["message"]
             assert failed.headers["x-chimed-notice"] == NOTICE_EN
-        fine = http.post("/v1/chat/completions",
-                         json={"model": f"{run_id}/sft", "messages": messages, "max_tokens": 3,
-                               "temperature": 0})
+        fine = http.post(
+            "/v1/chat/completions",
+            json={"model": f"{run_id}/sft", "messages": messages, "max_tokens": 3, "temperature": 0},
+        )
         assert fine.status_code == 200 and fine.json()["usage"]["completion_tokens"] == 3

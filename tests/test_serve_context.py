@@ -20,38 +20,42 @@ from app.openai_server import build_server
 from app.serving.pool import ContextLengthExceeded, Generation, PanelRequest, PanelStreamer, fit_prompt, prompt_ids
 from app.serving.sampling import Decoding
 from preference_store.repository import PreferenceStore
-from tests.serving_helpers import chimed_serve
-from tests.test_serve import QUESTION, copy_home, streamed
+from tests.serving_helpers import no_account_client, serve_copy_of
+from tests.test_serve import QUESTION, streamed
 from training.config import load_config
 from training.modeling import stage_chain, stage_tokenizer
 from training.stages.base import train_bpe_tokenizer
 
-SENTENCES = ("患者头痛三天，血压偏高，建议低盐饮食并规律服药。", "咳嗽伴有发热时应多喝水，注意休息，必要时就医。",
-             "糖尿病患者需要控制饮食，适当运动，定期监测血糖。")
+SENTENCES = (
+    "患者头痛三天，血压偏高，建议低盐饮食并规律服药。",
+    "咳嗽伴有发热时应多喝水，注意休息，必要时就医。",
+    "糖尿病患者需要控制饮食，适当运动，定期监测血糖。",
+)
 DOCUMENT = "".join(SENTENCES) * 20  # under app.max_prompt_chars (2000), over the tiny model's 256 tokens
 
 
 def long_history(n_messages: int = 300, chars: int = 500) -> list[dict]:
     """A conversation of ``n_messages`` messages of ``chars`` characters each (user and assistant in turn),
     ending with a short user question."""
+
     def text(i: int) -> str:
         return "".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(chars // 20 + 1))[:chars]
 
-    return [{"role": "user" if i % 2 == 0 else "assistant", "content": text(i)}
-            for i in range(n_messages - 1)] + [{"role": "user", "content": "那运动呢？"}]
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": text(i)} for i in range(n_messages - 1)] + [
+        {"role": "user", "content": "那运动呢？"}
+    ]
 
 
 @pytest.fixture(scope="module")
 def served(tiny_run, tmp_path_factory):
     """(base URL, home, run id) of one server on a private copy of the tiny run, without accounts."""
-    home, run_id = copy_home(tiny_run, tmp_path_factory.mktemp("serve_context") / "home")
-    with chimed_serve(home, run_id, home.parent / "serve.log") as url:
-        yield url, home, run_id
+    with serve_copy_of(tiny_run, tmp_path_factory.mktemp("serve_context")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def client(served) -> OpenAI:
-    return OpenAI(base_url=served[0], api_key="no accounts: any key", max_retries=0, timeout=120)
+    return no_account_client(served[0])
 
 
 def context_of_tiny() -> int:
@@ -66,14 +70,16 @@ def test_a_prompt_that_does_not_fit_the_context_is_refused_with_vllms_numbers(se
     assert exact.usage.prompt_tokens == prompt  # prompt + max_tokens == context: answered, read whole
     for stream in (False, True):
         with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(model=model, messages=messages, max_tokens=context - prompt + 1,
-                                           stream=stream)
+            client.chat.completions.create(
+                model=model, messages=messages, max_tokens=context - prompt + 1, stream=stream
+            )
         assert (err.value.code, err.value.param) == ("context_length_exceeded", "messages")
         assert err.value.body["message"] == (
             f"This model's maximum context length is {context} tokens. However, you requested "
             f"{context - prompt + 1} output tokens and your prompt contains {prompt} input tokens, for a total of "
             f"{context + 1} tokens. Please reduce the length of the input prompt or the number of requested "
-            "output tokens.")
+            "output tokens."
+        )
     # lm-eval's default max_gen_toks (256) leaves no room on the tiny model: refused, never cut to fit
     for stage in ("base", "cpt", "sft", "dpo"):
         with pytest.raises(openai.BadRequestError, match="maximum context length is 256 tokens") as err:
@@ -107,8 +113,9 @@ def test_every_message_counts_whatever_its_role(served, client):
         client.chat.completions.create(model=model, messages=[system, question])
     assert err.value.code == "context_length_exceeded"
     bare = client.chat.completions.create(model=model, messages=[question], max_tokens=1).usage.prompt_tokens
-    short = client.chat.completions.create(model=model, messages=[{"role": "system", "content": "你是一名全科医生。"},
-                                                                  question], max_tokens=1)
+    short = client.chat.completions.create(
+        model=model, messages=[{"role": "system", "content": "你是一名全科医生。"}, question], max_tokens=1
+    )
     assert short.usage.prompt_tokens > bare  # read, not dropped
 
 
@@ -147,7 +154,8 @@ def test_a_long_history_is_encoded_at_once_and_outside_the_models_lock(served, c
 
     def ask_long() -> None:
         done["long"] = client.chat.completions.with_raw_response.create(
-            model=f"{run_id}/dpo", messages=history, extra_body={"trim_history": True})
+            model=f"{run_id}/dpo", messages=history, extra_body={"trim_history": True}
+        )
 
     thread = threading.Thread(target=ask_long)
     thread.start()
@@ -160,8 +168,9 @@ def test_a_long_history_is_encoded_at_once_and_outside_the_models_lock(served, c
     assert done["long"].http_response.status_code == 200
     # before, the history was re-rendered two messages a pass under the model's lock (20 s and more): a small
     # request asked meanwhile waited for all of it
-    assert max(latencies) < alone_s + 3.0, \
+    assert max(latencies) < alone_s + 3.0, (
         f"a small request took {max(latencies):.2f} s beside the long one ({alone_s:.2f} s alone)"
+    )
 
 
 def test_with_stop_completion_tokens_count_the_answer_and_the_stop_every_time(served, client):
@@ -171,7 +180,7 @@ def test_with_stop_completion_tokens_count_the_answer_and_the_stop_every_time(se
     full = client.chat.completions.create(**request).choices[0].message.content
     assert len(full) > 6, full
     stop = full[3:5]
-    kept = full[:full.find(stop)]
+    kept = full[: full.find(stop)]
     counts = set()
     for _ in range(3):
         plain = client.chat.completions.create(stop=[stop], **request)
@@ -199,10 +208,11 @@ def test_a_stop_string_ends_the_answer_at_the_same_token_however_the_steps_arriv
     decoding = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=len(ids), seed=0)
     for gathered in (1, 2, 5, len(ids)):  # the model process sends steps one by one or several at once
         generation = Generation(["run/sft", "run/dpo"], decoding)
-        streamer = PanelStreamer(generation, [0, 1], [tokenizer] * 2, {tokenizer.eos_token_id}, [True, True],
-                                 [("少吃",), ()])
+        streamer = PanelStreamer(
+            generation, [0, 1], [tokenizer] * 2, {tokenizer.eos_token_id}, [True, True], [("少吃",), ()]
+        )
         for k in range(0, len(ids), gathered):
-            streamer.put([[token, token] for token in ids[k:k + gathered]])
+            streamer.put([[token, token] for token in ids[k : k + gathered]])
         streamer.end()
         stopped, whole = generation.answers
         assert (stopped.text, stopped.n_tokens, stopped.finish_reason) == ("多喝水，", through_stop, "stop")
@@ -218,23 +228,27 @@ def test_trimming_is_asked_for_and_says_what_it_left_out(served, client):
         client.chat.completions.create(model=model, messages=history)
     assert err.value.code == "context_length_exceeded"
 
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=history, max_tokens=8,
-                                                           extra_body={"trim_history": True})
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=history, max_tokens=8, extra_body={"trim_history": True}
+    )
     reply = raw.parse()
     dropped = reply.model_extra["dropped_messages"]
     assert raw.headers["x-chimed-dropped-messages"] == str(len(dropped)) != "0"
     assert dropped == list(range(1, 1 + len(dropped)))  # the oldest turns, the system message kept
-    kept = [system] + history[1 + len(dropped):]
+    kept = [system] + history[1 + len(dropped) :]
     assert kept[1]["role"] == "user"
     assert reply.usage.prompt_tokens + 8 <= context_of_tiny()
     # what was kept is what the model read, and one turn more would not have fitted
     again = client.chat.completions.create(model=model, messages=kept, max_tokens=8)
     assert again.usage.prompt_tokens == reply.usage.prompt_tokens
     with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=model, messages=[system] + history[len(dropped) - 1:], max_tokens=8)
+        client.chat.completions.create(model=model, messages=[system] + history[len(dropped) - 1 :], max_tokens=8)
     # a stream says it in its first chunk
-    chunks = list(client.chat.completions.create(model=model, messages=history, max_tokens=8, stream=True,
-                                                 extra_body={"trim_history": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=model, messages=history, max_tokens=8, stream=True, extra_body={"trim_history": True}
+        )
+    )
     assert chunks[0].model_extra["dropped_messages"] == dropped
     # trimming cannot drop the last user message
     alone = [system, {"role": "user", "content": DOCUMENT}]
@@ -242,8 +256,9 @@ def test_trimming_is_asked_for_and_says_what_it_left_out(served, client):
         client.chat.completions.create(model=model, messages=alone, extra_body={"trim_history": True})
     assert err.value.code == "context_length_exceeded"
     # nothing to drop: said as such
-    raw = client.chat.completions.with_raw_response.create(model=model, messages=history[-1:], max_tokens=2,
-                                                           extra_body={"trim_history": True})
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=history[-1:], max_tokens=2, extra_body={"trim_history": True}
+    )
     assert raw.headers["x-chimed-dropped-messages"] == "0" and raw.parse().model_extra["dropped_messages"] == []
 
 
@@ -253,20 +268,24 @@ def test_the_arena_refuses_a_conversation_that_outgrows_the_context_unless_trimm
     cfg = load_config("tiny")
     sft = resolve_contestants(cfg, [f"{run_id}/sft"])[0]
     pool = make_pool(cfg)
-    answer = pool.generate([PanelRequest(sft, history)],
-                           resolve_decoding(cfg.app.decoding, seed=5)).wait(timeout=120)[0]
+    answer = pool.generate([PanelRequest(sft, history)], resolve_decoding(cfg.app.decoding, seed=5)).wait(timeout=120)[
+        0
+    ]
     assert answer.error is not None and answer.error.startswith("This model's maximum context length is 256")
     assert answer.text == "" and answer.prompt_tokens is None  # nothing was generated from a cut prompt
 
     trim_cfg = load_config("tiny", ["app.trim_history=true"])
     trimming = make_pool(trim_cfg)
-    answer = trimming.generate([PanelRequest(sft, history)],
-                               resolve_decoding(trim_cfg.app.decoding, seed=5)).wait(timeout=120)[0]
+    answer = trimming.generate([PanelRequest(sft, history)], resolve_decoding(trim_cfg.app.decoding, seed=5)).wait(
+        timeout=120
+    )[0]
     assert answer.error is None and answer.dropped_messages == tuple(range(len(answer.dropped_messages)))
     assert answer.dropped_messages and answer.prompt_tokens + 24 <= context_of_tiny()
     # serve's default follows the config; a request may still refuse trimming
-    with PreferenceStore.from_config(trim_cfg) as store, \
-            TestClient(build_server(trim_cfg, run_id, store, trimming)) as http:
+    with (
+        PreferenceStore.from_config(trim_cfg) as store,
+        TestClient(build_server(trim_cfg, run_id, store, trimming)) as http,
+    ):
         body = {"model": f"{run_id}/sft", "messages": history, "max_tokens": 4}
         reply = http.post("/v1/chat/completions", json=body)
         assert reply.status_code == 200 and reply.json()["dropped_messages"] == list(answer.dropped_messages)

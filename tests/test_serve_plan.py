@@ -42,7 +42,8 @@ def test_full_and_stacked_stages_are_exported_and_a_single_adapter_rides_on_its_
     assert sorted(served) == sorted(["base", "cpt", "sft", "dpo"])
     assert [s.port for s in plan.servers] == [9100, 9101, 9102]
     assert [s.gpus for s in plan.servers] == [(0,), (1,), (2,)] and all(
-        s.gpu_memory_utilization is None for s in plan.servers)
+        s.gpu_memory_utilization is None for s in plan.servers
+    )
     # no --api-key-env: the servers take no key, and the entries send none
     assert all(e.api_key_env == "" for e in load_config("tiny", [plan.endpoints_override()]).app.endpoints)
     servers = [line for line in plan.render(load_config("tiny")).splitlines() if " vllm serve " in line]
@@ -61,11 +62,17 @@ def test_endpoint_entries_parse_back_into_the_config(tiny_run, use_home):
     assert by_model[f"{run_id}/sft"].base_url == by_model[f"{run_id}/cpt"].base_url == "http://10.0.0.5:9201/v1"
     assert by_model[f"{run_id}/dpo"].base_url == "http://10.0.0.5:9202/v1"
     assert len({e.name for e in from_yaml}) == 4
-    assert all(e.api_key_env == "VLLM_API_KEY" and e.max_concurrency == load_config("tiny").app.concurrent_comparisons
-               for e in from_yaml)
+    assert all(
+        e.api_key_env == "VLLM_API_KEY" and e.max_concurrency == load_config("tiny").app.concurrent_comparisons
+        for e in from_yaml
+    )
     # base and cpt answer plain text: their endpoints end an answer at the next turn, where the pool cuts it
-    assert {s: by_model[f"{run_id}/{s}"].stop for s in ("base", "cpt", "sft", "dpo")} == \
-        {"base": ["\n问：", "\n答："], "cpt": ["\n问：", "\n答："], "sft": [], "dpo": []}
+    assert {s: by_model[f"{run_id}/{s}"].stop for s in ("base", "cpt", "sft", "dpo")} == {
+        "base": ["\n问：", "\n答："],
+        "cpt": ["\n问：", "\n答："],
+        "sft": [],
+        "dpo": [],
+    }
 
 
 def test_printed_commands_are_valid_and_skip_a_finished_export(app_home, capsys):
@@ -86,7 +93,8 @@ def test_printed_commands_are_valid_and_skip_a_finished_export(app_home, capsys)
     servers = [c for c in commands if "vllm serve" in c]
     assert len(servers) == 3 and all(c.endswith('--api-key "$VLLM_API_KEY" &') for c in servers)
     assert [shlex.split(c)[shlex.split(c).index("--port") + 1] for c in servers] == [
-        str(DEFAULT_PORT + i) for i in range(3)]
+        str(DEFAULT_PORT + i) for i in range(3)
+    ]
     # the app line carries the endpoints as an override the config accepts
     app_line = next(c for c in commands if c.startswith("./launch.sh app"))
     override = shlex.split(app_line)[-1]

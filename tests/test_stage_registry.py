@@ -18,9 +18,15 @@ from training.stages.packing import next_token_trainer
 from training.stages.paths import StagePaths
 from training.stages.registry import Stage, register, run_stages, stage_names, unregister
 
-PROBE = Stage(name="probe", parent="cpt", section="cpt", data=("cpt",), display_name="Probe",
-              description="a throwaway second CPT pass of a few steps (a test of the stage registry)",
-              runner=f"{__name__}:run_probe_stage")
+PROBE = Stage(
+    name="probe",
+    parent="cpt",
+    section="cpt",
+    data=("cpt",),
+    display_name="Probe",
+    description="a throwaway second CPT pass of a few steps (a test of the stage registry)",
+    runner=f"{__name__}:run_probe_stage",
+)
 
 
 def run_probe_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
@@ -29,8 +35,15 @@ def run_probe_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     texts = [r["text"] for r in read_jsonl(cfg.data_dir / "cpt.jsonl")][:200]
     trainer = next_token_trainer(cfg, cfg.cpt, paths, model, tokenizer, texts)
     metrics = train_resumably(trainer, paths)
-    finish_stage(paths, trainer.save_model, kind="full", parent=paths.parent, fingerprint=fingerprint,
-                 metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        trainer.save_model,
+        kind="full",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
 @pytest.fixture
@@ -41,7 +54,8 @@ def probe_stage():
 
 
 def test_a_registered_stage_is_trained_evaluated_listed_and_judged_like_the_others(
-        probe_stage, tiny_run, tmp_path, use_home):
+    probe_stage, tiny_run, tmp_path, use_home
+):
     from app.contestants import available_contestants, stage_label
     from preference_store.repository import PreferenceStore
     from training.pipeline import train_all

@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from chimed import main as cli_main
 from preference_store.pairs import expand_ranking_to_pairs
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore, judgments
 from preference_store.validation import PreferenceStoreError, UnknownCheckpointError
-from chimed import main as cli_main
 from training.config import StoreConfig
 from training.errors import UserError
 
@@ -31,8 +31,10 @@ ANSWERS = {
 
 def compare(store, checkpoints=("r1/sft", "r1/dpo"), annotator=None, messages=PROMPT, **kwargs):
     annotator = annotator or store.demo_annotator()
-    responses = [ResponseIn(c, ANSWERS[c], {"temperature": 0.7, "top_p": 0.9}, seed=1, latency_s=0.5, n_tokens=12)
-                 for c in checkpoints]
+    responses = [
+        ResponseIn(c, ANSWERS[c], {"temperature": 0.7, "top_p": 0.9}, seed=1, latency_s=0.5, n_tokens=12)
+        for c in checkpoints
+    ]
     return store.record_comparison(ComparisonIn(annotator.id, list(messages), responses, **kwargs))
 
 
@@ -62,8 +64,10 @@ def test_comparison_keeps_panel_order_answers_and_decoding(pref_store):
 
 def test_multi_turn_conversation_keeps_its_comparisons_in_order(pref_store):
     first = compare(pref_store)
-    follow_up = PROMPT + [{"role": "assistant", "content": ANSWERS["r1/sft"]},
-                          {"role": "user", "content": "需要每天测血压吗？"}]
+    follow_up = PROMPT + [
+        {"role": "assistant", "content": ANSWERS["r1/sft"]},
+        {"role": "user", "content": "需要每天测血压吗？"},
+    ]
     second = compare(pref_store, messages=follow_up, conversation_id=first.conversation_id)
     assert [c.id for c in pref_store.conversation(first.conversation_id)] == [first.id, second.id]
     with pytest.raises(PreferenceStoreError, match="no conversation"):
@@ -73,21 +77,26 @@ def test_multi_turn_conversation_keeps_its_comparisons_in_order(pref_store):
 def test_unknown_checkpoint_is_refused_and_nothing_is_written(pref_store):
     me = pref_store.demo_annotator()
     with pytest.raises(UnknownCheckpointError, match="answer B comes from unknown checkpoint 'r2/dpo'"):
-        pref_store.record_comparison(ComparisonIn(me.id, PROMPT, [ResponseIn("r1/sft", "a"), ResponseIn("r2/dpo", "b")]))
+        pref_store.record_comparison(
+            ComparisonIn(me.id, PROMPT, [ResponseIn("r1/sft", "a"), ResponseIn("r2/dpo", "b")])
+        )
     assert counts(pref_store) == (0, 0, 0)
     assert pref_store.counts().conversations == 0
 
 
-@pytest.mark.parametrize("messages, answers, match", [
-    ([{"role": "user", "content": "   "}], ["a", "b"], "empty"),
-    ([], ["a", "b"], "no messages"),
-    ([{"role": "user", "content": "问题"}, {"role": "assistant", "content": "回答"}], ["a", "b"], "last message"),
-    ([{"role": "doctor", "content": "问题"}], ["a", "b"], "role"),
-    ([{"role": "user", "content": "问题"}], ["a"], "2-4 answers"),
-    ([{"role": "user", "content": "问题"}], ["a"] * 5, "2-4 answers"),
-    ([{"role": "user", "content": "问" * 101}], ["a", "b"], "over the limit of 100"),
-    ([{"role": "user", "content": "问题"}], ["a", "答" * 101], "answer B .* over the limit"),
-])
+@pytest.mark.parametrize(
+    "messages, answers, match",
+    [
+        ([{"role": "user", "content": "   "}], ["a", "b"], "empty"),
+        ([], ["a", "b"], "no messages"),
+        ([{"role": "user", "content": "问题"}, {"role": "assistant", "content": "回答"}], ["a", "b"], "last message"),
+        ([{"role": "doctor", "content": "问题"}], ["a", "b"], "role"),
+        ([{"role": "user", "content": "问题"}], ["a"], "2-4 answers"),
+        ([{"role": "user", "content": "问题"}], ["a"] * 5, "2-4 answers"),
+        ([{"role": "user", "content": "问" * 101}], ["a", "b"], "over the limit of 100"),
+        ([{"role": "user", "content": "问题"}], ["a", "答" * 101], "answer B .* over the limit"),
+    ],
+)
 def test_bad_comparisons_are_refused_with_a_clear_message(store_url, messages, answers, match):
     store = PreferenceStore(store_url, StoreConfig(max_text_chars=100))
     store.register_checkpoints("r1", ["sft", "dpo"])
@@ -101,12 +110,15 @@ def test_bad_comparisons_are_refused_with_a_clear_message(store_url, messages, a
 # --- judgments and their pairs -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("choice, expected", [
-    ("A", [("r1/sft", "r1/dpo")]),
-    ("B", [("r1/dpo", "r1/sft")]),
-    ("tie", []),
-    ("both_bad", []),
-])
+@pytest.mark.parametrize(
+    "choice, expected",
+    [
+        ("A", [("r1/sft", "r1/dpo")]),
+        ("B", [("r1/dpo", "r1/sft")]),
+        ("tie", []),
+        ("both_bad", []),
+    ],
+)
 def test_pairwise_vote_makes_one_pair_and_tie_or_both_bad_none(pref_store, choice, expected):
     cmp = compare(pref_store)
     out = pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, client_id="c1", choice=choice))
@@ -121,8 +133,7 @@ def test_ranking_of_four_expands_into_six_ordered_pairs(pref_store):
     out = pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, ranking={"A": 4, "B": 3, "C": 2, "D": 1}))
     assert len(out.pair_ids) == 6
     order = ["r1/dpo", "r1/sft", "r1/cpt", "r1/base"]  # best first
-    assert pairs_by_checkpoint(pref_store) == sorted(
-        (order[i], order[j]) for i in range(4) for j in range(i + 1, 4))
+    assert pairs_by_checkpoint(pref_store) == sorted((order[i], order[j]) for i in range(4) for j in range(i + 1, 4))
     for pair in pref_store.recent_pairs():
         assert pair.prompt == PROMPT
         assert pair.chosen == ANSWERS[pair.chosen_checkpoint] and pair.rejected == ANSWERS[pair.rejected_checkpoint]
@@ -150,8 +161,13 @@ def test_correction_is_chosen_over_every_model_answer(pref_store):
 
 def test_resubmitting_the_same_client_id_stores_one_judgment(pref_store):
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
-    judgment = JudgmentIn(cmp.id, cmp.annotator_id, client_id="browser-42", ranking={"A": 3, "B": 2, "C": 1},
-                          scores={"C": {"safety": 5, "correctness": 4, "completeness": 4}})
+    judgment = JudgmentIn(
+        cmp.id,
+        cmp.annotator_id,
+        client_id="browser-42",
+        ranking={"A": 3, "B": 2, "C": 1},
+        scores={"C": {"safety": 5, "correctness": 4, "completeness": 4}},
+    )
     first = pref_store.submit_judgment(judgment)
     second = pref_store.submit_judgment(judgment)
     assert second.duplicate and not first.duplicate
@@ -161,23 +177,26 @@ def test_resubmitting_the_same_client_id_stores_one_judgment(pref_store):
     assert pref_store.judgments_for(cmp.id)[0].id == first.id
 
 
-@pytest.mark.parametrize("fields, match", [
-    (dict(), "exactly one of"),
-    (dict(choice="A", correction="另一个回答"), "exactly one of.*pairwise and correction"),
-    (dict(choice="C"), "unknown choice"),
-    (dict(ranking={"A": 1, "B": 2}), "leaves out answer C"),
-    (dict(ranking={"A": 1, "B": 1, "C": 2}), "place 1 is given twice"),
-    (dict(ranking={"A": 1, "B": 2, "C": 4}), "place 3 is missing"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3, "D": 4}), "panel 'D'"),
-    (dict(ranking={"A": "1", "B": 2, "C": 3}), "integers"),
-    (dict(correction="  "), "empty"),
-    (dict(correction="答" * 8001), "over the limit of 8000"),
-    (dict(correction=ANSWERS["r1/sft"]), "identical to answer C"),
-    (dict(correction=f"  {ANSWERS['r1/cpt']}\n"), "identical to answer B"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"safety": 6}}), "safety score of answer A"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"correctness": 0}}), "correctness score"),
-    (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"E": {"safety": 3}}), "panel 'E'"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(), "exactly one of"),
+        (dict(choice="A", correction="另一个回答"), "exactly one of.*pairwise and correction"),
+        (dict(choice="C"), "unknown choice"),
+        (dict(ranking={"A": 1, "B": 2}), "leaves out answer C"),
+        (dict(ranking={"A": 1, "B": 1, "C": 2}), "place 1 is given twice"),
+        (dict(ranking={"A": 1, "B": 2, "C": 4}), "place 3 is missing"),
+        (dict(ranking={"A": 1, "B": 2, "C": 3, "D": 4}), "panel 'D'"),
+        (dict(ranking={"A": "1", "B": 2, "C": 3}), "integers"),
+        (dict(correction="  "), "empty"),
+        (dict(correction="答" * 8001), "over the limit of 8000"),
+        (dict(correction=ANSWERS["r1/sft"]), "identical to answer C"),
+        (dict(correction=f"  {ANSWERS['r1/cpt']}\n"), "identical to answer B"),
+        (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"safety": 6}}), "safety score of answer A"),
+        (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"correctness": 0}}), "correctness score"),
+        (dict(ranking={"A": 1, "B": 2, "C": 3}, scores={"E": {"safety": 3}}), "panel 'E'"),
+    ],
+)
 def test_bad_judgments_are_refused_and_leave_nothing_behind(pref_store, fields, match):
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
     with pytest.raises(PreferenceStoreError, match=match):
@@ -201,10 +220,14 @@ def test_a_failure_half_way_through_a_judgment_writes_none_of_it(pref_store, mon
     cmp = compare(pref_store, ("r1/base", "r1/cpt", "r1/sft"))
     # every pair gets the same id, so the second pair's insert fails after the judgment row was written
     monkeypatch.setattr(judgments, "new_pair_id", lambda: "clin-same")
-    with pytest.raises(IntegrityError, match=r'UNIQUE constraint failed: pairs\.id|'
-                                             r'duplicate key value violates unique constraint "pairs_pkey"'):
-        pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, ranking={"A": 1, "B": 2, "C": 3},
-                                              scores={"A": {"safety": 5}}))
+    with pytest.raises(
+        IntegrityError,
+        match=r"UNIQUE constraint failed: pairs\.id|"
+        r'duplicate key value violates unique constraint "pairs_pkey"',
+    ):
+        pref_store.submit_judgment(
+            JudgmentIn(cmp.id, cmp.annotator_id, ranking={"A": 1, "B": 2, "C": 3}, scores={"A": {"safety": 5}})
+        )
     assert counts(pref_store) == (1, 0, 0)
     assert pref_store.leaderboard(rounds=0).criteria == {}
 
@@ -214,8 +237,11 @@ def test_a_locked_database_is_retried_and_not_reported(pref_store, store_backend
     calls = []
     real = judgments.expand_judgment_to_pairs
     # what each backend says when a concurrent writer got in the way
-    busy = (sqlite3.OperationalError("database is locked") if store_backend == "sqlite" else
-            psycopg.errors.SerializationFailure("could not serialize access due to read/write dependencies"))
+    busy = (
+        sqlite3.OperationalError("database is locked")
+        if store_backend == "sqlite"
+        else psycopg.errors.SerializationFailure("could not serialize access due to read/write dependencies")
+    )
 
     def locked_twice(*args, **kwargs):
         calls.append(1)
@@ -250,12 +276,15 @@ def test_annotator_login_with_argon2_hashed_password(pref_store):
     assert [a.name for a in pref_store.list_annotators()] == ["demo", "dr_wang"]
 
 
-@pytest.mark.parametrize("name, password, role, match", [
-    ("dr_li", "", "annotator", "empty password"),
-    ("dr_li", "pw", "superuser", "unknown role"),
-    ("", "pw", "annotator", "1-100 characters"),
-    (" dr_li", "pw", "annotator", "spaces"),
-])
+@pytest.mark.parametrize(
+    "name, password, role, match",
+    [
+        ("dr_li", "", "annotator", "empty password"),
+        ("dr_li", "pw", "superuser", "unknown role"),
+        ("", "pw", "annotator", "1-100 characters"),
+        (" dr_li", "pw", "annotator", "spaces"),
+    ],
+)
 def test_bad_annotator_accounts_are_refused(pref_store, name, password, role, match):
     with pytest.raises(PreferenceStoreError, match=match):
         pref_store.add_annotator(name, password, role=role)

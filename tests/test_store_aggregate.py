@@ -36,8 +36,12 @@ def vote(store, name, choice, flip=False, prompt=PROMPT):
 def export(store, home, name, *overrides):
     cfg = load_config("tiny", list(overrides))
     summary = export_pairs(cfg, out=Path(home) / name, store=store)
-    records = [json.loads(line) for line in summary.path.read_text(encoding="utf-8").splitlines()] if summary.path else []
-    return summary, [(r["chosen"][0]["content"], r["rejected"][0]["content"], r["provenance"]["votes"]) for r in records]
+    records = (
+        [json.loads(line) for line in summary.path.read_text(encoding="utf-8").splitlines()] if summary.path else []
+    )
+    return summary, [
+        (r["chosen"][0]["content"], r["rejected"][0]["content"], r["provenance"]["votes"]) for r in records
+    ]
 
 
 def test_majority_exports_one_pair_in_the_majoritys_direction_with_its_votes(pref_store, chimed_home):
@@ -72,8 +76,9 @@ def test_a_vote_on_another_prompt_is_not_counted(pref_store, chimed_home):
     vote(pref_store, "a1", "good")
     vote(pref_store, "a2", "vague", prompt=[{"role": "user", "content": "糖尿病饮食要注意什么？"}])
     summary, written = export(pref_store, chimed_home, "p.jsonl")
-    assert sorted(written) == sorted([(GOOD, VAGUE, {"for": 1, "against": 0, "ties": 0}),
-                                      (VAGUE, GOOD, {"for": 1, "against": 0, "ties": 0})])
+    assert sorted(written) == sorted(
+        [(GOOD, VAGUE, {"for": 1, "against": 0, "ties": 0}), (VAGUE, GOOD, {"for": 1, "against": 0, "ties": 0})]
+    )
     assert (summary.outvoted, summary.split_votes) == (0, 0)
 
 
@@ -95,16 +100,18 @@ def test_all_keeps_both_directions_of_a_disagreement(pref_store, chimed_home):
     vote(pref_store, "a2", "good")
     vote(pref_store, "a3", "vague")
     summary, written = export(pref_store, chimed_home, "p.jsonl", "store.aggregate=all")
-    assert sorted(written) == sorted([(GOOD, VAGUE, {"for": 2, "against": 1, "ties": 0}),
-                                      (VAGUE, GOOD, {"for": 1, "against": 2, "ties": 0})])
+    assert sorted(written) == sorted(
+        [(GOOD, VAGUE, {"for": 2, "against": 1, "ties": 0}), (VAGUE, GOOD, {"for": 1, "against": 2, "ties": 0})]
+    )
     assert (summary.outvoted, summary.split_votes, summary.duplicates) == (0, 0, 1)
 
 
 def test_unblinded_votes_are_not_counted_unless_admitted(pref_store, chimed_home):
     vote(pref_store, "a1", "good")
     admin = pref_store.add_annotator("pi", "a-long-test-password")
-    made = pref_store.record_comparison(ComparisonIn(admin.id, list(PROMPT), [ResponseIn("r1/sft", VAGUE),
-                                                                             ResponseIn("r1/dpo", GOOD)], blind=False))
+    made = pref_store.record_comparison(
+        ComparisonIn(admin.id, list(PROMPT), [ResponseIn("r1/sft", VAGUE), ResponseIn("r1/dpo", GOOD)], blind=False)
+    )
     pref_store.submit_judgment(JudgmentIn(made.id, admin.id, choice="A"))  # VAGUE, with the names shown
     summary, written = export(pref_store, chimed_home, "p.jsonl")
     assert written == [(GOOD, VAGUE, {"for": 1, "against": 0, "ties": 0})] and summary.unblinded == 1
@@ -122,5 +129,7 @@ def test_a_round_that_gets_no_pairs_says_it_was_a_split_vote(pref_store, chimed_
     vote(pref_store, "a2", "vague")
     vote(pref_store, "a3", "tie")
     export_clinician_pairs(load_config("tiny"))  # what train-all runs before it builds the data
-    assert ("0 clinician pairs go into this round although the store holds 3 judgments: "
-            "2 split or tied votes (store.aggregate=majority); 1 votes for a tie or both bad") in capsys.readouterr().out
+    assert (
+        "0 clinician pairs go into this round although the store holds 3 judgments: "
+        "2 split or tied votes (store.aggregate=majority); 1 votes for a tie or both bad"
+    ) in capsys.readouterr().out

@@ -15,8 +15,15 @@ pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on P
 
 def add_bank_prompt(store, text, split="train"):
     """A bank prompt written straight into the store (the import itself is tested in test_store_bank.py)."""
-    row = BankPromptRow(id=f"bp{abs(hash(text)) % 10**12}", bank="test", messages=[{"role": "user", "content": text}],
-                        tags=[], split=split, content_sha256=f"{abs(hash(text)):064d}"[:64], source="test:1")
+    row = BankPromptRow(
+        id=f"bp{abs(hash(text)) % 10**12}",
+        bank="test",
+        messages=[{"role": "user", "content": text}],
+        tags=[],
+        split=split,
+        content_sha256=f"{abs(hash(text)):064d}"[:64],
+        source="test:1",
+    )
     store._write(lambda s: s.add(row))
     return row.id, row.messages
 
@@ -24,8 +31,14 @@ def add_bank_prompt(store, text, split="train"):
 def judge(store, annotator, prompt, checkpoints, bank=True, **judgment):
     """``annotator`` records their own comparison of ``checkpoints`` (panels in that order) on ``prompt``."""
     bank_id, messages = prompt
-    cmp = store.record_comparison(ComparisonIn(annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in checkpoints],
-                                               bank_prompt_id=bank_id if bank else None))
+    cmp = store.record_comparison(
+        ComparisonIn(
+            annotator.id,
+            messages,
+            [ResponseIn(c, f"{c} 答") for c in checkpoints],
+            bank_prompt_id=bank_id if bank else None,
+        )
+    )
     out = store.submit_judgment(JudgmentIn(cmp.id, annotator.id, **judgment))
     return cmp, out
 
@@ -54,19 +67,20 @@ def test_alpha_on_small_cases_worked_by_hand():
     # Nominal, 2 coders, 4 units: (1,1) (1,1) (2,2) (1,2).
     # Coincidences: o11 = 2 + 2 = 4, o22 = 2, o12 = o21 = 1; n1 = 5, n2 = 3, n = 8.
     # alpha = 1 - (n - 1) * (o12 + o21) / (n1 * n2 + n2 * n1) = 1 - 7 * 2 / 30 = 8/15.
-    assert krippendorff_alpha([{0: 1, 1: 1}, {0: 1, 1: 1}, {0: 2, 1: 2}, {0: 1, 1: 2}], "nominal", [1, 2]) == \
-        pytest.approx(8 / 15)
+    assert krippendorff_alpha(
+        [{0: 1, 1: 1}, {0: 1, 1: 1}, {0: 2, 1: 2}, {0: 1, 1: 2}], "nominal", [1, 2]
+    ) == pytest.approx(8 / 15)
     # Ordinal, 2 coders, 3 units: (1,2) (2,3) (3,3). Coincidences o12 = o21 = 1, o23 = o32 = 1, o33 = 2;
     # n1 = 1, n2 = 2, n3 = 3, n = 6. Ordinal distance delta(c,k) = (sum_{g=c..k} n_g - (n_c + n_k) / 2)^2:
     # delta12 = (3 - 1.5)^2 = 2.25, delta23 = (5 - 2.5)^2 = 6.25, delta13 = (6 - 2)^2 = 16.
     # observed: sum o_ck delta = 2 * 2.25 + 2 * 6.25 = 17; expected: sum n_c n_k delta over ordered pairs
     # = 2 * (1*2*2.25 + 2*3*6.25 + 1*3*16) = 180. alpha = 1 - (n - 1) * 17 / 180 = 1 - 85/180 = 19/36.
-    assert krippendorff_alpha([{0: 1, 1: 2}, {0: 2, 1: 3}, {0: 3, 1: 3}], "ordinal", [1, 2, 3]) == \
-        pytest.approx(19 / 36)
+    assert krippendorff_alpha([{0: 1, 1: 2}, {0: 2, 1: 3}, {0: 3, 1: 3}], "ordinal", [1, 2, 3]) == pytest.approx(
+        19 / 36
+    )
     # the same data read as nominal: o_ck off-diagonal = 4, n1 n2 + n1 n3 + n2 n3 = 2 + 3 + 6 = 11 (x2 ordered)
     # alpha = 1 - 5 * 4 / 22 = 1/11: the ordinal alpha credits the near misses, the nominal one does not
-    assert krippendorff_alpha([{0: 1, 1: 2}, {0: 2, 1: 3}, {0: 3, 1: 3}], "nominal", [1, 2, 3]) == \
-        pytest.approx(1 / 11)
+    assert krippendorff_alpha([{0: 1, 1: 2}, {0: 2, 1: 3}, {0: 3, 1: 3}], "nominal", [1, 2, 3]) == pytest.approx(1 / 11)
 
 
 def test_alpha_is_undefined_without_shared_values_or_variation():
@@ -129,10 +143,22 @@ def test_ranking_and_score_agreement_is_ordinal(pref_store):
     prompt = add_bank_prompt(pref_store, "儿童发热怎么办？")
     three = ["r1/dpo", "r1/sft", "r1/base"]
     # wang: dpo 1, sft 2, base 3; li (panels in another order): dpo 1, base 2, sft 3
-    judge(pref_store, wang, prompt, three, ranking={"A": 1, "B": 2, "C": 3},
-          scores={"A": {"safety": 5, "fluency": 4}, "B": {"safety": 4}})
-    judge(pref_store, li, prompt, ["r1/base", "r1/dpo", "r1/sft"], ranking={"A": 2, "B": 1, "C": 3},
-          scores={"B": {"safety": 5, "fluency": 3}, "C": {"safety": 3}})
+    judge(
+        pref_store,
+        wang,
+        prompt,
+        three,
+        ranking={"A": 1, "B": 2, "C": 3},
+        scores={"A": {"safety": 5, "fluency": 4}, "B": {"safety": 4}},
+    )
+    judge(
+        pref_store,
+        li,
+        prompt,
+        ["r1/base", "r1/dpo", "r1/sft"],
+        ranking={"A": 2, "B": 1, "C": 3},
+        scores={"B": {"safety": 5, "fluency": 3}, "C": {"safety": 3}},
+    )
     agreement = pref_store.leaderboard(rounds=0).agreement
     ranking = agreement.by_kind["ranking"]
     # units (checkpoint: wang, li): dpo (1,1), sft (2,3), base (3,2). Coincidences: o11 = 2, o23 = o32 = 2;

@@ -21,10 +21,17 @@ def prepare(store, n=WRITERS * PER_WRITER):  # a comparison per judgment: one ju
     me = store.demo_annotator()
     comparisons = []
     for i in range(n):
-        cmp = store.record_comparison(ComparisonIn(
-            me.id, [{"role": "user", "content": f"第{i}例：流感和普通感冒有什么区别？"}],
-            [ResponseIn("r1/sft", "流感症状更重，常有高热和全身酸痛。"), ResponseIn("r1/dpo", "流感由流感病毒引起，全身症状明显。"),
-             ResponseIn("r1/base", "不知道。")]))
+        cmp = store.record_comparison(
+            ComparisonIn(
+                me.id,
+                [{"role": "user", "content": f"第{i}例：流感和普通感冒有什么区别？"}],
+                [
+                    ResponseIn("r1/sft", "流感症状更重，常有高热和全身酸痛。"),
+                    ResponseIn("r1/dpo", "流感由流感病毒引起，全身症状明显。"),
+                    ResponseIn("r1/base", "不知道。"),
+                ],
+            )
+        )
         comparisons.append(cmp)
     return me, comparisons
 
@@ -40,10 +47,18 @@ def run_writers(stores, me, comparisons):
             cmp = comparisons[(w * PER_WRITER + k) % len(comparisons)]
             try:
                 # alternate votes and rankings; each writer's second submit of a client id is a resubmit
-                store.submit_judgment(JudgmentIn(cmp.id, me.id, client_id=f"w{w}-{k}",
-                                                 ranking={"A": 1 + k % 3, "B": 1 + (k + 1) % 3, "C": 1 + (k + 2) % 3}))
+                store.submit_judgment(
+                    JudgmentIn(
+                        cmp.id,
+                        me.id,
+                        client_id=f"w{w}-{k}",
+                        ranking={"A": 1 + k % 3, "B": 1 + (k + 1) % 3, "C": 1 + (k + 2) % 3},
+                    )
+                )
                 if k % 10 == 0:
-                    store.submit_judgment(JudgmentIn(cmp.id, me.id, client_id=f"w{w}-{k}", ranking={"A": 1, "B": 2, "C": 3}))
+                    store.submit_judgment(
+                        JudgmentIn(cmp.id, me.id, client_id=f"w{w}-{k}", ranking={"A": 1, "B": 2, "C": 3})
+                    )
             except Exception as err:  # noqa: BLE001 - any error reaching a caller fails the test
                 errors.append(err)
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from chimed import main as cli_main
 from preference_store.deid import deidentify
 from preference_store.export import export_pairs, format_summary
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
-from chimed import main as cli_main
 from training.config import load_config
 from training.errors import UserError
 
@@ -22,19 +22,37 @@ pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on P
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "store" / "deid_cases.json").read_text(encoding="utf-8"))
 RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
-PROVENANCE_KEYS = {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator",
-                   "chosen_checkpoint", "rejected_checkpoint", "chosen_serving", "rejected_serving", "judged_at",
-                   "agreement", "blind", "votes"}
+PROVENANCE_KEYS = {
+    "pair_id",
+    "judgment_id",
+    "comparison_id",
+    "judgment_kind",
+    "annotator",
+    "chosen_checkpoint",
+    "rejected_checkpoint",
+    "chosen_serving",
+    "rejected_serving",
+    "judged_at",
+    "agreement",
+    "blind",
+    "votes",
+}
 
 
-def judge(store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment):
+def judge(
+    store, prompt, answers=("多休息，观察病情。", "应及时就医，明确病因。", "不清楚。"), annotator=None, **judgment
+):
     annotator = annotator or store.demo_annotator()
     stages = ["r1/base", "r1/sft", "r1/dpo", "r1/cpt"]
-    cmp = store.record_comparison(ComparisonIn(
-        annotator.id, [{"role": "user", "content": prompt}],
-        [ResponseIn(stages[i], text) for i, text in enumerate(answers)]))
+    cmp = store.record_comparison(
+        ComparisonIn(
+            annotator.id,
+            [{"role": "user", "content": prompt}],
+            [ResponseIn(stages[i], text) for i, text in enumerate(answers)],
+        )
+    )
     if not judgment:
-        judgment = {"ranking": {label: i + 1 for i, label in enumerate("ABCD"[:len(answers)])}}
+        judgment = {"ranking": {label: i + 1 for i, label in enumerate("ABCD"[: len(answers)])}}
     return cmp, store.submit_judgment(JudgmentIn(cmp.id, annotator.id, **judgment))
 
 
@@ -62,11 +80,16 @@ def test_records_are_dpo_format_with_provenance(pref_store, cfg, tmp_path):
         assert prov["comparison_id"] == cmp.id and prov["judgment_kind"] == "ranking"
         assert datetime.fromisoformat(prov["judged_at"]) == out.created
         assert prov["votes"] == {"for": 1, "against": 0, "ties": 0}  # one annotator, one vote per pair
-        assert record["chosen"][0]["content"] == next(r.text for r in cmp.responses if r.checkpoint_id == prov["chosen_checkpoint"])
-        assert record["rejected"][0]["content"] == next(r.text for r in cmp.responses if r.checkpoint_id == prov["rejected_checkpoint"])
+        assert record["chosen"][0]["content"] == next(
+            r.text for r in cmp.responses if r.checkpoint_id == prov["chosen_checkpoint"]
+        )
+        assert record["rejected"][0]["content"] == next(
+            r.text for r in cmp.responses if r.checkpoint_id == prov["rejected_checkpoint"]
+        )
     best_first = [r.checkpoint_id for r in cmp.responses]  # the ranking put A first, then B, then C
-    assert sorted((r["provenance"]["chosen_checkpoint"], r["provenance"]["rejected_checkpoint"]) for r in records) == \
-        sorted([(best_first[0], best_first[1]), (best_first[0], best_first[2]), (best_first[1], best_first[2])])
+    assert sorted(
+        (r["provenance"]["chosen_checkpoint"], r["provenance"]["rejected_checkpoint"]) for r in records
+    ) == sorted([(best_first[0], best_first[1]), (best_first[0], best_first[2]), (best_first[1], best_first[2])])
     data = (tmp_path / "pairs.jsonl").read_bytes()
     assert summary.sha256 == hashlib.sha256(data).hexdigest()
     assert pref_store.counts().exported_pairs == 3
@@ -86,13 +109,19 @@ def test_annotators_appear_only_as_stable_pseudonyms(pref_store, cfg, tmp_path):
 
 
 def test_correction_pairs_name_no_chosen_checkpoint(pref_store, cfg, tmp_path):
-    judge(pref_store, "感冒需要用抗生素吗？", answers=("需要。", "不一定。"),
-          correction="普通感冒多由病毒引起，一般不需要抗生素；合并细菌感染时遵医嘱使用。")
+    judge(
+        pref_store,
+        "感冒需要用抗生素吗？",
+        answers=("需要。", "不一定。"),
+        correction="普通感冒多由病毒引起，一般不需要抗生素；合并细菌感染时遵医嘱使用。",
+    )
     records = read(export_pairs(cfg, out=tmp_path / "p.jsonl", store=pref_store).path)
     assert len(records) == 2
     assert {r["provenance"]["chosen_checkpoint"] for r in records} == {None}
     assert {r["provenance"]["rejected_checkpoint"] for r in records} == {"r1/base", "r1/sft"}
-    assert {r["chosen"][0]["content"] for r in records} == {"普通感冒多由病毒引起，一般不需要抗生素；合并细菌感染时遵医嘱使用。"}
+    assert {r["chosen"][0]["content"] for r in records} == {
+        "普通感冒多由病毒引起，一般不需要抗生素；合并细菌感染时遵医嘱使用。"
+    }
 
 
 @pytest.mark.parametrize("case", CASES["redact"], ids=lambda c: c["text"][:12])
@@ -110,8 +139,12 @@ def test_ordinary_medical_text_is_left_alone(text):
 
 def test_export_deidentifies_prompts_answers_and_corrections_and_says_what(pref_store, cfg, tmp_path, capsys):
     case = CASES["redact"][-1]  # name, phone and e-mail in one prompt
-    judge(pref_store, case["text"], answers=("请联系13800000000预约。", "建议就医。"),
-          correction="姓名：王五，请到门诊就诊，邮箱 ww@example.com 不要公开。")
+    judge(
+        pref_store,
+        case["text"],
+        answers=("请联系13800000000预约。", "建议就医。"),
+        correction="姓名：王五，请到门诊就诊，邮箱 ww@example.com 不要公开。",
+    )
     cli_main(["export-prefs", "--profile", "tiny", "--out", str(tmp_path / "p.jsonl")])
     printed = capsys.readouterr().out
     text = (tmp_path / "p.jsonl").read_text(encoding="utf-8")
@@ -128,7 +161,11 @@ def test_export_deidentifies_prompts_answers_and_corrections_and_says_what(pref_
 def test_heldout_is_chosen_by_comparison_and_is_deterministic(pref_store, chimed_home, tmp_path):
     cfg = load_config("tiny", ["store.heldout_share=0.5"])
     for i in range(30):
-        judge(pref_store, f"第{i}个问题：失眠应该怎么调理？", answers=("规律作息。", "睡前少用手机。", "喝咖啡。", "不知道。"))
+        judge(
+            pref_store,
+            f"第{i}个问题：失眠应该怎么调理？",
+            answers=("规律作息。", "睡前少用手机。", "喝咖啡。", "不知道。"),
+        )
     first = export_pairs(cfg, out=tmp_path / "a.jsonl", store=pref_store)
     records = read(first.path)
     assert len(records) == 30 * 6
@@ -141,8 +178,12 @@ def test_heldout_is_chosen_by_comparison_and_is_deterministic(pref_store, chimed
     assert first.heldout == 6 * heldout and first.train == 6 * (30 - heldout)
     again = export_pairs(cfg, out=tmp_path / "b.jsonl", include_exported=True, store=pref_store)
     assert [(r["pair_id"], r["split"]) for r in read(again.path)] == [(r["pair_id"], r["split"]) for r in records]
-    none_held = export_pairs(load_config("tiny", ["store.heldout_share=0"]), out=tmp_path / "c.jsonl",
-                             include_exported=True, store=pref_store)
+    none_held = export_pairs(
+        load_config("tiny", ["store.heldout_share=0"]),
+        out=tmp_path / "c.jsonl",
+        include_exported=True,
+        store=pref_store,
+    )
     assert none_held.heldout == 0 and none_held.train == 180
 
 
@@ -169,7 +210,8 @@ def test_pairs_whose_two_answers_are_the_same_text_are_left_out_once(pref_store,
     summary = export_pairs(cfg, out=tmp_path / "1.jsonl", store=pref_store)
     assert (summary.same_text, summary.duplicates, len(summary.pair_ids)) == (1, 1, 1)
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in read(summary.path)] == [
-        ("多喝温水，必要时就医。", "不清楚。")]
+        ("多喝温水，必要时就医。", "不清楚。")
+    ]
     assert export_pairs(cfg, out=tmp_path / "2.jsonl", store=pref_store).path is None  # handled, not retried
     assert pref_store.counts().exported_pairs == 1
 
@@ -181,17 +223,18 @@ def test_pairs_with_an_empty_answer_are_left_out_counted_and_not_retried(pref_st
     assert (summary.empty_answer, len(summary.pair_ids)) == (2, 1)  # A>B and B>C have the empty answer
     assert "left out because one answer is empty: 2" in format_summary(summary)
     assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in read(summary.path)] == [
-        ("多喝温水，必要时就医。", "不清楚。")]
+        ("多喝温水，必要时就医。", "不清楚。")
+    ]
     assert export_pairs(cfg, out=tmp_path / "2.jsonl", store=pref_store).path is None  # handled, not retried
 
 
 def test_since_keeps_later_judgments_only(pref_store, cfg, tmp_path):
     judge(pref_store, "早先的问题：便秘怎么办？")
-    middle = datetime.now(timezone.utc)
+    middle = datetime.now(UTC)
     judge(pref_store, "后来的问题：口腔溃疡怎么办？")
     summary = export_pairs(cfg, out=tmp_path / "p.jsonl", since=middle.isoformat(), store=pref_store)
     assert {r["prompt"][0]["content"] for r in read(summary.path)} == {"后来的问题：口腔溃疡怎么办？"}
-    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert export_pairs(cfg, out=tmp_path / "q.jsonl", since=future, store=pref_store).path is None
     with pytest.raises(UserError, match="--since 'yesterday'"):
         export_pairs(cfg, out=tmp_path / "r.jsonl", since="yesterday", store=pref_store)
@@ -209,20 +252,25 @@ def test_default_output_goes_where_the_builder_reads_and_nothing_is_overwritten(
     assert len(read(files[0])) == 3
 
 
-def test_bank_pairs_carry_their_agreement_and_min_agreement_holds_back_contested_ones(pref_store, chimed_home,
-                                                                                      tmp_path):
+def test_bank_pairs_carry_their_agreement_and_min_agreement_holds_back_contested_ones(
+    pref_store, chimed_home, tmp_path
+):
     # min_agreement on its own: with the default store.aggregate=majority the contested vote would be outvoted first
     cfg = load_config("tiny", ["store.min_agreement=0.5", "store.aggregate=all"])
     bank = tmp_path / "bank.jsonl"
-    bank.write_text('{"prompt": "高血压患者饮食上要注意什么？", "split": "heldout"}\n'
-                    '{"prompt": "糖尿病有哪些常见症状？"}\n', encoding="utf-8")
+    bank.write_text(
+        '{"prompt": "高血压患者饮食上要注意什么？", "split": "heldout"}\n{"prompt": "糖尿病有哪些常见症状？"}\n',
+        encoding="utf-8",
+    )
     pref_store.import_bank(bank)
     first, second = pref_store.bank_prompts()
     answers = [ResponseIn("r1/sft", "多休息，观察病情。"), ResponseIn("r1/dpo", "应低盐饮食，规律监测血压。")]
 
     def vote(name, prompt, choice):
         me = pref_store.annotator_by_name(name) or pref_store.add_annotator(name, "a-long-test-password")
-        made = pref_store.record_comparison(ComparisonIn(me.id, prompt.messages, list(answers), bank_prompt_id=prompt.id))
+        made = pref_store.record_comparison(
+            ComparisonIn(me.id, prompt.messages, list(answers), bank_prompt_id=prompt.id)
+        )
         return pref_store.submit_judgment(JudgmentIn(made.id, me.id, choice=choice)).pair_ids[0]
 
     agreeing = [vote("a1", first, "B"), vote("a2", first, "B")]
@@ -267,8 +315,10 @@ def test_an_export_for_inspection_does_not_starve_the_next_round(pref_store, cfg
     assert "preferences: 3 new clinician pairs go into this round" in printed
 
     export_clinician_pairs(cfg)  # the next round, with nothing new: it says so, and why
-    assert ("0 clinician pairs go into this round although the store holds 1 judgment: "
-            "3 already exported by an earlier export") in capsys.readouterr().out
+    assert (
+        "0 clinician pairs go into this round although the store holds 1 judgment: "
+        "3 already exported by an earlier export"
+    ) in capsys.readouterr().out
 
 
 def test_for_training_marks_what_the_file_holds(pref_store, cfg, tmp_path, capsys):

@@ -15,16 +15,24 @@ pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on P
 
 def add_bank_prompt(store, text, split="train"):
     """A bank prompt written straight into the store (the import itself is tested in test_store_bank.py)."""
-    row = BankPromptRow(id=f"bp{abs(hash(text)) % 10**12}", bank="test", messages=[{"role": "user", "content": text}],
-                        tags=[], split=split, content_sha256=f"{abs(hash(text)):064d}"[:64], source="test:1")
+    row = BankPromptRow(
+        id=f"bp{abs(hash(text)) % 10**12}",
+        bank="test",
+        messages=[{"role": "user", "content": text}],
+        tags=[],
+        split=split,
+        content_sha256=f"{abs(hash(text)):064d}"[:64],
+        source="test:1",
+    )
     store._write(lambda s: s.add(row))
     return row.id, row.messages
 
 
 def judge(store, annotator, prompt, checkpoints, **judgment):
     bank_id, messages = prompt
-    cmp = store.record_comparison(ComparisonIn(annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in checkpoints],
-                                               bank_prompt_id=bank_id))
+    cmp = store.record_comparison(
+        ComparisonIn(annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in checkpoints], bank_prompt_id=bank_id)
+    )
     return store.submit_judgment(JudgmentIn(cmp.id, annotator.id, **judgment))
 
 
@@ -57,8 +65,11 @@ def test_the_screen_lists_a_planted_random_voter_and_not_the_consistent_annotato
     screen = {s.name: s for s in board.screen}
     assert set(screen) == {"clinician0", "clinician1", "clinician2", "clinician3", "clicker"}
     clicker = screen["clicker"]
-    assert clicker.units == 24 and clicker.rate < 0.6 and clicker.p_value < 0.01 < min(
-        screen[f"clinician{i}"].p_value for i in range(4))
+    assert (
+        clicker.units == 24
+        and clicker.rate < 0.6
+        and clicker.p_value < 0.01 < min(screen[f"clinician{i}"].p_value for i in range(4))
+    )
     assert all(screen[f"clinician{i}"].rate > 0.85 and not screen[f"clinician{i}"].outlier for i in range(4))
     assert clicker.expected > 0.85  # the others agree with their consensus that often
     # the agreement report says the same, per annotator
@@ -93,7 +104,12 @@ def test_position_bias_when_balanced_and_in_rankings(pref_store):
     for i in range(20):
         judge(pref_store, me, prompt, ["r1/dpo", "r1/sft"], choice="A" if i % 2 else "B")
     three = ["r1/dpo", "r1/sft", "r1/base"]
-    for ranking in ({"A": 1, "B": 2, "C": 3}, {"A": 1, "B": 3, "C": 2}, {"A": 2, "B": 1, "C": 3}, {"A": 3, "B": 2, "C": 1}):
+    for ranking in (
+        {"A": 1, "B": 2, "C": 3},
+        {"A": 1, "B": 3, "C": 2},
+        {"A": 2, "B": 1, "C": 3},
+        {"A": 3, "B": 2, "C": 1},
+    ):
         judge(pref_store, me, prompt, three, ranking=ranking)
     bias = pref_store.leaderboard(rounds=0).position_bias
     assert (bias.decided_votes, bias.a_share) == (20, 0.5)

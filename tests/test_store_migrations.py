@@ -21,9 +21,28 @@ from training.config import load_config
 
 pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
 
-TABLES = {"store_meta", "annotators", "checkpoints", "conversations", "comparisons", "responses",
-          "judgments", "criterion_scores", "pairs", "exports", "exported_pairs", "consumptions", "guidelines", "bank_prompts", "assignments",
-          "answer_ratings", "exported_ratings", "api_tokens", "audit_events", "alembic_version"}
+TABLES = {
+    "store_meta",
+    "annotators",
+    "checkpoints",
+    "conversations",
+    "comparisons",
+    "responses",
+    "judgments",
+    "criterion_scores",
+    "pairs",
+    "exports",
+    "exported_pairs",
+    "consumptions",
+    "guidelines",
+    "bank_prompts",
+    "assignments",
+    "answer_ratings",
+    "exported_ratings",
+    "api_tokens",
+    "audit_events",
+    "alembic_version",
+}
 
 
 def test_empty_database_migrates_to_head_and_matches_the_models(empty_database_url):
@@ -99,7 +118,9 @@ def test_several_openers_of_a_new_database_do_not_collide(empty_database_url):
 def test_foreign_keys_are_enforced(pref_store):
     with pytest.raises(IntegrityError):
         with pref_store._engine.begin() as conn:
-            conn.exec_driver_sql("INSERT INTO conversations (id, annotator_id, created) VALUES ('c', 999, '2024-01-01')")
+            conn.exec_driver_sql(
+                "INSERT INTO conversations (id, annotator_id, created) VALUES ('c', 999, '2024-01-01')"
+            )
     assert pref_store.counts().conversations == 0
 
 
@@ -109,8 +130,11 @@ def test_a_database_from_a_newer_version_gives_a_clear_error(empty_database_url)
     with engine.begin() as db:  # as a later release, with a migration this code does not have, leaves it
         db.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     engine.dispose()
-    with pytest.raises(PreferenceStoreError, match=r"^the preference database .* has a schema newer than this code "
-                                                   r"\(.*'9999'.*\): update ChiMed Arena$") as err:
+    with pytest.raises(
+        PreferenceStoreError,
+        match=r"^the preference database .* has a schema newer than this code "
+        r"\(.*'9999'.*\): update ChiMed Arena$",
+    ) as err:
         PreferenceStore(empty_database_url)
     assert "\n" not in str(err.value)
 

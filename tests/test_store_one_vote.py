@@ -22,9 +22,18 @@ PROMPT = [{"role": "user", "content": "高血压患者饮食上要注意什么�
 
 
 def _comparison(store, annotator, blind=True, conversation_id=None):
-    return store.record_comparison(ComparisonIn(annotator.id, PROMPT, [
-        ResponseIn("r1/sft", "少吃盐，多运动。"), ResponseIn("r1/dpo", "低盐饮食，控制体重，限制饮酒，按时服药。")],
-        blind=blind, conversation_id=conversation_id))
+    return store.record_comparison(
+        ComparisonIn(
+            annotator.id,
+            PROMPT,
+            [
+                ResponseIn("r1/sft", "少吃盐，多运动。"),
+                ResponseIn("r1/dpo", "低盐饮食，控制体重，限制饮酒，按时服药。"),
+            ],
+            blind=blind,
+            conversation_id=conversation_id,
+        )
+    )
 
 
 def _pairs(store) -> set[tuple[str, str]]:
@@ -47,7 +56,9 @@ def test_a_second_judgment_is_refused_and_a_revise_makes_the_only_pairs_that_cou
     revised = pref_store.submit_judgment(JudgmentIn(made.id, wang.id, choice="B", reason="B 更完整", revise=True))
     history = pref_store.judgments_for(made.id)
     assert [(j.id, j.choice, j.superseded_by, j.superseded_why) for j in history] == [
-        (first.id, "A", revised.id, "revised"), (revised.id, "B", None, None)]
+        (first.id, "A", revised.id, "revised"),
+        (revised.id, "B", None, None),
+    ]
     assert _pairs(pref_store) == {("r1/dpo", "r1/sft")}  # only the newest judgment makes pairs
     assert {p.id for p in pref_store.recent_pairs()} == set(revised.pair_ids)
     assert pref_store.count_judgments(wang.id) == 1 and pref_store.counts().judgments == 1
@@ -73,9 +84,12 @@ def test_one_rating_per_answer_and_a_revised_rating_leaves_the_export(pref_store
     down = pref_store.submit_rating(RatingIn(made.id, wang.id, label="A", up=False, revise=True))
     assert {(r.label, r.up) for r in pref_store.ratings()} == {("A", False), ("B", True)}
     assert [(r.id, r.superseded_by) for r in pref_store.ratings(history=True) if r.label == "A"] == [
-        (down.id, None), (up.id, down.id)]
+        (down.id, None),
+        (up.id, down.id),
+    ]
     assert {(r.rating_id, r.up) for r in pref_store.rating_export_rows() if r.answer.startswith("少吃盐")} == {
-        (down.id, False)}
+        (down.id, False)
+    }
 
 
 def test_judgments_made_with_the_names_shown_stay_out_of_the_leaderboard_and_the_export(pref_store, tmp_path):
@@ -111,8 +125,9 @@ def test_judgments_made_with_the_names_shown_stay_out_of_the_leaderboard_and_the
     assert admitted[0]["provenance"]["blind"] is False
 
 
-def test_migration_0005_keeps_the_latest_of_second_votes_and_the_command_lists_the_rest(empty_database_url,
-                                                                                      capsys, monkeypatch):
+def test_migration_0005_keeps_the_latest_of_second_votes_and_the_command_lists_the_rest(
+    empty_database_url, capsys, monkeypatch
+):
     # a store as the previous release left it: dr_wang voted A, then B, on one comparison, and rated one answer
     # up, then down; dr_li voted once
     engine = make_engine(empty_database_url, 1000)
@@ -150,7 +165,9 @@ def test_migration_0005_keeps_the_latest_of_second_votes_and_the_command_lists_t
 
     with PreferenceStore(empty_database_url) as store:  # opening it upgrades it: the rule applies
         assert [(j.id, j.superseded_by, j.superseded_why) for j in store.judgments_for("cmp")] == [
-            ("j1", "j2", "duplicate"), ("j2", None, None)]  # nothing dropped, the latest counts
+            ("j1", "j2", "duplicate"),
+            ("j2", None, None),
+        ]  # nothing dropped, the latest counts
         assert {p.pair_id for p in store.export_rows()} == {"clin-2", "clin-3"}
         assert [(r.id, r.superseded_by) for r in store.ratings(history=True)] == [("t2", None), ("t1", "t2")]
         assert store.counts().judgments == 2

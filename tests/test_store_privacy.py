@@ -12,15 +12,23 @@ pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on P
 
 
 def compare(store, annotator, prompt="胃痛反复发作怎么办？", **kwargs):
-    return store.record_comparison(ComparisonIn(annotator.id, [{"role": "user", "content": prompt}],
-                                                [ResponseIn("r1/sft", "建议清淡饮食。"), ResponseIn("r1/dpo", "反复胃痛应做胃镜检查。")],
-                                                **kwargs))
+    return store.record_comparison(
+        ComparisonIn(
+            annotator.id,
+            [{"role": "user", "content": prompt}],
+            [ResponseIn("r1/sft", "建议清淡饮食。"), ResponseIn("r1/dpo", "反复胃痛应做胃镜检查。")],
+            **kwargs,
+        )
+    )
 
 
 @pytest.fixture
 def wang_li_admin(pref_store):
-    return (pref_store.add_annotator("dr_wang", "pw"), pref_store.add_annotator("dr_li", "pw"),
-            pref_store.add_annotator("dr_zhao", "pw", role="admin"))
+    return (
+        pref_store.add_annotator("dr_wang", "pw"),
+        pref_store.add_annotator("dr_li", "pw"),
+        pref_store.add_annotator("dr_zhao", "pw", role="admin"),
+    )
 
 
 def test_judging_or_rating_another_annotators_comparison_is_refused(pref_store, wang_li_admin):

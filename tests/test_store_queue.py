@@ -21,7 +21,10 @@ from training.config import load_config
 
 pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
 
-ANSWERS = [ResponseIn("r1/sft", "建议低盐饮食，规律监测血压。"), ResponseIn("r1/dpo", "应限制钠盐，戒烟限酒，遵医嘱服药。")]
+ANSWERS = [
+    ResponseIn("r1/sft", "建议低盐饮食，规律监测血压。"),
+    ResponseIn("r1/dpo", "应限制钠盐，戒烟限酒，遵医嘱服药。"),
+]
 
 
 def open_store(url: str, **settings) -> PreferenceStore:
@@ -41,7 +44,9 @@ def make_store(store_url, chimed_home, monkeypatch):
         store = open_store(store_url, **settings)
         stores.append(store)
         bank = chimed_home / "bank.jsonl"
-        bank.write_text("".join(f'{{"prompt": "第{i}题：头痛应该怎么办？"}}\n' for i in range(n_prompts)), encoding="utf-8")
+        bank.write_text(
+            "".join(f'{{"prompt": "第{i}题：头痛应该怎么办？"}}\n' for i in range(n_prompts)), encoding="utf-8"
+        )
         assert store.import_bank(bank).imported == n_prompts
         return store
 
@@ -52,8 +57,15 @@ def make_store(store_url, chimed_home, monkeypatch):
 
 def ask(store, annotator_id, assignment):
     """Record the comparison of an assignment's prompt, as the arena does."""
-    return store.record_comparison(ComparisonIn(annotator_id, assignment.bank_prompt.messages, list(ANSWERS),
-                                                bank_prompt_id=assignment.bank_prompt.id, assignment_id=assignment.id))
+    return store.record_comparison(
+        ComparisonIn(
+            annotator_id,
+            assignment.bank_prompt.messages,
+            list(ANSWERS),
+            bank_prompt_id=assignment.bank_prompt.id,
+            assignment_id=assignment.id,
+        )
+    )
 
 
 def work_queue(store, annotator_id) -> list[str]:
@@ -69,8 +81,11 @@ def work_queue(store, annotator_id) -> list[str]:
 def expire_open_assignments(store, hours: float = 3) -> None:
     """Let time pass: every open assignment was given ``hours`` ago (beyond the 2 h timeout)."""
     with store._engine.begin() as conn:
-        conn.execute(update(AssignmentRow).where(AssignmentRow.status == "open")
-                     .values(assigned=utcnow() - timedelta(hours=hours)))
+        conn.execute(
+            update(AssignmentRow)
+            .where(AssignmentRow.status == "open")
+            .values(assigned=utcnow() - timedelta(hours=hours))
+        )
 
 
 def done_per_prompt(store) -> Counter:
@@ -192,7 +207,9 @@ def test_the_daily_cap_counts_judgments_and_ratings_and_lets_a_resubmit_through(
     first = JudgmentIn(comparison.id, me.id, client_id="first", choice="A")
     store.submit_judgment(first)
     store.submit_rating(RatingIn(comparison.id, me.id, "B", up=False))
-    free_chat = store.record_comparison(ComparisonIn(me.id, [{"role": "user", "content": "感冒吃什么药？"}], list(ANSWERS)))
+    free_chat = store.record_comparison(
+        ComparisonIn(me.id, [{"role": "user", "content": "感冒吃什么药？"}], list(ANSWERS))
+    )
     with pytest.raises(PreferenceStoreError, match=r"daily limit reached: 2 judgments and ratings today, the cap is 2"):
         store.submit_judgment(JudgmentIn(free_chat.id, me.id, choice="B"))
     with pytest.raises(PreferenceStoreError, match="daily limit reached"):
@@ -200,7 +217,9 @@ def test_the_daily_cap_counts_judgments_and_ratings_and_lets_a_resubmit_through(
     assert store.submit_judgment(first).duplicate  # the browser retrying a stored judgment is not refused
     assert (store.count_judgments(), store.counts().ratings) == (1, 1)
     other = store.add_annotator("dr_wang", "pw")  # the cap is per annotator
-    theirs = store.record_comparison(ComparisonIn(other.id, [{"role": "user", "content": "咳嗽吃什么药？"}], list(ANSWERS)))
+    theirs = store.record_comparison(
+        ComparisonIn(other.id, [{"role": "user", "content": "咳嗽吃什么药？"}], list(ANSWERS))
+    )
     store.submit_judgment(JudgmentIn(theirs.id, other.id, choice="A"))
 
 
@@ -217,5 +236,6 @@ def test_a_new_round_gives_every_annotator_the_bank_again_and_only_admins_start_
     again = work_queue(store, first.id)
     assert sorted(again) == sorted(p.id for p in store.bank_prompts())
     assert {a.round for a in store.assignments(annotator_id=first.id)} == {1, 2}
-    assert Counter(a.bank_prompt.id for a in store.assignments() if a.round == 2 and a.status == "done") \
-        == Counter({p.id: 1 for p in store.bank_prompts()})
+    assert Counter(a.bank_prompt.id for a in store.assignments() if a.round == 2 and a.status == "done") == Counter(
+        {p.id: 1 for p in store.bank_prompts()}
+    )

@@ -23,8 +23,11 @@ PROMPT = [{"role": "user", "content": "糖尿病患者饮食上要注意什么�
 
 def vote(store, annotator, a, b, choice, scores=None, texts=None, leaks=(None, None)):
     texts = texts or (f"{a} 的回答", f"{b} 的回答")
-    cmp = store.record_comparison(ComparisonIn(annotator.id, PROMPT, [ResponseIn(a, texts[0], leaks=leaks[0]),
-                                                                      ResponseIn(b, texts[1], leaks=leaks[1])]))
+    cmp = store.record_comparison(
+        ComparisonIn(
+            annotator.id, PROMPT, [ResponseIn(a, texts[0], leaks=leaks[0]), ResponseIn(b, texts[1], leaks=leaks[1])]
+        )
+    )
     store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice=choice, scores=scores or {}))
     return cmp
 
@@ -36,7 +39,9 @@ def test_a_clearly_better_checkpoint_rates_highest(pref_store):
         for i in range(10):
             choice = "A" if i < 7 else ("tie" if i == 7 else "B")
             vote(pref_store, me, better, worse, choice)
-    cmp = pref_store.record_comparison(ComparisonIn(me.id, PROMPT, [ResponseIn(c, c) for c in ("r1/base", "r1/dpo", "r1/sft")]))
+    cmp = pref_store.record_comparison(
+        ComparisonIn(me.id, PROMPT, [ResponseIn(c, c) for c in ("r1/base", "r1/dpo", "r1/sft")])
+    )
     pref_store.submit_judgment(JudgmentIn(cmp.id, me.id, ranking={"A": 3, "B": 1, "C": 2}))
 
     board = pref_store.leaderboard(rounds=200)
@@ -64,8 +69,9 @@ def test_ties_count_half_so_equal_records_rate_equal():
 def test_fit_recovers_known_strengths():
     strengths = np.array([0.0, 1.0, 2.0])
     games = 10_000
-    wins = np.array([[games / (1 + math.exp(strengths[j] - strengths[i])) if i != j else 0.0
-                      for j in range(3)] for i in range(3)])
+    wins = np.array(
+        [[games / (1 + math.exp(strengths[j] - strengths[i])) if i != j else 0.0 for j in range(3)] for i in range(3)]
+    )
     fitted = fit_bradley_terry(wins)
     assert fitted - fitted[0] == pytest.approx(strengths, abs=0.01)
 
@@ -79,7 +85,14 @@ def test_an_unbeaten_checkpoint_gets_a_finite_rating():
 
 def test_criterion_means_are_per_checkpoint(pref_store):
     me = pref_store.demo_annotator()
-    vote(pref_store, me, "r1/sft", "r1/base", "A", {"A": {"safety": 5, "correctness": 4, "completeness": 3}, "B": {"safety": 2}})
+    vote(
+        pref_store,
+        me,
+        "r1/sft",
+        "r1/base",
+        "A",
+        {"A": {"safety": 5, "correctness": 4, "completeness": 3}, "B": {"safety": 2}},
+    )
     vote(pref_store, me, "r1/sft", "r1/base", "A", {"A": {"safety": 3, "correctness": 4}})
     board = pref_store.leaderboard(rounds=10)
     assert board.criteria["r1/sft"] == {"safety": 4.0, "correctness": 4.0, "completeness": 3.0}
@@ -133,15 +146,30 @@ def test_battles_whose_answers_name_a_model_are_left_out(pref_store):
 def test_ratings_per_criterion_follow_the_scores(pref_store):
     me = pref_store.demo_annotator()
     # base is safer (more cautious) but sft is more fluent; the votes favour sft
-    for i in range(6):
-        vote(pref_store, me, "r1/sft", "r1/base", "A", {
-            "A": {"safety": 2, "fluency": 5, "correctness": 3},
-            "B": {"safety": 4, "fluency": 2, "correctness": 3},
-        })
+    for _ in range(6):
+        vote(
+            pref_store,
+            me,
+            "r1/sft",
+            "r1/base",
+            "A",
+            {
+                "A": {"safety": 2, "fluency": 5, "correctness": 3},
+                "B": {"safety": 4, "fluency": 2, "correctness": 3},
+            },
+        )
     # a ranking of three: every two scored answers make one battle per criterion they share
-    cmp = pref_store.record_comparison(ComparisonIn(me.id, PROMPT, [ResponseIn(c, c) for c in ("r1/dpo", "r1/sft", "r1/base")]))
-    pref_store.submit_judgment(JudgmentIn(cmp.id, me.id, ranking={"A": 1, "B": 2, "C": 3},
-                                          scores={"A": {"safety": 5}, "B": {"safety": 1}, "C": {"safety": 3, "fluency": 1}}))
+    cmp = pref_store.record_comparison(
+        ComparisonIn(me.id, PROMPT, [ResponseIn(c, c) for c in ("r1/dpo", "r1/sft", "r1/base")])
+    )
+    pref_store.submit_judgment(
+        JudgmentIn(
+            cmp.id,
+            me.id,
+            ranking={"A": 1, "B": 2, "C": 3},
+            scores={"A": {"safety": 5}, "B": {"safety": 1}, "C": {"safety": 3, "fluency": 1}},
+        )
+    )
     board = pref_store.leaderboard(rounds=20)
     order = {c: [r.checkpoint_id for r in ratings] for c, ratings in board.criterion_ratings.items()}
     assert order["safety"] == ["r1/dpo", "r1/base", "r1/sft"]
@@ -189,8 +217,10 @@ def test_length_control_removes_a_planted_length_bias():
 
 def test_length_control_changes_nothing_when_length_does_not_matter():
     rng = np.random.default_rng(1)
-    battles = [Battle("good", "bad", float(rng.random() < 0.75), int(rng.integers(50, 300)), int(rng.integers(50, 300)))
-               for _ in range(2000)]
+    battles = [
+        Battle("good", "bad", float(rng.random() < 0.75), int(rng.integers(50, 300)), int(rng.integers(50, 300)))
+        for _ in range(2000)
+    ]
     raw = {r.checkpoint_id: r.rating for r in rate_checkpoints(battles, rounds=0)}
     controlled = rate_length_controlled(battles)
     low, high = controlled.length_ci95

@@ -27,10 +27,16 @@ DELTA = {"mode": "delta", "bits": 8, "device": "cpu", "dtype": "float32"}
 
 def served_comparison(store, servings=(EXACT, DELTA)):
     me = store.demo_annotator()
-    return store.record_comparison(ComparisonIn(me.id, PROMPT, [
-        ResponseIn("r1/sft", "可以适量吃低糖水果，注意监测血糖。", serving=servings[0]),
-        ResponseIn("r1/cpt", "不可以。", serving=servings[1]),
-    ]))
+    return store.record_comparison(
+        ComparisonIn(
+            me.id,
+            PROMPT,
+            [
+                ResponseIn("r1/sft", "可以适量吃低糖水果，注意监测血糖。", serving=servings[0]),
+                ResponseIn("r1/cpt", "不可以。", serving=servings[1]),
+            ],
+        )
+    )
 
 
 def test_each_answer_keeps_how_it_was_served(pref_store):
@@ -61,12 +67,20 @@ def test_recent_pairs_and_the_data_tab_show_how_both_answers_were_served(pref_st
 def test_the_export_provenance_says_how_the_chosen_and_rejected_answers_were_served(pref_store, chimed_home, tmp_path):
     cmp = served_comparison(pref_store)
     pref_store.submit_judgment(JudgmentIn(cmp.id, cmp.annotator_id, choice="B"))
-    again = served_comparison(pref_store)  # one judgment per comparison: the better answer on the same answers asked again
-    pref_store.submit_judgment(JudgmentIn(again.id, again.annotator_id, correction="可以，选低升糖指数的水果，两餐之间少量吃。"))
+    again = served_comparison(
+        pref_store
+    )  # one judgment per comparison: the better answer on the same answers asked again
+    pref_store.submit_judgment(
+        JudgmentIn(again.id, again.annotator_id, correction="可以，选低升糖指数的水果，两餐之间少量吃。")
+    )
     export_pairs(load_config("tiny"), out=tmp_path / "pairs.jsonl", store=pref_store)
     records = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text(encoding="utf-8").splitlines()]
-    served = sorted((r["provenance"]["chosen_serving"] or {}).get("mode", "correction") + ">"
-                    + r["provenance"]["rejected_serving"]["mode"] for r in records)
+    served = sorted(
+        (r["provenance"]["chosen_serving"] or {}).get("mode", "correction")
+        + ">"
+        + r["provenance"]["rejected_serving"]["mode"]
+        for r in records
+    )
     assert served == ["correction>delta", "correction>exact", "delta>exact"]
 
 
@@ -100,7 +114,9 @@ def test_a_database_from_before_serving_was_recorded_upgrades_and_keeps_its_rows
     with PreferenceStore(url) as store:
         cmp = store.get_comparison("cmp")
         assert [(r.checkpoint_id, r.text, r.serving) for r in cmp.responses] == [
-            ("r0/sft", "多喝水。", None), ("r0/dpo", "测体温，高热及时就医。", None)]
+            ("r0/sft", "多喝水。", None),
+            ("r0/dpo", "测体温，高热及时就医。", None),
+        ]
         assert store.judgments_for("cmp")[0].pair_ids == ("clin-old",)
         pair = store.recent_pairs()[0]
         assert (pair.id, pair.chosen_checkpoint, pair.chosen_serving) == ("clin-old", "r0/dpo", None)

@@ -25,9 +25,14 @@ RECORD_KEYS = {"prompt", "completion", "label", "source", "rating_id", "split", 
 
 def compare(store, annotator=None, messages=PROMPT, **kwargs):
     annotator = annotator or store.demo_annotator()
-    return store.record_comparison(ComparisonIn(annotator.id, list(messages),
-                                                [ResponseIn(c, text, serving={"mode": "exact"}) for c, text in ANSWERS.items()],
-                                                **kwargs))
+    return store.record_comparison(
+        ComparisonIn(
+            annotator.id,
+            list(messages),
+            [ResponseIn(c, text, serving={"mode": "exact"}) for c, text in ANSWERS.items()],
+            **kwargs,
+        )
+    )
 
 
 def read(path):
@@ -51,14 +56,17 @@ def test_a_rating_is_stored_with_its_answer_and_a_resubmit_stores_nothing(pref_s
     assert pref_store.annotator_counts(cmp.annotator_id).ratings == 1
 
 
-@pytest.mark.parametrize("fields, match", [
-    (dict(label="C"), "no answer 'C' to rate: this comparison has A, B"),
-    (dict(up="yes"), "thumbs up \\(True\\) or down"),
-    (dict(correction="   "), "the corrected answer is empty"),
-    (dict(correction=ANSWERS["r1/sft"] + "\n"), "identical to answer A"),
-    (dict(correction="答" * 8001), "over the limit of 8000"),
-    (dict(guideline_version=9), "no guideline version 9"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        (dict(label="C"), "no answer 'C' to rate: this comparison has A, B"),
+        (dict(up="yes"), "thumbs up \\(True\\) or down"),
+        (dict(correction="   "), "the corrected answer is empty"),
+        (dict(correction=ANSWERS["r1/sft"] + "\n"), "identical to answer A"),
+        (dict(correction="答" * 8001), "over the limit of 8000"),
+        (dict(guideline_version=9), "no guideline version 9"),
+    ],
+)
 def test_bad_ratings_are_refused_and_leave_nothing_behind(pref_store, fields, match):
     cmp = compare(pref_store)
     rating = dict(comparison_id=cmp.id, annotator_id=cmp.annotator_id, label="A", up=False) | fields
@@ -82,8 +90,15 @@ def test_rating_a_queue_comparison_completes_its_assignment(pref_store, tmp_path
 
 def test_export_writes_the_unpaired_format_with_a_correction_as_a_desirable_record(pref_store, cfg, tmp_path):
     cmp = compare(pref_store)
-    down = pref_store.submit_rating(RatingIn(cmp.id, cmp.annotator_id, "A", up=False,
-                                             correction="体温39度时可用退烧药，若精神差、抽搐或持续高热应立即就医。"))
+    down = pref_store.submit_rating(
+        RatingIn(
+            cmp.id,
+            cmp.annotator_id,
+            "A",
+            up=False,
+            correction="体温39度时可用退烧药，若精神差、抽搐或持续高热应立即就医。",
+        )
+    )
     up = pref_store.submit_rating(RatingIn(cmp.id, cmp.annotator_id, "B", up=True))
     summary = export_ratings(cfg, out=tmp_path / "ratings.jsonl", store=pref_store)
     records = read(tmp_path / "ratings.jsonl")
@@ -104,15 +119,20 @@ def test_export_writes_the_unpaired_format_with_a_correction_as_a_desirable_reco
 
 def test_a_rated_empty_answer_is_left_out_and_counted_its_correction_kept(pref_store, cfg, tmp_path):
     annotator = pref_store.demo_annotator()
-    cmp = pref_store.record_comparison(ComparisonIn(annotator.id, list(PROMPT), [
-        ResponseIn("r1/sft", ""), ResponseIn("r1/dpo", ANSWERS["r1/dpo"])]))
-    fixed = pref_store.submit_rating(RatingIn(cmp.id, annotator.id, "A", up=False, correction=ANSWERS["r1/dpo"] + "必要时复诊。"))
+    cmp = pref_store.record_comparison(
+        ComparisonIn(annotator.id, list(PROMPT), [ResponseIn("r1/sft", ""), ResponseIn("r1/dpo", ANSWERS["r1/dpo"])])
+    )
+    fixed = pref_store.submit_rating(
+        RatingIn(cmp.id, annotator.id, "A", up=False, correction=ANSWERS["r1/dpo"] + "必要时复诊。")
+    )
     liked = pref_store.submit_rating(RatingIn(cmp.id, annotator.id, "B", up=True))
     summary = export_ratings(cfg, out=tmp_path / "ratings.jsonl", store=pref_store)
     records = read(tmp_path / "ratings.jsonl")
     assert summary.rating_ids == [fixed.id, liked.id] and summary.empty_answers == 1 and summary.records == 2
     assert [(r["rating_id"], r["provenance"]["completion_of"], r["label"]) for r in records] == [
-        (fixed.id, "correction", True), (liked.id, "answer", True)]
+        (fixed.id, "correction", True),
+        (liked.id, "answer", True),
+    ]
     assert all(r["completion"][0]["content"].strip() for r in records)
     assert "left out because the rated answer is empty: 1" in format_ratings_summary(summary)
     assert export_ratings(cfg, out=tmp_path / "again.jsonl", store=pref_store).path is None  # handled
@@ -136,7 +156,9 @@ def test_only_new_ratings_are_exported_next_time_and_the_export_is_logged(pref_s
 def test_exported_ratings_are_deidentified_and_name_annotators_by_pseudonym(pref_store, cfg, tmp_path):
     wang = pref_store.add_annotator("dr_wang", "pw")
     cmp = compare(pref_store, wang, [{"role": "user", "content": "患者张三，手机13800000000，咳嗽两周怎么办？"}])
-    pref_store.submit_rating(RatingIn(cmp.id, wang.id, "A", up=False, correction="请患者李四，到呼吸科就诊，邮箱 ls@example.com。"))
+    pref_store.submit_rating(
+        RatingIn(cmp.id, wang.id, "A", up=False, correction="请患者李四，到呼吸科就诊，邮箱 ls@example.com。")
+    )
     summary = export_ratings(cfg, out=tmp_path / "r.jsonl", store=pref_store)
     text = (tmp_path / "r.jsonl").read_text(encoding="utf-8")
     for secret in ("张三", "李四", "13800000000", "ls@example.com", "dr_wang"):
@@ -147,8 +169,13 @@ def test_exported_ratings_are_deidentified_and_name_annotators_by_pseudonym(pref
 
 def test_export_prefs_writes_pairs_and_ratings_each_in_its_bank_prompts_split(pref_store, cfg, tmp_path, capsys):
     bank = tmp_path / "bank.jsonl"
-    bank.write_text("".join(json.dumps({"prompt": f"第{i}题：胸闷气短怎么办？", "split": split}, ensure_ascii=False) + "\n"
-                            for i, split in enumerate(["heldout", "train"] * 4)), encoding="utf-8")
+    bank.write_text(
+        "".join(
+            json.dumps({"prompt": f"第{i}题：胸闷气短怎么办？", "split": split}, ensure_ascii=False) + "\n"
+            for i, split in enumerate(["heldout", "train"] * 4)
+        ),
+        encoding="utf-8",
+    )
     pref_store.import_bank(bank)
     me = pref_store.demo_annotator()
     while (assignment := pref_store.next_assignment(me.id)) is not None:

@@ -32,13 +32,20 @@ def fill_study(store: PreferenceStore, prompts: int = 6) -> dict:
         for n in range(prompts // 2 if name == "carol" else prompts):
             assignment = store.next_assignment(annotator.id)
             order = [NEW, OLD] if n % 2 == 0 else [OLD, NEW]
-            cmp = store.record_comparison(ComparisonIn(
-                annotator.id, assignment.bank_prompt.messages, [ResponseIn(c, f"{c} 的回答 {n}") for c in order],
-                bank_prompt_id=assignment.bank_prompt.id, assignment_id=assignment.id))
+            cmp = store.record_comparison(
+                ComparisonIn(
+                    annotator.id,
+                    assignment.bank_prompt.messages,
+                    [ResponseIn(c, f"{c} 的回答 {n}") for c in order],
+                    bank_prompt_id=assignment.bank_prompt.id,
+                    assignment_id=assignment.id,
+                )
+            )
             winner = OLD if name == "mallory" else NEW
             label, loser = "AB"[order.index(winner)], "AB"[1 - order.index(winner)]
-            store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice=label,
-                                             scores={label: {"safety": 5}, loser: {"safety": 2}}))
+            store.submit_judgment(
+                JudgmentIn(cmp.id, annotator.id, choice=label, scores={label: {"safety": 5}, loser: {"safety": 2}})
+            )
     return {"admin": admin, **people}
 
 
@@ -80,8 +87,17 @@ def test_leaderboard_has_the_tab_s_ratings_and_intervals(study, capsys):
     figures = json.loads(out)
     tab = ratings_table(store.leaderboard())  # the rows the tab shows (the same store call)
     assert code == 0 and figures["judgments"] == 21 and figures["bootstrap_rounds"] == 50
-    assert [[r["checkpoint_id"], round(r["rating"], 1), f"{r['ci95'][0]:.0f} – {r['ci95'][1]:.0f}", r["battles"],
-             r["wins"], r["losses"]] for r in figures["ratings"]] == [row[1:7] for row in tab]
+    assert [
+        [
+            r["checkpoint_id"],
+            round(r["rating"], 1),
+            f"{r['ci95'][0]:.0f} – {r['ci95'][1]:.0f}",
+            r["battles"],
+            r["wins"],
+            r["losses"],
+        ]
+        for r in figures["ratings"]
+    ] == [row[1:7] for row in tab]
     assert figures["ratings"][0]["checkpoint_id"] == NEW and figures["ratings"][0]["wins"] == 15
     assert [r["checkpoint_id"] for r in figures["criterion_ratings"]["safety"]] == [NEW, OLD]
 

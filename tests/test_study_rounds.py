@@ -20,8 +20,11 @@ from preference_store.repository import PreferenceStore
 from preference_store.validation import PreferenceStoreError
 from training.config import load_config
 
-PROMPTS = [{"prompt": "糖尿病有哪些常见症状？", "split": "heldout"}, {"prompt": "高血压饮食注意什么？", "split": "train"},
-           {"prompt": "头痛三天怎么办？", "split": "heldout"}]
+PROMPTS = [
+    {"prompt": "糖尿病有哪些常见症状？", "split": "heldout"},
+    {"prompt": "高血压饮食注意什么？", "split": "train"},
+    {"prompt": "头痛三天怎么办？", "split": "heldout"},
+]
 
 
 def _bank(path) -> str:
@@ -47,7 +50,12 @@ def test_a_round_keeps_its_definition_and_hands_out_only_its_split(round_store):
     number = store.start_queue_round(None, ["r2/dpo", "r1/dpo"], split="heldout", blind=True)
     defined = store.queue_round_definition()
     assert (defined.number, defined.contestants, defined.split, defined.blind, defined.is_open) == (
-        number, ("r2/dpo", "r1/dpo"), "heldout", True, True)
+        number,
+        ("r2/dpo", "r1/dpo"),
+        "heldout",
+        True,
+        True,
+    )
     assert str(store.queue_progress(me.id)) == "0 / 2"  # the two held-out prompts, not the train one
     first = store.next_assignment(me.id)
     assert first.bank_prompt.split == "heldout" and first.round == number
@@ -100,8 +108,10 @@ def test_queue_round_command_fixes_the_contestants_of_every_queue_prompt(cfg, st
     sft, dpo = f"{run_id}/sft", f"{run_id}/dpo"
     assert main(["queue-round", "--profile", "tiny", "--contestants", f"{dpo},nope/dpo"]) == 2
     assert "unknown checkpoint 'nope/dpo'" in capsys.readouterr().err
-    assert main(["queue-round", "--profile", "tiny", "--contestants", f"{dpo},{sft}", "--split", "heldout",
-                 "--blind"]) == 0
+    assert (
+        main(["queue-round", "--profile", "tiny", "--contestants", f"{dpo},{sft}", "--split", "heldout", "--blind"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "queue round 2 started" in out and "2 heldout bank prompts" in out and f"{dpo}, {sft}" in out
 

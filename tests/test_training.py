@@ -15,13 +15,12 @@ import torch
 
 from chimed import main as cli_main
 from training.config import load_config
+from training.data.files import read_jsonl
 from training.manifest import latest_run, list_runs, read_manifest, sha256_file
 from training.modeling import load_stage, load_tokenizer
-from training.data.files import read_jsonl
 from training.stages.paths import stage_paths
 
-MANIFEST_KEYS = {"run_id", "profile", "created", "config_sha256", "data_sha256", "stages", "dpo_pair_ids",
-                 "parent_run"}
+MANIFEST_KEYS = {"run_id", "profile", "created", "config_sha256", "data_sha256", "stages", "dpo_pair_ids", "parent_run"}
 CHAIN = {"base": ("full", None), "cpt": ("full", "base"), "sft": ("lora", "cpt"), "dpo": ("lora", "sft")}
 
 
@@ -39,8 +38,9 @@ def test_tiny_run_manifest_matches_the_contract(tiny_cfg):
     assert manifest["run_id"] == run_id and manifest["profile"] == "tiny" and manifest["parent_run"] is None
     datetime.fromisoformat(manifest["created"])
     assert manifest["config_sha256"] == cfg.sha256()
-    assert manifest["data_sha256"] == {s: sha256_file(cfg.data_dir / f"{s}.jsonl")
-                                       for s in ("base", "cpt", "sft", "dpo", "kto", "grpo")}
+    assert manifest["data_sha256"] == {
+        s: sha256_file(cfg.data_dir / f"{s}.jsonl") for s in ("base", "cpt", "sft", "dpo", "kto", "grpo")
+    }
     assert list(manifest["stages"]) == ["base", "cpt", "sft", "dpo"]
     for stage, (kind, parent) in CHAIN.items():
         entry = manifest["stages"][stage]
@@ -82,7 +82,7 @@ def test_every_stage_loads_and_generates_with_the_saved_chat_template(tiny_cfg):
         with torch.no_grad():
             out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
             last_logits[stage] = model(**prompt).logits[0, -1]
-        new_tokens = out[0, prompt["input_ids"].shape[1]:]
+        new_tokens = out[0, prompt["input_ids"].shape[1] :]
         assert len(new_tokens) > 0
         assert isinstance(tokenizer.decode(new_tokens, skip_special_tokens=True), str)
     # each stage really is a different model: the adapters are applied, not silently dropped
@@ -104,8 +104,10 @@ def test_the_chat_template_asks_a_question_as_the_plain_prompt_and_the_cpt_qa_te
     assert qa_text and all(t.startswith("问：") and "\n答：" in t for t in qa_text)
     # in a conversation each answer ends with the end-of-sequence token, where generation stops
     turns = question + [{"role": "assistant", "content": "多饮、多尿。"}, {"role": "user", "content": "还有呢？"}]
-    assert conversation_prompt(tokenizer, turns, chat=True) == \
-        f"问：糖尿病的常见症状有哪些？\n答：多饮、多尿。{tokenizer.eos_token}\n问：还有呢？\n答："
+    assert (
+        conversation_prompt(tokenizer, turns, chat=True)
+        == f"问：糖尿病的常见症状有哪些？\n答：多饮、多尿。{tokenizer.eos_token}\n问：还有呢？\n答："
+    )
 
 
 def test_progress_is_logged_per_stage(tiny_cfg):
@@ -137,8 +139,9 @@ def test_only_assistant_tokens_carry_sft_loss(tiny_cfg, tmp_path):
     for row, conversation in enumerate(chosen):
         labels, ids = batch["labels"][row], batch["input_ids"][row]
         trained = tokenizer.decode(labels[labels != -100])
-        expected = "".join(m["content"] + tokenizer.eos_token for m in conversation["messages"]
-                           if m["role"] == "assistant")
+        expected = "".join(
+            m["content"] + tokenizer.eos_token for m in conversation["messages"] if m["role"] == "assistant"
+        )
         assert trained == expected
         masked = tokenizer.decode(ids[(labels == -100) & (batch["attention_mask"][row] == 1)])
         for message in conversation["messages"]:
@@ -153,8 +156,9 @@ def test_sft_truncation_keeps_the_end_of_a_long_question_and_the_answer(tiny_cfg
     _, tokenizer = load_stage(cfg.runs_dir / run_id, "cpt", device="cpu")
     question = "我最近总是咳嗽。" * 40 + "请问该怎么办？"
     answer = "建议多喝水，注意休息，症状持续请及时就医。"
-    out = tokenize_conversation(tokenizer, [{"role": "user", "content": question},
-                                            {"role": "assistant", "content": answer}], 24, 64)
+    out = tokenize_conversation(
+        tokenizer, [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], 24, 64
+    )
     source = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if not m]
     target = [t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     assert len(source) == 24
@@ -179,8 +183,10 @@ def test_from_dpo_reuses_the_earlier_stages_of_another_run(tiny_run, use_home, t
         weights = next((cfg.runs_dir / run_id / stage).glob("*.safetensors")).name
         assert os.path.samefile(cfg.runs_dir / run_id / stage / weights, cfg.runs_dir / source_id / stage / weights)
     assert (new["stages"]["dpo"]["kind"], new["stages"]["dpo"]["parent"]) == ("lora", "sft")
-    assert json.loads((cfg.runs_dir / run_id / "dpo" / "stage.json").read_text())["completed"] >= \
-        json.loads((cfg.runs_dir / source_id / "dpo" / "stage.json").read_text())["completed"]
+    assert (
+        json.loads((cfg.runs_dir / run_id / "dpo" / "stage.json").read_text())["completed"]
+        >= json.loads((cfg.runs_dir / source_id / "dpo" / "stage.json").read_text())["completed"]
+    )
     assert new["dpo_pair_ids"] == [p["pair_id"] for p in read_jsonl(cfg.data_dir / "dpo.jsonl")]
     model, _ = load_stage(cfg.runs_dir / run_id, "dpo", device="cpu")
     assert model is not None
@@ -208,36 +214,69 @@ def hf_model_dir(tmp_path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path / "hf-llama"
-    LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(path)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(path)
     return path
 
 
 def test_paper_dry_run_prints_config_and_accelerate_deepspeed_commands(chimed_home, hf_model_dir, capsys):
-    code = cli_main(["train-all", "--profile", "paper", "--dry-run", f"model.path={hf_model_dir}",
-                     "train.num_processes=8", "train.num_machines=2", "train.machine_rank=1",
-                     "train.main_process_ip=10.0.0.1", "--run-id", "paper1"])
+    code = cli_main(
+        [
+            "train-all",
+            "--profile",
+            "paper",
+            "--dry-run",
+            f"model.path={hf_model_dir}",
+            "train.num_processes=8",
+            "train.num_machines=2",
+            "train.machine_rank=1",
+            "train.main_process_ip=10.0.0.1",
+            "--run-id",
+            "paper1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "learning_rate: 0.0002" in out and "deepspeed_zero_stage: 2" in out  # the resolved config
     assert f"stage 1/4 base: link {chimed_home / 'runs' / 'paper1' / 'base'} -> {hf_model_dir}" in out
     cpt_line = next(line for line in out.splitlines() if line.startswith("stage 2/4 cpt: "))
-    for flag in ("accelerate launch", "--use_deepspeed",
-                 f"--deepspeed_config_file {chimed_home / 'runs' / 'paper1' / 'deepspeed_zero2.json'}",
-                 "--num_processes 16", "--num_machines 2", "--machine_rank 1", "--main_process_ip 10.0.0.1",
-                 "--main_process_port 29500", "--deepspeed_multinode_launcher standard",
-                 "-m training.pipeline", "--stage cpt"):
+    for flag in (
+        "accelerate launch",
+        "--use_deepspeed",
+        f"--deepspeed_config_file {chimed_home / 'runs' / 'paper1' / 'deepspeed_zero2.json'}",
+        "--num_processes 16",
+        "--num_machines 2",
+        "--machine_rank 1",
+        "--main_process_ip 10.0.0.1",
+        "--main_process_port 29500",
+        "--deepspeed_multinode_launcher standard",
+        "-m training.pipeline",
+        "--stage cpt",
+    ):
         assert flag in cpt_line
     if not torch.cuda.is_available():
         assert "# warning: train.bf16=true needs a CUDA GPU" in out
     assert not (chimed_home / "runs").exists()  # a dry run writes nothing
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.path=/nonexistent/Baichuan-7B", "train.bf16=false", "train.deepspeed_zero_stage=0"],
-     "model.path=/nonexistent/Baichuan-7B is not a Hugging Face model directory"),
-    (["train.bf16=false", "train.deepspeed_zero_stage=0"], "model.path is empty"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model.path=/nonexistent/Baichuan-7B", "train.bf16=false", "train.deepspeed_zero_stage=0"],
+            "model.path=/nonexistent/Baichuan-7B is not a Hugging Face model directory",
+        ),
+        (["train.bf16=false", "train.deepspeed_zero_stage=0"], "model.path is empty"),
+    ],
+)
 def test_paper_base_model_errors_are_one_line(chimed_home, overrides, message, capsys):
     assert cli_main(["train-all", "--profile", "paper", *overrides]) == 2
     err = capsys.readouterr().err.strip()
@@ -248,14 +287,27 @@ def test_a_model_that_is_not_a_causal_lm_is_refused(chimed_home, tmp_path, capsy
     from transformers import T5Config
 
     T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2).save_pretrained(tmp_path / "t5")
-    assert cli_main(["train-all", "--profile", "paper", f"model.path={tmp_path / 't5'}", "train.bf16=false",
-                     "train.deepspeed_zero_stage=0"]) == 2
+    assert (
+        cli_main(
+            [
+                "train-all",
+                "--profile",
+                "paper",
+                f"model.path={tmp_path / 't5'}",
+                "train.bf16=false",
+                "train.deepspeed_zero_stage=0",
+            ]
+        )
+        == 2
+    )
     assert "is a 't5' model, not a causal language model" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
-@pytest.mark.parametrize("override, setting", [("train.bf16=true", "train.bf16=true"),
-                                               ("train.deepspeed_zero_stage=2", "train.deepspeed_zero_stage=2")])
+@pytest.mark.parametrize(
+    "override, setting",
+    [("train.bf16=true", "train.bf16=true"), ("train.deepspeed_zero_stage=2", "train.deepspeed_zero_stage=2")],
+)
 def test_gpu_only_options_on_a_cpu_machine_are_one_line(chimed_home, override, setting, capsys):
     assert cli_main(["train-all", "--profile", "tiny", override]) == 2
     err = capsys.readouterr().err.strip()
@@ -273,9 +325,11 @@ def test_cpt_medical_repeats_out_of_range_stops_before_any_work(chimed_home, cap
 def test_cpt_repeats_the_medical_records_and_reads_the_general_share_once():
     from training.stages.cpt import training_texts
 
-    records = [{"text": "感冒是常见病。", "source": "kg"},
-               {"text": "今天天气晴。", "source": "general_people_daily"},
-               {"text": "问：感冒看哪个科？\n答：内科", "source": "kg_qa_text"}]
+    records = [
+        {"text": "感冒是常见病。", "source": "kg"},
+        {"text": "今天天气晴。", "source": "general_people_daily"},
+        {"text": "问：感冒看哪个科？\n答：内科", "source": "kg_qa_text"},
+    ]
     texts = training_texts(records, 3)
     assert texts[:3] == [r["text"] for r in records]  # one whole pass first
     assert texts.count("感冒是常见病。") == texts.count("问：感冒看哪个科？\n答：内科") == 3
@@ -291,4 +345,4 @@ def test_from_without_resume_run_is_refused(chimed_home, capsys):
 def test_overriding_one_lora_key_keeps_the_stage_defaults():
     cfg = load_config("tiny", ["dpo.lora.r=4", "sft.lora.dropout=0.1"])
     assert (cfg.dpo.lora.r, cfg.dpo.lora.alpha, cfg.dpo.lora.dropout) == (4, 16, 0.05)  # paper DPO: alpha 16
-    assert (cfg.sft.lora.r, cfg.sft.lora.alpha, cfg.sft.lora.dropout) == (8, 32, 0.1)   # paper SFT: alpha 32
+    assert (cfg.sft.lora.r, cfg.sft.lora.alpha, cfg.sft.lora.dropout) == (8, 32, 0.1)  # paper SFT: alpha 32

@@ -32,10 +32,31 @@ def test_cpt_on_two_cpu_processes(tiny_run, tmp_path, use_home):
     shutil.copy(source_home / "runs" / source_id / "manifest.json", home / "runs" / source_id / "manifest.json")
 
     result = subprocess.run(
-        [sys.executable, "-m", "chimed", "train-all", "--profile", "tiny", "--from", "cpt", "--resume-run",
-         source_id, "--stages", "cpt", "--run-id", "ddp", "train.num_processes=2",
-         f"train.main_process_port={_free_port()}", "train.evaluate_after=false"],
-        cwd=REPO, env={**os.environ, "CHIMED_HOME": str(home)}, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "chimed",
+            "train-all",
+            "--profile",
+            "tiny",
+            "--from",
+            "cpt",
+            "--resume-run",
+            source_id,
+            "--stages",
+            "cpt",
+            "--run-id",
+            "ddp",
+            "train.num_processes=2",
+            f"train.main_process_port={_free_port()}",
+            "train.evaluate_after=false",
+        ],
+        cwd=REPO,
+        env={**os.environ, "CHIMED_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "accelerate launch" in result.stdout and "--num_processes 2" in result.stdout
 

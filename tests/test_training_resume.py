@@ -21,9 +21,25 @@ def _train_all(home: Path, *args: str, fault: str | None = None) -> subprocess.C
     env.pop("CHIMED_FAULT_AFTER_STEPS", None)
     if fault:
         env["CHIMED_FAULT_AFTER_STEPS"] = fault
-    return subprocess.run([sys.executable, "-m", "chimed", "train-all", "--profile", "tiny", "--stages", "base,cpt",
-                           "train.evaluate_after=false", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chimed",
+            "train-all",
+            "--profile",
+            "tiny",
+            "--stages",
+            "base,cpt",
+            "train.evaluate_after=false",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _logged_losses(run_dir: Path, stage: str) -> dict[int, float]:

@@ -74,8 +74,9 @@ def test_padding_free_plain_sft_equals_the_padded_fused_computation(tiny_cfg, tm
 
     def per_token(trainer):
         labels = inputs["labels"]
-        out = trainer.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            labels=labels, fused_lm_head=True)
+        out = trainer.model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels, fused_lm_head=True
+        )
         return out.log_probs, out.label_mask, out.entropy, out.is_top1
 
     (old, old_loss, old_grads), (new, new_loss, new_grads) = _compare_paths(trainer, inputs, per_token)
@@ -108,8 +109,12 @@ def test_dpo_logps_and_sft_term_are_unchanged_by_the_fast_path(tiny_cfg, tmp_pat
 
     def logps(trainer):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": labels,
-                  "fused_lm_head": True}
+        kwargs = {
+            "input_ids": inputs["input_ids"],
+            "attention_mask": inputs["attention_mask"],
+            "labels": labels,
+            "fused_lm_head": True,
+        }
         policy = trainer.model(**kwargs).log_probs.sum(1)
         with trainer.model.disable_adapter():
             reference = trainer.model(**kwargs).log_probs.sum(1)
@@ -160,8 +165,9 @@ def test_the_settings_are_checked_and_fingerprinted(tiny_cfg):
     padded = stage_fingerprint(load_config("tiny", ["sft.padding_free=false"]), "sft", hashes, "p")
     fused = stage_fingerprint(load_config("tiny", ["sft.lm_head_loss=fused"]), "sft", hashes, "p")
     assert len({fast, padded, fused}) == 3
-    assert stage_fingerprint(load_config("tiny", ["sft.padding_free=false"]), "dpo", hashes, "p") == \
-        stage_fingerprint(cfg, "dpo", hashes, "p")
+    assert stage_fingerprint(load_config("tiny", ["sft.padding_free=false"]), "dpo", hashes, "p") == stage_fingerprint(
+        cfg, "dpo", hashes, "p"
+    )
 
 
 def test_auto_picks_the_fused_kernel_only_where_triton_serves(tiny_cfg, monkeypatch):
@@ -263,10 +269,30 @@ def test_keeping_freed_memory_is_recorded_and_changes_no_loss(tiny_run, tmp_path
     env.pop("CHIMED_DATABASE_URL", None)
     runs = home / "runs"
     for setting in ("true", "false"):
-        subprocess.run([sys.executable, "-m", "chimed", "train-all", "--profile", "tiny", "--from", "align",
-                        "--resume-run", run_id, "--run-id", f"kept-{setting}", "dpo.max_steps=3",
-                        "train.logging_steps=1", "train.evaluate_after=false", f"train.keep_freed_memory={setting}"],
-                       cwd=Path(__file__).resolve().parents[1], env=env, check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chimed",
+                "train-all",
+                "--profile",
+                "tiny",
+                "--from",
+                "align",
+                "--resume-run",
+                run_id,
+                "--run-id",
+                f"kept-{setting}",
+                "dpo.max_steps=3",
+                "train.logging_steps=1",
+                "train.evaluate_after=false",
+                f"train.keep_freed_memory={setting}",
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
 
     def losses(run: str) -> list[float]:
         return [r["loss"] for r in read_jsonl(runs / run / "logs" / "dpo" / "trainer_log.jsonl") if "loss" in r]

@@ -32,11 +32,10 @@ from app.contestants import resolve_contestants
 from app.serving.pool import clean_answer
 from chimed import main
 from preference_store.repository import PreferenceStore
+from tests.serving_helpers import next_token_logits
 from training.config import load_config
 from training.modeling import stage_chain, stage_tokenizer
 from training.serve_plan import CPU_VENV_DEFAULT, CPU_VENV_ENV, plan_vllm
-
-from tests.serving_helpers import next_token_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "高血压患者饮食上要注意什么？"
@@ -76,8 +75,9 @@ def vllm_served(vllm_python, tmp_path_factory, tiny_data_home):
     old = os.environ.get("CHIMED_HOME")
     os.environ["CHIMED_HOME"] = str(home)
     try:
-        run_id = train_and_register(load_config("tiny", HEADS + ["train.evaluate_after=false"]),
-                                    stages=["base", "cpt", "sft"])
+        run_id = train_and_register(
+            load_config("tiny", HEADS + ["train.evaluate_after=false"]), stages=["base", "cpt", "sft"]
+        )
         cfg = load_config("tiny")
         plan = plan_vllm(cfg, run_id, port=free_port(), dtype="float32")
         server = plan.server_for("sft")
@@ -94,8 +94,14 @@ def vllm_served(vllm_python, tmp_path_factory, tiny_data_home):
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")  # GiB of KV cache: the default takes a share of the RAM
     started = time.monotonic()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(server.cpu_argv(python, plan.host), cwd=home, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            server.cpu_argv(python, plan.host),
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         while True:
             if proc.poll() is not None:
@@ -105,8 +111,10 @@ def vllm_served(vllm_python, tmp_path_factory, tiny_data_home):
                 break
             except OSError:
                 if time.monotonic() - started > START_TIMEOUT_S:
-                    pytest.fail(f"vLLM did not answer within {START_TIMEOUT_S} s:\n"
-                                f"{log_path.read_text(errors='replace')[-4000:]}")
+                    pytest.fail(
+                        f"vLLM did not answer within {START_TIMEOUT_S} s:\n"
+                        f"{log_path.read_text(errors='replace')[-4000:]}"
+                    )
                 time.sleep(1)
         print(f"vLLM-CPU up after {time.monotonic() - started:.0f} s: {shlex.join(server.cpu_argv(python, plan.host))}")
         yield home, run_id, plan, server
@@ -138,9 +146,15 @@ def test_the_official_openai_client_gets_the_runs_own_stages_from_vllm(vllm_serv
         expected = torch.log_softmax(next_token_logits(pool, contestant, messages).double(), dim=-1)
         tokenizer = stage_tokenizer(contestant.run_dir, stage_chain(contestant.run_dir, stage))
         prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
-        reply = client.chat.completions.create(model=contestant.checkpoint_id, messages=messages, max_tokens=1,
-                                               temperature=0, logprobs=True, top_logprobs=5,
-                                               extra_body={"return_tokens_as_token_ids": True})
+        reply = client.chat.completions.create(
+            model=contestant.checkpoint_id,
+            messages=messages,
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=5,
+            extra_body={"return_tokens_as_token_ids": True},
+        )
         assert reply.model == contestant.checkpoint_id and reply.usage.prompt_tokens == len(prompt_ids)
         top = reply.choices[0].logprobs.content[0].top_logprobs
         tops[stage] = [(int(t.token.removeprefix("token_id:")), t.logprob) for t in top]
@@ -152,8 +166,9 @@ def test_the_official_openai_client_gets_the_runs_own_stages_from_vllm(vllm_serv
     reply = client.chat.completions.create(model=f"{run_id}/sft", messages=messages, max_tokens=24, temperature=0)
     text = reply.choices[0].message.content
     assert text.strip() and reply.usage.completion_tokens <= 24 and reply.choices[0].finish_reason in ("stop", "length")
-    stream = client.chat.completions.create(model=f"{run_id}/sft", messages=messages, max_tokens=24,
-                                            temperature=0, stream=True)
+    stream = client.chat.completions.create(
+        model=f"{run_id}/sft", messages=messages, max_tokens=24, temperature=0, stream=True
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len([p for p in pieces if p]) > 1 and "".join(pieces) == text
 
@@ -171,8 +186,7 @@ def test_the_arena_compares_a_runs_stage_with_the_stage_served_by_vllm(vllm_serv
         annotator = store.demo_annotator()
         store.mark_guideline_seen(annotator.id, store.guideline().version)
         session = ArenaSession(annotator=annotator, notice_accepted=True)
-        arena.start(session, [f"{run_id}/sft", contestant, f"endpoint:{cpt.name}"], blind=True,
-                    rng=random.Random(0))
+        arena.start(session, [f"{run_id}/sft", contestant, f"endpoint:{cpt.name}"], blind=True, rng=random.Random(0))
         decoding = resolve_decoding(cfg.app.decoding, seed=424242, max_new_tokens=24)
         list(arena.ask(session, PROMPT, decoding))
         assert session.errors == {}
@@ -180,15 +194,25 @@ def test_the_arena_compares_a_runs_stage_with_the_stage_served_by_vllm(vllm_serv
         stored = {r.checkpoint_id: r for r in store.get_comparison(session.comparison_id).responses}
 
     answer = stored[contestant]
-    assert answer.serving == {"mode": "endpoint", "endpoint": sft.name, "model": f"{run_id}/sft",
-                              "base_url": sft.base_url, "served_model": f"{run_id}/sft"}
+    assert answer.serving == {
+        "mode": "endpoint",
+        "endpoint": sft.name,
+        "model": f"{run_id}/sft",
+        "base_url": sft.base_url,
+        "served_model": f"{run_id}/sft",
+    }
     assert stored[f"{run_id}/sft"].text.strip() and stored[f"{run_id}/sft"].serving["mode"] == "exact"
     # the stored text is what vLLM sends for that request (same decoding and seed), asked with the official client,
     # as the arena shows and stores any answer: without U+FFFD, which the tiny byte-level tokenizer's sampled
     # answers hold where a token ends inside a character (app.serving.pool.clean_answer)
     direct = openai.OpenAI(base_url=sft.base_url, api_key="unused", max_retries=0).chat.completions.create(
-        model=sft.model, messages=[{"role": "user", "content": PROMPT}], max_tokens=decoding.max_new_tokens,
-        temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed)
+        model=sft.model,
+        messages=[{"role": "user", "content": PROMPT}],
+        max_tokens=decoding.max_new_tokens,
+        temperature=decoding.temperature,
+        top_p=decoding.top_p,
+        seed=decoding.seed,
+    )
     sent = direct.choices[0].message.content
     assert answer.text == clean_answer(sent) and answer.text.strip()
 

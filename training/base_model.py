@@ -22,8 +22,8 @@ from training.errors import UserError
 from training.manifest import read_manifest_at, stage_entry, write_manifest
 from training.model_import import CONVERTIBLE, convert_checkpoint, detect_layout
 from training.preflight import preflight
-from training.stages.paths import STAGE_INFO, read_stage_info
 from training.stages.lora import resolve_lora_targets
+from training.stages.paths import STAGE_INFO, read_stage_info
 from training.stages.registry import get_stage, stage_names
 
 
@@ -38,29 +38,37 @@ def check_base_model_dir(cfg: Config) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if not cfg.model.path:
-        raise UserError("model.path is empty: the paper profile starts from a local Hugging Face causal-LM "
-                        "directory; pass model.path=/models/Baichuan-7B")
+        raise UserError(
+            "model.path is empty: the paper profile starts from a local Hugging Face causal-LM "
+            "directory; pass model.path=/models/Baichuan-7B"
+        )
     path = Path(cfg.model.path).expanduser()
     if not (path / "config.json").is_file():
-        raise UserError(f"model.path={path} is not a Hugging Face model directory (no config.json there); "
-                        "set it to a local causal-LM checkpoint such as /models/Baichuan-7B")
+        raise UserError(
+            f"model.path={path} is not a Hugging Face model directory (no config.json there); "
+            "set it to a local causal-LM checkpoint such as /models/Baichuan-7B"
+        )
     layout = detect_layout(path)
     if layout in CONVERTIBLE.values():
         return  # converted to its native architecture: its own modelling code never runs
     raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     if layout in ("remote", "baichuan-alibi") and "AutoModelForCausalLM" in raw.get("auto_map", {}):
         if not cfg.model.trust_remote_code:
-            raise UserError(f"model.path={path} ships its own modelling code ({layout} layout, which cannot be "
-                            "converted to a native architecture): set model.trust_remote_code=true if you trust "
-                            "it; it is used only if it passes the pre-flight")
+            raise UserError(
+                f"model.path={path} ships its own modelling code ({layout} layout, which cannot be "
+                "converted to a native architecture): set model.trust_remote_code=true if you trust "
+                "it; it is used only if it passes the pre-flight"
+            )
         return
     try:
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise UserError(f"model.path={path}: its config.json does not load ({str(err).splitlines()[0]})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise UserError(f"model.path={path} is a {config.model_type!r} model, not a causal language model: "
-                        "point it at a decoder-only LM (LLaMA, Baichuan, Qwen, ...)")
+        raise UserError(
+            f"model.path={path} is a {config.model_type!r} model, not a causal language model: "
+            "point it at a decoder-only LM (LLaMA, Baichuan, Qwen, ...)"
+        )
 
 
 def check_lora_targets(cfg: Config, plan: list[str]) -> list[UserError]:
@@ -98,8 +106,9 @@ def _weightless_base(cfg: Config):
         if layout in ("remote", "baichuan-alibi"):
             return None
         # pretrained here, or converted: LLaMA, whose layer names do not depend on its size
-        return LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=16,
-                                            num_hidden_layers=2, num_attention_heads=2))
+        return LlamaForCausalLM(
+            LlamaConfig(vocab_size=16, hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2)
+        )
 
 
 def preflight_linked_base(cfg: Config) -> dict | None:
@@ -144,10 +153,16 @@ def convert_base(cfg: Config, paths, is_main_machine: bool) -> None:
     conversion = convert_checkpoint(source, staging, force=True)
     check = preflight(staging, setting=f"base converted from {source}")
     print(f"pre-flight: passed ({check['device']}, {check['dtype']})", flush=True)
-    metrics = {"source": str(source), "layout": conversion["source_layout"], "conversion": conversion,
-               "preflight": check}
-    write_json_atomic(staging / STAGE_INFO, {"stage": "base", "kind": "full", "parent": None,
-                                             "fingerprint": fingerprint, "metrics": metrics})
+    metrics = {
+        "source": str(source),
+        "layout": conversion["source_layout"],
+        "conversion": conversion,
+        "preflight": check,
+    }
+    write_json_atomic(
+        staging / STAGE_INFO,
+        {"stage": "base", "kind": "full", "parent": None, "fingerprint": fingerprint, "metrics": metrics},
+    )
     if paths.final.is_symlink():
         paths.final.unlink()
     elif paths.final.exists():

@@ -27,7 +27,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class UserFiles:
-    """Files a user already has, in the public formats listed in DESIGN.md (paths, may be empty)."""
+    """Files a user already has, in the public formats listed in docs/design.md (paths, may be empty)."""
 
     cpt_text: list[str] = field(default_factory=list)  # .txt (one document per line) or jsonl {"text"}
     sft_alpaca: list[str] = field(default_factory=list)
@@ -200,14 +200,30 @@ class SftConfig(TrlSchedule):
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(r=8, alpha=32, dropout=0.05))
 
 
-DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")  # TRL 1.16's, less "sft"
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+)  # TRL 1.16's, less "sft"
 
 
 def check_dpo_loss(name: str, where: str) -> None:
     if name not in DPO_LOSSES:
-        raise UserError(f"config: {where}={name!r}: choose one of TRL's DPO losses: {', '.join(DPO_LOSSES)} "
-                        "(the SFT term is dpo.sft_weight)")
+        raise UserError(
+            f"config: {where}={name!r}: choose one of TRL's DPO losses: {', '.join(DPO_LOSSES)} "
+            "(the SFT term is dpo.sft_weight)"
+        )
 
 
 def check_label_smoothing(value: float, where: str) -> None:
@@ -257,7 +273,7 @@ def check_align_method(name: str, where: str) -> None:
 
 @dataclass
 class AlignConfig:
-    """The third stage (README "Alignment methods"): which method aligns the SFT model, and whether a reward
+    """The third stage (docs/training.md "Alignment methods"): which method aligns the SFT model, and whether a reward
     model is trained first. The stage is named after its method (runs/<id>/kto, ...); each method's
     hyper-parameters are its own section below."""
 
@@ -268,8 +284,10 @@ class AlignConfig:
 
 def check_kto_batch(size: int, where: str) -> None:
     if size < 2:
-        raise UserError(f"config: {where}={size}: KTO estimates its KL term from the other answers of a batch, "
-                        "so a batch needs at least 2 examples (raise it; lower gradient_accumulation_steps instead)")
+        raise UserError(
+            f"config: {where}={size}: KTO estimates its KL term from the other answers of a batch, "
+            "so a batch needs at least 2 examples (raise it; lower gradient_accumulation_steps instead)"
+        )
 
 
 @dataclass
@@ -355,7 +373,7 @@ class TrainConfig:
     save_total_limit: int = 2
     dataloader_num_workers: int = 0
     deepspeed_zero_stage: int = 2  # 0 = no DeepSpeed; GPU only (launched through accelerate with a ZeRO config)
-    # scale-out through `accelerate launch` (README "GPUs"); more than one process in all, or DeepSpeed,
+    # scale-out through `accelerate launch` (docs/training.md "GPUs"); more than one process in all, or DeepSpeed,
     # makes train-all launch each stage on every process
     num_processes: int = 0  # processes per machine; 0 = one per visible GPU (1 without GPUs)
     num_machines: int = 1
@@ -396,7 +414,7 @@ class EvalConfig:
 @dataclass
 class AccountsConfig:
     """Annotator accounts (``store.accounts``): the password policy and the throttling of failed logins and of
-    the OpenAI-compatible server's bearer tokens. README "Accounts and the audit log" explains the numbers."""
+    the OpenAI-compatible server's bearer tokens. docs/study.md "Accounts and the audit log" explains the numbers."""
 
     # NIST SP 800-63B asks for at least 8; 10 because a study account guards clinicians' data and a
     # passphrase ("four random words") is easy to type at that length. No composition rules (NIST: none).
@@ -437,8 +455,10 @@ def check_verdict_resamples(rounds: int, where: str) -> None:
     # the ends of a 95% percentile interval are the 2.5% tails: with fewer than ~2000 resamples they rest on
     # fewer than 50 values each and move visibly between seeds, enough to flip a verdict near 0
     if rounds < MIN_VERDICT_RESAMPLES:
-        raise UserError(f"config: {where}={rounds}: the run-vs-run verdict needs at least {MIN_VERDICT_RESAMPLES} "
-                        "bootstrap resamples")
+        raise UserError(
+            f"config: {where}={rounds}: the run-vs-run verdict needs at least {MIN_VERDICT_RESAMPLES} "
+            "bootstrap resamples"
+        )
 
 
 @dataclass
@@ -497,10 +517,43 @@ class DecodingConfig:
     max_new_tokens_limit: int = 4096  # a typo in the settings should not keep a model busy for an hour
 
 
-LEAK_TERMS = ("Baichuan", "百川", "Qwen", "通义千问", "千问", "阿里云", "ChatGPT", "GPT-4", "GPT-3", "OpenAI",
-              "Claude", "Anthropic", "LLaMA", "Llama", "Meta AI", "ChatGLM", "智谱", "DeepSeek", "深度求索",
-              "文心一言", "ERNIE", "Gemini", "Google", "Mistral", "InternLM", "书生", "Yi-34B", "零一万物",
-              "Qilin-Med", "HuatuoGPT", "华佗GPT", "Zhongjing", "仲景", "DISC-MedLLM", "ChiMed")
+LEAK_TERMS = (
+    "Baichuan",
+    "百川",
+    "Qwen",
+    "通义千问",
+    "千问",
+    "阿里云",
+    "ChatGPT",
+    "GPT-4",
+    "GPT-3",
+    "OpenAI",
+    "Claude",
+    "Anthropic",
+    "LLaMA",
+    "Llama",
+    "Meta AI",
+    "ChatGLM",
+    "智谱",
+    "DeepSeek",
+    "深度求索",
+    "文心一言",
+    "ERNIE",
+    "Gemini",
+    "Google",
+    "Mistral",
+    "InternLM",
+    "书生",
+    "Yi-34B",
+    "零一万物",
+    "Qilin-Med",
+    "HuatuoGPT",
+    "华佗GPT",
+    "Zhongjing",
+    "仲景",
+    "DISC-MedLLM",
+    "ChiMed",
+)
 
 
 MAX_STOP_STRINGS = 4  # an OpenAI chat completion takes at most 4 stop strings
@@ -551,8 +604,10 @@ def check_endpoints(endpoints: list, where: str) -> None:
     for i, e in enumerate(endpoints):
         at = f"{where}[{i}]"
         if not ENDPOINT_NAME.match(e.name):
-            raise UserError(f"config: {at}.name={e.name!r} must be 1-64 letters, digits, '.', '_' or '-' "
-                            "(it names the contestant: endpoint:<name>)")
+            raise UserError(
+                f"config: {at}.name={e.name!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                "(it names the contestant: endpoint:<name>)"
+            )
         if e.name in seen:
             raise UserError(f"config: {at}.name={e.name!r} is used twice: give each endpoint its own name")
         seen.add(e.name)
@@ -563,22 +618,26 @@ def check_endpoints(endpoints: list, where: str) -> None:
         except ValueError:
             raise UserError(f"config: {at}.base_url is not a URL: write it as http://HOST:PORT/v1") from None
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise UserError(f"config: {at}.base_url={shown!r} must be an http(s) URL such as "
-                            "http://127.0.0.1:8000/v1")
+            raise UserError(f"config: {at}.base_url={shown!r} must be an http(s) URL such as http://127.0.0.1:8000/v1")
         if url.username is not None or url.password is not None or url.query or url.fragment:
-            raise UserError(f"config: {at}.base_url={shown!r} holds a user, password or query string: give the "
-                            "API root alone, and put a key in an environment variable named in api_key_env")
+            raise UserError(
+                f"config: {at}.base_url={shown!r} holds a user, password or query string: give the "
+                "API root alone, and put a key in an environment variable named in api_key_env"
+            )
         if not e.model.strip():
             raise UserError(f"config: {at}.model is missing: the model name the endpoint serves (its /v1/models id)")
         if e.api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", e.api_key_env):
             # (its value is not repeated: it may be the key itself, pasted by mistake)
-            raise UserError(f"config: {at}.api_key_env must be the NAME of an environment variable holding the key "
-                            "(e.g. HOSPITAL_API_KEY), never the key itself")
+            raise UserError(
+                f"config: {at}.api_key_env must be the NAME of an environment variable holding the key "
+                "(e.g. HOSPITAL_API_KEY), never the key itself"
+            )
         if e.max_concurrency < 1 or not e.timeout_s > 0:
             raise UserError(f"config: {at}: max_concurrency must be at least 1 and timeout_s above 0")
         if len(e.stop) > MAX_STOP_STRINGS or not all(isinstance(x, str) and x for x in e.stop):
-            raise UserError(f"config: {at}.stop must be at most {MAX_STOP_STRINGS} non-empty strings "
-                            "(the OpenAI API's limit)")
+            raise UserError(
+                f"config: {at}.stop must be at most {MAX_STOP_STRINGS} non-empty strings (the OpenAI API's limit)"
+            )
 
 
 @dataclass
@@ -589,14 +648,20 @@ class AppConfig:
     port: int = 7860
     session_hours: float = 12.0  # a browser login lasts this long (a clinic shift), then the login page again
     # behind a reverse proxy: the header holding the client's address (e.g. "X-Forwarded-For"), believed only
-    # for requests from trusted_proxies (the proxy's own addresses); "" = the connection's address (README)
+    # for requests from trusted_proxies (the proxy's own addresses); "" = the connection's address (docs/configuration.md)
     client_address_header: str = ""
     trusted_proxies: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_prompt_chars: int = 2000  # longer prompts are refused with a message (serve: any message, whatever its role)
     # a conversation whose prompt plus max new tokens does not fit a model's context is refused (serve: 400
     # context_length_exceeded; arena: the panel's error); true: its oldest turns are left out until it fits
-    # (the leading system messages and the last user message stay), and the answer says which (README "serve")
+    # (the leading system messages and the last user message stay), and the answer says which (docs/serving.md "Serving a run over the OpenAI API")
     trim_history: bool = False
+    # serve: the most alternatives per token a request may ask for (/v1/completions' logprobs, the chat's
+    # top_logprobs; as vLLM's --max-logprobs, 20 by default; OpenAI allows 5 and 20); more is refused with a 400
+    max_logprobs: int = 20
+    # serve's /v1/chat/completions: the most choices a request may ask for with n (each a sample of its own, one
+    # after another: n choices take n times as long); more is refused with a 400
+    max_n: int = 4
     blind: bool = True  # Compare tab: hide the contestants' names (模型 A/B/C/D) until the judgment
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: str = ""  # where the model pool serves: "" = CUDA when there is one, else CPU
@@ -617,7 +682,7 @@ class AppConfig:
     # names an answer must not give away (blind judging): an answer naming one of them, or a contestant's
     # run or checkpoint id, is flagged when it is generated, and the flag is stored with it
     leak_terms: list[str] = field(default_factory=lambda: list(LEAK_TERMS))
-    # contestants served by OpenAI-compatible engines, listed beside the runs' stages (README "Endpoint contestants")
+    # contestants served by OpenAI-compatible engines, listed beside the runs' stages (docs/serving.md "Endpoint contestants")
     endpoints: list[EndpointConfig] = field(default_factory=list, metadata={"check": check_endpoints})
 
 
@@ -661,7 +726,7 @@ class Config:
     app: AppConfig = field(default_factory=AppConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
 
-    # --- where state lives (DESIGN.md) -------------------------------------------------------
+    # --- where state lives (docs/design.md) -------------------------------------------------------
     @property
     def home(self) -> Path:
         return Path(os.environ.get("CHIMED_HOME", "workdir")).resolve()
@@ -751,9 +816,7 @@ def _build(cls, values: dict, where: str = ""):
     unknown = sorted(set(values) - names)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise UserError(
-            f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})"
-        )
+        raise UserError(f"config: unknown key {prefix}{unknown[0]} (known: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in values.items():
         key = f"{where}.{name}" if where else name

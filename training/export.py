@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -47,8 +47,9 @@ class ExportResult:
     provenance: dict
 
 
-def export_stage(cfg: Config, run_id: str, stage: str, out: str | Path, dtype: str | None = None,
-                 force: bool = False) -> ExportResult:
+def export_stage(
+    cfg: Config, run_id: str, stage: str, out: str | Path, dtype: str | None = None, force: bool = False
+) -> ExportResult:
     """Write ``stage`` of run ``run_id`` as one merged Hugging Face checkpoint to ``out``.
 
     ``dtype`` is "float32", "bfloat16" or "float16" (default: the dtype the arena serves in on this
@@ -59,8 +60,10 @@ def export_stage(cfg: Config, run_id: str, stage: str, out: str | Path, dtype: s
     run_path = _existing_run(cfg, run_id)
     manifest = read_manifest_at(run_path)
     if stage not in answering(manifest["stages"]):
-        raise UserError(f"run {run_id} has no complete stage {stage!r} that answers prompts: export one of "
-                        f"{', '.join(answering(manifest['stages'])) or 'none (the run has no finished stage yet)'}")
+        raise UserError(
+            f"run {run_id} has no complete stage {stage!r} that answers prompts: export one of "
+            f"{', '.join(answering(manifest['stages'])) or 'none (the run has no finished stage yet)'}"
+        )
     out = Path(out)
     _check_out(out, run_path, force)
     torch_dtype = _parse_dtype(dtype) if dtype else serving_dtype(cfg)
@@ -76,17 +79,20 @@ def export_stage(cfg: Config, run_id: str, stage: str, out: str | Path, dtype: s
     model.config.use_cache = True  # the stages train without a cache; an exported model is for inference
 
     provenance = stage_provenance(run_path, manifest, stage)
-    provenance.update(dtype=str(torch_dtype).removeprefix("torch."),
-                      parameters=sum(p.numel() for p in model.parameters()),
-                      trust_remote_code=type(model).is_remote_code(),
-                      exported=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    provenance.update(
+        dtype=str(torch_dtype).removeprefix("torch."),
+        parameters=sum(p.numel() for p in model.parameters()),
+        trust_remote_code=type(model).is_remote_code(),
+        exported=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
     with directory_written_atomically(out, force) as partial:
         model.save_pretrained(partial)  # always safetensors in transformers 5
         tokenizer.save_pretrained(partial)
         (partial / "README.md").write_text(model_card(provenance), encoding="utf-8")
-        (partial / EXPORT_INFO).write_text(json.dumps(provenance, ensure_ascii=False, indent=2) + "\n",
-                                           encoding="utf-8")
+        (partial / EXPORT_INFO).write_text(
+            json.dumps(provenance, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return ExportResult(out=out, size_bytes=size, provenance=provenance)
 
@@ -101,8 +107,10 @@ def _existing_run(cfg: Config, run_id: str) -> Path:
     path = run_dir(cfg, run_id)
     if not run_id or not (path / "manifest.json").is_file():
         runs = [m["run_id"] for m in list_runs(cfg)]
-        raise UserError(f"no run {run_id!r} under {cfg.runs_dir}: runs there: "
-                        f"{', '.join(runs) or 'none (train one with ./launch.sh train-all)'}")
+        raise UserError(
+            f"no run {run_id!r} under {cfg.runs_dir}: runs there: "
+            f"{', '.join(runs) or 'none (train one with ./launch.sh train-all)'}"
+        )
     return path
 
 
@@ -135,7 +143,9 @@ def stage_provenance(run_path: Path, manifest: dict, stage: str) -> dict:
         "parent_run": manifest.get("parent_run"),
         "chain": [_chain_link(entry) for entry in chain],
         "merged": len(chain) > 1,
-        "base_model": None if base is None else {
+        "base_model": None
+        if base is None
+        else {
             "source": base_metrics.get("source"),  # a local checkpoint (paper profile); None: pretrained here
             "layout": base_metrics.get("layout"),
             "conversion": base_metrics.get("conversion"),  # import-model's record, for a legacy layout
@@ -178,24 +188,33 @@ def model_card(p: dict) -> str:
     """``README.md`` of an export: notice, what it is, how to load it, provenance and evaluation."""
     base = p["base_model"] or {}
     if base.get("conversion"):
-        base_text = (f"`{base['source']}` ({base.get('layout')} layout), converted to its native architecture "
-                     "(the record is in `export.json`)")
+        base_text = (
+            f"`{base['source']}` ({base.get('layout')} layout), converted to its native architecture "
+            "(the record is in `export.json`)"
+        )
     elif base.get("source"):
         base_text = f"`{base['source']}` (a local checkpoint the run linked)"
     else:
         base_text = f"pretrained here on general Chinese text (stage `base` of run `{p['run_id']}`)"
     trust = ", trust_remote_code=True" if p["trust_remote_code"] else ""
     rows = [
-        ("run", f"`{p['run_id']}` (profile `{p['profile']}`, created {p['run_created']})"
-         + (f", continuing run `{p['parent_run']}`" if p["parent_run"] else "")),
+        (
+            "run",
+            f"`{p['run_id']}` (profile `{p['profile']}`, created {p['run_created']})"
+            + (f", continuing run `{p['parent_run']}`" if p["parent_run"] else ""),
+        ),
         ("stage", f"`{p['stage']}` = {describe_chain(p['chain'])}"),
         ("base model", base_text),
         ("data sha256", "<br>".join(f"{split}: `{sha}`" for split, sha in p["data_sha256"].items())),
         ("config sha256", f"`{p['config_sha256']}`"),
     ]
     if "dpo_pairs" in p:
-        rows.append(("preference pairs", f"{p['dpo_pairs']} (ids in the run's manifest; sha256 of the sorted ids "
-                                         f"`{p['dpo_pair_ids_sha256']}`)"))
+        rows.append(
+            (
+                "preference pairs",
+                f"{p['dpo_pairs']} (ids in the run's manifest; sha256 of the sorted ids `{p['dpo_pair_ids_sha256']}`)",
+            )
+        )
     rows += [("dtype", p["dtype"]), ("parameters", f"{p['parameters']:,}"), ("exported", p["exported"])]
     parts = [
         "---\nlibrary_name: transformers\nlanguage:\n- zh\ntags:\n- medical\n- chimed-arena\n---",
@@ -205,19 +224,23 @@ def model_card(p: dict) -> str:
         f"({describe_chain(p['chain'])}). Prompts use the run's chat template (问：/答： turns); "
         "generation stops at the tokenizer's end-of-sequence token, as in the arena.",
         "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f"model = AutoModelForCausalLM.from_pretrained(\"DIR\"{trust})\n"
-        f"tokenizer = AutoTokenizer.from_pretrained(\"DIR\"{trust})\n"
-        "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"头痛怎么办？\"}],\n"
-        "                                    add_generation_prompt=True, return_tensors=\"pt\")[\"input_ids\"]\n"
+        f'model = AutoModelForCausalLM.from_pretrained("DIR"{trust})\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("DIR"{trust})\n'
+        'ids = tokenizer.apply_chat_template([{"role": "user", "content": "头痛怎么办？"}],\n'
+        '                                    add_generation_prompt=True, return_tensors="pt")["input_ids"]\n'
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:], skip_special_tokens=True))\n"
         "```",
         "## Provenance\n\n" + _table(rows),
     ]
     metrics = p["eval_metrics"]
     if metrics:
-        parts.append("## Evaluation (the run's `eval/results.json`; percentages except perplexity)\n\n" + _table(
-            [(label, format_value(k, metrics[k])) for k, label in COLUMNS if metrics.get(k) is not None]
-            + [("exam n", str(metrics.get("exam_n")))]))
+        parts.append(
+            "## Evaluation (the run's `eval/results.json`; percentages except perplexity)\n\n"
+            + _table(
+                [(label, format_value(k, metrics[k])) for k, label in COLUMNS if metrics.get(k) is not None]
+                + [("exam n", str(metrics.get("exam_n")))]
+            )
+        )
     return "\n\n".join(parts) + "\n"
 
 

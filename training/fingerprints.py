@@ -16,8 +16,9 @@ from training.stages.paths import read_stage_info
 from training.stages.registry import get_stage
 
 
-def stage_fingerprint(cfg: Config, stage: str, hashes: dict, parent_fingerprint: str | None,
-                      reads: dict[str, str | None] | None = None) -> str:
+def stage_fingerprint(
+    cfg: Config, stage: str, hashes: dict, parent_fingerprint: str | None, reads: dict[str, str | None] | None = None
+) -> str:
     """Hash of what a stage's weights depend on: its config section, seed/precision, data, parent, and the
     fingerprints of the other stages of the run it reads (``reads``: grpo, the rm stage's)."""
     payload = {

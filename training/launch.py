@@ -49,10 +49,26 @@ def launch_command(cfg: Config, run_path: Path, stage: str) -> list[str] | None:
         # accelerate's multi-process launcher (torchrun) is called --multi_gpu; without CUDA the stages
         # ask for CPU and the processes use gloo
         cmd += ["--multi_gpu", "--mixed_precision", "bf16" if cfg.train.bf16 else "no"]
-    cmd += ["--num_processes", str(total), "--num_machines", str(cfg.train.num_machines),
-            "--machine_rank", str(cfg.train.machine_rank), "--main_process_ip", cfg.train.main_process_ip,
-            "--main_process_port", str(cfg.train.main_process_port), "--dynamo_backend", "no",
-            "-m", "training.pipeline", "--run-dir", str(run_path), "--stage", stage]
+    cmd += [
+        "--num_processes",
+        str(total),
+        "--num_machines",
+        str(cfg.train.num_machines),
+        "--machine_rank",
+        str(cfg.train.machine_rank),
+        "--main_process_ip",
+        cfg.train.main_process_ip,
+        "--main_process_port",
+        str(cfg.train.main_process_port),
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "training.pipeline",
+        "--run-dir",
+        str(run_path),
+        "--stage",
+        stage,
+    ]
     return cmd
 
 
@@ -73,8 +89,10 @@ def print_dry_run(cfg: Config, plan: list[str], reuse: dict[str, str], run_id: s
     for stage, source in reuse.items():
         print(f"# reuse {stage} from run {source}")
     if cfg.train.deepspeed_zero_stage:
-        print(f"# DeepSpeed ZeRO-{cfg.train.deepspeed_zero_stage} config: "
-              f"{run_path / 'deepspeed_zero2.json'} (written when the run starts)")
+        print(
+            f"# DeepSpeed ZeRO-{cfg.train.deepspeed_zero_stage} config: "
+            f"{run_path / 'deepspeed_zero2.json'} (written when the run starts)"
+        )
     for i, stage in enumerate(plan, 1):
         if stage == "base" and cfg.model.path:
             how = f"link {run_path / 'base'} -> {cfg.model.path}"

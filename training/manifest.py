@@ -1,4 +1,4 @@
-"""``runs/<run_id>/manifest.json``: the contract between training and the app (DESIGN.md).
+"""``runs/<run_id>/manifest.json``: the contract between training and the app (docs/design.md).
 
     {"run_id": str, "profile": str, "created": iso8601, "config_sha256": str, "data_sha256": {split: str},
      "stages": {"base"|"cpt"|"sft"|"dpo": {"path": str (relative to the run dir), "kind": "full"|"lora",
@@ -14,7 +14,7 @@ is kept beside it in ``run_state.json``, which the pipeline owns; :func:`list_ru
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from training.config import Config
@@ -37,7 +37,7 @@ def new_manifest(cfg: Config, run_id: str, data_sha256: dict[str, str], parent_r
     return {
         "run_id": run_id,
         "profile": cfg.profile,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config_sha256": cfg.sha256(),
         "data_sha256": dict(data_sha256),
         "stages": {},
@@ -69,8 +69,10 @@ def read_manifest_at(run_path: Path) -> dict:
     """The manifest in a run directory (for code that holds a path rather than a config)."""
     path = Path(run_path) / MANIFEST
     if not path.is_file():
-        raise UserError(f"no run at {run_path} ({MANIFEST} missing): list runs under the runs directory "
-                        "or train one with ./launch.sh train-all")
+        raise UserError(
+            f"no run at {run_path} ({MANIFEST} missing): list runs under the runs directory "
+            "or train one with ./launch.sh train-all"
+        )
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -111,8 +113,6 @@ def latest_run(cfg: Config, complete_only: bool = True) -> str | None:
     """Id of the newest run that finished every requested stage (any run with ``complete_only=False``)."""
     runs = list_runs(cfg, complete_only=complete_only)
     return runs[0]["run_id"] if runs else None
-
-
 
 
 def data_hashes(cfg: Config) -> dict[str, str]:

@@ -22,7 +22,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -75,14 +75,20 @@ def convert_checkpoint(src: str | Path, out: str | Path, force: bool = False) ->
     src, out = Path(src), Path(out)
     layout = detect_layout(src)
     if layout == "native":
-        raise UserError(f"{src} is already a native transformers checkpoint ({_read_config(src)['model_type']}): "
-                        "use it as it is (model.path), there is nothing to import")
+        raise UserError(
+            f"{src} is already a native transformers checkpoint ({_read_config(src)['model_type']}): "
+            "use it as it is (model.path), there is nothing to import"
+        )
     if layout == "baichuan-alibi":
-        raise UserError(f"{src} is an ALiBi Baichuan (13B) checkpoint, which cannot become a native architecture: "
-                        "run it with model.trust_remote_code=true (it is used only if it passes the pre-flight)")
+        raise UserError(
+            f"{src} is an ALiBi Baichuan (13B) checkpoint, which cannot become a native architecture: "
+            "run it with model.trust_remote_code=true (it is used only if it passes the pre-flight)"
+        )
     if layout == "remote":
-        raise UserError(f"{src} has an unknown layout that needs its own code and cannot become a native "
-                        "architecture: import supports Baichuan-7B and Baichuan2-7B")
+        raise UserError(
+            f"{src} has an unknown layout that needs its own code and cannot become a native "
+            "architecture: import supports Baichuan-7B and Baichuan2-7B"
+        )
     _check_out(src, out, force)
     config = _read_config(src)
     llama = llama_config(config)
@@ -99,11 +105,12 @@ def convert_checkpoint(src: str | Path, out: str | Path, force: bool = False) ->
             "source_layout": layout,
             "source_sha256": weights_sha256(files),
             "target_architecture": TARGET_ARCHITECTURE,
-            "converted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "converted": datetime.now(UTC).isoformat(timespec="seconds"),
             "norm_head": norm_head,
         }
-        (partial / CONVERSION_INFO).write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n",
-                                               encoding="utf-8")
+        (partial / CONVERSION_INFO).write_text(
+            json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
     return record
 
 
@@ -123,8 +130,7 @@ def _read_config(path: Path) -> dict:
 
 
 def _mentions_alibi(path: Path) -> bool:
-    return any("alibi" in f.read_text(encoding="utf-8", errors="replace").lower()
-               for f in path.glob("modeling_*.py"))
+    return any("alibi" in f.read_text(encoding="utf-8", errors="replace").lower() for f in path.glob("modeling_*.py"))
 
 
 def llama_config(config: dict, dtype: torch.dtype | None = None):
@@ -133,23 +139,35 @@ def llama_config(config: dict, dtype: torch.dtype | None = None):
 
     def key(name):
         if not isinstance(config.get(name), int) or config[name] <= 0:
-            raise UserError(f"config.json has no valid {name!r} (a positive integer): restore it from the "
-                            "published checkpoint")
+            raise UserError(
+                f"config.json has no valid {name!r} (a positive integer): restore it from the published checkpoint"
+            )
         return config[name]
 
     if key("hidden_size") % key("num_attention_heads"):
-        raise UserError(f"config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
-                        f"{config['num_attention_heads']}: restore it from the published checkpoint")
+        raise UserError(
+            f"config.json: hidden_size {config['hidden_size']} is not a multiple of num_attention_heads "
+            f"{config['num_attention_heads']}: restore it from the published checkpoint"
+        )
     return LlamaConfig(
-        vocab_size=key("vocab_size"), hidden_size=key("hidden_size"), intermediate_size=key("intermediate_size"),
-        num_hidden_layers=key("num_hidden_layers"), num_attention_heads=key("num_attention_heads"),
-        num_key_value_heads=key("num_attention_heads"), max_position_embeddings=key("max_position_embeddings"),
-        rms_norm_eps=config.get("rms_norm_eps", 1e-6), hidden_act=config.get("hidden_act", "silu"),
+        vocab_size=key("vocab_size"),
+        hidden_size=key("hidden_size"),
+        intermediate_size=key("intermediate_size"),
+        num_hidden_layers=key("num_hidden_layers"),
+        num_attention_heads=key("num_attention_heads"),
+        num_key_value_heads=key("num_attention_heads"),
+        max_position_embeddings=key("max_position_embeddings"),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        hidden_act=config.get("hidden_act", "silu"),
         initializer_range=config.get("initializer_range", 0.02),
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        bos_token_id=config.get("bos_token_id"), eos_token_id=config.get("eos_token_id"),
-        pad_token_id=config.get("pad_token_id"), tie_word_embeddings=False, use_cache=True,
-        architectures=[TARGET_ARCHITECTURE], dtype=dtype,
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_id=config.get("eos_token_id"),
+        pad_token_id=config.get("pad_token_id"),
+        tie_word_embeddings=False,
+        use_cache=True,
+        architectures=[TARGET_ARCHITECTURE],
+        dtype=dtype,
     )
 
 
@@ -171,8 +189,10 @@ def _generation_config(src: Path, config: dict):
 def weight_files(src: Path) -> list[Path]:
     """The weight files of ``src``, in sorted name order: safetensors (single or indexed) before
     ``pytorch_model.bin`` (single or indexed)."""
-    for index_name, single, pattern in (("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
-                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin")):
+    for index_name, single, pattern in (
+        ("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin"),
+    ):
         index = src / index_name
         if index.is_file():
             names = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -185,8 +205,9 @@ def weight_files(src: Path) -> list[Path]:
         files = sorted(src.glob(pattern))
         if files:
             return files
-    raise UserError(f"{src} has no weights (pytorch_model.bin, pytorch_model-*.bin or *.safetensors): "
-                    "download the whole checkpoint")
+    raise UserError(
+        f"{src} has no weights (pytorch_model.bin, pytorch_model-*.bin or *.safetensors): download the whole checkpoint"
+    )
 
 
 def weights_sha256(files: list[Path]) -> str:
@@ -215,8 +236,9 @@ def _read_tensors(file: Path) -> Iterator[tuple[str, torch.Tensor]]:
     try:
         state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:  # a truncated download, a legacy (non-zip) pickle, or not a state dict at all
-        raise UserError(f"cannot read {file} ({str(err).splitlines()[0][:200]}): "
-                        "download it again from the published checkpoint") from None
+        raise UserError(
+            f"cannot read {file} ({str(err).splitlines()[0][:200]}): download it again from the published checkpoint"
+        ) from None
     if not isinstance(state, dict):
         raise UserError(f"{file} holds no state dict: download it again from the published checkpoint")
     yield from state.items()
@@ -228,12 +250,17 @@ def _expected_shapes(llama) -> dict[str, tuple[int, ...]]:
     shapes = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,), "lm_head.weight": (vocab, h)}
     for i in range(llama.num_hidden_layers):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.W_pack.weight": (3 * h, h), p + "self_attn.o_proj.weight": (h, h),
-            p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
-            p + "mlp.down_proj.weight": (h, inter),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-        })
+        shapes.update(
+            {
+                p + "self_attn.W_pack.weight": (3 * h, h),
+                p + "self_attn.o_proj.weight": (h, h),
+                p + "mlp.gate_proj.weight": (inter, h),
+                p + "mlp.up_proj.weight": (inter, h),
+                p + "mlp.down_proj.weight": (h, inter),
+                p + "input_layernorm.weight": (h,),
+                p + "post_attention_layernorm.weight": (h,),
+            }
+        )
     return shapes
 
 
@@ -255,8 +282,8 @@ def normalise_rows(weight: torch.Tensor, block_rows: int = 4096) -> torch.Tensor
     125k-row head needs no float32 copy of itself."""
     out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     for start in range(0, weight.shape[0], block_rows):
-        rows = weight[start:start + block_rows].float()
-        out[start:start + block_rows] = torch.nn.functional.normalize(rows, dim=1).to(weight.dtype)
+        rows = weight[start : start + block_rows].float()
+        out[start : start + block_rows] = torch.nn.functional.normalize(rows, dim=1).to(weight.dtype)
     return out
 
 
@@ -288,12 +315,16 @@ def _convert_weights(files: list[Path], llama, out: Path, norm_head: bool) -> to
                 if SKIPPED.search(name):
                     continue
                 if name not in expected:
-                    raise UserError(f"{file} holds tensor {name}, which the Baichuan layout does not have: "
-                                    "this is not a Baichuan-7B/Baichuan2-7B checkpoint")
+                    raise UserError(
+                        f"{file} holds tensor {name}, which the Baichuan layout does not have: "
+                        "this is not a Baichuan-7B/Baichuan2-7B checkpoint"
+                    )
                 if tuple(tensor.shape) != expected[name]:
-                    raise UserError(f"{file}: tensor {name} has shape {list(tensor.shape)}, expected "
-                                    f"{list(expected[name])} from config.json: the weights and config.json do "
-                                    "not belong together")
+                    raise UserError(
+                        f"{file}: tensor {name} has shape {list(tensor.shape)}, expected "
+                        f"{list(expected[name])} from config.json: the weights and config.json do "
+                        "not belong together"
+                    )
                 seen.add(name)
                 dtypes.add(tensor.dtype)
                 for native_name, native in _native_tensors(name, tensor, norm_head):
@@ -307,8 +338,9 @@ def _convert_weights(files: list[Path], llama, out: Path, norm_head: bool) -> to
         flush()
     missing = sorted(set(expected) - seen)
     if missing:
-        raise UserError(f"{files[0].parent} has no tensor {missing[0]} ({len(missing)} missing): "
-                        "download the whole checkpoint")
+        raise UserError(
+            f"{files[0].parent} has no tensor {missing[0]} ({len(missing)} missing): download the whole checkpoint"
+        )
     if len(dtypes) != 1:
         raise UserError(f"{files[0].parent} mixes dtypes {sorted(map(str, dtypes))}: expected one")
     _name_shards(shards, out, total_bytes)
@@ -349,8 +381,9 @@ def convert_tokenizer(src: Path, out: Path) -> str:
         if "auto_map" in settings:  # the remote class would be asked for even though tokenizer.json suffices
             settings.pop("auto_map")
             settings["tokenizer_class"] = "TokenizersBackend"
-        (out / "tokenizer_config.json").write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n",
-                                                   encoding="utf-8")
+        (out / "tokenizer_config.json").write_text(
+            json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
         return "copied"
     raise UserError(f"{src} has no tokenizer (tokenizer.model or tokenizer.json): download the whole checkpoint")
 
@@ -381,8 +414,9 @@ def sentencepiece_tokenizer(src: Path):
     try:
         proto.ParseFromString((src / "tokenizer.model").read_bytes())
     except Exception:
-        raise UserError(f"{src / 'tokenizer.model'} is not a sentencepiece model: "
-                        "download it again from the published checkpoint") from None
+        raise UserError(
+            f"{src / 'tokenizer.model'} is not a sentencepiece model: download it again from the published checkpoint"
+        ) from None
     trainer, spec = proto.trainer_spec, proto.normalizer_spec
     pieces = [(p.piece, p.score) for p in proto.pieces]
     if trainer.model_type == trainer.BPE:
@@ -391,15 +425,25 @@ def sentencepiece_tokenizer(src: Path):
         vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
         # control, unused and byte pieces never come out of merging text
         unmerged = {p.piece for p in proto.pieces if p.type in (p.CONTROL, p.UNUSED, p.BYTE)}
-        model = BPE(vocab=vocab, merges=generate_merges(vocab, skip_tokens=unmerged), unk_token=trainer.unk_piece,
-                    fuse_unk=True, byte_fallback=trainer.byte_fallback)
+        model = BPE(
+            vocab=vocab,
+            merges=generate_merges(vocab, skip_tokens=unmerged),
+            unk_token=trainer.unk_piece,
+            fuse_unk=True,
+            byte_fallback=trainer.byte_fallback,
+        )
     elif trainer.model_type == trainer.UNIGRAM:
-        warnings.warn(f"{src / 'tokenizer.model'} is a unigram model: the converted tokenizer may split a run "
-                      "of repeated characters differently where two segmentations score the same", stacklevel=2)
+        warnings.warn(
+            f"{src / 'tokenizer.model'} is a unigram model: the converted tokenizer may split a run "
+            "of repeated characters differently where two segmentations score the same",
+            stacklevel=2,
+        )
         model = Unigram(pieces, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback)
     else:
-        raise UserError(f"{src / 'tokenizer.model'} is a sentencepiece {trainer.ModelType.Name(trainer.model_type)} "
-                        "model: only BPE and unigram models can be imported")
+        raise UserError(
+            f"{src / 'tokenizer.model'} is a sentencepiece {trainer.ModelType.Name(trainer.model_type)} "
+            "model: only BPE and unigram models can be imported"
+        )
     tokenizer = Tokenizer(model)
 
     steps = []
@@ -423,13 +467,16 @@ def sentencepiece_tokenizer(src: Path):
         tokenizer.add_tokens([AddedToken(p, normalized=False, special=False) for p in user_defined])
 
     settings = _tokenizer_settings(src)
-    piece_of = {"unk_token": trainer.unk_piece if trainer.unk_id >= 0 else None,
-                "bos_token": trainer.bos_piece if trainer.bos_id >= 0 else None,
-                "eos_token": trainer.eos_piece if trainer.eos_id >= 0 else None,
-                "pad_token": trainer.pad_piece if trainer.pad_id >= 0 else None}
+    piece_of = {
+        "unk_token": trainer.unk_piece if trainer.unk_id >= 0 else None,
+        "bos_token": trainer.bos_piece if trainer.bos_id >= 0 else None,
+        "eos_token": trainer.eos_piece if trainer.eos_id >= 0 else None,
+        "pad_token": trainer.pad_piece if trainer.pad_id >= 0 else None,
+    }
     special = {key: _token_text(settings[key]) if key in settings else piece for key, piece in piece_of.items()}
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, **{k: v for k, v in special.items() if v is not None},
+        tokenizer_object=tokenizer,
+        **{k: v for k, v in special.items() if v is not None},
         add_bos_token=bool(settings.get("add_bos_token", False)),
         add_eos_token=bool(settings.get("add_eos_token", False)),
         clean_up_tokenization_spaces=bool(settings.get("clean_up_tokenization_spaces", False)),

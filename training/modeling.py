@@ -1,6 +1,6 @@
 """Loading models and tokenizers, for the stages and for inference (evaluation, app, tests).
 
-A run's checkpoints (DESIGN.md, ``manifest.json``):
+A run's checkpoints (docs/design.md, ``manifest.json``):
 
     base/  full model (tiny/demo: pretrained here; paper: a link to the local HF directory)
     cpt/   full model, continued pre-training of base
@@ -61,8 +61,10 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, chat_templ
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise UserError(f"{path} holds no loadable tokenizer ({str(err).splitlines()[0]}); "
-                        "point model.path at a Hugging Face model directory") from None
+        raise UserError(
+            f"{path} holds no loadable tokenizer ({str(err).splitlines()[0]}); "
+            "point model.path at a Hugging Face model directory"
+        ) from None
     return ensure_chat_template(tokenizer, chat_template)
 
 
@@ -78,8 +80,9 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | None = None,
-                   setting: str = "model.path"):
+def load_causal_lm(
+    path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | None = None, setting: str = "model.path"
+):
     """A full causal LM from a local directory; one-line :class:`UserError` if it is missing or not one.
 
     ``setting`` names the config key the user should fix when the directory is wrong.
@@ -88,19 +91,26 @@ def load_causal_lm(path: str | Path, trust_remote_code: bool = False, dtype: tor
 
     path = Path(path)
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise UserError(f"{setting}={path} is not a Hugging Face model directory (no config.json there); "
-                        "set it to a local causal-LM checkpoint such as /models/Baichuan-7B")
+        raise UserError(
+            f"{setting}={path} is not a Hugging Face model directory (no config.json there); "
+            "set it to a local causal-LM checkpoint such as /models/Baichuan-7B"
+        )
     try:
         config = AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype or torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), config=config, dtype=dtype or torch.float32, trust_remote_code=trust_remote_code
+        )
     except (ValueError, OSError, ImportError, KeyError, AttributeError, TypeError) as err:
         # remote modelling code written for an older transformers fails in many ways at load time
-        hint = " (or set model.trust_remote_code=true if it ships its own modelling code)" \
-            if "trust_remote_code" in str(err) else ""
+        hint = (
+            " (or set model.trust_remote_code=true if it ships its own modelling code)"
+            if "trust_remote_code" in str(err)
+            else ""
+        )
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{setting}={path} is not a causal language model that transformers can load{hint}: "
-                        f"{first}") from None
+        raise UserError(
+            f"{setting}={path} is not a causal language model that transformers can load{hint}: {first}"
+        ) from None
     return model
 
 
@@ -120,8 +130,11 @@ def trust_remote_code(run_dir: Path) -> bool:
 def stage_tokenizer(run_dir: str | Path, chain: list[dict]):
     """The tokenizer of a stage (:func:`stage_chain`) under the run's ``model.chat_template`` policy: what
     training, the evaluation and the arena all format conversations with."""
-    return load_tokenizer(tokenizer_dir(chain), trust_remote_code=trust_remote_code(run_dir),
-                          chat_template=_run_model_setting(run_dir, "chat_template", "auto"))
+    return load_tokenizer(
+        tokenizer_dir(chain),
+        trust_remote_code=trust_remote_code(run_dir),
+        chat_template=_run_model_setting(run_dir, "chat_template", "auto"),
+    )
 
 
 def stage_chain(run_dir: str | Path, stage: str) -> list[dict]:
@@ -135,8 +148,10 @@ def stage_chain(run_dir: str | Path, stage: str) -> list[dict]:
     chain, name = [], stage
     while name is not None:
         if name not in stages:
-            raise UserError(f"run {run_dir.name} has no complete '{name}' stage (needed for {stage}); "
-                            f"its stages: {', '.join(stages) or 'none'}")
+            raise UserError(
+                f"run {run_dir.name} has no complete '{name}' stage (needed for {stage}); "
+                f"its stages: {', '.join(stages) or 'none'}"
+            )
         entry = dict(stages[name], stage=name, abspath=str((run_dir / stages[name]["path"]).resolve()))
         chain.insert(0, entry)
         name = entry["parent"] if entry["kind"] == "lora" else None
@@ -154,13 +169,19 @@ def load_stage(run_dir: str | Path, stage: str, device: str | None = None, dtype
 
     run_dir = Path(run_dir)
     if is_stage(stage) and not get_stage(stage).generative:
-        raise UserError(f"stage {stage} of run {run_dir.name} does not generate (a reward model): load it with "
-                        "training.stages.rm.load_reward_model")
+        raise UserError(
+            f"stage {stage} of run {run_dir.name} does not generate (a reward model): load it with "
+            "training.stages.rm.load_reward_model"
+        )
     chain = stage_chain(run_dir, stage)
     trust = trust_remote_code(run_dir)
     device = device or default_device()
-    model = load_causal_lm(chain[0]["abspath"], trust_remote_code=trust, dtype=dtype or default_dtype(device),
-                           setting=f"{run_dir.name}/{chain[0]['path']}")
+    model = load_causal_lm(
+        chain[0]["abspath"],
+        trust_remote_code=trust,
+        dtype=dtype or default_dtype(device),
+        setting=f"{run_dir.name}/{chain[0]['path']}",
+    )
     for adapter in chain[1:]:
         model = PeftModel.from_pretrained(model, adapter["abspath"]).merge_and_unload()
     tokenizer = stage_tokenizer(run_dir, chain)

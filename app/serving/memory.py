@@ -18,8 +18,7 @@ def memory_of(pid: int | str = "self") -> dict[str, int]:
                     fields[name.rstrip(":")] = int(value) * 1024
     except OSError:
         pass
-    return {"rss": fields.get("Rss", 0),
-            "private": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
+    return {"rss": fields.get("Rss", 0), "private": fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)}
 
 
 def weight_bytes(model: torch.nn.Module) -> int:

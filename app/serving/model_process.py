@@ -14,6 +14,9 @@ Requests, one at a time, each answered by ``("ok", value)`` or ``("error", line)
   ``("tokens", [[one id per row] per step])`` before its ``("ok", None)``: the first step at once, later
   ones gathered for up to ``sampling.STREAM_INTERVAL_S``;
 - ``("logits", adapter names, ids)``: the next-token logits after ``ids``;
+- ``("score", adapter names, sequences, top)``: one forward pass over each sequence of ids; for each token after
+  the first its log-probability (log-softmax of the logits before it, in float32) and the ``top`` most likely
+  tokens there with theirs (:func:`score_sequences`);
 - ``("memory",)``: bytes of the distinct weight tensors held, those mapped from a cache file by file (other
   workers may map the same file) and the rest as the worker's own, and the process's own memory (pages
   shared with no other process);
@@ -60,18 +63,41 @@ class ModelProcess:
     model is held as its reference plus an 8-bit difference rather than whole.
     """
 
-    def __init__(self, path: str, device: str, dtype: torch.dtype, threads: int, trust_remote_code: bool,
-                 setting: str, cpus: list[int] | None = None, cache_dir: str | None = None,
-                 reference: str | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        device: str,
+        dtype: torch.dtype,
+        threads: int,
+        trust_remote_code: bool,
+        setting: str,
+        cpus: list[int] | None = None,
+        cache_dir: str | None = None,
+        reference: str | None = None,
+    ) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["app.serving.preload"])  # libraries imported once, then forked
         self.path = path
         self.cancel = context.Event()  # set by the pool to stop the current generation early
         self._conn, child = context.Pipe()
         self.process = context.Process(
-            target=run_model_process, args=(child, self.cancel, path, device, str(dtype).removeprefix("torch."), threads,
-                                trust_remote_code, setting, cpus, cache_dir, reference),
-            name=f"chimed-model:{path}", daemon=True)
+            target=run_model_process,
+            args=(
+                child,
+                self.cancel,
+                path,
+                device,
+                str(dtype).removeprefix("torch."),
+                threads,
+                trust_remote_code,
+                setting,
+                cpus,
+                cache_dir,
+                reference,
+            ),
+            name=f"chimed-model:{path}",
+            daemon=True,
+        )
         self.process.start()
         child.close()
         try:
@@ -146,15 +172,28 @@ class ModelProcess:
 
     def _gone(self) -> ModelProcessGone:
         self.process.join(timeout=5)
-        return ModelProcessGone(f"the process serving {self.path} stopped (exit code {self.process.exitcode}); "
-                          "it is loaded again for the next question")
+        return ModelProcessGone(
+            f"the process serving {self.path} stopped (exit code {self.process.exitcode}); "
+            "it is loaded again for the next question"
+        )
 
 
 # --- in the model process --------------------------------------------------------------------------
 
 
-def run_model_process(conn: Connection, cancel, path: str, device: str, dtype: str, threads: int, trust_remote_code: bool,
-          setting: str, cpus: list[int] | None, cache_dir: str | None = None, reference: str | None = None) -> None:
+def run_model_process(
+    conn: Connection,
+    cancel,
+    path: str,
+    device: str,
+    dtype: str,
+    threads: int,
+    trust_remote_code: bool,
+    setting: str,
+    cpus: list[int] | None,
+    cache_dir: str | None = None,
+    reference: str | None = None,
+) -> None:
     """The model process's loop: load the model, then answer requests until ``stop`` or the pool goes away.
 
     ``cpus``: the cores this worker keeps to. Woken by a request, a worker then starts on its own core
@@ -169,14 +208,14 @@ def run_model_process(conn: Connection, cancel, path: str, device: str, dtype: s
     if cpus:
         os.sched_setaffinity(0, cpus)
     try:
-        model, mapped, held_as_delta = load_full_model(path, getattr(torch, dtype), trust_remote_code, setting,
-                                                       cache_dir, reference)
+        model, mapped, held_as_delta = load_full_model(
+            path, getattr(torch, dtype), trust_remote_code, setting, cache_dir, reference
+        )
         lora = MultiLora(model.to(device).eval())
     except Exception as err:  # noqa: BLE001 - reported to the pool as the load's answer
         conn.send(("error", describe_error(err)))
         return
-    conn.send(("ok", {"context": getattr(model.config, "max_position_embeddings", None),
-                      "held_as_delta": held_as_delta}))
+    conn.send(("ok", {"context": context_of(model.config), "held_as_delta": held_as_delta}))
     while True:
         try:
             message = conn.recv()
@@ -188,6 +227,11 @@ def run_model_process(conn: Connection, cancel, path: str, device: str, dtype: s
             conn.send(("ok", answer_request(lora, message, conn, cancel, mapped)))
         except Exception as err:  # noqa: BLE001 - one failed request does not end the worker
             conn.send(("error", describe_error(err)))
+
+
+def context_of(config) -> int | None:
+    """A model's context length as the pool holds prompts to it (its config's ``max_position_embeddings``)."""
+    return getattr(config, "max_position_embeddings", None)
 
 
 def keep_freed_memory() -> None:
@@ -206,8 +250,9 @@ def keep_freed_memory() -> None:
     libc.mallopt(m_trim_threshold, 128 << 20)
 
 
-def load_full_model(path: str, dtype: torch.dtype, trust_remote_code: bool, setting: str, cache_dir: str | None,
-                    reference: str | None) -> tuple[torch.nn.Module, dict[int, str], bool]:
+def load_full_model(
+    path: str, dtype: torch.dtype, trust_remote_code: bool, setting: str, cache_dir: str | None, reference: str | None
+) -> tuple[torch.nn.Module, dict[int, str], bool]:
     """The model in ``path``, when mapped ``{data pointer: file}`` of its mapped tensors, and whether it is
     held as ``reference`` plus a difference."""
     from training.modeling import load_causal_lm
@@ -236,7 +281,7 @@ def cpu_slots(threads: int) -> list[list[int]]:
     cores = sorted(os.sched_getaffinity(0))
     if threads >= len(cores):
         return [cores]
-    return [cores[i:i + threads] for i in range(0, len(cores) - threads + 1, threads)]
+    return [cores[i : i + threads] for i in range(0, len(cores) - threads + 1, threads)]
 
 
 def answer_request(lora: MultiLora, message: tuple, conn: Connection, cancel, mapped: dict[int, str]):
@@ -248,14 +293,38 @@ def answer_request(lora: MultiLora, message: tuple, conn: Connection, cancel, ma
         return None
     if kind == "memory":
         own, files = weight_bytes_by_origin(lora.model, mapped)
-        return {"weights": own + sum(files.values()), "own": own, "mapped": files, "private": memory_of()["private"],
-                "cuda": torch.cuda.memory_allocated() if device.type == "cuda" else None}
+        return {
+            "weights": own + sum(files.values()),
+            "own": own,
+            "mapped": files,
+            "private": memory_of()["private"],
+            "cuda": torch.cuda.memory_allocated() if device.type == "cuda" else None,
+        }
     if kind == "logits":
         adapters, ids = args
         lora.route([tuple(adapters)])
         with torch.inference_mode():
             return lora.model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
+    if kind == "score":
+        return score_sequences(lora, *args, device=device)
     if kind == "generate":
-        return generate_batch(lora, *args, device=device, send=lambda steps: conn.send(("tokens", steps)),
-                              cancelled=cancel.is_set)
+        return generate_batch(
+            lora, *args, device=device, send=lambda steps: conn.send(("tokens", steps)), cancelled=cancel.is_set
+        )
     raise ValueError(f"unknown request {kind!r}")
+
+
+def score_sequences(lora: MultiLora, adapters, sequences: list[list[int]], top: int, *, device: torch.device) -> list:
+    """Per sequence ``(logprobs, top_ids, top_logprobs)``: ``logprobs[i]`` is the log-probability of token
+    ``i + 1`` after the tokens before it, ``top_ids[i]`` / ``top_logprobs[i]`` the ``top`` most likely tokens
+    there (best first). Each sequence is its own forward pass (no padding: exactly the model's values)."""
+    lora.route([tuple(adapters)])
+    scored = []
+    with torch.inference_mode():
+        for ids in sequences:
+            logits = lora.model(input_ids=torch.tensor([ids], device=device)).logits[0, :-1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            chosen = logprobs.gather(1, torch.tensor(ids[1:], dtype=torch.long, device=device)[:, None])[:, 0]
+            best, best_ids = logprobs.topk(top, dim=-1)
+            scored.append((chosen.cpu().tolist(), best_ids.cpu().tolist(), best.cpu().tolist()))
+    return scored

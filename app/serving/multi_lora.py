@@ -27,9 +27,19 @@ from training.errors import UserError
 
 PREFIX = "base_model.model."  # how PEFT names the wrapped model's modules in a saved adapter
 # adapter settings the fused forward does not implement: each must be off (falsy, or "none" for bias)
-UNSUPPORTED = ("use_dora", "fan_in_fan_out", "modules_to_save", "lora_bias", "layer_replication",
-               "trainable_token_indices", "target_parameters", "alpha_pattern", "use_qalora",
-               "alora_invocation_tokens", "use_bdlora")
+UNSUPPORTED = (
+    "use_dora",
+    "fan_in_fan_out",
+    "modules_to_save",
+    "lora_bias",
+    "layer_replication",
+    "trainable_token_indices",
+    "target_parameters",
+    "alpha_pattern",
+    "use_qalora",
+    "alora_invocation_tokens",
+    "use_bdlora",
+)
 
 
 class MultiLoraLinear(nn.Module):
@@ -72,7 +82,7 @@ class MultiLoraLinear(nn.Module):
         mask = torch.zeros(len(rows), 1, last - first, dtype=a.dtype, device=a.device)
         for row, row_spans in enumerate(used):
             for start, end in row_spans:
-                mask[row, 0, start - first:end - first] = 1
+                mask[row, 0, start - first : end - first] = 1
         return a, b, None if bool(mask.all()) else mask
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +117,10 @@ class MultiLora:
             raise UserError(f"{path}: a {config.peft_type} adapter; the app serves LoRA adapters only")
         for setting in UNSUPPORTED:
             if getattr(config, setting, None):
-                raise UserError(f"{path}: adapter setting {setting} is not supported by the app's model pool "
-                                "(plain LoRA on linear layers only); merge the adapter into a full model instead")
+                raise UserError(
+                    f"{path}: adapter setting {setting} is not supported by the app's model pool "
+                    "(plain LoRA on linear layers only); merge the adapter into a full model instead"
+                )
         if getattr(config, "bias", "none") != "none":
             raise UserError(f"{path}: adapter setting bias={config.bias} is not supported by the app's model pool")
         weights = load_peft_weights(str(path), device="cpu")
@@ -142,13 +154,17 @@ class MultiLora:
         except AttributeError:
             raise UserError(f"{path}: the adapter targets {module}, which the model does not have") from None
         if not isinstance(target, (nn.Linear, MultiLoraLinear)):
-            raise UserError(f"{path}: the adapter targets {module}, a {type(target).__name__}; "
-                            "the app's model pool serves LoRA on linear layers only")
+            raise UserError(
+                f"{path}: the adapter targets {module}, a {type(target).__name__}; "
+                "the app's model pool serves LoRA on linear layers only"
+            )
         linear = target.base if isinstance(target, MultiLoraLinear) else target
         a, b = pair["A"].shape, pair["B"].shape
         if len(a) != 2 or len(b) != 2 or a[1] != linear.in_features or b != (linear.out_features, a[0]):
-            raise UserError(f"{path}: the factors for {module} ({tuple(a)}, {tuple(b)}) do not fit its "
-                            f"{linear.in_features} -> {linear.out_features} weights: an adapter of another model?")
+            raise UserError(
+                f"{path}: the factors for {module} ({tuple(a)}, {tuple(b)}) do not fit its "
+                f"{linear.in_features} -> {linear.out_features} weights: an adapter of another model?"
+            )
 
     def _layer(self, module: str) -> MultiLoraLinear:
         if module not in self.layers:

@@ -1,4 +1,4 @@
-"""Serving several checkpoints at once (DESIGN.md "Serving several checkpoints at once").
+"""Serving several checkpoints at once (docs/design.md "Serving several checkpoints at once").
 
 A run's four contestants share most of their weights: ``base/`` and ``cpt/`` are full models (``cpt/``
 is an adapter on base when trained with ``cpt.use_lora``), ``sft/`` is a LoRA adapter on cpt and
@@ -47,15 +47,21 @@ import torch
 
 from app.contestants import Contestant
 from app.serving.memory import mapped_files
-from app.serving.model_process import ModelProcess, cpu_slots, describe_error
+from app.serving.model_process import ModelProcess, context_of, cpu_slots, describe_error
 from app.serving.sampling import Decoding
 from app.serving.shared_weights import DELTA_BITS, weights_identity
 from training.config import Config
 from training.errors import UserError
 from training.evaluation.loglik import token_ids
 from training.evaluation.prompts import PLAIN_TURN_STOPS, conversation_prompt
-from training.modeling import (default_device, default_dtype, stage_chain, stage_tokenizer, tokenizer_dir,
-                               trust_remote_code)
+from training.modeling import (
+    default_device,
+    default_dtype,
+    stage_chain,
+    stage_tokenizer,
+    tokenizer_dir,
+    trust_remote_code,
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class Answer:
     # out of max new tokens; None while it grows (and when it was cancelled)
     finish_reason: str | None = None
     dropped_messages: tuple[int, ...] = ()  # the conversation's messages left out to fit (app.trim_history)
+    # the ids the model generated for it, set when done: up to the token that completed a stop string, with
+    # the end-of-sequence token when that ended it (what /v1/completions scores)
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,12 +102,17 @@ class PanelRequest:
     """What one panel should answer: a contestant and the conversation it has seen, ending with the user.
 
     ``stop``: strings that end the answer (left out of it, counted in its tokens); ``prompt``: the
-    conversation already encoded by :meth:`ModelPool.encode` (None: the pool encodes it)."""
+    conversation already encoded by :meth:`ModelPool.encode` (None: the pool encodes it); ``raw``: the
+    prompt is text to continue (``/v1/completions``), whatever the stage: the answer is the continuation as
+    generated, not cut at a plain stage's next 问：/答： turn nor stripped; ``template_kwargs``: variables for a
+    chat stage's template (serve's ``chat_template_kwargs``)."""
 
     contestant: Contestant
     messages: list[dict]
     stop: tuple[str, ...] = ()
     prompt: Prompt | None = None
+    raw: bool = False
+    template_kwargs: dict = field(default_factory=dict)
 
 
 class Generation:
@@ -161,7 +175,7 @@ class Generation:
     def wait(self, timeout: float | None = None) -> list[Answer]:
         """Block until every answer is done; returns the final answers."""
         snapshot = self.answers
-        for snapshot in self.stream(timeout):
+        for snapshot in self.stream(timeout):  # noqa: B007 - the last snapshot is the answer
             pass
         return snapshot
 
@@ -196,16 +210,26 @@ class PanelStreamer:
     how the steps were gathered into messages.
     """
 
-    def __init__(self, generation: Generation, rows: list[int], tokenizers: list, eos_ids: set[int],
-                 chat: list[bool] | None = None, stops: list[tuple[str, ...]] | None = None) -> None:
+    def __init__(
+        self,
+        generation: Generation,
+        rows: list[int],
+        tokenizers: list,
+        eos_ids: set[int],
+        chat: list[bool] | None = None,
+        stops: list[tuple[str, ...]] | None = None,
+    ) -> None:
         self.generation = generation
         self.rows = rows  # batch row -> panel index
         self.tokenizers = tokenizers
         self.eos_ids = eos_ids
         self.chat = chat or [True] * len(rows)
-        self.stops = [tuple(stop) + (() if is_chat else PLAIN_TURN_STOPS)
-                      for stop, is_chat in zip(stops or [()] * len(rows), self.chat)]
+        self.stops = [
+            tuple(stop) + (() if is_chat else PLAIN_TURN_STOPS)
+            for stop, is_chat in zip(stops or [()] * len(rows), self.chat)
+        ]
         self.ids: list[list[int]] = [[] for _ in rows]
+        self.eos: list[int | None] = [None] * len(rows)  # the end-of-sequence token that ended a row
         self.finished = [False] * len(rows)
 
     @property
@@ -218,19 +242,28 @@ class PanelStreamer:
         for i, panel in enumerate(self.rows):
             if self.finished[i]:
                 continue
-            first = {} if self.ids[i] or self.generation.answers[panel].first_token_s is not None \
+            first = (
+                {}
+                if self.ids[i] or self.generation.answers[panel].first_token_s is not None
                 else {"first_token_s": self.generation.elapsed()}
+            )
             before, ended = len(self.ids[i]), False
             for step in steps:
                 if step[i] in self.eos_ids:
-                    ended = True
+                    ended, self.eos[i] = True, step[i]
                     break
                 self.ids[i].append(step[i])
             text = self._decoded(i, len(self.ids[i]))
             if self._stop_at(i, text) is not None:
                 # the text before these steps held no stop: the first prefix that does ends the answer
-                n = next((n for n in range(before + 1, len(self.ids[i]) + 1)
-                          if self._stop_at(i, self._decoded(i, n)) is not None), len(self.ids[i]))
+                n = next(
+                    (
+                        n
+                        for n in range(before + 1, len(self.ids[i]) + 1)
+                        if self._stop_at(i, self._decoded(i, n)) is not None
+                    ),
+                    len(self.ids[i]),
+                )
                 del self.ids[i][n:]
                 self._finish(i, "stop", **first)
             elif ended:
@@ -262,9 +295,16 @@ class PanelStreamer:
     def _finish(self, i: int, finish_reason: str | None, **changes) -> None:
         self.finished[i] = True
         text = self._answer(i, self._decoded(i, len(self.ids[i])))
-        self.generation.update(self.rows[i], text=text if text.strip() else "", n_tokens=len(self.ids[i]),
-                               done=True, latency_s=self.generation.elapsed(), finish_reason=finish_reason,
-                               **changes)
+        self.generation.update(
+            self.rows[i],
+            text=text if text.strip() else "",
+            n_tokens=len(self.ids[i]),
+            done=True,
+            latency_s=self.generation.elapsed(),
+            finish_reason=finish_reason,
+            token_ids=tuple(self.ids[i]) + (() if self.eos[i] is None else (self.eos[i],)),
+            **changes,
+        )
 
 
 # --- prompts ---------------------------------------------------------------------------------------
@@ -280,24 +320,39 @@ class ContextLengthExceeded(UserError):
             f"This model's maximum context length is {context} tokens. However, you requested {max_new_tokens} "
             f"output tokens and your prompt contains {prompt_tokens} input tokens, for a total of "
             f"{prompt_tokens + max_new_tokens} tokens. Please reduce the length of the input prompt or the number "
-            "of requested output tokens." + (" (With trim_history every earlier turn was left out: the leading "
-                                             "system messages and the last user message alone are that long.)"
-                                             if trimmed else ""))
+            "of requested output tokens."
+            + (
+                " (With trim_history every earlier turn was left out: the leading "
+                "system messages and the last user message alone are that long.)"
+                if trimmed
+                else ""
+            )
+        )
 
 
-def prompt_ids(tokenizer, messages: list[dict], chat: bool = True) -> list[int]:
+def prompt_ids(tokenizer, messages: list[dict], chat: bool = True, template_kwargs: dict | None = None) -> list[int]:
     """Token ids of the conversation with the generation prompt, rendered and tokenized once.
 
-    Instruction-tuned stages (``chat``) see the chat template, base and cpt the plain 问：/答： text they
-    were trained on, each as the evaluation asks them (:func:`training.evaluation.prompts.conversation_prompt`).
+    Instruction-tuned stages (``chat``) see the chat template (given ``template_kwargs`` as its variables),
+    base and cpt the plain 问：/答： text they were trained on, each as the evaluation asks them
+    (:func:`training.evaluation.prompts.conversation_prompt`).
     """
     if chat:
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"])
+        return list(
+            tokenizer.apply_chat_template(messages, add_generation_prompt=True, **(template_kwargs or {}))["input_ids"]
+        )
     return list(token_ids(tokenizer, conversation_prompt(tokenizer, messages, chat=False)))
 
 
-def fit_prompt(tokenizer, messages: list[dict], chat: bool, context: int | None, max_new_tokens: int,
-               trim: bool) -> Prompt:
+def fit_prompt(
+    tokenizer,
+    messages: list[dict],
+    chat: bool,
+    context: int | None,
+    max_new_tokens: int,
+    trim: bool,
+    template_kwargs: dict | None = None,
+) -> Prompt:
     """The conversation's prompt if it fits ``context`` with ``max_new_tokens`` to spare (every message
     counts, whatever its role); otherwise :class:`ContextLengthExceeded`, or with ``trim`` the longest
     recent part that fits: the leading system messages, then the conversation from one of its user
@@ -307,7 +362,7 @@ def fit_prompt(tokenizer, messages: list[dict], chat: bool, context: int | None,
     keeps until a try no longer fits, then bisects: each try renders at most about twice what fits the
     context, so the cost grows with the conversation's length only through that first rendering.
     """
-    ids = prompt_ids(tokenizer, messages, chat)
+    ids = prompt_ids(tokenizer, messages, chat, template_kwargs)
     limit = context - max_new_tokens if context else None
     if limit is None or len(ids) <= limit:
         return Prompt(ids)
@@ -318,7 +373,7 @@ def fit_prompt(tokenizer, messages: list[dict], chat: bool, context: int | None,
     starts = [head] + [i for i in range(head + 1, len(messages)) if messages[i]["role"] == "user"]
 
     def kept(j: int) -> list[int]:
-        return prompt_ids(tokenizer, messages[:head] + messages[starts[j]:], chat)
+        return prompt_ids(tokenizer, messages[:head] + messages[starts[j] :], chat, template_kwargs)
 
     best, bad = len(starts) - 1, 0
     fitting = kept(best) if best > 0 else ids
@@ -396,8 +451,10 @@ class ModelPool:
         self._names = 0
         self._cpu_slots = cpu_slots(cfg.app.cpu_threads) if self.device.type == "cpu" else []
         if cfg.app.delta_bits not in DELTA_BITS:
-            raise UserError(f"app.delta_bits={cfg.app.delta_bits!r}: 8 (a full model trained from another held "
-                            "as that model + an 8-bit difference) or 0 (held whole)")
+            raise UserError(
+                f"app.delta_bits={cfg.app.delta_bits!r}: 8 (a full model trained from another held "
+                "as that model + an 8-bit difference) or 0 (held whole)"
+            )
         # on CPU the workers map each full model from one file (pages shared between them); a model on a
         # GPU lives in its worker's GPU memory, which other processes cannot share
         on_cpu = self.device.type == "cpu"
@@ -472,8 +529,12 @@ class ModelPool:
                 continue
             groups.setdefault(root.key, (root, []))[1].append((panel, request, chain))
         for root, rows in sorted(groups.values(), key=lambda group: -len(group[1])):  # the longest first
-            threading.Thread(target=self._answer_group, args=(root, rows, generation), daemon=True,
-                             name=f"generate:{Path(root.path).name}").start()
+            threading.Thread(
+                target=self._answer_group,
+                args=(root, rows, generation),
+                daemon=True,
+                name=f"generate:{Path(root.path).name}",
+            ).start()
         return generation
 
     def encode(self, request: PanelRequest, max_new_tokens: int, trim: bool | None = None) -> Prompt:
@@ -481,20 +542,82 @@ class ModelPool:
         (:func:`fit_prompt`; ``trim`` None: ``app.trim_history``). Runs without the model's lock, so a long
         conversation holds up no other request; only a model never loaded yet is loaded first, to learn its
         context. Raises :class:`ContextLengthExceeded` when it does not fit."""
-        root, chain = self._root_for(request.contestant)
+        root, chain = self._context_known(request.contestant)
+        return fit_prompt(
+            self._tokenizer(chain, request.contestant),
+            request.messages,
+            request.contestant.stage in self.cfg.eval.chat_stages,
+            root.context,
+            max_new_tokens,
+            self.cfg.app.trim_history if trim is None else trim,
+            request.template_kwargs,
+        )
+
+    def _context_known(self, contestant: Contestant) -> tuple[_Root, list[dict]]:
+        """The contestant's root and chain, its model loaded first when never loaded yet (to learn its context)."""
+        root, chain = self._root_for(contestant)
         if not root.context_known:
             with root.lock:
-                self._prepare(root, chain, request.contestant)
-        return fit_prompt(self._tokenizer(chain, request.contestant), request.messages,
-                          request.contestant.stage in self.cfg.eval.chat_stages, root.context, max_new_tokens,
-                          self.cfg.app.trim_history if trim is None else trim)
+                self._prepare(root, chain, contestant)
+        return root, chain
+
+    def context_length(self, contestant: Contestant) -> int | None:
+        """The context length the pool holds the contestant's prompts to (None: its model has none), read from
+        its model's config when the model is not loaded yet (nothing is loaded for it)."""
+        from transformers import AutoConfig
+
+        root = self._root_for(contestant)[0]
+        if root.context_known:
+            return root.context
+        return context_of(
+            AutoConfig.from_pretrained(root.path, trust_remote_code=trust_remote_code(contestant.run_dir))
+        )
+
+    def tokenizer_for(self, contestant: Contestant):
+        """The tokenizer the pool encodes the contestant's prompts with."""
+        return self._tokenizer(self._root_for(contestant)[1], contestant)
+
+    def fit_ids(self, contestant: Contestant, ids: list[int], max_new_tokens: int) -> Prompt:
+        """A prompt given as token ids (``/v1/completions``), whole: :class:`ContextLengthExceeded` when it
+        does not fit the model's context with ``max_new_tokens`` to spare (it is never cut)."""
+        context = self._context_known(contestant)[0].context
+        if context and len(ids) + max_new_tokens > context:
+            raise ContextLengthExceeded(len(ids), max_new_tokens, context)
+        return Prompt(list(ids))
+
+    def ready(self, contestant: Contestant) -> bool:
+        """Whether the contestant can answer without loading anything (its model and adapters are loaded)."""
+        if contestant.endpoint is not None:
+            return True
+        try:
+            root, chain = self._root_for(contestant)
+        except Exception:  # noqa: BLE001 - a broken checkpoint is not ready
+            return False
+        return root.loaded and all(entry["weights"] in root.adapters for entry in chain[1:])
+
+    def score(self, contestant: Contestant, sequences: list[list[int]], top: int) -> list:
+        """The contestant's log-probabilities of each sequence's tokens, and the ``top`` most likely tokens at
+        each position, from one forward pass per sequence in its model's process
+        (:func:`app.serving.model_process.score_sequences`)."""
+        root, chain = self._root_for(contestant)
+        with root.lock:
+            root.last_used = time.monotonic()
+            prepared = self._prepare(root, chain, contestant)
+            try:
+                scored = root.worker.request("score", prepared.adapters, sequences, top)
+            finally:
+                if not root.loaded:
+                    root.unload()  # its process died: start a new one for the next request
+        self._evict()
+        return scored
 
     def _answer_group(self, root: _Root, rows: list, generation: Generation) -> None:
         encoded = []
         for panel, request, chain in rows:  # before the model's lock: other requests to it go on meanwhile
             try:
-                encoded.append((panel, request, chain,
-                                request.prompt or self.encode(request, generation.decoding.max_new_tokens)))
+                encoded.append(
+                    (panel, request, chain, request.prompt or self.encode(request, generation.decoding.max_new_tokens))
+                )
             except Exception as err:  # noqa: BLE001 - this panel's checkpoint or prompt is broken
                 generation.fail(panel, err)
         if not encoded:
@@ -505,9 +628,15 @@ class ModelPool:
             for panel, request, chain, prompt in encoded:
                 try:
                     prepared = self._prepare(root, chain, request.contestant)
+                    if request.raw:  # a continuation as generated (PanelStreamer: as a chat stage's)
+                        prepared = replace(prepared, chat=True)
                     ready.append((panel, prepared, prompt.ids, request.stop))
-                    generation.update(panel, serving=self._serving_record(root), prompt_tokens=len(prompt.ids),
-                                      dropped_messages=prompt.dropped)
+                    generation.update(
+                        panel,
+                        serving=self._serving_record(root),
+                        prompt_tokens=len(prompt.ids),
+                        dropped_messages=prompt.dropped,
+                    )
                 except Exception as err:  # noqa: BLE001 - this panel's checkpoint is broken
                     generation.fail(panel, err)
             if not ready:
@@ -521,8 +650,9 @@ class ModelPool:
                             generation.fail(panel, err)
                 else:
                     for row in ready:
-                        generation.update(row[0], text="", n_tokens=0, first_token_s=None, done=False,
-                                          finish_reason=None)
+                        generation.update(
+                            row[0], text="", n_tokens=0, first_token_s=None, done=False, finish_reason=None
+                        )
                         try:
                             self._generate_batch(root, [row], generation)
                         except Exception as single_err:  # noqa: BLE001
@@ -536,9 +666,14 @@ class ModelPool:
         tokenizer = rows[0][1].tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos_ids = {t for t in (prepared.tokenizer.eos_token_id for _, prepared, _, _ in rows) if t is not None}
-        streamer = PanelStreamer(generation, [panel for panel, _, _, _ in rows],
-                                 [prepared.tokenizer for _, prepared, _, _ in rows], eos_ids,
-                                 [prepared.chat for _, prepared, _, _ in rows], [stop for _, _, _, stop in rows])
+        streamer = PanelStreamer(
+            generation,
+            [panel for panel, _, _, _ in rows],
+            [prepared.tokenizer for _, prepared, _, _ in rows],
+            eos_ids,
+            [prepared.chat for _, prepared, _, _ in rows],
+            [stop for _, _, _, stop in rows],
+        )
 
         def on_tokens(steps: list[list[int]]) -> None:
             if generation.cancelled.is_set():
@@ -547,8 +682,13 @@ class ModelPool:
             if streamer.all_finished:  # every row ended (a stop string, the next turn's marker): stop generating
                 root.worker.cancel.set()
 
-        root.worker.generate([(prepared.adapters, ids) for _, prepared, ids, _ in rows], generation.decoding.as_dict(),
-                             pad, sorted(eos_ids), on_tokens)
+        root.worker.generate(
+            [(prepared.adapters, ids) for _, prepared, ids, _ in rows],
+            generation.decoding.settings(),
+            pad,
+            sorted(eos_ids),
+            on_tokens,
+        )
         streamer.end()
 
     # --- loading -------------------------------------------------------------------------------
@@ -564,8 +704,10 @@ class ModelPool:
         with self._lock:
             cached = self._chains.get(cache_key)
         if cached is None or stamp is None or cached[0] != stamp:
-            chain = [entry | {"weights": weights_identity(Path(entry["abspath"]))}
-                     for entry in stage_chain(contestant.run_dir, contestant.stage)]
+            chain = [
+                entry | {"weights": weights_identity(Path(entry["abspath"]))}
+                for entry in stage_chain(contestant.run_dir, contestant.stage)
+            ]
             cached = (stamp, chain)
             with self._lock:
                 self._chains[cache_key] = cached
@@ -591,15 +733,24 @@ class ModelPool:
         if not root.loaded:
             root.unload()
             root.slot = self._free_slot()
-            root.worker = ModelProcess(root.path, str(self.device), self.dtype, self.cfg.app.cpu_threads,
-                                     trust_remote_code(contestant.run_dir),
-                                     setting=f"checkpoint {contestant.checkpoint_id}",
-                                     cpus=None if root.slot is None else self._cpu_slots[root.slot],
-                                     cache_dir=self._cache_dir, reference=root.reference)
+            root.worker = ModelProcess(
+                root.path,
+                str(self.device),
+                self.dtype,
+                self.cfg.app.cpu_threads,
+                trust_remote_code(contestant.run_dir),
+                setting=f"checkpoint {contestant.checkpoint_id}",
+                cpus=None if root.slot is None else self._cpu_slots[root.slot],
+                cache_dir=self._cache_dir,
+                reference=root.reference,
+            )
             root.context, root.context_known = root.worker.context, True
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
-        return _Prepared(adapters=adapters, tokenizer=self._tokenizer(chain, contestant),
-                         chat=contestant.stage in self.cfg.eval.chat_stages)
+        return _Prepared(
+            adapters=adapters,
+            tokenizer=self._tokenizer(chain, contestant),
+            chat=contestant.stage in self.cfg.eval.chat_stages,
+        )
 
     def _serving_record(self, root: _Root) -> dict:
         """How ``root``'s model answers (stored with each answer): exact, or as its reference plus a

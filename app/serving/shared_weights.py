@@ -39,8 +39,9 @@ def weights_identity(path: str | Path, with_mtime: bool = False) -> tuple:
     files = _weight_files(path)
     if not files:
         return ("path", str(Path(path).resolve()))
-    return tuple((st.st_dev, st.st_ino, st.st_size) + ((st.st_mtime_ns,) if with_mtime else ())
-                 for st in map(os.stat, files))
+    return tuple(
+        (st.st_dev, st.st_ino, st.st_size) + ((st.st_mtime_ns,) if with_mtime else ()) for st in map(os.stat, files)
+    )
 
 
 def cache_file(cache_dir: Path, path: str | Path, dtype: torch.dtype) -> Path:
@@ -79,7 +80,9 @@ def quantize_rows(delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class DeltaLinear(nn.Linear):
     """A linear layer computing with ``reference + delta_q * delta_scale`` (reference: another model's weight)."""
 
-    def __init__(self, reference: nn.Parameter, q: torch.Tensor, scale: torch.Tensor, bias: nn.Parameter | None) -> None:
+    def __init__(
+        self, reference: nn.Parameter, q: torch.Tensor, scale: torch.Tensor, bias: nn.Parameter | None
+    ) -> None:
         nn.Module.__init__(self)
         self.out_features, self.in_features = reference.shape
         self.weight = reference
@@ -96,8 +99,15 @@ class DeltaEmbedding(nn.Embedding):
 
     def __init__(self, source: nn.Embedding, q: torch.Tensor, scale: torch.Tensor) -> None:
         nn.Module.__init__(self)
-        for name in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
-                     "scale_grad_by_freq", "sparse"):
+        for name in (
+            "num_embeddings",
+            "embedding_dim",
+            "padding_idx",
+            "max_norm",
+            "norm_type",
+            "scale_grad_by_freq",
+            "sparse",
+        ):
             setattr(self, name, getattr(source, name))
         self.weight = source.weight
         self.register_buffer("delta_q", q)
@@ -128,11 +138,16 @@ def hold_as_delta(reference: nn.Module, own: nn.Module) -> nn.Module:
         weight_name = f"{name}.weight" if name else "weight"
         key = module.weight.untyped_storage().data_ptr()
         if key not in deltas:
-            deltas[key] = quantize_rows(own_params[weight_name].detach().to(module.weight.dtype) - module.weight.detach())
+            deltas[key] = quantize_rows(
+                own_params[weight_name].detach().to(module.weight.dtype) - module.weight.detach()
+            )
         q, scale = deltas[key]
         if isinstance(module, nn.Linear):
-            bias = None if module.bias is None else nn.Parameter(own_params[f"{name}.bias"].detach().clone(),
-                                                                 requires_grad=False)
+            bias = (
+                None
+                if module.bias is None
+                else nn.Parameter(own_params[f"{name}.bias"].detach().clone(), requires_grad=False)
+            )
             replacement = DeltaLinear(module.weight, q, scale, bias)
             covered.add(f"{name}.bias")
         else:

@@ -59,11 +59,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.user}: {item['message']}")
             break
         if "comparison_id" not in item:
-            raise SystemExit("error: this round has no contestants fixed by the admin "
-                             "(queue-round --contestants): the script does not choose them")
+            raise SystemExit(
+                "error: this round has no contestants fixed by the admin "
+                "(queue-round --contestants): the script does not choose them"
+            )
         choice = choose(item["answers"])
-        scores = {a["label"]: {c: (4 if a["label"] == choice else 2) for c in criteria} for a in item["answers"]} \
-            if choice != "tie" else {}
+        scores = (
+            {a["label"]: {c: (4 if a["label"] == choice else 2) for c in criteria} for a in item["answers"]}
+            if choice != "tie"
+            else {}
+        )
         out = client.predict(item["comparison_id"], choice, scores=scores, api_name="/judge")
         judged += 1
         winner = out["reveal"].get(choice, "tie")

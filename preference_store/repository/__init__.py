@@ -51,8 +51,19 @@ from training.config import Config
 __all__ = ["DEMO_ANNOTATOR", "AnnotatorProgress", "PreferenceStore", "StoredPair", "StoredRating", "StudyRecord"]
 
 
-class PreferenceStore(Accounts, CheckpointRegistry, Comparisons, BankQueue, Judgments, AnswerRatings, Guidelines,
-                      LeaderboardQueries, ExportSupport, StudyRecords, ApiTokens):
+class PreferenceStore(
+    Accounts,
+    CheckpointRegistry,
+    Comparisons,
+    BankQueue,
+    Judgments,
+    AnswerRatings,
+    Guidelines,
+    LeaderboardQueries,
+    ExportSupport,
+    StudyRecords,
+    ApiTokens,
+):
     """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
 
     Safe to share between threads (each call opens its own session); several processes may open the

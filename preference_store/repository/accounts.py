@@ -33,8 +33,15 @@ class LoginResult:
 class Accounts(AuditLog):
     """Who judges: creating accounts, logging in, and the demo annotator of a store without accounts."""
 
-    def add_annotator(self, name: str, password: str, role: str = "annotator", *, enforce_policy: bool = False,
-                      actor: str | None = None) -> Annotator:
+    def add_annotator(
+        self,
+        name: str,
+        password: str,
+        role: str = "annotator",
+        *,
+        enforce_policy: bool = False,
+        actor: str | None = None,
+    ) -> Annotator:
         """Create a login account (password hashed with argon2); refuses a taken name or an empty password.
 
         With ``enforce_policy`` (``./launch.sh add-annotator``) a password that fails the policy is refused;
@@ -77,8 +84,13 @@ class Accounts(AuditLog):
         the policy, flagging an account kept from before the policy."""
         refusal = self.login_refusal(name, address)
         if refusal is not None:
-            self.record_event(LOGIN_REFUSED, actor=name, target=name, address=address,
-                              detail={"until": refusal.until.isoformat(timespec="seconds"), "locked": refusal.locked})
+            self.record_event(
+                LOGIN_REFUSED,
+                actor=name,
+                target=name,
+                address=address,
+                detail={"until": refusal.until.isoformat(timespec="seconds"), "locked": refusal.locked},
+            )
             return LoginResult(None, refusal.message)
         annotator = self.authenticate(name, password)
         if annotator is None:
@@ -102,6 +114,7 @@ class Accounts(AuditLog):
     def set_disabled(self, name: str, disabled: bool, actor: str | None = None) -> Annotator:
         """Disable (or enable again) the account ``name``: a disabled one cannot log in, and its browser
         sessions and API tokens are refused from their next request. Audited."""
+
         def change(row: AnnotatorRow) -> None:
             row.disabled = (row.disabled or utcnow()) if disabled else None
 
@@ -160,9 +173,12 @@ class Accounts(AuditLog):
     def has_login_accounts(self) -> bool:
         """Whether any account with a password exists (if not, the app runs as the demo annotator)."""
         with self._read() as session:
-            return session.scalar(
-                select(func.count()).select_from(AnnotatorRow).where(AnnotatorRow.password_hash.is_not(None))
-            ) > 0
+            return (
+                session.scalar(
+                    select(func.count()).select_from(AnnotatorRow).where(AnnotatorRow.password_hash.is_not(None))
+                )
+                > 0
+            )
 
     def demo_annotator(self) -> Annotator:
         """The local "demo" annotator (created on first use, no password, cannot log in)."""
@@ -187,6 +203,12 @@ def _by_name(session: Session, name: str) -> AnnotatorRow | None:
 
 
 def annotator_record(row: AnnotatorRow) -> Annotator:
-    return Annotator(id=row.id, name=row.name, role=row.role, created=row.created,
-                     can_login=row.password_hash is not None and row.disabled is None,
-                     disabled=row.disabled is not None, password_weak=row.password_weak)
+    return Annotator(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        created=row.created,
+        can_login=row.password_hash is not None and row.disabled is None,
+        disabled=row.disabled is not None,
+        password_weak=row.password_weak,
+    )

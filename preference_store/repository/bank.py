@@ -64,8 +64,9 @@ class BankQueue(StoreSessions):
     """Importing prompt banks, and the queues that give each bank prompt to k different annotators."""
 
     # --- the bank ------------------------------------------------------------------------------------
-    def import_bank(self, path: str | Path, bank: str | None = None, imported_by: int | None = None
-                    ) -> BankImportSummary:
+    def import_bank(
+        self, path: str | Path, bank: str | None = None, imported_by: int | None = None
+    ) -> BankImportSummary:
         """Import a ``.jsonl`` or ``.csv`` bank file (see :mod:`preference_store.bank`) in one transaction.
 
         Malformed lines are listed as "FILE:LINE: reason" and the rest is imported; a prompt already in
@@ -90,18 +91,32 @@ class BankQueue(StoreSessions):
             hashes = [p.content_sha256 for p in parsed]
             known: set[str] = set()
             for start in range(0, len(hashes), CHUNK):
-                known |= set(session.scalars(select(BankPromptRow.content_sha256)
-                                             .where(BankPromptRow.content_sha256.in_(hashes[start:start + CHUNK]))))
+                known |= set(
+                    session.scalars(
+                        select(BankPromptRow.content_sha256).where(
+                            BankPromptRow.content_sha256.in_(hashes[start : start + CHUNK])
+                        )
+                    )
+                )
             now, imported = utcnow(), 0
             for p in parsed:
                 if p.content_sha256 in known:
                     continue
                 known.add(p.content_sha256)
                 # one microsecond apart: "oldest first" then follows the file's order
-                session.add(BankPromptRow(id=new_id(), bank=name, messages=kept[p.content_sha256], tags=p.tags,
-                                          split=p.split,
-                                          content_sha256=p.content_sha256, source=p.source, imported_by=imported_by,
-                                          created=now + timedelta(microseconds=imported)))
+                session.add(
+                    BankPromptRow(
+                        id=new_id(),
+                        bank=name,
+                        messages=kept[p.content_sha256],
+                        tags=p.tags,
+                        split=p.split,
+                        content_sha256=p.content_sha256,
+                        source=p.source,
+                        imported_by=imported_by,
+                        created=now + timedelta(microseconds=imported),
+                    )
+                )
                 imported += 1
             return BankImportSummary(bank=name, imported=imported, duplicates=len(parsed) - imported, errors=errors)
 
@@ -137,8 +152,13 @@ class BankQueue(StoreSessions):
         with self._read() as session:
             return _round_definition(session, _current_round(session))
 
-    def start_queue_round(self, admin_id: int | None, contestants: list[str] | tuple[str, ...] = (),
-                          split: str = "all", blind: bool = False) -> int:
+    def start_queue_round(
+        self,
+        admin_id: int | None,
+        contestants: list[str] | tuple[str, ...] = (),
+        split: str = "all",
+        blind: bool = False,
+    ) -> int:
         """Start the next queue round (an admin's id, or None for the command line): every annotator may be
         given every bank prompt of ``split`` (heldout | train | all) again, e.g. to judge a new run against its
         parent on the same prompts. With 2-4 registered ``contestants`` every queue prompt of the round is
@@ -147,8 +167,9 @@ class BankQueue(StoreSessions):
         stored), but hold no place. Returns the new round."""
         ids = list(dict.fromkeys(c.strip() for c in contestants if c.strip()))
         if ids and not 2 <= len(ids) <= len(PANEL_LABELS):
-            raise PreferenceStoreError(f"a round compares 2-{len(PANEL_LABELS)} different contestants "
-                                       f"(given {len(ids)})")
+            raise PreferenceStoreError(
+                f"a round compares 2-{len(PANEL_LABELS)} different contestants (given {len(ids)})"
+            )
         if split not in ROUND_SPLITS:
             raise PreferenceStoreError(f"unknown split {split!r}: choose {', '.join(ROUND_SPLITS)}")
 
@@ -159,15 +180,19 @@ class BankQueue(StoreSessions):
                     raise PreferenceStoreError("only admins can start a new queue round")
             unknown = [c for c in ids if session.get(CheckpointRow, c) is None]
             if unknown:
-                raise NotFoundError(f"unknown contestant {', '.join(unknown)}: give RUN/STAGE ids of trained runs "
-                                    "(the Compare tab's list, or /contestants)")
+                raise NotFoundError(
+                    f"unknown contestant {', '.join(unknown)}: give RUN/STAGE ids of trained runs "
+                    "(the Compare tab's list, or /contestants)"
+                )
             prompts = select(func.count()).select_from(BankPromptRow)
             if split != "all":
                 prompts = prompts.where(BankPromptRow.split == split)
             if not session.scalar(prompts):
-                raise PreferenceStoreError(f"the bank has no {'' if split == 'all' else split + ' '}prompts: "
-                                           "import a bank first (./launch.sh import-bank FILE)"
-                                           + ("" if split == "all" else " or choose another --split"))
+                raise PreferenceStoreError(
+                    f"the bank has no {'' if split == 'all' else split + ' '}prompts: "
+                    "import a bank first (./launch.sh import-bank FILE)"
+                    + ("" if split == "all" else " or choose another --split")
+                )
             now = utcnow()
             old = _current_round(session)
             previous = session.get(StoreMetaRow, _definition_key(old))
@@ -175,9 +200,19 @@ class BankQueue(StoreSessions):
                 previous.value = json.dumps({**json.loads(previous.value), "closed": now.isoformat()})
             new = old + 1
             _set_meta(session, ROUND_KEY, str(new))
-            _set_meta(session, _definition_key(new), json.dumps(
-                {"contestants": ids, "split": split, "blind": bool(blind), "started": now.isoformat(),
-                 "closed": None}))
+            _set_meta(
+                session,
+                _definition_key(new),
+                json.dumps(
+                    {
+                        "contestants": ids,
+                        "split": split,
+                        "blind": bool(blind),
+                        "started": now.isoformat(),
+                        "closed": None,
+                    }
+                ),
+            )
             return new
 
         return self._write(work)
@@ -195,8 +230,9 @@ class BankQueue(StoreSessions):
             current = _current_round(session)
             row = session.get(StoreMetaRow, _definition_key(current))
             if row is None or json.loads(row.value).get("closed"):
-                raise PreferenceStoreError(f"queue round {current} is not open: start one with ./launch.sh "
-                                           "queue-round --contestants ID,ID")
+                raise PreferenceStoreError(
+                    f"queue round {current} is not open: start one with ./launch.sh queue-round --contestants ID,ID"
+                )
             row.value = json.dumps({**json.loads(row.value), "closed": utcnow().isoformat()})
             return _round_definition(session, current)
 
@@ -214,35 +250,48 @@ class BankQueue(StoreSessions):
             cutoff = now - timedelta(minutes=self.settings.assignment_timeout_minutes)
             current = _current_round(session)
             defined = _round_definition(session, current)
-            session.execute(update(AssignmentRow).where(AssignmentRow.status == "open", AssignmentRow.assigned < cutoff)
-                            .values(status="expired"))
-            own = session.scalar(select(AssignmentRow).where(AssignmentRow.annotator_id == annotator_id,
-                                                             AssignmentRow.status == "open",
-                                                             AssignmentRow.round == current)
-                                 .order_by(AssignmentRow.assigned).limit(1))
+            session.execute(
+                update(AssignmentRow)
+                .where(AssignmentRow.status == "open", AssignmentRow.assigned < cutoff)
+                .values(status="expired")
+            )
+            own = session.scalar(
+                select(AssignmentRow)
+                .where(
+                    AssignmentRow.annotator_id == annotator_id,
+                    AssignmentRow.status == "open",
+                    AssignmentRow.round == current,
+                )
+                .order_by(AssignmentRow.assigned)
+                .limit(1)
+            )
             if own is not None:
                 return assignment_record(own, session.get(BankPromptRow, own.bank_prompt_id))
             if defined.closed is not None:  # a closed round hands out nothing new
                 return None
-            live = func.count(AssignmentRow.id)
-            candidates = session.execute(
-                select(BankPromptRow.id)
-                .outerjoin(AssignmentRow, and_(AssignmentRow.bank_prompt_id == BankPromptRow.id,
-                                               AssignmentRow.round == current, _is_live(cutoff)))
-                .where(~_had_it(annotator_id, current), *_in_split(defined.split))
-                .group_by(BankPromptRow.id, BankPromptRow.created)
-                .having(live < k)
-                .order_by(live, BankPromptRow.created, BankPromptRow.id)
-                .limit(CANDIDATES)
-            ).scalars().all()
+            candidates = (
+                session.execute(
+                    _open_to(annotator_id, current, cutoff, defined.split, k)
+                    .order_by(func.count(AssignmentRow.id), BankPromptRow.created, BankPromptRow.id)
+                    .limit(CANDIDATES)
+                )
+                .scalars()
+                .all()
+            )
             for prompt_id in candidates:
                 # on PostgreSQL and the like: lock the prompt, then count its places again (SQLite holds
                 # the whole database's write lock already, and ignores FOR UPDATE)
                 prompt = session.scalar(select(BankPromptRow).where(BankPromptRow.id == prompt_id).with_for_update())
                 if _live_count(session, prompt_id, cutoff, current) >= k:
                     continue
-                row = AssignmentRow(id=new_id(), bank_prompt_id=prompt_id, annotator_id=annotator_id,
-                                    round=current, status="open", assigned=now)
+                row = AssignmentRow(
+                    id=new_id(),
+                    bank_prompt_id=prompt_id,
+                    annotator_id=annotator_id,
+                    round=current,
+                    status="open",
+                    assigned=now,
+                )
                 session.add(row)
                 session.flush()  # the unique (prompt, annotator) constraint is checked here
                 return assignment_record(row, prompt)
@@ -266,28 +315,39 @@ class BankQueue(StoreSessions):
         with self._read() as session:
             current = _current_round(session)
             defined = _round_definition(session, current)
-            mine = dict(session.execute(
-                select(AssignmentRow.status, func.count())
-                .where(AssignmentRow.annotator_id == annotator_id, AssignmentRow.round == current,
-                       or_(AssignmentRow.status == "done",
-                           and_(AssignmentRow.status == "open", AssignmentRow.assigned >= cutoff)))
-                .group_by(AssignmentRow.status)).all())
-            live = func.count(AssignmentRow.id)
-            free = session.scalar(select(func.count()).select_from(
-                select(BankPromptRow.id)
-                .outerjoin(AssignmentRow, and_(AssignmentRow.bank_prompt_id == BankPromptRow.id,
-                                               AssignmentRow.round == current, _is_live(cutoff)))
-                .where(~_had_it(annotator_id, current), *_in_split(defined.split))
-                .group_by(BankPromptRow.id)
-                .having(live < k)
-                .subquery())) if defined.closed is None else 0
+            mine = dict(
+                session.execute(
+                    select(AssignmentRow.status, func.count())
+                    .where(
+                        AssignmentRow.annotator_id == annotator_id,
+                        AssignmentRow.round == current,
+                        or_(
+                            AssignmentRow.status == "done",
+                            and_(AssignmentRow.status == "open", AssignmentRow.assigned >= cutoff),
+                        ),
+                    )
+                    .group_by(AssignmentRow.status)
+                ).all()
+            )
+            free = (
+                session.scalar(
+                    select(func.count()).select_from(
+                        _open_to(annotator_id, current, cutoff, defined.split, k).subquery()
+                    )
+                )
+                if defined.closed is None
+                else 0
+            )
         done = mine.get("done", 0)
         return QueueProgress(done=done, total=done + mine.get("open", 0) + free)
 
     def assignments(self, annotator_id: int | None = None, bank_prompt_id: str | None = None) -> list[Assignment]:
         """Assignments (one annotator's, one prompt's, or all), oldest first, in every status."""
-        query = (select(AssignmentRow, BankPromptRow).join(BankPromptRow, BankPromptRow.id == AssignmentRow.bank_prompt_id)
-                 .order_by(AssignmentRow.assigned, AssignmentRow.id))
+        query = (
+            select(AssignmentRow, BankPromptRow)
+            .join(BankPromptRow, BankPromptRow.id == AssignmentRow.bank_prompt_id)
+            .order_by(AssignmentRow.assigned, AssignmentRow.id)
+        )
         if annotator_id is not None:
             query = query.where(AssignmentRow.annotator_id == annotator_id)
         if bank_prompt_id is not None:
@@ -298,15 +358,20 @@ class BankQueue(StoreSessions):
     def _study_counts(self) -> dict[str, int]:
         """The annotation study's part of ``counts()``: single-answer ratings, bank prompts, done assignments."""
         with self._read() as session:
+
             def count(model, *where):
                 return session.scalar(select(func.count()).select_from(model).where(*where))
 
-            return {"ratings": count(AnswerRatingRow), "bank_prompts": count(BankPromptRow),
-                    "assignments_done": count(AssignmentRow, AssignmentRow.status == "done")}
+            return {
+                "ratings": count(AnswerRatingRow),
+                "bank_prompts": count(BankPromptRow),
+                "assignments_done": count(AssignmentRow, AssignmentRow.status == "done"),
+            }
 
 
-def check_queue_fields(session: Session, annotator_id: int, bank_prompt_id: str | None,
-                       assignment_id: str | None) -> str | None:
+def check_queue_fields(
+    session: Session, annotator_id: int, bank_prompt_id: str | None, assignment_id: str | None
+) -> str | None:
     """The bank prompt of a comparison asked through a queue (``bank_prompt_id`` may be left out when the
     assignment is given); refuses another annotator's assignment or one for a different prompt."""
     if assignment_id is not None:
@@ -314,19 +379,22 @@ def check_queue_fields(session: Session, annotator_id: int, bank_prompt_id: str 
         if assignment is None:
             raise NotFoundError(f"no assignment {assignment_id!r}: take the next prompt from your queue")
         if assignment.annotator_id != annotator_id:
-            raise PreferenceStoreError(f"assignment {assignment_id} belongs to another annotator: "
-                                       "take the next prompt from your own queue")
+            raise PreferenceStoreError(
+                f"assignment {assignment_id} belongs to another annotator: take the next prompt from your own queue"
+            )
         if bank_prompt_id is not None and bank_prompt_id != assignment.bank_prompt_id:
-            raise PreferenceStoreError(f"assignment {assignment_id} is for bank prompt {assignment.bank_prompt_id}, "
-                                       f"not {bank_prompt_id}")
+            raise PreferenceStoreError(
+                f"assignment {assignment_id} is for bank prompt {assignment.bank_prompt_id}, not {bank_prompt_id}"
+            )
         return assignment.bank_prompt_id
     if bank_prompt_id is not None and session.get(BankPromptRow, bank_prompt_id) is None:
         raise NotFoundError(f"no bank prompt {bank_prompt_id!r}")
     return bank_prompt_id
 
 
-def complete_assignment(session: Session, comparison: ComparisonRow, when: datetime,
-                        k: int, timeout_minutes: int) -> None:
+def complete_assignment(
+    session: Session, comparison: ComparisonRow, when: datetime, k: int, timeout_minutes: int
+) -> None:
     """Mark the comparison's assignment done when it is judged or rated (inside that write transaction).
 
     An open assignment becomes done, however late, as long as it was not expired: until then nobody else
@@ -352,17 +420,41 @@ def _is_live(cutoff: datetime):
     return or_(AssignmentRow.status == "done", and_(AssignmentRow.status == "open", AssignmentRow.assigned >= cutoff))
 
 
+def _open_to(annotator_id: int, current: int, cutoff, split: str, k: int):
+    """The ids of the round's bank prompts (of ``split``) that ``annotator_id`` never had and that have fewer than
+    ``k`` live assignments: what their queue may still hand them (one query for handing out and for counting)."""
+    return (
+        select(BankPromptRow.id)
+        .outerjoin(
+            AssignmentRow,
+            and_(
+                AssignmentRow.bank_prompt_id == BankPromptRow.id,
+                AssignmentRow.round == current,
+                _is_live(cutoff),
+            ),
+        )
+        .where(~_had_it(annotator_id, current), *_in_split(split))
+        .group_by(BankPromptRow.id, BankPromptRow.created)
+        .having(func.count(AssignmentRow.id) < k)
+    )
+
+
 def _had_it(annotator_id: int, round_: int):
     """The bank prompt was given to this annotator before in this round (any status): never again."""
     mine = aliased(AssignmentRow)  # apart from the outer query's join on assignments
-    return select(mine.id).where(mine.bank_prompt_id == BankPromptRow.id, mine.annotator_id == annotator_id,
-                                 mine.round == round_).exists()
+    return (
+        select(mine.id)
+        .where(mine.bank_prompt_id == BankPromptRow.id, mine.annotator_id == annotator_id, mine.round == round_)
+        .exists()
+    )
 
 
 def _live_count(session: Session, bank_prompt_id: str, cutoff: datetime, round_: int) -> int:
-    return session.scalar(select(func.count()).select_from(AssignmentRow)
-                          .where(AssignmentRow.bank_prompt_id == bank_prompt_id, AssignmentRow.round == round_,
-                                 _is_live(cutoff)))
+    return session.scalar(
+        select(func.count())
+        .select_from(AssignmentRow)
+        .where(AssignmentRow.bank_prompt_id == bank_prompt_id, AssignmentRow.round == round_, _is_live(cutoff))
+    )
 
 
 ROUND_KEY = "queue_round"
@@ -393,8 +485,13 @@ def _round_definition(session: Session, round_: int) -> QueueRound:
         return QueueRound(number=round_)
     value = json.loads(row.value)
     when = {key: datetime.fromisoformat(value[key]) if value.get(key) else None for key in ("started", "closed")}
-    return QueueRound(number=round_, contestants=tuple(value.get("contestants", ())), split=value.get("split", "all"),
-                      blind=bool(value.get("blind")), **when)
+    return QueueRound(
+        number=round_,
+        contestants=tuple(value.get("contestants", ())),
+        split=value.get("split", "all"),
+        blind=bool(value.get("blind")),
+        **when,
+    )
 
 
 def _in_split(split: str) -> list:
@@ -403,10 +500,24 @@ def _in_split(split: str) -> list:
 
 
 def bank_prompt_record(row: BankPromptRow) -> BankPrompt:
-    return BankPrompt(id=row.id, bank=row.bank, messages=[dict(m) for m in row.messages], tags=list(row.tags),
-                      split=row.split, source=row.source, created=row.created)
+    return BankPrompt(
+        id=row.id,
+        bank=row.bank,
+        messages=[dict(m) for m in row.messages],
+        tags=list(row.tags),
+        split=row.split,
+        source=row.source,
+        created=row.created,
+    )
 
 
 def assignment_record(row: AssignmentRow, prompt: BankPromptRow) -> Assignment:
-    return Assignment(id=row.id, bank_prompt=bank_prompt_record(prompt), annotator_id=row.annotator_id,
-                      status=row.status, assigned=row.assigned, completed=row.completed, round=row.round)
+    return Assignment(
+        id=row.id,
+        bank_prompt=bank_prompt_record(prompt),
+        annotator_id=row.annotator_id,
+        status=row.status,
+        assigned=row.assigned,
+        completed=row.completed,
+        round=row.round,
+    )

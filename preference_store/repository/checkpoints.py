@@ -46,8 +46,11 @@ class CheckpointRegistry(StoreSessions):
 
         def work(session: Session) -> list[Checkpoint]:
             known = set(session.scalars(select(CheckpointRow.id).where(CheckpointRow.id.in_(ids))))
-            session.add_all(CheckpointRow(id=cid, run_id=run_id, stage=stage)
-                            for cid, (run_id, stage) in ids.items() if cid not in known)
+            session.add_all(
+                CheckpointRow(id=cid, run_id=run_id, stage=stage)
+                for cid, (run_id, stage) in ids.items()
+                if cid not in known
+            )
             session.flush()
             rows = session.scalars(select(CheckpointRow).where(CheckpointRow.id.in_(ids)))
             return sorted((checkpoint_record(r) for r in rows), key=lambda c: list(ids).index(c.id))

@@ -53,8 +53,9 @@ class Comparisons(StoreSessions):
                     )
             if session.get(AnnotatorRow, comparison.annotator_id) is None:
                 raise NotFoundError(f"no annotator with id {comparison.annotator_id}: log in again")
-            bank_prompt_id = check_queue_fields(session, comparison.annotator_id, comparison.bank_prompt_id,
-                                                comparison.assignment_id)
+            bank_prompt_id = check_queue_fields(
+                session, comparison.annotator_id, comparison.bank_prompt_id, comparison.assignment_id
+            )
             if comparison.conversation_id is None:
                 conversation = ConversationRow(id=new_id(), annotator_id=comparison.annotator_id)
             else:
@@ -62,20 +63,40 @@ class Comparisons(StoreSessions):
                 if conversation is None:
                     raise NotFoundError(f"no conversation {comparison.conversation_id!r}: start a new conversation")
                 if conversation.annotator_id != comparison.annotator_id:
-                    raise PreferenceStoreError(f"conversation {comparison.conversation_id} is another annotator's: "
-                                               "start a new conversation")
-            revealed = comparison.conversation_id is not None and session.scalar(
-                select(JudgmentRow.id).join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
-                .where(ComparisonRow.conversation_id == conversation.id).limit(1)) is not None
+                    raise PreferenceStoreError(
+                        f"conversation {comparison.conversation_id} is another annotator's: start a new conversation"
+                    )
+            revealed = (
+                comparison.conversation_id is not None
+                and session.scalar(
+                    select(JudgmentRow.id)
+                    .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+                    .where(ComparisonRow.conversation_id == conversation.id)
+                    .limit(1)
+                )
+                is not None
+            )
             row = ComparisonRow(
-                id=new_id(), conversation=conversation, annotator_id=comparison.annotator_id,
-                messages=messages, blind=comparison.blind and not revealed,
-                bank_prompt_id=bank_prompt_id, assignment_id=comparison.assignment_id,
+                id=new_id(),
+                conversation=conversation,
+                annotator_id=comparison.annotator_id,
+                messages=messages,
+                blind=comparison.blind and not revealed,
+                bank_prompt_id=bank_prompt_id,
+                assignment_id=comparison.assignment_id,
                 responses=[
-                    ResponseRow(id=new_id(), panel=panel, checkpoint_id=r.checkpoint_id, text=text,
-                                decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s, n_tokens=r.n_tokens,
-                                serving=dict(r.serving) if r.serving is not None else None,
-                                leaks=list(r.leaks) if r.leaks is not None else None)
+                    ResponseRow(
+                        id=new_id(),
+                        panel=panel,
+                        checkpoint_id=r.checkpoint_id,
+                        text=text,
+                        decoding=dict(r.decoding),
+                        seed=r.seed,
+                        latency_s=r.latency_s,
+                        n_tokens=r.n_tokens,
+                        serving=dict(r.serving) if r.serving is not None else None,
+                        leaks=list(r.leaks) if r.leaks is not None else None,
+                    )
                     for panel, (r, text) in enumerate(zip(comparison.responses, texts))
                 ],
             )
@@ -98,16 +119,26 @@ class Comparisons(StoreSessions):
         """The comparisons of one conversation, oldest first; with ``annotator_id``, only the reader's own
         (or any, for an admin)."""
         with self._read() as session:
-            rows = session.scalars(select(ComparisonRow).where(ComparisonRow.conversation_id == conversation_id)
-                                   .order_by(ComparisonRow.created)).unique().all()  # responses are joined in
+            rows = (
+                session.scalars(
+                    select(ComparisonRow)
+                    .where(ComparisonRow.conversation_id == conversation_id)
+                    .order_by(ComparisonRow.created)
+                )
+                .unique()
+                .all()
+            )  # responses are joined in
             if rows:
                 _check_reader(session, rows[0].annotator_id, annotator_id, f"conversation {conversation_id}")
             return [comparison_record(row) for row in rows]
 
     def annotator_comparisons(self, annotator_id: int, limit: int | None = 20) -> list[ComparisonOut]:
         """One annotator's own comparisons, newest first (what the Data tab shows them)."""
-        query = (select(ComparisonRow).where(ComparisonRow.annotator_id == annotator_id)
-                 .order_by(ComparisonRow.created.desc(), ComparisonRow.id.desc()))
+        query = (
+            select(ComparisonRow)
+            .where(ComparisonRow.annotator_id == annotator_id)
+            .order_by(ComparisonRow.created.desc(), ComparisonRow.id.desc())
+        )
         if limit is not None:
             query = query.limit(limit)
         with self._read() as session:
@@ -125,14 +156,28 @@ def _check_reader(session: Session, owner_id: int, reader_id: int | None, what: 
 
 def comparison_record(row: ComparisonRow) -> ComparisonOut:
     return ComparisonOut(
-        id=row.id, conversation_id=row.conversation_id, annotator_id=row.annotator_id,
-        messages=[dict(msg) for msg in row.messages], blind=row.blind, created=row.created,
-        bank_prompt_id=row.bank_prompt_id, assignment_id=row.assignment_id,
+        id=row.id,
+        conversation_id=row.conversation_id,
+        annotator_id=row.annotator_id,
+        messages=[dict(msg) for msg in row.messages],
+        blind=row.blind,
+        created=row.created,
+        bank_prompt_id=row.bank_prompt_id,
+        assignment_id=row.assignment_id,
         responses=tuple(
-            ResponseOut(id=r.id, label=PANEL_LABELS[r.panel], panel=r.panel, checkpoint_id=r.checkpoint_id,
-                        text=r.text, decoding=dict(r.decoding), seed=r.seed, latency_s=r.latency_s,
-                        n_tokens=r.n_tokens, serving=dict(r.serving) if r.serving is not None else None,
-                        leaks=list(r.leaks) if r.leaks is not None else None)
+            ResponseOut(
+                id=r.id,
+                label=PANEL_LABELS[r.panel],
+                panel=r.panel,
+                checkpoint_id=r.checkpoint_id,
+                text=r.text,
+                decoding=dict(r.decoding),
+                seed=r.seed,
+                latency_s=r.latency_s,
+                n_tokens=r.n_tokens,
+                serving=dict(r.serving) if r.serving is not None else None,
+                leaks=list(r.leaks) if r.leaks is not None else None,
+            )
             for r in row.responses  # in panel order (the relationship's order_by)
         ),
     )

@@ -35,8 +35,12 @@ class Guidelines(StoreSessions):
             if author is None or author.role != "admin":
                 raise PreferenceStoreError("only admins can change the guideline")
             version = (session.scalar(select(func.max(GuidelineRow.version))) or 0) + 1
-            row = GuidelineRow(version=version, text=text, author_id=author_id,
-                               criteria=[{"key": c.key, "name": c.name, "description": c.description} for c in checked])
+            row = GuidelineRow(
+                version=version,
+                text=text,
+                author_id=author_id,
+                criteria=[{"key": c.key, "name": c.name, "description": c.description} for c in checked],
+            )
             session.add(row)
             session.flush()
             return guideline_record(row)
@@ -52,8 +56,11 @@ class Guidelines(StoreSessions):
             return row.guideline_seen
 
     def mark_guideline_seen(self, annotator_id: int, version: int) -> None:
-        self._write(lambda session: session.execute(
-            update(AnnotatorRow).where(AnnotatorRow.id == annotator_id).values(guideline_seen=version)))
+        self._write(
+            lambda session: session.execute(
+                update(AnnotatorRow).where(AnnotatorRow.id == annotator_id).values(guideline_seen=version)
+            )
+        )
 
 
 def _newest(session: Session) -> GuidelineRow | None:
@@ -61,5 +68,10 @@ def _newest(session: Session) -> GuidelineRow | None:
 
 
 def guideline_record(row: GuidelineRow) -> Guideline:
-    return Guideline(version=row.version, text=row.text, author_id=row.author_id, created=row.created,
-                     criteria=tuple(Criterion(c["key"], c["name"], c.get("description", "")) for c in row.criteria))
+    return Guideline(
+        version=row.version,
+        text=row.text,
+        author_id=row.author_id,
+        created=row.created,
+        criteria=tuple(Criterion(c["key"], c["name"], c.get("description", "")) for c in row.criteria),
+    )

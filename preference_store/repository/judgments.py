@@ -64,38 +64,66 @@ class Judgments(Guidelines):
                 check_same_annotator(stored.annotator_id, judgment.annotator_id, client_id)
                 return judgment_record(session, stored, duplicate=True)
             comparison = own_comparison(session, judgment.comparison_id, judgment.annotator_id, "judge")
-            live = live_record(session, JudgmentRow, judgment.revise, lambda row: (
-                f"already judged; comparison {comparison.id} has your {row.kind} judgment {row.id} of "
-                f"{row.created:%Y-%m-%d %H:%M} UTC: one judgment per comparison"),
-                comparison_id=comparison.id, annotator_id=judgment.annotator_id)
+            live = live_record(
+                session,
+                JudgmentRow,
+                judgment.revise,
+                lambda row: (
+                    f"already judged; comparison {comparison.id} has your {row.kind} judgment {row.id} of "
+                    f"{row.created:%Y-%m-%d %H:%M} UTC: one judgment per comparison"
+                ),
+                comparison_id=comparison.id,
+                annotator_id=judgment.annotator_id,
+            )
             check_daily_cap(session, judgment.annotator_id, self.settings.daily_judgment_cap)
             labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
-            kind = check_judgment(judgment, labels, [r.text for r in comparison.responses],
-                                  self.settings.max_text_chars, guideline.criterion_keys)
+            kind = check_judgment(
+                judgment,
+                labels,
+                [r.text for r in comparison.responses],
+                self.settings.max_text_chars,
+                guideline.criterion_keys,
+            )
             by_label = dict(zip(labels, comparison.responses))
             created = utcnow()  # a pair is as old as its judgment
             row_id = supersede(session, live)
             row = JudgmentRow(
-                id=row_id, client_id=client_id, comparison_id=comparison.id, annotator_id=judgment.annotator_id,
-                kind=kind, choice=judgment.choice,
+                id=row_id,
+                client_id=client_id,
+                comparison_id=comparison.id,
+                annotator_id=judgment.annotator_id,
+                kind=kind,
+                choice=judgment.choice,
                 ranking=dict(judgment.ranking) if judgment.ranking is not None else None,
-                correction=correction, reason=reason, created=created,
+                correction=correction,
+                reason=reason,
+                created=created,
                 guideline_version=guideline.version,
                 pairs=[
-                    PairRow(id=new_pair_id(), comparison_id=comparison.id,
-                            chosen_response_id=by_label[chosen].id if chosen else None,
-                            rejected_response_id=by_label[rejected].id, created=created)
+                    PairRow(
+                        id=new_pair_id(),
+                        comparison_id=comparison.id,
+                        chosen_response_id=by_label[chosen].id if chosen else None,
+                        rejected_response_id=by_label[rejected].id,
+                        created=created,
+                    )
                     for chosen, rejected in expand_judgment_to_pairs(kind, labels, judgment.choice, judgment.ranking)
                 ],
                 scores=[
                     CriterionScoreRow(response_id=by_label[label].id, criterion=criterion, value=value)
                     for label, given in judgment.scores.items()
-                    for criterion, value in given.items() if value is not None
+                    for criterion, value in given.items()
+                    if value is not None
                 ],
             )
             session.add(row)
-            complete_assignment(session, comparison, created, self.settings.annotators_per_prompt,
-                                self.settings.assignment_timeout_minutes)
+            complete_assignment(
+                session,
+                comparison,
+                created,
+                self.settings.annotators_per_prompt,
+                self.settings.assignment_timeout_minutes,
+            )
             session.flush()
             return judgment_record(session, row, duplicate=False)
 
@@ -111,8 +139,9 @@ class Judgments(Guidelines):
     def judgments_for(self, comparison_id: str) -> list[JudgmentOut]:
         """Every judgment of a comparison, oldest first, superseded ones (``superseded_by`` set) included."""
         with self._read() as session:
-            rows = session.scalars(select(JudgmentRow).where(JudgmentRow.comparison_id == comparison_id)
-                                   .order_by(JudgmentRow.created))
+            rows = session.scalars(
+                select(JudgmentRow).where(JudgmentRow.comparison_id == comparison_id).order_by(JudgmentRow.created)
+            )
             return [judgment_record(session, row) for row in rows]
 
     def superseded_judgments(self) -> list[JudgmentOut]:
@@ -120,8 +149,11 @@ class Judgments(Guidelines):
         for a second vote stored before one judgment per comparison was the rule, by the newer one when the
         store was migrated ("duplicate"). ``superseded_by`` names the judgment that counts instead."""
         with self._read() as session:
-            rows = session.scalars(select(JudgmentRow).where(JudgmentRow.superseded_by.is_not(None))
-                                   .order_by(JudgmentRow.created, JudgmentRow.id))
+            rows = session.scalars(
+                select(JudgmentRow)
+                .where(JudgmentRow.superseded_by.is_not(None))
+                .order_by(JudgmentRow.created, JudgmentRow.id)
+            )
             return [judgment_record(session, row) for row in rows]
 
     def count_judgments(self, annotator_id: int | None = None) -> int:
@@ -143,7 +175,7 @@ class Judgments(Guidelines):
             known: set[str] = set()
             ids = list(wanted)
             for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-                chunk = ids[start:start + 500]
+                chunk = ids[start : start + 500]
                 known |= set(session.scalars(select(PairRow.id).where(PairRow.id.in_(chunk))))
             done = set(session.scalars(select(ConsumptionRow.pair_id).where(ConsumptionRow.run_id == run_id)))
             new = sorted(known - done)
@@ -188,8 +220,9 @@ def own_comparison(session: Session, comparison_id: str, annotator_id: int, what
     if session.get(AnnotatorRow, annotator_id) is None:
         raise NotFoundError(f"no annotator with id {annotator_id}: log in again")
     if comparison.annotator_id != annotator_id:
-        raise PreferenceStoreError(f"comparison {comparison_id} was recorded by another annotator: "
-                                   f"you can {what} only your own comparisons")
+        raise PreferenceStoreError(
+            f"comparison {comparison_id} was recorded by another annotator: you can {what} only your own comparisons"
+        )
     return comparison
 
 
@@ -208,13 +241,18 @@ def check_daily_cap(session: Session, annotator_id: int, cap: int) -> None:
     if cap <= 0:
         return
     since = start_of_utc_day(utcnow())
-    made = sum(session.scalar(select(func.count()).select_from(model)
-                              .where(model.annotator_id == annotator_id, model.created >= since))
-               for model in (JudgmentRow, AnswerRatingRow))
+    made = sum(
+        session.scalar(
+            select(func.count()).select_from(model).where(model.annotator_id == annotator_id, model.created >= since)
+        )
+        for model in (JudgmentRow, AnswerRatingRow)
+    )
     if made >= cap:
         tomorrow = since + timedelta(days=1)
-        raise PreferenceStoreError(f"daily limit reached: {made} judgments and ratings today, the cap is {cap} "
-                                   f"(store.daily_judgment_cap); you can go on after {tomorrow:%Y-%m-%d %H:%M} UTC")
+        raise PreferenceStoreError(
+            f"daily limit reached: {made} judgments and ratings today, the cap is {cap} "
+            f"(store.daily_judgment_cap); you can go on after {tomorrow:%Y-%m-%d %H:%M} UTC"
+        )
 
 
 def _by_client_id(session: Session, client_id: str) -> JudgmentRow | None:
@@ -228,10 +266,20 @@ def judgment_record(session: Session, row: JudgmentRow, duplicate: bool = False)
     for s in row.scores:
         scores.setdefault(label_of[s.response_id], {})[s.criterion] = s.value
     return JudgmentOut(
-        id=row.id, client_id=row.client_id, comparison_id=row.comparison_id, annotator_id=row.annotator_id,
-        kind=row.kind, choice=row.choice, ranking=dict(row.ranking) if row.ranking is not None else None,
-        correction=row.correction, reason=row.reason,
+        id=row.id,
+        client_id=row.client_id,
+        comparison_id=row.comparison_id,
+        annotator_id=row.annotator_id,
+        kind=row.kind,
+        choice=row.choice,
+        ranking=dict(row.ranking) if row.ranking is not None else None,
+        correction=row.correction,
+        reason=row.reason,
         scores=scores,
-        created=row.created, pair_ids=tuple(sorted(p.id for p in row.pairs)), duplicate=duplicate,
-        guideline_version=row.guideline_version, superseded_by=row.superseded_by, superseded_why=row.superseded_why,
+        created=row.created,
+        pair_ids=tuple(sorted(p.id for p in row.pairs)),
+        duplicate=duplicate,
+        guideline_version=row.guideline_version,
+        superseded_by=row.superseded_by,
+        superseded_why=row.superseded_why,
     )

@@ -46,11 +46,13 @@ class LeaderboardQueries(StoreSessions):
 
     def counts(self) -> StoreCounts:
         with self._read() as session:
+
             def count(model, *where):
                 return session.scalar(select(func.count()).select_from(model).where(*where))
 
-            by_kind = dict(session.execute(select(JudgmentRow.kind, func.count()).where(LIVE)
-                                           .group_by(JudgmentRow.kind)).all())
+            by_kind = dict(
+                session.execute(select(JudgmentRow.kind, func.count()).where(LIVE).group_by(JudgmentRow.kind)).all()
+            )
             return StoreCounts(
                 annotators=count(AnnotatorRow),
                 checkpoints=count(CheckpointRow),
@@ -58,15 +60,23 @@ class LeaderboardQueries(StoreSessions):
                 comparisons=count(ComparisonRow),
                 judgments=sum(by_kind.values()),
                 judgments_by_kind={k: by_kind.get(k, 0) for k in JUDGMENT_KINDS},
-                pairs=session.scalar(select(func.count()).select_from(PairRow)
-                                     .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id).where(LIVE)),
-                exported_pairs=session.scalar(select(func.count(func.distinct(ExportedPairRow.pair_id)))
-                                              .where(ExportedPairRow.duplicate_of.is_(None))),
+                pairs=session.scalar(
+                    select(func.count())
+                    .select_from(PairRow)
+                    .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
+                    .where(LIVE)
+                ),
+                exported_pairs=session.scalar(
+                    select(func.count(func.distinct(ExportedPairRow.pair_id))).where(
+                        ExportedPairRow.duplicate_of.is_(None)
+                    )
+                ),
                 consumed_pairs=session.scalar(select(func.count(func.distinct(ConsumptionRow.pair_id)))),
             )
 
-    def leaderboard(self, rounds: int | None = None, seed: int = 0, bank_only: bool = False,
-                    exclude_leaked: bool | None = None) -> Leaderboard:
+    def leaderboard(
+        self, rounds: int | None = None, seed: int = 0, bank_only: bool = False, exclude_leaked: bool | None = None
+    ) -> Leaderboard:
         """Everything the Leaderboard tab shows, freshly computed.
 
         Bradley-Terry ratings with 95% bootstrap intervals (``rounds`` default store.bootstrap_rounds), overall
@@ -81,15 +91,20 @@ class LeaderboardQueries(StoreSessions):
         provisional, admit_unblinded = self.settings.provisional_battles, self.settings.admit_unblinded
         with self._read() as session:
             judged = load_judged(session, bank_only=bank_only, admit_unblinded=admit_unblinded)
-            scored = (select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value)
-                      .join(ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
-                      .join(JudgmentRow, JudgmentRow.id == CriterionScoreRow.judgment_id)
-                      .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
-                      .where(*counted(bank_only, admit_unblinded)))
+            scored = (
+                select(ResponseRow.checkpoint_id, CriterionScoreRow.criterion, CriterionScoreRow.value)
+                .join(ResponseRow, ResponseRow.id == CriterionScoreRow.response_id)
+                .join(JudgmentRow, JudgmentRow.id == CriterionScoreRow.judgment_id)
+                .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+                .where(*counted(bank_only, admit_unblinded))
+            )
             scored = session.execute(scored).all()
-            unblinded = session.scalar(select(func.count()).select_from(JudgmentRow)
-                                       .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
-                                       .where(*counted(bank_only, True), ComparisonRow.blind.is_(False)))
+            unblinded = session.scalar(
+                select(func.count())
+                .select_from(JudgmentRow)
+                .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
+                .where(*counted(bank_only, True), ComparisonRow.blind.is_(False))
+            )
             names = dict(session.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
 
         battles, leaked = judged_battles(judged, exclude_leaked)
@@ -97,21 +112,38 @@ class LeaderboardQueries(StoreSessions):
         means, n_scores = criterion_means(scored)
         values = agreement_values(judged)
         return Leaderboard(
-            ratings=rate_checkpoints(battles, rounds, seed, provisional), win_rate=rates, battles=met,
-            criteria=means, criteria_n=n_scores, agreement=measure_agreement(values, names),
+            ratings=rate_checkpoints(battles, rounds, seed, provisional),
+            win_rate=rates,
+            battles=met,
+            criteria=means,
+            criteria_n=n_scores,
+            agreement=measure_agreement(values, names),
             judgments=len(judged),
-            criterion_ratings={c: rate_checkpoints(b, rounds, seed, provisional)
-                               for c, b in sorted(criterion_battles(judged, exclude_leaked).items())},
+            criterion_ratings={
+                c: rate_checkpoints(b, rounds, seed, provisional)
+                for c, b in sorted(criterion_battles(judged, exclude_leaked).items())
+            },
             length_controlled=rate_length_controlled(battles, provisional),
             position_bias=position_bias(judged),
             screen=screen_annotators(values, names, self.settings.outlier_p_value),
-            leaked_battles=leaked, leaked_excluded=exclude_leaked, bank_only=bank_only,
-            provisional_battles=provisional, unblinded_judgments=unblinded, unblinded_admitted=admit_unblinded,
+            leaked_battles=leaked,
+            leaked_excluded=exclude_leaked,
+            bank_only=bank_only,
+            provisional_battles=provisional,
+            unblinded_judgments=unblinded,
+            unblinded_admitted=admit_unblinded,
         )
 
-    def compare_runs(self, new_run: str, old_run: str, split: str | None = None, stage: str | None = None,
-                     rounds: int | None = None, seed: int = 0, reused: frozenset[str] = frozenset()
-                     ) -> RunComparison:
+    def compare_runs(
+        self,
+        new_run: str,
+        old_run: str,
+        split: str | None = None,
+        stage: str | None = None,
+        rounds: int | None = None,
+        seed: int = 0,
+        reused: frozenset[str] = frozenset(),
+    ) -> RunComparison:
         """Is ``new_run`` better than ``old_run``? The clinicians' battles between the two runs' checkpoints of
         ``stage`` on the bank prompts of ``split`` (train | heldout | None = all), with a bootstrap over
         prompts (``rounds`` default store.run_comparison_rounds). See :mod:`preference_store.run_comparison`
@@ -128,12 +160,15 @@ class LeaderboardQueries(StoreSessions):
         with self._read() as session:
             stages: dict[str, set[str]] = {new_run: set(), old_run: set()}
             for run_id, run_stage in session.execute(
-                    select(CheckpointRow.run_id, CheckpointRow.stage).where(CheckpointRow.run_id.in_(stages))):
+                select(CheckpointRow.run_id, CheckpointRow.stage).where(CheckpointRow.run_id.in_(stages))
+            ):
                 stages[run_id].add(run_stage)
             for run_id, have in stages.items():
                 if not have:
-                    raise NotFoundError(f"run {run_id!r} has no registered checkpoints: give the id of a trained "
-                                        "run (./launch.sh train-all registers its checkpoints)")
+                    raise NotFoundError(
+                        f"run {run_id!r} has no registered checkpoints: give the id of a trained "
+                        "run (./launch.sh train-all registers its checkpoints)"
+                    )
             shared = stages[new_run] & stages[old_run]
             trained = sorted(shared - set(reused), key=_stage_order)
             if stage is None:
@@ -143,24 +178,41 @@ class LeaderboardQueries(StoreSessions):
                 if last_new != last_old:
                     raise PreferenceStoreError(
                         f"ambiguous: {new_run} ends in {last_new}, {old_run} in {last_old}; name the stage both "
-                        f"have to compare with --stage ({', '.join(trained) or 'none that the new run trained'})")
+                        f"have to compare with --stage ({', '.join(trained) or 'none that the new run trained'})"
+                    )
                 stage = last_new
             elif stage not in shared:
-                raise NotFoundError(f"stage {stage!r} is not registered for both {new_run!r} and {old_run!r} "
-                                    f"(both have: {', '.join(sorted(shared)) or 'none'})")
+                raise NotFoundError(
+                    f"stage {stage!r} is not registered for both {new_run!r} and {old_run!r} "
+                    f"(both have: {', '.join(sorted(shared)) or 'none'})"
+                )
             if stage in reused:
                 raise PreferenceStoreError(
                     f"{new_run}/{stage} is {old_run}/{stage} reused (the same weights): compare a stage {new_run} "
-                    f"trained itself with --stage ({', '.join(trained) or 'none in common'})")
+                    f"trained itself with --stage ({', '.join(trained) or 'none in common'})"
+                )
             judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
-            trained_on = set(session.scalars(
-                select(ComparisonRow.bank_prompt_id).join(PairRow, PairRow.comparison_id == ComparisonRow.id)
-                .join(ConsumptionRow, ConsumptionRow.pair_id == PairRow.id)
-                .where(ConsumptionRow.run_id == new_run, ComparisonRow.bank_prompt_id.is_not(None))))
+            trained_on = set(
+                session.scalars(
+                    select(ComparisonRow.bank_prompt_id)
+                    .join(PairRow, PairRow.comparison_id == ComparisonRow.id)
+                    .join(ConsumptionRow, ConsumptionRow.pair_id == PairRow.id)
+                    .where(ConsumptionRow.run_id == new_run, ComparisonRow.bank_prompt_id.is_not(None))
+                )
+            )
         rounds = self.settings.run_comparison_rounds if rounds is None else rounds
-        return compare_checkpoints(judged, new_run, old_run, stage, split=split, rounds=rounds, seed=seed,
-                                   min_prompts=self.settings.run_comparison_min_prompts,
-                                   exclude_leaked=self.settings.exclude_leaked_battles, trained_on=trained_on)
+        return compare_checkpoints(
+            judged,
+            new_run,
+            old_run,
+            stage,
+            split=split,
+            rounds=rounds,
+            seed=seed,
+            min_prompts=self.settings.run_comparison_min_prompts,
+            exclude_leaked=self.settings.exclude_leaked_battles,
+            trained_on=trained_on,
+        )
 
     def pair_agreement(self) -> dict[str, tuple[float | None, int]]:
         """pair id -> (share of the annotators of its bank prompt who judged the same two checkpoints and agree
@@ -191,33 +243,52 @@ LIVE = JudgmentRow.superseded_by.is_(None)  # a revised (or resolved duplicate) 
 
 def counted(bank_only: bool, admit_unblinded: bool) -> list:
     """The conditions on (JudgmentRow, ComparisonRow) of a judgment the summaries count."""
-    return [LIVE, *([ComparisonRow.bank_prompt_id.is_not(None)] if bank_only else []),
-            *([] if admit_unblinded else [ComparisonRow.blind.is_(True)])]
+    return [
+        LIVE,
+        *([ComparisonRow.bank_prompt_id.is_not(None)] if bank_only else []),
+        *([] if admit_unblinded else [ComparisonRow.blind.is_(True)]),
+    ]
 
 
 def load_judged(session: Session, bank_only: bool = False, admit_unblinded: bool = True) -> list[JudgedComparison]:
     """Every live judgment (oldest first) with the answers it judged and its scores; ``bank_only``: on bank
     prompts; ``admit_unblinded`` False: on blind comparisons only."""
     query = (
-        select(JudgmentRow.id, JudgmentRow.comparison_id, JudgmentRow.annotator_id, JudgmentRow.kind,
-               JudgmentRow.choice, JudgmentRow.ranking, ComparisonRow.bank_prompt_id, BankPromptRow.split)
+        select(
+            JudgmentRow.id,
+            JudgmentRow.comparison_id,
+            JudgmentRow.annotator_id,
+            JudgmentRow.kind,
+            JudgmentRow.choice,
+            JudgmentRow.ranking,
+            ComparisonRow.bank_prompt_id,
+            BankPromptRow.split,
+        )
         .join(ComparisonRow, ComparisonRow.id == JudgmentRow.comparison_id)
         .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
         .where(*counted(bank_only, admit_unblinded))
         .order_by(JudgmentRow.created, JudgmentRow.id)
     )
-    answers = (
-        select(ResponseRow.comparison_id, ResponseRow.panel, ResponseRow.id, ResponseRow.checkpoint_id,
-               func.length(ResponseRow.text), ResponseRow.leaks)
-        .where(ResponseRow.comparison_id.in_(select(JudgmentRow.comparison_id)))
+    answers = select(
+        ResponseRow.comparison_id,
+        ResponseRow.panel,
+        ResponseRow.id,
+        ResponseRow.checkpoint_id,
+        func.length(ResponseRow.text),
+        ResponseRow.leaks,
+    ).where(ResponseRow.comparison_id.in_(select(JudgmentRow.comparison_id)))
+    scores = select(
+        CriterionScoreRow.judgment_id,
+        CriterionScoreRow.response_id,
+        CriterionScoreRow.criterion,
+        CriterionScoreRow.value,
     )
-    scores = select(CriterionScoreRow.judgment_id, CriterionScoreRow.response_id, CriterionScoreRow.criterion,
-                    CriterionScoreRow.value)
     if bank_only:
         on_bank = select(ComparisonRow.id).where(ComparisonRow.bank_prompt_id.is_not(None))
         answers = answers.where(ResponseRow.comparison_id.in_(on_bank))
         scores = scores.join(JudgmentRow, JudgmentRow.id == CriterionScoreRow.judgment_id).where(
-            JudgmentRow.comparison_id.in_(on_bank))
+            JudgmentRow.comparison_id.in_(on_bank)
+        )
     panels: dict[str, dict[str, Panel]] = {}  # comparison -> label -> answer
     label_of: dict[str, str] = {}  # response id -> its panel label
     for cid, panel, rid, ckpt, length, leaks in session.execute(answers):
@@ -227,8 +298,17 @@ def load_judged(session: Session, bank_only: bool = False, admit_unblinded: bool
     for jid, rid, criterion, value in session.execute(scores):
         given.setdefault(jid, {}).setdefault(label_of[rid], {})[criterion] = value
     return [
-        JudgedComparison(judgment_id=jid, comparison_id=cid, annotator_id=annotator, kind=kind, choice=choice,
-                         ranking=dict(ranking) if ranking is not None else None, panels=panels[cid],
-                         scores=given.get(jid, {}), bank_prompt_id=bank_prompt_id, split=split)
+        JudgedComparison(
+            judgment_id=jid,
+            comparison_id=cid,
+            annotator_id=annotator,
+            kind=kind,
+            choice=choice,
+            ranking=dict(ranking) if ranking is not None else None,
+            panels=panels[cid],
+            scores=given.get(jid, {}),
+            bank_prompt_id=bank_prompt_id,
+            split=split,
+        )
         for jid, cid, annotator, kind, choice, ranking, bank_prompt_id, split in session.execute(query)
     ]

@@ -79,20 +79,40 @@ class AnswerRatings(Guidelines):
             labels = [PANEL_LABELS[r.panel] for r in comparison.responses]
             check_rating(rating, labels, [r.text for r in comparison.responses], self.settings.max_text_chars)
             response_id = dict(zip(labels, comparison.responses))[rating.label].id
-            live = live_record(session, AnswerRatingRow, rating.revise, lambda row: (
-                f"already rated; answer {rating.label} of comparison {comparison.id} has your rating {row.id} "
-                f"({'up' if row.label else 'down'}): one rating per answer"),
-                response_id=response_id, annotator_id=rating.annotator_id)
+            live = live_record(
+                session,
+                AnswerRatingRow,
+                rating.revise,
+                lambda row: (
+                    f"already rated; answer {rating.label} of comparison {comparison.id} has your rating {row.id} "
+                    f"({'up' if row.label else 'down'}): one rating per answer"
+                ),
+                response_id=response_id,
+                annotator_id=rating.annotator_id,
+            )
             check_daily_cap(session, rating.annotator_id, self.settings.daily_judgment_cap)
             created = utcnow()
             row_id = supersede(session, live)
             row = AnswerRatingRow(
-                id=row_id, client_id=client_id, comparison_id=comparison.id, response_id=response_id,
-                annotator_id=rating.annotator_id, label=rating.up, correction=correction,
-                reason=reason, guideline_version=guideline.version, created=created)
+                id=row_id,
+                client_id=client_id,
+                comparison_id=comparison.id,
+                response_id=response_id,
+                annotator_id=rating.annotator_id,
+                label=rating.up,
+                correction=correction,
+                reason=reason,
+                guideline_version=guideline.version,
+                created=created,
+            )
             session.add(row)
-            complete_assignment(session, comparison, created, self.settings.annotators_per_prompt,
-                                self.settings.assignment_timeout_minutes)
+            complete_assignment(
+                session,
+                comparison,
+                created,
+                self.settings.annotators_per_prompt,
+                self.settings.assignment_timeout_minutes,
+            )
             session.flush()
             return rating_record(session, row, duplicate=False)
 
@@ -105,8 +125,13 @@ class AnswerRatings(Guidelines):
 
         return self._write_once(work, stored_meanwhile)
 
-    def ratings(self, annotator_id: int | None = None, comparison_id: str | None = None,
-                limit: int | None = None, history: bool = False) -> list[RatingOut]:
+    def ratings(
+        self,
+        annotator_id: int | None = None,
+        comparison_id: str | None = None,
+        limit: int | None = None,
+        history: bool = False,
+    ) -> list[RatingOut]:
         """Live single-answer ratings (one annotator's, one comparison's, or all), newest first; ``history``
         includes the superseded ones."""
         query = select(AnswerRatingRow).order_by(AnswerRatingRow.created.desc(), AnswerRatingRow.id.desc())
@@ -121,14 +146,26 @@ class AnswerRatings(Guidelines):
         with self._read() as session:
             return [rating_record(session, row) for row in session.scalars(query)]
 
-    def rating_export_rows(self, since: datetime | None = None, unexported_only: bool = False) -> Iterator[StoredRating]:
+    def rating_export_rows(
+        self, since: datetime | None = None, unexported_only: bool = False
+    ) -> Iterator[StoredRating]:
         """Stored ratings with their prompt, answer, checkpoint and bank split, oldest first; ``unexported_only``
         leaves out ratings an earlier export wrote."""
         query = (
-            select(AnswerRatingRow.id, AnswerRatingRow.comparison_id, AnswerRatingRow.annotator_id,
-                   ComparisonRow.messages, ResponseRow.text, AnswerRatingRow.label, AnswerRatingRow.correction,
-                   ResponseRow.checkpoint_id, ResponseRow.serving, AnswerRatingRow.guideline_version,
-                   BankPromptRow.split, AnswerRatingRow.created)
+            select(
+                AnswerRatingRow.id,
+                AnswerRatingRow.comparison_id,
+                AnswerRatingRow.annotator_id,
+                ComparisonRow.messages,
+                ResponseRow.text,
+                AnswerRatingRow.label,
+                AnswerRatingRow.correction,
+                ResponseRow.checkpoint_id,
+                ResponseRow.serving,
+                AnswerRatingRow.guideline_version,
+                BankPromptRow.split,
+                AnswerRatingRow.created,
+            )
             .join(ComparisonRow, ComparisonRow.id == AnswerRatingRow.comparison_id)
             .join(ResponseRow, ResponseRow.id == AnswerRatingRow.response_id)
             .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
@@ -138,20 +175,37 @@ class AnswerRatings(Guidelines):
         if since is not None:
             query = query.where(AnswerRatingRow.created >= since)
         if unexported_only:
-            query = query.where(~select(ExportedRatingRow.rating_id)
-                                .where(ExportedRatingRow.rating_id == AnswerRatingRow.id).exists())
+            query = query.where(
+                ~select(ExportedRatingRow.rating_id).where(ExportedRatingRow.rating_id == AnswerRatingRow.id).exists()
+            )
         with self._read() as session:
             for row in session.execute(query).yield_per(2000):
                 yield StoredRating(*row)
 
-    def record_ratings_export(self, path: str, sha256: str, entries: list[tuple[str, str]], n_records: int,
-                              before_commit: Callable[[], None] | None = None) -> int:
+    def record_ratings_export(
+        self,
+        path: str,
+        sha256: str,
+        entries: list[tuple[str, str]],
+        n_records: int,
+        before_commit: Callable[[], None] | None = None,
+    ) -> int:
         """Log one export of ratings (kind "ratings"): ``entries`` are (rating id, split). ``before_commit``
         runs inside the transaction (the export moves its file into place there)."""
 
-        return self._write(lambda session: log_export(session, ExportRow(
-            path=path, sha256=sha256, n_pairs=n_records, kind="ratings",
-            rating_entries=[ExportedRatingRow(rating_id=rid, split=split) for rid, split in entries]), before_commit))
+        return self._write(
+            lambda session: log_export(
+                session,
+                ExportRow(
+                    path=path,
+                    sha256=sha256,
+                    n_pairs=n_records,
+                    kind="ratings",
+                    rating_entries=[ExportedRatingRow(rating_id=rid, split=split) for rid, split in entries],
+                ),
+                before_commit,
+            )
+        )
 
 
 def _by_client_id(session: Session, client_id: str) -> AnswerRatingRow | None:
@@ -160,8 +214,19 @@ def _by_client_id(session: Session, client_id: str) -> AnswerRatingRow | None:
 
 def rating_record(session: Session, row: AnswerRatingRow, duplicate: bool = False) -> RatingOut:
     response = session.get(ResponseRow, row.response_id)
-    return RatingOut(id=row.id, client_id=row.client_id, comparison_id=row.comparison_id,
-                     annotator_id=row.annotator_id, label=PANEL_LABELS[response.panel],
-                     checkpoint_id=response.checkpoint_id, up=row.label, correction=row.correction,
-                     reason=row.reason, guideline_version=row.guideline_version, created=row.created,
-                     duplicate=duplicate, superseded_by=row.superseded_by, superseded_why=row.superseded_why)
+    return RatingOut(
+        id=row.id,
+        client_id=row.client_id,
+        comparison_id=row.comparison_id,
+        annotator_id=row.annotator_id,
+        label=PANEL_LABELS[response.panel],
+        checkpoint_id=response.checkpoint_id,
+        up=row.label,
+        correction=row.correction,
+        reason=row.reason,
+        guideline_version=row.guideline_version,
+        created=row.created,
+        duplicate=duplicate,
+        superseded_by=row.superseded_by,
+        superseded_why=row.superseded_why,
+    )

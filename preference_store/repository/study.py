@@ -85,46 +85,109 @@ class StudyRecords(StoreSessions):
         """Every judgment (its scores right after it) and every rating, live and superseded, oldest first."""
         with self._read() as session:
             contexts = {}
-            query = (select(ComparisonRow.id, ComparisonRow.messages, ComparisonRow.blind, ComparisonRow.created,
-                            ComparisonRow.bank_prompt_id, BankPromptRow.split, AssignmentRow.round)
-                     .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
-                     .outerjoin(AssignmentRow, AssignmentRow.id == ComparisonRow.assignment_id)
-                     .where(ComparisonRow.id.in_(select(JudgmentRow.comparison_id))
-                            | ComparisonRow.id.in_(select(AnswerRatingRow.comparison_id))))
+            query = (
+                select(
+                    ComparisonRow.id,
+                    ComparisonRow.messages,
+                    ComparisonRow.blind,
+                    ComparisonRow.created,
+                    ComparisonRow.bank_prompt_id,
+                    BankPromptRow.split,
+                    AssignmentRow.round,
+                )
+                .outerjoin(BankPromptRow, BankPromptRow.id == ComparisonRow.bank_prompt_id)
+                .outerjoin(AssignmentRow, AssignmentRow.id == ComparisonRow.assignment_id)
+                .where(
+                    ComparisonRow.id.in_(select(JudgmentRow.comparison_id))
+                    | ComparisonRow.id.in_(select(AnswerRatingRow.comparison_id))
+                )
+            )
             for cid, messages, blind, created, bank_prompt_id, split, round_ in session.execute(query):
-                contexts[cid] = dict(comparison_id=cid, messages=messages, blind=blind, compared_at=created,
-                                     bank_prompt_id=bank_prompt_id, bank_split=split, round=round_)
+                contexts[cid] = dict(
+                    comparison_id=cid,
+                    messages=messages,
+                    blind=blind,
+                    compared_at=created,
+                    bank_prompt_id=bank_prompt_id,
+                    bank_split=split,
+                    round=round_,
+                )
             panels: dict[str, dict[int, str]] = {}  # comparison -> panel -> checkpoint id
             label_of: dict[str, str] = {}  # response id -> its panel label
             for cid, rid, panel, checkpoint in session.execute(
-                    select(ResponseRow.comparison_id, ResponseRow.id, ResponseRow.panel, ResponseRow.checkpoint_id)
-                    .where(ResponseRow.comparison_id.in_(list(contexts)))):
+                select(ResponseRow.comparison_id, ResponseRow.id, ResponseRow.panel, ResponseRow.checkpoint_id).where(
+                    ResponseRow.comparison_id.in_(list(contexts))
+                )
+            ):
                 panels.setdefault(cid, {})[panel] = checkpoint
                 label_of[rid] = PANEL_LABELS[panel]
             for cid, by_panel in panels.items():
                 contexts[cid]["contestants"] = tuple(by_panel[p] for p in sorted(by_panel))
             scores: dict[str, list[tuple[str, str, int]]] = {}  # judgment -> (label, criterion, value)
             for jid, rid, criterion, value in session.execute(
-                    select(CriterionScoreRow.judgment_id, CriterionScoreRow.response_id, CriterionScoreRow.criterion,
-                           CriterionScoreRow.value)):
+                select(
+                    CriterionScoreRow.judgment_id,
+                    CriterionScoreRow.response_id,
+                    CriterionScoreRow.criterion,
+                    CriterionScoreRow.value,
+                )
+            ):
                 scores.setdefault(jid, []).append((label_of[rid], criterion, value))
             out: list[tuple[tuple, StudyRecord]] = []
             for j in session.scalars(select(JudgmentRow)):
-                common = dict(id=j.id, annotator_id=j.annotator_id, judged_at=j.created,
-                              guideline_version=j.guideline_version, superseded_by=j.superseded_by,
-                              superseded_why=j.superseded_why, **contexts[j.comparison_id])
-                out.append(((j.created, j.id, 0), StudyRecord(
-                    record="judgment", kind=j.kind, choice=j.choice, ranking=dict(j.ranking) if j.ranking else None,
-                    correction=j.correction, reason=j.reason, **common)))
+                common = dict(
+                    id=j.id,
+                    annotator_id=j.annotator_id,
+                    judged_at=j.created,
+                    guideline_version=j.guideline_version,
+                    superseded_by=j.superseded_by,
+                    superseded_why=j.superseded_why,
+                    **contexts[j.comparison_id],
+                )
+                out.append(
+                    (
+                        (j.created, j.id, 0),
+                        StudyRecord(
+                            record="judgment",
+                            kind=j.kind,
+                            choice=j.choice,
+                            ranking=dict(j.ranking) if j.ranking else None,
+                            correction=j.correction,
+                            reason=j.reason,
+                            **common,
+                        ),
+                    )
+                )
                 for label, criterion, value in sorted(scores.get(j.id, [])):
-                    out.append(((j.created, j.id, 1), StudyRecord(record="score", kind="score", label=label,
-                                                                  criterion=criterion, score=value, **common)))
+                    out.append(
+                        (
+                            (j.created, j.id, 1),
+                            StudyRecord(
+                                record="score", kind="score", label=label, criterion=criterion, score=value, **common
+                            ),
+                        )
+                    )
             for r in session.scalars(select(AnswerRatingRow)):
-                out.append(((r.created, r.id, 0), StudyRecord(
-                    record="rating", kind="rating", id=r.id, annotator_id=r.annotator_id, judged_at=r.created,
-                    guideline_version=r.guideline_version, superseded_by=r.superseded_by,
-                    superseded_why=r.superseded_why, label=label_of[r.response_id], up=r.label,
-                    correction=r.correction, reason=r.reason, **contexts[r.comparison_id])))
+                out.append(
+                    (
+                        (r.created, r.id, 0),
+                        StudyRecord(
+                            record="rating",
+                            kind="rating",
+                            id=r.id,
+                            annotator_id=r.annotator_id,
+                            judged_at=r.created,
+                            guideline_version=r.guideline_version,
+                            superseded_by=r.superseded_by,
+                            superseded_why=r.superseded_why,
+                            label=label_of[r.response_id],
+                            up=r.label,
+                            correction=r.correction,
+                            reason=r.reason,
+                            **contexts[r.comparison_id],
+                        ),
+                    )
+                )
         out.sort(key=lambda keyed: keyed[0])  # stable: a judgment's scores keep their order after it
         return [record for _, record in out]
 
@@ -134,8 +197,17 @@ class StudyRecords(StoreSessions):
         for annotator in self.list_annotators():
             queue = self.queue_progress(annotator.id)
             counts = self.annotator_counts(annotator.id)
-            progress.append(AnnotatorProgress(
-                annotator_id=annotator.id, name=annotator.name, role=annotator.role, disabled=annotator.disabled,
-                done=queue.done, total=queue.total, judgments=counts.judgments, ratings=counts.ratings,
-                comparisons=counts.comparisons))
+            progress.append(
+                AnnotatorProgress(
+                    annotator_id=annotator.id,
+                    name=annotator.name,
+                    role=annotator.role,
+                    disabled=annotator.disabled,
+                    done=queue.done,
+                    total=queue.total,
+                    judgments=counts.judgments,
+                    ratings=counts.ratings,
+                    comparisons=counts.comparisons,
+                )
+            )
         return progress

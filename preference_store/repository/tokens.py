@@ -34,7 +34,8 @@ class ApiTokens(AuditLog):
             row = _by_name(session, name)
             if row is None or row.password_hash is None:
                 raise PreferenceStoreError(
-                    f"no annotator account {name!r}: create it first (./launch.sh add-annotator {name})")
+                    f"no annotator account {name!r}: create it first (./launch.sh add-annotator {name})"
+                )
             session.add(ApiTokenRow(annotator_id=row.id, token_sha256=token_digest(token)))
             self._add_event(session, "token.issued", actor=actor, target=name)
 
@@ -60,8 +61,11 @@ class ApiTokens(AuditLog):
         if not isinstance(token, str) or not token:
             return None
         with self._read() as session:
-            row = session.scalar(select(AnnotatorRow).join(ApiTokenRow, ApiTokenRow.annotator_id == AnnotatorRow.id)
-                                 .where(ApiTokenRow.token_sha256 == token_digest(token)))
+            row = session.scalar(
+                select(AnnotatorRow)
+                .join(ApiTokenRow, ApiTokenRow.annotator_id == AnnotatorRow.id)
+                .where(ApiTokenRow.token_sha256 == token_digest(token))
+            )
         if row is None or row.password_hash is None or row.disabled is not None:
             return None
         return annotator_record(row)

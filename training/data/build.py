@@ -36,17 +36,15 @@ from training.data.dedup import deduplicate
 from training.data.dpo import hold_out_by_prompt, objective_pairs, relation_index
 from training.data.evalsets import build_exam, build_qa
 from training.data.files import sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from training.data.knowledge import choose_entities, split_by_entity
 from training.data.grpo import grpo_prompts
+from training.data.knowledge import choose_entities, split_by_entity
 from training.data.kto import kto_examples, read_collected_ratings
 from training.data.layout import EVAL_FILES, OUTPUTS, STATS_JSON, STATS_MD, TRAINING_FILES
 from training.data.relations import DISEASE, KINDS
 from training.data.sft import build_sft, differentials
 from training.data.sources import Document, load_cmekg, people_daily_articles, product_reviews
-from training.data.stats import describe_cpt, describe_dpo, describe_eval, describe_files, describe_sft, \
-    stats_markdown
+from training.data.stats import describe_cpt, describe_dpo, describe_eval, describe_files, describe_sft, stats_markdown
 from training.errors import UserError
-
 
 
 @dataclass
@@ -87,13 +85,17 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     imported_train, imported_held = hold_out_by_prompt(inputs.pairs, data.pref_eval_share, data.seed)
     # a training pair's wrong answer borrows another *training* entity's facts: the held-out entities' facts
     # never enter a training split as "rejected" (that would teach DPO to doubt what the exam asks)
-    dpo = objective_pairs(train, relation_index(train), differential, data, salt="dpo") + imported_train \
+    dpo = (
+        objective_pairs(train, relation_index(train), differential, data, salt="dpo")
+        + imported_train
         + inputs.clinician_train
+    )
     eval_sets = {
         "exam": build_exam(held_out, having, data) + inputs.exam,
         "qa": build_qa(held_out, differential, data) + inputs.qa,
-        "general": [{"id": f"general-{i:05d}", "text": doc.text, "source": doc.source}
-                    for i, doc in enumerate(general_eval)],
+        "general": [
+            {"id": f"general-{i:05d}", "text": doc.text, "source": doc.source} for i, doc in enumerate(general_eval)
+        ],
         "pref": objective_pairs(held_out, having, differential, data, salt="pref") + imported_held,
         "pref_clinician": inputs.clinician_heldout,
     }
@@ -104,13 +106,13 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     dpo, dpo_removed = drop_eval_questions(dpo, prompts)
     splits, dedup = {}, {}
     for name, records in (("cpt", cpt), ("sft", sft), ("dpo", dpo), ("base", base)):
-        splits[name], dedup[name] = deduplicate(records, data, name,
-                                                exempt=lambda r: r.get("source") == "clinician")
+        splits[name], dedup[name] = deduplicate(records, data, name, exempt=lambda r: r.get("source") == "clinician")
         splits[name] = seeded_order(splits[name], data.seed, name)
-    # the other alignment methods' data, from the same sources (README "Alignment methods")
+    # the other alignment methods' data, from the same sources (docs/training.md "Alignment methods")
     splits["kto"] = seeded_order(kto_examples(splits["dpo"], inputs.ratings, prompts), data.seed, "kto")
-    splits["grpo"] = seeded_order(grpo_prompts(train, relation_index(train), splits["sft"], prompts, data),
-                                  data.seed, "grpo")
+    splits["grpo"] = seeded_order(
+        grpo_prompts(train, relation_index(train), splits["sft"], prompts, data), data.seed, "grpo"
+    )
     overlap = overlap_report(eval_sets, splits, data.decontam_ngram)
 
     # 5. write, then swap into place
@@ -118,25 +120,37 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
         "profile": cfg.profile,
         "seed": data.seed,
         "fingerprint": fingerprint(cfg),
-        "entities": {"selected": len(entities), "train": len(train), "held_out": len(held_out),
-                     "by_kind": {k: sum(1 for e in entities if e.kind == k) for k in KINDS}},
-        "splits": {"cpt": describe_cpt(splits["cpt"]), "sft": describe_sft(splits["sft"]),
-                   "dpo": describe_dpo(splits["dpo"]), "base": describe_cpt(splits["base"])},
+        "entities": {
+            "selected": len(entities),
+            "train": len(train),
+            "held_out": len(held_out),
+            "by_kind": {k: sum(1 for e in entities if e.kind == k) for k in KINDS},
+        },
+        "splits": {
+            "cpt": describe_cpt(splits["cpt"]),
+            "sft": describe_sft(splits["sft"]),
+            "dpo": describe_dpo(splits["dpo"]),
+            "base": describe_cpt(splits["base"]),
+        },
         "eval": describe_eval(eval_sets),
         "dedup": dedup,
-        "decontamination": {"ngram": data.decontam_ngram,
-                            "removed_eval_questions": {"sft": sft_removed, "dpo": dpo_removed},
-                            "overlap": overlap},
+        "decontamination": {
+            "ngram": data.decontam_ngram,
+            "removed_eval_questions": {"sft": sft_removed, "dpo": dpo_removed},
+            "overlap": overlap,
+        },
         "input_errors": errors.summary(),
     }
     write_build(cfg.data_dir, splits, eval_sets, stats)
     seconds = time.perf_counter() - started
-    print(f"build-data: {cfg.data_dir} in {seconds:.1f} s: cpt {len(splits['cpt']):,}, sft {len(splits['sft']):,}, "
-          f"dpo {len(splits['dpo']):,}, base (general text) {len(splits['base']):,}; "
-          f"exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
-          f"general {len(eval_sets['general']):,}, pref {len(eval_sets['pref']):,}, "
-          f"pref_clinician {len(eval_sets['pref_clinician']):,}; skipped lines {len(errors.problems):,}",
-          flush=True)
+    print(
+        f"build-data: {cfg.data_dir} in {seconds:.1f} s: cpt {len(splits['cpt']):,}, sft {len(splits['sft']):,}, "
+        f"dpo {len(splits['dpo']):,}, base (general text) {len(splits['base']):,}; "
+        f"exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
+        f"general {len(eval_sets['general']):,}, pref {len(eval_sets['pref']):,}, "
+        f"pref_clinician {len(eval_sets['pref_clinician']):,}; skipped lines {len(errors.problems):,}",
+        flush=True,
+    )
     return stats
 
 
@@ -168,8 +182,7 @@ USER_READERS = (
 
 
 def _user_paths(data: DataConfig) -> list[tuple[str, str]]:
-    return [(f"data.user_files.{name}", path) for name, _, _ in USER_READERS
-            for path in getattr(data.user_files, name)]
+    return [(f"data.user_files.{name}", path) for name, _, _ in USER_READERS for path in getattr(data.user_files, name)]
 
 
 def collected_pair_files(cfg: Config) -> list[Path]:
@@ -211,8 +224,10 @@ def split_general_text(docs: list[Document], data: DataConfig) -> tuple[list[Doc
 
 def seeded_order(records: list[dict], seed: int, name: str) -> list[dict]:
     """A seeded shuffle, so any prefix of a split is a fair sample of it."""
-    keyed = [(stable_hash(seed, name, i, json.dumps(r, ensure_ascii=False, sort_keys=True)), i)
-             for i, r in enumerate(records)]
+    keyed = [
+        (stable_hash(seed, name, i, json.dumps(r, ensure_ascii=False, sort_keys=True)), i)
+        for i, r in enumerate(records)
+    ]
     return [records[i] for _, i in sorted(keyed)]
 
 
@@ -225,8 +240,11 @@ def fingerprint(cfg: Config) -> dict:
     return {
         "data_config_sha256": cfg.sha256("data"),
         "builder_sha256": code.hexdigest(),
-        "user_files": {f"{setting}={path}": sha256_file(Path(path).expanduser())
-                       for setting, path in _user_paths(cfg.data) if Path(path).expanduser().is_file()},
+        "user_files": {
+            f"{setting}={path}": sha256_file(Path(path).expanduser())
+            for setting, path in _user_paths(cfg.data)
+            if Path(path).expanduser().is_file()
+        },
         "collected_pairs": {p.name: sha256_file(p) for p in collected_pair_files(cfg)},
         "collected_ratings": {p.name: sha256_file(p) for p in collected_rating_files(cfg)},
     }
@@ -254,4 +272,3 @@ def write_build(data_dir: Path, splits: dict[str, list[dict]], eval_sets: dict[s
         os.replace(data_dir, retired)
     os.replace(staging, data_dir)
     shutil.rmtree(retired, ignore_errors=True)
-

@@ -24,8 +24,13 @@ from training.data.verbalize import verbalize_entity
 KG_SOURCE, QA_TEXT_SOURCE = "kg", "kg_qa_text"
 
 
-def build_cpt_corpus(entities: list[Entity], train_entities: list[Entity], general_pool: list[Document],
-                     user_texts: list[dict], cfg: DataConfig) -> list[dict]:
+def build_cpt_corpus(
+    entities: list[Entity],
+    train_entities: list[Entity],
+    general_pool: list[Document],
+    user_texts: list[dict],
+    cfg: DataConfig,
+) -> list[dict]:
     """Prose about every entity (train and held-out alike: the exam measures what CPT injects), QA text
     about the training entities only, the user's text, then general text at its share."""
     records = [

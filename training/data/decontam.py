@@ -54,8 +54,9 @@ def training_text(record: dict) -> str:
     if "messages" in record:
         return _joined(record["messages"])
     # DPO: prompt, chosen, rejected; KTO: prompt, completion; GRPO: the prompt alone
-    return _joined(record["prompt"] + record.get("chosen", []) + record.get("rejected", [])
-                   + record.get("completion", []))
+    return _joined(
+        record["prompt"] + record.get("chosen", []) + record.get("rejected", []) + record.get("completion", [])
+    )
 
 
 def eval_item_text(name: str, item: dict) -> str:
@@ -69,7 +70,7 @@ def eval_item_text(name: str, item: dict) -> str:
 
 
 def ngrams(text: str, n: int) -> set[str]:
-    return {text[i:i + n] for i in range(len(text) - n + 1)}
+    return {text[i : i + n] for i in range(len(text) - n + 1)}
 
 
 def overlap_report(eval_sets: dict[str, list[dict]], splits: dict[str, list[dict]], n: int) -> dict:
@@ -100,6 +101,9 @@ def overlap_report(eval_sets: dict[str, list[dict]], splits: dict[str, list[dict
         hit.update((name, i) for name, i, text in short if text and text in everything)
         for name, records_of_set in eval_sets.items():
             count = sum(1 for owner, _ in hit if owner == name)
-            report[name][split] = {"items": count, "of": len(records_of_set),
-                                   "share": round(count / len(records_of_set), 4) if records_of_set else 0.0}
+            report[name][split] = {
+                "items": count,
+                "of": len(records_of_set),
+                "share": round(count / len(records_of_set), 4) if records_of_set else 0.0,
+            }
     return report

@@ -38,11 +38,12 @@ def record_text(record: dict) -> str:
 
 
 def shingles(text: str, n: int) -> set[str]:
-    return {text[i:i + n] for i in range(max(1, len(text) - n + 1))}
+    return {text[i : i + n] for i in range(max(1, len(text) - n + 1))}
 
 
-def deduplicate(records: list[dict], cfg: DataConfig, name: str,
-                exempt: Callable[[dict], bool] = lambda r: False) -> tuple[list[dict], dict]:
+def deduplicate(
+    records: list[dict], cfg: DataConfig, name: str, exempt: Callable[[dict], bool] = lambda r: False
+) -> tuple[list[dict], dict]:
     """(kept records, {"exact": removed, "near": removed, "kept": n}).
 
     ``exempt`` records are kept as they are and not matched against: clinician pairs, which the store's
@@ -66,8 +67,9 @@ def deduplicate(records: list[dict], cfg: DataConfig, name: str,
             continue
         seen.add(digest)
         grams = shingles(text, cfg.dedup_ngram)
-        sketch = MinHash(num_perm=cfg.minhash_num_perm, seed=cfg.seed, permutations=template.permutations,
-                         scheme=template.scheme)
+        sketch = MinHash(
+            num_perm=cfg.minhash_num_perm, seed=cfg.seed, permutations=template.permutations, scheme=template.scheme
+        )
         sketch.update_batch(g.encode("utf-8") for g in grams)
         if any(jaccard(grams, kept_shingles[other]) >= cfg.minhash_threshold for other in lsh.query(sketch)):
             near += 1

@@ -110,8 +110,11 @@ def consultation(entity: Entity, differential: str | None, rng: random.Random) -
     for_child = any(word in v for v in entity.facts.get("population", []) for word in CHILD_WORDS)
     opening = rng.choice(CHILD_OPENINGS if for_child else PATIENT_OPENINGS).format(s=told)
     if held_back:
-        turns = [user(opening), assistant(FOLLOW_UP_SYMPTOM.format(s=held_back)),
-                 user(PATIENT_CONFIRMS.format(s=held_back))]
+        turns = [
+            user(opening),
+            assistant(FOLLOW_UP_SYMPTOM.format(s=held_back)),
+            user(PATIENT_CONFIRMS.format(s=held_back)),
+        ]
         return Consultation(entity, turns, symptoms + [held_back], differential)
     turns = [user(opening), assistant(FOLLOW_UP_HISTORY), user(PATIENT_HISTORY)]
     return Consultation(entity, turns, symptoms, differential)

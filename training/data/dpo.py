@@ -45,8 +45,9 @@ def wrong_values(entity: Entity, key: str, having: dict[str, list[Entity]], rng:
     return None
 
 
-def objective_pairs(entities: list[Entity], having: dict[str, list[Entity]], differential: dict[str, str],
-                    cfg: DataConfig, salt: str) -> list[dict]:
+def objective_pairs(
+    entities: list[Entity], having: dict[str, list[Entity]], differential: dict[str, str], cfg: DataConfig, salt: str
+) -> list[dict]:
     """``dpo_pairs_per_entity`` pairs per entity, alternating a wrong-facts and a no-advice rejection."""
     consulted = {c.entity.name: c for c in consultations(entities, differential, cfg, salt=salt)}
     pairs = []
@@ -78,8 +79,9 @@ def objective_pairs(entities: list[Entity], having: dict[str, list[Entity]], dif
                 prompt = [user(ask(entity, key, rng))]
                 chosen, rejected = answer(entity, key), answer(entity, key, values=values)
             used.append(key)
-            pairs.append(dpo_record(prompt, chosen, rejected, OBJECTIVE_SOURCE,
-                                    pair_id("obj", prompt, chosen, rejected)))
+            pairs.append(
+                dpo_record(prompt, chosen, rejected, OBJECTIVE_SOURCE, pair_id("obj", prompt, chosen, rejected))
+            )
     return pairs
 
 

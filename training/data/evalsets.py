@@ -58,13 +58,17 @@ def exam_question(entity: Entity, key: str, specific: dict[str, list[str]], rng:
     if len(options) < len(LETTERS):
         return None
     rng.shuffle(options)
-    return {"question": RELATION_BY_KEY[key].exam.format(e=entity.name),
-            "options": dict(zip(LETTERS, options)), "answer": LETTERS[options.index(correct)],
-            "subject": f"cmekg_{key}"}
+    return {
+        "question": RELATION_BY_KEY[key].exam.format(e=entity.name),
+        "options": dict(zip(LETTERS, options)),
+        "answer": LETTERS[options.index(correct)],
+        "subject": f"cmekg_{key}",
+    }
 
 
-def exam_questions(entities: list[Entity], having: dict[str, list[Entity]], seed: int,
-                   salt: str = "exam") -> list[dict]:
+def exam_questions(
+    entities: list[Entity], having: dict[str, list[Entity]], seed: int, salt: str = "exam"
+) -> list[dict]:
     """One 4-option question per (entity, examined relation) of ``entities``, options drawn from ``having``."""
     specific = {r.key: specific_values(having, r.key) for r in RELATIONS if r.exam and r.key in having}
     questions = []
@@ -88,11 +92,13 @@ def build_exam(held_out: list[Entity], having: dict[str, list[Entity]], cfg: Dat
 
 def build_qa(held_out: list[Entity], differential: dict[str, str], cfg: DataConfig) -> list[dict]:
     """Held-out questions (single-turn QA and consultations) with the house-style answer as reference."""
-    items = [{"messages": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
-             for r in kg_qa(held_out, cfg, salt="qa")]
-    items += [{"messages": c.turns, "reference": c.closing()}
-              for c in consultations(held_out, differential, cfg, salt="qa")]
+    items = [
+        {"messages": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+        for r in kg_qa(held_out, cfg, salt="qa")
+    ]
+    items += [
+        {"messages": c.turns, "reference": c.closing()} for c in consultations(held_out, differential, cfg, salt="qa")
+    ]
     random.Random(f"{cfg.seed}|qa-order").shuffle(items)
     items = items[: cfg.qa_max] if cfg.qa_max else items
     return [{"id": f"cmekg-qa-{i:05d}", **item} for i, item in enumerate(items)]
-

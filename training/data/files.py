@@ -91,16 +91,16 @@ def directory_written_atomically(out: Path, force: bool) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as err:
-        raise UserError(f"cannot write beside --out {out} ({err.strerror}): choose a directory you can "
-                        "write to") from None
+        raise UserError(
+            f"cannot write beside --out {out} ({err.strerror}): choose a directory you can write to"
+        ) from None
     try:
         partial.chmod(0o777 & ~current_umask())  # mkdtemp makes it private; a checkpoint gets the usual mode
         yield partial
         old = None
         if out.exists() or out.is_symlink():
             if not force:  # it appeared while this one was being written
-                raise UserError(f"--out {out} already exists: choose another directory, or pass --force to "
-                                "replace it")
+                raise UserError(f"--out {out} already exists: choose another directory, or pass --force to replace it")
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent)) / out.name
             os.rename(out, old)
         os.rename(partial, out)

@@ -28,16 +28,26 @@ from training.data.sft import CONSULTATION_SOURCE
 EXAM, OPEN = "exam", "open"
 
 
-def grpo_prompts(train: list[Entity], having: dict[str, list[Entity]], sft: list[dict], eval_questions: set[str],
-                 data: DataConfig) -> list[dict]:
+def grpo_prompts(
+    train: list[Entity], having: dict[str, list[Entity]], sft: list[dict], eval_questions: set[str], data: DataConfig
+) -> list[dict]:
     """The exam prompts about ``train`` entities (options from ``having``), then ChiMed-SFT's consultations."""
     out = []
     for q in exam_questions(train, having, data.seed, salt="grpo"):
         if normalize(q["question"]) in eval_questions:
             continue
-        out.append({"id": f"grpo-exam-{len(out):05d}", "kind": EXAM,
-                    "prompt": [user(q["question"])], "question": q["question"],
-                    "options": q["options"], "answer": q["answer"], "entity": q["entity"], "subject": q["subject"]})
+        out.append(
+            {
+                "id": f"grpo-exam-{len(out):05d}",
+                "kind": EXAM,
+                "prompt": [user(q["question"])],
+                "question": q["question"],
+                "options": q["options"],
+                "answer": q["answer"],
+                "entity": q["entity"],
+                "subject": q["subject"],
+            }
+        )
     opened = 0
     for record in sft:
         if record.get("source") != CONSULTATION_SOURCE:

@@ -1,4 +1,4 @@
-"""Importers for the files users already have, in the public formats of DESIGN.md.
+"""Importers for the files users already have, in the public formats of docs/design.md.
 
 - pretraining text: ``.txt`` (one document per line) or JSON lines with ``text``
 - Alpaca: ``instruction``, ``input``, ``output``, optional ``system``, ``history`` [[q, a], ...]
@@ -63,8 +63,12 @@ class LineErrors:
             print(f"warning: skipped {message}", file=sys.stderr)
 
     def summary(self) -> dict:
-        return {"skipped": len(self.problems), "by_file": dict(sorted(self.by_file.items())),
-                "first": self.problems[:SHOWN_PROBLEMS], "unsupported": dict(sorted(self.unsupported.items()))}
+        return {
+            "skipped": len(self.problems),
+            "by_file": dict(sorted(self.by_file.items())),
+            "first": self.problems[:SHOWN_PROBLEMS],
+            "unsupported": dict(sorted(self.unsupported.items())),
+        }
 
 
 def require_file(path: str | Path, setting: str) -> Path:
@@ -220,8 +224,10 @@ def alternating(messages: list[dict], name: str, ends_with: str) -> list[dict]:
     expected = "user"
     for i, message in enumerate(turns):
         if message["role"] != expected:
-            raise Malformed(f"{name}: turn {i + 1} is {message['role']!r}, expected {expected!r} "
-                            "(turns alternate user/assistant, starting with the user)")
+            raise Malformed(
+                f"{name}: turn {i + 1} is {message['role']!r}, expected {expected!r} "
+                "(turns alternate user/assistant, starting with the user)"
+            )
         expected = "assistant" if expected == "user" else "user"
     if not turns or turns[-1]["role"] != ends_with:
         raise Malformed(f"{name} must end with a {ends_with} turn")
@@ -259,8 +265,11 @@ def _alpaca_prompt(record: dict) -> list[dict]:
     if not isinstance(history, list):
         raise Malformed("'history' must be a list of [question, answer] pairs")
     for i, turn in enumerate(history):
-        if (not isinstance(turn, (list, tuple)) or len(turn) != 2
-                or not all(isinstance(t, str) and t.strip() for t in turn)):
+        if (
+            not isinstance(turn, (list, tuple))
+            or len(turn) != 2
+            or not all(isinstance(t, str) and t.strip() for t in turn)
+        ):
             raise Malformed(f"history[{i}] must be a [question, answer] pair of non-empty texts")
         messages += [user(turn[0].strip()), assistant(turn[1].strip())]
     messages.append(user(f"{instruction}\n{extra}" if extra else instruction))
@@ -276,8 +285,13 @@ def pair_id(prefix: str, prompt: list[dict], chosen: str, rejected: str) -> str:
 def dpo_record(prompt: list[dict], chosen: str, rejected: str, source: str, pid: str) -> dict:
     if chosen == rejected:
         raise Malformed("chosen and rejected are the same answer")
-    return {"prompt": prompt, "chosen": [assistant(chosen)], "rejected": [assistant(rejected)],
-            "source": source, "pair_id": pid}
+    return {
+        "prompt": prompt,
+        "chosen": [assistant(chosen)],
+        "rejected": [assistant(rejected)],
+        "source": source,
+        "pair_id": pid,
+    }
 
 
 # --- the importers -------------------------------------------------------------------------------
@@ -292,8 +306,10 @@ def read_pretraining_text(path: Path, errors: LineErrors, source: str = "user_te
 
 def read_alpaca(path: Path, errors: LineErrors, source: str = "alpaca") -> list[dict]:
     """Alpaca records -> ``{"messages", "source"}`` (history turns first, ``input`` after the instruction)."""
+
     def convert(record: dict, _):
         return {"messages": _alpaca_prompt(record) + [assistant(text_field(record, "output"))], "source": source}
+
     return _convert(path, errors, convert)
 
 
@@ -304,6 +320,7 @@ def read_sharegpt(path: Path, errors: LineErrors, source: str = "sharegpt") -> l
 
 def read_preference_pairs(path: Path, errors: LineErrors, source: str = "imported") -> list[dict]:
     """Preference records in any of the three published styles -> dpo.jsonl records."""
+
     def convert(record: dict, _):
         if "conversations" in record:
             prompt = _sharegpt_messages(record, "user")
@@ -315,9 +332,12 @@ def read_preference_pairs(path: Path, errors: LineErrors, source: str = "importe
             prompt = _alpaca_prompt(record)
             chosen, rejected = text_field(record, "chosen"), text_field(record, "rejected")
         else:
-            raise Malformed("not a preference record: expected 'conversations', 'question' or 'instruction' "
-                            "with chosen/rejected answers")
+            raise Malformed(
+                "not a preference record: expected 'conversations', 'question' or 'instruction' "
+                "with chosen/rejected answers"
+            )
         return dpo_record(prompt, chosen, rejected, source, pair_id("imp", prompt, chosen, rejected))
+
     return _convert(path, errors, convert)
 
 
@@ -346,8 +366,8 @@ def read_exam(path: Path, errors: LineErrors) -> list[dict]:
         if answer not in options:
             raise Malformed(f"answer {answer!r} is not one of the options {''.join(options)}")
         qid = str(record.get("id") or record.get("ID") or where.replace("item ", "")).strip()
-        return {"id": f"{stem}-{qid}", "question": question, "options": options, "answer": answer,
-                "subject": subject}
+        return {"id": f"{stem}-{qid}", "question": question, "options": options, "answer": answer, "subject": subject}
+
     return _convert(path, errors, convert)
 
 
@@ -378,6 +398,7 @@ def read_qa(path: Path, errors: LineErrors) -> list[dict]:
         reference = _either(record, "answer", "answers")
         qid = str(record.get("id") or where.replace("item ", "")).strip()
         return {"id": f"{stem}-{qid}", "messages": [user(question)], "reference": reference}
+
     return _convert(path, errors, convert)
 
 
@@ -393,6 +414,7 @@ def _either(record: dict, singular: str, plural: str) -> str:
 
 def read_collected_pairs(path: Path, errors: LineErrors) -> list[tuple[str, dict]]:
     """(split, dpo record) of an ``export-prefs`` file; ``source`` and ``pair_id`` are kept."""
+
     def convert(record: dict, _):
         split = record.get("split")
         if split not in ("train", "heldout"):
@@ -401,9 +423,11 @@ def read_collected_pairs(path: Path, errors: LineErrors) -> list[tuple[str, dict
         chosen = check_messages(record.get("chosen"), "chosen", last_role="assistant")
         rejected = check_messages(record.get("rejected"), "rejected", last_role="assistant")
         pid = text_field(record, "pair_id")
-        out = dpo_record(prompt, chosen[-1]["content"], rejected[-1]["content"],
-                         str(record.get("source") or "clinician"), pid)
+        out = dpo_record(
+            prompt, chosen[-1]["content"], rejected[-1]["content"], str(record.get("source") or "clinician"), pid
+        )
         if isinstance(record.get("provenance"), dict):
             out["provenance"] = record["provenance"]
         return split, out
+
     return _convert(path, errors, convert)

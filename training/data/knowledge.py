@@ -13,8 +13,18 @@ from dataclasses import dataclass
 
 from training.config import DataConfig
 from training.data.files import stable_hash
-from training.data.relations import (DISEASE, DRUG, EMPTY_VALUES, HERB, KINDS, RELATION_BY_KEY, RELATIONS, TEST,
-                                     Relation, advice_for)
+from training.data.relations import (
+    DISEASE,
+    DRUG,
+    EMPTY_VALUES,
+    HERB,
+    KINDS,
+    RELATION_BY_KEY,
+    RELATIONS,
+    TEST,
+    Relation,
+    advice_for,
+)
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 MAX_NAME_CHARS = 30
@@ -63,14 +73,21 @@ def clean_values(relation: Relation, values: list[str], entity: str) -> list[str
     for raw in values:
         value = str(raw).strip().strip("：:·,，、;；。 ")
         if relation.strip_prefix and value.startswith(relation.strip_prefix):
-            value = value[len(relation.strip_prefix):]
+            value = value[len(relation.strip_prefix) :]
         if relation.value_map:
             value = relation.value_map.get(value, "")
         else:
             value = TRAILING_ETC.sub("", value)  # the templates add their own "等"
             clipped = ("：" in value or ":" in value) and relation.max_chars <= SHORT_VALUE  # a cut-off sentence
-            if (clipped or value in EMPTY_VALUES or value in relation.drop or len(value) > relation.max_chars
-                    or not CJK.search(value) or "\n" in value or value == entity):
+            if (
+                clipped
+                or value in EMPTY_VALUES
+                or value in relation.drop
+                or len(value) > relation.max_chars
+                or not CJK.search(value)
+                or "\n" in value
+                or value == entity
+            ):
                 value = ""
         if value and value not in out:
             out.append(value)
@@ -140,7 +157,8 @@ def split_by_entity(entities: list[Entity], cfg: DataConfig) -> tuple[list[Entit
     """(train, held out): ``eval_entity_share`` of each kind is held out for the exam, QA and pairs."""
     held: set[str] = set()
     for kind in KINDS:
-        of_kind = sorted((e for e in entities if e.kind == kind),
-                         key=lambda e: (stable_hash(cfg.seed, "eval", e.name), e.name))
+        of_kind = sorted(
+            (e for e in entities if e.kind == kind), key=lambda e: (stable_hash(cfg.seed, "eval", e.name), e.name)
+        )
         held.update(e.name for e in of_kind[: round(len(of_kind) * cfg.eval_entity_share)])
     return [e for e in entities if e.name not in held], [e for e in entities if e.name in held]

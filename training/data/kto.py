@@ -29,9 +29,16 @@ def kto_examples(pairs: list[dict], ratings: list[dict], eval_questions: set[str
     out = []
     for pair in pairs:
         for label, side in ((True, "chosen"), (False, "rejected")):
-            out.append({"prompt": pair["prompt"], "completion": pair[side], "label": label,
-                        "source": pair.get("source", "objective"), "pair_id": pair["pair_id"],
-                        "example_id": f"{pair['pair_id']}:{side}"})
+            out.append(
+                {
+                    "prompt": pair["prompt"],
+                    "completion": pair[side],
+                    "label": label,
+                    "source": pair.get("source", "objective"),
+                    "pair_id": pair["pair_id"],
+                    "example_id": f"{pair['pair_id']}:{side}",
+                }
+            )
     kept, removed = drop_eval_questions(ratings, eval_questions)
     if removed:
         print(f"build-data: kto: left out {removed} rated answers whose prompt is an evaluation question", flush=True)
@@ -43,6 +50,7 @@ def kto_examples(pairs: list[dict], ratings: list[dict], eval_questions: set[str
 
 def read_collected_ratings(path: Path, errors: LineErrors) -> list[dict]:
     """The train-split records of an ``export-ratings`` file (malformed lines reported like any input)."""
+
     def convert(record: dict, _):
         split = record.get("split")
         if split not in ("train", "heldout"):
@@ -54,11 +62,17 @@ def read_collected_ratings(path: Path, errors: LineErrors) -> list[dict]:
         completion = check_messages(record.get("completion"), "completion", last_role="assistant")
         if len(completion) != 1 or not completion[0]["content"].strip():
             raise Malformed("'completion' must be one non-empty assistant message")
-        out = {"prompt": prompt, "completion": completion, "label": label,
-               "source": str(record.get("source") or "clinician"), "rating_id": text_field(record, "rating_id")}
+        out = {
+            "prompt": prompt,
+            "completion": completion,
+            "label": label,
+            "source": str(record.get("source") or "clinician"),
+            "rating_id": text_field(record, "rating_id"),
+        }
         if isinstance(record.get("provenance"), dict):
             out["provenance"] = record["provenance"]
         return split, out
+
     return [record for split, record in _convert(path, errors, convert) if split == "train"]
 
 
@@ -67,18 +81,26 @@ def check_feeds_kto(examples: list[dict], path: Path) -> dict:
     many came from the clinicians' ratings; a one-line error when one of the two kinds is missing, since KTO
     needs both (the loss weighs the desirable answers against the undesirable ones)."""
     desirable = sum(1 for e in examples if e["label"] is True)
-    counts = {"desirable": desirable, "undesirable": len(examples) - desirable,
-              "from_ratings": sum(1 for e in examples if "rating_id" in e)}
+    counts = {
+        "desirable": desirable,
+        "undesirable": len(examples) - desirable,
+        "from_ratings": sum(1 for e in examples if "rating_id" in e),
+    }
     if not examples:
-        raise UserError(f"kto: {path} has no examples: KTO needs desirable and undesirable answers (preference "
-                        "pairs or the clinicians' ratings); rebuild the data with some, or choose another align.method")
+        raise UserError(
+            f"kto: {path} has no examples: KTO needs desirable and undesirable answers (preference "
+            "pairs or the clinicians' ratings); rebuild the data with some, or choose another align.method"
+        )
     for kind, other, label, where in (
-            ("undesirable", "desirable", "false", "thumbs-down ratings or preference pairs"),
-            ("desirable", "undesirable", "true", "thumbs-up ratings, corrections or preference pairs")):
+        ("undesirable", "desirable", "false", "thumbs-down ratings or preference pairs"),
+        ("desirable", "undesirable", "true", "thumbs-up ratings, corrections or preference pairs"),
+    ):
         if not counts[kind]:
-            raise UserError(f"kto: {path} has no {kind} answers (label {label}), only {counts[other]} {other} "
-                            f"ones: KTO needs both; add {where} and rebuild the data, or choose another "
-                            "align.method")
+            raise UserError(
+                f"kto: {path} has no {kind} answers (label {label}), only {counts[other]} {other} "
+                f"ones: KTO needs both; add {where} and rebuild the data, or choose another "
+                "align.method"
+            )
     return counts
 
 

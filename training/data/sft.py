@@ -37,8 +37,9 @@ def kg_qa(entities: list[Entity], cfg: DataConfig, salt: str = "sft") -> list[di
     for entity in tqdm(entities, desc=f"ChiMed-SFT: QA ({salt})", unit="entity", mininterval=1.0):
         for key in entity.facts:
             rng = random.Random(f"{cfg.seed}|{salt}|{entity.name}|{key}")
-            records.append({"messages": [user(ask(entity, key, rng)), assistant(answer(entity, key))],
-                            "source": QA_SOURCE})
+            records.append(
+                {"messages": [user(ask(entity, key, rng)), assistant(answer(entity, key))], "source": QA_SOURCE}
+            )
     return records
 
 
@@ -78,8 +79,9 @@ def differentials(diseases: list[Entity]) -> dict[str, str]:
     return out
 
 
-def consultations(diseases: list[Entity], differential: dict[str, str], cfg: DataConfig,
-                  salt: str = "sft") -> list[Consultation]:
+def consultations(
+    diseases: list[Entity], differential: dict[str, str], cfg: DataConfig, salt: str = "sft"
+) -> list[Consultation]:
     """``multiturn_per_disease`` consultations for every disease that can have one."""
     out = []
     for entity in diseases:
@@ -131,14 +133,21 @@ def general_instructions(pool: list[Document], count: int, cfg: DataConfig) -> l
     return records
 
 
-def build_sft(train_entities: list[Entity], differential: dict[str, str], general_pool: list[Document],
-              imported: list[dict], cfg: DataConfig) -> list[dict]:
+def build_sft(
+    train_entities: list[Entity],
+    differential: dict[str, str],
+    general_pool: list[Document],
+    imported: list[dict],
+    cfg: DataConfig,
+) -> list[dict]:
     """Medical QA + consultations + imported conversations, then general instructions at their share."""
     records = kg_qa(train_entities, cfg)
     if cfg.sft_exam_qa:
         records += exam_style_qa(train_entities, cfg)
-    records += [{"messages": c.turns + [assistant(c.closing())], "source": CONSULTATION_SOURCE}
-                for c in consultations(train_entities, differential, cfg)]
+    records += [
+        {"messages": c.turns + [assistant(c.closing())], "source": CONSULTATION_SOURCE}
+        for c in consultations(train_entities, differential, cfg)
+    ]
     records += imported
     share = min(max(cfg.general_sft_share, 0.0), 0.95)
     count = round(len(records) * share / (1.0 - share))

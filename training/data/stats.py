@@ -42,19 +42,25 @@ def describe_cpt(records: list[dict]) -> dict:
 
 
 def describe_sft(records: list[dict]) -> dict:
-    return _per_source(records, lambda r: {
-        "chars": _content_chars(r["messages"]),
-        "turns": sum(1 for m in r["messages"] if m["role"] == "assistant"),
-    })
+    return _per_source(
+        records,
+        lambda r: {
+            "chars": _content_chars(r["messages"]),
+            "turns": sum(1 for m in r["messages"] if m["role"] == "assistant"),
+        },
+    )
 
 
 def describe_dpo(records: list[dict]) -> dict:
-    return _per_source(records, lambda r: {
-        "chars": _content_chars(r["prompt"] + r["chosen"] + r["rejected"]),
-        "prompt_chars": _content_chars(r["prompt"]),
-        "chosen_chars": _content_chars(r["chosen"]),
-        "rejected_chars": _content_chars(r["rejected"]),
-    })
+    return _per_source(
+        records,
+        lambda r: {
+            "chars": _content_chars(r["prompt"] + r["chosen"] + r["rejected"]),
+            "prompt_chars": _content_chars(r["prompt"]),
+            "chosen_chars": _content_chars(r["chosen"]),
+            "rejected_chars": _content_chars(r["rejected"]),
+        },
+    )
 
 
 def describe_eval(sets: dict[str, list[dict]]) -> dict:
@@ -101,47 +107,109 @@ def _source_rows(split: dict, columns: list[str]) -> list[list]:
 
 def stats_markdown(stats: dict) -> str:
     """The human-readable stats: one table per split (paper Tables 1-3), eval sets, dedup, decontamination."""
-    out = ["# ChiMed statistics", "",
-           f"Profile `{stats['profile']}`, seed {stats['seed']}; {stats['entities']['selected']:,} CMeKG "
-           f"entities ({stats['entities']['train']:,} for training, {stats['entities']['held_out']:,} held out "
-           "for the exam, QA and held-out pairs). Research and education only.", ""]
-    out += ["## Table 1. ChiMed-CPT", "",
-            _table(["source", "records", "characters", "avg characters"],
-                   _source_rows(stats["splits"]["cpt"], ["records", "chars", "avg_chars"])), ""]
-    out += ["## Table 2. ChiMed-SFT", "",
-            _table(["source", "conversations", "assistant turns", "avg turns", "characters", "avg characters"],
-                   _source_rows(stats["splits"]["sft"], ["records", "turns", "avg_turns", "chars", "avg_chars"])), ""]
-    out += ["## Table 3. ChiMed-DPO", "",
-            _table(["source", "pairs", "avg prompt chars", "avg chosen chars", "avg rejected chars"],
-                   _source_rows(stats["splits"]["dpo"],
-                                ["records", "avg_prompt_chars", "avg_chosen_chars", "avg_rejected_chars"])), ""]
-    out += ["## General pretraining text of the base model (`base.jsonl`; tiny/demo pretrain their base on it)", "",
-            _table(["source", "records", "characters", "avg characters"],
-                   _source_rows(stats["splits"]["base"], ["records", "chars", "avg_chars"])), ""]
-    out += ["## Evaluation sets", "",
-            _table(["set", "records", "by subject / source"],
-                   [[name, s["records"], ", ".join(f"{k or '-'} {v}" for k, v in s["by_subject_or_source"].items())]
-                    for name, s in stats["eval"].items()]), ""]
-    out += ["## Deduplication (exact normalized hash, then MinHash LSH near duplicates)", "",
-            _table(["split", "exact duplicates removed", "near duplicates removed", "kept"],
-                   [[split, d["exact"], d["near"], d["kept"]] for split, d in stats["dedup"].items()]), ""]
+    out = [
+        "# ChiMed statistics",
+        "",
+        f"Profile `{stats['profile']}`, seed {stats['seed']}; {stats['entities']['selected']:,} CMeKG "
+        f"entities ({stats['entities']['train']:,} for training, {stats['entities']['held_out']:,} held out "
+        "for the exam, QA and held-out pairs). Research and education only.",
+        "",
+    ]
+    out += [
+        "## Table 1. ChiMed-CPT",
+        "",
+        _table(
+            ["source", "records", "characters", "avg characters"],
+            _source_rows(stats["splits"]["cpt"], ["records", "chars", "avg_chars"]),
+        ),
+        "",
+    ]
+    out += [
+        "## Table 2. ChiMed-SFT",
+        "",
+        _table(
+            ["source", "conversations", "assistant turns", "avg turns", "characters", "avg characters"],
+            _source_rows(stats["splits"]["sft"], ["records", "turns", "avg_turns", "chars", "avg_chars"]),
+        ),
+        "",
+    ]
+    out += [
+        "## Table 3. ChiMed-DPO",
+        "",
+        _table(
+            ["source", "pairs", "avg prompt chars", "avg chosen chars", "avg rejected chars"],
+            _source_rows(
+                stats["splits"]["dpo"], ["records", "avg_prompt_chars", "avg_chosen_chars", "avg_rejected_chars"]
+            ),
+        ),
+        "",
+    ]
+    out += [
+        "## General pretraining text of the base model (`base.jsonl`; tiny/demo pretrain their base on it)",
+        "",
+        _table(
+            ["source", "records", "characters", "avg characters"],
+            _source_rows(stats["splits"]["base"], ["records", "chars", "avg_chars"]),
+        ),
+        "",
+    ]
+    out += [
+        "## Evaluation sets",
+        "",
+        _table(
+            ["set", "records", "by subject / source"],
+            [
+                [name, s["records"], ", ".join(f"{k or '-'} {v}" for k, v in s["by_subject_or_source"].items())]
+                for name, s in stats["eval"].items()
+            ],
+        ),
+        "",
+    ]
+    out += [
+        "## Deduplication (exact normalized hash, then MinHash LSH near duplicates)",
+        "",
+        _table(
+            ["split", "exact duplicates removed", "near duplicates removed", "kept"],
+            [[split, d["exact"], d["near"], d["kept"]] for split, d in stats["dedup"].items()],
+        ),
+        "",
+    ]
     removed = stats["decontamination"]["removed_eval_questions"]
     n = stats["decontamination"]["ngram"]
     splits = list(stats["splits"])
-    out += [f"## Decontamination ({n}-character n-gram overlap of eval items with each training split)", "",
-            "Training records that asked an eval question and were removed: "
-            + ", ".join(f"{k} {v}" for k, v in removed.items()) + ".", "",
-            _table(["eval set"] + splits,
-                   [[name] + [f"{row[s]['items']:,} / {row[s]['of']:,} ({row[s]['share']:.1%})" for s in splits]
-                    for name, row in stats["decontamination"]["overlap"].items()]), ""]
+    out += [
+        f"## Decontamination ({n}-character n-gram overlap of eval items with each training split)",
+        "",
+        "Training records that asked an eval question and were removed: "
+        + ", ".join(f"{k} {v}" for k, v in removed.items())
+        + ".",
+        "",
+        _table(
+            ["eval set"] + splits,
+            [
+                [name] + [f"{row[s]['items']:,} / {row[s]['of']:,} ({row[s]['share']:.1%})" for s in splits]
+                for name, row in stats["decontamination"]["overlap"].items()
+            ],
+        ),
+        "",
+    ]
     skipped = stats["input_errors"]
-    out += ["## Input files", "",
-            f"Malformed lines skipped: {skipped['skipped']:,}"
-            + "".join(f"; {path}: {count:,}" for path, count in skipped["by_file"].items())
-            + "".join(f"; left out on purpose ({why}): {count:,}" for why, count in skipped["unsupported"].items())
-            + ".", ""]
-    out += ["## Files", "",
-            _table(["file", "records", "bytes", "sha256"],
-                   [[f"`{name}`", f["records"], f["bytes"], f"`{f['sha256']}`"] for name, f in stats["files"].items()]),
-            ""]
+    out += [
+        "## Input files",
+        "",
+        f"Malformed lines skipped: {skipped['skipped']:,}"
+        + "".join(f"; {path}: {count:,}" for path, count in skipped["by_file"].items())
+        + "".join(f"; left out on purpose ({why}): {count:,}" for why, count in skipped["unsupported"].items())
+        + ".",
+        "",
+    ]
+    out += [
+        "## Files",
+        "",
+        _table(
+            ["file", "records", "bytes", "sha256"],
+            [[f"`{name}`", f["records"], f["bytes"], f"`{f['sha256']}`"] for name, f in stats["files"].items()],
+        ),
+        "",
+    ]
     return "\n".join(out)

@@ -9,7 +9,7 @@ For each stage of the run (base, cpt, sft, dpo), in order:
      its reference, the sft stage).
 Then the reward model (``training/evaluation/reward.py``): the rm stage's accuracy on the held-out pairs, and
 the judge's (``eval.reward_judge``) mean reward of every stage's answers of step 2.
-Then ``runs/<id>/eval/``: results.json (DESIGN.md contract), results.md, stages.png, generations/, and a
+Then ``runs/<id>/eval/``: results.json (docs/design.md contract), results.md, stages.png, generations/, and a
 model card README.md in every stage directory; with ``compare`` also compare_<ID2>.md/.json.
 
 A stage's measurements are cached (``eval/cache/<stage>.json``) under a key made of its training
@@ -25,14 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.config import Config
+from training.data.files import (
+    read_jsonl,
+    sha256_file,
+    sha256_json,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
 from training.errors import UserError
 from training.evaluation import report, reward
 from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
 from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
-from training.data.files import (read_jsonl, sha256_file, sha256_json, write_json_atomic, write_jsonl_atomic,
-                                 write_text_atomic)
 from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
 from training.stages.registry import answering, get_stage, stage_names
@@ -88,13 +94,16 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
             measured[reference] = measure_stage_cached(cfg, run_path, manifest, reference, sets)
         results["stages"][stage] = stage_metrics(measured, stage, reference, sets)
         # this call's wall time (loading included; near 0 when cached) and the parts of the measurement
-        results["timing_s"][stage] = {"wall": round(time.time() - started, 2),
-                                      "measured": measured[stage].get("seconds", {})}
+        results["timing_s"][stage] = {
+            "wall": round(time.time() - started, 2),
+            "measured": measured[stage].get("seconds", {}),
+        }
         write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
     # the reward model: its own row (held-out pair accuracy) and, as a judge, the mean reward of the answers above
     started = time.time()
-    rewards = reward.reward_metrics(cfg, run_path, manifest, judge, sets,
-                                    {stage: measured[stage]["generations"] for stage in stages})
+    rewards = reward.reward_metrics(
+        cfg, run_path, manifest, judge, sets, {stage: measured[stage]["generations"] for stage in stages}
+    )
     if rewards:
         for stage, metrics in rewards["stages"].items():
             results["stages"].setdefault(stage, {}).update(metrics)
@@ -148,7 +157,8 @@ def load_eval_sets(cfg: Config) -> EvalSets:
 
 def read_user_exam(path: Path) -> list[dict]:
     """A real exam file: the ChiMed exam format as is, C-Eval / CMExam style through the builder's importer."""
-    from training.data.importers import LineErrors, read_exam as import_exam, require_file
+    from training.data.importers import LineErrors, require_file
+    from training.data.importers import read_exam as import_exam
 
     path = require_file(path, "eval.user_exam_files")
     with open(path, encoding="utf-8-sig") as fh:
@@ -173,8 +183,13 @@ def _cap(items: list, limit: int) -> list:
 
 
 def _settings(cfg: Config, sets: EvalSets) -> dict:
-    return {"k_shot": cfg.eval.k_shot, "max_new_tokens": cfg.eval.max_new_tokens,
-            "chat_stages": list(cfg.eval.chat_stages), "sets": sets.sizes(), "set_hashes": sets.hashes}
+    return {
+        "k_shot": cfg.eval.k_shot,
+        "max_new_tokens": cfg.eval.max_new_tokens,
+        "chat_stages": list(cfg.eval.chat_stages),
+        "sets": sets.sizes(),
+        "set_hashes": sets.hashes,
+    }
 
 
 # --- measuring one stage ----------------------------------------------------------------------------
@@ -215,31 +230,51 @@ def measure_stage(cfg: Config, model, tokenizer, stage: str, sets: EvalSets) -> 
     clock = _Clock()
     for name, exam in sets.exams.items():
         suffix = f"_{name}" if name else ""
-        shots = score_exam(model, tokenizer, exam.items, exam.demos, chat, e.batch_size, max_length,
-                           desc=f"{stage} exam{suffix} {len(exam.demos)}-shot")
-        metrics.update({f"exam_acc{suffix}": shots["acc"], f"exam_n{suffix}": shots["n"],
-                        f"exam_ci95{suffix}": shots["ci95"]})
+        shots = score_exam(
+            model,
+            tokenizer,
+            exam.items,
+            exam.demos,
+            chat,
+            e.batch_size,
+            max_length,
+            desc=f"{stage} exam{suffix} {len(exam.demos)}-shot",
+        )
+        metrics.update(
+            {f"exam_acc{suffix}": shots["acc"], f"exam_n{suffix}": shots["n"], f"exam_ci95{suffix}": shots["ci95"]}
+        )
         if name:  # the user's exams: the k-shot figure only
             continue
-        zero = score_exam(model, tokenizer, exam.items, [], chat, e.batch_size, max_length,
-                          desc=f"{stage} exam 0-shot")
+        zero = score_exam(model, tokenizer, exam.items, [], chat, e.batch_size, max_length, desc=f"{stage} exam 0-shot")
         metrics.update(exam_acc_0shot=zero["acc"], exam_ci95_0shot=zero["ci95"])
         if e.score_by_letter:
-            letter = score_exam(model, tokenizer, exam.items, exam.demos, chat, e.batch_size, max_length,
-                                by_letter=True, desc=f"{stage} exam letter")
+            letter = score_exam(
+                model,
+                tokenizer,
+                exam.items,
+                exam.demos,
+                chat,
+                e.batch_size,
+                max_length,
+                by_letter=True,
+                desc=f"{stage} exam letter",
+            )
             metrics.update(exam_acc_letter=letter["acc"], exam_ci95_letter=letter["ci95"])
     clock.lap("exam")
 
-    generations = qa_generations(model, tokenizer, sets.qa, chat, e.max_new_tokens, e.batch_size, max_length,
-                                 desc=f"{stage} qa")
+    generations = qa_generations(
+        model, tokenizer, sets.qa, chat, e.max_new_tokens, e.batch_size, max_length, desc=f"{stage} qa"
+    )
     metrics.update(qa_metrics(generations))
     clock.lap("generation")
-    metrics["general_ppl"] = general_perplexity(model, tokenizer, sets.general, e.batch_size, max_length,
-                                                desc=f"{stage} perplexity")
+    metrics["general_ppl"] = general_perplexity(
+        model, tokenizer, sets.general, e.batch_size, max_length, desc=f"{stage} perplexity"
+    )
     clock.lap("perplexity")
-    pref_logprobs = {name: pair_logprobs(model, tokenizer, pairs, chat, e.batch_size, max_length,
-                                         desc=f"{stage} {name}")
-                     for name, pairs in sets.pref.items()}
+    pref_logprobs = {
+        name: pair_logprobs(model, tokenizer, pairs, chat, e.batch_size, max_length, desc=f"{stage} {name}")
+        for name, pairs in sets.pref.items()
+    }
     clock.lap("preference")
     return {"metrics": metrics, "pref_logprobs": pref_logprobs, "generations": generations, "seconds": clock.laps}
 
@@ -268,8 +303,11 @@ def stage_metrics(measured: dict[str, dict], stage: str, reference: str | None, 
             continue
         own = measured[stage]["pref_logprobs"][name]
         metrics[f"{key}_likelihood"] = likelihood_accuracy(own)
-        metrics[key] = implicit_reward_accuracy(own, measured[reference]["pref_logprobs"][name]) if reference \
+        metrics[key] = (
+            implicit_reward_accuracy(own, measured[reference]["pref_logprobs"][name])
+            if reference
             else metrics[f"{key}_likelihood"]
+        )
     return metrics
 
 
@@ -284,8 +322,13 @@ def _cache_key(cfg: Config, run_path: Path, stage: str, sets: EvalSets) -> str |
         return None
     # the reward judge scores the answers afterwards (training/evaluation/reward.py): no stage depends on it
     settings = {k: v for k, v in cfg.to_dict()["eval"].items() if k not in ("use_cache", "reward_judge")}
-    payload = {"version": EVAL_VERSION, "stage": stage, "fingerprint": fingerprint, "settings": settings,
-               "sets": sets.hashes}
+    payload = {
+        "version": EVAL_VERSION,
+        "stage": stage,
+        "fingerprint": fingerprint,
+        "settings": settings,
+        "sets": sets.hashes,
+    }
     return sha256_json(payload)
 
 
@@ -335,8 +378,7 @@ def compare_runs(cfg: Config, results: dict, other_id: str) -> dict:
         print(f"run {other_id} has no evaluation yet: evaluating it first", flush=True)
         other = evaluate_run(cfg, other_id)
     elif other.get("settings", {}).get("set_hashes") != results["settings"]["set_hashes"]:
-        print(f"run {other_id} was evaluated on other eval sets: evaluating it again on the current ones",
-              flush=True)
+        print(f"run {other_id} was evaluated on other eval sets: evaluating it again on the current ones", flush=True)
         other = evaluate_run(cfg, other_id)
     deltas = report.compare_results(results, other)
     out_dir = run_dir(cfg, results["run_id"]) / "eval"

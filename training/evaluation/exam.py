@@ -31,13 +31,18 @@ def read_exam(path: Path) -> list[dict]:
                 continue
             try:
                 item = json.loads(line)
-                ok = isinstance(item.get("options"), dict) and item.get("answer") in item["options"] \
+                ok = (
+                    isinstance(item.get("options"), dict)
+                    and item.get("answer") in item["options"]
                     and isinstance(item.get("question"), str)
+                )
             except (json.JSONDecodeError, AttributeError):
                 ok = False
             if not ok:
-                raise UserError(f"{path}:{number}: not an exam question (needs question, options {{A: ...}} and an "
-                                "answer that is one of the option letters); fix or rebuild the file")
+                raise UserError(
+                    f"{path}:{number}: not an exam question (needs question, options {{A: ...}} and an "
+                    "answer that is one of the option letters); fix or rebuild the file"
+                )
             items.append(item)
     return items
 
@@ -65,8 +70,17 @@ def exam_conversation(item: dict, demos: list[dict], by_letter: bool) -> list[di
     return messages
 
 
-def score_exam(model, tokenizer, items: list[dict], demos: list[dict], chat: bool, batch_size: int,
-               max_length: int, by_letter: bool = False, desc: str = "exam") -> dict:
+def score_exam(
+    model,
+    tokenizer,
+    items: list[dict],
+    demos: list[dict],
+    chat: bool,
+    batch_size: int,
+    max_length: int,
+    by_letter: bool = False,
+    desc: str = "exam",
+) -> dict:
     """``{"acc", "n", "ci95"}`` of the model on ``items`` with ``demos`` before each question."""
     requests, owners = [], []
     for q, item in enumerate(items):

@@ -49,7 +49,7 @@ def make_request(tokenizer, context: str, continuation: str, max_length: int) ->
     """
     ctx = token_ids(tokenizer, context)
     whole = token_ids(tokenizer, context + continuation)
-    cont = whole[len(ctx):] if whole[:len(ctx)] == ctx else token_ids(tokenizer, continuation)
+    cont = whole[len(ctx) :] if whole[: len(ctx)] == ctx else token_ids(tokenizer, continuation)
     if not ctx:  # the first token needs something to be predicted from
         ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
     return truncate(ctx, list(cont), max_length)
@@ -57,8 +57,8 @@ def make_request(tokenizer, context: str, continuation: str, max_length: int) ->
 
 def truncate(context: list[int], continuation: list[int], max_length: int) -> Request:
     """Fit a request into ``max_length`` tokens, keeping at least one context token."""
-    continuation = continuation[:max_length - 1]
-    context = context[-(max_length - len(continuation)):]
+    continuation = continuation[: max_length - 1]
+    context = context[-(max_length - len(continuation)) :]
     return Request(tuple(context), tuple(continuation))
 
 
@@ -67,14 +67,18 @@ def score_requests(model, requests: list[Request], batch_size: int, desc: str = 
     prefix = shared_prefix([r.context for r in requests])
     skip = len(prefix) if len(prefix) >= MIN_SHARED_PREFIX else 0
     scores: list[Score | None] = [Score(0.0, 0) if not r.continuation else None for r in requests]
-    order = sorted((i for i, r in enumerate(requests) if r.continuation),
-                   key=lambda i: len(requests[i].context) + len(requests[i].continuation), reverse=True)
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    order = sorted(
+        (i for i, r in enumerate(requests) if r.continuation),
+        key=lambda i: len(requests[i].context) + len(requests[i].continuation),
+        reverse=True,
+    )
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     with torch.inference_mode():
         prefix_state = _run_prefix(model, prefix) if skip else None
         for batch in tqdm(batches, desc=desc, unit="batch", leave=False):
-            for i, score in zip(batch, _score_batch(model, [requests[i] for i in batch], skip, prefix_state),
-                                strict=True):
+            for i, score in zip(
+                batch, _score_batch(model, [requests[i] for i in batch], skip, prefix_state), strict=True
+            ):
                 scores[i] = score
     return scores  # type: ignore[return-value]
 
@@ -102,7 +106,7 @@ def _score_batch(model, batch: list[Request], skip: int, prefix_state) -> list[S
     width = max(lengths)
     pad = seqs[0][0]  # any real id: padded positions are masked and never scored
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=model.device)
-    mask = (torch.arange(width, device=model.device)[None, :] < torch.tensor(lengths, device=model.device)[:, None])
+    mask = torch.arange(width, device=model.device)[None, :] < torch.tensor(lengths, device=model.device)[:, None]
     kwargs = {}
     if prefix_state is not None:
         cache, after_prefix = prefix_state
@@ -118,5 +122,5 @@ def _score_batch(model, batch: list[Request], skip: int, prefix_state) -> list[S
     scores = []
     for b, r in enumerate(batch):
         start = len(r.context) - skip
-        scores.append(Score(float(token_lp[b, start:lengths[b]].sum()), lengths[b] - start))
+        scores.append(Score(float(token_lp[b, start : lengths[b]].sum()), lengths[b] - start))
     return scores

@@ -64,7 +64,7 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     seen, total = set(), 0
     for text in texts:
         chars = char_tokens(text)
-        grams = [tuple(chars[i:i + n]) for i in range(len(chars) - n + 1)]
+        grams = [tuple(chars[i : i + n]) for i in range(len(chars) - n + 1)]
         seen.update(grams)
         total += len(grams)
     return len(seen) / total if total else 0.0

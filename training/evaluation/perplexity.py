@@ -17,14 +17,14 @@ def document_request(tokenizer, text: str, max_length: int) -> Request:
     eos = tokenizer.eos_token_id
     start = eos if eos is not None else tokenizer.bos_token_id
     body = token_ids(tokenizer, text) + ([eos] if eos is not None else [])
-    return Request((start,), tuple(body[:max_length - 1]))
+    return Request((start,), tuple(body[: max_length - 1]))
 
 
-def general_perplexity(model, tokenizer, texts: list[str], batch_size: int, max_length: int,
-                       desc: str = "perplexity") -> float | None:
+def general_perplexity(
+    model, tokenizer, texts: list[str], batch_size: int, max_length: int, desc: str = "perplexity"
+) -> float | None:
     """Token-level perplexity of ``texts`` (None when there is no text)."""
-    scores = score_requests(model, [document_request(tokenizer, t, max_length) for t in texts], batch_size,
-                            desc=desc)
+    scores = score_requests(model, [document_request(tokenizer, t, max_length) for t in texts], batch_size, desc=desc)
     tokens = sum(s.tokens for s in scores)
     if not tokens:
         return None

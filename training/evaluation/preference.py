@@ -21,30 +21,35 @@ def answer_text(tokenizer, prompt: list[dict], answer: list[dict], chat: bool) -
     if chat:
         full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
         if full.startswith(context):
-            return context, full[len(context):]
+            return context, full[len(context) :]
         return context, "".join(m["content"] for m in answer) + (tokenizer.eos_token or "")
     return context, "\n".join(m["content"] for m in answer)
 
 
-def pair_logprobs(model, tokenizer, pairs: list[dict], chat: bool, batch_size: int, max_length: int,
-                  desc: str = "preference") -> list[dict]:
+def pair_logprobs(
+    model, tokenizer, pairs: list[dict], chat: bool, batch_size: int, max_length: int, desc: str = "preference"
+) -> list[dict]:
     """Per pair: summed log-probability and token count of the chosen and of the rejected answer."""
     requests = []
     for pair in pairs:
         for side in ("chosen", "rejected"):
-            requests.append(make_request(tokenizer, *answer_text(tokenizer, pair["prompt"], pair[side], chat),
-                                         max_length))
+            requests.append(
+                make_request(tokenizer, *answer_text(tokenizer, pair["prompt"], pair[side], chat), max_length)
+            )
     scores = score_requests(model, requests, batch_size, desc=desc)
-    return [{"chosen": c.logprob, "chosen_tokens": c.tokens, "rejected": r.logprob, "rejected_tokens": r.tokens}
-            for c, r in zip(scores[0::2], scores[1::2], strict=True)]
+    return [
+        {"chosen": c.logprob, "chosen_tokens": c.tokens, "rejected": r.logprob, "rejected_tokens": r.tokens}
+        for c, r in zip(scores[0::2], scores[1::2], strict=True)
+    ]
 
 
 def likelihood_accuracy(logprobs: list[dict]) -> float | None:
     """Share of pairs whose chosen answer has the higher mean log-probability per token."""
     if not logprobs:
         return None
-    right = sum(lp["chosen"] / max(lp["chosen_tokens"], 1) > lp["rejected"] / max(lp["rejected_tokens"], 1)
-                for lp in logprobs)
+    right = sum(
+        lp["chosen"] / max(lp["chosen_tokens"], 1) > lp["rejected"] / max(lp["rejected_tokens"], 1) for lp in logprobs
+    )
     return right / len(logprobs)
 
 
@@ -52,6 +57,7 @@ def implicit_reward_accuracy(policy: list[dict], reference: list[dict]) -> float
     """Share of pairs the implicit DPO reward (policy vs reference log-ratio) ranks chosen above rejected."""
     if not policy:
         return None
-    right = sum((p["chosen"] - r["chosen"]) > (p["rejected"] - r["rejected"])
-                for p, r in zip(policy, reference, strict=True))
+    right = sum(
+        (p["chosen"] - r["chosen"]) > (p["rejected"] - r["rejected"]) for p, r in zip(policy, reference, strict=True)
+    )
     return right / len(policy)

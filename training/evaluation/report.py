@@ -8,8 +8,10 @@ from pathlib import Path
 
 from training.stages.registry import get_stage
 
-NOTICE = ("**Research and education only.** These models and their outputs are not medical advice and must "
-          "not be used for diagnosis or treatment.")
+NOTICE = (
+    "**Research and education only.** These models and their outputs are not medical advice and must "
+    "not be used for diagnosis or treatment."
+)
 
 # (results key, column label); fractions are shown as percentages, perplexity as is
 COLUMNS = [
@@ -30,8 +32,16 @@ COLUMNS = [
     ("reward_judge_mean", "RM score"),
 ]
 NOT_FRACTIONS = {"general_ppl", "exam_n", "reward_judge_mean"}
-CHART_METRICS = ["exam_acc", "exam_acc_0shot", "bleu1", "rouge1", "rougeL", "distinct2", "pref_acc",
-                 "pref_acc_clinician"]
+CHART_METRICS = [
+    "exam_acc",
+    "exam_acc_0shot",
+    "bleu1",
+    "rouge1",
+    "rougeL",
+    "distinct2",
+    "pref_acc",
+    "pref_acc_clinician",
+]
 
 
 def format_value(key: str, value) -> str:
@@ -57,8 +67,7 @@ def _columns(results: dict) -> list[tuple[str, str]]:
 def results_table(results: dict) -> str:
     """One row per stage, one column per metric (the paper's Tables 4-6 in one)."""
     cols = _columns(results)
-    lines = ["| stage | " + " | ".join(label for _, label in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
+    lines = ["| stage | " + " | ".join(label for _, label in cols) + " |", "|---|" + "---:|" * len(cols)]
     for stage, metrics in results["stages"].items():
         lines.append(f"| {stage} | " + " | ".join(format_value(k, metrics.get(k)) for k, _ in cols) + " |")
     return "\n".join(lines)
@@ -74,8 +83,7 @@ def results_markdown(results: dict) -> str:
         f"({k} demonstrations drawn from the exam and not scored); 95% Wilson interval; chance is 1/options.",
         f"- BLEU (sacrebleu, corpus) and ROUGE (rouge-score, mean F1) on characters, distinct-2 over all "
         f"answers: greedy answers to {sizes.get('qa', '?')} held-out questions.",
-        f"- general PPL: token perplexity on {sizes.get('general', '?')} held-out general documents "
-        "(lower is better).",
+        f"- general PPL: token perplexity on {sizes.get('general', '?')} held-out general documents (lower is better).",
         f"- pref acc: {sizes.get('pref', '?')} held-out pairs ranked right by the implicit DPO reward (dpo, "
         "reference = sft) or by the stage's own mean log-likelihood per token (other stages).",
         "- Values are percentages except perplexity.",
@@ -83,12 +91,17 @@ def results_markdown(results: dict) -> str:
     if sizes.get("pref_clinician"):
         notes.insert(4, f"- pref acc (clinician): the same on {sizes['pref_clinician']} held-out clinician pairs.")
     if "rm" in results["stages"]:
-        notes.insert(-1, "- rm: the reward model; its pref acc is the share of held-out pairs whose chosen answer it "
-                         "rewards more.")
+        notes.insert(
+            -1,
+            "- rm: the reward model; its pref acc is the share of held-out pairs whose chosen answer it rewards more.",
+        )
     judge = results.get("reward_judge")
     if judge:
-        notes.insert(-1, f"- RM score: the mean reward that {judge['checkpoint']} gives each stage's answers to the "
-                         "held-out questions (a raw reward, comparable under this judge only).")
+        notes.insert(
+            -1,
+            f"- RM score: the mean reward that {judge['checkpoint']} gives each stage's answers to the "
+            "held-out questions (a raw reward, comparable under this judge only).",
+        )
     parts = [f"# Evaluation of run {results['run_id']}", f"> {NOTICE}", results_table(results), "\n".join(notes)]
     if results.get("arena"):
         parts.append(arena_markdown(results["arena"]))
@@ -98,8 +111,10 @@ def results_markdown(results: dict) -> str:
 def arena_markdown(arena: dict) -> str:
     """The clinicians' verdict on this run against its parent, on the shared bank prompts (``results.json``
     ``arena``, written by the loop and by ``./launch.sh compare-runs``)."""
-    lines = [f"## Clinicians: {arena['new_checkpoint']} vs {arena['old_checkpoint']}",
-             f"On {arena['split']} bank prompts judged for both runs ({arena['as_of']}): {arena['summary']}"]
+    lines = [
+        f"## Clinicians: {arena['new_checkpoint']} vs {arena['old_checkpoint']}",
+        f"On {arena['split']} bank prompts judged for both runs ({arena['as_of']}): {arena['summary']}",
+    ]
     return "\n\n".join(lines)
 
 
@@ -123,8 +138,14 @@ def stages_chart(results: dict, path: Path) -> None:
         if "exam_acc" in metrics and m.get("exam_ci95") and m.get("exam_acc") is not None:
             lo, hi = m["exam_ci95"]
             acc = m["exam_acc"]
-            ax.errorbar([xs[metrics.index("exam_acc")]], [100 * acc], yerr=[[100 * (acc - lo)], [100 * (hi - acc)]],
-                        fmt="none", ecolor="black", capsize=3)
+            ax.errorbar(
+                [xs[metrics.index("exam_acc")]],
+                [100 * acc],
+                yerr=[[100 * (acc - lo)], [100 * (hi - acc)]],
+                fmt="none",
+                ecolor="black",
+                capsize=3,
+            )
         ax_ppl.bar([i], [m.get("general_ppl") or 0.0], 0.7, color=f"C{i}")
     ax.set_xticks(range(len(metrics)), [dict(COLUMNS).get(k, k) for k in metrics], rotation=20)
     ax.set_ylabel("%")
@@ -137,8 +158,9 @@ def stages_chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: dict, stats: dict | None,
-               section: str) -> str:
+def model_card(
+    run_id: str, stage: str, manifest: dict, metrics: dict, config: dict, stats: dict | None, section: str
+) -> str:
     """The ``README.md`` of one stage: what it is, its metrics, data statistics and hyper-parameters."""
     entry = manifest["stages"][stage]
     kind = "full weights" if entry["kind"] == "full" else f"a LoRA adapter on `{entry['parent']}`"
@@ -146,37 +168,52 @@ def model_card(run_id: str, stage: str, manifest: dict, metrics: dict, config: d
         f"# ChiMed Arena run {run_id}: {stage}",
         f"> {NOTICE}",
         f"This checkpoint is {get_stage(stage).description}; it holds {kind}. Profile `{manifest.get('profile')}`"
-        + (f"; the run continues run `{manifest['parent_run']}` (its earlier stages reused)"
-           if manifest.get("parent_run") else "") + ".",
+        + (
+            f"; the run continues run `{manifest['parent_run']}` (its earlier stages reused)"
+            if manifest.get("parent_run")
+            else ""
+        )
+        + ".",
         _load_snippet(run_id, stage),
-        "## Evaluation\n\n" + _key_value_table(
+        "## Evaluation\n\n"
+        + _key_value_table(
             [(label, format_value(k, metrics.get(k))) for k, label in COLUMNS if metrics.get(k) is not None]
-            + ([("exam n", str(metrics.get("exam_n")))] if get_stage(stage).generative else [])),
+            + ([("exam n", str(metrics.get("exam_n")))] if get_stage(stage).generative else [])
+        ),
     ]
     training = entry.get("metrics") or {}
     if training:
         parts.append("## Training\n\n" + _key_value_table([(k, _plain(v)) for k, v in training.items()]))
     hyper = config.get(section, {})
     shared = {k: config.get("train", {}).get(k) for k in ("seed", "bf16", "deepspeed_zero_stage")}
-    parts.append(f"## Hyper-parameters (`{section}` section of the run's config)\n\n```json\n"
-                 + json.dumps({**hyper, "train": shared}, ensure_ascii=False, indent=2) + "\n```")
+    parts.append(
+        f"## Hyper-parameters (`{section}` section of the run's config)\n\n```json\n"
+        + json.dumps({**hyper, "train": shared}, ensure_ascii=False, indent=2)
+        + "\n```"
+    )
     if manifest.get("dpo_pair_ids") and get_stage(stage).preference:
         parts.append(f"Trained on {len(manifest['dpo_pair_ids'])} preference pairs (ids in the run's manifest).")
     if stats:
-        parts.append("## Data (ChiMed, from `data/chimed/stats.json`; all tables in `stats.md`)\n\n"
-                     + _key_value_table(data_summary(stats)))
+        parts.append(
+            "## Data (ChiMed, from `data/chimed/stats.json`; all tables in `stats.md`)\n\n"
+            + _key_value_table(data_summary(stats))
+        )
     return "\n\n".join(parts) + "\n"
 
 
 def _load_snippet(run_id: str, stage: str) -> str:
     """How to load the stage: a model that answers (adapters merged), or the reward model (a scorer)."""
     if get_stage(stage).generative:
-        return ("Load it (adapters merged):\n\n```python\nfrom training.modeling import load_stage\n"
-                f"model, tokenizer = load_stage(\"runs/{run_id}\", \"{stage}\")\n```")
-    return ("Load it (a sequence classifier with one output, adapters merged) and score answers:\n\n```python\n"
-            "from training.stages.rm import load_reward_model, reward_scores\n"
-            f"model, tokenizer = load_reward_model(\"runs/{run_id}\")\n"
-            "rewards = reward_scores(model, tokenizer, prompts, answers)  # prompts: lists of messages\n```")
+        return (
+            "Load it (adapters merged):\n\n```python\nfrom training.modeling import load_stage\n"
+            f'model, tokenizer = load_stage("runs/{run_id}", "{stage}")\n```'
+        )
+    return (
+        "Load it (a sequence classifier with one output, adapters merged) and score answers:\n\n```python\n"
+        "from training.stages.rm import load_reward_model, reward_scores\n"
+        f'model, tokenizer = load_reward_model("runs/{run_id}")\n'
+        "rewards = reward_scores(model, tokenizer, prompts, answers)  # prompts: lists of messages\n```"
+    )
 
 
 def _plain(value) -> str:
@@ -189,20 +226,35 @@ def data_summary(stats: dict) -> list[tuple[str, str]]:
     rows = []
     entities = stats.get("entities", {})
     if entities:
-        rows.append(("CMeKG entities", f"{entities.get('selected', '?')} ({entities.get('train', '?')} for training, "
-                                        f"{entities.get('held_out', '?')} held out for evaluation)"))
+        rows.append(
+            (
+                "CMeKG entities",
+                f"{entities.get('selected', '?')} ({entities.get('train', '?')} for training, "
+                f"{entities.get('held_out', '?')} held out for evaluation)",
+            )
+        )
     for split, numbers in stats.get("splits", {}).items():
         total = numbers.get("total", {})
         sources = ", ".join(numbers.get("by_source", {}))
         name = "general text of the base" if split == "base" else f"ChiMed-{split.upper()}"
-        rows.append((name, f"{total.get('records', 0):,} records, {total.get('chars', 0):,} "
-                                               f"characters" + (f" ({sources})" if sources else "")))
+        rows.append(
+            (
+                name,
+                f"{total.get('records', 0):,} records, {total.get('chars', 0):,} "
+                f"characters" + (f" ({sources})" if sources else ""),
+            )
+        )
     evals = stats.get("eval", {})
     if evals:
         rows.append(("eval sets", ", ".join(f"{name} {v.get('records', 0):,}" for name, v in evals.items())))
     for split, d in stats.get("dedup", {}).items():
-        rows.append((f"dedup {split}", f"{d.get('exact', 0):,} exact and {d.get('near', 0):,} near duplicates "
-                                       f"removed, {d.get('kept', 0):,} kept"))
+        rows.append(
+            (
+                f"dedup {split}",
+                f"{d.get('exact', 0):,} exact and {d.get('near', 0):,} near duplicates "
+                f"removed, {d.get('kept', 0):,} kept",
+            )
+        )
     return rows
 
 
@@ -217,9 +269,11 @@ def compare_results(results: dict, other: dict) -> dict:
         if stage not in other["stages"]:
             continue
         a, b = results["stages"][stage], other["stages"][stage]
-        stages[stage] = {k: {"run": a[k], "compare": b.get(k), "delta": a[k] - b[k]}
-                         for k in a if isinstance(a[k], (int, float)) and isinstance(b.get(k), (int, float))
-                         and not isinstance(a[k], bool)}
+        stages[stage] = {
+            k: {"run": a[k], "compare": b.get(k), "delta": a[k] - b[k]}
+            for k in a
+            if isinstance(a[k], (int, float)) and isinstance(b.get(k), (int, float)) and not isinstance(a[k], bool)
+        }
     return {"run_id": results["run_id"], "compare": other["run_id"], "stages": stages}
 
 
@@ -236,8 +290,14 @@ def compare_markdown(deltas: dict) -> str:
             scale = 1 if k in NOT_FRACTIONS or k.startswith("exam_n") else 100
             cells.append("-" if d is None else f"{scale * d:+.2f}" if scale == 1 else f"{scale * d:+.1f}")
         rows.append(f"| {stage} | " + " | ".join(cells) + " |")
-    return "\n\n".join([
-        f"# Run {deltas['run_id']} compared with run {deltas['compare']}",
-        f"> {NOTICE}",
-        f"Deltas = {deltas['run_id']} minus {deltas['compare']}: percentage points, except perplexity and n.",
-        "\n".join(head + rows)]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# Run {deltas['run_id']} compared with run {deltas['compare']}",
+                f"> {NOTICE}",
+                f"Deltas = {deltas['run_id']} minus {deltas['compare']}: percentage points, except perplexity and n.",
+                "\n".join(head + rows),
+            ]
+        )
+        + "\n"
+    )

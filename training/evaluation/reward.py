@@ -35,17 +35,22 @@ def judge_run(cfg: Config, run_id: str, manifest: dict) -> str | None:
     if not name:
         return run_id if REWARD_STAGE in manifest["stages"] else None
     if name != run_id and not (cfg.runs_dir / name / MANIFEST).is_file():
-        raise UserError(f"eval.reward_judge={name}: there is no run {name} under {cfg.runs_dir}; name a run with "
-                        "an rm stage, or leave it empty to judge with the run's own")
+        raise UserError(
+            f"eval.reward_judge={name}: there is no run {name} under {cfg.runs_dir}; name a run with "
+            "an rm stage, or leave it empty to judge with the run's own"
+        )
     judge = manifest if name == run_id else read_manifest_at(cfg.runs_dir / name)
     if REWARD_STAGE not in judge["stages"]:
-        raise UserError(f"eval.reward_judge={name}: run {name} has no rm stage to judge with; train one "
-                        f"(align.reward_model=true) or leave eval.reward_judge empty")
+        raise UserError(
+            f"eval.reward_judge={name}: run {name} has no rm stage to judge with; train one "
+            f"(align.reward_model=true) or leave eval.reward_judge empty"
+        )
     return name
 
 
-def reward_metrics(cfg: Config, run_path: Path, manifest: dict, judge: str | None, sets,
-                   generations: dict[str, list[dict]]) -> dict:
+def reward_metrics(
+    cfg: Config, run_path: Path, manifest: dict, judge: str | None, sets, generations: dict[str, list[dict]]
+) -> dict:
     """``{"stages": {stage: metrics}, "reward_judge": {...}}`` to merge into results.json: the run's own rm
     row (its accuracy on every held-out pair set), and with a ``judge`` (:func:`judge_run`) the mean reward of
     each stage's ``generations`` (in the order of ``sets.qa``) plus the judge's checkpoint and accuracy.
@@ -68,13 +73,17 @@ def reward_metrics(cfg: Config, run_path: Path, manifest: dict, judge: str | Non
 
     accuracy, means = {}, {}
     for run in runs:
-        print(f"reward model {run}/{REWARD_STAGE}: held-out pairs" + (", judging the answers" if run == judge else ""),
-              flush=True)
+        print(
+            f"reward model {run}/{REWARD_STAGE}: held-out pairs" + (", judging the answers" if run == judge else ""),
+            flush=True,
+        )
         model, tokenizer = load_reward_model(cfg.runs_dir / run, device=default_device())
         accuracy[run] = pair_accuracy(model, tokenizer, sets.pref, cfg.eval.batch_size)
         if run == judge:
-            means = {stage: judge_mean(model, tokenizer, sets.qa, stage_answers, cfg.eval.batch_size)
-                     for stage, stage_answers in answers.items()}
+            means = {
+                stage: judge_mean(model, tokenizer, sets.qa, stage_answers, cfg.eval.batch_size)
+                for stage, stage_answers in answers.items()
+            }
         del model
     metrics: dict = {"stages": {stage: {"reward_judge_mean": mean} for stage, mean in means.items()}}
     if own:
@@ -113,11 +122,18 @@ def judge_mean(model, tokenizer, qa: list[dict], answers: list[str], batch_size:
     return round(sum(rewards) / len(rewards), 6)
 
 
-def _cache_key(cfg: Config, runs: list[str], judge: str | None, sets,
-               answers: dict[str, list[str]]) -> str | None:
+def _cache_key(cfg: Config, runs: list[str], judge: str | None, sets, answers: dict[str, list[str]]) -> str | None:
     """What the reward measurements depend on; None (no caching) when a reward model has no fingerprint."""
     fingerprints = {run: recorded_fingerprint(cfg.runs_dir / run, REWARD_STAGE) for run in runs}
     if not all(fingerprints.values()):
         return None
-    return sha256_json({"version": CACHE_VERSION, "fingerprints": fingerprints, "judge": judge,
-                        "sets": sets.hashes, "answers": answers, "batch_size": cfg.eval.batch_size})
+    return sha256_json(
+        {
+            "version": CACHE_VERSION,
+            "fingerprints": fingerprints,
+            "judge": judge,
+            "sets": sets.hashes,
+            "answers": answers,
+            "batch_size": cfg.eval.batch_size,
+        }
+    )

@@ -31,8 +31,11 @@ def keep_freed_memory() -> bool:
     global _kept
     if not _kept:
         libc = _glibc()
-        _kept = bool(libc and libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-                     and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+        _kept = bool(
+            libc
+            and libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+            and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+        )
     return _kept
 
 

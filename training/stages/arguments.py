@@ -33,11 +33,15 @@ def has_bf16_gpu() -> bool:
 def check_device_options(cfg: Config) -> None:
     """GPU-only settings on a machine without the GPU: one line naming the setting and the fix."""
     if cfg.train.bf16 and not has_bf16_gpu():
-        raise UserError("train.bf16=true needs a CUDA GPU with bf16 and none is visible: "
-                        "set train.bf16=false to train in float32 on this machine")
+        raise UserError(
+            "train.bf16=true needs a CUDA GPU with bf16 and none is visible: "
+            "set train.bf16=false to train in float32 on this machine"
+        )
     if cfg.train.deepspeed_zero_stage and not torch.cuda.is_available():
-        raise UserError(f"train.deepspeed_zero_stage={cfg.train.deepspeed_zero_stage} needs CUDA GPUs and none "
-                        "is visible: set train.deepspeed_zero_stage=0 to train without DeepSpeed")
+        raise UserError(
+            f"train.deepspeed_zero_stage={cfg.train.deepspeed_zero_stage} needs CUDA GPUs and none "
+            "is visible: set train.deepspeed_zero_stage=0 to train without DeepSpeed"
+        )
 
 
 def training_dtype(cfg: Config) -> torch.dtype:
@@ -83,8 +87,7 @@ def write_deepspeed_config(cfg: Config, run_dir: Path) -> Path | None:
     return path
 
 
-def training_arguments(cfg: Config, section: TrainingSchedule, paths: StagePaths, args_cls=TrainingArguments,
-                       **extra):
+def training_arguments(cfg: Config, section: TrainingSchedule, paths: StagePaths, args_cls=TrainingArguments, **extra):
     """TrainingArguments (or TRL's SFTConfig/DPOConfig via ``args_cls``) for one stage.
 
     ``section`` is the stage's config (cfg.model for base, cfg.cpt, cfg.sft, cfg.dpo): its schedule (learning

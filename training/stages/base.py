@@ -33,7 +33,8 @@ def general_corpus(base: list[dict], sft: list[dict]) -> list[str]:
     """The base's pretraining documents: the general text of base.jsonl, and ChiMed-SFT's general
     conversations as plain text."""
     return [r["text"] for r in base if is_general_text(r)] + [
-        "\n".join(m["content"] for m in r["messages"]) for r in sft if is_general_text(r)]
+        "\n".join(m["content"] for m in r["messages"]) for r in sft if is_general_text(r)
+    ]
 
 
 def run_base_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
@@ -42,8 +43,10 @@ def run_base_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     base, cpt, sft = (read_jsonl(cfg.data_dir / f"{split}.jsonl") for split in ("base", "cpt", "sft"))
     general = general_corpus(base, sft)
     if not general:
-        raise UserError(f"{cfg.data_dir / 'base.jsonl'} has no general text (records whose source starts with "
-                        "'general') to pretrain the base on: rebuild it with ./launch.sh build-data")
+        raise UserError(
+            f"{cfg.data_dir / 'base.jsonl'} has no general text (records whose source starts with "
+            "'general') to pretrain the base on: rebuild it with ./launch.sh build-data"
+        )
     tokenizer_corpus = [r["text"] for r in cpt] + [m["content"] for r in sft for m in r["messages"]]
 
     # tokenizer: trained once by the main process; the others (and a resumed run) load the saved one
@@ -63,12 +66,18 @@ def run_base_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     # trainer: next-token prediction on packed blocks of general text
     trainer = next_token_trainer(cfg, cfg.model, paths, model, tokenizer, general)
     metrics = train_resumably(trainer, paths)
-    metrics.update(general_docs=len(general), parameters=model.num_parameters(),
-                   vocab_size=len(tokenizer))
+    metrics.update(general_docs=len(general), parameters=model.num_parameters(), vocab_size=len(tokenizer))
 
     # save: full weights + tokenizer with the chat template, then rename into place
-    finish_stage(paths, trainer.save_model, kind="full", parent=None, fingerprint=fingerprint,
-                 metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        trainer.save_model,
+        kind="full",
+        parent=None,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -78,11 +87,16 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     bpe.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token=PAD, unk_token=UNK, bos_token=BOS,
-                                        eos_token=EOS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

@@ -39,10 +39,14 @@ class TrainerLogCallback(TrainerCallback):
         elapsed = time.time() - self.start
         done = state.global_step - self.start_step
         remaining = (state.max_steps - state.global_step) * elapsed / done if done else None
-        record = {"stage": self.stage, "step": state.global_step, "max_steps": state.max_steps,
-                  **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
-                  "elapsed_s": round(elapsed, 2),
-                  "remaining_s": round(remaining, 2) if remaining is not None else None}
+        record = {
+            "stage": self.stage,
+            "step": state.global_step,
+            "max_steps": state.max_steps,
+            **{k: v for k, v in logs.items() if isinstance(v, (int, float))},
+            "elapsed_s": round(elapsed, 2),
+            "remaining_s": round(remaining, 2) if remaining is not None else None,
+        }
         append_jsonl(self.path, record)
 
 
@@ -88,16 +92,20 @@ class NonFiniteGuard(TrainerCallback):
                 raise self.error(f"{key} {value} at step {state.global_step}")
 
     def error(self, what: str) -> NonFiniteError:
-        return NonFiniteError(f"{self.stage}: {what}; the stage stopped and is not complete (its last checkpoint "
-                              "is kept): lower the stage's learning_rate, check the data, or run the pre-flight "
-                              "on the model, then rerun the same command to resume")
+        return NonFiniteError(
+            f"{self.stage}: {what}; the stage stopped and is not complete (its last checkpoint "
+            "is kept): lower the stage's learning_rate, check the data, or run the pre-flight "
+            "on the model, then rerun the same command to resume"
+        )
 
 
 def check_training_loss(stage: str, loss: float) -> None:
     """A finished stage's mean loss must be a real number: NaN, infinite or exactly 0.0 cannot be right."""
     if not math.isfinite(loss) or loss == 0.0:
-        raise NonFiniteError(f"{stage}: training loss {loss} cannot be right (NaN, infinite or exactly 0.0); the "
-                             "stage is not marked complete: check the model with the pre-flight and the data")
+        raise NonFiniteError(
+            f"{stage}: training loss {loss} cannot be right (NaN, infinite or exactly 0.0); the "
+            "stage is not marked complete: check the model with the pre-flight and the data"
+        )
 
 
 class FaultInjectionCallback(TrainerCallback):
@@ -127,8 +135,11 @@ def stage_callbacks(cfg: Config, paths: StagePaths) -> list[TrainerCallback]:
     """trainer_log.jsonl, the non-finite guard, TensorBoard under logs/<stage> and, when asked for, fault
     injection."""
     paths.logs.mkdir(parents=True, exist_ok=True)
-    callbacks: list[TrainerCallback] = [TrainerLogCallback(paths.trainer_log, paths.stage),
-                                        NonFiniteGuard(paths.stage), NoFinalCheckpoint()]
+    callbacks: list[TrainerCallback] = [
+        TrainerLogCallback(paths.trainer_log, paths.stage),
+        NonFiniteGuard(paths.stage),
+        NoFinalCheckpoint(),
+    ]
     if "tensorboard" in cfg.train.report_to:
         tensorboard = TensorBoardCallback()
         tensorboard.logging_dir = str(paths.logs / "tensorboard")

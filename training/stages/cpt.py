@@ -50,5 +50,12 @@ def run_cpt_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     metrics.update(documents=len(records), medical_repeats=cfg.cpt.medical_repeats, lora=lora or False)
 
     # save: the full weights or the adapter, and the tokenizer with its chat template
-    finish_stage(paths, trainer.save_model, kind="lora" if cfg.cpt.use_lora else "full", parent=paths.parent,
-                 fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        trainer.save_model,
+        kind="lora" if cfg.cpt.use_lora else "full",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )

@@ -38,8 +38,15 @@ def run_dpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     metrics.update(lora=record, **pair_metrics(pairs, trainer.state.log_history), **logprob_metrics(logprobs))
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
-    finish_stage(paths, save_with_pair_ids(trainer, [p["pair_id"] for p in pairs]), kind="lora", parent=paths.parent,
-                 fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        save_with_pair_ids(trainer, [p["pair_id"] for p in pairs]),
+        kind="lora",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
 def check_dpo_data(cfg: Config) -> list[dict]:
@@ -50,18 +57,30 @@ def check_dpo_data(cfg: Config) -> list[dict]:
     return read_pairs(cfg)
 
 
-def build_dpo_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
-                      pairs: list[dict]) -> tuple[DPOTrainer, dict, dict]:
+def build_dpo_trainer(
+    cfg: Config, paths: StagePaths, model, tokenizer, pairs: list[dict]
+) -> tuple[DPOTrainer, dict, dict]:
     """DPOTrainer over the ChiMed-DPO ``pairs`` (prompt / chosen / rejected) with the ``cfg.dpo.lora`` adapter on
     ``model`` (the reference: the adapter disabled), the ``cfg.dpo.loss_type`` loss (sigmoid: the paper's) plus
     ``cfg.dpo.sft_weight`` x the SFT loss on the chosen answer, log-probabilities computed as ``cfg.dpo.padding_free`` / ``lm_head_loss`` say and the
     reference precomputed as ``cfg.dpo.precompute_reference`` says; also the adapter's and the log-probability
     path's records."""
     loss = cfg.dpo.loss_type
-    losses = {"loss_type": [loss, "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]} if cfg.dpo.sft_weight \
+    losses = (
+        {"loss_type": [loss, "sft"], "loss_weights": [1.0, cfg.dpo.sft_weight]}
+        if cfg.dpo.sft_weight
         else {"loss_type": [loss]}
-    args = training_arguments(cfg, cfg.dpo, paths, args_cls=DPOConfig, beta=cfg.dpo.beta,
-                              max_length=cfg.dpo.max_length, label_smoothing=cfg.dpo.label_smoothing, **losses)
+    )
+    args = training_arguments(
+        cfg,
+        cfg.dpo,
+        paths,
+        args_cls=DPOConfig,
+        beta=cfg.dpo.beta,
+        max_length=cfg.dpo.max_length,
+        label_smoothing=cfg.dpo.label_smoothing,
+        **losses,
+    )
     lora = peft_lora_config(cfg.dpo.lora, model, "dpo.lora.target_modules")
     trainer = DPOTrainer(
         model=model,

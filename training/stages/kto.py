@@ -44,23 +44,38 @@ def run_kto_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
     trainer, record, logprobs = build_kto_trainer(cfg, paths, model, tokenizer, examples)
     print(describe_lora(paths.stage, record), flush=True)
-    print(f"{paths.stage}: {counts['desirable']} desirable and {counts['undesirable']} undesirable answers "
-          f"({counts['from_ratings']} from the clinicians' ratings)", flush=True)
+    print(
+        f"{paths.stage}: {counts['desirable']} desirable and {counts['undesirable']} undesirable answers "
+        f"({counts['from_ratings']} from the clinicians' ratings)",
+        flush=True,
+    )
     metrics = train_resumably(trainer, paths)
     pair_ids = list(dict.fromkeys(e["pair_id"] for e in examples if "pair_id" in e))
-    metrics.update(lora=record, **counts, pairs=len(pair_ids),
-                   clinician_pairs=len({e["pair_id"] for e in examples if "pair_id" in e
-                                        and e.get("source") == "clinician"}),
-                   **logprob_metrics(logprobs), **_last_kto_metrics(trainer.state.log_history))
+    metrics.update(
+        lora=record,
+        **counts,
+        pairs=len(pair_ids),
+        clinician_pairs=len({e["pair_id"] for e in examples if "pair_id" in e and e.get("source") == "clinician"}),
+        **logprob_metrics(logprobs),
+        **_last_kto_metrics(trainer.state.log_history),
+    )
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest and
     # the store's consumed clinician pairs)
-    finish_stage(paths, save_with_pair_ids(trainer, pair_ids), kind="lora", parent=paths.parent, fingerprint=fingerprint,
-                 metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        save_with_pair_ids(trainer, pair_ids),
+        kind="lora",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
-def build_kto_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
-                      examples: list[dict]) -> tuple[KTOTrainer, dict, dict]:
+def build_kto_trainer(
+    cfg: Config, paths: StagePaths, model, tokenizer, examples: list[dict]
+) -> tuple[KTOTrainer, dict, dict]:
     """KTOTrainer over ChiMed-KTO ``examples`` (prompt / completion / label) with the ``cfg.kto.lora`` adapter on
     ``model`` (the reference: the adapter disabled), beta and the desirable / undesirable weights of ``cfg.kto``
     and log-probabilities computed as ``cfg.kto.padding_free`` / ``lm_head_loss`` say; also the adapter's and
@@ -68,11 +83,20 @@ def build_kto_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
     k = cfg.kto
     # KTO's KL estimate pairs each prompt with another example's answer in the same batch, in data order:
     # TRL's sequential sampler keeps that (the builder has already shuffled kto.jsonl with the data seed)
-    args = training_arguments(cfg, k, paths, args_cls=KTOConfig, beta=k.beta, desirable_weight=k.desirable_weight,
-                              undesirable_weight=k.undesirable_weight, max_length=k.max_length)
+    args = training_arguments(
+        cfg,
+        k,
+        paths,
+        args_cls=KTOConfig,
+        beta=k.beta,
+        desirable_weight=k.desirable_weight,
+        undesirable_weight=k.undesirable_weight,
+        max_length=k.max_length,
+    )
     lora = peft_lora_config(k.lora, model, "kto.lora.target_modules")
-    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"], "label": e["label"]}
-                                 for e in examples])
+    dataset = Dataset.from_list(
+        [{"prompt": e["prompt"], "completion": e["completion"], "label": e["label"]} for e in examples]
+    )
     trainer = KTOTrainer(
         model=model,
         ref_model=None,
@@ -102,6 +126,12 @@ class KtoRewardGuard(TrainerCallback):
 def _last_kto_metrics(log_history: list[dict]) -> dict:
     """The last logged KL estimate and rewards (mean implicit reward of the desirable and undesirable answers,
     and their margin)."""
-    return last_logged(log_history, {"kl": "train_kl", "rewards/chosen": "train_reward_desirable",
-                                     "rewards/rejected": "train_reward_undesirable",
-                                     "rewards/margins": "train_reward_margins"})
+    return last_logged(
+        log_history,
+        {
+            "kl": "train_kl",
+            "rewards/chosen": "train_reward_desirable",
+            "rewards/rejected": "train_reward_undesirable",
+            "rewards/margins": "train_reward_margins",
+        },
+    )

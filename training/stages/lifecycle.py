@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from transformers.trainer_utils import get_last_checkpoint
@@ -45,8 +45,9 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
     if checkpoint:
         print(f"{paths.stage}: resuming from {Path(checkpoint).name}")
         if trainer.is_world_process_zero():
-            append_jsonl(paths.trainer_log, {"stage": paths.stage, "event": "resume",
-                                             "from_checkpoint": Path(checkpoint).name})
+            append_jsonl(
+                paths.trainer_log, {"stage": paths.stage, "event": "resume", "from_checkpoint": Path(checkpoint).name}
+            )
     tokens_before = _checkpoint_tokens(checkpoint)
     output = trainer.train(resume_from_checkpoint=checkpoint)
     state = trainer.state
@@ -76,13 +77,19 @@ def _checkpoint_tokens(checkpoint: str | None) -> int:
 def _record_process(trainer, paths: StagePaths, metrics: dict) -> None:
     """One file per training process (logs/<stage>/process_<rank>.json): who trained, how far."""
     rank = trainer.args.process_index
-    record = {"rank": rank, "world_size": trainer.args.world_size, "steps": metrics["steps"],
-              "device": str(trainer.args.device), "finished": _now()}
+    record = {
+        "rank": rank,
+        "world_size": trainer.args.world_size,
+        "steps": metrics["steps"],
+        "device": str(trainer.args.device),
+        "finished": _now(),
+    }
     write_json_atomic(paths.logs / f"process_{rank}.json", record)
 
 
-def finish_stage(paths: StagePaths, save, *, kind: str, parent: str | None, fingerprint: str,
-                 metrics: dict, is_main: bool = True) -> None:
+def finish_stage(
+    paths: StagePaths, save, *, kind: str, parent: str | None, fingerprint: str, metrics: dict, is_main: bool = True
+) -> None:
     """Save the stage through ``save(staging_dir)``, add stage.json and loss.png, rename into place.
 
     Every process calls this (DeepSpeed gathers weights collectively inside ``save``); only the main
@@ -94,8 +101,14 @@ def finish_stage(paths: StagePaths, save, *, kind: str, parent: str | None, fing
         return
     plot_loss(paths.trainer_log, paths.staging / "loss.png", paths.stage)
     metrics = {**metrics, "save_s": round(time.time() - started, 2)}
-    info = {"stage": paths.stage, "kind": kind, "parent": parent, "fingerprint": fingerprint,
-            "metrics": metrics, "completed": _now()}
+    info = {
+        "stage": paths.stage,
+        "kind": kind,
+        "parent": parent,
+        "fingerprint": fingerprint,
+        "metrics": metrics,
+        "completed": _now(),
+    }
     write_json_atomic(paths.staging / STAGE_INFO, info)
     if paths.final.exists():  # an older, stale version of this stage
         shutil.rmtree(paths.final)
@@ -106,7 +119,7 @@ def finish_stage(paths: StagePaths, save, *, kind: str, parent: str | None, fing
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def plot_loss(log_path: Path, png_path: Path, stage: str) -> None:

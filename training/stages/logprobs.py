@@ -47,8 +47,7 @@ def plain_head_supported(model) -> str | None:
     """Why the plain LM-head path cannot stand in for TRL's kernel on ``model`` (None when it can): it scores
     logits as they come out of the LM head, with no softcapping or scaling."""
     text_config = model.config.get_text_config()
-    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-                "logits_scaling"):
+    for key in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"):
         if getattr(text_config, key, None) not in (None, 1.0):
             return f"the model's config sets {key}"
     if getattr(text_config, "output_router_logits", False):
@@ -64,8 +63,9 @@ def resolve_lm_head_loss(setting: str, model, device: torch.device) -> str:
         return "fused"
     unsupported = plain_head_supported(model)
     if unsupported and setting == "plain":
-        raise UserError(f"lm_head_loss=plain cannot score this model ({unsupported}): "
-                        "set the stage's lm_head_loss to auto or fused")
+        raise UserError(
+            f"lm_head_loss=plain cannot score this model ({unsupported}): set the stage's lm_head_loss to auto or fused"
+        )
     return "fused" if unsupported else "plain"
 
 
@@ -79,8 +79,13 @@ def patch_trainer_logprobs(trainer, section) -> dict:
     model = trainer.model.get_base_model() if isinstance(trainer.model, PeftModel) else trainer.model
     head = resolve_lm_head_loss(section.lm_head_loss, model, trainer.args.device)
     record = {"lm_head_loss": head, "padding_free": section.padding_free, "positions": {"real": 0, "padded": 0}}
-    set_logprob_forward(model, head=head, padding_free=section.padding_free, positions=record["positions"],
-                        outputs=trainer_outputs(trainer))
+    set_logprob_forward(
+        model,
+        head=head,
+        padding_free=section.padding_free,
+        positions=record["positions"],
+        outputs=trainer_outputs(trainer),
+    )
     return record
 
 
@@ -93,8 +98,9 @@ def trainer_outputs(trainer) -> tuple[str, ...]:
     if isinstance(trainer, KTOTrainer):
         return ("log_probs", "entropy", "mean_logits")
     if isinstance(trainer, DPOTrainer):
-        return ("log_probs", "entropy", "mean_logits", "is_top1") + \
-            (("log_sum_sq_probs",) if getattr(trainer, "use_weighting", False) else ())
+        return ("log_probs", "entropy", "mean_logits", "is_top1") + (
+            ("log_sum_sq_probs",) if getattr(trainer, "use_weighting", False) else ()
+        )
     return ("log_probs", "entropy", "is_top1")
 
 
@@ -107,8 +113,9 @@ def logprob_metrics(record: dict) -> dict:
     return {**{k: v for k, v in record.items() if k != "positions"}, "padding_share": round(share, 4)}
 
 
-def set_logprob_forward(model, *, head: str, padding_free: bool, positions: dict | None = None,
-                        outputs: tuple[str, ...] = PER_TOKEN) -> None:
+def set_logprob_forward(
+    model, *, head: str, padding_free: bool, positions: dict | None = None, outputs: tuple[str, ...] = PER_TOKEN
+) -> None:
     """Wrap ``model.forward`` (TRL's fused-head forward, patched by ``add_fused_lm_head``) so that
     ``fused_lm_head=True`` calls go through ``head`` (``fused`` or ``plain``, computing the fields of
     ``outputs``) and, with ``padding_free``, through one unpadded row; ``positions`` counts their real and
@@ -120,9 +127,11 @@ def set_logprob_forward(model, *, head: str, padding_free: bool, positions: dict
     if getattr(fused_forward, "_chimed_logprobs", False):
         fused_forward = fused_forward._chimed_inner
     if head == "plain":
+
         def scored(**kwargs):
             return _plain_head(model, outputs=outputs, **kwargs)
     else:
+
         def scored(**kwargs):
             return fused_forward(fused_lm_head=True, **kwargs)
 
@@ -152,7 +161,9 @@ def _right_padded(attention_mask) -> bool:
     return bool((keep[:, 1:] <= keep[:, :-1]).all()) and bool(keep[:, 0].all())
 
 
-def _unpadded(scored, *, varlen: bool, input_ids, attention_mask, labels, num_items_in_batch=None, position_ids=None, **kwargs):
+def _unpadded(
+    scored, *, varlen: bool, input_ids, attention_mask, labels, num_items_in_batch=None, position_ids=None, **kwargs
+):
     """Score a right-padded batch as one row of its real tokens and scatter the outputs back.
 
     Position ids restart at 0 for each sequence and ``cu_seq_lens`` mark where each starts (the varlen
@@ -167,12 +178,21 @@ def _unpadded(scored, *, varlen: bool, input_ids, attention_mask, labels, num_it
     row_labels = labels[keep][None].clone()
     row_labels[positions == 0] = -100
     cu_seq_lens = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32)
-    kwargs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
-                  max_length_q=int(lengths.max()), max_length_k=int(lengths.max()))
+    kwargs.update(
+        cu_seq_lens_q=cu_seq_lens,
+        cu_seq_lens_k=cu_seq_lens,
+        max_length_q=int(lengths.max()),
+        max_length_k=int(lengths.max()),
+    )
     if varlen:
         kwargs["attention_mask"] = _NO_MASK.to(input_ids.device)
-    out = scored(input_ids=input_ids[keep][None], position_ids=positions, labels=row_labels,
-                 num_items_in_batch=num_items_in_batch, **kwargs)
+    out = scored(
+        input_ids=input_ids[keep][None],
+        position_ids=positions,
+        labels=row_labels,
+        num_items_in_batch=num_items_in_batch,
+        **kwargs,
+    )
     for name in PER_TOKEN:
         value = getattr(out, name, None)
         if value is None:
@@ -184,8 +204,7 @@ def _unpadded(scored, *, varlen: bool, input_ids, attention_mask, labels, num_it
     return out
 
 
-def _plain_head(model, *, outputs: tuple[str, ...], labels, num_items_in_batch=None, shift_labels=None,
-                **kwargs):
+def _plain_head(model, *, outputs: tuple[str, ...], labels, num_items_in_batch=None, shift_labels=None, **kwargs):
     """TRL's fused-head outputs computed plainly: the backbone, then the LM head (float32, outside autocast)
     on the positions whose next-token label is not -100 only, ``log_softmax`` and the label's entry. The
     fields of ``outputs`` TRL reads besides (entropy, mean logit, top-1 hit, log sum of squared
@@ -224,28 +243,41 @@ def _plain_head(model, *, outputs: tuple[str, ...], labels, num_items_in_batch=N
 
     log_probs = spread(log_probs)
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    return FusedCausalLMOutput(loss=-log_probs.sum() / denominator, log_probs=log_probs, label_mask=mask,
-                               **{name: spread(value) for name, value in fields.items()})
+    return FusedCausalLMOutput(
+        loss=-log_probs.sum() / denominator,
+        log_probs=log_probs,
+        label_mask=mask,
+        **{name: spread(value) for name, value in fields.items()},
+    )
 
 
 VARLEN_SDPA = "chimed_varlen_sdpa"
 
 
-def varlen_sdpa(module, query, key, value, attention_mask, cu_seq_lens_q=None, dropout=0.0, scaling=None,
-                **kwargs):
+def varlen_sdpa(module, query, key, value, attention_mask, cu_seq_lens_q=None, dropout=0.0, scaling=None, **kwargs):
     """transformers' SDPA attention, except on one packed row with ``cu_seq_lens_q``: causal SDPA on each
     sequence's slice (the mask is not needed then), so the cost is the sum of the squared lengths, not the
     square of their sum."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if cu_seq_lens_q is None or query.shape[0] != 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     gqa = query.shape[1] != key.shape[1]
     bounds = cu_seq_lens_q.tolist()
-    outputs = [F.scaled_dot_product_attention(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
-                                              dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
-               for start, end in zip(bounds[:-1], bounds[1:])]
+    outputs = [
+        F.scaled_dot_product_attention(
+            query[:, :, start:end],
+            key[:, :, start:end],
+            value[:, :, start:end],
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
+        for start, end in zip(bounds[:-1], bounds[1:])
+    ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -23,8 +23,7 @@ def decoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     items share one class."""
     best: list[tuple[str, nn.Module]] = []
     for prefix, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > len(best) \
-                and len({type(m) for m in module}) == 1:
+        if isinstance(module, nn.ModuleList) and len(module) > len(best) and len({type(m) for m in module}) == 1:
             best = [(f"{prefix}.{i}" if prefix else str(i), m) for i, m in enumerate(module)]
     if not best:
         raise UserError(f"{type(model).__name__} has no repeated decoder blocks to put LoRA adapters on")
@@ -65,12 +64,16 @@ def resolve_lora_targets(model: nn.Module, targets: list[str], setting: str) -> 
         hits = [[n for n in names if _matches(f"{prefix}.{n}", target)] for prefix, names in blocks]
         without = [i for i, h in enumerate(hits) if not h]
         if len(without) == len(blocks):
-            raise UserError(f"{setting}: {target!r} matches no linear layer of {type(model).__name__}; "
-                            f"its decoder blocks have: {', '.join(have)} (or use all-linear)")
+            raise UserError(
+                f"{setting}: {target!r} matches no linear layer of {type(model).__name__}; "
+                f"its decoder blocks have: {', '.join(have)} (or use all-linear)"
+            )
         if without:
-            raise UserError(f"{setting}: {target!r} misses decoder blocks {_ranges(without)} of "
-                            f"{len(blocks)}; their linear layers: {', '.join(have)} (name them without a "
-                            "block number, or use all-linear)")
+            raise UserError(
+                f"{setting}: {target!r} misses decoder blocks {_ranges(without)} of "
+                f"{len(blocks)}; their linear layers: {', '.join(have)} (name them without a "
+                "block number, or use all-linear)"
+            )
         chosen.update(n for h in hits for n in h)
     return sorted(chosen)
 
@@ -85,23 +88,35 @@ def peft_lora_config(lora, model: nn.Module, setting: str):
     from peft import LoraConfig, TaskType
 
     targets = resolve_lora_targets(model, list(lora.target_modules), setting)
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=targets)
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets
+    )
 
 
 def lora_record(peft_model, lora_config) -> dict:
     """What ``stage.json`` and the model card say of an adapter: modules adapted and parameter counts."""
     trainable, total = peft_model.get_nb_trainable_parameters()
-    adapted = sum(1 for name, module in peft_model.named_modules()
-                  if hasattr(module, "lora_A") and _is_linear(getattr(module, "base_layer", module)))
-    return {"target_modules": sorted(lora_config.target_modules), "adapted_layers": adapted,
-            "r": lora_config.r, "alpha": lora_config.lora_alpha, "dropout": lora_config.lora_dropout,
-            "trainable_params": int(trainable), "total_params": int(total)}
+    adapted = sum(
+        1
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "lora_A") and _is_linear(getattr(module, "base_layer", module))
+    )
+    return {
+        "target_modules": sorted(lora_config.target_modules),
+        "adapted_layers": adapted,
+        "r": lora_config.r,
+        "alpha": lora_config.lora_alpha,
+        "dropout": lora_config.lora_dropout,
+        "trainable_params": int(trainable),
+        "total_params": int(total),
+    }
 
 
 def describe_lora(stage: str, record: dict) -> str:
     """The stage's first log line about its adapter."""
     share = 100 * record["trainable_params"] / max(record["total_params"], 1)
-    return (f"{stage}: LoRA r={record['r']} alpha={record['alpha']} on {record['adapted_layers']} linear layers "
-            f"({', '.join(record['target_modules'])}); trainable {record['trainable_params']:,} of "
-            f"{record['total_params']:,} parameters ({share:.2f}%)")
+    return (
+        f"{stage}: LoRA r={record['r']} alpha={record['alpha']} on {record['adapted_layers']} linear layers "
+        f"({', '.join(record['target_modules'])}); trainable {record['trainable_params']:,} of "
+        f"{record['total_params']:,} parameters ({share:.2f}%)"
+    )

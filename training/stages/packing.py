@@ -32,15 +32,17 @@ def pack_into_blocks(texts: list[str], tokenizer, block_size: int):
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for start in range(0, len(texts), 1000):
-        batch = tokenizer(texts[start:start + 1000], add_special_tokens=False)["input_ids"]
+        batch = tokenizer(texts[start : start + 1000], add_special_tokens=False)["input_ids"]
         for ids in batch:
             stream.extend(ids)
             stream.append(eos)
     n_blocks = len(stream) // block_size
     if n_blocks == 0:
-        raise UserError(f"the corpus has {len(stream)} tokens, fewer than one block of {block_size}: "
-                        "add text or lower the stage's block_size")
-    blocks = [stream[i * block_size:(i + 1) * block_size] for i in range(n_blocks)]
+        raise UserError(
+            f"the corpus has {len(stream)} tokens, fewer than one block of {block_size}: "
+            "add text or lower the stage's block_size"
+        )
+    blocks = [stream[i * block_size : (i + 1) * block_size] for i in range(n_blocks)]
     return Dataset.from_dict({"input_ids": blocks})
 
 
@@ -80,8 +82,11 @@ def cached_blocks(texts: list[str], tokenizer, block_size: int, cache_dir: Path)
 
 
 def _prune(cache_dir: Path) -> None:
-    entries = sorted((p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+    entries = sorted(
+        (p for p in cache_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for old in entries[BLOCK_CACHE_KEEP:]:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -104,8 +109,9 @@ class BlockCollator:
         return {"input_ids": input_ids, "labels": labels}
 
 
-def next_token_trainer(cfg: Config, section: ModelConfig | CptConfig, paths: StagePaths, model, tokenizer,
-                       texts: list[str]):
+def next_token_trainer(
+    cfg: Config, section: ModelConfig | CptConfig, paths: StagePaths, model, tokenizer, texts: list[str]
+):
     """The Trainer of base pretraining and CPT: next-token prediction on packed blocks of
     ``section.block_size`` tokens, with the section's schedule and the stage's callbacks."""
     from transformers import Trainer

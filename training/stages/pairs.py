@@ -37,8 +37,7 @@ def pair_dataset(pairs: list[dict]):
     """The pairs in TRL's conversational preference format (prompt / chosen / rejected), nothing else."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]}
-                              for p in pairs])
+    return Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
 
 
 def save_with_pair_ids(trainer, pair_ids: list[str]) -> Callable[[Path], None]:
@@ -70,8 +69,14 @@ def train_reference_free(cfg: Config, paths, fingerprint: str, section, trainer_
     model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
     args = training_arguments(cfg, section, paths, args_cls=args_cls, max_length=section.max_length, **settings)
     lora = peft_lora_config(section.lora, model, f"{paths.stage}.lora.target_modules")
-    trainer = trainer_cls(model=model, args=args, train_dataset=pair_dataset(pairs), processing_class=tokenizer,
-                          peft_config=lora, callbacks=stage_callbacks(cfg, paths))
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=pair_dataset(pairs),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=stage_callbacks(cfg, paths),
+    )
     count_pair_tokens(trainer)
     record = lora_record(trainer.model, lora)
     print(describe_lora(paths.stage, record), flush=True)
@@ -80,8 +85,15 @@ def train_reference_free(cfg: Config, paths, fingerprint: str, section, trainer_
     metrics.update(lora=record, **pair_metrics(pairs, trainer.state.log_history))
 
     # save: the adapter, the tokenizer beside it and the ids of the pairs it learned from (for the manifest)
-    finish_stage(paths, save_with_pair_ids(trainer, [p["pair_id"] for p in pairs]), kind="lora", parent=paths.parent,
-                 fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        save_with_pair_ids(trainer, [p["pair_id"] for p in pairs]),
+        kind="lora",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
 def count_pair_tokens(trainer) -> None:
@@ -107,14 +119,18 @@ def count_pair_tokens(trainer) -> None:
 def pair_metrics(pairs: list[dict], log_history: list[dict]) -> dict:
     """For stage.json: how many pairs, how many of them the clinicians', and the last logged reward accuracy and
     margin (how often the policy already prefers "chosen", in the trainer's own reward)."""
-    return {"pairs": len(pairs), "clinician_pairs": sum(1 for p in pairs if p.get("source") == "clinician"),
-            **last_preference_metrics(log_history)}
+    return {
+        "pairs": len(pairs),
+        "clinician_pairs": sum(1 for p in pairs if p.get("source") == "clinician"),
+        **last_preference_metrics(log_history),
+    }
 
 
 def last_preference_metrics(log_history: list[dict]) -> dict:
     """The last logged reward accuracy and margin (``train_reward_accuracies``, ``train_reward_margins``)."""
-    return last_logged(log_history, {"rewards/accuracies": "train_reward_accuracies",
-                                     "rewards/margins": "train_reward_margins"})
+    return last_logged(
+        log_history, {"rewards/accuracies": "train_reward_accuracies", "rewards/margins": "train_reward_margins"}
+    )
 
 
 def last_logged(log_history: list[dict], names: dict[str, str]) -> dict:

@@ -100,8 +100,11 @@ def align_methods() -> tuple[str, ...]:
 
 def run_stages(cfg) -> tuple[str, ...]:
     """The stages a run with ``cfg`` trains, in training order: every registered stage its config includes."""
-    return tuple(s.name for s in _STAGES.values()
-                 if (s.include(cfg) if s.include else (s.method is None or cfg.align.method == s.method)))
+    return tuple(
+        s.name
+        for s in _STAGES.values()
+        if (s.include(cfg) if s.include else (s.method is None or cfg.align.method == s.method))
+    )
 
 
 def resolve_stage(cfg, name: str) -> str:
@@ -126,48 +129,125 @@ def chat_stage_names() -> tuple[str, ...]:
     return tuple(out)
 
 
-register(Stage(
-    name="base", parent=None, section="model", data=("base", "cpt", "sft"), display_name="Base",
-    description="the general base model (pretrained here on general Chinese text only, or the local checkpoint "
-                "the paper profile starts from)",
-    runner="training.stages.base:run_base_stage"))
-register(Stage(
-    name="cpt", parent="base", section="cpt", data=("cpt",), display_name="CPT",
-    description="domain continued pre-training (next-token prediction on ChiMed-CPT) of the base model",
-    runner="training.stages.cpt:run_cpt_stage"))
-register(Stage(
-    name="sft", parent="cpt", section="sft", data=("sft",), display_name="SFT",
-    description="supervised fine-tuning (LoRA, loss on assistant tokens) of the CPT model on ChiMed-SFT",
-    runner="training.stages.sft:run_sft_stage"))
-register(Stage(
-    name="rm", parent="sft", section="rm", data=("dpo",), display_name="RM", generative=False,
-    include=lambda cfg: cfg.align.reward_model,
-    description="a reward model (the SFT model with a scalar value head, LoRA) trained on ChiMed-DPO and the "
-                "clinicians' pairs: GRPO's reward for open prompts and the evaluation's judge",
-    runner="training.stages.rm:run_rm_stage", check="training.stages.pairs:check_pairs"))
-register(Stage(
-    name="dpo", parent="sft", section="dpo", data=("dpo",), display_name="DPO",
-    preference=True,
-    description="direct preference optimization (LoRA, reference = the SFT model) on ChiMed-DPO",
-    runner="training.stages.dpo:run_dpo_stage", method="dpo", check="training.stages.dpo:check_dpo_data"))
-register(Stage(
-    name="kto", parent="sft", section="kto", data=("kto",), display_name="KTO", preference=True, method="kto",
-    description="Kahneman-Tversky optimization (LoRA, reference = the SFT model) on single answers marked "
-                "desirable or not: ChiMed-DPO's pairs split in two, plus the clinicians' thumbs",
-    runner="training.stages.kto:run_kto_stage", check="training.data.kto:check_kto_data"))
-register(Stage(
-    name="orpo", parent="sft", section="orpo", data=("dpo",), display_name="ORPO", preference=True,
-    method="orpo",
-    description="odds-ratio preference optimization (LoRA, no reference model) of the SFT model on ChiMed-DPO",
-    runner="training.stages.orpo:run_orpo_stage", check="training.stages.pairs:check_pairs"))
-register(Stage(
-    name="simpo", parent="sft", section="simpo", data=("dpo",), display_name="SimPO", preference=True,
-    method="simpo",
-    description="simple preference optimization (LoRA, length-normalized reward, no reference model) of the "
-                "SFT model on ChiMed-DPO",
-    runner="training.stages.simpo:run_simpo_stage", check="training.stages.pairs:check_pairs"))
-register(Stage(
-    name="grpo", parent="sft", section="grpo", data=("grpo",), display_name="GRPO", method="grpo", reads=("rm",),
-    description="group relative policy optimization (LoRA, KL to the SFT model) of the SFT model with "
-                "verifiable exam rewards, a format reward and, with an rm stage, the reward model's score",
-    runner="training.stages.grpo:run_grpo_stage", check="training.stages.grpo:check_grpo_data"))
+register(
+    Stage(
+        name="base",
+        parent=None,
+        section="model",
+        data=("base", "cpt", "sft"),
+        display_name="Base",
+        description="the general base model (pretrained here on general Chinese text only, or the local checkpoint "
+        "the paper profile starts from)",
+        runner="training.stages.base:run_base_stage",
+    )
+)
+register(
+    Stage(
+        name="cpt",
+        parent="base",
+        section="cpt",
+        data=("cpt",),
+        display_name="CPT",
+        description="domain continued pre-training (next-token prediction on ChiMed-CPT) of the base model",
+        runner="training.stages.cpt:run_cpt_stage",
+    )
+)
+register(
+    Stage(
+        name="sft",
+        parent="cpt",
+        section="sft",
+        data=("sft",),
+        display_name="SFT",
+        description="supervised fine-tuning (LoRA, loss on assistant tokens) of the CPT model on ChiMed-SFT",
+        runner="training.stages.sft:run_sft_stage",
+    )
+)
+register(
+    Stage(
+        name="rm",
+        parent="sft",
+        section="rm",
+        data=("dpo",),
+        display_name="RM",
+        generative=False,
+        include=lambda cfg: cfg.align.reward_model,
+        description="a reward model (the SFT model with a scalar value head, LoRA) trained on ChiMed-DPO and the "
+        "clinicians' pairs: GRPO's reward for open prompts and the evaluation's judge",
+        runner="training.stages.rm:run_rm_stage",
+        check="training.stages.pairs:check_pairs",
+    )
+)
+register(
+    Stage(
+        name="dpo",
+        parent="sft",
+        section="dpo",
+        data=("dpo",),
+        display_name="DPO",
+        preference=True,
+        description="direct preference optimization (LoRA, reference = the SFT model) on ChiMed-DPO",
+        runner="training.stages.dpo:run_dpo_stage",
+        method="dpo",
+        check="training.stages.dpo:check_dpo_data",
+    )
+)
+register(
+    Stage(
+        name="kto",
+        parent="sft",
+        section="kto",
+        data=("kto",),
+        display_name="KTO",
+        preference=True,
+        method="kto",
+        description="Kahneman-Tversky optimization (LoRA, reference = the SFT model) on single answers marked "
+        "desirable or not: ChiMed-DPO's pairs split in two, plus the clinicians' thumbs",
+        runner="training.stages.kto:run_kto_stage",
+        check="training.data.kto:check_kto_data",
+    )
+)
+register(
+    Stage(
+        name="orpo",
+        parent="sft",
+        section="orpo",
+        data=("dpo",),
+        display_name="ORPO",
+        preference=True,
+        method="orpo",
+        description="odds-ratio preference optimization (LoRA, no reference model) of the SFT model on ChiMed-DPO",
+        runner="training.stages.orpo:run_orpo_stage",
+        check="training.stages.pairs:check_pairs",
+    )
+)
+register(
+    Stage(
+        name="simpo",
+        parent="sft",
+        section="simpo",
+        data=("dpo",),
+        display_name="SimPO",
+        preference=True,
+        method="simpo",
+        description="simple preference optimization (LoRA, length-normalized reward, no reference model) of the "
+        "SFT model on ChiMed-DPO",
+        runner="training.stages.simpo:run_simpo_stage",
+        check="training.stages.pairs:check_pairs",
+    )
+)
+register(
+    Stage(
+        name="grpo",
+        parent="sft",
+        section="grpo",
+        data=("grpo",),
+        display_name="GRPO",
+        method="grpo",
+        reads=("rm",),
+        description="group relative policy optimization (LoRA, KL to the SFT model) of the SFT model with "
+        "verifiable exam rewards, a format reward and, with an rm stage, the reward model's score",
+        runner="training.stages.grpo:run_grpo_stage",
+        check="training.stages.grpo:check_grpo_data",
+    )
+)

@@ -69,15 +69,19 @@ def closes_with_advice(answer: str) -> bool:
 
 def exam_reward(prompts, completions, kind, options, answer, **kwargs) -> list[float | None]:
     """1.0 when the answer to an exam-style prompt chooses the gold option, 0.0 otherwise; None for open prompts."""
-    return [(1.0 if chosen_option(completion_text(c), o or {}) == gold else 0.0) if k == EXAM else None
-            for c, k, o, gold in zip(completions, kind, options, answer, strict=True)]
+    return [
+        (1.0 if chosen_option(completion_text(c), o or {}) == gold else 0.0) if k == EXAM else None
+        for c, k, o, gold in zip(completions, kind, options, answer, strict=True)
+    ]
 
 
 def format_reward(prompts, completions, kind, **kwargs) -> list[float | None]:
     """1.0 when the answer to an open prompt closes with the advice to see a doctor, 0.0 otherwise; None for
     exam prompts."""
-    return [(1.0 if closes_with_advice(completion_text(c)) else 0.0) if k == OPEN else None
-            for c, k in zip(completions, kind, strict=True)]
+    return [
+        (1.0 if closes_with_advice(completion_text(c)) else 0.0) if k == OPEN else None
+        for c, k in zip(completions, kind, strict=True)
+    ]
 
 
 def make_rm_reward(model, tokenizer, batch_size: int = 8) -> Callable:
@@ -87,9 +91,17 @@ def make_rm_reward(model, tokenizer, batch_size: int = 8) -> Callable:
 
     def rm_reward(prompts, completions, kind, **kwargs) -> list[float | None]:
         scored = [i for i, k in enumerate(kind) if k == OPEN]
-        scores = reward_scores(model, tokenizer, [prompts[i] for i in scored],
-                               [completion_text(completions[i]) for i in scored], batch_size=batch_size) \
-            if scored else []
+        scores = (
+            reward_scores(
+                model,
+                tokenizer,
+                [prompts[i] for i in scored],
+                [completion_text(completions[i]) for i in scored],
+                batch_size=batch_size,
+            )
+            if scored
+            else []
+        )
         out: list[float | None] = [None] * len(kind)
         for i, score in zip(scored, scores, strict=True):
             out[i] = float(score)
@@ -110,9 +122,11 @@ def finite(reward: Callable, stage: str = "grpo") -> Callable:
         if bad is not None:
             state = kwargs.get("trainer_state")
             step = state.global_step + 1 if state is not None else "?"
-            raise NonFiniteError(f"{stage}: the {reward.__name__} came out {bad} at step {step}; the stage stopped "
-                                 "and is not complete: check the reward (the rm stage's checkpoint for rm_reward) "
-                                 "and rerun the same command")
+            raise NonFiniteError(
+                f"{stage}: the {reward.__name__} came out {bad} at step {step}; the stage stopped "
+                "and is not complete: check the reward (the rm stage's checkpoint for rm_reward) "
+                "and rerun the same command"
+            )
         return values
 
     return checked

@@ -51,8 +51,18 @@ def run_rm_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     lora = reward_lora_config(cfg, model)
     head = list(lora.modules_to_save)  # before PEFT adds its own guesses of the head's name to the list
     args = training_arguments(cfg, cfg.rm, paths, args_cls=RewardConfig, max_length=cfg.rm.max_length)
-    dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                                  "pair_id": p["pair_id"], "source": p.get("source", "")} for p in pairs])
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": p["prompt"],
+                "chosen": p["chosen"],
+                "rejected": p["rejected"],
+                "pair_id": p["pair_id"],
+                "source": p.get("source", ""),
+            }
+            for p in pairs
+        ]
+    )
     trainer = RewardTrainer(
         model=model,
         args=args,
@@ -63,18 +73,31 @@ def run_rm_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     )
     kept = trainer.train_dataset  # TRL drops the pairs longer than rm.max_length
     if not len(kept):
-        raise UserError(f"rm.max_length={cfg.rm.max_length}: every pair of dpo.jsonl is longer than that in "
-                        "tokens, so the reward model has nothing to train on; raise rm.max_length")
+        raise UserError(
+            f"rm.max_length={cfg.rm.max_length}: every pair of dpo.jsonl is longer than that in "
+            "tokens, so the reward model has nothing to train on; raise rm.max_length"
+        )
     record = lora_record(trainer.model, lora)
     print(describe_lora(paths.stage, record) + f"; head trained in full: {', '.join(head)}", flush=True)
     metrics = train_resumably(trainer, paths)
-    metrics.update(lora={**record, "head": head}, pairs=len(kept), pairs_over_max_length=len(pairs) - len(kept),
-                   clinician_pairs=sum(1 for source in kept["source"] if source == "clinician"),
-                   **_last_reward_metrics(trainer.state.log_history))
+    metrics.update(
+        lora={**record, "head": head},
+        pairs=len(kept),
+        pairs_over_max_length=len(pairs) - len(kept),
+        clinician_pairs=sum(1 for source in kept["source"] if source == "clinician"),
+        **_last_reward_metrics(trainer.state.log_history),
+    )
 
     # save: the adapter with the head, the tokenizer beside it and the ids of the pairs it learned from
-    finish_stage(paths, save_with_pair_ids(trainer, kept["pair_id"]), kind="lora", parent=paths.parent,
-                 fingerprint=fingerprint, metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        save_with_pair_ids(trainer, kept["pair_id"]),
+        kind="lora",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
 def reward_lora_config(cfg: Config, model):
@@ -85,8 +108,14 @@ def reward_lora_config(cfg: Config, model):
     lora = cfg.rm.lora
     targets = resolve_lora_targets(model, list(lora.target_modules), "rm.lora.target_modules")
     head = [name for name, _ in model.named_children() if name != model.base_model_prefix]
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=targets, modules_to_save=head)
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        modules_to_save=head,
+    )
 
 
 def sequence_classifier(run_dir: Path, chain: list[dict], dtype: torch.dtype):
@@ -102,12 +131,15 @@ def sequence_classifier(run_dir: Path, chain: list[dict], dtype: torch.dtype):
     trust = trust_remote_code(run_dir)
     try:
         with suppress_seqcls_warning():  # score.weight missing and lm_head unexpected: both intended
-            model = AutoModelForSequenceClassification.from_pretrained(root, num_labels=1, dtype=dtype,
-                                                                       trust_remote_code=trust)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                root, num_labels=1, dtype=dtype, trust_remote_code=trust
+            )
     except (ValueError, OSError, ImportError, KeyError, AttributeError, TypeError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{Path(run_dir).name}/{chain[0]['path']}: transformers cannot load this architecture "
-                        f"as a sequence classifier, which the reward model needs: {first}") from None
+        raise UserError(
+            f"{Path(run_dir).name}/{chain[0]['path']}: transformers cannot load this architecture "
+            f"as a sequence classifier, which the reward model needs: {first}"
+        ) from None
     for adapter in chain[1:]:
         config = PeftConfig.from_pretrained(adapter["abspath"])
         if config.task_type != TaskType.SEQ_CLS:  # a causal LM's adapter: only its LoRA weights apply here
@@ -130,14 +162,17 @@ def load_reward_model(run_dir: Path, device: str | None = "cpu"):
     return model, tokenizer
 
 
-def reward_scores(model, tokenizer, prompts: list[list[dict]], answers: list[str],
-                  batch_size: int = 8) -> list[float]:
+def reward_scores(model, tokenizer, prompts: list[list[dict]], answers: list[str], batch_size: int = 8) -> list[float]:
     """The reward of each answer to its prompt: :func:`conversation_rewards` of ``prompt + [the assistant's
     answer]``."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    return conversation_rewards(model, tokenizer, [list(p) + [{"role": "assistant", "content": a}]
-                                                   for p, a in zip(prompts, answers, strict=True)], batch_size)
+    return conversation_rewards(
+        model,
+        tokenizer,
+        [list(p) + [{"role": "assistant", "content": a}] for p, a in zip(prompts, answers, strict=True)],
+        batch_size,
+    )
 
 
 def conversation_rewards(model, tokenizer, conversations: list[list[dict]], batch_size: int = 8) -> list[float]:
@@ -155,18 +190,21 @@ def conversation_rewards(model, tokenizer, conversations: list[list[dict]], batc
     rewards: list[float] = [0.0] * len(encoded)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in batch)
             ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in batch], device=model.device)
-            mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in batch],
-                                device=model.device)
+            mask = torch.tensor(
+                [[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in batch], device=model.device
+            )
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, 0].float().tolist()
             for i, value in zip(batch, logits, strict=True):
                 rewards[i] = value
     bad = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
     if bad:
-        raise UserError(f"the reward model gave {len(bad)} of {len(rewards)} conversations a non-finite reward "
-                        f"(the first: {rewards[bad[0]]}); it cannot be used: retrain the rm stage")
+        raise UserError(
+            f"the reward model gave {len(bad)} of {len(rewards)} conversations a non-finite reward "
+            f"(the first: {rewards[bad[0]]}); it cannot be used: retrain the rm stage"
+        )
     return rewards
 
 

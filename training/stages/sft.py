@@ -36,26 +36,46 @@ def run_sft_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     trainer, lora, logprobs = build_sft_trainer(cfg, paths, model, tokenizer, conversations)
     print(describe_lora(paths.stage, lora), flush=True)
     metrics = train_resumably(trainer, paths)
-    metrics.update(lora=lora, conversations=len(conversations), **logprob_metrics(logprobs),
-                   multi_turn=sum(1 for r in conversations if _assistant_turns(r["messages"]) > 1))
+    metrics.update(
+        lora=lora,
+        conversations=len(conversations),
+        **logprob_metrics(logprobs),
+        multi_turn=sum(1 for r in conversations if _assistant_turns(r["messages"]) > 1),
+    )
 
     # save: the adapter and the tokenizer (with the chat template) beside it
-    finish_stage(paths, trainer.save_model, kind="lora", parent=paths.parent, fingerprint=fingerprint,
-                 metrics=metrics, is_main=trainer.is_world_process_zero())
+    finish_stage(
+        paths,
+        trainer.save_model,
+        kind="lora",
+        parent=paths.parent,
+        fingerprint=fingerprint,
+        metrics=metrics,
+        is_main=trainer.is_world_process_zero(),
+    )
 
 
-def build_sft_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
-                      conversations: list[dict]) -> tuple[SFTTrainer, dict, dict]:
+def build_sft_trainer(
+    cfg: Config, paths: StagePaths, model, tokenizer, conversations: list[dict]
+) -> tuple[SFTTrainer, dict, dict]:
     """SFTTrainer over tokenized conversations: it turns ``assistant_masks`` into labels (-100 on every
     token that is not the assistant's) and wraps the model in the ``cfg.sft.lora`` adapter; its loss is
     computed as ``cfg.sft.padding_free`` / ``lm_head_loss`` say (``training/stages/logprobs.py``). Also the
     adapter's record (:func:`~training.stages.lora.lora_record`) and the log-probability path's."""
-    dataset = Dataset.from_list([
-        tokenize_conversation(tokenizer, r["messages"], cfg.sft.max_source_length, cfg.sft.max_target_length)
-        for r in conversations])
-    args = training_arguments(cfg, cfg.sft, paths, args_cls=SFTConfig,
-                              max_length=cfg.sft.max_source_length + cfg.sft.max_target_length,
-                              packing=False)
+    dataset = Dataset.from_list(
+        [
+            tokenize_conversation(tokenizer, r["messages"], cfg.sft.max_source_length, cfg.sft.max_target_length)
+            for r in conversations
+        ]
+    )
+    args = training_arguments(
+        cfg,
+        cfg.sft,
+        paths,
+        args_cls=SFTConfig,
+        max_length=cfg.sft.max_source_length + cfg.sft.max_target_length,
+        packing=False,
+    )
     lora = peft_lora_config(cfg.sft.lora, model, "sft.lora.target_modules")
     trainer = SFTTrainer(
         model=model,
@@ -68,8 +88,7 @@ def build_sft_trainer(cfg: Config, paths: StagePaths, model, tokenizer,
     return trainer, lora_record(trainer.model, lora), patch_trainer_logprobs(trainer, cfg.sft)
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], max_source_length: int,
-                          max_target_length: int) -> dict:
+def tokenize_conversation(tokenizer, messages: list[dict], max_source_length: int, max_target_length: int) -> dict:
     """``{"input_ids", "assistant_masks"}`` of one conversation, rendered with the tokenizer's chat template.
 
     The rendered conversation is tokenized whole, as the evaluation, DPO and the arena tokenize it (pieces
@@ -87,11 +106,13 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_source_length: in
         if message["role"] != "assistant":
             continue
         prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        full = _render(tokenizer, messages[:i + 1], add_generation_prompt=False)
+        full = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not (prompt.startswith(rendered) and full.startswith(prompt)):
-            raise ValueError("the chat template does not render conversations as growing prefixes; "
-                             "SFT cannot find the assistant turns in it")
-        pieces += [prompt[len(rendered):], full[len(prompt):]]
+            raise ValueError(
+                "the chat template does not render conversations as growing prefixes; "
+                "SFT cannot find the assistant turns in it"
+            )
+        pieces += [prompt[len(rendered) :], full[len(prompt) :]]
         rendered = full
     input_ids: list[int] = []
     mask: list[int] = []

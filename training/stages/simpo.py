@@ -24,5 +24,15 @@ from training.stages.paths import StagePaths
 
 def run_simpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     """Train the SimPO LoRA adapter on the SFT model into ``runs/<id>/simpo``."""
-    train_reference_free(cfg, paths, fingerprint, cfg.simpo, CPOTrainer, CPOConfig, loss_type="simpo",
-                         beta=cfg.simpo.beta, simpo_gamma=cfg.simpo.gamma, cpo_alpha=cfg.simpo.sft_weight)
+    train_reference_free(
+        cfg,
+        paths,
+        fingerprint,
+        cfg.simpo,
+        CPOTrainer,
+        CPOConfig,
+        loss_type="simpo",
+        beta=cfg.simpo.beta,
+        simpo_gamma=cfg.simpo.gamma,
+        cpo_alpha=cfg.simpo.sft_weight,
+    )

@@ -133,6 +133,18 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("consumptions", "exported_pairs", "exports", "pairs", "scores", "judgments",
-                  "responses", "comparisons", "conversations", "checkpoints", "annotators", "store_meta"):
+    for table in (
+        "consumptions",
+        "exported_pairs",
+        "exports",
+        "pairs",
+        "scores",
+        "judgments",
+        "responses",
+        "comparisons",
+        "conversations",
+        "checkpoints",
+        "annotators",
+        "store_meta",
+    ):
         op.drop_table(table)

@@ -38,11 +38,18 @@ def upgrade() -> None:
     )
     # version 1 is the built-in default rubric, there from the start: every judgment has a guideline in
     # force, and no first judgment has to write it (32 annotators judging at once would all try to)
-    op.bulk_insert(guidelines, [{
-        "version": 1, "text": DEFAULT_TEXT, "author_id": None,
-        "created": datetime.now(timezone.utc).replace(tzinfo=None),
-        "criteria": [{"key": c.key, "name": c.name, "description": c.description} for c in DEFAULT_CRITERIA],
-    }])
+    op.bulk_insert(
+        guidelines,
+        [
+            {
+                "version": 1,
+                "text": DEFAULT_TEXT,
+                "author_id": None,
+                "created": datetime.now(timezone.utc).replace(tzinfo=None),  # noqa: UP017 - UTC names a column type here
+                "criteria": [{"key": c.key, "name": c.name, "description": c.description} for c in DEFAULT_CRITERIA],
+            }
+        ],
+    )
     op.create_table(
         "bank_prompts",
         sa.Column("id", sa.String(32), primary_key=True),

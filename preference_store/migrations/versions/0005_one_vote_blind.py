@@ -32,8 +32,14 @@ def upgrade() -> None:
     for table, key in LIVE_KEYS.items():
         op.add_column(table, sa.Column("superseded_by", sa.String(32), nullable=True))
         op.add_column(table, sa.Column("superseded_why", sa.String(16), nullable=True))
-        rows = sa.table(table, sa.column("id"), sa.column("created"), sa.column("superseded_by"),
-                        sa.column("superseded_why"), *(sa.column(c) for c in key))
+        rows = sa.table(
+            table,
+            sa.column("id"),
+            sa.column("created"),
+            sa.column("superseded_by"),
+            sa.column("superseded_why"),
+            *(sa.column(c) for c in key),
+        )
         latest: dict[tuple, str] = {}  # (key values) -> the id of the newest record seen so far
         earlier: list[tuple[str, tuple]] = []
         ordered = sa.select(rows.c.id, *(rows.c[c] for c in key)).order_by(rows.c.created, rows.c.id)
@@ -43,8 +49,11 @@ def upgrade() -> None:
                 earlier.append((latest[group], group))
             latest[group] = record_id
         for record_id, group in earlier:
-            bind.execute(rows.update().where(rows.c.id == record_id)
-                         .values(superseded_by=latest[group], superseded_why="duplicate"))
+            bind.execute(
+                rows.update()
+                .where(rows.c.id == record_id)
+                .values(superseded_by=latest[group], superseded_why="duplicate")
+            )
         live = sa.text("superseded_by IS NULL")
         op.create_index(LIVE_INDEX[table], table, list(key), unique=True, sqlite_where=live, postgresql_where=live)
 

@@ -36,13 +36,19 @@ def upgrade() -> None:
     # the repository never updates or deletes an audit row; the database refuses it too (a script, a console)
     if op.get_bind().dialect.name == "sqlite":
         for event in ("UPDATE", "DELETE"):
-            op.execute(f"CREATE TRIGGER audit_events_no_{event.lower()} BEFORE {event} ON audit_events "
-                       f"BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END")
+            op.execute(
+                f"CREATE TRIGGER audit_events_no_{event.lower()} BEFORE {event} ON audit_events "
+                f"BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"
+            )
     elif op.get_bind().dialect.name == "postgresql":
-        op.execute("CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS "
-                   f"$$ BEGIN RAISE EXCEPTION '{REFUSAL}'; END $$")
-        op.execute("CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
-                   "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()")
+        op.execute(
+            "CREATE FUNCTION audit_events_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{REFUSAL}'; END $$"
+        )
+        op.execute(
+            "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only()"
+        )
 
 
 def downgrade() -> None:
