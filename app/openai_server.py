@@ -15,8 +15,12 @@ Answers come from the arena's model pool (:class:`~app.serving.pool.ModelPool`) 
 ``temperature``, ``top_p`` and ``seed`` map onto :class:`~app.serving.sampling.Decoding`, ``app.decoding``
 fills what a request leaves out and bounds what it asks, so a request and an arena panel with the same
 settings and seed get the same answer. ``stop`` sequences are honoured (the answer ends before the first
-one; ``completion_tokens`` counts the tokens up to and including it). What the pool cannot do (``n`` > 1,
-tools, penalties, JSON mode; logprobs in a chat) is refused, never ignored.
+one; ``completion_tokens`` counts the tokens up to and including it). A chat request may also ask for ``n``
+choices (choice i sampled with seed + i), ``logprobs`` / ``top_logprobs`` (the worker's scoring of the
+generated ids, as ``/v1/completions``), vLLM's ``top_k``, ``min_p`` and ``repetition_penalty`` (the pool's
+sampler) and ``chat_template_kwargs`` (a chat stage's template variables). What the pool cannot do (tools,
+frequency/presence penalties, logit bias, JSON mode; streaming several choices or logprobs) is refused, never
+ignored.
 
 The server answers only what it read whole: a conversation whose prompt plus ``max_tokens`` does not fit the
 model's context is refused with 400 ``context_length_exceeded`` and the numbers, as vLLM refuses it. With
@@ -61,7 +65,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from tokenizers import decoders
 from transformers import PreTrainedTokenizerBase
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from app.arena import Arena, resolve_decoding
 from app.auth import ADD_ACCOUNT_HINT, client_address
@@ -295,8 +301,8 @@ def check_fields(body: dict, honoured: set[str], default_only: dict[str, tuple])
                 raise ApiError(
                     400,
                     f"{name}={json.dumps(value, ensure_ascii=False)[:80]} is not supported by this "
-                    "server (one answer per request, plain text, sampled with temperature/top_p/seed "
-                    "only): leave it out",
+                    "server (plain text, no tools, penalties or logit bias; docs/serving-fields.md lists "
+                    "what it honours): leave it out",
                     param=name,
                     code="unsupported_parameter",
                 )
@@ -589,13 +595,27 @@ def chat_logprobs(tokenizer, ids: list[int], start: int, scored: tuple) -> list[
 
     def entry(token_id: int, logprob: float) -> dict:
         token = tokenizer.decode([token_id])
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+        return {"token": token, "logprob": logprob, "bytes": token_bytes(tokenizer, token_id, token)}
 
     return [
         entry(ids[i], logprobs[i - 1])
         | {"top_logprobs": [entry(t, v) for t, v in zip(top_ids[i - 1], top_logprobs[i - 1])]}
         for i in range(start, len(ids))
     ]
+
+
+BYTE_OF_SYMBOL = {symbol: byte for byte, symbol in bytes_to_unicode().items()}  # byte-level BPE's alphabet
+
+
+def token_bytes(tokenizer, token_id: int, text: str) -> list[int]:
+    """A token's own bytes (OpenAI's ``bytes``): with a byte-level BPE tokenizer (GPT-2's, Qwen's, LLaMA-3's,
+    every model trained here) the bytes its symbols stand for, so a token holding part of a character gives
+    that part; otherwise the UTF-8 of ``text``, the token decoded alone."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    symbols = tokenizer.convert_ids_to_tokens(token_id)
+    if isinstance(getattr(backend, "decoder", None), decoders.ByteLevel) and all(c in BYTE_OF_SYMBOL for c in symbols):
+        return [BYTE_OF_SYMBOL[c] for c in symbols]
+    return list(text.encode("utf-8"))
 
 
 # --- the answer ------------------------------------------------------------------------------------------
@@ -828,21 +848,20 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
                 media_type="text/event-stream",
                 headers=headers | {"Cache-Control": "no-cache"},
             )
-        finished = [await _whole(first, pieces, chat.contestant.checkpoint_id)]
-        for generation in generations[1:]:
-            more = answer_pieces(generation, AnswerText(is_chat, chat.stop))
-            finished.append(await _whole(await anext(more), more, chat.contestant.checkpoint_id))
+        try:
+            finished = [await _whole(first, pieces, chat.contestant.checkpoint_id)]
+            for generation in generations[1:]:
+                more = answer_pieces(generation, AnswerText(is_chat, chat.stop))
+                finished.append(await _whole(await anext(more), more, chat.contestant.checkpoint_id))
+        finally:  # (a failed choice: the others are not needed)
+            for generation in generations:
+                generation.cancel()
         for _, piece in finished:
             log(piece)
         scored = [None] * len(finished)
         if chat.top_logprobs is not None:
             sequences = [request.prompt.ids + list(piece.end.token_ids) for _, piece in finished]
-            try:
-                scored = await run_in_threadpool(pool.score, chat.contestant, sequences, chat.top_logprobs)
-            except Exception as err:  # noqa: BLE001 - as when it fails to answer
-                raise ApiError(
-                    500, f"{chat.contestant.checkpoint_id} failed: {describe_error(err)}", code="model_error"
-                ) from None
+            scored = await scores_of(chat.contestant, sequences, chat.top_logprobs)
         tokenizer = pool.tokenizer_for(chat.contestant) if chat.top_logprobs is not None else None
         start = len(request.prompt.ids)
         choices = [
@@ -887,12 +906,7 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
         sequences = [prompt.ids + list(answer.token_ids) for (_, prompt), answer in zip(prompts, answers)]
         scored = [None] * len(sequences)
         if completion.logprobs is not None:
-            try:
-                scored = await run_in_threadpool(pool.score, contestant, sequences, completion.logprobs)
-            except Exception as err:  # noqa: BLE001 - as when it fails to answer
-                raise ApiError(
-                    500, f"{contestant.checkpoint_id} failed: {describe_error(err)}", code="model_error"
-                ) from None
+            scored = await scores_of(contestant, sequences, completion.logprobs)
         tokenizer = pool.tokenizer_for(contestant)
         choices = []
         for i, ((text, prompt), answer, ids, scores) in enumerate(zip(prompts, answers, sequences, scored)):
@@ -929,6 +943,15 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
             },
             headers={"X-ChiMed-Seed": str(completion.decoding.seed)},
         )
+
+    async def scores_of(contestant: Contestant, sequences: list[list[int]], top: int) -> list:
+        """The worker's scoring of each sequence (:meth:`ModelPool.score`); a failure is the model's 500."""
+        try:
+            return await run_in_threadpool(pool.score, contestant, sequences, top)
+        except Exception as err:  # noqa: BLE001 - as when it fails to answer
+            raise ApiError(
+                500, f"{contestant.checkpoint_id} failed: {describe_error(err)}", code="model_error"
+            ) from None
 
     def encode_prompts(completion: CompletionRequest) -> list[tuple[str, Prompt]]:
         """Each prompt's text (as echoed) and its ids, whole, fitted with max_tokens to the model's context."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -81,3 +82,31 @@ def serve_copy_of(tiny_run: tuple[Path, str], folder: Path, *overrides: str):
 def no_account_client(url: str) -> OpenAI:
     """The official client for a server without accounts (any key does)."""
     return OpenAI(base_url=url, api_key="no accounts: any key", max_retries=0, timeout=120)
+
+
+def stage_loader(home: Path, run_id: str):
+    """``load(stage)``: (model, tokenizer) of the run's stage loaded with transformers in this process (LoRA
+    merged, float32), each stage once."""
+    from training.modeling import load_stage
+
+    loaded = {}
+
+    def load(stage: str):
+        if stage not in loaded:
+            loaded[stage] = load_stage(home / "runs" / run_id, stage, device="cpu", dtype=torch.float32)
+        return loaded[stage]
+
+    return load
+
+
+def write_lm_eval_task(folder: Path, task: str, rows: list[dict], spec: str) -> Path:
+    """An lm-eval task directory: ``rows`` as a local jsonl (its test split) and ``task``.yaml reading it, with
+    ``spec`` (YAML lines: output type, prompts, metrics) after the dataset's lines; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / f"{task}.jsonl"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    (folder / f"{task}.yaml").write_text(
+        f"task: {task}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n{spec}",
+        encoding="utf-8",
+    )
+    return folder

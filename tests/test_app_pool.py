@@ -227,7 +227,11 @@ def test_a_reader_that_fails_mid_answer_leaves_the_model_process_ready(run):
 
         with pytest.raises(RuntimeError, match="went away"):
             worker.generate(
-                [((), [1, 2, 3])], dict(temperature=1.0, top_p=1.0, max_new_tokens=200, seed=0), 0, [], broken_reader
+                [((), [1, 2, 3])],
+                Decoding(temperature=1.0, top_p=1.0, max_new_tokens=200, seed=0).settings(),
+                0,
+                [],
+                broken_reader,
             )
         assert len(calls) == 1  # stopped after the failure, not fed the rest
         assert worker.request("memory")["weights"] > 0  # the next answer is its own, not a leftover token

@@ -193,7 +193,7 @@ def test_bad_requests_get_openai_errors(served, client):
         "messages": dict(messages=[]),
         "messages[0].content": dict(messages=[{"role": "user", "content": "头" * (limit + 1)}]),
         "messages[1].role": dict(messages=ok + [{"role": "assistant", "content": "好的"}]),
-        "n": dict(messages=ok, n=2),
+        "n": dict(messages=ok, n=load_config("tiny").app.max_n + 1),
         "tools": dict(messages=ok, tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         "temperature": dict(messages=ok, temperature=9),
     }

@@ -5,7 +5,6 @@ transformers (``training.modeling.load_stage``)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -21,11 +20,11 @@ from openai import OpenAI
 from app.contestants import resolve_contestants
 from app.openai_server import build_server
 from preference_store.repository import PreferenceStore
-from tests.serving_helpers import no_account_client, serve_copy_of, worker_pids
+from tests.serving_helpers import no_account_client, serve_copy_of, stage_loader, worker_pids, write_lm_eval_task
 from tests.test_serve import copy_home
 from training.config import load_config
 from training.evaluation.loglik import token_ids
-from training.modeling import load_stage, stage_chain, tokenizer_dir
+from training.modeling import stage_chain, tokenizer_dir
 
 TEXT = "高血压患者饮食上要注意低盐，"
 ASCII = "Blood pressure, heart rate."
@@ -42,15 +41,7 @@ def served(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def direct(served):
     """``direct(stage)``: (model, tokenizer) of the stage loaded with transformers in this process (LoRA merged)."""
-    _, home, run_id = served
-    loaded = {}
-
-    def load(stage: str):
-        if stage not in loaded:
-            loaded[stage] = load_stage(home / "runs" / run_id, stage, device="cpu", dtype=torch.float32)
-        return loaded[stage]
-
-    return load
+    return stage_loader(served[1], served[2])
 
 
 @pytest.fixture(scope="module")
@@ -296,20 +287,15 @@ TASK = "chimed_tiny_mc"
 
 def write_task(folder: Path) -> Path:
     """A multiple-choice lm-eval task: YAML plus a local jsonl."""
-    folder.mkdir(parents=True, exist_ok=True)
-    data = folder / "questions.jsonl"
-    data.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in QUESTIONS), encoding="utf-8")
-    (folder / f"{TASK}.yaml").write_text(
-        f"task: {TASK}\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
-        "test_split: test\n"
+    return write_lm_eval_task(
+        folder,
+        TASK,
+        QUESTIONS,
         "output_type: multiple_choice\n"
         'doc_to_text: "问：{{question}}\\n答："\n'
         "doc_to_choice: choices\n"
         "doc_to_target: answer\n"
         "metric_list:\n  - metric: acc\n",
-        encoding="utf-8",
     )
     return folder
 

@@ -21,7 +21,6 @@ status 1, leaving ``--out`` as it was. Chinese text needs a CJK font (``apt-get 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import shutil
@@ -58,7 +57,7 @@ RUN_ID = "demo-tiny"
 PROFILE = "tiny"
 BANK = ROOT / "tests" / "fixtures" / "bank" / "clinical_prompts.jsonl"
 ADMIN, ANNOTATOR = "dr_li", "dr_wang"
-QUEUE_PROMPTS = 3  # bank prompts each account ranks
+QUEUE_PROMPTS = 3  # queue prompts the admin ranks (the annotator ranks the whole bank)
 COMPARE_PROMPT = "高血压患者饮食上要注意什么？"  # asked in the browser for compare.png
 VOTE_PROMPT = "糖尿病有哪些常见症状？"  # the admin's pairwise vote
 CORRECTION_PROMPT = "感冒发烧应该怎么处理？"  # the annotator's better answer
@@ -119,7 +118,8 @@ def prepare_home(work: Path, home: Path | None = None, run_id: str | None = None
 
 @contextmanager
 def open_store(home: Path):
-    """The home's preference store, as the app opens it (the tiny profile's database_url under CHIMED_HOME)."""
+    """The home's preference store, as the app opens it: the tiny profile's database_url, which is read from
+    CHIMED_HOME whenever it is used, so CHIMED_HOME stays set while the store is open."""
     from preference_store.repository import PreferenceStore
     from training.config import load_config
 
@@ -127,15 +127,14 @@ def open_store(home: Path):
     os.environ["CHIMED_HOME"] = str(home)
     os.environ.pop("CHIMED_DATABASE_URL", None)
     try:
-        cfg = load_config(PROFILE)
+        with PreferenceStore.from_config(load_config(PROFILE)) as store:
+            yield store
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    with PreferenceStore.from_config(cfg) as store:
-        yield store
 
 
 def seed_accounts_and_bank(home: Path) -> dict[str, str]:
@@ -183,7 +182,9 @@ def running_app(home: Path, log: Path):
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise ScreenshotError(f"the app did not answer at {url} within {TIMEOUT_S} s (log: {log})")
+                        raise ScreenshotError(
+                            f"the app did not answer at {url} within {TIMEOUT_S} s (log: {log})"
+                        ) from None
                     time.sleep(0.5)
             yield url
         finally:
@@ -203,37 +204,42 @@ def by_length(answers: list[dict]) -> dict[str, int]:
 
 
 def seed_judgments(url: str, passwords: dict[str, str], run_id: str) -> int:
-    """Record judgments through the app's API: both accounts rank the same first queue prompts (answered by the
-    run's stages, with 1-5 scores on the guideline's criteria), the admin votes on a pair and the annotator writes
-    a better answer. Returns how many judgments were made."""
+    """Record judgments through the app's API: the annotator ranks every prompt of their queue, the admin the
+    first ``QUEUE_PROMPTS`` of theirs (the same prompts: the queue hands out the least-judged prompts first, so
+    they overlap only once the whole bank has been handed out), each answered by the run's stages and ranked with
+    1-5 scores on the guideline's criteria; the admin also votes on a pair and the annotator writes a better
+    answer. Returns how many judgments were made."""
     from gradio_client import Client
 
     made = 0
-    for name, password in passwords.items():
-        client = Client(url, auth=(name, password), verbose=False)
+    for name in (ANNOTATOR, ADMIN):
+        client = Client(url, auth=(name, passwords[name]), verbose=False)
         stages = [c for c in client.predict(api_name="/contestants") if c.startswith(f"{run_id}/")]
         if len(stages) < 2:
             raise ScreenshotError(f"run {run_id!r} has fewer than two stages to compare: {stages}")
         criteria = [c["key"] for c in client.predict(api_name="/acknowledge_guideline")["criteria"]]
-        for _ in range(QUEUE_PROMPTS):
+        done = 0
+        while name != ADMIN or done < QUEUE_PROMPTS:
             item = client.predict(stages, True, api_name="/queue_next")
             if item["assignment_id"] is None:
-                raise ScreenshotError(f"{name}'s queue is empty after {made} judgments: {item['message']}")
+                if name == ADMIN or done == 0:
+                    raise ScreenshotError(f"{name}'s queue is empty after {done} prompts: {item['message']}")
+                break
             ranking = by_length(item["answers"])
-            if name == ANNOTATOR and len(ranking) > 2:  # not quite the admin's order: agreement below 1
+            if name == ADMIN and len(ranking) > 2:  # not quite the annotator's order: agreement below 1
                 last = sorted(ranking, key=ranking.get)[-2:]
                 ranking[last[0]], ranking[last[1]] = ranking[last[1]], ranking[last[0]]
             scores = {label: {key: 6 - min(place, 5) for key in criteria} for label, place in ranking.items()}
             client.predict(item["comparison_id"], ranking=ranking, scores=scores, api_name="/judge")
-            made += 1
-        pair = [stages[0], stages[-1]]
+            done += 1
+        pair = [stages[-2], stages[-1]]
         if name == ADMIN:
             compared = client.predict(VOTE_PROMPT, pair, True, api_name="/compare")
             client.predict(compared["comparison_id"], "A", reason="A 更完整", api_name="/judge")
         else:
             compared = client.predict(CORRECTION_PROMPT, pair, True, api_name="/compare")
             client.predict(compared["comparison_id"], correction=CORRECTION, api_name="/judge")
-        made += 1
+        made += done + 1
     return made
 
 
@@ -320,7 +326,7 @@ def shoot_tabs(url: str, name: str, password: str, run_id: str, folder: Path) ->
 
 def make_screenshots(out: Path, home: Path | None = None, run_id: str | None = None) -> list[Path]:
     """Make the five PNGs in ``out`` (see the module docstring); returns their paths. On failure ``out`` is left
-    as it was, and the temporary work directory (its logs) is kept and named in the error."""
+    as it was, and the temporary work directory is kept, and named in the error, when it holds logs."""
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="chimed-screenshots-"))
     staging = Path(tempfile.mkdtemp(prefix=".make_screenshots-", dir=out))  # same filesystem: replaced in one step
@@ -337,11 +343,13 @@ def make_screenshots(out: Path, home: Path | None = None, run_id: str | None = N
             target = out / path.name
             os.replace(path, target)
             written.append(target)
-    except ScreenshotError as err:
-        raise ScreenshotError(f"{err} (work directory kept: {work})") from None
     except Exception as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise ScreenshotError(f"{type(err).__name__}: {first} (work directory kept: {work})") from err
+        message = str(err) if isinstance(err, ScreenshotError) else f"{type(err).__name__}: {err}".strip()
+        message = message.splitlines()[0]
+        if any(work.glob("*.log")):  # the logs of train-all and the app tell what went wrong
+            raise ScreenshotError(f"{message} (work directory kept: {work})") from err
+        shutil.rmtree(work, ignore_errors=True)
+        raise ScreenshotError(message) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -366,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for path in written:
         print(path)
-    print(json.dumps({"screenshots": len(written), "seconds": round(time.monotonic() - started)}))
+    print(f"{len(written)} screenshots in {time.monotonic() - started:.0f} s")
     return 0
 
 
