@@ -83,6 +83,7 @@ from preference_store.repository.audit import TOKEN_FAILED
 from training.config import Config
 from training.errors import UserError
 from training.evaluation.loglik import token_ids
+from training.stages.registry import is_chat_stage
 
 NOTICE_HEADERS = {"X-ChiMed-Notice": NOTICE_EN, "X-ChiMed-Notice-Zh": quote(NOTICE_ZH)}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -272,7 +273,7 @@ def _template_kwargs(cfg: Config, contestant: Contestant, kwargs) -> dict:
         raise ApiError(
             400, "chat_template_kwargs must be an object of template variables", param="chat_template_kwargs"
         )
-    if contestant.stage not in cfg.eval.chat_stages:
+    if not is_chat_stage(contestant.stage):
         raise ApiError(
             400,
             f"chat_template_kwargs: {contestant.checkpoint_id} is a plain stage, prompted with 问：/答： turns and "
@@ -826,7 +827,7 @@ def build_server(cfg: Config, run_id: str, store: PreferenceStore, pool: ModelPo
         generations = [
             await run_in_threadpool(pool.generate, [request], chat.decoding.for_choice(i)) for i in range(chat.n)
         ]
-        is_chat = chat.contestant.stage in cfg.eval.chat_stages
+        is_chat = is_chat_stage(chat.contestant.stage)
         pieces = answer_pieces(generations[0], AnswerText(is_chat, chat.stop))
         head = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -17,6 +17,7 @@ from training.evaluation.exam import score_exam
 from training.evaluation.lm_eval_task import EXAM_ACC_METRIC, TASK, exam_rows
 from training.export import export_stage
 from training.modeling import stage_chain, stage_tokenizer, tokenizer_dir
+from training.stages.registry import is_chat_stage
 
 TOL = 0.01  # one point of accuracy: float32 sums of the same log-probabilities in another order may swap a tie
 
@@ -140,7 +141,7 @@ def test_lm_eval_scores_the_exported_exam_through_serve_and_on_the_export_as_the
             # question: lm-eval's choice must be the project's on (nearly) every one, not only as many right
             model, tokenizer = load(stage)
             chat, max_length = (
-                stage in cfg.eval.chat_stages,
+                is_chat_stage(stage),
                 min(cfg.eval.max_length, model.config.max_position_embeddings),
             )
             own = {

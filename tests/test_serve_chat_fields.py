@@ -16,6 +16,7 @@ from app.serving.sampling import Decoding, SeededSampler, keep_top_k, min_p_keep
 from tests.serving_helpers import no_account_client, serve_copy_of, stage_loader, write_lm_eval_task
 from training.config import load_config
 from training.errors import UserError
+from training.stages.registry import is_chat_stage
 
 MESSAGES = [{"role": "user", "content": "高血压患者饮食上要注意什么？"}]
 TOL = 1e-4  # float32, as the pool serves on CPU
@@ -71,7 +72,7 @@ def check_content(content, model, tokenizer, ids: list[int], generated: list[int
 def test_logprobs_are_the_checkpoints_log_softmax_of_the_greedy_answer(served, stage):
     _, run_id, client, direct = served
     model, tokenizer = direct(stage)
-    ids = prompt_ids(tokenizer, MESSAGES, chat=stage in load_config("tiny").eval.chat_stages)
+    ids = prompt_ids(tokenizer, MESSAGES, chat=is_chat_stage(stage))
     generated = greedy(model, ids, 6, tokenizer.eos_token_id)
     settings = dict(model=f"{run_id}/{stage}", messages=MESSAGES, max_tokens=6, temperature=0, seed=3)
     reply = client.chat.completions.create(**settings, logprobs=True, top_logprobs=3)

@@ -401,8 +401,6 @@ class EvalConfig:
     max_length: int = 1024  # longest sequence scored or prompted, in tokens (also capped by the model's context)
     batch_size: int = 16
     score_by_letter: bool = False  # also report the answer-letter accuracy (options listed, letter scored)
-    # instruction-tuned stages: prompted with the run's chat template; the others get plain 问：/答： text
-    chat_stages: list[str] = field(default_factory=lambda: ["sft", "dpo", "kto", "orpo", "simpo", "grpo"])
     # real exams (C-Eval / CMExam style files, or the ChiMed exam.jsonl format), each reported on its own
     user_exam_files: list[str] = field(default_factory=list)
     use_cache: bool = True  # reuse a stage's metrics when its checkpoint, the eval sets and these settings match

@@ -32,7 +32,7 @@ from training.config import Config
 from training.errors import UserError
 from training.evaluation.prompts import PLAIN_TURN_STOPS
 from training.manifest import list_runs, read_manifest_at, run_dir
-from training.stages.registry import answering
+from training.stages.registry import answering, is_chat_stage
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000  # vLLM's own default; the servers take this port and the ones after it
@@ -335,7 +335,7 @@ def plan_vllm(
         for i, stage in enumerate(order)
     )
     notes = []
-    plain = tuple(s for s in stages if s not in cfg.eval.chat_stages)
+    plain = tuple(s for s in stages if not is_chat_stage(s))
     if plain:
         notes.append(
             f"{', '.join(plain)}: not instruction-tuned; their endpoints stop at the next 问：/答： turn "

@@ -62,6 +62,7 @@ from training.modeling import (
     tokenizer_dir,
     trust_remote_code,
 )
+from training.stages.registry import is_chat_stage
 
 
 @dataclass(frozen=True)
@@ -423,7 +424,7 @@ class _Root:
 @dataclass
 class _Prepared:
     """A contestant ready on its root: the adapters to apply, its tokenizer, and whether it is an
-    instruction-tuned stage (``cfg.eval.chat_stages``) rather than one asked in plain 问：/答： text."""
+    instruction-tuned stage (``is_chat_stage``) rather than one asked in plain 问：/答： text."""
 
     adapters: tuple[str, ...]
     tokenizer: object
@@ -546,7 +547,7 @@ class ModelPool:
         return fit_prompt(
             self._tokenizer(chain, request.contestant),
             request.messages,
-            request.contestant.stage in self.cfg.eval.chat_stages,
+            is_chat_stage(request.contestant.stage),
             root.context,
             max_new_tokens,
             self.cfg.app.trim_history if trim is None else trim,
@@ -749,7 +750,7 @@ class ModelPool:
         return _Prepared(
             adapters=adapters,
             tokenizer=self._tokenizer(chain, contestant),
-            chat=contestant.stage in self.cfg.eval.chat_stages,
+            chat=is_chat_stage(contestant.stage),
         )
 
     def _serving_record(self, root: _Root) -> dict:

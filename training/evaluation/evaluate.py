@@ -41,7 +41,7 @@ from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
 from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
-from training.stages.registry import answering, get_stage, stage_names
+from training.stages.registry import answering, chat_stage_names, get_stage, is_chat_stage, stage_names
 
 # bump when what a metric means changes, so cached measurements are recomputed
 EVAL_VERSION = 1
@@ -186,7 +186,7 @@ def _settings(cfg: Config, sets: EvalSets) -> dict:
     return {
         "k_shot": cfg.eval.k_shot,
         "max_new_tokens": cfg.eval.max_new_tokens,
-        "chat_stages": list(cfg.eval.chat_stages),
+        "chat_stages": list(chat_stage_names()),
         "sets": sets.sizes(),
         "set_hashes": sets.hashes,
     }
@@ -224,7 +224,7 @@ def measure_stage_cached(cfg: Config, run_path: Path, manifest: dict, stage: str
 def measure_stage(cfg: Config, model, tokenizer, stage: str, sets: EvalSets) -> dict:
     """Everything measured on one model: ``{"metrics", "pref_logprobs", "generations", "seconds"}``."""
     e = cfg.eval
-    chat = stage in e.chat_stages
+    chat = is_chat_stage(stage)
     max_length = min(e.max_length, getattr(model.config, "max_position_embeddings", None) or e.max_length)
     metrics: dict = {}
     clock = _Clock()

@@ -11,7 +11,7 @@ empty, no few-shot of lm-eval's own).
 
 Two prompt forms, as the evaluation uses them: ``chimed_exam`` is the plain 问：/答： text base and CPT stages
 (and any model from elsewhere) are scored with; ``chimed_exam_chat`` is the same conversation rendered with
-the run's chat template, as the chat stages (``eval.chat_stages``) are scored. The template is rendered into
+the run's chat template, as the chat stages (the registry's ``chat_stage_names()``) are scored. The template is rendered into
 the prompt here, so lm-eval scores it without a chat template of its own (no ``--apply_chat_template``).
 
 The project's exam accuracy (``exam_acc``) picks the option with the highest log-likelihood per character;
@@ -34,7 +34,7 @@ from training.evaluation.prompts import conversation_prompt
 from training.export import check_out_dir, existing_run
 from training.manifest import read_manifest_at
 from training.modeling import stage_chain, stage_tokenizer
-from training.stages.registry import answering
+from training.stages.registry import answering, is_chat_stage
 
 TASK = "chimed_exam"
 # lm-eval's metric that is the project's exam_acc (argmax of log-likelihood per character of the option text)
@@ -58,12 +58,12 @@ def export_lm_eval_task(cfg: Config, run_id: str, out: str | Path, force: bool =
     sets = load_eval_sets(cfg)
     notes = _stale_note(run_path, sets.hashes.get("exam"))
 
-    # the prompt forms: plain for every stage outside eval.chat_stages, each chat stage's own template
+    # the prompt forms: plain for every stage that is not a chat stage, each chat stage's own template
     # (models from elsewhere are scored on the plain form)
     forms: dict[str, object] = {"plain": None}  # form -> the tokenizer whose template renders it (None: plain)
     export = LmEvalExport(out=out, tasks={}, notes=notes)
     for stage in stages:
-        chat = stage in cfg.eval.chat_stages
+        chat = is_chat_stage(stage)
         tokenizer = stage_tokenizer(run_path, stage_chain(run_path, stage)) if chat else None
         export.stages[stage] = _task_name("", _form_of(forms, tokenizer, sets.exams[""]))
 

@@ -1,6 +1,6 @@
 """How a conversation becomes a prompt for each stage.
 
-Instruction-tuned stages (``cfg.eval.chat_stages``: sft, dpo) see the run's chat template, exactly as in
+Instruction-tuned stages (the registry's chat stages: sft and the alignment stages) see the run's chat template, exactly as in
 training and in the app (``apply_chat_template(messages, add_generation_prompt=True)``). The base and CPT
 models get the conversation as plain text, each turn on its own line after the markers of
 ``training/chat_format.py``, and the prompt ends with 答： (the answer is the continuation). For the models

@@ -117,6 +117,12 @@ def answering(stages) -> list[str]:
     return [s for s in stages if is_stage(s) and _STAGES[s].generative]
 
 
+def is_chat_stage(name: str) -> bool:
+    """Whether stage ``name`` is prompted with the run's chat template (training, evaluation, serving alike);
+    the others get plain 问：/答： turns. The registry decides: :func:`chat_stage_names`."""
+    return name in chat_stage_names()
+
+
 def chat_stage_names() -> tuple[str, ...]:
     """The generative stages that descend from sft (prompted with the run's chat template)."""
     out = []
