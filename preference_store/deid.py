@@ -207,11 +207,14 @@ def _protected_overlap(text: str, start: int, end: int) -> int | None:
     """Where the candidate name at [start, end) must end because of a CMeKG term found in ``text``: at
     ``start`` (no name) when a term begins the candidate or covers all of it ("张力性气胸", "一粒金丹"),
     at the term when one starts inside and runs on past its end; None when no term is in the way. A
-    term wholly inside a name, or overlapping only its first characters ("病人黄晓燕": 人黄), does not cut."""
+    term wholly inside a name, or a two-character one overlapping only its first character ("病人黄晓燕": 人黄),
+    does not cut; a longer term that ends on the name's first character does ("服用娃娃宁后": the drug 娃娃宁, not
+    a person 宁后)."""
     names = protected_names()
     for i in range(max(0, start - MAX_PROTECTED_CHARS + 2), end):
         for j in range(max(i + 2, start + 1), min(len(text), i + MAX_PROTECTED_CHARS) + 1):
-            if (i < start and j >= end) or (i == start) or (start < i and j > end):
+            ends_on_first = i < start and j == start + 1 and j - i >= 3
+            if (i < start and j >= end) or (i == start) or (start < i and j > end) or ends_on_first:
                 if text[i:j] in names:
                     return max(i, start)
     return None

@@ -153,6 +153,8 @@ def test_the_three_name_forms_are_redacted(text, expected):
         "医院西门口等候。",
         "我长孙发烧了。",
         "诸葛菜可以吃吗？",
+        # a CMeKG drug whose last character is a surname, before a word the segmenter joins to it (宁后)
+        "小儿服用娃娃宁后出现呕吐，应如何处理？",
     ],
 )
 def test_medical_text_with_dots_latin_words_and_compound_surname_words_stays(text):
