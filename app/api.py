@@ -200,14 +200,14 @@ def build_api(arena: Arena) -> None:
         """The guideline version a judgment or rating through the API is made under: the one in force, once the
         caller has acknowledged it (the browser's check); None (the version in force, unacknowledged, as before
         guidelines were published) while only the built-in default exists."""
-        if store.guideline().author_id is None:
+        in_force = store.guideline()
+        if in_force.author_id is None:
             return None
         try:
             return arena.acknowledged_guideline(annotator).version
         except GuidelineUnread:
-            version = store.guideline().version
             raise UserError(
-                f"read the guideline (version {version}) and acknowledge it before judging: call "
+                f"read the guideline (version {in_force.version}) and acknowledge it before judging: call "
                 "/acknowledge_guideline (it returns the text)"
             ) from None
 

@@ -118,8 +118,11 @@ def _export(
         redactions=dict(redactions),
         empty_answers=empty_answers,
     )
-    if not lines:
+    if not entries or (not mark and not lines):
         return RatingsExportSummary(path=None, sha256=None, **summary)
+    if not lines:  # only empty answers: log them as handled, as the pair export does, and write no file
+        export_id = store.record_ratings_export("", "", entries, 0)
+        return RatingsExportSummary(path=None, sha256=None, export_id=export_id, **summary)
     if not mark:  # for inspection: the file alone, no log
         digest, _ = write_logged(path, lines, lambda where, sha256, move_into_place: move_into_place())
         return RatingsExportSummary(path=path, sha256=digest, **summary)
@@ -137,6 +140,11 @@ def _export(
 def format_ratings_summary(summary: RatingsExportSummary) -> str:
     """The lines export-prefs prints for the ratings: where, how many, what was redacted."""
     if summary.path is None:
+        if summary.empty_answers:
+            return (
+                f"single-answer ratings: nothing to write: left out because the rated answer is empty: "
+                f"{summary.empty_answers} (logged as handled)"
+            )
         return "single-answer ratings: nothing new to export"
     redacted = format_redactions(summary.redactions)
     empty = f"left out because the rated answer is empty: {summary.empty_answers}\n" if summary.empty_answers else ""

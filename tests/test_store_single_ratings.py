@@ -137,6 +137,18 @@ def test_a_rated_empty_answer_is_left_out_and_counted_its_correction_kept(pref_s
     assert "left out because the rated answer is empty: 1" in format_ratings_summary(summary)
     assert export_ratings(cfg, out=tmp_path / "again.jsonl", store=pref_store).path is None  # handled
 
+    # a thumbs-down on an empty answer alone: no file, but logged as handled, so no later export counts it again
+    other = pref_store.record_comparison(
+        ComparisonIn(annotator.id, list(PROMPT), [ResponseIn("r1/sft", ""), ResponseIn("r1/dpo", ANSWERS["r1/dpo"])])
+    )
+    pref_store.submit_rating(RatingIn(other.id, annotator.id, "A", up=False))
+    alone = export_ratings(cfg, out=tmp_path / "alone.jsonl", store=pref_store)
+    assert (alone.path, alone.records, alone.empty_answers, alone.export_id is not None) == (None, 0, 1, True)
+    assert not (tmp_path / "alone.jsonl").exists()
+    assert "left out because the rated answer is empty: 1 (logged as handled)" in format_ratings_summary(alone)
+    later = export_ratings(cfg, out=tmp_path / "later.jsonl", store=pref_store)
+    assert (later.rating_ids, later.empty_answers) == ([], 0)
+
 
 def test_only_new_ratings_are_exported_next_time_and_the_export_is_logged(pref_store, cfg, tmp_path):
     cmp = compare(pref_store)
