@@ -22,6 +22,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from app.serving.plan import DEFAULT_HOST, DEFAULT_PORT, ENGINES, PLANNERS
+from core.config import PROFILES, Config, load_config
+from core.errors import UserError
+from core.registry import ALIGN, answering, stage_names
 from preference_store.cli import (
     add_annotator,
     cli_actor,
@@ -30,15 +34,11 @@ from preference_store.cli import (
     set_password,
     unlock_account,
 )
-from preference_store.export import export_pairs, format_summary, loop_report
-from preference_store.export_ratings import export_ratings, format_ratings_summary
+from preference_store.exports.pairs import export_pairs, format_summary, loop_report
+from preference_store.exports.ratings import export_ratings, format_ratings_summary
 from preference_store.repository import PreferenceStore
-from training.config import PROFILES, Config, load_config
 from training.data.build import build_chimed, data_is_built
-from training.errors import UserError
 from training.manifest import latest_run, read_manifest_at, read_run_state
-from training.serve_plan import DEFAULT_HOST, DEFAULT_PORT, ENGINES, PLANNERS
-from training.stages.registry import ALIGN, answering, stage_names
 
 # The modules that train, evaluate and serve import torch, transformers or gradio: each subcommand imports
 # what it needs when it runs (they all point down; none of them imports this module).
@@ -297,13 +297,13 @@ def _study(cfg: Config, args) -> None:
 
 
 def _export_judgments(cfg: Config, args) -> None:
-    from preference_store.export_judgments import export_judgments, format_judgments_summary
+    from preference_store.exports.judgments import export_judgments, format_judgments_summary
 
     print(format_judgments_summary(export_judgments(cfg, args.out, actor=cli_actor())))
 
 
 def _export(cfg: Config, args) -> None:
-    from training.export import export_stage
+    from training.export.checkpoints import export_stage
 
     done = export_stage(cfg, args.run, args.stage, args.out, dtype=args.dtype, force=args.force)
     info = done.provenance
@@ -314,7 +314,7 @@ def _export(cfg: Config, args) -> None:
 
 
 def _export_lm_eval_task(cfg: Config, args) -> None:
-    from training.evaluation.lm_eval_task import export_lm_eval_task, format_export
+    from training.export.lm_eval_task import export_lm_eval_task, format_export
 
     print(format_export(export_lm_eval_task(cfg, args.run, args.out, force=args.force)))
 
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         choices=PROFILES,
         default="demo",
-        help="config profile (training/configs/PROFILE.yaml); default demo",
+        help="config profile (core/configs/PROFILE.yaml); default demo",
     )
 
     parser = argparse.ArgumentParser(

@@ -62,12 +62,12 @@ from app.arena import QUEUE_EMPTY, Arena, ArenaSession, GuidelineUnread, resolve
 from app.auth import identify
 from app.contestants import available_contestants
 from app.identifiers import as_sent
-from app.leaderboard_tab import interim_withheld
 from app.notice import NOT_ACCEPTED
 from app.refusals import refusal
+from app.tabs.leaderboard import interim_withheld
+from core.errors import UserError
 from preference_store.records import PANEL_LABELS, Annotator, JudgmentIn, RatingIn
 from preference_store.study_figures import agreement_figures, leaderboard_figures, status_figures
-from training.errors import UserError
 
 API_ENDPOINTS = (
     "contestants",
@@ -363,7 +363,7 @@ def build_api(arena: Arena) -> None:
     def study_figures(endpoint: str, request: gr.Request | None, bank_only: bool):
         """The leaderboard the study's figures come from, for whoever may see the results: while a round is open
         admins only, unless ``study.interim_results`` is everyone (an assessor who sees them is biased); the
-        Leaderboard tab's own rule (:func:`~app.leaderboard_tab.interim_withheld`)."""
+        Leaderboard tab's own rule (:func:`~app.tabs.leaderboard.interim_withheld`)."""
         try:
             annotator = identify(store, getattr(request, "username", None))
         except UserError as err:

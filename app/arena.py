@@ -43,12 +43,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.contestants import identifying_names, register_contestants, resolve_contestants
-from app.endpoints import EndpointClients
 from app.identifiers import EntryCheck, as_sent
 from app.leaks import contestant_terms, find_leaks
 from app.notice import NOT_ACCEPTED
+from app.serving.endpoints import EndpointClients
 from app.serving.pool import Answer, ModelPool, PanelRequest
 from app.serving.sampling import Decoding
+from core.config import Config, DecodingConfig
+from core.errors import UserError
 from preference_store.records import (
     MAX_CONTESTANTS,
     MIN_CONTESTANTS,
@@ -66,8 +68,6 @@ from preference_store.records import (
 )
 from preference_store.repository import PreferenceStore
 from preference_store.repository.judgments import AlreadyJudged
-from training.config import Config, DecodingConfig
-from training.errors import UserError
 
 CHOICE_NAMES = {"A": "A 更好 A is better", "B": "B 更好 B is better", "tie": "平局 tie", "both_bad": "都不好 both bad"}
 # what a panel shows for an answer with nothing in it once cleaned (it is stored as ""); Regenerate asks again
@@ -178,7 +178,9 @@ class Arena:
         self.cfg = cfg
         self.store = store
         self.pool = pool
-        self.endpoints = EndpointClients()  # the endpoint contestants' clients (app.endpoints), made when first used
+        self.endpoints = (
+            EndpointClients()
+        )  # the endpoint contestants' clients (app.serving.endpoints), made when first used
 
     # --- contestants and conversations ---------------------------------------------------------
     def start(

@@ -26,10 +26,10 @@ from urllib.parse import quote, unquote
 
 import gradio as gr
 
+from core.config import AppConfig, Config
+from core.errors import UserError
 from preference_store.records import Annotator
 from preference_store.repository import DEMO_ANNOTATOR, PreferenceStore
-from training.config import AppConfig, Config
-from training.errors import UserError
 
 ADD_ACCOUNT_HINT = "./launch.sh add-annotator NAME --role admin"
 NOTICE_COOKIE = "chimed-login-notice"  # the account name of the last throttled login try of this browser

@@ -1,5 +1,5 @@
 """Which checkpoints can be compared: every stage of every completed run under ``cfg.runs_dir``, and every
-endpoint of ``app.endpoints`` (a model served by an OpenAI-compatible engine, :mod:`app.endpoints`).
+endpoint of ``app.endpoints`` (a model served by an OpenAI-compatible engine, :mod:`app.serving.endpoints`).
 
 Read from the run manifests (``training.manifest.list_runs``) on every call, so a run that finishes
 while the app is up is listed without a restart. A checkpoint id is ``"<run_id>/<stage>"`` for a run's
@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import Config, EndpointConfig
+from core.errors import UserError
+from core.registry import answering, get_stage, is_stage, stage_names
 from preference_store.repository.checkpoints import ENDPOINT_STAGE, endpoint_checkpoint_id
-from training.config import Config, EndpointConfig
-from training.errors import UserError
 from training.manifest import list_runs, run_dir
-from training.stages.registry import answering, get_stage, is_stage, stage_names
 
 
 def stage_label(stage: str) -> str:

@@ -2,7 +2,7 @@
 
 Clinicians paste real cases, whatever the notice says. Every prompt, correction and reason typed in the
 Compare tab or sent through the API is screened first (:func:`screen_entry`, on
-:func:`preference_store.deid.find_identifiers`); when it holds identifiers nothing is sent: the app
+:func:`preference_store.deid.detect.find_identifiers`); when it holds identifiers nothing is sent: the app
 names the categories it found and offers to send the redacted text (the default) or to edit it, and the
 API refuses unless the caller asks for the redacted text (``redact=True``).
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from preference_store.deid import CATEGORIES, category_label, deidentify, find_identifiers
-from training.errors import UserError
+from core.errors import UserError
+from preference_store.deid.detect import CATEGORIES, category_label, deidentify, find_identifiers
 
 FIELD_LABELS = {"prompt": "问题 prompt", "correction": "改写的回答 better answer", "reason": "理由 reason"}
 
@@ -26,7 +26,7 @@ FIELD_LABELS = {"prompt": "问题 prompt", "correction": "改写的回答 better
 @dataclass(frozen=True)
 class EntryCheck:
     """What was typed (field -> text: prompt, correction, reason), what it becomes redacted, and how many
-    identifiers of each category it holds (in :data:`~preference_store.deid.CATEGORIES` order)."""
+    identifiers of each category it holds (in :data:`~preference_store.deid.detect.CATEGORIES` order)."""
 
     typed: dict[str, str]
     redacted: dict[str, str]

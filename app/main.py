@@ -15,18 +15,18 @@ from starlette.middleware import Middleware
 from app.api import build_api, hide_ui_callbacks
 from app.arena import Arena, ArenaSession
 from app.auth import AccountGuard, build_account_box, identify, identity_line, login_checker
-from app.compare_tab import build_compare_tab, runs_and_contestants, status_line
 from app.contestants import default_checkpoints, resolve_contestants
-from app.data_tab import build_data_tab
-from app.guidelines_tab import build_guidelines_tab
 from app.identifiers import warm_up
-from app.leaderboard_tab import build_leaderboard_tab
 from app.notice import ACCEPT_LABEL, footer_markdown, notice_markdown
-from app.runs_tab import build_runs_tab
 from app.serving.pool import ModelPool
+from app.tabs.compare import build_compare_tab, runs_and_contestants, status_line
+from app.tabs.data import build_data_tab
+from app.tabs.guidelines import build_guidelines_tab
+from app.tabs.leaderboard import build_leaderboard_tab
+from app.tabs.runs import build_runs_tab
+from core.config import Config
+from core.errors import UserError
 from preference_store.repository import PreferenceStore
-from training.config import Config
-from training.errors import UserError
 
 TITLE = "ChiMed Arena · 医学大模型对比评测"
 # the notice stays on screen at the bottom of every page, above whatever scrolls under it

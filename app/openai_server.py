@@ -77,13 +77,13 @@ from app.notice import NOTICE_EN, NOTICE_ZH
 from app.serving.model_process import describe_error
 from app.serving.pool import Answer, ContextLengthExceeded, Generation, ModelPool, PanelRequest, Prompt
 from app.serving.sampling import EXTRAS, Decoding
+from core.config import Config
+from core.errors import UserError
+from core.registry import is_chat_stage
 from preference_store.records import Annotator
 from preference_store.repository import PreferenceStore
 from preference_store.repository.audit import TOKEN_FAILED
-from training.config import Config
-from training.errors import UserError
 from training.evaluation.loglik import token_ids
-from training.stages.registry import is_chat_stage
 
 NOTICE_HEADERS = {"X-ChiMed-Notice": NOTICE_EN, "X-ChiMed-Notice-Zh": quote(NOTICE_ZH)}
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}

@@ -9,8 +9,8 @@ included. Closing a round stops its queue and releases its interim results (``st
 from __future__ import annotations
 
 from app.contestants import register_contestants
+from core.config import Config
 from preference_store.repository import PreferenceStore
-from training.config import Config
 
 
 def start_study_round(

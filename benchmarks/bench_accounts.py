@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_annotation import cheap_hashing, queue_benchmark  # noqa: E402
 
+from core.config import AccountsConfig, StoreConfig  # noqa: E402
 from preference_store.repository import PreferenceStore, accounts  # noqa: E402
-from training.config import AccountsConfig, StoreConfig  # noqa: E402
 
 PASSWORD = "correct horse battery staple"
 

@@ -19,10 +19,10 @@ import argparse
 import json
 import time
 
-from training.config import load_config
+from core.config import load_config
+from core.registry import align_methods
 from training.manifest import read_manifest_at, run_dir
 from training.pipeline import train_all
-from training.stages.registry import align_methods
 
 COLUMNS = [
     ("exam acc", "exam_acc"),

@@ -39,13 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from argon2 import PasswordHasher  # noqa: E402
 from sqlalchemy import func, insert, select  # noqa: E402
 
+from core.config import StoreConfig, load_config  # noqa: E402
 from preference_store import models  # noqa: E402
-from preference_store.bank import prompt_hash  # noqa: E402
-from preference_store.export import export_pairs  # noqa: E402
+from preference_store.bank_file import prompt_hash  # noqa: E402
+from preference_store.exports.pairs import export_pairs  # noqa: E402
 from preference_store.models import AssignmentRow, ComparisonRow, JudgmentRow, utcnow  # noqa: E402
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn  # noqa: E402
 from preference_store.repository import PreferenceStore, accounts  # noqa: E402
-from training.config import StoreConfig, load_config  # noqa: E402
 
 RUN = "bench"
 STAGES = ["base", "cpt", "sft", "dpo"]

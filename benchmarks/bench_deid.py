@@ -26,17 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_store import ANSWERS, PROMPT, RUN, STAGES, prepare  # noqa: E402
-from preference_store.deid import (  # noqa: E402
+from core.config import load_config  # noqa: E402
+from preference_store.deid.detect import (  # noqa: E402
     deidentify,
     format_table,
     measure,
     protected_load_seconds,
     segmenter,
 )
-from preference_store.export import export_pairs  # noqa: E402
+from preference_store.exports.pairs import export_pairs  # noqa: E402
 from preference_store.records import JudgmentIn  # noqa: E402
 from preference_store.repository import PreferenceStore  # noqa: E402
-from training.config import load_config  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "deid"
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from app.serving.shared_weights import hold_as_delta, map_weights  # noqa: E402
-from training.config import load_config  # noqa: E402
+from core.config import load_config  # noqa: E402
 from training.evaluation.evaluate import load_eval_sets  # noqa: E402
 from training.evaluation.exam import score_exam  # noqa: E402
 from training.evaluation.generation import qa_generations  # noqa: E402

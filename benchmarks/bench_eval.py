@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from training.config import load_config
+from core.config import load_config
 from training.evaluation.evaluate import evaluate_run
 
 PARTS = ("exam", "generation", "perplexity", "preference")

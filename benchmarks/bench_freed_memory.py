@@ -1,5 +1,5 @@
 """Minor page faults per CPU training step with glibc's default malloc thresholds and with
-``train.keep_freed_memory`` (``training/stages/allocator.py``), one process per setting and round.
+``train.keep_freed_memory`` (``training/trainer/allocator.py``), one process per setting and round.
 
     .venv/bin/python benchmarks/bench_freed_memory.py [--rounds 5] [--layers 1]
 
@@ -8,7 +8,7 @@ a CPT batch of the demo's shape (16 x 128), runs 5 forward and backward passes t
 then counts ``ru_minflt`` over 10 more: first with glibc's defaults, then after
 ``keep_freed_memory_for_training(on)`` (``on``) or with nothing applied (``off``, the control: the count stays
 where it was). The counts depend on the kernel and on what else runs on the machine, so they are a benchmark's
-figure (BENCHMARKS.md "Freed memory on the CPU"), not a test's; tests/test_training_speed.py checks the behaviour (the
+figure (BENCHMARKS.md "Freed memory on the CPU"), not a test's; tests/training/test_training_speed.py checks the behaviour (the
 setting is applied and recorded, the losses are the same).
 """
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAULTS_PER_STEP = """
 import json, resource, sys, torch
 from transformers import LlamaConfig, LlamaForCausalLM
-from training.stages.allocator import freed_memory_kept, keep_freed_memory_for_training
+from training.trainer.allocator import freed_memory_kept, keep_freed_memory_for_training
 
 torch.manual_seed(0)
 model = LlamaForCausalLM(LlamaConfig(vocab_size=4000, hidden_size=128, intermediate_size=344,

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_import_export.py [--repeat 3]
 
 For every layout of ``tests/layouts.py`` (tiny random weights, tokenizers trained here) it writes the
-checkpoint, trains the shrunk paper run of ``tests/test_real_checkpoints.py`` on it, then times, in fresh
+checkpoint, trains the shrunk paper run of ``tests/training/test_real_checkpoints.py`` on it, then times, in fresh
 processes under ``/usr/bin/time``, ``./launch.sh import-model`` (Baichuan layouts; the native ones are used as
 they are) and ``./launch.sh export --stage dpo``. Wall seconds (median of the repeats) and peak RSS are
 printed as a Markdown table. Most of either is importing torch/transformers/peft: the table also gives that.

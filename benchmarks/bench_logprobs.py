@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from training.config import PROFILES, load_config
-from training.data.files import read_jsonl
+from core.config import PROFILES, load_config
+from core.files import read_jsonl
 from training.modeling import load_stage
-from training.stages.logprobs import logprob_metrics
-from training.stages.paths import stage_paths
+from training.trainer.logprobs import logprob_metrics
+from training.trainer.paths import stage_paths
 
 
 def measure(profile: str, run: str, stage: str, steps: int, head: str, layout: str, reference: str = "") -> dict:
@@ -40,11 +40,11 @@ def measure(profile: str, run: str, stage: str, steps: int, head: str, layout: s
     parent = {"sft": "cpt", "dpo": "sft"}[stage]
     model, tokenizer = load_stage(cfg.runs_dir / run, parent, device="cpu")
     if stage == "dpo":
-        from training.stages.dpo import build_dpo_trainer
+        from training.recipes.dpo import build_dpo_trainer
 
         trainer, _, record = build_dpo_trainer(cfg, paths, model, tokenizer, read_jsonl(cfg.data_dir / "dpo.jsonl"))
     else:
-        from training.stages.sft import build_sft_trainer
+        from training.recipes.sft import build_sft_trainer
 
         trainer, _, record = build_sft_trainer(cfg, paths, model, tokenizer, read_jsonl(cfg.data_dir / "sft.jsonl"))
     output = trainer.train()

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+from core.config import load_config
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore
-from training.config import load_config
 from training.manifest import latest_run, run_dir
 
 REPO = Path(__file__).resolve().parents[1]

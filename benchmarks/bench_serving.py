@@ -40,11 +40,11 @@ from app.contestants import resolve_contestants  # noqa: E402
 from app.serving.memory import mapped_files, memory_of, weight_bytes  # noqa: E402
 from app.serving.pool import ModelPool, PanelRequest  # noqa: E402
 from app.serving.sampling import Decoding  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.errors import UserError  # noqa: E402
+from core.config import load_config  # noqa: E402
+from core.errors import UserError  # noqa: E402
+from core.registry import stage_names  # noqa: E402
 from training.manifest import latest_run  # noqa: E402
 from training.modeling import load_causal_lm, load_stage, load_tokenizer, stage_chain  # noqa: E402
-from training.stages.registry import stage_names  # noqa: E402
 
 STAGES = stage_names()
 

@@ -8,7 +8,7 @@ Each simulated study is what the verdict sees: ``prompts`` (held-out) bank promp
 each has its own win probability, drawn from a Beta distribution with mean ``win_rate`` and concentration
 ``--concentration`` (default 8: a standard deviation of about 0.16 across prompts), so more annotators on the same
 prompts help less than more prompts, as in a real bank. The verdict is the project's own
-:func:`preference_store.run_comparison.compare_checkpoints` at the default settings (``store.run_comparison_rounds``
+:func:`preference_store.statistics.run_comparison.compare_checkpoints` at the default settings (``store.run_comparison_rounds``
 bootstrap resamples over prompts, ``store.run_comparison_min_prompts``). Power is the share of studies whose verdict
 is "better"; its Monte-Carlo standard error is at most 0.5/sqrt(studies) (0.029 for 300). The share wrongly
 "better" when the runs are equal (win rate 50%) is printed too: the false-positive rate, about 2.5% by design.
@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preference_store.ratings import JudgedComparison, Panel  # noqa: E402
-from preference_store.run_comparison import compare_checkpoints  # noqa: E402
-from training.config import StoreConfig  # noqa: E402
+from core.config import StoreConfig  # noqa: E402
+from preference_store.statistics.bradley_terry import JudgedComparison, Panel  # noqa: E402
+from preference_store.statistics.run_comparison import compare_checkpoints  # noqa: E402
 
 NEW, OLD, STAGE = "new", "old", "dpo"
 PANELS = {"A": Panel("a", f"{NEW}/{STAGE}", 100, False), "B": Panel("b", f"{OLD}/{STAGE}", 100, False)}

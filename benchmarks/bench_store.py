@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preference_store.export import export_pairs  # noqa: E402
+from core.config import load_config  # noqa: E402
+from preference_store.exports.pairs import export_pairs  # noqa: E402
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn  # noqa: E402
 from preference_store.repository import PreferenceStore  # noqa: E402
-from training.config import load_config  # noqa: E402
 
 RUN = "bench"
 STAGES = ["base", "cpt", "sft", "dpo"]

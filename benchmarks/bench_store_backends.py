@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_store_backends.py [--repeats 3]
 
-The workload is tests/test_store_concurrency.py's, imported from it so the two cannot drift: 20 recorded
+The workload is tests/store/test_store_concurrency.py's, imported from it so the two cannot drift: 20 recorded
 comparisons, then 32 writer threads x 50 judgments (three-answer rankings, every tenth resubmitted),
 once with the writers sharing one store (the app's browser sessions) and once with a store each (as
 separate processes or app replicas). SQLite is a file in a fresh temporary directory; PostgreSQL is a
@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.config import StoreConfig  # noqa: E402
 from preference_store.repository import PreferenceStore  # noqa: E402
 from tests.postgres_server import PostgresServer  # noqa: E402
 from tests.test_store_concurrency import PER_WRITER, WRITERS, prepare, run_writers  # noqa: E402
-from training.config import StoreConfig  # noqa: E402
 
 
 def one_run(url: str, shared: bool) -> float:

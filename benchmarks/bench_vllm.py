@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.arena import resolve_decoding  # noqa: E402
 from app.contestants import resolve_contestants  # noqa: E402
-from app.endpoints import EndpointClients  # noqa: E402
+from app.serving.endpoints import EndpointClients  # noqa: E402
+from app.serving.plan import CPU_VENV_DEFAULT, CPU_VENV_ENV, endpoint_name, plan_vllm  # noqa: E402
 from app.serving.pool import ModelPool, PanelRequest  # noqa: E402
-from training.config import load_config  # noqa: E402
-from training.export import export_stage  # noqa: E402
+from core.config import load_config  # noqa: E402
+from training.export.checkpoints import export_stage  # noqa: E402
 from training.modeling import stage_chain, stage_tokenizer  # noqa: E402
-from training.serve_plan import CPU_VENV_DEFAULT, CPU_VENV_ENV, endpoint_name, plan_vllm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 from benchmarks.bench_serving import PROMPTS  # noqa: E402  (the serving benchmark's four questions)

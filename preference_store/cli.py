@@ -6,9 +6,9 @@ import getpass
 
 from sqlalchemy.engine import make_url
 
+from core.config import Config
 from preference_store.records import Annotator
 from preference_store.repository import PreferenceStore
-from training.config import Config
 
 
 def cli_actor() -> str:

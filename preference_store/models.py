@@ -8,7 +8,7 @@ unit of work orders the inserts. Migration 0003 added the annotation study: the 
 prompt bank and its assignments, per-criterion scores, single-answer ratings and identity-leak flags; 0004 the
 API tokens of the OpenAI-compatible server; 0005 one live judgment per annotator and comparison (and one live
 rating per annotator and answer), earlier ones kept as history, marked superseded; 0006 the audit log and disabled accounts. Any change here needs a migration in ``migrations/versions/``
-(``tests/test_store_migrations.py`` fails when the two disagree).
+(``tests/store/test_store_migrations.py`` fails when the two disagree).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from training.config import AccountsConfig
+from core.config import AccountsConfig
 
 CONTEXT_WORDS = ("chimed", "arena", "qilin", "password", "passwort", "mima")  # "mima" = 密码 in pinyin
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from core.errors import UserError
+from core.registry import is_stage, stage_names
 from preference_store.records import (
     CHOICES,
     MAX_CONTESTANTS,
@@ -18,8 +20,6 @@ from preference_store.records import (
     JudgmentIn,
     RatingIn,
 )
-from training.errors import UserError
-from training.stages.registry import is_stage, stage_names
 
 MESSAGE_ROLES = ("system", "user", "assistant")
 

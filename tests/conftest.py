@@ -34,7 +34,7 @@ def chimed_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data_home(tmp_path_factory) -> Path:
     """A work directory holding the tiny ChiMed build (read-only for tests; copy it to change it)."""
-    from training.config import load_config
+    from core.config import load_config
     from training.data.build import build_chimed
 
     home = tmp_path_factory.mktemp("tiny_data")
@@ -51,7 +51,7 @@ def tiny_data_home(tmp_path_factory) -> Path:
 def tiny_run(tmp_path_factory, tiny_data_home) -> tuple[Path, str]:
     """(home, run_id) of one complete tiny train-all, shared by the tests that only read it."""
     from chimed import train_and_register as train_all  # train-all as the command line runs it: registered too
-    from training.config import load_config
+    from core.config import load_config
 
     home = tmp_path_factory.mktemp("tiny_run")
     shutil.copytree(tiny_data_home / "data", home / "data")
@@ -175,7 +175,7 @@ def store_url(store_backend, chimed_home, request, monkeypatch) -> Iterator[str]
     """The URL of this test's new preference database, where ``PreferenceStore.from_config`` and the
     command line find it: $CHIMED_HOME/preferences.db on SQLite; on PostgreSQL a fresh database already
     at the newest schema, set as CHIMED_DATABASE_URL."""
-    from training.config import load_config
+    from core.config import load_config
 
     if store_backend == "sqlite":
         yield load_config("tiny").database_url
@@ -190,8 +190,8 @@ def store_url(store_backend, chimed_home, request, monkeypatch) -> Iterator[str]
 @pytest.fixture
 def pref_store(store_url):
     """A fresh preference store at ``store_url`` (tiny profile), with run "r1" registered."""
+    from core.config import load_config
     from preference_store.repository import PreferenceStore
-    from training.config import load_config
 
     store = PreferenceStore.from_config(load_config("tiny"))
     store.register_checkpoints("r1", ["base", "cpt", "sft", "dpo"])
@@ -267,3 +267,20 @@ def start_app(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture
+def cfg(app_home):
+    """The tiny profile, with CHIMED_HOME a private copy of the tiny run (:func:`app_home`)."""
+    from core.config import load_config
+
+    return load_config("tiny")
+
+
+@pytest.fixture
+def store(cfg):
+    """The preference store of ``cfg``'s home, closed when the test ends."""
+    from preference_store.repository import PreferenceStore
+
+    with PreferenceStore.from_config(cfg) as store:
+        yield store

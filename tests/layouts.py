@@ -62,7 +62,7 @@ def _cache_dir() -> Path:
 def chinese_lines() -> tuple[str, ...]:
     """Training text: People's Daily paragraphs, product reviews (Latin text, digits, URLs among them) and a
     few clinical lines. CMeKG would add medical names but takes seconds to load."""
-    from training.data.sources import people_daily_articles, product_reviews
+    from core.sources import people_daily_articles, product_reviews
 
     lines = [p for doc in people_daily_articles(300) for p in doc.text.split("\n") if p]
     lines += [doc.text for doc in product_reviews(600)]
@@ -75,7 +75,7 @@ def _bpe_tokenizer_dir(layout: str) -> Path:
     an -Instruct checkpoint with ChatML; mistral has no pad token."""
     from transformers import AutoTokenizer
 
-    from training.stages.base import train_bpe_tokenizer
+    from training.recipes.base import train_bpe_tokenizer
 
     out = _cache_dir() / f"bpe-{layout}"
     if out.is_dir():

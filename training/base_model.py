@@ -1,6 +1,6 @@
 """The base model a run starts from, and the checks it passes before anything trains.
 
-tiny/demo pretrain their own base (``training/stages/base.py``). The paper profile brings one
+tiny/demo pretrain their own base (``training/recipes/base.py``). The paper profile brings one
 (``model.path``): an architecture transformers implements is linked into the run as it is; a known legacy
 layout (Baichuan-7B, Baichuan2-7B) is converted once into the run's ``base/`` (``training/model_import.py``);
 other remote code runs only with ``model.trust_remote_code``. Every base passes the pre-flight
@@ -16,15 +16,15 @@ import os
 import shutil
 from pathlib import Path
 
-from training.config import Config
-from training.data.files import write_json_atomic
-from training.errors import UserError
+from core.config import Config
+from core.errors import UserError
+from core.files import write_json_atomic
+from core.registry import get_stage, stage_names
 from training.manifest import read_manifest_at, stage_entry, write_manifest
 from training.model_import import CONVERTIBLE, convert_checkpoint, detect_layout
 from training.preflight import preflight
-from training.stages.lora import resolve_lora_targets
-from training.stages.paths import STAGE_INFO, read_stage_info
-from training.stages.registry import get_stage, stage_names
+from training.trainer.lora import resolve_lora_targets
+from training.trainer.paths import STAGE_INFO, read_stage_info
 
 
 def is_converted(cfg: Config) -> bool:

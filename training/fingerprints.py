@@ -10,10 +10,10 @@ import hashlib
 import os
 from pathlib import Path
 
-from training.config import Config
-from training.data.files import sha256_json
-from training.stages.paths import read_stage_info
-from training.stages.registry import get_stage
+from core.config import Config
+from core.files import sha256_json
+from core.registry import get_stage
+from training.trainer.paths import read_stage_info
 
 
 def stage_fingerprint(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from training.config import Config
+from core.config import Config
 from training.data.build import data_is_built
-from training.stages.arguments import deepspeed_config_path
+from training.trainer.arguments import deepspeed_config_path
 
 
 def processes_per_machine(cfg: Config) -> int:

@@ -17,11 +17,11 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.config import Config
-from training.data.files import sha256_file, write_json_atomic
+from core.config import Config
+from core.errors import UserError
+from core.files import sha256_file, write_json_atomic
+from core.registry import stage_names
 from training.data.layout import TRAINING_FILES
-from training.errors import UserError
-from training.stages.registry import stage_names
 
 MANIFEST = "manifest.json"
 RUN_STATE = "run_state.json"  # {"requested_stages": [...], "complete": bool}; pipeline bookkeeping

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from training.data.files import current_umask, directory_written_atomically
-from training.errors import UserError
+from core.errors import UserError
+from core.files import current_umask, directory_written_atomically
 
 LAYOUTS = ("native", "baichuan", "baichuan2", "baichuan-alibi", "remote")
 CONVERTIBLE = {"BaiChuanForCausalLM": "baichuan", "BaichuanForCausalLM": "baichuan2"}

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from training.chat_format import CHAT_TEMPLATE
-from training.errors import UserError
+from core.errors import UserError
+from core.prompting import CHAT_TEMPLATE
+from core.registry import get_stage, is_stage
 from training.manifest import read_manifest_at
-from training.stages.registry import get_stage, is_stage
 
 # Special tokens of the tokenizers trained here (tiny/demo). "<|end|>" closes every assistant turn and
 # every pretraining document, so it is also the end-of-sequence token generation stops at.
@@ -35,7 +35,7 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "<|end|>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 
 
-CHAT_TEMPLATE_POLICIES = ("auto", "project")  # model.chat_template (training/config.py)
+CHAT_TEMPLATE_POLICIES = ("auto", "project")  # model.chat_template (core/config/)
 
 
 def ensure_chat_template(tokenizer, policy: str = "auto"):
@@ -171,7 +171,7 @@ def load_stage(run_dir: str | Path, stage: str, device: str | None = None, dtype
     if is_stage(stage) and not get_stage(stage).generative:
         raise UserError(
             f"stage {stage} of run {run_dir.name} does not generate (a reward model): load it with "
-            "training.stages.rm.load_reward_model"
+            "training.recipes.rm.load_reward_model"
         )
     chain = stage_chain(run_dir, stage)
     trust = trust_remote_code(run_dir)

@@ -6,7 +6,7 @@ The orchestrator (this module, one process) decides which stages to run, keeps `
 one device) or launches it through ``accelerate launch`` (``training/launch.py``): the launched processes run
 ``python -m training.pipeline --run-dir D --stage S`` (:func:`main`), read the run's saved config and train
 the same recipe under DDP / DeepSpeed ZeRO. What a stage is comes from the stage registry
-(``training/stages/registry.py``); the base model's checks and conversion from ``training/base_model.py``.
+(``core/registry.py``); the base model's checks and conversion from ``training/base_model.py``.
 The loop around it (exporting clinician pairs first, registering the run with the store after) is the
 command line's (``chimed.py``).
 
@@ -31,11 +31,12 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from core.config import Config, config_from_dict
+from core.errors import UserError
+from core.files import write_json_atomic
+from core.registry import ALIGN, get_stage, is_stage, resolve_stage, run_stages, stage_names
 from training import base_model
-from training.config import Config, config_from_dict
 from training.data.build import build_chimed, data_is_built
-from training.data.files import write_json_atomic
-from training.errors import UserError
 from training.evaluation.reward import judge_run
 from training.fingerprints import recorded_fingerprint, stage_fingerprint
 from training.launch import launch_command, launch_env, print_dry_run
@@ -52,12 +53,12 @@ from training.manifest import (
     write_manifest,
 )
 from training.modeling import CHAT_TEMPLATE_POLICIES
-from training.stages.allocator import keep_freed_memory_for_training
-from training.stages.arguments import check_device_options, process_state, write_deepspeed_config
-from training.stages.lifecycle import prepare_work_dir
-from training.stages.pairs import PAIR_IDS
-from training.stages.paths import STAGE_INFO, read_stage_info, stage_paths
-from training.stages.registry import ALIGN, get_stage, is_stage, resolve_stage, run_stages, stage_names
+from training.recipes import check_data, runner_for
+from training.trainer.allocator import keep_freed_memory_for_training
+from training.trainer.arguments import check_device_options, process_state, write_deepspeed_config
+from training.trainer.lifecycle import prepare_work_dir
+from training.trainer.pairs import PAIR_IDS
+from training.trainer.paths import STAGE_INFO, read_stage_info, stage_paths
 
 __all__ = ["train_all", "latest_run", "list_runs"]
 
@@ -97,7 +98,7 @@ def train_all(
     _ensure_data(cfg, is_main_machine)
 
     for stage in plan:  # a method its data cannot feed stops here, before any stage trains
-        get_stage(stage).check_data(cfg)
+        check_data(cfg, stage)
     run_id, resuming = _choose_run(cfg, run_id, resume_run, from_stage, plan)
     if cfg.train.evaluate_after and cfg.eval.reward_judge.strip() not in ("", run_id):
         judge_run(cfg, run_id, {"stages": {}})  # a judge without an rm stage: one line now, not after training
@@ -361,7 +362,7 @@ def _run_or_skip_stage(
 def train_stage_here(cfg: Config, stage: str, paths, fingerprint: str) -> None:
     """Train one stage in this process (train-all's own, or each process that accelerate launched)."""
     keep_freed_memory_for_training(cfg.train.keep_freed_memory)
-    get_stage(stage).run()(cfg, paths, fingerprint)
+    runner_for(stage)(cfg, paths, fingerprint)
 
 
 def _record_stage(cfg: Config, run_path: Path, stage: str, info: dict) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from training.errors import UserError
+from core.errors import UserError
 from training.modeling import default_device, default_dtype, load_causal_lm, load_tokenizer
 
 PROMPTS = ("问：高血压患者饮食上要注意什么？\n答：", "问：感冒了怎么办？\n答：")

@@ -41,7 +41,7 @@ from app.serving.memory import memory_of, weight_bytes_by_origin
 from app.serving.multi_lora import MultiLora
 from app.serving.sampling import generate_batch
 from app.serving.shared_weights import DeltaMismatch, hold_as_delta, map_weights
-from training.errors import UserError
+from core.errors import UserError
 
 
 def describe_error(error: BaseException) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.errors import UserError
+from core.errors import UserError
 
 PREFIX = "base_model.model."  # how PEFT names the wrapped model's modules in a saved adapter
 # adapter settings the fused forward does not implement: each must be off (falsy, or "none" for bias)

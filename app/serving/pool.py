@@ -29,7 +29,7 @@ tokens up to that string.
 
 The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow. An
 endpoint contestant (a model served by an OpenAI-compatible engine, ``app.endpoints``) is answered in the same
-:class:`Generation`, by a thread of its own that streams from the engine (:mod:`app.endpoints`, which builds
+:class:`Generation`, by a thread of its own that streams from the engine (:mod:`app.serving.endpoints`, which builds
 on this module: the arena passes its endpoint clients in).
 """
 
@@ -50,10 +50,11 @@ from app.serving.memory import mapped_files
 from app.serving.model_process import ModelProcess, context_of, cpu_slots, describe_error
 from app.serving.sampling import Decoding
 from app.serving.shared_weights import DELTA_BITS, weights_identity
-from training.config import Config
-from training.errors import UserError
+from core.config import Config
+from core.errors import UserError
+from core.prompting import PLAIN_TURN_STOPS, conversation_prompt
+from core.registry import is_chat_stage
 from training.evaluation.loglik import token_ids
-from training.evaluation.prompts import PLAIN_TURN_STOPS, conversation_prompt
 from training.modeling import (
     default_device,
     default_dtype,
@@ -62,7 +63,6 @@ from training.modeling import (
     tokenizer_dir,
     trust_remote_code,
 )
-from training.stages.registry import is_chat_stage
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class PanelStreamer:
 
     ``chat[i]``: row i is an instruction-tuned stage. The others (base, cpt) continue a plain 问：/答：
     conversation and run on into an invented next turn: such a row ends at the first line starting with
-    a marker (:func:`training.evaluation.prompts.cut_plain_answer`), and its answer is what comes before.
+    a marker (:func:`core.prompting.cut_plain_answer`), and its answer is what comes before.
     ``stops[i]``: row i's stop strings (a request's ``stop``), which end it the same way.
 
     A row that ends at a stop string or marker counts its tokens up to the one that completed it, whatever
@@ -336,7 +336,7 @@ def prompt_ids(tokenizer, messages: list[dict], chat: bool = True, template_kwar
 
     Instruction-tuned stages (``chat``) see the chat template (given ``template_kwargs`` as its variables),
     base and cpt the plain 问：/答： text they were trained on, each as the evaluation asks them
-    (:func:`training.evaluation.prompts.conversation_prompt`).
+    (:func:`core.prompting.conversation_prompt`).
     """
     if chat:
         return list(
@@ -512,14 +512,16 @@ class ModelPool:
 
         Requests on the same full model are batched together; different full models run in parallel.
         A failure (a checkpoint that does not load, a generation error) ends only its own panel.
-        ``endpoints`` (:class:`app.endpoints.EndpointClients`, the arena's) answers the endpoint contestants.
+        ``endpoints`` (:class:`app.serving.endpoints.EndpointClients`, the arena's) answers the endpoint contestants.
         """
         generation = Generation([r.contestant.checkpoint_id for r in requests], decoding)
         groups: dict[tuple, tuple[_Root, list[tuple[int, PanelRequest, list[dict]]]]] = {}
         for panel, request in enumerate(requests):
             if request.contestant.endpoint is not None:  # an engine answers it, in a thread of its own
                 if endpoints is None:
-                    generation.fail(panel, "an endpoint contestant needs the arena's endpoint clients (app.endpoints)")
+                    generation.fail(
+                        panel, "an endpoint contestant needs the arena's endpoint clients (app.serving.endpoints)"
+                    )
                 else:
                     endpoints.start(request.contestant.endpoint, request.messages, generation, panel)
                 continue

@@ -17,8 +17,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from transformers.generation.streamers import BaseStreamer
 
 from app.serving.multi_lora import MultiLora
-from training.config import DecodingConfig
-from training.errors import UserError
+from core.config import DecodingConfig
+from core.errors import UserError
 
 # later steps of an answer reach the pool at most this often: text still streams smoothly, and the pool's
 # process, woken once per message, leaves the cores to the model processes (a wake-up per token per

@@ -120,8 +120,8 @@ def prepare_home(work: Path, home: Path | None = None, run_id: str | None = None
 def open_store(home: Path):
     """The home's preference store, as the app opens it: the tiny profile's database_url, which is read from
     CHIMED_HOME whenever it is used, so CHIMED_HOME stays set while the store is open."""
+    from core.config import load_config
     from preference_store.repository import PreferenceStore
-    from training.config import load_config
 
     saved = {k: os.environ.get(k) for k in ("CHIMED_HOME", "CHIMED_DATABASE_URL")}
     os.environ["CHIMED_HOME"] = str(home)

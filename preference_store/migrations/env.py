@@ -37,7 +37,7 @@ def run_migrations() -> None:
         return
     url = context.config.get_main_option("sqlalchemy.url") or os.environ.get("CHIMED_DATABASE_URL")
     if not url:
-        from training.config import load_config
+        from core.config import load_config
 
         url = load_config("paper").database_url
     with create_engine(url).connect() as connection:

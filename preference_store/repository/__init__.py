@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from core.config import Config
 from preference_store.records import StoreCounts
 from preference_store.repository.accounts import DEMO_ANNOTATOR, Accounts
 from preference_store.repository.bank import BankQueue
@@ -46,7 +47,6 @@ from preference_store.repository.leaderboard import LeaderboardQueries
 from preference_store.repository.ratings import AnswerRatings, StoredRating
 from preference_store.repository.study import AnnotatorProgress, StudyRecord, StudyRecords
 from preference_store.repository.tokens import ApiTokens
-from training.config import Config
 
 __all__ = ["DEMO_ANNOTATOR", "AnnotatorProgress", "PreferenceStore", "StoredPair", "StoredRating", "StudyRecord"]
 

@@ -33,7 +33,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from preference_store.bank import read_bank
+from preference_store.bank_file import read_bank
 from preference_store.models import (
     AnnotatorRow,
     AnswerRatingRow,
@@ -67,7 +67,7 @@ class BankQueue(StoreSessions):
     def import_bank(
         self, path: str | Path, bank: str | None = None, imported_by: int | None = None
     ) -> BankImportSummary:
-        """Import a ``.jsonl`` or ``.csv`` bank file (see :mod:`preference_store.bank`) in one transaction.
+        """Import a ``.jsonl`` or ``.csv`` bank file (see :mod:`preference_store.bank_file`) in one transaction.
 
         Malformed lines are listed as "FILE:LINE: reason" and the rest is imported; a prompt already in
         the store (from any bank) or twice in the file is imported once and counted as a duplicate.

@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.config import ENDPOINT_NAME
 from preference_store.models import CheckpointRow
 from preference_store.records import Checkpoint
 from preference_store.repository.sessions import StoreSessions
 from preference_store.validation import PreferenceStoreError, checkpoint_id
-from training.config import ENDPOINT_NAME
 
 ENDPOINT_PREFIX = "endpoint:"
 ENDPOINT_STAGE = "endpoint"

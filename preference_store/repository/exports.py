@@ -30,7 +30,7 @@ from preference_store.repository.sessions import StoreSessions
 
 @dataclass(frozen=True)
 class StoredPair:
-    """One stored pair with everything export needs (:mod:`preference_store.export`, and ``recent_pairs``)."""
+    """One stored pair with everything export needs (:mod:`preference_store.exports.pairs`, and ``recent_pairs``)."""
 
     pair_id: str
     judgment_id: str
@@ -143,7 +143,7 @@ class ExportSupport(StoreSessions):
     def tie_votes(self) -> Iterator[tuple[int, list[dict], tuple[str, ...], bool]]:
         """The live pairwise votes that made no pair (a tie, or both bad), oldest first: (annotator id, prompt
         messages, the texts of the answers judged, blind), so an export counts them among the votes on the
-        same prompt and answers (:mod:`preference_store.export`)."""
+        same prompt and answers (:mod:`preference_store.exports.pairs`)."""
         query = (
             select(
                 JudgmentRow.annotator_id,

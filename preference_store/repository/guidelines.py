@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from preference_store.guidelines import check_criteria
 from preference_store.models import AnnotatorRow, GuidelineRow
 from preference_store.records import Criterion, Guideline
 from preference_store.repository.sessions import StoreSessions
+from preference_store.rubric import check_criteria
 from preference_store.validation import NotFoundError, PreferenceStoreError, check_text
 
 GUIDELINE_MAX_CHARS = 20000

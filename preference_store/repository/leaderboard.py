@@ -9,8 +9,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from preference_store.agreement import agreement_values, measure_agreement, pair_agreement
-from preference_store.integrity import position_bias, screen_annotators
+from core.registry import stage_names
 from preference_store.models import (
     AnnotatorRow,
     BankPromptRow,
@@ -24,7 +23,10 @@ from preference_store.models import (
     PairRow,
     ResponseRow,
 )
-from preference_store.ratings import (
+from preference_store.records import JUDGMENT_KINDS, PANEL_LABELS, SPLITS, Leaderboard, RunComparison, StoreCounts
+from preference_store.repository.sessions import StoreSessions
+from preference_store.statistics.agreement import agreement_values, measure_agreement, pair_agreement
+from preference_store.statistics.bradley_terry import (
     JudgedComparison,
     Panel,
     criterion_battles,
@@ -34,11 +36,9 @@ from preference_store.ratings import (
     rate_length_controlled,
     win_rates,
 )
-from preference_store.records import JUDGMENT_KINDS, PANEL_LABELS, SPLITS, Leaderboard, RunComparison, StoreCounts
-from preference_store.repository.sessions import StoreSessions
-from preference_store.run_comparison import compare_checkpoints
+from preference_store.statistics.integrity import position_bias, screen_annotators
+from preference_store.statistics.run_comparison import compare_checkpoints
 from preference_store.validation import NotFoundError, PreferenceStoreError
-from training.stages.registry import stage_names
 
 
 class LeaderboardQueries(StoreSessions):
@@ -146,7 +146,7 @@ class LeaderboardQueries(StoreSessions):
     ) -> RunComparison:
         """Is ``new_run`` better than ``old_run``? The clinicians' battles between the two runs' checkpoints of
         ``stage`` on the bank prompts of ``split`` (train | heldout | None = all), with a bootstrap over
-        prompts (``rounds`` default store.run_comparison_rounds). See :mod:`preference_store.run_comparison`
+        prompts (``rounds`` default store.run_comparison_rounds). See :mod:`preference_store.statistics.run_comparison`
         for the verdict rule; the result counts the prompts whose pairs ``new_run`` trained on (``trained_on``).
 
         ``stage`` None = the last stage of both runs, refused as ambiguous when the runs end in different
@@ -217,7 +217,7 @@ class LeaderboardQueries(StoreSessions):
     def pair_agreement(self) -> dict[str, tuple[float | None, int]]:
         """pair id -> (share of the annotators of its bank prompt who judged the same two checkpoints and agree
         with it, how many they are), for every pair on a bank prompt; (None, 1) when only one annotator judged
-        them. Pairs not on a bank prompt are absent. See :func:`preference_store.agreement.pair_agreement`."""
+        them. Pairs not on a bank prompt are absent. See :func:`preference_store.statistics.agreement.pair_agreement`."""
         with self._read() as session:
             judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
             chosen, rejected = ResponseRow.__table__.alias("chosen"), ResponseRow.__table__.alias("rejected")

@@ -42,7 +42,7 @@ from preference_store.validation import check_rating
 
 @dataclass(frozen=True)
 class StoredRating:
-    """One stored rating with everything its export needs (:mod:`preference_store.export_ratings`)."""
+    """One stored rating with everything its export needs (:mod:`preference_store.exports.ratings`)."""
 
     rating_id: str
     comparison_id: str

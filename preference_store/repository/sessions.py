@@ -20,10 +20,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.config import StoreConfig
 from preference_store.db import IMMEDIATE, is_sqlite, make_engine, migrate, retry_while_busy
-from preference_store.deid import deidentify
+from preference_store.deid.detect import deidentify
 from preference_store.validation import PreferenceStoreError
-from training.config import StoreConfig
 
 T = TypeVar("T")
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE

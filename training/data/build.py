@@ -28,23 +28,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import Config, DataConfig
+from core.config import Config, DataConfig
+from core.errors import UserError
+from core.files import sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from core.sources import Document, load_cmekg, people_daily_articles, product_reviews
 from training.data import importers
 from training.data.cpt import build_cpt_corpus
 from training.data.decontam import drop_eval_questions, eval_prompts, overlap_report
 from training.data.dedup import deduplicate
 from training.data.dpo import hold_out_by_prompt, objective_pairs, relation_index
 from training.data.evalsets import build_exam, build_qa
-from training.data.files import sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from training.data.grpo import grpo_prompts
 from training.data.knowledge import choose_entities, split_by_entity
 from training.data.kto import kto_examples, read_collected_ratings
 from training.data.layout import EVAL_FILES, OUTPUTS, STATS_JSON, STATS_MD, TRAINING_FILES
 from training.data.relations import DISEASE, KINDS
 from training.data.sft import build_sft, differentials
-from training.data.sources import Document, load_cmekg, people_daily_articles, product_reviews
 from training.data.stats import describe_cpt, describe_dpo, describe_eval, describe_files, describe_sft, stats_markdown
-from training.errors import UserError
 
 
 @dataclass

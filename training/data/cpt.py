@@ -14,11 +14,11 @@ import random
 
 from tqdm import tqdm
 
-from training.chat_format import plain_qa
-from training.config import DataConfig
+from core.config import DataConfig
+from core.prompting import plain_qa
+from core.sources import Document
 from training.data.dialogue import ask, bare_answer, exam_style_turn
 from training.data.knowledge import Entity
-from training.data.sources import Document
 from training.data.verbalize import verbalize_entity
 
 KG_SOURCE, QA_TEXT_SOURCE = "kg", "kg_qa_text"

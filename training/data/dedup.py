@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datasketch import MinHash, MinHashLSH
 from tqdm import tqdm
 
-from training.config import DataConfig
+from core.config import DataConfig
 
 NOT_CONTENT = re.compile(r"[\s\W_]+", re.UNICODE)  # whitespace and punctuation
 

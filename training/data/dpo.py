@@ -14,9 +14,9 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
-from training.config import DataConfig
+from core.config import DataConfig
+from core.files import stable_hash
 from training.data.dialogue import answer, ask, has_advice, user
-from training.data.files import stable_hash
 from training.data.importers import dpo_record, pair_id
 from training.data.knowledge import Entity
 from training.data.sft import consultations

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from training.config import DataConfig
+from core.config import DataConfig
 from training.data.knowledge import Entity
 from training.data.relations import RELATION_BY_KEY, RELATIONS
 from training.data.sft import consultations, kg_qa

@@ -9,7 +9,7 @@ Two kinds, from the same sources as the other splits and about training entities
 - exam: a 4-option question in the exam's wording about a *training* entity, asked the way ChiMed-SFT's solved
   exam questions and the exam's own scoring ask it (the question alone: a small SFT model that never saw
   listed options answers them with noise), its options and gold letter kept beside it for the verifiable
-  reward (the chosen option, by letter or by its text, ``training/stages/rewards.py``). The held-out entities
+  reward (the chosen option, by letter or by its text, ``training/trainer/rewards.py``). The held-out entities
   are the exam's: none of them is ever asked here, and a question that matches an evaluation question word
   for word is dropped like any training record.
 - open: the consultation prompts of ChiMed-SFT (the conversation up to the patient's last turn), scored by
@@ -18,7 +18,7 @@ Two kinds, from the same sources as the other splits and about training entities
 
 from __future__ import annotations
 
-from training.config import DataConfig
+from core.config import DataConfig
 from training.data.decontam import asked_prompts, normalize
 from training.data.dialogue import user
 from training.data.evalsets import exam_questions

@@ -28,8 +28,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.errors import UserError
 from training.data.dialogue import assistant, user
-from training.errors import UserError
 
 SHOWN_PROBLEMS = 20  # malformed lines printed one by one; the rest are only counted
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}

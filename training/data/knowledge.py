@@ -11,8 +11,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from training.config import DataConfig
-from training.data.files import stable_hash
+from core.config import DataConfig
+from core.files import stable_hash
 from training.data.relations import (
     DISEASE,
     DRUG,

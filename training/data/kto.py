@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import UserError
+from core.files import read_jsonl
 from training.data.decontam import drop_eval_questions
-from training.data.files import read_jsonl
 from training.data.importers import LineErrors, Malformed, _convert, check_messages, text_field
-from training.errors import UserError
 
 
 def kto_examples(pairs: list[dict], ratings: list[dict], eval_questions: set[str]) -> list[dict]:

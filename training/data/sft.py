@@ -14,12 +14,12 @@ from collections import defaultdict
 
 from tqdm import tqdm
 
-from training.config import DataConfig
+from core.config import DataConfig
+from core.files import stable_hash
+from core.sources import Document
 from training.data.dialogue import Consultation, answer, ask, assistant, consultation, exam_style_turn, user
-from training.data.files import stable_hash
 from training.data.knowledge import Entity
 from training.data.relations import DISEASE
-from training.data.sources import Document
 
 QA_SOURCE, EXAM_SOURCE, CONSULTATION_SOURCE = "kg_qa", "kg_exam_qa", "kg_consultation"
 GENERAL_SOURCE = "general_instruction"

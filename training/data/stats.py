@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from training.data.files import sha256_file
+from core.files import sha256_file
 
 
 def _content_chars(messages: list[dict]) -> int:

@@ -7,7 +7,7 @@ a small model meets each fact several times, in several wordings, always next to
 
 from __future__ import annotations
 
-from training.data.files import stable_hash
+from core.files import stable_hash
 from training.data.knowledge import Entity
 from training.data.relations import INTRODUCTIONS, RELATION_BY_KEY, join_values
 

@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import Config
-from training.data.files import (
+from core.config import Config
+from core.errors import UserError
+from core.files import (
     read_jsonl,
     sha256_file,
     sha256_json,
@@ -33,7 +34,7 @@ from training.data.files import (
     write_jsonl_atomic,
     write_text_atomic,
 )
-from training.errors import UserError
+from core.registry import answering, chat_stage_names, get_stage, is_chat_stage, stage_names
 from training.evaluation import report, reward
 from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
@@ -41,7 +42,6 @@ from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
 from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
-from training.stages.registry import answering, chat_stage_names, get_stage, is_chat_stage, stage_names
 
 # bump when what a metric means changes, so cached measurements are recomputed
 EVAL_VERSION = 1

@@ -16,10 +16,10 @@ import json
 import random
 from pathlib import Path
 
-from training.errors import UserError
+from core.errors import UserError
+from core.prompting import conversation_prompt
 from training.evaluation.loglik import make_request, score_requests
 from training.evaluation.metrics import accuracy, char_tokens
-from training.evaluation.prompts import conversation_prompt
 
 
 def read_exam(path: Path) -> list[dict]:

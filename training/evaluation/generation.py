@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from core.prompting import conversation_prompt, cut_plain_answer
 from training.evaluation.loglik import token_ids
 from training.evaluation.metrics import generation_metrics
-from training.evaluation.prompts import conversation_prompt, cut_plain_answer
 
 
 def generate_greedy(

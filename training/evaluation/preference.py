@@ -10,8 +10,8 @@
 
 from __future__ import annotations
 
+from core.prompting import conversation_prompt
 from training.evaluation.loglik import make_request, score_requests
-from training.evaluation.prompts import conversation_prompt
 
 
 def answer_text(tokenizer, prompt: list[dict], answer: list[dict], chat: bool) -> tuple[str, str]:

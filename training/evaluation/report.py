@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.stages.registry import get_stage
+from core.registry import get_stage
 
 NOTICE = (
     "**Research and education only.** These models and their outputs are not medical advice and must "
@@ -210,7 +210,7 @@ def _load_snippet(run_id: str, stage: str) -> str:
         )
     return (
         "Load it (a sequence classifier with one output, adapters merged) and score answers:\n\n```python\n"
-        "from training.stages.rm import load_reward_model, reward_scores\n"
+        "from training.trainer.reward_model import load_reward_model, reward_scores\n"
         f'model, tokenizer = load_reward_model("runs/{run_id}")\n'
         "rewards = reward_scores(model, tokenizer, prompts, answers)  # prompts: lists of messages\n```"
     )

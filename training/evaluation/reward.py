@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.config import Config
-from training.data.files import sha256_json, write_json_atomic
-from training.errors import UserError
+from core.config import Config
+from core.errors import UserError
+from core.files import sha256_json, write_json_atomic
 from training.fingerprints import recorded_fingerprint
 from training.manifest import MANIFEST, read_manifest_at
 
@@ -69,7 +69,7 @@ def reward_metrics(
             return cached["metrics"]
 
     from training.modeling import default_device
-    from training.stages.rm import load_reward_model
+    from training.trainer.reward_model import load_reward_model
 
     accuracy, means = {}, {}
     for run in runs:
@@ -99,7 +99,7 @@ def pair_accuracy(model, tokenizer, pref: dict[str, list[dict]], batch_size: int
     """``pref_acc`` (and ``pref_acc_clinician``): the share of each held-out pair set (``{"pref": pairs,
     "pref_clinician": pairs}``) whose chosen answer the reward model scores above the rejected one, with the
     set's size (``pref_n``...); None for an empty set."""
-    from training.stages.rm import conversation_rewards
+    from training.trainer.reward_model import conversation_rewards
 
     out = {}
     for name, pairs in pref.items():
@@ -114,7 +114,7 @@ def pair_accuracy(model, tokenizer, pref: dict[str, list[dict]], batch_size: int
 
 def judge_mean(model, tokenizer, qa: list[dict], answers: list[str], batch_size: int) -> float | None:
     """The mean reward of ``answers`` to the held-out questions ``qa`` (same order); None without any."""
-    from training.stages.rm import reward_scores
+    from training.trainer.reward_model import reward_scores
 
     if not answers:
         return None

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from alembic import op
 
-from preference_store.guidelines import DEFAULT_CRITERIA, DEFAULT_TEXT
+from preference_store.rubric import DEFAULT_CRITERIA, DEFAULT_TEXT
 
 revision = "0003"
 down_revision = "0002"

@@ -1,0 +1,113 @@
+"""Did a round of the loop help? A newer run against an older one on the shared bank prompts.
+
+The battles are the clinicians' votes and rankings between the two runs' checkpoints of one stage on
+bank prompts (optionally of one split: the held-out prompts no pair of the new run was trained on). The
+measure is the new checkpoint's share of those battles won minus the old one's (ties half each), in
+[-1, 1]. Its 95% interval comes from a bootstrap over prompts (a prompt's battles stay together, since
+judgments of one prompt are not independent of each other), and so does P(new better), the share of
+resamples in which the new checkpoint won more (``store.run_comparison_rounds``, at least 2000). The verdict: "better" or "worse" when the interval
+excludes 0, "same" when it does not, "not enough judgments" below ``min_prompts`` prompts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+
+from preference_store.records import RunComparison
+from preference_store.statistics.bradley_terry import JudgedComparison
+
+NOT_ENOUGH = "not enough judgments"
+
+
+def prompt_scores(
+    judged: Iterable[JudgedComparison], new: str, old: str, split: str | None, exclude_leaked: bool
+) -> dict[str, list[float]]:
+    """bank prompt -> the new checkpoint's score in each of its battles with the old one there (1, 0.5, 0)."""
+    scores: dict[str, list[float]] = defaultdict(list)
+    for j in judged:
+        if j.bank_prompt_id is None or (split is not None and j.split != split):
+            continue
+        for x, y, score in j.outcomes():
+            if exclude_leaked and (x.leaked or y.leaked):
+                continue
+            if (x.checkpoint_id, y.checkpoint_id) == (new, old):
+                scores[j.bank_prompt_id].append(score)
+            elif (x.checkpoint_id, y.checkpoint_id) == (old, new):
+                scores[j.bank_prompt_id].append(1.0 - score)
+    return dict(scores)
+
+
+def compare_checkpoints(
+    judged: Iterable[JudgedComparison],
+    new_run: str,
+    old_run: str,
+    stage: str,
+    split: str | None = None,
+    rounds: int = 2000,
+    seed: int = 0,
+    min_prompts: int = 5,
+    exclude_leaked: bool = True,
+    trained_on: Iterable[str] = (),
+) -> RunComparison:
+    """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts;
+    ``trained_on``: the bank prompts whose pairs ``new_run`` trained on (counted in the result)."""
+    new, old = f"{new_run}/{stage}", f"{old_run}/{stage}"
+    by_prompt = prompt_scores(judged, new, old, split, exclude_leaked)
+    flat = [s for scores in by_prompt.values() for s in scores]
+    wins, losses = sum(s == 1.0 for s in flat), sum(s == 0.0 for s in flat)
+    where = f"{split} bank prompts" if split else "bank prompts"
+    common = dict(
+        new_run=new_run,
+        old_run=old_run,
+        stage=stage,
+        new_checkpoint=new,
+        old_checkpoint=old,
+        split=split,
+        prompts=len(by_prompt),
+        battles=len(flat),
+        wins=wins,
+        losses=losses,
+        ties=len(flat) - wins - losses,
+        trained_on=len(by_prompt.keys() & set(trained_on)),
+    )
+    if len(by_prompt) < max(min_prompts, 1):
+        return RunComparison(
+            **common,
+            verdict=NOT_ENOUGH,
+            difference=None,
+            ci95=None,
+            p_new_better=None,
+            rounds=0,
+            summary=(
+                f"{NOT_ENOUGH}: {new} and {old} met in {len(flat)} battles on {len(by_prompt)} {where} "
+                f"(a verdict needs {min_prompts}); judge them in the queue"
+            ),
+        )
+
+    totals = np.array([sum(s) for s in by_prompt.values()])
+    counts = np.array([len(s) for s in by_prompt.values()], dtype=float)
+    difference = float(2 * totals.sum() / counts.sum() - 1)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(totals), size=(rounds, len(totals)))
+    resampled = 2 * totals[picks].sum(axis=1) / counts[picks].sum(axis=1) - 1 if rounds else np.array([difference])
+    low, high = (float(v) for v in np.percentile(resampled, [2.5, 97.5]))
+    p_better = float(np.mean(resampled > 0) + 0.5 * np.mean(resampled == 0))
+    verdict = "better" if low > 0 else "worse" if high < 0 else "same"
+    phrase = {"better": "better than", "worse": "worse than", "same": "not shown better or worse than"}
+    summary = (
+        f"{verdict}: {new} is {phrase[verdict]} {old} on {len(by_prompt)} {where}: it won {wins}, lost "
+        f"{losses}, tied {common['ties']} of {len(flat)} battles (difference {difference:+.2f}, 95% interval "
+        f"{low:+.2f} to {high:+.2f}, P(new better) {p_better:.2f})"
+    )
+    return RunComparison(
+        **common,
+        verdict=verdict,
+        difference=difference,
+        ci95=(low, high),
+        p_new_better=p_better,
+        rounds=rounds,
+        summary=summary,
+    )
