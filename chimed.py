@@ -107,7 +107,7 @@ def report_run_comparison(
     cfg: Config, new_run: str, old_run: str, split: str | None = "heldout", stage: str | None = None
 ) -> dict:
     """The rule for whether a round of the loop helped: the clinicians' judgments of ``new_run`` against
-    ``old_run`` on the shared bank prompts of ``split`` (held-out by default), with a bootstrap over prompts,
+    ``old_run`` on the shared bank prompts of ``split`` (held-out by default), decided as study.decisions says,
     written into the new run's results (results.json ``arena``, results.md) and printed. A new run has no
     judgments yet when it is trained; ``./launch.sh compare-runs`` brings the verdict up to date later."""
     from training.evaluation.evaluate import record_arena_comparison
@@ -125,11 +125,13 @@ def report_run_comparison(
             stage=stage,
             reused=frozenset(s for s, source in reused.items() if source == old_run),
         )
-    print(
-        f"comparing {result.new_checkpoint} (new) against {result.old_checkpoint} (old), "
-        f"{result.rounds} bootstrap resamples",
-        flush=True,
+    how = (
+        f"a confidence sequence valid at every judgment (study.decisions anytime, error rate {result.alpha:.0%}, "
+        f"same within ±{result.margin:.2f} win rate)"
+        if result.decisions == "anytime"
+        else f"{result.rounds} bootstrap resamples (study.decisions fixed: one look at a preregistered study)"
     )
+    print(f"comparing {result.new_checkpoint} (new) against {result.old_checkpoint} (old), {how}", flush=True)
     if result.trained_on:
         print(
             f"warning: {result.trained_on} of the {result.prompts} {split or 'train and held-out'} bank prompts "

@@ -28,8 +28,10 @@ when no account exists). The browser's rules hold here too:
 
 Refusals raise gradio's error (``AppError`` in ``gradio_client``) and log one line (:mod:`app.refusals`).
 The study's figures (:mod:`preference_store.study_figures`, the Leaderboard tab's numbers): ``/study_status`` (an
-annotator gets their own progress, an admin everyone's), ``/leaderboard`` and ``/agreement`` (interim results:
-while a study round is open, admins only unless ``study.interim_results`` is everyone, as on the Leaderboard tab).
+annotator gets their own progress, an admin everyone's, and whether the round's question is decided),
+``/leaderboard``, ``/agreement`` and ``/compare_runs`` (the run-vs-run verdict, with "decided after N judgments"
+and its interval) (interim results: while a study round is open, admins only unless ``study.interim_results`` is
+everyone, as on the Leaderboard tab).
 
 The guideline: once an admin has published one, ``/judge`` and ``/rate`` are refused until the caller has
 acknowledged the version in force (``/acknowledge_guideline``, which returns its text and criteria), as the
@@ -67,7 +69,12 @@ from app.refusals import refusal
 from app.tabs.leaderboard import interim_withheld
 from core.errors import UserError
 from preference_store.records import PANEL_LABELS, Annotator, JudgmentIn, RatingIn
-from preference_store.study_figures import agreement_figures, leaderboard_figures, status_figures
+from preference_store.study_figures import (
+    agreement_figures,
+    leaderboard_figures,
+    run_comparison_figures,
+    status_figures,
+)
 
 API_ENDPOINTS = (
     "contestants",
@@ -79,6 +86,7 @@ API_ENDPOINTS = (
     "study_status",
     "leaderboard",
     "agreement",
+    "compare_runs",
 )
 UNBLIND_FOR_ADMINS = (
     "only admins may ask for an unblinded comparison (blind=False): leave blind on, the names "
@@ -104,7 +112,8 @@ def check_blind(annotator: Annotator, blind) -> bool:
 
 def build_api(arena: Arena) -> None:
     """Register the endpoints ``/contestants``, ``/compare``, ``/acknowledge_guideline``, ``/judge``, ``/queue_next``,
-    ``/rate`` and the study's figures ``/study_status``, ``/leaderboard`` and ``/agreement`` on the current Blocks."""
+    ``/rate`` and the study's figures ``/study_status``, ``/leaderboard``, ``/agreement`` and ``/compare_runs`` on
+    the current Blocks."""
     cfg, store = arena.cfg, arena.store
     d = cfg.app.decoding
 
@@ -360,10 +369,10 @@ def build_api(arena: Arena) -> None:
         except UserError as err:
             raise refusal("/study_status", caller(request), str(err)) from None
 
-    def study_figures(endpoint: str, request: gr.Request | None, bank_only: bool):
-        """The leaderboard the study's figures come from, for whoever may see the results: while a round is open
-        admins only, unless ``study.interim_results`` is everyone (an assessor who sees them is biased); the
-        Leaderboard tab's own rule (:func:`~app.tabs.leaderboard.interim_withheld`)."""
+    def results_viewer(endpoint: str, request: gr.Request | None) -> Annotator:
+        """The caller, when they may see the study's results: while a round is open admins only, unless
+        ``study.interim_results`` is everyone (an assessor who sees them is biased); the Leaderboard tab's own
+        rule (:func:`~app.tabs.leaderboard.interim_withheld`)."""
         try:
             annotator = identify(store, getattr(request, "username", None))
         except UserError as err:
@@ -377,6 +386,11 @@ def build_api(arena: Arena) -> None:
                 "admins only (study.interim_results) until an admin closes it "
                 "(queue-round --close)",
             )
+        return annotator
+
+    def study_figures(endpoint: str, request: gr.Request | None, bank_only: bool):
+        """The leaderboard the study's figures come from, for whoever may see the results (:func:`results_viewer`)."""
+        results_viewer(endpoint, request)
         return store.leaderboard(bank_only=bool(bank_only))
 
     def leaderboard(bank_only: bool = False, request: gr.Request = None) -> dict:
@@ -390,6 +404,21 @@ def build_api(arena: Arena) -> None:
         and the position bias (``study agreement``); while a round is open, admins only."""
         return agreement_figures(study_figures("/agreement", request, bank_only))
 
+    def compare_runs(
+        new_run: str, old_run: str, split: str = "heldout", stage: str | None = None, request: gr.Request = None
+    ) -> dict:
+        """The clinicians' verdict on ``new_run`` against ``old_run`` on the bank prompts of ``split`` (heldout,
+        train or all), as ``compare-runs`` gives it: with study.decisions anytime, better / worse / same / undecided
+        with the win rate's interval and ``decided_after`` (the judgments when it was first reached); while a
+        round is open, admins only."""
+        viewer = results_viewer("/compare_runs", request)
+        try:
+            return run_comparison_figures(
+                store.compare_runs(new_run, old_run, split=None if split == "all" else split, stage=stage or None)
+            )
+        except UserError as err:
+            raise refusal("/compare_runs", viewer, str(err)) from None
+
     limit = cfg.app.concurrent_comparisons
     gr.api(contestants, api_name="contestants")
     gr.api(compare, api_name="compare", concurrency_limit=limit, concurrency_id="generate")
@@ -400,3 +429,4 @@ def build_api(arena: Arena) -> None:
     gr.api(study_status, api_name="study_status")
     gr.api(leaderboard, api_name="leaderboard")
     gr.api(agreement, api_name="agreement")
+    gr.api(compare_runs, api_name="compare_runs")

@@ -360,9 +360,10 @@ class RunComparison:
     """Is the newer run better than the older one on the shared bank prompts? (bootstrap over prompts)
 
     ``difference`` is the new checkpoint's share of battles won minus the old one's (ties half each),
-    in [-1, 1]; the verdict is "better" / "worse" when its 95% interval excludes 0, "same" when it
-    does not, and "not enough judgments" when fewer than store.run_comparison_min_prompts bank prompts
-    have a battle of the two. ``dataclasses.asdict`` gives the plain dict a run's results hold.
+    in [-1, 1]. With study.decisions fixed the verdict is "better" / "worse" when its 95% interval excludes 0,
+    "same" when it does not, and "not enough judgments" when fewer than store.run_comparison_min_prompts bank
+    prompts have a battle of the two. With anytime (the default) it is the confidence sequence's: better, worse,
+    same within the margin, or undecided, valid however often it is read; the bootstrap fields are then None. ``dataclasses.asdict`` gives the plain dict a run's results hold.
     """
 
     new_run: str
@@ -371,7 +372,7 @@ class RunComparison:
     new_checkpoint: str | None
     old_checkpoint: str | None
     split: str | None  # train | heldout | None (all bank prompts)
-    verdict: str  # better | same | worse | not enough judgments
+    verdict: str  # better | same | worse | not enough judgments; anytime: also undecided
     difference: float | None
     ci95: tuple[float, float] | None
     p_new_better: float | None  # share of bootstrap resamples where the new checkpoint won more (ties half)
@@ -385,6 +386,16 @@ class RunComparison:
     # of the ``prompts`` counted, how many had pairs the new run trained on (its wins there may be recall,
     # not a better model: the held-out split has none)
     trained_on: int = 0
+    # how the verdict was decided (study.decisions): fixed = the bootstrap above; anytime = the confidence
+    # sequence for the win rate (:mod:`preference_store.statistics.sequential`), whose fields follow
+    decisions: str = "fixed"
+    alpha: float | None = None
+    margin: float | None = None  # "same": the whole interval within 0.5 ± margin
+    win_rate: float | None = None  # the mean win share over the complete prompts (ties half)
+    interval: tuple[float, float] | None = None  # the win rate's anytime interval now (level 1 - alpha)
+    units: int = 0  # prompts complete (their k battles in) in the sequence
+    decided_after: int | None = None  # judgments of the two when the verdict was first reached (None: undecided)
+    decided_interval: tuple[float, float] | None = None  # the interval then
 
     def __str__(self) -> str:
         return self.summary
@@ -507,6 +518,9 @@ class QueueRound:
     blind: bool = False
     started: datetime | None = None  # None: round 1 before any queue-round (never defined, never open)
     closed: datetime | None = None
+    # the round's question decided (study.decisions anytime, a round of two runs' checkpoints of one stage): its
+    # queue hands out nothing more; the one-line summary of the decision ("better: ... decided after N judgments")
+    decided: str | None = None
 
     @property
     def is_open(self) -> bool:

@@ -1,6 +1,7 @@
 """The study's figures as plain data and as text, for ``./launch.sh study status | leaderboard | agreement`` and the
-API's ``/study_status``, ``/leaderboard`` and ``/agreement``: who has finished what, the Bradley-Terry ratings
-with their intervals, Krippendorff's alpha overall and per annotator, the outlier screen and the position bias.
+API's ``/study_status``, ``/leaderboard``, ``/agreement`` and ``/compare_runs``: who has finished what (and whether
+the round's question is decided), the Bradley-Terry ratings with their intervals, Krippendorff's alpha overall and
+per annotator, the outlier screen and the position bias, and the run-vs-run verdict.
 
 The numbers are the Leaderboard tab's: both read :meth:`PreferenceStore.leaderboard` (the same bootstrap
 rounds and seed), this module only lays them out (``dataclasses.asdict`` of the store's records: nothing is
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from preference_store.records import Annotator, Leaderboard
+from preference_store.records import Annotator, Leaderboard, RunComparison
 from preference_store.repository import PreferenceStore
 
 KINDS = ("pairwise", "ranking", "scores")
@@ -28,8 +29,10 @@ def status_figures(store: PreferenceStore, viewer: Annotator | None = None) -> d
     rows = store.study_progress()
     if viewer is not None and not viewer.is_admin:
         rows = [p for p in rows if p.annotator_id == viewer.id]
+    defined = store.queue_round_definition()
     return {
-        "round": store.queue_round(),
+        "round": defined.number,
+        "decided": defined.decided,  # the round's question decided: its queue hands out nothing more
         "bank_prompts": len(store.bank_prompts()),
         "annotators": [asdict(p) | {"finished": p.finished} for p in rows],
     }
@@ -81,10 +84,18 @@ def agreement_figures(board: Leaderboard) -> dict:
     }
 
 
+def run_comparison_figures(result: RunComparison) -> dict:
+    """The run-vs-run verdict as plain data (``compare-runs``' record): the verdict, how it was decided
+    (``decisions``), with the anytime interval and ``decided_after`` (judgments when it was first reached), or the
+    bootstrap interval of a fixed-sample study, and the one-line ``summary``."""
+    return asdict(result)
+
+
 def format_status(figures: dict) -> str:
     """``study status`` as text: one line per account."""
     lines = [
         f"queue round {figures['round']}, {figures['bank_prompts']} bank prompts",
+        *([f"decided, the queue hands out nothing more: {figures['decided']}"] if figures.get("decided") else []),
         f"{'annotator':<20} {'role':<9} {'queue':>9} {'judgments':>9} {'ratings':>7}  state",
     ]
     for a in figures["annotators"]:

@@ -74,7 +74,12 @@ SCREEN_COLUMNS = [
 ]
 KINDS = {"pairwise": "两两投票 pairwise votes", "ranking": "排序 rankings", "scores": "1-5 评分 scores"}
 SPLITS = {"heldout": "heldout", "train": "train", "全部 all": None}
-VERDICTS = {"better": "更好 newer run better", "same": "持平 same", "worse": "更差 newer run worse"}
+VERDICTS = {
+    "better": "更好 newer run better",
+    "same": "持平 same",
+    "worse": "更差 newer run worse",
+    "undecided": "尚未决定 undecided",
+}
 NOT_ENOUGH = "数据不足 not enough judgments"
 NOT_MEASURED = "—"
 YOU = "你 you"
@@ -404,6 +409,22 @@ def run_comparison_line(result: RunComparison) -> str:
     head = f"**{VERDICTS[result.verdict]}**"
     stage = f"{result.new_checkpoint} vs {result.old_checkpoint}"
     split = f"the {result.split}" if result.split else "all"
+    if result.decisions == "anytime":
+        level = f"{1 - result.alpha:.0%}"
+        low, high = result.interval
+        decided = (
+            f"decided after {result.decided_after} judgments (win rate {level} interval then "
+            f"{result.decided_interval[0]:.2f} … {result.decided_interval[1]:.2f}); "
+            if result.decided_after is not None
+            else f"not decided yet (same needs the interval within {0.5 - result.margin:.2f} … "
+            f"{0.5 + result.margin:.2f}); "
+        )
+        return (
+            f"{head}: {html.escape(stage)} on {split} bank prompts — {decided}win rate {result.win_rate:.2f}, "
+            f"{level} anytime interval {low:.2f} … {high:.2f} now; {result.units} complete prompts of "
+            f"{result.prompts}, {result.battles} battles ({result.wins} won, {result.losses} lost, {result.ties} "
+            "ties; valid however often it is read)."
+        )
     ci = f", 95% interval {result.ci95[0]:+.2f} … {result.ci95[1]:+.2f}" if result.ci95 else ""
     return (
         f"{head}: {html.escape(stage)} on {split} bank prompts — P(better)={_number(result.p_new_better)}, "

@@ -191,6 +191,24 @@ class AppConfig:
 
 
 INTERIM_RESULTS = ("admins", "everyone")
+DECISIONS = ("anytime", "fixed")
+
+
+def check_decisions(value: str, where: str) -> None:
+    if value not in DECISIONS:
+        raise UserError(f"config: {where}={value!r}: choose one of {', '.join(DECISIONS)}")
+
+
+def check_alpha(value: float, where: str) -> None:
+    if not 0 < value < 0.5:
+        raise UserError(
+            f"config: {where}={value}: the error rate of a verdict must be above 0 and below 0.5 (e.g. 0.05)"
+        )
+
+
+def check_margin(value: float, where: str) -> None:
+    if not 0 <= value < 0.5:
+        raise UserError(f"config: {where}={value}: a margin in win rate from 0 to below 0.5 (e.g. 0.05)")
 
 
 def check_interim_results(value: str, where: str) -> None:
@@ -208,3 +226,12 @@ class StudyConfig:
     # is no longer blind (as a trial keeps interim analyses from its assessors). Annotators see their own
     # progress. everyone: no such screen
     interim_results: str = field(default="admins", metadata={"check": check_interim_results})
+    # how the run-vs-run verdict (compare-runs, the Leaderboard tab, the API, the run's results) is decided:
+    # anytime = a confidence sequence for the new checkpoint's win rate over the bank prompts, valid however often
+    # it is read (after every judgment); once it decides, the queue of an open round of exactly those two
+    # checkpoints hands out nothing more (docs/study.md "Decisions that stop"). fixed = the bootstrap verdict
+    # read once, at the end of a preregistered study of a planned size (bench_sizing.py sizes it)
+    decisions: str = field(default="anytime", metadata={"check": check_decisions})
+    alpha: float = field(default=0.05, metadata={"check": check_alpha})  # anytime: the chance of a wrong verdict
+    # anytime: "same" when the whole interval of the win rate lies within 0.5 ± margin
+    margin: float = field(default=0.05, metadata={"check": check_margin})

@@ -10,9 +10,10 @@ The assignment rule (``next_assignment``):
   someone else. A judgment that arrives late is still stored; its assignment becomes done only if the
   place is still free, so a prompt never counts more than k done assignments (see ``complete_assignment``).
 
-All of this is within the current *queue round*. Once a round's prompts are judged (or to judge a new
-run on the same prompts), an admin starts the next round (``start_queue_round``): every annotator's
-queue holds the bank again, the k-annotator rule now counting that round's assignments. The admin defines
+All of this is within the current *queue round*, until an admin closes it or, for a round that asks whether
+one run beats another, its question is decided (:mod:`~preference_store.repository.decisions`). Once a
+round's prompts are judged (or to judge a new run on the same prompts), an admin starts the next round
+(``start_queue_round``): every annotator's queue holds the bank again, the k-annotator rule now counting that round's assignments. The admin defines
 the round (:class:`~preference_store.records.QueueRound`): which split's prompts it hands out, and which
 2-4 checkpoints answer them for everyone (the arena then takes no other), blind or not. The definition is
 kept as JSON in ``store_meta`` (``queue_round.N``) beside the round number: no column of its own.
@@ -53,6 +54,7 @@ from preference_store.records import (
     QueueProgress,
     QueueRound,
 )
+from preference_store.repository.decisions import RoundDecisions
 from preference_store.repository.sessions import StoreSessions, new_id
 from preference_store.validation import NotFoundError, PreferenceStoreError
 
@@ -60,7 +62,7 @@ CANDIDATES = 20  # prompts tried per assignment when another database took the f
 CHUNK = 500  # ids per IN (...) query: under SQLite's bound-parameter limit
 
 
-class BankQueue(StoreSessions):
+class BankQueue(RoundDecisions, StoreSessions):
     """Importing prompt banks, and the queues that give each bank prompt to k different annotators."""
 
     # --- the bank ------------------------------------------------------------------------------------
@@ -267,7 +269,8 @@ class BankQueue(StoreSessions):
             )
             if own is not None:
                 return assignment_record(own, session.get(BankPromptRow, own.bank_prompt_id))
-            if defined.closed is not None:  # a closed round hands out nothing new
+            # a closed round hands out nothing new, nor one whose question is decided (decisions.py)
+            if defined.closed is not None or self._round_decided(session, defined):
                 return None
             candidates = (
                 session.execute(
@@ -335,7 +338,7 @@ class BankQueue(StoreSessions):
                         _open_to(annotator_id, current, cutoff, defined.split, k).subquery()
                     )
                 )
-                if defined.closed is None
+                if defined.closed is None and not self._round_decided(session, defined, record=False)
                 else 0
             )
         done = mine.get("done", 0)
@@ -490,6 +493,7 @@ def _round_definition(session: Session, round_: int) -> QueueRound:
         contestants=tuple(value.get("contestants", ())),
         split=value.get("split", "all"),
         blind=bool(value.get("blind")),
+        decided=value.get("decided"),
         **when,
     )
 

@@ -145,8 +145,9 @@ class LeaderboardQueries(StoreSessions):
         reused: frozenset[str] = frozenset(),
     ) -> RunComparison:
         """Is ``new_run`` better than ``old_run``? The clinicians' battles between the two runs' checkpoints of
-        ``stage`` on the bank prompts of ``split`` (train | heldout | None = all), with a bootstrap over
-        prompts (``rounds`` default store.run_comparison_rounds). See :mod:`preference_store.statistics.run_comparison`
+        ``stage`` on the bank prompts of ``split`` (train | heldout | None = all), decided as study.decisions says:
+        anytime (a confidence sequence over the prompts, "decided after N judgments") or fixed (a bootstrap over
+        prompts, ``rounds`` default store.run_comparison_rounds). See :mod:`preference_store.statistics.run_comparison`
         for the verdict rule; the result counts the prompts whose pairs ``new_run`` trained on (``trained_on``).
 
         ``stage`` None = the last stage of both runs, refused as ambiguous when the runs end in different
@@ -212,6 +213,10 @@ class LeaderboardQueries(StoreSessions):
             min_prompts=self.settings.run_comparison_min_prompts,
             exclude_leaked=self.settings.exclude_leaked_battles,
             trained_on=trained_on,
+            decisions=self.study.decisions,
+            alpha=self.study.alpha,
+            margin=self.study.margin,
+            per_prompt=self.settings.annotators_per_prompt,
         )
 
     def pair_agreement(self) -> dict[str, tuple[float | None, int]]:

@@ -7,6 +7,12 @@ measure is the new checkpoint's share of those battles won minus the old one's (
 judgments of one prompt are not independent of each other), and so does P(new better), the share of
 resamples in which the new checkpoint won more (``store.run_comparison_rounds``, at least 2000). The verdict: "better" or "worse" when the interval
 excludes 0, "same" when it does not, "not enough judgments" below ``min_prompts`` prompts.
+
+That verdict holds for one look at a study of a size fixed in advance (``study.decisions: fixed``, a preregistered
+study). Read after every judgment and stopped when it looks clear, its error rate grows with each look. The default,
+``study.decisions: anytime``, decides instead with a confidence sequence for the win rate over the prompts
+(:mod:`preference_store.statistics.sequential`): better, worse, same within ``study.margin``, or undecided, at error
+rate ``study.alpha`` however often it is read, with the number of judgments after which it was first reached.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from core.config.app import StudyConfig
 from preference_store.records import RunComparison
 from preference_store.statistics.bradley_terry import JudgedComparison
+from preference_store.statistics.sequential import SAME, UNDECIDED, decide, describe, prompt_units
 
 NOT_ENOUGH = "not enough judgments"
 
@@ -40,6 +48,25 @@ def prompt_scores(
     return dict(scores)
 
 
+def prompt_battles(
+    judged: Iterable[JudgedComparison], new: str, old: str, split: str | None, exclude_leaked: bool
+) -> list[tuple[str, float]]:
+    """(bank prompt, the new checkpoint's score 1 / 0.5 / 0) of every battle of the two, in the order of
+    ``judged`` (time order, as the store loads them)."""
+    battles = []
+    for j in judged:
+        if j.bank_prompt_id is None or (split is not None and j.split != split):
+            continue
+        for x, y, score in j.outcomes():
+            if exclude_leaked and (x.leaked or y.leaked):
+                continue
+            if (x.checkpoint_id, y.checkpoint_id) == (new, old):
+                battles.append((j.bank_prompt_id, score))
+            elif (x.checkpoint_id, y.checkpoint_id) == (old, new):
+                battles.append((j.bank_prompt_id, 1.0 - score))
+    return battles
+
+
 def compare_checkpoints(
     judged: Iterable[JudgedComparison],
     new_run: str,
@@ -51,10 +78,19 @@ def compare_checkpoints(
     min_prompts: int = 5,
     exclude_leaked: bool = True,
     trained_on: Iterable[str] = (),
+    decisions: str | None = None,
+    alpha: float | None = None,
+    margin: float | None = None,
+    per_prompt: int = 1,
 ) -> RunComparison:
-    """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts;
-    ``trained_on``: the bank prompts whose pairs ``new_run`` trained on (counted in the result)."""
+    """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts (``judged``
+    in time order); ``trained_on``: the bank prompts whose pairs ``new_run`` trained on (counted in the result).
+    ``decisions``, ``alpha``, ``margin``: the study section's (None: its defaults); ``per_prompt``: the battles
+    that complete a prompt for the anytime test (``store.annotators_per_prompt``)."""
+    study = StudyConfig()
+    decisions = study.decisions if decisions is None else decisions
     new, old = f"{new_run}/{stage}", f"{old_run}/{stage}"
+    judged = list(judged)
     by_prompt = prompt_scores(judged, new, old, split, exclude_leaked)
     flat = [s for scores in by_prompt.values() for s in scores]
     wins, losses = sum(s == 1.0 for s in flat), sum(s == 0.0 for s in flat)
@@ -73,6 +109,17 @@ def compare_checkpoints(
         ties=len(flat) - wins - losses,
         trained_on=len(by_prompt.keys() & set(trained_on)),
     )
+    if decisions == "anytime":
+        return _anytime(
+            prompt_battles(judged, new, old, split, exclude_leaked),
+            common,
+            where,
+            per_prompt,
+            study.alpha if alpha is None else alpha,
+            study.margin if margin is None else margin,
+        )
+    if decisions != "fixed":
+        raise ValueError(f"decisions={decisions!r}: choose anytime or fixed")
     if len(by_prompt) < max(min_prompts, 1):
         return RunComparison(
             **common,
@@ -110,4 +157,52 @@ def compare_checkpoints(
         p_new_better=p_better,
         rounds=rounds,
         summary=summary,
+    )
+
+
+def _anytime(
+    battles: list[tuple[str, float]], common: dict, where: str, per_prompt: int, alpha: float, margin: float
+) -> RunComparison:
+    """The verdict of the confidence sequence over the prompts (see :mod:`preference_store.statistics.sequential`)."""
+    new, old = common["new_checkpoint"], common["old_checkpoint"]
+    values, at, n = prompt_units(battles, per_prompt)
+    decision = decide(values, at, n, alpha, margin)
+    flat = [score for _, score in battles]
+    fields = dict(
+        decisions="anytime",
+        alpha=alpha,
+        margin=margin,
+        win_rate=decision.win_rate,
+        interval=decision.interval if values else None,
+        units=decision.units,
+        decided_after=decision.decided_after,
+        decided_interval=decision.decided_interval,
+        ci95=None,
+        p_new_better=None,
+        rounds=0,
+    )
+    record = f"it won {common['wins']}, lost {common['losses']}, tied {common['ties']} of {len(flat)} battles"
+    if not values:
+        return RunComparison(
+            **common,
+            **fields,
+            verdict=NOT_ENOUGH,
+            difference=None,
+            summary=(
+                f"{NOT_ENOUGH}: {new} and {old} met in {len(flat)} battles on {common['prompts']} {where}, and no "
+                f"prompt has its {per_prompt} battles of the two yet; judge them in the queue"
+            ),
+        )
+    phrase = {
+        "better": f"better: {new} is better than {old}",
+        "worse": f"worse: {new} is worse than {old}",
+        SAME: f"same: {new} and {old} are the same within ±{margin:.2f} in win rate",
+        UNDECIDED: f"undecided: {new} against {old} is not decided yet",
+    }
+    summary = (
+        f"{phrase[decision.verdict]} on {common['prompts']} {where}: {record} (win rate "
+        f"{decision.win_rate:.2f} over {decision.units} complete prompts); {describe(decision)}"
+    )
+    return RunComparison(
+        **common, **fields, verdict=decision.verdict, difference=float(2 * np.mean(flat) - 1), summary=summary
     )

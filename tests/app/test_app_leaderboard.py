@@ -38,9 +38,15 @@ def study(tmp_path_factory):
     """(store, {name: annotator}): 12 bank prompts (6 held out), each judged by all four annotators."""
     home = tmp_path_factory.mktemp("leaderboard")
     cfg = load_config(
-        "tiny", ["store.annotators_per_prompt=4", "store.provisional_battles=10", "store.bootstrap_rounds=100"]
+        "tiny",
+        [
+            "store.annotators_per_prompt=4",
+            "store.provisional_battles=10",
+            "store.bootstrap_rounds=100",
+            "study.decisions=fixed",  # the bootstrap verdict (the anytime one: tests/app/test_app_decisions.py)
+        ],
     )
-    store = PreferenceStore(f"sqlite:///{home / 'preferences.db'}", cfg.store)
+    store = PreferenceStore(f"sqlite:///{home / 'preferences.db'}", cfg.store, cfg.study)
     store.register_checkpoints("r1", ["base", "cpt", "sft", "dpo"])
     store.register_checkpoints("r2", ["base", "cpt", "sft", "dpo"])
     admin = store.add_annotator("dr_admin", "pw-admin-123", role="admin")

@@ -113,7 +113,8 @@ def judged_runs(pref_store, chimed_home):
 def test_compare_runs_counts_the_bank_prompts_of_the_split_asked_for(
     judged_runs, capsys, split, verdict, prompts, wins
 ):
-    assert cli_main(["compare-runs", "--profile", "tiny", "--run", "new", "--against", "old", "--split", split]) == 0
+    argv = ["compare-runs", "--profile", "tiny", "--run", "new", "--against", "old", "--split", split]
+    assert cli_main([*argv, "study.decisions=fixed"]) == 0  # two annotators: the bootstrap verdict
 
     arena = json.loads(judged_runs.read_text(encoding="utf-8"))["arena"]
     assert (arena["split"], arena["verdict"], arena["prompts"], arena["battles"], arena["wins"]) == (

@@ -101,7 +101,8 @@ def test_a_bank_round_trains_a_new_run_and_the_heldout_verdict_is_in_its_results
         for annotator in (first, second):
             assert _work_queue(store, annotator, [dpo, new_dpo], round_two, lambda p: "B") == 12
     capsys.readouterr()
-    assert chimed_main(["compare-runs", "--profile", "tiny", "--run", new_run, "--against", old_run]) == 0
+    argv = ["compare-runs", "--profile", "tiny", "--run", new_run, "--against", old_run, "study.decisions=fixed"]
+    assert chimed_main(argv) == 0  # two annotators, six held-out prompts: a preregistered study's verdict
     assert "better" in capsys.readouterr().out
     results = json.loads((cfg.runs_dir / new_run / "eval" / "results.json").read_text(encoding="utf-8"))
     arena = results["arena"]

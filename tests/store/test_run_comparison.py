@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import StudyConfig
 from preference_store.models import BankPromptRow
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.statistics.run_comparison import NOT_ENOUGH
@@ -42,6 +43,7 @@ def battle(store, annotator, prompt, new_wins: bool | None, flip: bool, bank=Tru
 
 @pytest.fixture
 def runs(pref_store):
+    pref_store.study = StudyConfig(decisions="fixed")  # the bootstrap verdict of a preregistered study
     pref_store.register_checkpoints("old", ["base", "cpt", "sft", "dpo"])
     pref_store.register_checkpoints("new", ["sft", "dpo"])
     return pref_store, [pref_store.add_annotator(n, "a-long-password") for n in ("wang", "li")]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from chimed import main
-from core.config import load_config
+from core.config import StudyConfig, load_config
 from core.errors import UserError
 from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.validation import PreferenceStoreError
@@ -16,6 +16,7 @@ from tests.store.test_run_comparison import add_bank_prompt, judge_prompts
 
 @pytest.fixture
 def runs(pref_store):
+    pref_store.study = StudyConfig(decisions="fixed")  # the bootstrap verdict of a preregistered study
     pref_store.register_checkpoints("old", ["base", "cpt", "sft", "dpo"])
     pref_store.register_checkpoints("new", ["base", "cpt", "sft", "dpo"])
     return pref_store, [pref_store.add_annotator(n, "a-long-password") for n in ("wang", "li")]
@@ -76,7 +77,8 @@ def test_compare_runs_names_the_checkpoints_and_warns_on_trained_prompts(runs, m
         "training.evaluation.evaluate.record_arena_comparison",
         lambda cfg, run, arena: recorded.setdefault(run, arena) and "results.json",
     )
-    assert main(["compare-runs", "--profile", "tiny", "--run", "new", "--against", "old", "--split", "train"]) == 0
+    argv = ["compare-runs", "--profile", "tiny", "--run", "new", "--against", "old", "--split", "train"]
+    assert main([*argv, "study.decisions=fixed"]) == 0
     out, err = capsys.readouterr()
     assert "comparing new/dpo (new) against old/dpo (old), 2000 bootstrap resamples" in out
     assert "warning: 5 of the 5 train bank prompts counted had clinician pairs new trained on" in err
