@@ -191,6 +191,12 @@ class AppConfig:
 
 
 INTERIM_RESULTS = ("admins", "everyone")
+ALLOCATIONS = ("uniform", "adaptive")
+
+
+def check_allocation(value: str, where: str) -> None:
+    if value not in ALLOCATIONS:
+        raise UserError(f"config: {where}={value!r}: choose one of {', '.join(ALLOCATIONS)}")
 
 
 def check_interim_results(value: str, where: str) -> None:
@@ -208,3 +214,11 @@ class StudyConfig:
     # is no longer blind (as a trial keeps interim analyses from its assessors). Annotators see their own
     # progress. everyone: no such screen
     interim_results: str = field(default="admins", metadata={"check": check_interim_results})
+    # how the queue spends clinicians' judgments (docs/run-a-study.md "Adaptive allocation"): uniform = every bank
+    # prompt to store.annotators_per_prompt annotators; adaptive = a second annotator always, a third (up to k)
+    # only where the first ones disagree, and in a two-contestant round a prompt whose two answers are the same
+    # text (after whitespace normalisation) is resolved as a tie without a clinician. Recorded with each round
+    # when it starts (queue-round), so every replica and the API follow the round's rule. Uniform until the
+    # simulation (BENCHMARKS.md "Adaptive allocation") shows adaptive reaches the study's verdicts with fewer
+    # judgments at no loss of accuracy
+    allocation: str = field(default="uniform", metadata={"check": check_allocation})

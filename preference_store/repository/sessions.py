@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.config import StoreConfig
+from core.config import StoreConfig, StudyConfig
 from preference_store.db import IMMEDIATE, is_sqlite, make_engine, migrate, retry_while_busy
 from preference_store.deid.detect import deidentify
 from preference_store.validation import PreferenceStoreError
@@ -37,14 +37,16 @@ class StoreSessions:
     """A preference database at ``url`` (any SQLAlchemy URL), migrated to the newest schema on open.
 
     Safe to share between threads (each call opens its own session); several processes may open the
-    same SQLite file. ``settings`` defaults to the config tree's ``StoreConfig()``. Every part of
+    same SQLite file. ``settings`` defaults to the config tree's ``StoreConfig()``, ``study`` to its
+    ``StudyConfig()``. Every part of
     :class:`~preference_store.repository.PreferenceStore` reads through ``_read`` and writes through
     ``_write``.
     """
 
-    def __init__(self, url: str, settings: StoreConfig | None = None) -> None:
+    def __init__(self, url: str, settings: StoreConfig | None = None, study: StudyConfig | None = None) -> None:
         self.url = url
         self.settings = settings or StoreConfig()
+        self.study = study or StudyConfig()  # the study's rules the queue applies (study.allocation)
         try:
             shown = make_url(url).render_as_string(hide_password=True)
         except SQLAlchemyError:
