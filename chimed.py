@@ -293,7 +293,7 @@ def _study(cfg: Config, args) -> None:
             data, text = (
                 (figures.leaderboard_figures(board, cfg.store.bootstrap_rounds), figures.format_leaderboard)
                 if args.view == "leaderboard"
-                else (figures.agreement_figures(board), figures.format_agreement)
+                else (figures.agreement_figures(board, store.annotator_reliability()), figures.format_agreement)
             )
     print(json.dumps(data, ensure_ascii=False, indent=2) if args.json else text(data))
 

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.arena import QUEUE_EMPTY, Arena, ArenaSession, GuidelineUnread, resolve_decoding, score_values
+from app.arena import QUEUE_EMPTY, RESOLVED_TIE, Arena, ArenaSession, GuidelineUnread, resolve_decoding, score_values
 from app.auth import identify
 from app.contestants import available_contestants
 from app.identifiers import as_sent
@@ -279,7 +279,9 @@ def build_api(arena: Arena) -> None:
         it is also answered (the shared queue decoding) and the comparison recorded, as ``/compare`` returns
         it (blind unless an admin asks for ``blind=False``). In a round whose contestants the admin fixed
         (``queue-round --contestants``) it is always answered by those: send no ``checkpoints`` (other ones
-        are refused). ``assignment_id`` None and ``message`` when the queue is empty."""
+        are refused). ``assignment_id`` None and ``message`` when the queue is empty. ``resolved`` true (and
+        ``message``) when the queue settled the answered prompt as a tie without the caller (``study.allocation:
+        adaptive``, the two answers identical): ``/judge`` and ``/rate`` refuse it; call ``/queue_next`` again."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             session = ArenaSession(annotator=annotator, notice_accepted=bool(accept_notice))
@@ -307,12 +309,15 @@ def build_api(arena: Arena) -> None:
                     "split": bank_prompt.split,
                     "tags": list(bank_prompt.tags),
                     "message": "",
+                    "resolved": False,
                 }
                 if answered:
                     decoding = arena.queue_decoding(bank_prompt.id)
                     for _ in arena.ask_queue(session, assignment, decoding):
                         pass
                     out |= recorded(session, decoding.seed)
+                    if session.resolved is not None:  # identical answers, adaptive round: nothing to judge
+                        out |= {"resolved": True, "message": RESOLVED_TIE}
             progress = store.queue_progress(session.annotator.id)
         except UserError as err:
             raise refusal("/queue_next", caller(request), str(err)) from None

@@ -79,6 +79,11 @@ JUDGED_ONCE = (
     "vote, a ranking or a better answer): send a new prompt"
 )
 ACK_LABEL = "我已阅读 I have read the guideline"
+# a queue prompt the store resolved without a clinician (study.allocation: adaptive, two identical answers)
+RESOLVED_TIE = (
+    "两个回答完全相同，本题已自动记为平局，无需您评判 / the two answers are identical: this prompt was resolved as a "
+    "tie without you, nothing to judge; take the next prompt (下一题 Next from my queue)"
+)
 
 _seeds = random.SystemRandom()
 
@@ -131,6 +136,9 @@ class ArenaSession:
     bank_prompt_id: str | None = None
     assignment_id: str | None = None
     queue_attempt: int = 0
+    # the newest comparison was resolved by the queue as a tie without a clinician (the store's reason; None:
+    # it is to be judged): the answers are shown, but no judgment or rating of it is taken
+    resolved: str | None = None
     # the guideline whose criteria the score rows show (read at page load; None = not read yet)
     guideline_version: int | None = None
     criteria: tuple[Criterion, ...] = ()
@@ -214,6 +222,7 @@ class Arena:
         session.undo = None
         session.bank_prompt_id = session.assignment_id = None
         session.queue_attempt = 0
+        session.resolved = None
         session.held = None
         session.redacted = {}
 
@@ -278,7 +287,7 @@ class Arena:
             [len(p.display) for p in session.panels],
             len(session.reference),
         )
-        session.comparison_id, session.judgeable, session.voted = None, [], False
+        session.comparison_id, session.judgeable, session.voted, session.resolved = None, [], False, None
         session.last_prompt = prompt
         session.bank_prompt_id, session.assignment_id = bank_prompt_id, assignment_id
         session.redacted = redacted
@@ -319,6 +328,8 @@ class Arena:
             raise UserError(STILL_GENERATING)
         if session.undo is None or session.last_prompt is None:
             raise UserError("nothing to regenerate yet: send a prompt first")
+        if session.resolved is not None:
+            raise UserError(RESOLVED_TIE)
         histories, displays, reference = session.undo
         for panel, h, d in zip(session.panels, histories, displays):
             del panel.history[h:], panel.display[d:]
@@ -342,7 +353,9 @@ class Arena:
     ) -> Assignment | None:
         """The annotator's next queue prompt (their open one first), with a new conversation started with
         these contestants; None when nothing is left for them (:data:`QUEUE_EMPTY`; the panels stay as they
-        are). In a round whose contestants the admin fixed (:meth:`round_contestants`) those answer it:
+        are). Once :meth:`ask_queue` has answered it, ``session.resolved`` says whether the queue settled it as a
+        tie without the clinician (:data:`RESOLVED_TIE`: identical answers in an adaptive round; it is not judged,
+        and the next prompt may be taken). In a round whose contestants the admin fixed (:meth:`round_contestants`) those answer it:
         ``checkpoint_ids`` may be left out, and other ones are refused, as is ``blind`` off in a blind round."""
         if not session.notice_accepted:
             raise UserError(NOT_ACCEPTED)
@@ -518,6 +531,7 @@ class Arena:
         session.conversation_id = comparison.conversation_id
         session.comparison_id = comparison.id
         session.judgeable = [label for label, _ in ok]
+        session.resolved = comparison.resolved  # identical answers in an adaptive round: settled, not judged
         if not session.blind:  # names shown from the start: the study's audit log says who ran it (issue 36)
             self.store.record_event(
                 "comparison.unblinded",
@@ -645,6 +659,8 @@ class Arena:
             raise UserError("no annotator for this session: reload the page (and log in)")
         if session.comparison_id is None:
             raise UserError("nothing to judge yet: send a prompt and wait for at least two answers")
+        if session.resolved is not None:
+            raise UserError(RESOLVED_TIE)
         if vote and session.voted:
             raise UserError(JUDGED_ONCE)
         return self._check_guideline(session)

@@ -28,12 +28,13 @@ def start_study_round(
     contestants = list(dict.fromkeys(c.strip() for c in contestants if c.strip()))
     register_contestants(cfg, store, contestants)  # refuses an id that is not a completed run's stage
     new = store.start_queue_round(admin_id, contestants, split=split, blind=blind)
+    allocation = store.queue_round_definition().allocation  # the round just started
     store.record_event(
         "queue.round",
         actor=actor,
         target=str(new),
         address=address,
-        detail={"contestants": contestants, "split": split, "blind": blind},
+        detail={"contestants": contestants, "split": split, "blind": blind, "allocation": allocation},
     )
     prompts = sum(split in ("all", p.split) for p in store.bank_prompts())
     where = "" if split == "all" else f"{split} "
@@ -42,9 +43,16 @@ def start_study_round(
         if contestants
         else "each annotator chooses the contestants"
     )
+    k = cfg.store.annotators_per_prompt
+    places = (
+        f"adaptive allocation: {min(2, k)} annotators per prompt, up to {k} only where they disagree"
+        + (", two identical answers resolved as ties" if len(contestants) <= 2 else "")
+        if allocation == "adaptive"
+        else f"{k} annotators per prompt"
+    )
     return (
         f"queue round {new} started: every annotator's queue holds the {prompts} {where}bank prompts again "
-        f"({cfg.store.annotators_per_prompt} annotators per prompt), {answered}"
+        f"({places}), {answered}"
     )
 
 

@@ -188,6 +188,14 @@ def check_align_method(name: str, where: str) -> None:
         raise UserError(f"config: {where}={name!r}: choose one of {', '.join(align_methods())}")
 
 
+PAIR_WEIGHTS = ("none", "agreement")
+
+
+def check_pair_weights(name: str, where: str) -> None:
+    if name not in PAIR_WEIGHTS:
+        raise UserError(f"config: {where}={name!r}: choose one of {', '.join(PAIR_WEIGHTS)}")
+
+
 @dataclass
 class AlignConfig:
     """The third stage (docs/training.md "Alignment methods"): which method aligns the SFT model, and whether a reward
@@ -197,6 +205,11 @@ class AlignConfig:
     method: str = field(default="dpo", metadata={"check": check_align_method})  # dpo, kto, orpo, simpo, grpo
     # train the reward-model stage (rm) after sft: GRPO's reward for open prompts and the evaluation's judge
     reward_model: bool = False
+    # the per-example loss weight of dpo, kto, orpo and simpo: none = every pair weighs 1 (the losses of
+    # before); agreement = a clinician pair weighs what its export wrote (``weight``: the posterior probability,
+    # from the annotators' agreement and their Dawid-Skene reliabilities, that its direction is right; docs/study.md
+    # "Pair weights"); pairs without one (objective, imported, older exports) weigh 1
+    pair_weights: str = field(default="none", metadata={"check": check_pair_weights})
 
 
 def check_kto_batch(size: int, where: str) -> None:

@@ -109,6 +109,9 @@ class ComparisonOut:
     responses: tuple[ResponseOut, ...]  # in panel order
     bank_prompt_id: str | None = None
     assignment_id: str | None = None
+    # set when the queue resolved the prompt without a clinician (adaptive allocation: the two answers are the
+    # same text), saying why; nobody is asked to judge it, and no vote is recorded
+    resolved: str | None = None
 
     def response(self, label: str) -> ResponseOut:
         """The answer shown in panel ``label`` ("A".."D")."""
@@ -521,6 +524,7 @@ class QueueRound:
     # the round's question decided (study.decisions anytime, a round of two runs' checkpoints of one stage): its
     # queue hands out nothing more; the one-line summary of the decision ("better: ... decided after N judgments")
     decided: str | None = None
+    allocation: str | None = None  # uniform | adaptive, fixed when the round starts (None: study.allocation)
 
     @property
     def is_open(self) -> bool:
@@ -573,3 +577,30 @@ class RatingsExportSummary:
     redactions: dict[str, int]  # kind (phone, id_card, email, name) -> count
     export_id: int | None = None
     empty_answers: int = 0  # rated answers left out because they are empty (the rating is logged, a correction kept)
+
+
+@dataclass(frozen=True)
+class ResolvedTie:
+    """A bank prompt the queue resolved as a tie without a clinician (adaptive allocation): in a round of two
+    contestants, their two answers were the same text after whitespace normalisation. Kept in ``store_meta``
+    beside the round's definition, never as a judgment or a vote."""
+
+    round: int
+    bank_prompt_id: str
+    comparison_id: str
+    assignment_id: str
+    rule: str
+    resolved: datetime
+
+
+@dataclass(frozen=True)
+class AnnotatorReliability:
+    """One annotator's Dawid-Skene estimate (:mod:`preference_store.statistics.reliability`): the probability that
+    their pairwise verdict is the true one, from ``overlap_units`` units shared with another annotator, and their
+    confusion matrix (rows: the truth, columns: their verdict; first better, second better, tie)."""
+
+    annotator_id: int
+    name: str
+    overlap_units: int
+    reliability: float
+    confusion: tuple[tuple[float, ...], ...]

@@ -10,9 +10,10 @@ recomputed here). The text rounds as the tab does (ratings to 0.1, intervals to 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 
-from preference_store.records import Annotator, Leaderboard, RunComparison
+from preference_store.records import Annotator, AnnotatorReliability, Leaderboard, RunComparison
 from preference_store.repository import PreferenceStore
 
 KINDS = ("pairwise", "ranking", "scores")
@@ -64,11 +65,13 @@ def leaderboard_figures(board: Leaderboard, rounds: int) -> dict:
     }
 
 
-def agreement_figures(board: Leaderboard) -> dict:
+def agreement_figures(board: Leaderboard, reliability: Iterable[AnnotatorReliability] = ()) -> dict:
     """Alpha and percent agreement per kind of verdict and per criterion, each annotator against the others
-    (by name: for admins), the outlier screen and the position bias."""
+    (by name: for admins), the outlier screen, the position bias and, when given (admins: the command line), each
+    annotator's Dawid-Skene reliability (:meth:`~preference_store.repository.PreferenceStore.annotator_reliability`)."""
     agreement = board.agreement
     return {
+        "reliability": [asdict(r) for r in reliability],
         "by_kind": {kind: asdict(a) for kind, a in agreement.by_kind.items()},
         "criteria_alpha": agreement.criteria_alpha,
         "pairwise": {
@@ -186,6 +189,12 @@ def format_agreement(figures: dict) -> str:
             for s in figures["screen"]
         ]
     lines.append("outliers: " + (", ".join(figures["outliers"]) or "none"))
+    if figures.get("reliability"):
+        lines += ["", "reliability (Dawid-Skene 1979: probability that the annotator's pairwise verdict is right):"]
+        lines += [
+            f"{r['name']:<20} {r['reliability']:.0%} from {r['overlap_units']} overlap units"
+            for r in figures["reliability"]
+        ]
     bias = figures["position_bias"]
     if bias and bias["decided_votes"]:
         ci = bias["a_ci95"]

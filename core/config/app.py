@@ -211,6 +211,14 @@ def check_margin(value: float, where: str) -> None:
         raise UserError(f"config: {where}={value}: a margin in win rate from 0 to below 0.5 (e.g. 0.05)")
 
 
+ALLOCATIONS = ("uniform", "adaptive")
+
+
+def check_allocation(value: str, where: str) -> None:
+    if value not in ALLOCATIONS:
+        raise UserError(f"config: {where}={value!r}: choose one of {', '.join(ALLOCATIONS)}")
+
+
 def check_interim_results(value: str, where: str) -> None:
     if value not in INTERIM_RESULTS:
         raise UserError(f"config: {where}={value!r}: choose one of {', '.join(INTERIM_RESULTS)}")
@@ -235,3 +243,11 @@ class StudyConfig:
     alpha: float = field(default=0.05, metadata={"check": check_alpha})  # anytime: the chance of a wrong verdict
     # anytime: "same" when the whole interval of the win rate lies within 0.5 ± margin
     margin: float = field(default=0.05, metadata={"check": check_margin})
+    # how the queue spends clinicians' judgments (docs/run-a-study.md "Adaptive allocation"): uniform = every bank
+    # prompt to store.annotators_per_prompt annotators; adaptive = a second annotator always, a third (up to k)
+    # only where the first ones disagree, and in a two-contestant round a prompt whose two answers are the same
+    # text (after whitespace normalisation) is resolved as a tie without a clinician. Recorded with each round
+    # when it starts (queue-round), so every replica and the API follow the round's rule. Uniform until the
+    # simulation (BENCHMARKS.md "Adaptive allocation") shows adaptive reaches the study's verdicts with fewer
+    # judgments at no loss of accuracy
+    allocation: str = field(default="uniform", metadata={"check": check_allocation})

@@ -5,7 +5,8 @@ In a real study clinicians judge in the browser. This script stands in for them 
 unattended: it acknowledges the guideline in force (``/acknowledge_guideline``), then takes each queue prompt
 (``/queue_next``; in a round whose contestants the admin fixed, those answer it), and judges it (``/judge``) by a
 fixed rule, the longer answer wins (equal lengths: a tie), with 1-5 scores on the guideline's criteria. The
-judgments are blind: the names come back only with each judgment's ``reveal``.
+judgments are blind: the names come back only with each judgment's ``reveal``. A prompt the queue resolved
+without a clinician (``resolved``: adaptive allocation, identical answers) is not judged: the next one is taken.
 
     .venv/bin/python docs/study/annotate.py --url http://127.0.0.1:7931/ --user dr_li --password-file FILE
 
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                 "error: this round has no contestants fixed by the admin "
                 "(queue-round --contestants): the script does not choose them"
             )
+        if item.get("resolved"):  # adaptive allocation: identical answers, settled as a tie without a clinician
+            print(f"{args.user}: prompt {item['bank_prompt_id']}: {item['message']}")
+            continue
         choice = choose(item["answers"])
         scores = (
             {a["label"]: {c: (4 if a["label"] == choice else 2) for c in criteria} for a in item["answers"]}

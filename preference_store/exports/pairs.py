@@ -3,7 +3,7 @@
 Each record is in the dpo.jsonl format of docs/design.md plus ``split`` and ``provenance``:
 
     {"prompt": [messages], "chosen": [{"role": "assistant", "content": ...}], "rejected": [...],
-     "source": "clinician", "pair_id": "clin-...", "split": "train" | "heldout",
+     "source": "clinician", "pair_id": "clin-...", "split": "train" | "heldout", "weight": 0.0-1.0 | null,
      "provenance": {"pair_id", "judgment_id", "comparison_id", "judgment_kind", "annotator" (a salted
                     pseudonym, never the name), "chosen_checkpoint" (null = the clinician's correction),
                     "rejected_checkpoint", "chosen_serving", "rejected_serving" (how each answer was
@@ -16,6 +16,12 @@ share of them whose verdict agrees with this pair's direction (its own annotator
 they were; ``share`` is null where only one annotator judged them (any prompt outside the bank). With
 ``store.min_agreement`` above 0, pairs whose measured share is below it are left out of the file and
 not logged, so a later export reconsiders them once more annotators have judged (the summary counts them).
+
+``weight`` (since 2026-12-07; older files have none, and the builder reads them as before) is the Dawid-Skene
+posterior probability that the pair's direction is right (:mod:`preference_store.statistics.reliability`): it
+counts how many annotators agreed and how reliable each of them is on the overlap judgments. Null for a
+correction, a prompt outside the bank, or while no two annotators judged the same prompt. The alignment stages
+use it as a per-example loss weight with ``align.pair_weights: agreement`` (a null weight counts 1).
 
 ``blind`` says whether the judge could not see which checkpoint wrote which answer. Pairs of unblinded
 comparisons (an admin's ``blind=False``, or a later turn of a conversation whose names a judgment revealed) are
@@ -116,6 +122,7 @@ def _export(
     duplicates = same_text = empty_answer = low_agreement = unblinded = 0
     left_out_by_votes: Counter = Counter()  # OUTVOTED | SPLIT -> pairs
     agreements = store.pair_agreement()  # pair id -> (share agreeing, annotators), bank prompts only
+    weights = store.pair_weights()  # pair id -> Dawid-Skene posterior of its direction, bank prompts only
     tally = vote_tally(cfg, store)
 
     def clean(text: str) -> str:
@@ -166,6 +173,7 @@ def _export(
             "source": SOURCE,
             "pair_id": row.pair_id,
             "split": split,
+            "weight": weights.get(row.pair_id),
             "provenance": {
                 "pair_id": row.pair_id,
                 "judgment_id": row.judgment_id,

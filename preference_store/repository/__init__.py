@@ -74,7 +74,7 @@ class PreferenceStore(
     @classmethod
     def from_config(cls, cfg: Config) -> PreferenceStore:
         """The store at ``cfg.database_url`` (CHIMED_DATABASE_URL wins) with ``cfg.store`` settings and the
-        ``cfg.study`` rules."""
+        ``cfg.study`` rules its queue applies."""
         return cls(cfg.database_url, cfg.store, cfg.study)
 
     def counts(self) -> StoreCounts:

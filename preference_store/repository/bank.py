@@ -10,6 +10,19 @@ The assignment rule (``next_assignment``):
   someone else. A judgment that arrives late is still stored; its assignment becomes done only if the
   place is still free, so a prompt never counts more than k done assignments (see ``complete_assignment``).
 
+With ``study.allocation: adaptive`` (fixed per round when it starts: every replica and the API follow the
+round's rule) a prompt's places are spent where they tell something:
+
+- a prompt with fewer than two live assignments is open as above (a second annotator always);
+- a prompt with two or more is open to another annotator (up to k) only once all of its live assignments are
+  done and their judgments *disagree*: two annotators who judged the same two checkpoints gave different
+  verdicts (one preferred the other checkpoint, or called a tie), or no two of them can be compared (other
+  contestants, only corrections). Agreeing prompts are settled with two judgments;
+- in a round of two contestants, a prompt whose two answers are the same text after whitespace
+  normalisation (the queue's seeded decoding gives every annotator the same answers) is resolved as a tie
+  when its first comparison is recorded (:func:`resolve_identical`): the assignment is done, nobody is asked
+  to judge it, and the resolution is kept in ``store_meta`` (``queue_round.N.tie.PROMPT``), never as a vote.
+
 All of this is within the current *queue round*, until an admin closes it or, for a round that asks whether
 one run beats another, its question is decided (:mod:`~preference_store.repository.decisions`). Once a
 round's prompts are judged (or to judge a new run on the same prompts), an admin starts the next round
@@ -30,10 +43,11 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from core.config.app import ALLOCATIONS
 from preference_store.bank_file import read_bank
 from preference_store.models import (
     AnnotatorRow,
@@ -42,9 +56,12 @@ from preference_store.models import (
     BankPromptRow,
     CheckpointRow,
     ComparisonRow,
+    JudgmentRow,
+    ResponseRow,
     StoreMetaRow,
     utcnow,
 )
+from preference_store.pairs import battle_outcomes
 from preference_store.records import (
     PANEL_LABELS,
     ROUND_SPLITS,
@@ -53,6 +70,7 @@ from preference_store.records import (
     BankPrompt,
     QueueProgress,
     QueueRound,
+    ResolvedTie,
 )
 from preference_store.repository.decisions import RoundDecisions
 from preference_store.repository.sessions import StoreSessions, new_id
@@ -160,11 +178,13 @@ class BankQueue(RoundDecisions, StoreSessions):
         contestants: list[str] | tuple[str, ...] = (),
         split: str = "all",
         blind: bool = False,
+        allocation: str | None = None,
     ) -> int:
         """Start the next queue round (an admin's id, or None for the command line): every annotator may be
         given every bank prompt of ``split`` (heldout | train | all) again, e.g. to judge a new run against its
         parent on the same prompts. With 2-4 registered ``contestants`` every queue prompt of the round is
-        answered by exactly these for everyone; ``blind``: nobody may judge the round with names shown. The
+        answered by exactly these for everyone; ``blind``: nobody may judge the round with names shown;
+        ``allocation`` (uniform | adaptive; None: ``study.allocation``) how the queue spends its places. The
         previous round closes. Open assignments of the old round stay judgeable (a judgment on them is
         stored), but hold no place. Returns the new round."""
         ids = list(dict.fromkeys(c.strip() for c in contestants if c.strip()))
@@ -174,6 +194,9 @@ class BankQueue(RoundDecisions, StoreSessions):
             )
         if split not in ROUND_SPLITS:
             raise PreferenceStoreError(f"unknown split {split!r}: choose {', '.join(ROUND_SPLITS)}")
+        allocation = allocation or self.study.allocation
+        if allocation not in ALLOCATIONS:
+            raise PreferenceStoreError(f"unknown allocation {allocation!r}: choose {', '.join(ALLOCATIONS)}")
 
         def work(session: Session) -> int:
             if admin_id is not None:
@@ -210,6 +233,7 @@ class BankQueue(RoundDecisions, StoreSessions):
                         "contestants": ids,
                         "split": split,
                         "blind": bool(blind),
+                        "allocation": allocation,
                         "started": now.isoformat(),
                         "closed": None,
                     }
@@ -272,21 +296,17 @@ class BankQueue(RoundDecisions, StoreSessions):
             # a closed round hands out nothing new, nor one whose question is decided (decisions.py)
             if defined.closed is not None or self._round_decided(session, defined):
                 return None
-            candidates = (
-                session.execute(
-                    _open_to(annotator_id, current, cutoff, defined.split, k)
-                    .order_by(func.count(AssignmentRow.id), BankPromptRow.created, BankPromptRow.id)
-                    .limit(CANDIDATES)
-                )
-                .scalars()
-                .all()
-            )
+            candidates = self._candidates(session, annotator_id, defined, cutoff, CANDIDATES)
             for prompt_id in candidates:
                 # on PostgreSQL and the like: lock the prompt, then count its places again (SQLite holds
                 # the whole database's write lock already, and ignores FOR UPDATE)
                 prompt = session.scalar(select(BankPromptRow).where(BankPromptRow.id == prompt_id).with_for_update())
                 if _live_count(session, prompt_id, cutoff, current) >= k:
                     continue
+                if self._allocation(defined) == "adaptive" and prompt_id not in self._candidates(
+                    session, annotator_id, defined, cutoff, None, only=[prompt_id]
+                ):
+                    continue  # another replica's assignment on it meanwhile: its first annotators are not done
                 row = AssignmentRow(
                     id=new_id(),
                     bank_prompt_id=prompt_id,
@@ -313,7 +333,6 @@ class BankQueue(RoundDecisions, StoreSessions):
     def queue_progress(self, annotator_id: int) -> QueueProgress:
         """How many bank prompts the annotator has judged through their queue in the current round, of how
         many they can get (done + their open assignment + prompts with a free place they never had)."""
-        k = self.settings.annotators_per_prompt
         cutoff = utcnow() - timedelta(minutes=self.settings.assignment_timeout_minutes)
         with self._read() as session:
             current = _current_round(session)
@@ -333,16 +352,76 @@ class BankQueue(RoundDecisions, StoreSessions):
                 ).all()
             )
             free = (
-                session.scalar(
-                    select(func.count()).select_from(
-                        _open_to(annotator_id, current, cutoff, defined.split, k).subquery()
-                    )
-                )
+                len(self._candidates(session, annotator_id, defined, cutoff, None))
                 if defined.closed is None and not self._round_decided(session, defined, record=False)
                 else 0
             )
         done = mine.get("done", 0)
         return QueueProgress(done=done, total=done + mine.get("open", 0) + free)
+
+    def _allocation(self, defined: QueueRound) -> str:
+        """The round's allocation rule (rounds started without one: ``study.allocation``)."""
+        return defined.allocation or self.study.allocation
+
+    def _candidates(
+        self,
+        session: Session,
+        annotator_id: int,
+        defined: QueueRound,
+        cutoff: datetime,
+        limit: int | None,
+        only: list[str] | None = None,
+    ) -> list[str]:
+        """The bank prompts the annotator's queue may hand out now, in handing-out order (fewest live assignments,
+        then the oldest prompt): under uniform allocation those with a free place of k; under adaptive, of those,
+        the ones with fewer than two live assignments, and the ones whose live assignments are all done and
+        disagree (:func:`_agreed`), never one resolved without a clinician."""
+        k = self.settings.annotators_per_prompt
+        query = _open_to(annotator_id, defined.number, cutoff, defined.split, k)
+        if only is not None:
+            query = query.where(BankPromptRow.id.in_(only))
+        query = query.order_by(func.count(AssignmentRow.id), BankPromptRow.created, BankPromptRow.id)
+        if self._allocation(defined) != "adaptive":
+            return list(session.execute(query.limit(limit) if limit else query).scalars())
+        counted = query.add_columns(
+            func.count(AssignmentRow.id), func.sum(case((AssignmentRow.status == "done", 1), else_=0))
+        )
+        resolved = _resolved_prompts(session, defined.number)
+        chosen, waiting = [], []
+        for prompt_id, live, done in session.execute(counted):
+            if prompt_id in resolved:
+                continue
+            if live < min(2, k):
+                chosen.append(prompt_id)
+            elif live == done:  # every live one judged: a third (up to k) only where they disagree
+                waiting.append(prompt_id)
+            if limit and len(chosen) >= limit:
+                break
+        if waiting and not (limit and len(chosen) >= limit):
+            settled = _agreed(session, defined.number, waiting)
+            order = {p: i for i, p in enumerate(chosen + waiting)}
+            chosen = sorted(chosen + [p for p in waiting if p not in settled], key=order.__getitem__)
+        return chosen[:limit] if limit else chosen
+
+    def resolved_ties(self, round_: int | None = None) -> list[ResolvedTie]:
+        """The bank prompts the queue resolved as ties without a clinician (adaptive allocation), of one round
+        (None: the current one), oldest first."""
+        with self._read() as session:
+            number = _current_round(session) if round_ is None else round_
+            rows = session.scalars(select(StoreMetaRow).where(StoreMetaRow.key.like(f"{_tie_key(number, '')}%")))
+            ties = [
+                ResolvedTie(
+                    round=number,
+                    bank_prompt_id=row.key.rsplit(".", 1)[1],
+                    comparison_id=value["comparison_id"],
+                    assignment_id=value["assignment_id"],
+                    rule=value["rule"],
+                    resolved=datetime.fromisoformat(value["resolved"]),
+                )
+                for row in rows
+                for value in [json.loads(row.value)]
+            ]
+        return sorted(ties, key=lambda t: (t.resolved, t.bank_prompt_id))
 
     def assignments(self, annotator_id: int | None = None, bank_prompt_id: str | None = None) -> list[Assignment]:
         """Assignments (one annotator's, one prompt's, or all), oldest first, in every status."""
@@ -460,6 +539,129 @@ def _live_count(session: Session, bank_prompt_id: str, cutoff: datetime, round_:
     )
 
 
+IDENTICAL_RULE = "the two answers are the same text after whitespace normalisation"
+
+
+def same_text(a: str, b: str) -> bool:
+    """Two answers alike for the queue's tie rule: the same text once runs of whitespace are one space and the
+    ends are stripped (a threshold on a likelihood or reward difference would need a model the store has not)."""
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def resolve_identical(session: Session, comparison: ComparisonRow, default_allocation: str) -> str | None:
+    """Inside the write transaction that records ``comparison``: when it was asked through a queue assignment of
+    an adaptive round, compares two different checkpoints and their two answers are alike (:func:`same_text`),
+    resolve its bank prompt as a tie without a clinician: the assignment is done, the resolution is kept in
+    ``store_meta`` (never a judgment), and the queue hands the prompt to nobody else. Returns why, or None.
+    ``default_allocation``: the rule of a round started without one (``study.allocation``)."""
+    if comparison.assignment_id is None or comparison.bank_prompt_id is None or len(comparison.responses) != 2:
+        return None
+    first, second = comparison.responses
+    if first.checkpoint_id == second.checkpoint_id or not same_text(first.text, second.text):
+        return None
+    assignment = session.get(AssignmentRow, comparison.assignment_id)
+    if assignment is None or assignment.status != "open":
+        return None
+    if (_round_definition(session, assignment.round).allocation or default_allocation) != "adaptive":
+        return None
+    now = utcnow()
+    assignment.status, assignment.completed = "done", now
+    _set_meta(
+        session,
+        _tie_key(assignment.round, comparison.bank_prompt_id),
+        json.dumps(
+            {
+                "comparison_id": comparison.id,
+                "assignment_id": assignment.id,
+                "rule": IDENTICAL_RULE,
+                "resolved": now.isoformat(),
+            }
+        ),
+    )
+    return f"resolved as a tie without a clinician: {IDENTICAL_RULE}"
+
+
+class ResolvedWithoutClinician(PreferenceStoreError):
+    """A judgment or rating of a comparison the queue resolved as a tie without a clinician: there is nothing to
+    judge, and the assignment is done already."""
+
+
+def check_not_resolved(session: Session, comparison: ComparisonRow, what: str) -> None:
+    """Refuse to ``what`` (judge, rate) a comparison :func:`resolve_identical` resolved: its prompt is settled as a
+    tie without a clinician, and a vote on it would count work nobody was asked to do."""
+    if comparison.assignment_id is None or comparison.bank_prompt_id is None:
+        return
+    assignment = session.get(AssignmentRow, comparison.assignment_id)
+    if assignment is None:
+        return
+    row = session.get(StoreMetaRow, _tie_key(assignment.round, comparison.bank_prompt_id))
+    if row is not None and json.loads(row.value)["comparison_id"] == comparison.id:
+        raise ResolvedWithoutClinician(
+            f"comparison {comparison.id} was resolved as a tie without a clinician ({IDENTICAL_RULE}): nothing to "
+            f"{what}; take the next prompt of your queue"
+        )
+
+
+def _tie_key(round_: int, bank_prompt_id: str) -> str:
+    return f"{_definition_key(round_)}.tie.{bank_prompt_id}"
+
+
+def _resolved_prompts(session: Session, round_: int) -> set[str]:
+    prefix = _tie_key(round_, "")
+    return {
+        key[len(prefix) :]
+        for key in session.scalars(select(StoreMetaRow.key).where(StoreMetaRow.key.like(f"{prefix}%")))
+    }
+
+
+def _agreed(session: Session, round_: int, prompt_ids: list[str]) -> set[str]:
+    """Of ``prompt_ids``, those whose done assignments of the round agree: some two of their annotators judged
+    the same two checkpoints, and every two who did gave the same verdict (the same checkpoint preferred, or
+    both a tie; both-bad counts as a tie, a correction says nothing about the two)."""
+    verdicts: dict[str, dict[frozenset, dict[int, str | None]]] = {}
+    for start in range(0, len(prompt_ids), CHUNK):
+        chunk = prompt_ids[start : start + CHUNK]
+        judged = session.execute(
+            select(
+                AssignmentRow.bank_prompt_id,
+                JudgmentRow.annotator_id,
+                JudgmentRow.kind,
+                JudgmentRow.choice,
+                JudgmentRow.ranking,
+                ComparisonRow.id,
+            )
+            .join(ComparisonRow, ComparisonRow.assignment_id == AssignmentRow.id)
+            .join(JudgmentRow, JudgmentRow.comparison_id == ComparisonRow.id)
+            .where(
+                AssignmentRow.bank_prompt_id.in_(chunk),
+                AssignmentRow.round == round_,
+                AssignmentRow.status == "done",
+                JudgmentRow.superseded_by.is_(None),
+            )
+            .order_by(JudgmentRow.created, JudgmentRow.id)
+        ).all()
+        answers: dict[str, dict[str, str]] = {}
+        for cid, panel, ckpt in session.execute(
+            select(ResponseRow.comparison_id, ResponseRow.panel, ResponseRow.checkpoint_id).where(
+                ResponseRow.comparison_id.in_({row[-1] for row in judged})
+            )
+        ):
+            answers.setdefault(cid, {})[PANEL_LABELS[panel]] = ckpt
+        for prompt_id, annotator, kind, choice, ranking, cid in judged:
+            panels = answers.get(cid, {})
+            for x, y, score in battle_outcomes(kind, sorted(panels), choice, ranking):
+                if panels[x] == panels[y]:
+                    continue
+                winner = panels[x] if score == 1.0 else panels[y] if score == 0.0 else None
+                verdicts.setdefault(prompt_id, {}).setdefault(frozenset((panels[x], panels[y])), {})[annotator] = winner
+    agreed = set()
+    for prompt_id, by_pair in verdicts.items():
+        compared = [set(v.values()) for v in by_pair.values() if len(v) > 1]
+        if compared and all(len(values) == 1 for values in compared):
+            agreed.add(prompt_id)
+    return agreed
+
+
 ROUND_KEY = "queue_round"
 
 
@@ -494,6 +696,7 @@ def _round_definition(session: Session, round_: int) -> QueueRound:
         split=value.get("split", "all"),
         blind=bool(value.get("blind")),
         decided=value.get("decided"),
+        allocation=value.get("allocation"),
         **when,
     )
 

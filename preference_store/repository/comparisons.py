@@ -8,6 +8,8 @@ reveals the names, through the app or the API alike).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,7 +22,7 @@ from preference_store.models import (
     ResponseRow,
 )
 from preference_store.records import PANEL_LABELS, ComparisonIn, ComparisonOut, ResponseOut
-from preference_store.repository.bank import check_queue_fields
+from preference_store.repository.bank import check_queue_fields, resolve_identical
 from preference_store.repository.sessions import StoreSessions, new_id
 from preference_store.validation import NotFoundError, PreferenceStoreError, UnknownCheckpointError, check_comparison
 
@@ -35,7 +37,9 @@ class Comparisons(StoreSessions):
         annotator's queue gives its ``assignment_id`` (and ``bank_prompt_id``): the assignment must be theirs.
         ``blind`` is kept only while no earlier comparison of the conversation was judged (the names are known then).
         With ``store.redact_on_entry`` the messages and answers are stored de-identified (a model may echo an
-        identifier, or invent one).
+        identifier, or invent one). In a round with adaptive allocation, two alike answers of two contestants
+        resolve the prompt as a tie without a clinician (``resolved`` says so; see
+        :func:`~preference_store.repository.bank.resolve_identical`).
         """
         check_comparison(comparison, self.settings.max_text_chars)
         # what is kept, redacted (if it must be) before the write transaction, which should not wait for it
@@ -102,7 +106,8 @@ class Comparisons(StoreSessions):
             )
             session.add(row)
             session.flush()  # sets the creation time the record shows
-            return comparison_record(row)
+            resolved = resolve_identical(session, row, self.study.allocation)
+            return replace(comparison_record(row), resolved=resolved)
 
         return self._write(work)
 

@@ -64,6 +64,7 @@ def round_verdict(
         alpha=study.alpha,
         margin=study.margin,
         per_prompt=settings.annotators_per_prompt,
+        settle_on_agreement=(defined.allocation or study.allocation) == "adaptive",
     )
 
 

@@ -28,7 +28,7 @@ from preference_store.models import (
 )
 from preference_store.pairs import expand_judgment_to_pairs
 from preference_store.records import PANEL_LABELS, JudgmentIn, JudgmentOut
-from preference_store.repository.bank import complete_assignment
+from preference_store.repository.bank import check_not_resolved, complete_assignment
 from preference_store.repository.guidelines import Guidelines
 from preference_store.repository.sessions import new_id
 from preference_store.validation import NotFoundError, PreferenceStoreError, check_judgment
@@ -213,7 +213,8 @@ def supersede(session: Session, live) -> str:
 
 
 def own_comparison(session: Session, comparison_id: str, annotator_id: int, what: str) -> ComparisonRow:
-    """The comparison, if ``annotator_id`` exists and recorded it; an annotator judges and rates only their own."""
+    """The comparison, if ``annotator_id`` exists and recorded it (an annotator judges and rates only their own) and
+    the queue did not resolve it without a clinician (:func:`~preference_store.repository.bank.check_not_resolved`)."""
     comparison = session.get(ComparisonRow, comparison_id)
     if comparison is None:
         raise NotFoundError(f"no comparison {comparison_id!r}: {what} an answer set that was recorded")
@@ -223,6 +224,7 @@ def own_comparison(session: Session, comparison_id: str, annotator_id: int, what
         raise PreferenceStoreError(
             f"comparison {comparison_id} was recorded by another annotator: you can {what} only your own comparisons"
         )
+    check_not_resolved(session, comparison, what)
     return comparison
 
 

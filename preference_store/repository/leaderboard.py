@@ -1,5 +1,6 @@
 """Read-only summaries: the leaderboard (ratings, win rates, scores, agreement, integrity), the run-vs-run
-verdict, the agreement of each pair on a bank prompt, and what the store holds.
+verdict, the agreement and weight of each pair on a bank prompt, the annotators' reliabilities, and what the
+store holds.
 
 Every summary reads live judgments only (a revised one is history), and only judgments of blind comparisons
 unless ``store.admit_unblinded``: a judge who saw which run answered is not a blind judge."""
@@ -23,7 +24,15 @@ from preference_store.models import (
     PairRow,
     ResponseRow,
 )
-from preference_store.records import JUDGMENT_KINDS, PANEL_LABELS, SPLITS, Leaderboard, RunComparison, StoreCounts
+from preference_store.records import (
+    JUDGMENT_KINDS,
+    PANEL_LABELS,
+    SPLITS,
+    AnnotatorReliability,
+    Leaderboard,
+    RunComparison,
+    StoreCounts,
+)
 from preference_store.repository.sessions import StoreSessions
 from preference_store.statistics.agreement import agreement_values, measure_agreement, pair_agreement
 from preference_store.statistics.bradley_terry import (
@@ -37,6 +46,7 @@ from preference_store.statistics.bradley_terry import (
     win_rates,
 )
 from preference_store.statistics.integrity import position_bias, screen_annotators
+from preference_store.statistics.reliability import annotator_reliability, pair_weights
 from preference_store.statistics.run_comparison import compare_checkpoints
 from preference_store.validation import NotFoundError, PreferenceStoreError
 
@@ -217,12 +227,45 @@ class LeaderboardQueries(StoreSessions):
             alpha=self.study.alpha,
             margin=self.study.margin,
             per_prompt=self.settings.annotators_per_prompt,
+            settle_on_agreement=self.study.allocation == "adaptive",
         )
 
     def pair_agreement(self) -> dict[str, tuple[float | None, int]]:
         """pair id -> (share of the annotators of its bank prompt who judged the same two checkpoints and agree
         with it, how many they are), for every pair on a bank prompt; (None, 1) when only one annotator judged
         them. Pairs not on a bank prompt are absent. See :func:`preference_store.statistics.agreement.pair_agreement`."""
+        return pair_agreement(*self._bank_pairs())
+
+    def pair_weights(self) -> dict[str, float | None]:
+        """pair id -> its weight, the Dawid-Skene posterior probability that its direction is right (None: a
+        correction, or no annotator overlaps another), for every pair on a bank prompt. See
+        :func:`preference_store.statistics.reliability.pair_weights`."""
+        return pair_weights(*self._bank_pairs())
+
+    def annotator_reliability(self) -> list[AnnotatorReliability]:
+        """Each annotator's Dawid-Skene reliability on the pairwise verdicts on bank prompts (admins: the study
+        figures and ``/reliability``), most reliable first; empty when no two annotators judged the same unit."""
+        with self._read() as session:
+            judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
+            names = dict(session.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
+        fit, overlap = annotator_reliability(judged)
+        if fit is None:
+            return []
+        rows = [
+            AnnotatorReliability(
+                annotator_id=a,
+                name=names.get(a, str(a)),
+                overlap_units=overlap.get(a, 0),
+                reliability=fit.reliability(a),
+                confusion=tuple(tuple(float(x) for x in row) for row in fit.confusion[a]),
+            )
+            for a in fit.confusion
+        ]
+        return sorted(rows, key=lambda r: (-r.reliability, r.annotator_id))
+
+    def _bank_pairs(self) -> tuple[list, list[JudgedComparison]]:
+        """(pair id, bank prompt, chosen checkpoint or None, rejected checkpoint) of every live pair on a bank
+        prompt, and the judgments on bank prompts."""
         with self._read() as session:
             judged = load_judged(session, bank_only=True, admit_unblinded=self.settings.admit_unblinded)
             chosen, rejected = ResponseRow.__table__.alias("chosen"), ResponseRow.__table__.alias("rejected")
@@ -234,7 +277,7 @@ class LeaderboardQueries(StoreSessions):
                 .join(JudgmentRow, JudgmentRow.id == PairRow.judgment_id)
                 .where(ComparisonRow.bank_prompt_id.is_not(None), LIVE)
             ).all()
-        return pair_agreement(pairs, judged)
+        return pairs, judged
 
 
 def _stage_order(stage: str) -> tuple[int, str]:

@@ -38,7 +38,7 @@ class StoreSessions:
 
     Safe to share between threads (each call opens its own session); several processes may open the
     same SQLite file. ``settings`` defaults to the config tree's ``StoreConfig()``, ``study`` (the study section:
-    how run-vs-run questions are decided, which the queue follows) to ``StudyConfig()``. Every part of
+    how run-vs-run questions are decided and how the queue allocates prompts, which the queue follows) to ``StudyConfig()``. Every part of
     :class:`~preference_store.repository.PreferenceStore` reads through ``_read`` and writes through
     ``_write``.
     """
@@ -46,7 +46,7 @@ class StoreSessions:
     def __init__(self, url: str, settings: StoreConfig | None = None, study: StudyConfig | None = None) -> None:
         self.url = url
         self.settings = settings or StoreConfig()
-        self.study = study or StudyConfig()
+        self.study = study or StudyConfig()  # the study's rules the queue applies (study.allocation)
         try:
             shown = make_url(url).render_as_string(hide_password=True)
         except SQLAlchemyError:

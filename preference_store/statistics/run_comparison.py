@@ -82,11 +82,13 @@ def compare_checkpoints(
     alpha: float | None = None,
     margin: float | None = None,
     per_prompt: int = 1,
+    settle_on_agreement: bool = False,
 ) -> RunComparison:
     """The verdict on ``new_run``'s ``stage`` against ``old_run``'s, from the judgments on bank prompts (``judged``
     in time order); ``trained_on``: the bank prompts whose pairs ``new_run`` trained on (counted in the result).
     ``decisions``, ``alpha``, ``margin``: the study section's (None: its defaults); ``per_prompt``: the battles
-    that complete a prompt for the anytime test (``store.annotators_per_prompt``)."""
+    that complete a prompt for the anytime test (``store.annotators_per_prompt``; ``settle_on_agreement``: two agreeing
+    ones do, as under ``study.allocation: adaptive``)."""
     study = StudyConfig()
     decisions = study.decisions if decisions is None else decisions
     new, old = f"{new_run}/{stage}", f"{old_run}/{stage}"
@@ -117,6 +119,7 @@ def compare_checkpoints(
             per_prompt,
             study.alpha if alpha is None else alpha,
             study.margin if margin is None else margin,
+            settle_on_agreement,
         )
     if decisions != "fixed":
         raise ValueError(f"decisions={decisions!r}: choose anytime or fixed")
@@ -161,11 +164,17 @@ def compare_checkpoints(
 
 
 def _anytime(
-    battles: list[tuple[str, float]], common: dict, where: str, per_prompt: int, alpha: float, margin: float
+    battles: list[tuple[str, float]],
+    common: dict,
+    where: str,
+    per_prompt: int,
+    alpha: float,
+    margin: float,
+    settle_on_agreement: bool = False,
 ) -> RunComparison:
     """The verdict of the confidence sequence over the prompts (see :mod:`preference_store.statistics.sequential`)."""
     new, old = common["new_checkpoint"], common["old_checkpoint"]
-    values, at, n = prompt_units(battles, per_prompt)
+    values, at, n = prompt_units(battles, per_prompt, settle_on_agreement)
     decision = decide(values, at, n, alpha, margin)
     flat = [score for _, score in battles]
     fields = dict(

@@ -137,10 +137,11 @@ def decide(values, judgments_at, judgments: int, alpha: float, margin: float, gr
     )
 
 
-def prompt_units(battles, per_prompt: int) -> tuple[list[float], list[int], int]:
+def prompt_units(battles, per_prompt: int, settle_on_agreement: bool = False) -> tuple[list[float], list[int], int]:
     """(values, judgments_at, judgments) from ``battles``: (bank prompt, the new checkpoint's score 1 / 0.5 / 0)
     in time order. A prompt's value is its mean over its first ``per_prompt`` battles, entered when the last of
-    them comes in."""
+    them comes in. ``settle_on_agreement`` (``study.allocation: adaptive``, where a prompt whose first two
+    judgments agree gets no third): such a prompt is entered at its second battle, with their common score."""
     if per_prompt < 1:
         raise ValueError(f"per_prompt={per_prompt}: a prompt needs at least one battle")
     seen: dict[str, list[float]] = {}
@@ -153,9 +154,11 @@ def prompt_units(battles, per_prompt: int) -> tuple[list[float], list[int], int]
         if len(scores) >= per_prompt:
             continue
         scores.append(score)
-        if len(scores) == per_prompt:
-            values.append(sum(scores) / per_prompt)
+        settled = settle_on_agreement and len(scores) == 2 < per_prompt and scores[0] == scores[1]
+        if len(scores) == per_prompt or settled:
+            values.append(sum(scores) / len(scores))
             at.append(n)
+            seen[prompt] = scores + [score] * per_prompt  # complete: later battles do not enter it again
     return values, at, n
 
 

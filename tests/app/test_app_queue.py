@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
-from app.arena import QUEUE_EMPTY, Arena, ArenaSession
+from app.arena import QUEUE_EMPTY, RESOLVED_TIE, Arena, ArenaSession
 from app.main import build_app
 from app.tabs.compare import progress_markdown, render
 from core.config import load_config
@@ -256,3 +257,88 @@ def test_the_next_button_and_the_thumbs_in_the_compare_tab(cfg, store, make_pool
     assert "A is better" in shown["status"] and "2 / 2" in shown["queue-progress"]
     shown, state = _ui(demo, "next_from_queue", state, contestants, True)
     assert QUEUE_EMPTY in shown["status"] and QUEUE_EMPTY in shown["queue-progress"]
+
+
+class _AlikeAnswers:
+    """A generation whose panels all show the first panel's text (as two checkpoints that answer alike would)."""
+
+    def __init__(self, generation):
+        self.generation = generation
+
+    @staticmethod
+    def _alike(answers):
+        return [replace(a, text=answers[0].text) for a in answers]
+
+    @property
+    def answers(self):
+        return self._alike(self.generation.answers)
+
+    @property
+    def done(self):
+        return self.generation.done
+
+    def cancel(self):
+        self.generation.cancel()
+
+    def stream(self):
+        for answers in self.generation.stream():
+            yield self._alike(answers)
+
+
+def test_identical_answers_in_an_adaptive_round_are_not_judged(app_home, tmp_path, make_pool, monkeypatch):
+    """Adaptive allocation resolves a queue prompt whose two answers are identical as a tie without the clinician:
+    the arena says so in one line, refuses a judgment, a rating or a regenerate of it, and takes the next prompt;
+    the Compare tab shows that line without the vote buttons; the API's /queue_next says so too, and /judge and
+    /rate refuse it."""
+    run_id = app_home[1]
+    cfg = load_config("tiny", ["store.annotators_per_prompt=2", "study.allocation=adaptive"])
+    contestants = [f"{run_id}/sft", f"{run_id}/dpo"]
+    pool = make_pool(cfg)
+    real = pool.generate
+    monkeypatch.setattr(pool, "generate", lambda *args, **kwargs: _AlikeAnswers(real(*args, **kwargs)))
+    with PreferenceStore.from_config(cfg) as store:
+        bank = tmp_path / "bank.jsonl"
+        prompts = [FIRST, FOLLOW_UP, "感冒要吃抗生素吗？", "失眠怎么办？", "孕妇能喝咖啡吗？"]
+        lines = [json.dumps({"prompt": p}, ensure_ascii=False) + "\n" for p in prompts]
+        bank.write_text("".join(lines), encoding="utf-8")
+        store.import_bank(bank)
+        arena = Arena(cfg, store, pool)
+
+        wang = _annotator(store, "dr_wang")
+        first = _next(arena, wang, run_id)
+        assert wang.resolved is not None and "same text" in wang.resolved
+        assert [u["visible"] for u in render(wang)[-6:]] == [False] * 6  # no vote row, no ranking, no thumbs
+        for refused in (
+            lambda: arena.vote(wang, "A"),
+            lambda: arena.rate(wang, "A", up=True),
+            lambda: arena.correct(wang, "多休息。"),
+            lambda: list(arena.regenerate(wang, arena.queue_decoding("ignored"))),
+        ):
+            with pytest.raises(UserError) as err:
+                refused()
+            assert str(err.value) == RESOLVED_TIE
+        assert store.counts().judgments == 0 and store.ratings() == []
+        (tie,) = store.resolved_ties()
+        assert (tie.bank_prompt_id, tie.comparison_id) == (first.bank_prompt.id, wang.comparison_id)
+        assert arena.queue_progress(wang).done == 1  # the prompt is done, without a vote
+        assert _next(arena, wang, run_id).bank_prompt.id != first.bank_prompt.id  # the next one is taken
+
+        # the Compare tab: the line in the status, no vote buttons
+        demo = build_app(cfg, store=store, pool=pool)
+        shown, _ = _ui(demo, "next_from_queue", _annotator(store, "dr_zhao"), contestants, True)
+        assert RESOLVED_TIE in shown["status"] and "\n" not in RESOLVED_TIE
+        assert not shown["vote-row"]["visible"]
+
+        # the API
+        store.add_annotator("dr_li", "pw-123456")
+        li = SimpleNamespace(username="dr_li")
+        queue_next, judge, rate = _api(demo, "queue_next"), _api(demo, "judge"), _api(demo, "rate")
+        assert queue_next(None, True, request=li)["resolved"] is False  # not answered yet: nothing resolved
+        item = queue_next(contestants, True, request=li)
+        assert item["resolved"] is True and item["message"] == RESOLVED_TIE
+        with pytest.raises(gr.Error, match="resolved as a tie without a clinician"):
+            judge(item["comparison_id"], "A", request=li)
+        with pytest.raises(gr.Error, match="resolved as a tie without a clinician"):
+            rate(item["comparison_id"], "A", True, request=li)
+        assert store.counts().judgments == 0 and store.ratings() == []
+        assert queue_next(contestants, True, request=li)["bank_prompt_id"] != item["bank_prompt_id"]

@@ -103,6 +103,29 @@ def _api(demo, name):
     return fn
 
 
+def test_queue_round_command_records_and_says_the_rounds_allocation(cfg, store, app_home, capsys):
+    run_id = app_home[1]
+    contestants = f"{run_id}/dpo,{run_id}/sft"
+    assert (
+        main(["queue-round", "--profile", "tiny", "store.annotators_per_prompt=3", "--contestants", contestants]) == 0
+    )
+    assert "(3 annotators per prompt)" in capsys.readouterr().out
+    assert store.queue_round_definition().allocation == "uniform"
+    override = ["store.annotators_per_prompt=3", "study.allocation=adaptive"]
+    assert main(["queue-round", "--profile", "tiny", *override, "--contestants", contestants]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "queue round 3 started" in out
+        and (
+            "(adaptive allocation: 2 annotators per prompt, up to 3 only where they disagree, two identical answers "
+            "resolved as ties)"
+        )
+        in out
+    )
+    assert store.queue_round_definition().allocation == "adaptive"
+    assert store.audit_events(action="queue.round")[0].detail["allocation"] == "adaptive"
+
+
 def test_queue_round_command_fixes_the_contestants_of_every_queue_prompt(cfg, store, make_pool, app_home, capsys):
     run_id = app_home[1]
     sft, dpo = f"{run_id}/sft", f"{run_id}/dpo"

@@ -202,3 +202,11 @@ def test_compare_runs_prints_decided_after_n_judgments_and_the_runs_results_show
     arena = json.loads(results.read_text(encoding="utf-8"))["arena"]
     assert arena["decided_after"] == made and arena["decisions"] == "anytime" and arena["interval"][0] > 0.5
     assert f"decided after {made} judgments" in (results.parent / "results.md").read_text(encoding="utf-8")
+
+
+def test_under_adaptive_allocation_two_agreeing_judgments_complete_a_prompt():
+    """A prompt whose first two judgments agree gets no third under study.allocation: adaptive, so it enters the
+    sequence at its second battle; a disagreeing one waits for its third."""
+    battles = [("p", 1.0), ("q", 1.0), ("p", 1.0), ("q", 0.0), ("q", 1.0), ("p", 0.0)]
+    assert prompt_units(battles, 3, settle_on_agreement=True) == ([1.0, 2 / 3], [3, 5], 6)
+    assert prompt_units(battles, 3) == ([2 / 3, 2 / 3], [5, 6], 6)

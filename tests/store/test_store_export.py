@@ -21,7 +21,7 @@ from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 pytestmark = pytest.mark.both_backends  # the store tests run on SQLite and on PostgreSQL
 
 CASES = json.loads((Path(__file__).parents[1] / "fixtures" / "store" / "deid_cases.json").read_text(encoding="utf-8"))
-RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "provenance"}
+RECORD_KEYS = {"prompt", "chosen", "rejected", "source", "pair_id", "split", "weight", "provenance"}
 PROVENANCE_KEYS = {
     "pair_id",
     "judgment_id",

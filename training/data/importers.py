@@ -413,7 +413,8 @@ def _either(record: dict, singular: str, plural: str) -> str:
 
 
 def read_collected_pairs(path: Path, errors: LineErrors) -> list[tuple[str, dict]]:
-    """(split, dpo record) of an ``export-prefs`` file; ``source`` and ``pair_id`` are kept."""
+    """(split, dpo record) of an ``export-prefs`` file; ``source``, ``pair_id``, ``provenance`` and the pair's
+    ``weight`` (where the export measured one: ``align.pair_weights``) are kept."""
 
     def convert(record: dict, _):
         split = record.get("split")
@@ -428,6 +429,11 @@ def read_collected_pairs(path: Path, errors: LineErrors) -> list[tuple[str, dict
         )
         if isinstance(record.get("provenance"), dict):
             out["provenance"] = record["provenance"]
+        weight = record.get("weight")  # since 2026-12-07; absent in older files, null where none was measured
+        if weight is not None:
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0.0 <= weight <= 1.0:
+                raise Malformed(f"'weight' must be a number from 0 to 1 or null, got {weight!r}")
+            out["weight"] = float(weight)
         return split, out
 
     return _convert(path, errors, convert)

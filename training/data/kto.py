@@ -37,6 +37,8 @@ def kto_examples(pairs: list[dict], ratings: list[dict], eval_questions: set[str
                     "source": pair.get("source", "objective"),
                     "pair_id": pair["pair_id"],
                     "example_id": f"{pair['pair_id']}:{side}",
+                    # the clinician pair's weight (align.pair_weights) goes with both of its answers
+                    **({"weight": pair["weight"]} if "weight" in pair else {}),
                 }
             )
     kept, removed = drop_eval_questions(ratings, eval_questions)
@@ -106,4 +108,9 @@ def check_feeds_kto(examples: list[dict], path: Path) -> dict:
 
 def check_kto_data(cfg) -> None:
     """The KTO stage's check before a run trains anything (the stage registry's ``check``)."""
+    if cfg.align.pair_weights != "none":
+        raise UserError(
+            "config: align.pair_weights=agreement is not read by kto yet: set align.pair_weights: none for kto, "
+            "or align with dpo, orpo or simpo"
+        )
     check_feeds_kto(read_jsonl(cfg.data_dir / "kto.jsonl"), cfg.data_dir / "kto.jsonl")

@@ -24,6 +24,7 @@ from training.trainer.logprobs import logprob_metrics, patch_trainer_logprobs
 from training.trainer.lora import describe_lora, lora_record, peft_lora_config
 from training.trainer.pairs import pair_dataset, pair_metrics, read_pairs, save_with_pair_ids
 from training.trainer.paths import StagePaths
+from training.trainer.weights import pair_weights, weight_dpo_trainer
 
 
 @recipe("dpo")
@@ -66,7 +67,8 @@ def build_dpo_trainer(
     """DPOTrainer over the ChiMed-DPO ``pairs`` (prompt / chosen / rejected) with the ``cfg.dpo.lora`` adapter on
     ``model`` (the reference: the adapter disabled), the ``cfg.dpo.loss_type`` loss (sigmoid: the paper's) plus
     ``cfg.dpo.sft_weight`` x the SFT loss on the chosen answer, log-probabilities computed as ``cfg.dpo.padding_free`` / ``lm_head_loss`` say and the
-    reference precomputed as ``cfg.dpo.precompute_reference`` says; also the adapter's and the log-probability
+    reference precomputed as ``cfg.dpo.precompute_reference`` says, each pair's loss weighed as ``cfg.align.pair_weights``
+    says; also the adapter's and the log-probability
     path's records."""
     loss = cfg.dpo.loss_type
     losses = (
@@ -85,11 +87,12 @@ def build_dpo_trainer(
         **losses,
     )
     lora = peft_lora_config(cfg.dpo.lora, model, "dpo.lora.target_modules")
+    weights = pair_weights(pairs, cfg.align.pair_weights)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
         args=args,
-        train_dataset=pair_dataset(pairs),
+        train_dataset=pair_dataset(pairs, weights),
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=stage_callbacks(cfg, paths),
@@ -97,6 +100,8 @@ def build_dpo_trainer(
     logprobs = patch_trainer_logprobs(trainer, cfg.dpo)
     if cfg.dpo.precompute_reference:
         logprobs.update(precompute_reference(trainer))
+    if weights is not None:  # after the reference's precomputation, whose batches carry no weights
+        weight_dpo_trainer(trainer)
     return trainer, lora_record(trainer.model, lora), logprobs
 
 

@@ -33,11 +33,15 @@ def check_pairs(cfg: Config) -> None:
     read_pairs(cfg)
 
 
-def pair_dataset(pairs: list[dict]):
-    """The pairs in TRL's conversational preference format (prompt / chosen / rejected), nothing else."""
+def pair_dataset(pairs: list[dict], weights: list[float] | None = None):
+    """The pairs in TRL's conversational preference format (prompt / chosen / rejected), plus each pair's loss
+    ``weight`` when ``weights`` are given (``align.pair_weights``: :mod:`training.trainer.weights`)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
+    if weights is not None:
+        rows = [{**row, "weight": w} for row, w in zip(rows, weights, strict=True)]
+    return Dataset.from_list(rows)
 
 
 def save_with_pair_ids(trainer, pair_ids: list[str]) -> Callable[[Path], None]:
@@ -61,9 +65,13 @@ def train_reference_free(cfg: Config, paths, fingerprint: str, section, trainer_
     from training.trainer.callbacks import stage_callbacks
     from training.trainer.lifecycle import finish_stage, train_resumably
     from training.trainer.lora import describe_lora, lora_record, peft_lora_config
+    from training.trainer.weights import pair_weights, weighted_pair_trainer
 
-    # inputs: prompt (conversation so far) / chosen / rejected
+    # inputs: prompt (conversation so far) / chosen / rejected (and each pair's weight, align.pair_weights)
     pairs = read_pairs(cfg)
+    weights = pair_weights(pairs, cfg.align.pair_weights)
+    if weights is not None:
+        trainer_cls = weighted_pair_trainer(trainer_cls)
 
     # model: the SFT model, merged; the trainer adds the LoRA adapter (no reference model)
     model, tokenizer = load_stage(paths.run_dir, paths.parent, device="cpu", dtype=training_dtype(cfg))
@@ -72,7 +80,7 @@ def train_reference_free(cfg: Config, paths, fingerprint: str, section, trainer_
     trainer = trainer_cls(
         model=model,
         args=args,
-        train_dataset=pair_dataset(pairs),
+        train_dataset=pair_dataset(pairs, weights),
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=stage_callbacks(cfg, paths),

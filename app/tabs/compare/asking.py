@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from app.arena import QUEUE_EMPTY, Arena, ArenaSession, HeldEntry, resolve_decoding
+from app.arena import QUEUE_EMPTY, RESOLVED_TIE, Arena, ArenaSession, HeldEntry, resolve_decoding
 from app.contestants import run_checkpoints
 from app.identifiers import IdentifiersFound, describe_counts
 from app.tabs.compare.judging import Judging
@@ -110,6 +110,8 @@ class Asking:
         queue = state.assignment_id is not None
         if state.comparison_id is None:
             done = "⚠ 少于两个回答，本轮无法评判 / fewer than two answers: nothing to judge"
+        elif state.resolved is not None:  # identical answers in an adaptive round: settled without the clinician
+            done = f"✓ {RESOLVED_TIE}"
         else:
             done = f"✓ 回答完毕 answers complete ({'队列题 queue prompt, ' if queue else ''}seed {seed_used})"
             if empty:

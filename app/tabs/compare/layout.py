@@ -224,7 +224,7 @@ def lay_out(cfg) -> CompareLayout:
     with gr.Column(visible=False, elem_id="guideline-box") as guideline_box:
         guideline_text = gr.Markdown("", elem_id="guideline-text")
         acknowledge = gr.Button(ACK_LABEL, variant="primary", elem_id="guideline-ack")
-    with gr.Row(visible=False) as vote_row:
+    with gr.Row(visible=False, elem_id="vote-row") as vote_row:
         vote_buttons = {choice: gr.Button(name, elem_id=f"vote-{choice}") for choice, name in CHOICE_NAMES.items()}
     with gr.Row(visible=False) as rank_row:
         rank = gr.Button("提交排序 Submit ranking", variant="primary", elem_id="submit-ranking")

@@ -109,18 +109,20 @@ def render(session: ArenaSession, reset_form: bool = True) -> list:
             gr.update(
                 visible=session.assignment_id is not None
                 and session.comparison_id is not None
+                and session.resolved is None
                 and label in session.judgeable
             )
         )
     judged_pairwise = len(session.judgeable) == 2 or (n == 2 and not session.judgeable)
+    judging = session.resolved is None  # a prompt the queue resolved without the clinician is not judged
     return [
         *headers,
         *chats,
         *columns,
         *places,
         *criteria_updates(session, reset=reset_form),
-        gr.update(visible=judged_pairwise),
-        gr.update(visible=n > 2 and len(session.judgeable) != 2),
+        gr.update(visible=judging and judged_pairwise),
+        gr.update(visible=judging and n > 2 and len(session.judgeable) != 2),
         *ratings,
     ]
 
