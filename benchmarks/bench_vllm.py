@@ -8,17 +8,20 @@ carried out there: its exports are written (float32, what the pool serves in on 
 started with their CPU command from the vLLM venv (``./launch.sh setup-vllm``; ``CHIMED_VLLM_VENV``), each
 engine on one core (``VLLM_CPU_OMP_THREADS_BIND``, the cores taken in turn), as the pool's workers take one
 thread each (``app.cpu_threads``). The stages then answer as pool contestants and as vLLM endpoint contestants
-(``app.endpoints``, the plan's entries), both through :meth:`ModelPool.generate`, which times every panel
-the same way:
+(``app.endpoints``, the plan's entries, each allowed as many requests in flight as the most streams), both
+through :meth:`ModelPool.generate`, which times every panel the same way:
 
 - one panel: each of the four stages alone;
-- four panels: the four stages at once (one comparison), the slowest panel's first token counted;
-- eight annotators: eight one-panel comparisons of the sft stage sent at once.
+- four panels: the four stages at once (one comparison);
+- N streams (``--streams``, 1 4 8 16): N one-panel comparisons of the sft stage sent at once, as N annotators
+  asking at the same moment; the pool decodes them in one batch (:mod:`app.serving.batching`), vLLM in its.
 
-Time to first token is from the request to the first streamed text; tokens are the answer's text
-re-tokenized with the run's tokenizer (the same count for both sides), per panel over its time after the
-first token, and in all over the wall time of the group. Figures are medians over ``--repeats``.
-The machine's load average is printed before and after: the cores may be shared.
+Time to first token is from the request to the first streamed text, its p50 and p95 over every panel of
+every repeat; tokens are the answer's text re-tokenized with the run's tokenizer (the same count for both
+sides), per panel over its time after the first token (median), and in all over the wall time of the group
+(median over ``--repeats``). Before each scenario on each side the benchmark pauses ``SETTLE_S`` and sends one
+untimed comparison of the stages: the side measured before leaves its threads spinning on the shared cores for
+a while. The machine's load average is printed before and after: the cores may be shared.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ from training.modeling import stage_chain, stage_tokenizer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 from benchmarks.bench_serving import PROMPTS  # noqa: E402  (the serving benchmark's four questions)
 
-ANNOTATORS = 8
+STREAMS = (1, 4, 8, 16)
+SETTLE_S = 2.0  # pause before each scenario on each side
 
 
 def free_port() -> int:
@@ -103,7 +107,8 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def measure(pool, clients, cfg, tokenizer, groups: list[list], seed: int, max_new_tokens: int) -> dict:
-    """Send each group (a list of contestants: one comparison) at once; per-panel and total figures."""
+    """Send each group (a list of contestants: one comparison) at once; every panel's first token and
+    tokens/s, and the group's tokens/s in all."""
     decoding = resolve_decoding(cfg.app.decoding, seed=seed, max_new_tokens=max_new_tokens)
     started = time.perf_counter()
     generations = [
@@ -126,16 +131,25 @@ def measure(pool, clients, cfg, tokenizer, groups: list[list], seed: int, max_ne
         if n > 1 and a.latency_s > a.first_token_s
     ]
     return {
-        "ttft_slowest": max(a.first_token_s for a in answers),
-        "ttft_mean": statistics.mean(a.first_token_s for a in answers),
-        "panel_tokens_per_s": statistics.mean(rates) if rates else float("nan"),
+        "ttfts": [a.first_token_s for a in answers],
+        "rates": rates,
+        "tokens": tokens,
         "total_tokens_per_s": sum(tokens) / wall,
-        "tokens": statistics.mean(tokens),
         "wall_s": wall,
     }
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values``, interpolated between the two nearest ranks."""
+    ordered = sorted(values)
+    at = (len(ordered) - 1) * q / 100
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
 def scenario(pool, clients, cfg, tokenizer, contestants, kind: str, repeats: int, max_new_tokens: int) -> dict:
+    """One scenario ("one panel", "four panels", "N streams") on one side, ``repeats`` times."""
     runs = []
     for r in range(repeats):
         if kind == "one panel":
@@ -143,10 +157,68 @@ def scenario(pool, clients, cfg, tokenizer, contestants, kind: str, repeats: int
                 runs.append(measure(pool, clients, cfg, tokenizer, [[c]], r, max_new_tokens))
         elif kind == "four panels":
             runs.append(measure(pool, clients, cfg, tokenizer, [contestants], r, max_new_tokens))
-        else:  # eight annotators, each a one-panel comparison of sft
+        else:  # N streams, each a one-panel comparison of sft
             sft = next(c for c in contestants if c.checkpoint_id.endswith("sft"))
-            runs.append(measure(pool, clients, cfg, tokenizer, [[sft]] * ANNOTATORS, r, max_new_tokens))
-    return {key: statistics.median(run[key] for run in runs) for key in runs[0]} | {"n": len(runs)}
+            streams = int(kind.split()[0])
+            runs.append(measure(pool, clients, cfg, tokenizer, [[sft]] * streams, r, max_new_tokens))
+    ttfts = [t for run in runs for t in run["ttfts"]]
+    rates = [rate for run in runs for rate in run["rates"]]
+    return {
+        "total_tokens_per_s": statistics.median(run["total_tokens_per_s"] for run in runs),
+        "ttft_p50": percentile(ttfts, 50),
+        "ttft_p95": percentile(ttfts, 95),
+        "ttft_max": max(ttfts),
+        "ttft_by_repeat": [round(max(run["ttfts"]), 3) for run in runs],  # the slowest first token of each
+        "panel_tokens_per_s": statistics.median(rates) if rates else float("nan"),
+        "tokens": statistics.mean(n for run in runs for n in run["tokens"]),
+        "n": len(ttfts),
+    }
+
+
+def exactness(pool, cfg, contestants, max_new_tokens: int) -> dict:
+    """How many of 16 requests (each question to each stage) answer the same token ids sent together as one
+    after another, greedy and sampled with a seed (docs/serving.md "Batching across requests")."""
+    requests = [PanelRequest(c, [{"role": "user", "content": q}]) for q in PROMPTS for c in contestants]
+    same = {}
+    for name, temperature in (("greedy", 0.0), ("seeded", cfg.app.decoding.temperature)):
+        decoding = resolve_decoding(cfg.app.decoding, temperature=temperature, seed=7, max_new_tokens=max_new_tokens)
+        alone = [pool.generate([r], decoding).wait(timeout=900)[0].token_ids for r in requests]
+        generations = [pool.generate([r], decoding) for r in requests]
+        together = [g.wait(timeout=900)[0].token_ids for g in generations]
+        same[name] = sum(a == b for a, b in zip(alone, together))
+    return same | {"requests": len(requests)}
+
+
+def report(results: dict, streams: list[int]) -> None:
+    """The figures as BENCHMARKS.md's tables."""
+    startup = ", ".join(f"{stage} {s:.0f}" for stage, s in results["startup_s"].items())
+    print(f"\nvLLM servers up after (s, all started at once): {startup}")
+    print(
+        f"load average before {results['load_before'][0]:.1f}, after {results['load_after'][0]:.1f} (2 cores, shared)"
+    )
+    print(f"pool batches (formed, most rows in one): {results['pool batches']}")
+    print(f"pool, 16 requests together vs one after another, identical answers: {results['pool exactness']}")
+    print(
+        "| scenario | server | tokens/s in all | first token p50 | first token p95 | tokens/s per panel "
+        "| tokens per answer |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for key, r in results.items():
+        if " | " in key:
+            kind, side = key.split(" | ")
+            print(
+                f"| {kind} | {side} | {r['total_tokens_per_s']:.1f} | {r['ttft_p50']:.3f} s | {r['ttft_p95']:.3f} s "
+                f"| {r['panel_tokens_per_s']:.1f} | {r['tokens']:.0f} |"
+            )
+    print("\n| streams | tokens/s in all: pool / vLLM-CPU | first token p95: pool / vLLM-CPU |")
+    print("|---|---|---|")
+    for n in streams:
+        pool_r, vllm_r = results[f"{n} streams | pool"], results[f"{n} streams | vLLM-CPU"]
+        print(
+            f"| {n} | {pool_r['total_tokens_per_s']:.1f} / {vllm_r['total_tokens_per_s']:.1f} = "
+            f"{pool_r['total_tokens_per_s'] / vllm_r['total_tokens_per_s']:.2f}x | {pool_r['ttft_p95']:.3f} / "
+            f"{vllm_r['ttft_p95']:.3f} s = {pool_r['ttft_p95'] / vllm_r['ttft_p95']:.2f}x |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="final")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--streams", type=int, nargs="+", default=list(STREAMS), help="concurrent streams to measure")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -167,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     home = work / "home"
     shutil.copytree(args.home, home, symlinks=True)
     os.environ["CHIMED_HOME"] = str(home)
-    cfg = load_config(args.profile)
+    # every stream in flight to vLLM at once, as every one is to the pool (an endpoint's max_concurrency)
+    concurrency = f"app.concurrent_comparisons={max(args.streams + [4])}"
+    cfg = load_config(args.profile, [concurrency])
     plan = plan_vllm(cfg, args.run, port=free_port(), dtype="float32")
     for export in plan.exports:
         export_stage(cfg, args.run, export.stage, export.out, dtype="float32")
-    cfg = load_config(args.profile, [f"app.endpoints={json.dumps(plan.endpoints())}"])
+    cfg = load_config(args.profile, [concurrency, f"app.endpoints={json.dumps(plan.endpoints())}"])
     run_dir = cfg.runs_dir / args.run
     stages = list(json.loads((run_dir / "manifest.json").read_text())["stages"])
     tokenizer = stage_tokenizer(run_dir, stage_chain(run_dir, stages[-1]))
@@ -190,33 +265,27 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the pool failed to load the stages")
         for contestants in sides.values():  # warm-up: first calls allocate caches
             measure(pool, clients, cfg, tokenizer, [contestants], 0, args.max_new_tokens)
-        for kind in ("one panel", "four panels", f"{ANNOTATORS} annotators"):
+        for kind in ("one panel", "four panels", *(f"{n} streams" for n in args.streams)):
             for side, contestants in sides.items():
+                # the other side's engine threads spin on the shared cores for a while after their last request
+                # (vLLM-CPU's OpenMP threads): let them settle, and warm this side up again, untimed
+                time.sleep(SETTLE_S)
+                measure(pool, clients, cfg, tokenizer, [contestants], 0, args.max_new_tokens)
                 results[f"{kind} | {side}"] = scenario(
                     pool, clients, cfg, tokenizer, contestants, kind, args.repeats, args.max_new_tokens
                 )
                 print(kind, side, results[f"{kind} | {side}"], flush=True)
+        results["pool exactness"] = exactness(pool, cfg, sides["pool"], args.max_new_tokens)
+        print("pool exactness", results["pool exactness"], flush=True)
+        results["pool batches"] = pool.batch_stats()
     finally:
         pool.close()
         stop(procs)
     results["load_after"] = os.getloadavg()
 
-    print(f"\nvLLM servers up after (s, all started at once): {', '.join(f'{k} {v:.0f}' for k, v in startup.items())}")
-    print(f"load average before {load_before[0]:.1f}, after {results['load_after'][0]:.1f} (2 cores, shared)")
-    print(
-        "| scenario | server | first token (slowest panel) | first token (mean) | tokens/s per panel "
-        "| tokens/s in all | tokens per answer |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for key, r in results.items():
-        if " | " in key:
-            kind, side = key.split(" | ")
-            print(
-                f"| {kind} | {side} | {r['ttft_slowest']:.3f} s | {r['ttft_mean']:.3f} s | "
-                f"{r['panel_tokens_per_s']:.1f} | {r['total_tokens_per_s']:.1f} | {r['tokens']:.0f} |"
-            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, ensure_ascii=False, indent=2, default=str) + "\n")
+    report(results, args.streams)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -7,21 +7,24 @@ do when the models are small and each step is mostly interpreter work. The model
 model (:class:`app.serving.multi_lora.MultiLora`) and the sampling (:mod:`app.serving.sampling`); the
 pool owns tokenizers, text and locks, and sends token ids in and receives token ids back.
 
-Requests, one at a time, each answered by ``("ok", value)`` or ``("error", line)``:
+Requests, each with a tag of the pool's that its answers carry, so several threads of the pool use one
+process at once; each request is answered by ``("ok", tag, value)`` or ``("error", tag, line)``:
 
-- ``("attach", name, path)``: load the PEFT LoRA adapter in ``path`` as ``name``;
-- ``("generate", rows, decoding, pad_id, eos_ids)``: rows are ``(adapter names, prompt ids)``; streams
-  ``("tokens", [[one id per row] per step])`` before its ``("ok", None)``: the first step at once, later
-  ones gathered for up to ``sampling.STREAM_INTERVAL_S``;
-- ``("logits", adapter names, ids)``: the next-token logits after ``ids``;
-- ``("score", adapter names, sequences, top)``: one forward pass over each sequence of ids; for each token after
-  the first its log-probability (log-softmax of the logits before it, in float32) and the ``top`` most likely
-  tokens there with theirs (:func:`score_sequences`);
-- ``("memory",)``: bytes of the distinct weight tensors held, those mapped from a cache file by file (other
+- ``("generate", tag, rows, decoding, pad_id, eos_ids)`` and ``("cancel", tag)``: rows are ``(adapter names,
+  prompt ids)``, decoded in one batch with the rows of every other request to this process
+  (:mod:`app.serving.batching`, which streams ``("tokens", None, {tag: steps})`` before the answer);
+- ``("attach", tag, name, path)``: load the PEFT LoRA adapter in ``path`` as ``name``;
+- ``("logits", tag, adapter names, ids)``: the next-token logits after ``ids``;
+- ``("score", tag, adapter names, sequences, top)``: one forward pass over each sequence of ids; for each token
+  after the first its log-probability (log-softmax of the logits before it, in float32) and the ``top`` most
+  likely tokens there with theirs (:func:`score_sequences`);
+- ``("memory", tag)``: bytes of the distinct weight tensors held, those mapped from a cache file by file (other
   workers may map the same file) and the rest as the worker's own, and the process's own memory (pages
   shared with no other process);
+- ``("stats", tag)``: the batches formed so far and the most rows one had;
 - ``("stop",)``: exit.
 
+Requests other than ``generate`` are answered between two decoding steps, in the order they came.
 The first message after start is ``("ok", {"context": context length or None, "held_as_delta": bool})``
 once the model is loaded (``held_as_delta``: held as the reference model plus its 8-bit difference), or
 ``("error", line)``.
@@ -30,26 +33,21 @@ once the model is loaded (``held_as_delta``: held as the reference model plus it
 from __future__ import annotations
 
 import ctypes
+import itertools
 import multiprocessing
 import os
+import queue
+import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
+from app.serving.batching import Batcher, describe_error
 from app.serving.memory import memory_of, weight_bytes_by_origin
 from app.serving.multi_lora import MultiLora
-from app.serving.sampling import generate_batch
 from app.serving.shared_weights import DeltaMismatch, hold_as_delta, map_weights
 from core.errors import UserError
-
-
-def describe_error(error: BaseException) -> str:
-    """One line for a panel: a user error as is, anything else with its type."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, UserError):
-        return text
-    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
 
 
 class ModelProcessGone(UserError):
@@ -57,10 +55,11 @@ class ModelProcessGone(UserError):
 
 
 class ModelProcess:
-    """The pool's handle on one model process; the caller serialises requests (the root's lock).
+    """The pool's handle on one model process; any number of threads may use it at once.
 
     ``context``: the model's context length (None when it has none); ``held_as_delta``: whether the
-    model is held as its reference plus an 8-bit difference rather than whole.
+    model is held as its reference plus an 8-bit difference rather than whole. A thread of its own reads
+    the process's answers and hands each to the request it belongs to (by its tag).
     """
 
     def __init__(
@@ -74,17 +73,22 @@ class ModelProcess:
         cpus: list[int] | None = None,
         cache_dir: str | None = None,
         reference: str | None = None,
+        max_batch_rows: int = 64,
     ) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["app.serving.preload"])  # libraries imported once, then forked
         self.path = path
-        self.cancel = context.Event()  # set by the pool to stop the current generation early
+        self._tags = itertools.count()
+        self._waiting: dict[int, queue.SimpleQueue] = {}
+        self._lock = threading.Lock()  # guards _waiting (never held while reading or writing the pipe)
+        self._send_lock = threading.Lock()  # one message at a time into the pipe
+        self._ended = False  # the reader saw the process end
+        self._reader: threading.Thread | None = None
         self._conn, child = context.Pipe()
         self.process = context.Process(
             target=run_model_process,
             args=(
                 child,
-                self.cancel,
                 path,
                 device,
                 str(dtype).removeprefix("torch."),
@@ -94,6 +98,7 @@ class ModelProcess:
                 cpus,
                 cache_dir,
                 reference,
+                max_batch_rows,
             ),
             name=f"chimed-model:{path}",
             daemon=True,
@@ -101,74 +106,125 @@ class ModelProcess:
         self.process.start()
         child.close()
         try:
-            loaded = self._reply()  # the model is loaded (or why not)
+            kind, loaded = self._conn.recv()  # the model is loaded (or why not)
+        except (EOFError, OSError):
+            self.close()
+            raise self._gone() from None
         except BaseException:
             self.close()
             raise
+        if kind != "ok":
+            self.close()
+            raise UserError(loaded)
         self.context: int | None = loaded["context"]
         self.held_as_delta: bool = loaded["held_as_delta"]
+        self._reader = threading.Thread(target=self._read, name=f"read:{Path(path).name}", daemon=True)
+        self._reader.start()
 
     def request(self, *message):
         """Send one request and return its value; a worker error is raised as a :class:`UserError`."""
-        self._send(message)
-        return self._reply()
+        tag, answers = self._send(message[0], message[1:])
+        return self._answer(tag, answers)
 
     def generate(self, rows, decoding: dict, pad_id: int, eos_ids: list[int], on_tokens) -> None:
-        """Stream one batch: ``on_tokens(steps)`` with the steps since the last call, one id per row each.
-
-        Should ``on_tokens`` fail, the generation is stopped and its remaining messages read before the
-        error is raised, so the next request gets its own answer.
-        """
+        """Generate for these rows, batched with every other request to the process, and stream them:
+        ``on_tokens(steps)`` with the steps since the last call, one id per row each (None for a row that has
+        ended). Should ``on_tokens`` return True, this request is stopped (the others go on); should it
+        fail, the request is stopped too, its remaining messages read, and the error raised."""
+        tag, answers = self._send("generate", (rows, decoding, pad_id, eos_ids))
         failed: list[BaseException] = []
-
-        def receive(steps) -> None:
-            if not failed:
-                try:
-                    on_tokens(steps)
-                except Exception as err:  # noqa: BLE001 - raised once the worker has finished
-                    failed.append(err)
-                    self.cancel.set()
-
-        self.cancel.clear()
-        self._send(("generate", rows, decoding, pad_id, eos_ids))
-        self._reply(receive)
+        stopped = False
+        while True:
+            kind, value = self._next(answers)
+            if kind != "tokens":
+                break
+            if failed or stopped:
+                continue
+            try:
+                stopped = bool(on_tokens(value))
+            except Exception as err:  # noqa: BLE001 - raised once the process has let the request go
+                failed.append(err)
+            if stopped or failed:
+                self._send_message(("cancel", tag))
+        self._forget(tag)
+        if kind == "error":
+            raise UserError(value)
         if failed:
             raise failed[0]
 
     def close(self) -> None:
         if self.process.is_alive():
             try:
-                self._conn.send(("stop",))
+                with self._send_lock:
+                    self._conn.send(("stop",))
             except OSError:
                 pass
             self.process.join(timeout=5)
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(timeout=5)
+        if self._reader is not None:
+            self._reader.join(timeout=5)  # it sees the end of the pipe and fails whatever still waits
         self._conn.close()
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive() and not self._conn.closed
+        return self.process.is_alive() and not self._conn.closed and not self._ended
 
-    def _send(self, message) -> None:
+    # --- the pipe ----------------------------------------------------------------------------------
+    def _send(self, kind: str, args: tuple) -> tuple[int, queue.SimpleQueue]:
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+        with self._lock:
+            if self._ended:
+                raise self._gone()
+            tag = next(self._tags)
+            self._waiting[tag] = answers
+        self._send_message((kind, tag, *args))
+        return tag, answers
+
+    def _send_message(self, message: tuple) -> None:
         try:
-            self._conn.send(message)
+            with self._send_lock:
+                self._conn.send(message)
         except OSError:
             raise self._gone() from None
 
-    def _reply(self, on_tokens=None):
+    def _answer(self, tag: int, answers: queue.SimpleQueue):
+        kind, value = self._next(answers)
+        self._forget(tag)
+        if kind == "error":
+            raise UserError(value)
+        return value
+
+    def _next(self, answers: queue.SimpleQueue) -> tuple[str, object]:
+        kind, value = answers.get()
+        if kind == "gone":
+            raise self._gone()
+        return kind, value
+
+    def _forget(self, tag: int) -> None:
+        with self._lock:
+            self._waiting.pop(tag, None)
+
+    def _read(self) -> None:
+        """The reader thread: each answer to its request's queue until the pipe ends; then every request
+        still waiting learns that the process is gone."""
         while True:
             try:
-                kind, value = self._conn.recv()
+                kind, tag, value = self._conn.recv()
             except (EOFError, OSError):
-                raise self._gone() from None
-            if kind == "tokens":
-                on_tokens(value)
-            elif kind == "ok":
-                return value
-            else:
-                raise UserError(value)
+                break
+            with self._lock:
+                if kind == "tokens":
+                    for each, steps in value.items():
+                        if each in self._waiting:
+                            self._waiting[each].put(("tokens", steps))
+                elif tag in self._waiting:
+                    self._waiting[tag].put((kind, value))
+        with self._lock:
+            self._ended = True
+            for answers in self._waiting.values():
+                answers.put(("gone", None))
 
     def _gone(self) -> ModelProcessGone:
         self.process.join(timeout=5)
@@ -183,7 +239,6 @@ class ModelProcess:
 
 def run_model_process(
     conn: Connection,
-    cancel,
     path: str,
     device: str,
     dtype: str,
@@ -193,8 +248,10 @@ def run_model_process(
     cpus: list[int] | None,
     cache_dir: str | None = None,
     reference: str | None = None,
+    max_batch_rows: int = 64,
 ) -> None:
-    """The model process's loop: load the model, then answer requests until ``stop`` or the pool goes away.
+    """The model process: load the model, then answer requests until ``stop`` or the pool goes away, the
+    generations batched together (:class:`app.serving.batching.Batcher`, at most ``max_batch_rows`` rows).
 
     ``cpus``: the cores this worker keeps to. Woken by a request, a worker then starts on its own core
     at once instead of queueing behind the other workers on the core it last ran on (2-5 ms on a
@@ -216,17 +273,10 @@ def run_model_process(
         conn.send(("error", describe_error(err)))
         return
     conn.send(("ok", {"context": context_of(model.config), "held_as_delta": held_as_delta}))
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return  # the pool is gone
-        if message[0] == "stop":
-            return
-        try:
-            conn.send(("ok", answer_request(lora, message, conn, cancel, mapped)))
-        except Exception as err:  # noqa: BLE001 - one failed request does not end the worker
-            conn.send(("error", describe_error(err)))
+    try:
+        Batcher(lora, conn, lambda message: answer_request(lora, message, mapped), max_batch_rows).serve()
+    except (EOFError, OSError):
+        return  # the pool is gone
 
 
 def context_of(config) -> int | None:
@@ -284,8 +334,8 @@ def cpu_slots(threads: int) -> list[list[int]]:
     return [cores[i : i + threads] for i in range(0, len(cores) - threads + 1, threads)]
 
 
-def answer_request(lora: MultiLora, message: tuple, conn: Connection, cancel, mapped: dict[int, str]):
-    """The value for one of the pool's requests (see the module's docstring); ``generate`` streams its tokens."""
+def answer_request(lora: MultiLora, message: tuple, mapped: dict[int, str]):
+    """The value for one of the pool's requests other than ``generate`` (see the module's docstring)."""
     kind, *args = message
     device = next(lora.model.parameters()).device
     if kind == "attach":
@@ -307,10 +357,6 @@ def answer_request(lora: MultiLora, message: tuple, conn: Connection, cancel, ma
             return lora.model(input_ids=torch.tensor([ids], device=device)).logits[0, -1].float().cpu()
     if kind == "score":
         return score_sequences(lora, *args, device=device)
-    if kind == "generate":
-        return generate_batch(
-            lora, *args, device=device, send=lambda steps: conn.send(("tokens", steps)), cancelled=cancel.is_set
-        )
     raise ValueError(f"unknown request {kind!r}")
 
 

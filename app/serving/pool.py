@@ -17,15 +17,17 @@ another (a run's cpt from its base: the manifest's parent) can be held as that m
 8-bit difference (:mod:`app.serving.shared_weights`, ``app.delta_bits: 8``; 0, the default, holds it
 whole and exact): a run's four contestants then hold about 1.4 times one model's weights instead of 2.1
 (BENCHMARKS.md "Serving"). Every answer says how it was served (``Answer.serving``); the arena stores
-that with it. One comparison's panels that share a root are one batch in which each row applies its
-own adapters (one fused low-rank product per layer for all rows), so they stream concurrently instead
-of one after the other. Each root has a lock held while adapters are attached and while a batch
-generates: requests from several browser sessions are safe and queue per root. A conversation is encoded
-before that lock is taken (rendered once, :func:`fit_prompt`), and one that does not fit its model's context
-with the answer's room fails its panel (:class:`ContextLengthExceeded`) unless ``app.trim_history`` leaves
-its oldest turns out, which the answer then lists. Every answer samples with its own seeded generator, so it
-depends on its seed only, not on the other panels or processes; an answer cut at a stop string counts its
-tokens up to that string.
+that with it. Every request to a root, from any caller (a comparison's panels, other browser sessions,
+``serve``'s API requests), is decoded in one batch with the others (continuous batching,
+:mod:`app.serving.batching`): a request that comes while others generate joins them at the next step, each
+row applying its own adapters (one fused low-rank product per layer for all rows) and its own decoding
+settings and seed. Each root has a lock held only while its model is loaded and adapters are attached; an
+answer's generation runs outside it. A conversation is encoded before that lock is taken (rendered once,
+:func:`fit_prompt`), and one that does not fit its model's context with the answer's room fails its panel
+(:class:`ContextLengthExceeded`) unless ``app.trim_history`` leaves its oldest turns out, which the answer
+then lists. Every answer samples with its own seeded generator, so it
+depends on its seed only, not on the other requests it is batched with (up to float rounding, docs/serving.md
+"Batching across requests"); an answer cut at a stop string counts its tokens up to that string.
 
 The UI never touches a model: it calls :meth:`ModelPool.generate` and reads the answers as they grow. An
 endpoint contestant (a model served by an OpenAI-compatible engine, ``app.endpoints``) is answered in the same
@@ -250,6 +252,8 @@ class PanelStreamer:
             )
             before, ended = len(self.ids[i]), False
             for step in steps:
+                if step[i] is None:  # (the model process ended the row: its end was in an earlier step)
+                    break
                 if step[i] in self.eos_ids:
                     ended, self.eos[i] = True, step[i]
                     break
@@ -409,6 +413,7 @@ class _Root:
     # the model's context length (None: it has none), known once its worker has loaded it; kept when unloaded
     context: int | None = None
     context_known: bool = False
+    active: int = 0  # requests being answered by its worker (outside the lock); it is not dropped meanwhile
 
     @property
     def loaded(self) -> bool:
@@ -466,6 +471,11 @@ class ModelPool:
     def loaded(self) -> dict[str, list[str]]:
         """Root model directory -> names of the adapters attached to it (for the benchmark and tests)."""
         return {r.path: sorted(r.adapters.values()) for r in self._loaded_roots()}
+
+    def batch_stats(self) -> dict[str, dict]:
+        """Root model directory -> the batches its process has formed and the most rows one had
+        (:mod:`app.serving.batching`; for the benchmark and tests)."""
+        return {r.path: r.worker.request("stats") for r in self._loaded_roots()}
 
     def resident_bytes(self, memory: list[dict] | None = None) -> int:
         """Bytes of every distinct parameter and buffer tensor the pool's worker processes hold (a cache
@@ -606,13 +616,11 @@ class ModelPool:
         with root.lock:
             root.last_used = time.monotonic()
             prepared = self._prepare(root, chain, contestant)
-            try:
-                scored = root.worker.request("score", prepared.adapters, sequences, top)
-            finally:
-                if not root.loaded:
-                    root.unload()  # its process died: start a new one for the next request
-        self._evict()
-        return scored
+            worker = self._take(root)
+        try:
+            return worker.request("score", prepared.adapters, sequences, top)
+        finally:
+            self._release(root)
 
     def _answer_group(self, root: _Root, rows: list, generation: Generation) -> None:
         encoded = []
@@ -625,9 +633,9 @@ class ModelPool:
                 generation.fail(panel, err)
         if not encoded:
             return
+        ready = []
         with root.lock:
             root.last_used = time.monotonic()
-            ready = []
             for panel, request, chain, prompt in encoded:
                 try:
                     prepared = self._prepare(root, chain, request.contestant)
@@ -644,28 +652,41 @@ class ModelPool:
                     generation.fail(panel, err)
             if not ready:
                 return
-            try:
-                self._generate_batch(root, ready, generation)
-            except Exception as err:  # noqa: BLE001 - find which panel it was: retry them one by one
-                if len(ready) == 1 or not root.loaded:  # (its process died: every unfinished panel failed)
-                    for panel, *_ in ready:
-                        if not generation.answers[panel].done:
-                            generation.fail(panel, err)
-                else:
-                    for row in ready:
-                        generation.update(
-                            row[0], text="", n_tokens=0, first_token_s=None, done=False, finish_reason=None
-                        )
-                        try:
-                            self._generate_batch(root, [row], generation)
-                        except Exception as single_err:  # noqa: BLE001
-                            generation.fail(row[0], single_err)
+            worker = self._take(root)
+        try:
+            self._generate_batch(worker, ready, generation)
+        except Exception as err:  # noqa: BLE001 - find which panel it was: retry them one by one
+            if len(ready) == 1 or not worker.alive:  # (its process died: every unfinished panel failed)
+                for panel, *_ in ready:
+                    if not generation.answers[panel].done:
+                        generation.fail(panel, err)
+            else:
+                for row in ready:
+                    generation.update(row[0], text="", n_tokens=0, first_token_s=None, done=False, finish_reason=None)
+                    try:
+                        self._generate_batch(worker, [row], generation)
+                    except Exception as single_err:  # noqa: BLE001
+                        generation.fail(row[0], single_err)
+        finally:
+            self._release(root)
+
+    def _take(self, root: _Root) -> ModelProcess:
+        """``root``'s worker, counted as in use until :meth:`_release` (the caller holds ``root.lock``)."""
+        root.active += 1
+        return root.worker
+
+    def _release(self, root: _Root) -> None:
+        """A request to ``root``'s worker is over: a worker that died is dropped (a new one starts for the next
+        question), and idle models beyond the limit are."""
+        with root.lock:
+            root.active -= 1
             if not root.loaded:
-                root.unload()  # its process died: start a new one for the next question
+                root.unload()
         self._evict()
 
-    def _generate_batch(self, root: _Root, rows: list, generation: Generation) -> None:
-        """One batch for these rows, each with its own adapters, streamed into their panels."""
+    def _generate_batch(self, worker: ModelProcess, rows: list, generation: Generation) -> None:
+        """These rows, each with its own adapters, streamed into their panels; the model process decodes them
+        in one batch with the other requests it is answering."""
         tokenizer = rows[0][1].tokenizer
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos_ids = {t for t in (prepared.tokenizer.eos_token_id for _, prepared, _, _ in rows) if t is not None}
@@ -678,14 +699,12 @@ class ModelPool:
             [stop for _, _, _, stop in rows],
         )
 
-        def on_tokens(steps: list[list[int]]) -> None:
-            if generation.cancelled.is_set():
-                root.worker.cancel.set()
+        def on_tokens(steps: list[list[int | None]]) -> bool:
             streamer.put(steps)
-            if streamer.all_finished:  # every row ended (a stop string, the next turn's marker): stop generating
-                root.worker.cancel.set()
+            # every row ended (a stop string, the next turn's marker), or the reader cancelled: stop it
+            return streamer.all_finished or generation.cancelled.is_set()
 
-        root.worker.generate(
+        worker.generate(
             [(prepared.adapters, ids) for _, prepared, ids, _ in rows],
             generation.decoding.settings(),
             pad,
@@ -746,6 +765,7 @@ class ModelPool:
                 cpus=None if root.slot is None else self._cpu_slots[root.slot],
                 cache_dir=self._cache_dir,
                 reference=root.reference,
+                max_batch_rows=self.cfg.app.max_batch_rows,
             )
             root.context, root.context_known = root.worker.context, True
         adapters = tuple(self._attach(root, entry) for entry in chain[1:])
@@ -788,10 +808,11 @@ class ModelPool:
         for root in loaded:
             if excess <= 0:
                 break
-            if root.lock.acquire(blocking=False):  # a root that is generating is never dropped
+            if root.lock.acquire(blocking=False):  # a root that is loading or generating is never dropped
                 try:
-                    root.unload()
-                    excess -= 1
+                    if root.active == 0:
+                        root.unload()
+                        excess -= 1
                 finally:
                     root.lock.release()
 

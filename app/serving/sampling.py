@@ -1,22 +1,20 @@
-"""How answers are sampled: the decoding settings of a comparison, and the batch generation in a model
-process, each row with its own seeded generator.
+"""How answers are sampled: the decoding settings of a request, and the sampler of a model process's
+batches, each row with its own settings and seeded generator.
 
 :class:`Decoding` is built in the app's process (checked against ``app.decoding``'s limits) and sent
-to the model processes as a dict; :func:`generate_batch` runs there (:mod:`app.serving.model_process`).
+to the model processes as a dict; :class:`SeededSampler` runs there (:mod:`app.serving.batching`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import InitVar, asdict, dataclass
+from functools import partial
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import LogitsProcessor
 
-from app.serving.multi_lora import MultiLora
 from core.config import DecodingConfig
 from core.errors import UserError
 
@@ -97,7 +95,7 @@ class Decoding:
         }
 
     def settings(self) -> dict:
-        """Every setting, as the model process samples with them (:func:`generate_batch`)."""
+        """Every setting, as the model process samples with them (:class:`SeededSampler`)."""
         return asdict(self)
 
     def for_choice(self, i: int) -> Decoding:
@@ -114,88 +112,90 @@ EXTRAS = ("top_k", "min_p", "repetition_penalty")
 # --- in the model process --------------------------------------------------------------------------
 
 
-def generate_batch(
-    lora: MultiLora,
-    rows: list,
-    decoding: dict,
-    pad_id: int,
-    eos_ids: list[int],
-    *,
-    device: torch.device,
-    send,
-    cancelled,
-) -> None:
-    """One left-padded batch, row i through the adapters ``rows[i][0]``, each row sampled with its own seed."""
-    model = lora.model
-    width = max(len(ids) for _, ids in rows)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for _, ids in rows], device=device)
-    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for _, ids in rows], device=device)
-    config = GenerationConfig(
-        max_new_tokens=decoding["max_new_tokens"], do_sample=False, pad_token_id=pad_id, eos_token_id=eos_ids or None
-    )
-    lora.route([tuple(names) for names, _ in rows])
-    with torch.inference_mode():
-        model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            generation_config=config,
-            logits_processor=LogitsProcessorList(
-                [SeededSampler(decoding, [width - len(ids) for _, ids in rows], device)]
-            ),
-            stopping_criteria=StoppingCriteriaList([StopWhenCancelled(cancelled)]),
-            streamer=PipeStreamer(send),
-        )
-
-
 class SeededSampler(LogitsProcessor):
-    """Sampling with one generator per row, as a logits processor: the repetition penalty, then temperature,
-    top-k, top-p and min-p (the order of transformers' and vLLM's samplers; greedy takes the penalised argmax).
+    """Sampling with each row's own settings and generator, as a logits processor: the repetition penalty,
+    then temperature, top-k, top-p and min-p (the order of transformers' and vLLM's samplers; greedy takes
+    the penalised argmax).
 
-    It leaves only the sampled token finite, so ``generate`` (run greedy) takes exactly that token.
-    A row's tokens thus depend on its seed alone, not on which rows it was batched with
-    (``pads``: each row's left padding, which the repetition penalty leaves out).
+    ``settings[i]``: row i's decoding (:meth:`Decoding.settings`); ``pads[i]``: its left padding, which the
+    repetition penalty leaves out; ``generators[i]``: its seeded generator, which the model process keeps
+    from one batch to the next (:mod:`app.serving.batching`). It leaves only the sampled token finite, so
+    ``generate`` (run greedy) takes exactly that token: a row's tokens depend on its own settings and seed
+    alone, not on which rows it was batched with. Should a row fail, the generators are put back as they
+    were before the step, so a row retried on its own draws what it would have drawn.
     """
 
-    def __init__(self, decoding: dict, pads: list[int], device: torch.device) -> None:
-        self.temperature = decoding["temperature"]
-        self.top_p = decoding["top_p"]
-        self.top_k = decoding["top_k"]
-        self.min_p = decoding["min_p"]
-        self.penalty = decoding["repetition_penalty"]
+    def __init__(self, settings: list[dict], pads: list[int], generators: list[torch.Generator]) -> None:
+        self.settings = settings
         self.pads = pads
-        self.generators = [torch.Generator(device=device).manual_seed(decoding["seed"]) for _ in pads]
+        self.generators = generators
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.penalty != 1:
-            scores = torch.cat(
-                [
-                    penalise_repetition(scores[i : i + 1].float(), input_ids[i : i + 1, pad:], self.penalty)
-                    for i, pad in enumerate(self.pads)
-                ]
-            )
-        if self.temperature <= 0:
-            chosen = torch.argmax(scores, dim=-1)
-        else:
-            probs = torch.softmax(keep_top_k(scores.float() / self.temperature, self.top_k), dim=-1)
-            chosen = torch.cat([self._sample(row, generator) for row, generator in zip(probs, self.generators)])
+        scores = scores.float()
+        penalised = [i for i, setting in enumerate(self.settings) if setting["repetition_penalty"] != 1]
+        if penalised:
+            scores = scores.clone()
+            for i in penalised:
+                row = input_ids[i : i + 1, self.pads[i] :]
+                scores[i : i + 1] = penalise_repetition(scores[i : i + 1], row, self.settings[i]["repetition_penalty"])
+        chosen = torch.argmax(scores, dim=-1)  # the greedy rows' tokens
+        drawing = [i for i, setting in enumerate(self.settings) if setting["temperature"] > 0]
+        if drawing:
+            states = [self.generators[i].get_state() for i in drawing]
+            try:
+                chosen[drawing] = self._draw(drawing, scores[drawing])
+            except BaseException:
+                for i, state in zip(drawing, states):
+                    self.generators[i].set_state(state)
+                raise
         out = torch.full_like(scores, -math.inf)
         return out.scatter_(1, chosen[:, None], 0.0)
 
-    def _sample(self, probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """One token from ``probs`` restricted to its top-p nucleus (the smallest set of most likely tokens
-        whose mass reaches top_p; the best token always stays), then to the tokens min-p keeps there."""
-        if self.top_p >= 1.0:
-            if self.min_p > 0:
-                probs = probs.masked_fill(~min_p_keeps(probs, self.min_p), 0.0)
-            return torch.multinomial(probs, 1, generator=generator)
-        # the nucleus is almost always among the most likely few dozen tokens: sort only those when it is
+    def _draw(self, rows: list[int], scores: torch.Tensor) -> torch.Tensor:
+        """The tokens of these sampled rows (``scores``: their logits, penalised): temperature and top-k for all of
+        them at once, then their nuclei (:func:`sample`, done together for the rows whose nucleus is among the
+        ``NUCLEUS_CANDIDATES`` most likely tokens), and one draw each with its own generator."""
+        settings = [self.settings[i] for i in rows]
+        column = partial(torch.tensor, dtype=scores.dtype, device=scores.device)
+        logits = scores / column([s["temperature"] for s in settings])[:, None]
+        ks = [s["top_k"] if 0 < s["top_k"] < scores.shape[-1] else 0 for s in settings]
+        if any(ks):  # (the k-th highest logit of each row; -inf, nothing cut, where top-k is off)
+            highest = torch.topk(logits, max(ks), dim=-1).values
+            kth = highest.gather(1, torch.tensor([[max(k, 1) - 1] for k in ks], device=scores.device))
+            kth = kth.masked_fill(torch.tensor([[k == 0] for k in ks], device=scores.device), -math.inf)
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        top_p, min_p = column([s["top_p"] for s in settings])[:, None], column([s["min_p"] for s in settings])[:, None]
         best, order = torch.topk(probs, min(NUCLEUS_CANDIDATES, probs.shape[-1]))
-        if best.sum() < self.top_p:
-            best, order = torch.sort(probs, descending=True)
-        outside = torch.cumsum(best, dim=-1) - best >= self.top_p
-        if self.min_p > 0:
-            outside |= ~min_p_keeps(best, self.min_p)
-        return order[torch.multinomial(best.masked_fill(outside, 0.0), 1, generator=generator)]
+        outside = torch.cumsum(best, dim=-1) - best >= top_p
+        outside |= ~min_p_keeps(best, min_p)
+        weights = best.masked_fill(outside, 0.0)
+        in_candidates = (best.sum(dim=-1, keepdim=True) >= top_p)[:, 0].tolist()
+        return torch.cat(
+            [
+                order[j, torch.multinomial(weights[j], 1, generator=self.generators[i])]
+                if settings[j]["top_p"] < 1.0 and in_candidates[j]
+                else sample(probs[j], settings[j]["top_p"], settings[j]["min_p"], self.generators[i])
+                for j, i in enumerate(rows)
+            ]
+        )
+
+
+def sample(probs: torch.Tensor, top_p: float, min_p: float, generator: torch.Generator) -> torch.Tensor:
+    """One token from ``probs`` restricted to its top-p nucleus (the smallest set of most likely tokens whose
+    mass reaches top_p; the best token always stays), then to the tokens min-p keeps there."""
+    if top_p >= 1.0:
+        if min_p > 0:
+            probs = probs.masked_fill(~min_p_keeps(probs, min_p), 0.0)
+        return torch.multinomial(probs, 1, generator=generator)
+    # the nucleus is almost always among the most likely few dozen tokens: sort only those when it is
+    best, order = torch.topk(probs, min(NUCLEUS_CANDIDATES, probs.shape[-1]))
+    if best.sum() < top_p:
+        best, order = torch.sort(probs, descending=True)
+    outside = torch.cumsum(best, dim=-1) - best >= top_p
+    if min_p > 0:
+        outside |= ~min_p_keeps(best, min_p)
+    return order[torch.multinomial(best.masked_fill(outside, 0.0), 1, generator=generator)]
 
 
 def penalise_repetition(scores: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -219,39 +219,3 @@ def min_p_keeps(probs: torch.Tensor, min_p: float) -> torch.Tensor:
     """Which tokens min-p keeps: those at least ``min_p`` times as likely as the most likely one (transformers'
     ``MinPLogitsWarper``, vLLM's ``min_p``). ``probs`` may be any subset holding the most likely token."""
     return probs >= min_p * probs.max(dim=-1, keepdim=True).values
-
-
-class StopWhenCancelled(StoppingCriteria):
-    def __init__(self, cancelled) -> None:
-        self.cancelled = cancelled
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.cancelled(), dtype=torch.bool, device=input_ids.device)
-
-
-class PipeStreamer(BaseStreamer):
-    """Sends the rows' tokens to the pool: the first step at once, later steps gathered for up to
-    ``STREAM_INTERVAL_S`` (``generate`` hands over the prompt first)."""
-
-    def __init__(self, send) -> None:
-        self.send = send
-        self.prompt_seen = False
-        self.steps: list[list[int]] = []
-        self.sent = None  # when the last message went
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.steps.append(value.reshape(-1).tolist())
-        if self.sent is None or time.monotonic() - self.sent >= STREAM_INTERVAL_S:
-            self._flush()
-
-    def end(self) -> None:
-        if self.steps:
-            self._flush()
-
-    def _flush(self) -> None:
-        self.send(self.steps)
-        self.steps = []
-        self.sent = time.monotonic()

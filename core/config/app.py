@@ -144,6 +144,11 @@ def check_endpoints(endpoints: list, where: str) -> None:
             )
 
 
+def check_batch_rows(rows: int, where: str) -> None:
+    if rows < 1:
+        raise UserError(f"config: {where}={rows}: a batch needs at least 1 row")
+
+
 @dataclass
 class AppConfig:
     """The arena app (``app/``): server, limits, serving and the default decoding."""
@@ -163,14 +168,18 @@ class AppConfig:
     # serve: the most alternatives per token a request may ask for (/v1/completions' logprobs, the chat's
     # top_logprobs; as vLLM's --max-logprobs, 20 by default; OpenAI allows 5 and 20); more is refused with a 400
     max_logprobs: int = 20
-    # serve's /v1/chat/completions: the most choices a request may ask for with n (each a sample of its own, one
-    # after another: n choices take n times as long); more is refused with a 400
+    # serve's /v1/chat/completions: the most choices a request may ask for with n (each a sample of its own,
+    # decoded in one batch with the others); more is refused with a 400
     max_n: int = 4
     blind: bool = True  # Compare tab: hide the contestants' names (模型 A/B/C/D) until the judgment
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: str = ""  # where the model pool serves: "" = CUDA when there is one, else CPU
     max_loaded_models: int = 4  # full models the pool keeps in memory (each run has two: base and cpt)
     concurrent_comparisons: int = 8  # comparisons generating at once across browser sessions and API calls
+    # the most rows (answers) one model process decodes in one batch: every request to a model, from any caller,
+    # joins its batch at the next step (docs/serving.md "Batching across requests"); requests beyond it wait
+    # for rows to end. Bounds the batch's memory (its cache grows with rows x tokens) on a GPU.
+    max_batch_rows: int = field(default=64, metadata={"check": check_batch_rows})
     recent_pairs: int = 20  # pairs listed in the Data tab
     preload_newest_run: bool = True  # load the newest run's contestants when the app starts
     # torch threads per operation when serving on CPU (0 = torch's default, one per core): panels on

@@ -85,6 +85,7 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
             "/study_status",
             "/leaderboard",
             "/agreement",
+            "/compare_runs",
         }
     )
     with pytest.raises(ValueError, match="Cannot find a function"):

@@ -149,9 +149,9 @@ def test_the_samplers_filters_are_transformers_processors():
     # greedy with a penalty takes the penalised argmax; the left padding is not penalised
     decoding = Decoding(temperature=0.0, top_p=1.0, max_new_tokens=4, seed=0, repetition_penalty=2.0).settings()
     logits = torch.tensor([[5.0, 4.0, 1.0, 0.0]])
-    chosen = SeededSampler(decoding, [0], torch.device("cpu"))(torch.tensor([[0, 2]]), logits.clone())
+    chosen = SeededSampler([decoding], [0], [torch.Generator()])(torch.tensor([[0, 2]]), logits.clone())
     assert chosen.argmax().item() == 1  # 5 / 2 < 4
-    padded = SeededSampler(decoding, [1], torch.device("cpu"))(torch.tensor([[0, 2]]), logits.clone())
+    padded = SeededSampler([decoding], [1], [torch.Generator()])(torch.tensor([[0, 2]]), logits.clone())
     assert padded.argmax().item() == 0  # token 0 is padding only
     for bad in ({"top_k": -2}, {"top_k": 1.5}, {"min_p": 1.5}, {"repetition_penalty": 0}, {"repetition_penalty": 11}):
         with pytest.raises(UserError, match=next(iter(bad))):
