@@ -113,10 +113,11 @@ class SimulatedStudy:
             raise ValueError(f"a true win rate of {win_rate} is out of reach with these clinicians")
         self.q = 0.5 + delta + self.rng.uniform(-spread, spread, size=prompts)
         self.noise, self.careless = clinicians.noise(), clinicians.careless_ones()
-        self.store = PreferenceStore(f"sqlite:///{workdir / f'study-{seed}.db'}", settings, study)
+        name = f"study-{seed}-{win_rate:.3f}"  # one database per study (seeds repeat across win rates)
+        self.store = PreferenceStore(f"sqlite:///{workdir / f'{name}.db'}", settings, study)
         self.store.register_checkpoints(OLD_RUN, [STAGE])
         self.store.register_checkpoints(NEW_RUN, [STAGE])
-        bank = workdir / f"bank-{seed}.jsonl"
+        bank = workdir / f"bank-{name}.jsonl"
         bank.write_text(
             "".join(
                 json.dumps({"prompt": f"模拟问题 {seed}-{i}：该如何处理？", "split": "heldout"}, ensure_ascii=False)

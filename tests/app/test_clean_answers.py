@@ -76,12 +76,10 @@ def _replay(monkeypatch, tokenizer, texts: list[str]):
     def generate(self, rows, decoding, pad_id, eos_ids, on_tokens):
         script = tokenizer(next(answers), add_special_tokens=False)["input_ids"] + [eos_ids[0]]
         steps = 0
-        self.cancel.clear()  # as a real request starts
         for token in script:
-            if self.cancel.is_set():
-                break
-            on_tokens([[token] * len(rows)])
             steps += 1
+            if on_tokens([[token] * len(rows)]):  # True: the pool stops this request
+                break
         made.setdefault(self.path, []).append(([ids for _, ids in rows], steps, len(script)))
 
     monkeypatch.setattr(ModelProcess, "generate", generate)
