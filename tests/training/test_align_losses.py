@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from core.config import load_config
 from core.files import read_jsonl, write_jsonl_atomic
-from core.registry import get_stage
 from tests.lora_weights import randomize_lora
 from training.recipes import dpo as dpo_recipe
+from training.recipes import runner_for
 from training.trainer import lifecycle
 from training.trainer.paths import stage_paths
 
@@ -70,7 +70,7 @@ def scored(tiny_run, tmp_path_factory) -> dict[str, dict]:
             cfg = load_config("tiny", [*overrides, *COMMON])
             stage = cfg.align.method
             with pytest.raises(_TrainerBuilt) as built:
-                get_stage(stage).run()(cfg, stage_paths(cfg.runs_dir / run_id, stage), "issue-37")
+                runner_for(stage)(cfg, stage_paths(cfg.runs_dir / run_id, stage), "issue-37")
             out[method] = _score(built.value.trainer, cfg.to_dict()[stage])
     return out
 
