@@ -35,16 +35,8 @@ def prompt_scores(
 ) -> dict[str, list[float]]:
     """bank prompt -> the new checkpoint's score in each of its battles with the old one there (1, 0.5, 0)."""
     scores: dict[str, list[float]] = defaultdict(list)
-    for j in judged:
-        if j.bank_prompt_id is None or (split is not None and j.split != split):
-            continue
-        for x, y, score in j.outcomes():
-            if exclude_leaked and (x.leaked or y.leaked):
-                continue
-            if (x.checkpoint_id, y.checkpoint_id) == (new, old):
-                scores[j.bank_prompt_id].append(score)
-            elif (x.checkpoint_id, y.checkpoint_id) == (old, new):
-                scores[j.bank_prompt_id].append(1.0 - score)
+    for prompt, score in prompt_battles(judged, new, old, split, exclude_leaked):
+        scores[prompt].append(score)
     return dict(scores)
 
 

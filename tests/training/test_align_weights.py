@@ -12,6 +12,7 @@ import torch
 from core.config import load_config
 from core.files import read_jsonl, write_jsonl_atomic
 from tests.lora_weights import randomize_lora
+from tests.training.test_align_losses import COMMON, _stop_before_training, _TrainerBuilt
 from training.recipes import dpo as dpo_recipe
 from training.recipes import runner_for
 from training.trainer import lifecycle
@@ -20,17 +21,6 @@ from training.trainer.paths import stage_paths
 PAIRS = 4
 WEIGHTS = [1.0, 0.5, 0.25, 0.0]
 METHODS = {"dpo": ["align.method=dpo"], "simpo": ["align.method=simpo"], "orpo": ["align.method=orpo"]}
-COMMON = ["dpo.sft_weight=0", "simpo.sft_weight=0", "dpo.precompute_reference=false"]
-
-
-class _Built(Exception):
-    def __init__(self, trainer):
-        super().__init__("trainer built")
-        self.trainer = trainer
-
-
-def _stop(trainer, paths):
-    raise _Built(trainer)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +34,8 @@ def trainers(tiny_run, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CHIMED_HOME", str(home))
         mp.delenv("CHIMED_DATABASE_URL", raising=False)
-        mp.setattr(lifecycle, "train_resumably", _stop)
-        mp.setattr(dpo_recipe, "train_resumably", _stop)
+        mp.setattr(lifecycle, "train_resumably", _stop_before_training)
+        mp.setattr(dpo_recipe, "train_resumably", _stop_before_training)
         cfg = load_config("tiny")
         pairs = read_jsonl(cfg.data_dir / "dpo.jsonl")[:PAIRS]
         write_jsonl_atomic(cfg.data_dir / "dpo.jsonl", [{**p, "weight": w} for p, w in zip(pairs, WEIGHTS)])
@@ -53,7 +43,7 @@ def trainers(tiny_run, tmp_path_factory):
             out[method] = {}
             for setting in ("none", "agreement"):
                 cfg = load_config("tiny", [*overrides, *COMMON, f"align.pair_weights={setting}"])
-                with pytest.raises(_Built) as built:
+                with pytest.raises(_TrainerBuilt) as built:
                     runner_for(method)(cfg, stage_paths(cfg.runs_dir / run_id, method), "pair-weights")
                 trainer = built.value.trainer
                 trainer.model.eval()
