@@ -355,7 +355,8 @@ class Arena:
         these contestants; None when nothing is left for them (:data:`QUEUE_EMPTY`; the panels stay as they
         are). Once :meth:`ask_queue` has answered it, ``session.resolved`` says whether the queue settled it as a
         tie without the clinician (:data:`RESOLVED_TIE`: identical answers in an adaptive round; it is not judged,
-        and the next prompt may be taken). In a round whose contestants the admin fixed (:meth:`round_contestants`) those answer it:
+        and the next prompt may be taken). In a round whose contestants the admin fixed (:meth:`round_contestants`) those
+        answer it (in an adaptive round of 3-4, the two of them the queue chose for the prompt, ``assignment.contestants``):
         ``checkpoint_ids`` may be left out, and other ones are refused, as is ``blind`` off in a blind round."""
         if not session.notice_accepted:
             raise UserError(NOT_ACCEPTED)
@@ -379,7 +380,8 @@ class Arena:
         resolve_contestants(self.cfg, ids)
         assignment = self.store.next_assignment(session.annotator.id)
         if assignment is not None:
-            self.start(session, ids, blind, rng)
+            # in an adaptive round of 3-4 the queue chose the pair this prompt shows (active sampling)
+            self.start(session, list(assignment.contestants) or ids, blind, rng)
         return assignment
 
     def round_contestants(self) -> list[str]:

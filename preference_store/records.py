@@ -491,6 +491,9 @@ class Assignment:
     assigned: datetime
     completed: datetime | None
     round: int = 1  # the queue round (see PreferenceStore.start_queue_round)
+    # the two contestants the queue chose for this prompt in a round of 3-4 under adaptive allocation (active
+    # sampling: answer it with exactly these); () = the round's contestants, or the annotator's choice
+    contestants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,13 @@ round's rule) a prompt's places are spent where they tell something:
   normalisation (the queue's seeded decoding gives every annotator the same answers) is resolved as a tie
   when its first comparison is recorded (:func:`resolve_identical`): the assignment is done, nobody is asked
   to judge it, and the resolution is kept in ``store_meta`` (``queue_round.N.tie.PROMPT``), never as a vote.
+- in a round of 3-4 contestants, each prompt shows two of them: the pair whose order is least certain on the
+  battles among them so far, or, for a share ``study.pair_floor`` of the prompts, a pair drawn uniformly
+  (:mod:`~preference_store.statistics.active`). The pair is chosen when the prompt is first handed out in the
+  round and kept in ``store_meta`` (``queue_round.N.pair.PROMPT``); its later annotators get the same pair, so
+  their verdicts can be compared (agreement, a third annotator on disagreement). The draw is a hash of the round
+  and the prompt: two replicas choosing for the same prompt on the same judgments choose the same pair. A
+  comparison on the assignment must show exactly that pair (:func:`check_queue_pair`).
 
 All of this is within the current *queue round*, until an admin closes it or, for a round that asks whether
 one run beats another, its question is decided (:mod:`~preference_store.repository.decisions`). Once a
@@ -39,7 +46,9 @@ unique (bank prompt, annotator, round) constraint is the last guard against givi
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -73,7 +82,10 @@ from preference_store.records import (
     ResolvedTie,
 )
 from preference_store.repository.decisions import RoundDecisions
+from preference_store.repository.leaderboard import LIVE, load_judged
 from preference_store.repository.sessions import StoreSessions, new_id
+from preference_store.statistics.active import draw_pair, order_uncertainty, pair_probabilities
+from preference_store.statistics.bradley_terry import judged_battles
 from preference_store.validation import NotFoundError, PreferenceStoreError
 
 CANDIDATES = 20  # prompts tried per assignment when another database took the first ones meanwhile
@@ -292,7 +304,8 @@ class BankQueue(RoundDecisions, StoreSessions):
                 .limit(1)
             )
             if own is not None:
-                return assignment_record(own, session.get(BankPromptRow, own.bank_prompt_id))
+                record = assignment_record(own, session.get(BankPromptRow, own.bank_prompt_id))
+                return replace(record, contestants=_prompt_pair(session, current, own.bank_prompt_id))
             # a closed round hands out nothing new, nor one whose question is decided (decisions.py)
             if defined.closed is not None or self._round_decided(session, defined):
                 return None
@@ -317,7 +330,9 @@ class BankQueue(RoundDecisions, StoreSessions):
                 )
                 session.add(row)
                 session.flush()  # the unique (prompt, annotator) constraint is checked here
-                return assignment_record(row, prompt)
+                return replace(
+                    assignment_record(row, prompt), contestants=self._choose_pair(session, defined, prompt_id)
+                )
             return None
 
         for attempt in range(3):
@@ -358,6 +373,47 @@ class BankQueue(RoundDecisions, StoreSessions):
             )
         done = mine.get("done", 0)
         return QueueProgress(done=done, total=done + mine.get("open", 0) + free)
+
+    def _choose_pair(self, session: Session, defined: QueueRound, prompt_id: str) -> tuple[str, ...]:
+        """The two contestants ``prompt_id`` shows in an adaptive round of 3-4 (inside next_assignment's write
+        transaction): the pair chosen for it earlier in the round, else a new one by active sampling (the module
+        docstring), recorded. () in any other round."""
+        if self._allocation(defined) != "adaptive" or len(defined.contestants) <= 2:
+            return ()
+        chosen = _prompt_pair(session, defined.number, prompt_id)
+        if chosen:
+            return chosen
+        uncertainty = self._order_uncertainty(session, defined.contestants)
+        probabilities = pair_probabilities(uncertainty, self.study.pair_floor)
+        digest = hashlib.sha256(f"{defined.number}:{prompt_id}".encode()).digest()
+        pair = draw_pair(probabilities, int.from_bytes(digest[:8], "big") / 2**64)
+        _set_meta(
+            session,
+            _pair_key(defined.number, prompt_id),
+            json.dumps(
+                {
+                    "contestants": list(pair),
+                    "uncertainty": round(uncertainty[pair], 6),
+                    "probability": round(probabilities[pair], 6),
+                    "chosen": utcnow().isoformat(),
+                }
+            ),
+        )
+        return pair
+
+    def _order_uncertainty(self, session: Session, contestants: tuple[str, ...]) -> dict:
+        """:func:`~preference_store.statistics.active.order_uncertainty` on the counted battles among
+        ``contestants`` (any comparison, bank prompt or not, as the leaderboard counts them); recomputed only when
+        the live judgments changed."""
+        seen = session.execute(select(func.count(), func.max(JudgmentRow.created)).where(LIVE)).one()
+        key = (self.url, contestants, tuple(seen))
+        cache = self.__dict__.setdefault("_uncertainty", {})
+        if key not in cache:
+            judged = load_judged(session, admit_unblinded=self.settings.admit_unblinded)
+            battles, _ = judged_battles(judged, self.settings.exclude_leaked_battles)
+            cache.clear()
+            cache[key] = order_uncertainty(battles, contestants)
+        return cache[key]
 
     def _allocation(self, defined: QueueRound) -> str:
         """The round's allocation rule (rounds started without one: ``study.allocation``)."""
@@ -599,6 +655,32 @@ def check_not_resolved(session: Session, comparison: ComparisonRow, what: str) -
         raise ResolvedWithoutClinician(
             f"comparison {comparison.id} was resolved as a tie without a clinician ({IDENTICAL_RULE}): nothing to "
             f"{what}; take the next prompt of your queue"
+        )
+
+
+def _pair_key(round_: int, bank_prompt_id: str) -> str:
+    return f"{_definition_key(round_)}.pair.{bank_prompt_id}"
+
+
+def _prompt_pair(session: Session, round_: int, bank_prompt_id: str) -> tuple[str, ...]:
+    """The pair active sampling chose for the prompt in the round (() when none was)."""
+    row = session.get(StoreMetaRow, _pair_key(round_, bank_prompt_id))
+    return tuple(json.loads(row.value)["contestants"]) if row is not None else ()
+
+
+def check_queue_pair(session: Session, assignment_id: str | None, checkpoint_ids: list[str]) -> None:
+    """Refuse a comparison on a queue assignment whose prompt active sampling gave a pair, unless it shows exactly
+    that pair: the rule holds for every replica and the API, not only for the arena that asked."""
+    if assignment_id is None:
+        return
+    assignment = session.get(AssignmentRow, assignment_id)
+    if assignment is None:
+        return
+    pair = _prompt_pair(session, assignment.round, assignment.bank_prompt_id)
+    if pair and sorted(checkpoint_ids) != sorted(pair):
+        raise PreferenceStoreError(
+            f"assignment {assignment_id} shows {pair[0]} and {pair[1]} (the queue chose the pair whose order is "
+            "least certain): answer it with exactly these two"
         )
 
 

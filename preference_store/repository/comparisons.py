@@ -22,7 +22,7 @@ from preference_store.models import (
     ResponseRow,
 )
 from preference_store.records import PANEL_LABELS, ComparisonIn, ComparisonOut, ResponseOut
-from preference_store.repository.bank import check_queue_fields, resolve_identical
+from preference_store.repository.bank import check_queue_fields, check_queue_pair, resolve_identical
 from preference_store.repository.sessions import StoreSessions, new_id
 from preference_store.validation import NotFoundError, PreferenceStoreError, UnknownCheckpointError, check_comparison
 
@@ -60,6 +60,7 @@ class Comparisons(StoreSessions):
             bank_prompt_id = check_queue_fields(
                 session, comparison.annotator_id, comparison.bank_prompt_id, comparison.assignment_id
             )
+            check_queue_pair(session, comparison.assignment_id, [r.checkpoint_id for r in comparison.responses])
             if comparison.conversation_id is None:
                 conversation = ConversationRow(id=new_id(), annotator_id=comparison.annotator_id)
             else:
