@@ -108,9 +108,4 @@ def check_feeds_kto(examples: list[dict], path: Path) -> dict:
 
 def check_kto_data(cfg) -> None:
     """The KTO stage's check before a run trains anything (the stage registry's ``check``)."""
-    if cfg.align.pair_weights != "none":
-        raise UserError(
-            "config: align.pair_weights=agreement is not read by kto yet: set align.pair_weights: none for kto, "
-            "or align with dpo, orpo or simpo"
-        )
     check_feeds_kto(read_jsonl(cfg.data_dir / "kto.jsonl"), cfg.data_dir / "kto.jsonl")

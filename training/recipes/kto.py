@@ -29,6 +29,7 @@ from training.trainer.logprobs import logprob_metrics, patch_trainer_logprobs
 from training.trainer.lora import describe_lora, lora_record, peft_lora_config
 from training.trainer.pairs import last_logged, save_with_pair_ids
 from training.trainer.paths import StagePaths
+from training.trainer.weights import pair_weights, weight_kto_trainer
 
 # what KTOTrainer logs besides the loss; it averages its rewards with nansum, so a NaN there is checked here
 KTO_LOGGED = ("kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
@@ -79,7 +80,8 @@ def build_kto_trainer(
     cfg: Config, paths: StagePaths, model, tokenizer, examples: list[dict]
 ) -> tuple[KTOTrainer, dict, dict]:
     """KTOTrainer over ChiMed-KTO ``examples`` (prompt / completion / label) with the ``cfg.kto.lora`` adapter on
-    ``model`` (the reference: the adapter disabled), beta and the desirable / undesirable weights of ``cfg.kto``
+    ``model`` (the reference: the adapter disabled), beta and the desirable / undesirable weights of ``cfg.kto``,
+    each answer's loss weighed as ``cfg.align.pair_weights`` says (:func:`training.trainer.weights.weight_kto_trainer`)
     and log-probabilities computed as ``cfg.kto.padding_free`` / ``lm_head_loss`` say; also the adapter's and
     the log-probability path's records."""
     k = cfg.kto
@@ -96,9 +98,12 @@ def build_kto_trainer(
         max_length=k.max_length,
     )
     lora = peft_lora_config(k.lora, model, "kto.lora.target_modules")
-    dataset = Dataset.from_list(
-        [{"prompt": e["prompt"], "completion": e["completion"], "label": e["label"]} for e in examples]
-    )
+    # each answer's weight (align.pair_weights): its pair's, both answers of a pair alike; a rating's 1
+    weights = pair_weights(examples, cfg.align.pair_weights)
+    rows = [{"prompt": e["prompt"], "completion": e["completion"], "label": e["label"]} for e in examples]
+    if weights is not None:
+        rows = [{**row, "weight": w} for row, w in zip(rows, weights)]
+    dataset = Dataset.from_list(rows)
     trainer = KTOTrainer(
         model=model,
         ref_model=None,
@@ -108,7 +113,10 @@ def build_kto_trainer(
         peft_config=lora,
         callbacks=[*stage_callbacks(cfg, paths), KtoRewardGuard(paths.stage)],
     )
-    return trainer, lora_record(trainer.model, lora), patch_trainer_logprobs(trainer, k)
+    logprobs = patch_trainer_logprobs(trainer, k)
+    if weights is not None:
+        weight_kto_trainer(trainer)
+    return trainer, lora_record(trainer.model, lora), logprobs
 
 
 class KtoRewardGuard(TrainerCallback):

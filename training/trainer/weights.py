@@ -16,9 +16,12 @@ that code lets a per-pair factor in:
 - orpo, simpo (``odds_ratio_loss``, ``cpo_loss``): they return the per-pair losses; a subclass multiplies them by
   the batch's weights before TRL takes the mean (ORPO's SFT term is left as it is).
 
-kto: not weighted yet (its per-answer losses are computed and concatenated inside ``_compute_loss``); a run with
-``align.pair_weights: agreement`` and ``align.method: kto`` is refused with one line by the KTO data check
-(:func:`training.data.kto.check_kto_data`) rather than trained unweighted.
+- kto (``KTOTrainer._compute_loss``): an example is one answer, desirable or not, and carries its pair's weight
+  (both answers of a pair the same; a clinician's single-answer rating weighs 1). TRL concatenates
+  ``desirable_weight x`` the desirable answers' losses and ``undesirable_weight x`` the undesirable ones' (in batch
+  order within each kind) and takes the mean, so for the batch those two factors become tensors: the configured
+  factor times each desirable, resp. undesirable, example's weight, and ``loss = mean(weight x factor x
+  per-answer loss)``. The KL estimate is left as it is (it has no gradient).
 """
 
 from __future__ import annotations
@@ -55,13 +58,12 @@ class _WeightedPolicy:
         return out
 
 
-def weight_dpo_trainer(trainer) -> None:
-    """Make ``trainer`` (TRL's DPOTrainer, its dataset with a ``weight`` column) weigh each pair's loss by it."""
+def _collate_weights(trainer) -> None:
+    """Keep the dataset's ``weight`` column through ``trainer``'s column pruning and hand it to the loss as the
+    batch's ``pair_weight`` tensor (a batch from a dataset without the column has none)."""
     trainer._set_signature_columns_if_needed()
     if "weight" not in trainer._signature_columns:
         trainer._signature_columns = [*trainer._signature_columns, "weight"]
-    if any(t in {"aot", "aot_unpaired"} for t in trainer.loss_types):
-        raise UserError("config: align.pair_weights=agreement cannot weigh dpo.loss_type aot (it sorts the pairs)")
     collate = trainer.data_collator
 
     def collate_with_weights(examples):
@@ -71,6 +73,13 @@ def weight_dpo_trainer(trainer) -> None:
         return batch
 
     trainer.data_collator = collate_with_weights
+
+
+def weight_dpo_trainer(trainer) -> None:
+    """Make ``trainer`` (TRL's DPOTrainer, its dataset with a ``weight`` column) weigh each pair's loss by it."""
+    if any(t in {"aot", "aot_unpaired"} for t in trainer.loss_types):
+        raise UserError("config: align.pair_weights=agreement cannot weigh dpo.loss_type aot (it sorts the pairs)")
+    _collate_weights(trainer)
     compute = trainer._compute_loss
 
     def weighted_loss(model, inputs, return_outputs):
@@ -80,6 +89,30 @@ def weight_dpo_trainer(trainer) -> None:
             return compute(model, inputs, return_outputs)
         trainer.use_weighting = True
         return compute(_WeightedPolicy(model, weights), inputs, return_outputs)
+
+    trainer._compute_loss = weighted_loss
+
+
+def weight_kto_trainer(trainer) -> None:
+    """Make ``trainer`` (TRL's KTOTrainer, its dataset with a ``weight`` column) weigh each answer's loss by it:
+    for each batch, its ``desirable_weight`` and ``undesirable_weight`` become the configured factor times the
+    weights of the batch's desirable, resp. undesirable, answers (restored after the batch)."""
+    _collate_weights(trainer)
+    compute = trainer._compute_loss
+    desirable, undesirable = trainer.desirable_weight, trainer.undesirable_weight
+
+    def weighted_loss(model, inputs, return_outputs):
+        weights = inputs.pop("pair_weight", None)
+        if weights is None:  # a batch without the column (evaluation sets): unweighted
+            return compute(model, inputs, return_outputs)
+        labels = torch.as_tensor(inputs["label"], dtype=torch.bool)
+        weights = weights.to(trainer.accelerator.device)
+        trainer.desirable_weight = desirable * weights[labels.to(weights.device)]
+        trainer.undesirable_weight = undesirable * weights[~labels.to(weights.device)]
+        try:
+            return compute(model, inputs, return_outputs)
+        finally:
+            trainer.desirable_weight, trainer.undesirable_weight = desirable, undesirable
 
     trainer._compute_loss = weighted_loss
 
