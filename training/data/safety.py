@@ -53,8 +53,10 @@ BAN = re.compile(r"禁|忌|不宜|不得|勿|不可|不能|避免")
 CAUTION = re.compile(r"慎|指导|遵医嘱|咨询|监护|权衡|利大于弊")
 NOT_ABOUT_USE = re.compile(r"接触|看见|放在|存放|置于|远离|拿到")  # "keep out of the reach of children"
 ALLERGY_TARGET = re.compile(r"对(.{1,30}?)(?:有|产生|发生)?(?:严重)?过敏")
+ALLERGY_LEAD = re.compile(r"^([^、，及和与或对]{2,12}?)过敏(?!体质)")  # "青霉素过敏及青霉素皮试阳性者禁用"
 SELF = re.compile(r"^(本品|本药|本剂|该药|此药|其)|成分|成份|辅料|组分")
-OTHER = re.compile(r"^(其他|其它|任何|同类|已知|对)+")
+OTHER = re.compile(r"^(其他|其它|任何|同类|已知|对|有)+")
+VAGUE_ALLERGENS = frozenset({"药品", "药物", "药", "化合物", "有关化合物", "相关化合物", "同类药物", "此类药物"})
 AGE_YEARS = re.compile(r"(\d+)\s*(?:周)?岁(?:以下|以内|之前|前)")
 AGE_MONTHS = re.compile(r"(\d+)\s*个月(?:以下|以内|之前|前)")
 # where no age is stated, a child the question asks about (months) -- young enough to be that population
@@ -130,13 +132,20 @@ def age_limit_months(clause: str) -> int | None:
 
 def allergens(clause: str, drug: str) -> list[str] | None:
     """The classes or drugs an allergy clause names ([] = only the drug itself); None without a target."""
-    m = ALLERGY_TARGET.search(clause)
+    m = ALLERGY_TARGET.search(clause) or ALLERGY_LEAD.search(clause)
     if not m:
         return None
     named = []
     for part in re.split(r"[或及和与、/]|以及", m.group(1)):
         part = OTHER.sub("", part.strip()).strip()
-        if part and not SELF.search(part) and part != drug and len(part) <= MAX_DRUG_NAME and part not in named:
+        if (
+            part
+            and part not in VAGUE_ALLERGENS
+            and not SELF.search(part)
+            and part != drug
+            and len(part) <= MAX_DRUG_NAME
+            and part not in named
+        ):
             named.append(part)
     return named
 
