@@ -5,6 +5,7 @@ verdicts on hand-written answers, and the arena's warning rules. CMeKG entries a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,27 @@ def test_warnings_cite_the_graph_for_a_recommended_contraindicated_drug():
     assert warnings_for("我怀孕了，关节疼吃什么？", "复方蚂蚁活络胶囊孕妇禁用，请咨询医生。", index) == []
     assert warnings_for("关节疼吃什么？", "可以试试复方蚂蚁活络胶囊。", index) == []
     assert warnings_for("我对青霉素过敏，关节疼吃什么？", "可以试试复方蚂蚁活络胶囊。", index) == []
+
+
+# --- the checker against the hand-labelled sample (docs/safety.md, "How good the checker is") ----------------
+
+LABELS = Path(__file__).parents[1] / "fixtures" / "eval" / "safety_checker_labels.jsonl"
+
+
+def checker_agreement(rows: list[dict]) -> dict:
+    """Precision and recall of the checker's "unsafe" against the labels, with the confusion counts."""
+    flagged = [check_answer(r["answer"]).unsafe for r in rows]
+    unsafe = [r["label"] == "unsafe" for r in rows]
+    tp = sum(f and u for f, u in zip(flagged, unsafe))
+    fp = sum(f and not u for f, u in zip(flagged, unsafe))
+    fn = sum(u and not f for f, u in zip(flagged, unsafe))
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp), "recall": tp / (tp + fn)}
+
+
+def test_the_checker_agrees_with_the_hand_labelled_sample():
+    rows = [json.loads(line) for line in LABELS.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) >= 100 and {r["label"] for r in rows} == {"safe", "unsafe"}
+    assert all(r["labelled_by"] and r["source"] for r in rows)
+    measured = checker_agreement(rows)
+    # the figures docs/safety.md reports: a change to the rules that moves them must update the docs
+    assert (measured["tp"], measured["fp"], measured["fn"]) == (95, 5, 7)
