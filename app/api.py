@@ -171,7 +171,13 @@ def build_api(arena: Arena) -> None:
         answers = [
             {"label": r.label, "text": r.text, "warnings": r.warnings}  # warnings name no contestant (docs/safety.md)
             if session.blind
-            else {"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks, "warnings": r.warnings}
+            else {
+                "label": r.label,
+                "checkpoint_id": r.checkpoint_id,
+                "text": r.text,
+                "leaks": r.leaks,
+                "warnings": r.warnings,
+            }
             for r in stored.responses
         ]
         return {
