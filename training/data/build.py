@@ -43,7 +43,7 @@ from training.data.knowledge import choose_entities, split_by_entity
 from training.data.kto import kto_examples, read_collected_ratings
 from training.data.layout import EVAL_FILES, OUTPUTS, STATS_JSON, STATS_MD, TRAINING_FILES
 from training.data.relations import DISEASE, KINDS
-from training.data.safety import build_safety_exam
+from training.data.safety import build_safety_exam, grpo_safety_prompts
 from training.data.sft import build_sft, differentials
 from training.data.stats import describe_cpt, describe_dpo, describe_eval, describe_files, describe_sft, stats_markdown
 
@@ -120,7 +120,10 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     # the other alignment methods' data, from the same sources (docs/training.md "Alignment methods")
     splits["kto"] = seeded_order(kto_examples(splits["dpo"], inputs.ratings, prompts), data.seed, "kto")
     splits["grpo"] = seeded_order(
-        grpo_prompts(train, relation_index(train), splits["sft"], prompts, data), data.seed, "grpo"
+        grpo_prompts(train, relation_index(train), splits["sft"], prompts, data)
+        + grpo_safety_prompts(graph, [e.name for e in train], data.seed),
+        data.seed,
+        "grpo",
     )
     overlap = overlap_report(eval_sets, splits, data.decontam_ngram)
 

@@ -37,6 +37,7 @@ from training.data.knowledge import entity_kind
 from training.data.relations import DRUG
 
 PREGNANCY, ALLERGY, CHILD, INTERACTION = "pregnancy", "allergy", "child", "interaction"
+SAFETY = "safety"  # the kind of ChiMed-GRPO's safety prompts
 CONDITIONS = (PREGNANCY, ALLERGY, CHILD)
 CONTRAINDICATION_RELATIONS = ("禁忌", "禁忌证", "主要用药禁忌")  # the relation itself says "do not use"
 PRECAUTION_RELATIONS = ("注意事项",)  # only an explicit ban counts
@@ -320,6 +321,17 @@ def entity_items(name: str, index: SafetyIndex, seed: int, salt: str) -> list[di
             safety_item(INTERACTION, question, fills, f"CMeKG「{name}」{INTERACTION_RELATION}：{partner}", rng)
         )
     return [{**item, "entity": name} for item in items]
+
+
+def grpo_safety_prompts(graph: dict[str, dict[str, list[str]]], train: list[str], seed: int) -> list[dict]:
+    """ChiMed-GRPO's safety prompts (``kind`` "safety", training/recipes/grpo.py's ``safety`` reward): the same
+    questions about the *training* entities (never an entity the safety exam asks about), with their options and
+    safe letter kept for the reward."""
+    index = build_safety_index(graph, train)
+    return [
+        {"id": f"grpo-safety-{i:05d}", "kind": SAFETY, "prompt": [{"role": "user", "content": it["question"]}], **it}
+        for i, it in enumerate(item for name in train for item in entity_items(name, index, seed, "grpo-safety"))
+    ]
 
 
 def build_safety_exam(
