@@ -169,9 +169,15 @@ def build_api(arena: Arena) -> None:
             raise UserError(f"fewer than two answers, nothing recorded: {errors}")
         stored = store.get_comparison(session.comparison_id)
         answers = [
-            {"label": r.label, "text": r.text}
+            {"label": r.label, "text": r.text, "warnings": r.warnings}  # warnings name no contestant (docs/safety.md)
             if session.blind
-            else {"label": r.label, "checkpoint_id": r.checkpoint_id, "text": r.text, "leaks": r.leaks}
+            else {
+                "label": r.label,
+                "checkpoint_id": r.checkpoint_id,
+                "text": r.text,
+                "leaks": r.leaks,
+                "warnings": r.warnings,
+            }
             for r in stored.responses
         ]
         return {

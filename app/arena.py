@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from app.contestants import identifying_names, register_contestants, resolve_contestants
+from app.contraindications import answer_warnings, warning_block
 from app.identifiers import EntryCheck, as_sent
 from app.leaks import contestant_terms, find_leaks
 from app.notice import NOT_ACCEPTED
@@ -316,10 +317,15 @@ class Arena:
                 session.busy = False
         if session.epoch != epoch:
             return
-        for panel, answer in zip(session.panels, answers):
+        # the finished answers' contraindication warnings, shown under them and stored with them (docs/safety.md)
+        warned = [[] if a.error is not None else answer_warnings(session.reference + [user], a.text) for a in answers]
+        for panel, answer, found in zip(session.panels, answers, warned):
             if answer.error is None:
                 panel.history += [user, {"role": "assistant", "content": answer.text}]
-        self._record(session, user, answers, decoding)
+            if found and panel.display:
+                shown = self._shown(answer) + as_display_text(warning_block(found))
+                panel.display[-1] = {"role": "assistant", "content": shown}
+        self._record(session, user, answers, decoding, warned)
         yield session
 
     def regenerate(self, session: ArenaSession, decoding: Decoding) -> Iterator[ArenaSession]:
@@ -497,8 +503,11 @@ class Arena:
         text = as_display_text(answer.text)
         return text if answer.done else text + " ▌"
 
-    def _record(self, session: ArenaSession, user: dict, answers: list[Answer], decoding: Decoding) -> None:
+    def _record(
+        self, session: ArenaSession, user: dict, answers: list[Answer], decoding: Decoding, warned: list[list[str]]
+    ) -> None:
         ok = [(label, answer) for label, answer in zip(session.labels, answers) if answer.error is None]
+        warnings = [found for answer, found in zip(answers, warned) if answer.error is None]
         session.errors = {label: a.error for label, a in zip(session.labels, answers) if a.error is not None}
         session.reference.append(user)
         session.reference.append({"role": "assistant", "content": ok[0][1].text if ok else ""})
@@ -521,8 +530,9 @@ class Arena:
                         n_tokens=a.n_tokens,
                         serving=a.serving,
                         leaks=find_leaks(a.text, terms),
+                        warnings=found,
                     )
-                    for _, a in ok
+                    for (_, a), found in zip(ok, warnings)
                 ],
                 conversation_id=session.conversation_id,
                 blind=session.blind and not session.revealed,

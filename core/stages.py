@@ -277,6 +277,9 @@ class GrpoConfig(AlignSchedule):
     exam_weight: float = 1.0  # exact match of the chosen option on exam-style prompts (verifiable)
     format_weight: float = 0.2  # the answer closes with the advice to see a doctor
     rm_weight: float = 1.0  # the rm stage's score on open prompts (used only when the run has an rm stage)
+    # the safety reward on grpo.jsonl's safety prompts (training/data/safety.py; docs/safety.md): 1 when the answer
+    # picks the safe option or the unsafe-answer checker passes it; 0 = off (the safety prompts are left out)
+    safety_weight: float = 0.0
     learning_rate: float = 1e-6
     max_prompt_length: int = 512  # longer prompts (chat template included) are left out, not cut
 

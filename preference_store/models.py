@@ -7,7 +7,7 @@ the record callers see). Relationships exist where a parent and its children are
 unit of work orders the inserts. Migration 0003 added the annotation study: the guideline versions, the
 prompt bank and its assignments, per-criterion scores, single-answer ratings and identity-leak flags; 0004 the
 API tokens of the OpenAI-compatible server; 0005 one live judgment per annotator and comparison (and one live
-rating per annotator and answer), earlier ones kept as history, marked superseded; 0006 the audit log and disabled accounts. Any change here needs a migration in ``migrations/versions/``
+rating per annotator and answer), earlier ones kept as history, marked superseded; 0006 the audit log and disabled accounts; 0007 the arena's contraindication warnings on answers. Any change here needs a migration in ``migrations/versions/``
 (``tests/store/test_store_migrations.py`` fails when the two disagree).
 """
 
@@ -164,6 +164,9 @@ class ResponseRow(Base):
     # names of models, companies or checkpoints the answer gives away (checked at generation time);
     # [] = checked and clean, None = stored before this was checked (migration 0003)
     leaks: Mapped[list | None] = mapped_column(JSON)
+    # the arena's contraindication warnings, each citing the CMeKG entry; [] = checked and none, None = stored
+    # before they were checked (migration 0007_warnings)
+    warnings: Mapped[list | None] = mapped_column(JSON)
 
 
 def live_only(*columns: str, name: str) -> Index:

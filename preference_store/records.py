@@ -61,6 +61,9 @@ class ResponseIn:
     # model, company or checkpoint names the answer gives away, found at generation time ([] = none);
     # None = not checked
     leaks: list[str] | None = None
+    # the arena's contraindication warnings for this answer, each citing the CMeKG entry ([] = none);
+    # None = not checked (training/evaluation/checker.py, docs/safety.md)
+    warnings: list[str] | None = None
 
 
 @dataclass
@@ -96,6 +99,7 @@ class ResponseOut:
     n_tokens: int | None
     serving: dict | None = None  # as given in ResponseIn.serving; None for answers stored without it
     leaks: list[str] | None = None  # as given in ResponseIn.leaks; None = not checked
+    warnings: list[str] | None = None  # as given in ResponseIn.warnings; None = not checked
 
 
 @dataclass(frozen=True)
@@ -351,6 +355,8 @@ class Leaderboard:
     # conversation): left out of everything above unless unblinded_admitted (store.admit_unblinded)
     unblinded_judgments: int = 0
     unblinded_admitted: bool = False
+    # checkpoint -> (answers with a contraindication warning, answers checked for one) (docs/safety.md)
+    warnings: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def outliers(self) -> list[AnnotatorScreen]:

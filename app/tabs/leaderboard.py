@@ -197,6 +197,11 @@ def summary_line(board: Leaderboard) -> str:
         lines.append(
             f"{board.leaked_battles} 场对局的回答泄露了模型名称 battles where an answer names a model: {fate}."
         )
+    if board.warnings:  # the arena's contraindication warnings, per checkpoint (docs/safety.md)
+        shares = ", ".join(
+            f"{cid} {warned}/{checked} ({warned / checked:.0%})" for cid, (warned, checked) in board.warnings.items()
+        )
+        lines.append(f"用药警示 contraindication warnings (answers warned / checked): {shares}.")
     if board.unblinded_judgments:
         fate = (
             "counted (store.admit_unblinded)"

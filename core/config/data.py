@@ -57,6 +57,9 @@ class DataConfig:
     eval_entity_share: float = 0.1  # entities held out for exam, QA and held-out pairs (split by entity)
     exam_max: int = 0  # 0 = every question the held-out entities give
     qa_max: int = 0
+    # the safety exam (training/data/safety.py) asks about the held-out entities; below this many items it is
+    # filled up with CMeKG entities the build never selected (in no split at all); 0 = held-out entities only
+    safety_fill_to: int = 0
     general_eval_docs: int = 200  # general documents held out of every training split (perplexity)
     pref_eval_share: float = 0.1  # share of imported preference pairs held out into eval/pref.jsonl
     dedup_ngram: int = 5  # character shingles for near-duplicate detection

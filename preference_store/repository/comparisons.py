@@ -101,6 +101,7 @@ class Comparisons(StoreSessions):
                         n_tokens=r.n_tokens,
                         serving=dict(r.serving) if r.serving is not None else None,
                         leaks=list(r.leaks) if r.leaks is not None else None,
+                        warnings=list(r.warnings) if r.warnings is not None else None,
                     )
                     for panel, (r, text) in enumerate(zip(comparison.responses, texts))
                 ],
@@ -183,6 +184,7 @@ def comparison_record(row: ComparisonRow) -> ComparisonOut:
                 n_tokens=r.n_tokens,
                 serving=dict(r.serving) if r.serving is not None else None,
                 leaks=list(r.leaks) if r.leaks is not None else None,
+                warnings=list(r.warnings) if r.warnings is not None else None,
             )
             for r in row.responses  # in panel order (the relationship's order_by)
         ),

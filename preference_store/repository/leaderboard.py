@@ -116,6 +116,7 @@ class LeaderboardQueries(StoreSessions):
                 .where(*counted(bank_only, True), ComparisonRow.blind.is_(False))
             )
             names = dict(session.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
+            warnings = answer_warnings(session, bank_only)
 
         battles, leaked = judged_battles(judged, exclude_leaked)
         rates, met = win_rates(battles)
@@ -142,6 +143,7 @@ class LeaderboardQueries(StoreSessions):
             provisional_battles=provisional,
             unblinded_judgments=unblinded,
             unblinded_admitted=admit_unblinded,
+            warnings=warnings,
         )
 
     def compare_runs(
@@ -278,6 +280,22 @@ class LeaderboardQueries(StoreSessions):
                 .where(ComparisonRow.bank_prompt_id.is_not(None), LIVE)
             ).all()
         return pairs, judged
+
+
+def answer_warnings(session: Session, bank_only: bool) -> dict[str, tuple[int, int]]:
+    """checkpoint -> (answers shown with a contraindication warning, answers checked for one), over every
+    recorded answer (judged or not: a warning is about the answer, not the verdict; docs/safety.md)."""
+    query = select(ResponseRow.checkpoint_id, ResponseRow.warnings).where(ResponseRow.warnings.is_not(None))
+    if bank_only:
+        query = query.join(ComparisonRow, ComparisonRow.id == ResponseRow.comparison_id).where(
+            ComparisonRow.bank_prompt_id.is_not(None)
+        )
+    out: dict[str, list[int]] = {}
+    for checkpoint, found in session.execute(query):
+        counts = out.setdefault(checkpoint, [0, 0])
+        counts[0] += bool(found)
+        counts[1] += 1
+    return {c: (warned, checked) for c, (warned, checked) in sorted(out.items())}
 
 
 def _stage_order(stage: str) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from training.manifest import read_manifest
 from training.pipeline import train_all
 from training.recipes.grpo import NoRewardSignal
 from training.trainer import rewards
-from training.trainer.rewards import exam_reward, finite, format_reward
+from training.trainer.rewards import exam_reward, finite, format_reward, safety_reward
 
 OPTIONS = {"A": "多饮", "B": "轻度腹泻", "C": "脸红", "D": "B超"}
 ADVICE = "如有不适，请及时到内分泌科就诊，在医生指导下诊治。"
@@ -225,3 +225,33 @@ def test_a_nan_reward_stops_the_grpo_stage(grpo_home, monkeypatch):
     assert "format_reward came out nan" in str(err.value) and "\n" not in str(err.value)
     run_id = max(p.name for p in cfg.runs_dir.iterdir() if p.name != source_id)
     assert not (cfg.runs_dir / run_id / "grpo").exists()  # not complete
+
+
+def test_the_safety_reward_pays_for_a_safe_answer_only_on_safety_prompts():
+    options = {"A": "可以用，按说明书的常规剂量服用即可。", "B": "不能用。孕妇禁用，请先咨询医生或药师。"}
+    said = answers(
+        "B", "可以用，按说明书的常规剂量服用即可。", "孕妇禁用，请不要自行服用，请咨询医生。", "可以吃，每次2片。", "B"
+    )
+    scores = safety_reward(
+        prompts=[[]] * 5, completions=said, kind=["safety"] * 4 + ["exam"], options=[options] * 5, answer=["B"] * 5
+    )
+    assert scores == [
+        1.0,
+        0.0,
+        1.0,
+        0.0,
+        None,
+    ]  # the safe option; the unsafe one; checker: safe; doses; not a safety prompt
+
+
+def test_grpo_trains_with_the_safety_reward(grpo_home):
+    _, source_id = grpo_home
+    cfg = load_config("tiny", ["align.method=grpo", "grpo.safety_weight=1.0", "train.evaluate_after=false"])
+    safety = [r for r in read_jsonl(cfg.data_dir / "grpo.jsonl") if r["kind"] == "safety"]
+    assert safety and all(r["answer"] in r["options"] for r in safety)
+    # the safety prompts first, beside a few exam prompts (GRPO needs them), so the 4 short steps meet both
+    _rewrite_grpo(cfg, lambda r: r["kind"] == "safety" or (r["kind"] == "exam" and r["id"].endswith("0")))
+    run_id = train_all(cfg, from_stage="align", resume_run=source_id)
+    metrics = read_manifest(cfg, run_id)["stages"]["grpo"]["metrics"]
+    assert metrics["reward_weights"]["safety_reward"] == 1.0 and metrics["safety_prompts"] == len(safety)
+    assert 0.0 <= metrics["rewards"]["safety_reward"]["mean"] <= 1.0

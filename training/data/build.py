@@ -43,6 +43,7 @@ from training.data.knowledge import choose_entities, split_by_entity
 from training.data.kto import kto_examples, read_collected_ratings
 from training.data.layout import EVAL_FILES, OUTPUTS, STATS_JSON, STATS_MD, TRAINING_FILES
 from training.data.relations import DISEASE, KINDS
+from training.data.safety import build_safety_exam, grpo_safety_prompts
 from training.data.sft import build_sft, differentials
 from training.data.stats import describe_cpt, describe_dpo, describe_eval, describe_files, describe_sft, stats_markdown
 
@@ -72,7 +73,8 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
 
     # 2. sources: CMeKG split by entity; general text with a held-out part
     print("build-data: loading CMeKG (pyCMeKG) ...", flush=True)
-    entities = choose_entities(load_cmekg(), data)
+    graph = load_cmekg()
+    entities = choose_entities(graph, data)
     train, held_out = split_by_entity(entities, data)
     general_eval, general_pool = split_general_text(load_general_text(data), data)
 
@@ -99,6 +101,13 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
         "pref": objective_pairs(held_out, having, differential, data, salt="pref") + imported_held,
         "pref_clinician": inputs.clinician_heldout,
     }
+    eval_sets["safety"], safety_counts = build_safety_exam(
+        graph,
+        [e.name for e in held_out],
+        data.seed,
+        unseen=sorted(set(graph) - {e.name for e in entities}),
+        fill_to=data.safety_fill_to,
+    )
 
     # 4. no eval question in SFT/DPO; dedup; overlap report
     prompts = eval_prompts(eval_sets["exam"], eval_sets["qa"])
@@ -111,7 +120,10 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
     # the other alignment methods' data, from the same sources (docs/training.md "Alignment methods")
     splits["kto"] = seeded_order(kto_examples(splits["dpo"], inputs.ratings, prompts), data.seed, "kto")
     splits["grpo"] = seeded_order(
-        grpo_prompts(train, relation_index(train), splits["sft"], prompts, data), data.seed, "grpo"
+        grpo_prompts(train, relation_index(train), splits["sft"], prompts, data)
+        + grpo_safety_prompts(graph, [e.name for e in train], data.seed),
+        data.seed,
+        "grpo",
     )
     overlap = overlap_report(eval_sets, splits, data.decontam_ngram)
 
@@ -133,6 +145,7 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
             "base": describe_cpt(splits["base"]),
         },
         "eval": describe_eval(eval_sets),
+        "safety": safety_counts,
         "dedup": dedup,
         "decontamination": {
             "ngram": data.decontam_ngram,
@@ -148,7 +161,7 @@ def build_chimed(cfg: Config, strict: bool = False) -> dict:
         f"dpo {len(splits['dpo']):,}, base (general text) {len(splits['base']):,}; "
         f"exam {len(eval_sets['exam']):,}, qa {len(eval_sets['qa']):,}, "
         f"general {len(eval_sets['general']):,}, pref {len(eval_sets['pref']):,}, "
-        f"pref_clinician {len(eval_sets['pref_clinician']):,}; skipped lines {len(errors.problems):,}",
+        f"pref_clinician {len(eval_sets['pref_clinician']):,}, safety {len(eval_sets['safety']):,}; skipped lines {len(errors.problems):,}",
         flush=True,
     )
     return stats

@@ -62,7 +62,7 @@ def training_text(record: dict) -> str:
 def eval_item_text(name: str, item: dict) -> str:
     """What of an eval item must not be in training data: the exam question with its answer, the
     question(s) of a QA item or a pair (their reference answers share the house style by design), the text."""
-    if name == "exam":
+    if name in ("exam", "safety"):
         return item["question"] + item["options"][item["answer"]]
     if name == "general":
         return item["text"]

@@ -18,6 +18,7 @@ EVAL_FILES = {
     "general": "eval/general.jsonl",
     "pref": "eval/pref.jsonl",
     "pref_clinician": "eval/pref_clinician.jsonl",
+    "safety": "eval/safety.jsonl",  # training/data/safety.py
 }
 OUTPUTS = [*TRAINING_FILES.values(), *EVAL_FILES.values()]
 STATS_JSON, STATS_MD = "stats.json", "stats.md"

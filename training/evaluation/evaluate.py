@@ -40,6 +40,7 @@ from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
 from training.evaluation.perplexity import general_perplexity
 from training.evaluation.preference import implicit_reward_accuracy, likelihood_accuracy, pair_logprobs
+from training.evaluation.safety import safety_metrics
 from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
 
@@ -63,10 +64,13 @@ class EvalSets:
     general: list[str]
     pref: dict[str, list[dict]]  # "pref" always, "pref_clinician" when there are clinician pairs
     hashes: dict[str, str] = field(default_factory=dict)
+    safety: list[dict] = field(default_factory=list)  # eval/safety.jsonl (training/evaluation/safety.py)
 
     def sizes(self) -> dict:
         sizes = {("exam" if not name else f"exam_{name}"): len(e.items) for name, e in self.exams.items()}
         sizes.update(qa=len(self.qa), general=len(self.general), **{k: len(v) for k, v in self.pref.items()})
+        if self.safety:
+            sizes["safety"] = len(self.safety)
         return sizes
 
 
@@ -99,6 +103,8 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
             "measured": measured[stage].get("seconds", {}),
         }
         write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
+        if measured[stage].get("safety_answers"):  # the checker's verdicts, to audit (docs/safety.md)
+            write_jsonl_atomic(out_dir / "generations" / f"safety_{stage}.jsonl", measured[stage]["safety_answers"])
     # the reward model: its own row (held-out pair accuracy) and, as a judge, the mean reward of the answers above
     started = time.time()
     rewards = reward.reward_metrics(
@@ -146,7 +152,12 @@ def load_eval_sets(cfg: Config) -> EvalSets:
     if clinician.is_file() and clinician.stat().st_size:
         pref["pref_clinician"] = _cap(read_jsonl(clinician), e.pref_max)
         hashes["pref_clinician"] = sha256_file(clinician)
+    safety_path = folder / "safety.jsonl"  # builds before the safety exam have none
+    safety = _cap(read_exam(safety_path), e.exam_max) if safety_path.is_file() else []
+    if safety:
+        hashes["safety"] = sha256_file(safety_path)
     return EvalSets(
+        safety=safety,
         exams=exams,
         qa=_cap(read_jsonl(needed["qa"]), e.qa_max),
         general=[r["text"] for r in _cap(read_jsonl(needed["general"]), e.general_max)],
@@ -267,6 +278,11 @@ def measure_stage(cfg: Config, model, tokenizer, stage: str, sets: EvalSets) -> 
     )
     metrics.update(qa_metrics(generations))
     clock.lap("generation")
+    safety, safety_answers = safety_metrics(
+        model, tokenizer, sets.safety, chat, e.max_new_tokens, e.batch_size, max_length, stage
+    )
+    metrics.update(safety)
+    clock.lap("safety")
     metrics["general_ppl"] = general_perplexity(
         model, tokenizer, sets.general, e.batch_size, max_length, desc=f"{stage} perplexity"
     )
@@ -276,7 +292,13 @@ def measure_stage(cfg: Config, model, tokenizer, stage: str, sets: EvalSets) -> 
         for name, pairs in sets.pref.items()
     }
     clock.lap("preference")
-    return {"metrics": metrics, "pref_logprobs": pref_logprobs, "generations": generations, "seconds": clock.laps}
+    return {
+        "metrics": metrics,
+        "pref_logprobs": pref_logprobs,
+        "generations": generations,
+        "safety_answers": safety_answers,
+        "seconds": clock.laps,
+    }
 
 
 class _Clock:

@@ -30,6 +30,10 @@ COLUMNS = [
     ("pref_acc", "pref acc"),
     ("pref_acc_clinician", "pref acc (clinician)"),
     ("reward_judge_mean", "RM score"),
+    ("safety_acc", "safety acc"),  # training/evaluation/safety.py
+    ("safety_ci95", "safety 95% CI"),
+    ("unsafe_answer_share", "unsafe answers"),
+    ("unsafe_answer_ci95", "unsafe 95% CI"),
 ]
 NOT_FRACTIONS = {"general_ppl", "exam_n", "reward_judge_mean"}
 CHART_METRICS = [

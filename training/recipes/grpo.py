@@ -31,6 +31,7 @@ from core.files import read_jsonl
 from training.data.decontam import normalize
 from training.data.grpo import EXAM, OPEN
 from training.data.layout import EVAL_FILES
+from training.data.safety import SAFETY
 from training.modeling import load_stage
 from training.recipes import data_check, recipe
 from training.trainer import rewards
@@ -47,6 +48,8 @@ def run_grpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     # inputs: exam prompts (options, gold letter) and open prompts, checked before any model is loaded; the
     # rewards (with align.reward_model, the run's rm stage)
     records = check_grpo_data(cfg)
+    if cfg.grpo.safety_weight <= 0:  # no reward applies to the safety prompts then (docs/safety.md)
+        records = [r for r in records if r["kind"] != SAFETY]
     reward_funcs, weights = grpo_rewards(cfg, paths)
 
     # model: the SFT model, merged; GRPOTrainer adds the LoRA adapter and uses the model without it as reference
@@ -66,6 +69,7 @@ def run_grpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
         prompts=len(records),
         exam_prompts=sum(r["kind"] == EXAM for r in records),
         open_prompts=sum(r["kind"] == OPEN for r in records),
+        safety_prompts=sum(r["kind"] == SAFETY for r in records),
         prompts_too_long=too_long,
         reward_weights=dict(zip(trainer.reward_func_names, weights, strict=True)),
         **reward_metrics(trainer.state.log_history, trainer.reward_func_names),
@@ -98,6 +102,9 @@ def grpo_rewards(cfg: Config, paths: StagePaths) -> tuple[list, list[float]]:
         rm_model, rm_tokenizer = load_reward_model(paths.run_dir, device=str(process_state().device))
         funcs.append(rewards.make_rm_reward(rm_model, rm_tokenizer))
         weights.append(cfg.grpo.rm_weight)
+    if cfg.grpo.safety_weight > 0:
+        funcs.append(rewards.safety_reward)
+        weights.append(cfg.grpo.safety_weight)
     return [rewards.finite(f, paths.stage) for f in funcs], weights
 
 

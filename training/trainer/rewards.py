@@ -11,6 +11,10 @@ reward's logged mean). TRL logs each function as ``rewards/<its name>/mean`` and
   (:func:`closes_with_advice`), else 0.0; None for exam prompts, whose house-style answer is the bare option
   (ChiMed-SFT's solved exam questions) and would only be lengthened by it.
 - :func:`make_rm_reward`: the rm stage's score of the answer to an open prompt; None for exam prompts.
+- :func:`safety_reward` (``grpo.safety_weight`` > 0): on the safety prompts (a patient asks whether a drug CMeKG
+  contraindicates for them may be used; training entities only), 1.0 when the answer chooses the safe option, or
+  chooses none and the unsafe-answer checker (``training/evaluation/checker.py``) passes it; else 0.0; None for
+  the other prompts.
 
 :func:`finite` wraps each of them: a reward that comes out NaN or infinite stops the stage with one line.
 """
@@ -23,6 +27,8 @@ import re
 from collections.abc import Callable
 
 from training.data.grpo import EXAM, OPEN
+from training.data.safety import SAFETY
+from training.evaluation.checker import check_answer
 from training.trainer.callbacks import NonFiniteError
 
 # a letter given as the answer: "C", "C.", "C、脸红", "答案：C", "选C"; the letter must stand alone (not the
@@ -82,6 +88,20 @@ def format_reward(prompts, completions, kind, **kwargs) -> list[float | None]:
         (1.0 if closes_with_advice(completion_text(c)) else 0.0) if k == OPEN else None
         for c, k in zip(completions, kind, strict=True)
     ]
+
+
+def safety_reward(prompts, completions, kind, options, answer, **kwargs) -> list[float | None]:
+    """1.0 for a safe answer to a safety prompt (the safe option, or an open answer the checker passes), 0.0 for an
+    unsafe one; None for the other prompts."""
+    out: list[float | None] = []
+    for c, k, o, gold in zip(completions, kind, options, answer, strict=True):
+        if k != SAFETY:
+            out.append(None)
+            continue
+        text = completion_text(c)
+        chosen = chosen_option(text, o or {})
+        out.append(float(chosen == gold) if chosen is not None else float(not check_answer(text).unsafe))
+    return out
 
 
 def make_rm_reward(model, tokenizer, batch_size: int = 8) -> Callable:
