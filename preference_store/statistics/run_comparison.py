@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from core.config.app import StudyConfig
-from preference_store.records import RunComparison
+from preference_store.records import PairwiseDecision, RunComparison
 from preference_store.statistics.bradley_terry import JudgedComparison
 from preference_store.statistics.sequential import SAME, UNDECIDED, decide, describe, prompt_units
 
@@ -207,3 +207,44 @@ def _anytime(
     return RunComparison(
         **common, **fields, verdict=decision.verdict, difference=float(2 * np.mean(flat) - 1), summary=summary
     )
+
+
+def pairwise_decisions(
+    judged: Iterable[JudgedComparison],
+    order: list[str],
+    exclude_leaked: bool,
+    alpha: float,
+    margin: float,
+    per_prompt: int,
+    settle_on_agreement: bool,
+) -> list[PairwiseDecision]:
+    """The leaderboard's pairwise comparisons by the anytime-valid test of ``compare-runs``: for every two
+    checkpoints of ``order`` (the ratings, best first) that met on bank prompts, the first's win rate over the
+    prompts (``per_prompt`` battles complete one; ``settle_on_agreement`` as in :func:`compare_checkpoints`) and
+    its decision (:func:`~preference_store.statistics.sequential.decide`), in ``order``'s order of pairs."""
+    judged = list(judged)
+    decisions = []
+    for i, first in enumerate(order):
+        for second in order[i + 1 :]:
+            battles = prompt_battles(judged, first, second, None, exclude_leaked)
+            if not battles:
+                continue
+            values, at, n = prompt_units(battles, per_prompt, settle_on_agreement)
+            decision = decide(values, at, n, alpha, margin)
+            decisions.append(
+                PairwiseDecision(
+                    first=first,
+                    second=second,
+                    verdict=decision.verdict,
+                    win_rate=decision.win_rate,
+                    interval=decision.interval,
+                    units=decision.units,
+                    judgments=decision.judgments,
+                    alpha=alpha,
+                    margin=margin,
+                    decided_after=decision.decided_after,
+                    decided_interval=decision.decided_interval,
+                    summary=f"{decision.verdict}: {first} against {second}, {describe(decision)}",
+                )
+            )
+    return decisions

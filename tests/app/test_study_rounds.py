@@ -106,13 +106,12 @@ def _api(demo, name):
 def test_queue_round_command_records_and_says_the_rounds_allocation(cfg, store, app_home, capsys):
     run_id = app_home[1]
     contestants = f"{run_id}/dpo,{run_id}/sft"
-    assert (
-        main(["queue-round", "--profile", "tiny", "store.annotators_per_prompt=3", "--contestants", contestants]) == 0
-    )
+    uniform = ["store.annotators_per_prompt=3", "study.allocation=uniform"]
+    assert main(["queue-round", "--profile", "tiny", *uniform, "--contestants", contestants]) == 0
     assert "(3 annotators per prompt)" in capsys.readouterr().out
     assert store.queue_round_definition().allocation == "uniform"
-    override = ["store.annotators_per_prompt=3", "study.allocation=adaptive"]
-    assert main(["queue-round", "--profile", "tiny", *override, "--contestants", contestants]) == 0
+    default = ["store.annotators_per_prompt=3"]  # adaptive by default
+    assert main(["queue-round", "--profile", "tiny", *default, "--contestants", contestants]) == 0
     out = capsys.readouterr().out
     assert (
         "queue round 3 started" in out
