@@ -1,15 +1,19 @@
 """Simulated annotation studies through the real store and queue (issue 33): how many judgments a run-vs-run
-question takes, and how often its verdict is wrong when it is watched continuously.
+question takes under uniform and adaptive allocation, how often its verdict is wrong when it is watched
+continuously, and how narrow the leaderboard's intervals are after N judgments with and without active sampling.
 
     nice -n 5 .venv/bin/python benchmarks/bench_study.py [--null-studies 200] [--null-judgments 600]
-        [--studies 20] [--budget 3000] [--rates 0.5,0.55,0.6,0.7] [--seed 0]
+        [--studies 20] [--budget 3000] [--rates 0.5,0.55,0.6,0.7] [--allocations uniform,adaptive]
+        [--board-studies 20] [--board-judgments 100,200,400] [--board-elo 0,40,80,200] [--seed 0]
 
 The simulator (:class:`SimulatedStudy`, reusable for other measurements of the queue) drives a real
 :class:`~preference_store.repository.PreferenceStore` on a throwaway SQLite file: it imports a bank
-(``import_bank``), registers two runs' DPO checkpoints, starts a blind queue round of exactly those two
-(``start_queue_round``), and then lets synthetic clinicians take turns: ``next_assignment``, ``record_comparison``
-with the two answers in a random order, ``submit_judgment``. Nothing about the queue is re-implemented; when the
-store stops handing out prompts (its question decided, or the bank used up), the study ends.
+(``import_bank``), registers the contestants, starts a blind queue round of them (``start_queue_round``), and
+then lets synthetic clinicians take turns: ``next_assignment``, ``record_comparison`` with the two answers in a
+random order, ``submit_judgment``. Nothing about the queue is re-implemented; when the store stops handing out
+prompts (its question decided, or the bank used up), the study ends. The queue hands prompts out breadth-first
+(fewest live assignments first), so with a bank of B prompts a prompt's k-th judgment comes only after about
+(k - 1) B judgments: the bank size (``--budget`` / k prompts) matters to "judgments needed".
 
 The clinicians (:class:`Clinicians`): each bank prompt has its own chance ``q`` that a careful, unbiased clinician
 prefers the new answer (``0.5 + delta`` plus a uniform spread across prompts); each clinician misreads a prompt
@@ -18,7 +22,7 @@ calls a tie with probability ``ties``, and with probability ``position_bias`` ju
 of a judgment is then ``0.5 + shrink * delta`` (:meth:`Clinicians.true_win_rate`); ``delta`` is chosen so it is the
 rate asked for. Under no difference (0.5) every prompt's ``q`` is 0.5.
 
-Two measurements:
+Three measurements, the first two for each of ``--allocations`` (``study.allocation``):
 
 - **Wrong verdicts under continuous monitoring** (``--null-studies`` studies at a true win rate of 0.5, each run
   with ``study.decisions: fixed`` so the queue does not stop, up to ``--null-judgments`` judgments). The store's
@@ -27,10 +31,16 @@ Two measurements:
   (naive peeking: stop at the first look that says better or worse). Wrong = better or worse at any look.
 - **Judgments to the correct verdict** (``--studies`` studies per true win rate, ``study.decisions: anytime``, so
   the queue stops itself at the decision, at most ``--budget`` judgments): the judgments after which the decision
-  was reached (``decided_after``), for better at rates above 0.5 and same (within ``study.margin``) at 0.5.
+  was reached (``decided_after``), for better at rates above 0.5 and same (within ``study.margin``) at 0.5, and
+  the saving of adaptive over uniform allocation, 1 - mean(adaptive) / mean(uniform).
+- **The leaderboard** (:class:`LeaderboardStudy`: ``--board-studies`` studies per arm, contestants with true
+  Bradley-Terry strengths ``--board-elo``, adaptive allocation): after each of ``--board-judgments`` judgments, the
+  mean width of the contestants' 95% bootstrap rating intervals, how many adjacent pairs of the true order are
+  resolved (Wald order uncertainty below 2.5%, the right way round) and whether the fitted order is the true one;
+  with the store's active sampling (``study.pair_floor`` as configured) against uniform pairs (``pair_floor`` 1).
 
-Figures printed as markdown, with Wilson 95% intervals for rates and bootstrap 95% intervals for medians; nothing
-asserted.
+Figures printed as markdown, with Wilson 95% intervals for rates and bootstrap 95% intervals for medians and means;
+nothing asserted.
 """
 
 from __future__ import annotations
@@ -210,23 +220,14 @@ class LeaderboardStudy(SimulatedStudy):
     """A leaderboard round of several contestants with true Bradley-Terry strengths (Elo points), adaptive allocation:
     each prompt shows the pair the store's active sampling chooses (``study.pair_floor`` 1: uniform pairs)."""
 
-    def __init__(
-        self,
-        workdir: Path,
-        seed: int,
-        elo: tuple[float, ...],
-        prompts: int,
-        clinicians: Clinicians = Clinicians(),
-        settings: StoreConfig | None = None,
-        study: StudyConfig | None = None,
-    ) -> None:
+    def __init__(self, workdir: Path, seed: int, elo: tuple[float, ...], prompts: int, study: StudyConfig) -> None:
         self.rng = np.random.default_rng(seed)
-        self.clinicians = clinicians
-        self.noise, self.careless = clinicians.noise(), clinicians.careless_ones()
+        self.clinicians = Clinicians()
+        self.noise, self.careless = self.clinicians.noise(), self.clinicians.careless_ones()
         self.contestants = [f"m{i}/{STAGE}" for i in range(len(elo))]
         self.strength = dict(zip(self.contestants, np.asarray(elo) / ELO_SCALE, strict=True))
-        name = f"board-{seed}-{(study or StudyConfig()).pair_floor}"
-        self.open_store(workdir, name, prompts, self.contestants, seed, settings, study)
+        name = f"board-{seed}-{study.pair_floor}"
+        self.open_store(workdir, name, prompts, self.contestants, seed, StoreConfig(), study)
 
     def preference(self, assignment) -> tuple[tuple[str, str], float]:
         first, second = assignment.contestants
@@ -371,14 +372,8 @@ def main() -> None:
         board: dict[str, dict[int, list]] = {arm: {n: [] for n in sizes} for arm in arms}
         for arm, floor in arms.items():
             for s in range(args.board_studies):
-                sim = LeaderboardStudy(
-                    workdir,
-                    20_000 + args.seed + s,
-                    elo,
-                    max(sizes),
-                    settings=settings,
-                    study=replace(study, allocation="adaptive", pair_floor=floor),
-                )
+                arm_study = replace(study, allocation="adaptive", pair_floor=floor)
+                sim = LeaderboardStudy(workdir, 20_000 + args.seed + s, elo, max(sizes), arm_study)
                 sim.run(max(sizes))
                 judged = sim.judged()
                 for n in sizes:
