@@ -45,18 +45,30 @@ def prompt_battles(
 ) -> list[tuple[str, float]]:
     """(bank prompt, the new checkpoint's score 1 / 0.5 / 0) of every battle of the two, in the order of
     ``judged`` (time order, as the store loads them)."""
-    battles = []
+    return battles_by_pair(judged, [new, old], split, exclude_leaked).get((new, old), [])
+
+
+def battles_by_pair(
+    judged: Iterable[JudgedComparison], order: list[str], split: str | None, exclude_leaked: bool
+) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """(first, second) -> (bank prompt, the first's score 1 / 0.5 / 0) of every battle between two checkpoints of
+    ``order`` on bank prompts (of ``split``), in the order of ``judged``; the first is the one earlier in
+    ``order``. One pass over the judgments for every pair."""
+    rank = {c: i for i, c in enumerate(order)}
+    pairs: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
     for j in judged:
         if j.bank_prompt_id is None or (split is not None and j.split != split):
             continue
         for x, y, score in j.outcomes():
             if exclude_leaked and (x.leaked or y.leaked):
                 continue
-            if (x.checkpoint_id, y.checkpoint_id) == (new, old):
-                battles.append((j.bank_prompt_id, score))
-            elif (x.checkpoint_id, y.checkpoint_id) == (old, new):
-                battles.append((j.bank_prompt_id, 1.0 - score))
-    return battles
+            first, second = x.checkpoint_id, y.checkpoint_id
+            if first == second or first not in rank or second not in rank:
+                continue
+            if rank[first] > rank[second]:
+                first, second, score = second, first, 1.0 - score
+            pairs[(first, second)].append((j.bank_prompt_id, score))
+    return dict(pairs)
 
 
 def compare_checkpoints(
@@ -222,11 +234,11 @@ def pairwise_decisions(
     checkpoints of ``order`` (the ratings, best first) that met on bank prompts, the first's win rate over the
     prompts (``per_prompt`` battles complete one; ``settle_on_agreement`` as in :func:`compare_checkpoints`) and
     its decision (:func:`~preference_store.statistics.sequential.decide`), in ``order``'s order of pairs."""
-    judged = list(judged)
+    by_pair = battles_by_pair(judged, order, None, exclude_leaked)
     decisions = []
     for i, first in enumerate(order):
         for second in order[i + 1 :]:
-            battles = prompt_battles(judged, first, second, None, exclude_leaked)
+            battles = by_pair.get((first, second))
             if not battles:
                 continue
             values, at, n = prompt_units(battles, per_prompt, settle_on_agreement)
