@@ -29,8 +29,9 @@ when no account exists). The browser's rules hold here too:
 Refusals raise gradio's error (``AppError`` in ``gradio_client``) and log one line (:mod:`app.refusals`).
 The study's figures (:mod:`preference_store.study_figures`, the Leaderboard tab's numbers): ``/study_status`` (an
 annotator gets their own progress, an admin everyone's, and whether the round's question is decided),
-``/leaderboard``, ``/agreement`` and ``/compare_runs`` (the run-vs-run verdict, with "decided after N judgments"
-and its interval) (interim results: while a study round is open, admins only unless ``study.interim_results`` is
+``/leaderboard`` (with the anytime-valid pairwise decisions, ``pairwise``), ``/agreement`` (each annotator's
+Dawid-Skene reliability for admins only) and ``/compare_runs`` (the run-vs-run verdict, with "decided after N
+judgments" and its interval) (interim results: while a study round is open, admins only unless ``study.interim_results`` is
 everyone, as on the Leaderboard tab).
 
 The guideline: once an admin has published one, ``/judge`` and ``/rate`` are refused until the caller has
@@ -412,8 +413,11 @@ def build_api(arena: Arena) -> None:
 
     def agreement(bank_only: bool = False, request: gr.Request = None) -> dict:
         """Krippendorff's alpha per kind and criterion, each annotator against the others, the outlier screen
-        and the position bias (``study agreement``); while a round is open, admins only."""
-        return agreement_figures(study_figures("/agreement", request, bank_only))
+        and the position bias (``study agreement``); while a round is open, admins only. ``reliability``, each
+        annotator's Dawid-Skene reliability, is filled for admins only (empty for an annotator)."""
+        viewer = results_viewer("/agreement", request)
+        board = store.leaderboard(bank_only=bool(bank_only))
+        return agreement_figures(board, store.annotator_reliability() if viewer.is_admin else ())
 
     def compare_runs(
         new_run: str, old_run: str, split: str = "heldout", stage: str | None = None, request: gr.Request = None

@@ -46,7 +46,11 @@ def start_study_round(
     k = cfg.store.annotators_per_prompt
     places = (
         f"adaptive allocation: {min(2, k)} annotators per prompt, up to {k} only where they disagree"
-        + (", two identical answers resolved as ties" if len(contestants) <= 2 else "")
+        + (
+            ", two identical answers resolved as ties"
+            if len(contestants) <= 2
+            else ", each prompt shows the pair of contestants whose order is least certain"
+        )
         if allocation == "adaptive"
         else f"{k} annotators per prompt"
     )

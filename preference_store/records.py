@@ -357,11 +357,34 @@ class Leaderboard:
     unblinded_admitted: bool = False
     # checkpoint -> (answers with a contraindication warning, answers checked for one) (docs/safety.md)
     warnings: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # every two checkpoints that met on bank prompts, the higher-rated first: the anytime-valid decision on
+    # whether the first wins more than half of their battles (the test compare-runs uses)
+    pairwise: list[PairwiseDecision] = field(default_factory=list)
 
     @property
     def outliers(self) -> list[AnnotatorScreen]:
         """The annotators the screen lists (agreeing with the consensus far less than the others)."""
         return [s for s in self.screen if s.outlier]
+
+
+@dataclass(frozen=True)
+class PairwiseDecision:
+    """The leaderboard's anytime-valid decision on two checkpoints (:func:`~preference_store.statistics.
+    run_comparison.pairwise_decisions`): ``first`` (the higher-rated) better, worse, the same within ``margin``, or
+    undecided, from its win rate over the bank prompts where the two met, valid however often it is read."""
+
+    first: str
+    second: str
+    verdict: str  # better | worse | same | undecided (first against second)
+    win_rate: float | None  # the first's mean score over the complete prompts (None: none complete yet)
+    interval: tuple[float, float]  # the win rate's anytime interval now (level 1 - alpha)
+    units: int  # complete prompts
+    judgments: int  # battles of the two on bank prompts
+    alpha: float
+    margin: float
+    decided_after: int | None  # the battles counted when the verdict was first reached (None: undecided)
+    decided_interval: tuple[float, float] | None
+    summary: str  # "better: A against B, decided after N judgments (...)"
 
 
 @dataclass(frozen=True)

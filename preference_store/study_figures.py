@@ -40,7 +40,8 @@ def status_figures(store: PreferenceStore, viewer: Annotator | None = None) -> d
 
 
 def leaderboard_figures(board: Leaderboard, rounds: int) -> dict:
-    """The ratings (best first) with their 95% intervals, overall, per criterion and length-controlled; win
+    """The ratings (best first) with their 95% intervals, overall, per criterion and length-controlled; the
+    anytime-valid pairwise decisions (``pairwise``: each with its verdict, interval and ``decided_after``); win
     rates, vote counts and mean scores; what was counted (``rounds``: the bootstrap resamples behind the
     intervals)."""
     lc = board.length_controlled
@@ -56,6 +57,7 @@ def leaderboard_figures(board: Leaderboard, rounds: int) -> dict:
         "ratings": [asdict(r) for r in board.ratings],
         "criterion_ratings": {c: [asdict(r) for r in rs] for c, rs in board.criterion_ratings.items()},
         "length_controlled": asdict(lc) if lc is not None else None,
+        "pairwise": [asdict(d) for d in board.pairwise],
         "win_rate": board.win_rate,
         "battles": board.battles,
         "criteria": {
@@ -151,6 +153,14 @@ def format_leaderboard(figures: dict) -> str:
         lines += _ratings_lines(lc["ratings"])
     for criterion, ratings in figures["criterion_ratings"].items():
         lines += ["", f"criterion {criterion} (from the 1-5 scores):", *_ratings_lines(ratings)]
+    if figures["pairwise"]:
+        first = figures["pairwise"][0]
+        lines += [
+            "",
+            f"pairwise decisions on the bank prompts (anytime-valid at alpha {first['alpha']}, same within "
+            f"±{first['margin']} in win rate; valid however often they are read):",
+            *(d["summary"] for d in figures["pairwise"]),
+        ]
     return "\n".join(lines)
 
 

@@ -5,7 +5,11 @@ computed by the preference store.
 
 Who sees what: agreement is shown overall to everyone; per annotator an admin sees every annotator
 by name, an annotator sees only their own line ("你 you"): never another annotator's name or
-numbers, and no judgment of anyone. The outlier screen is shown to admins only.
+numbers, and no judgment of anyone. The outlier screen and each annotator's Dawid-Skene reliability
+(:meth:`~preference_store.repository.PreferenceStore.annotator_reliability`) are shown to admins only.
+
+The pairwise decisions: for every two checkpoints that met on bank prompts, the anytime-valid test of
+``compare-runs`` (better / worse / same / undecided, "decided after N judgments" with the win rate's interval).
 
 While a study round is open (``queue-round`` until ``queue-round --close``) and ``study.interim_results`` is
 admins (the default), an annotator sees only their own progress in this tab: no ratings, win rates, agreement
@@ -72,6 +76,23 @@ SCREEN_COLUMNS = [
     "p",
     "离群 outlier",
 ]
+PAIRWISE_COLUMNS = [
+    "较高 higher-rated",
+    "较低 lower-rated",
+    "结论 verdict",
+    "决定于 decided after",
+    "胜率 win rate",
+    "当前区间 interval now",
+    "完整题目 complete prompts",
+    "对局 battles",
+]
+PAIRWISE_VERDICTS = {
+    "better": "更好 higher-rated better",
+    "worse": "更差 higher-rated worse",
+    "same": "持平 same",
+    "undecided": "尚未决定 undecided",
+}
+RELIABILITY_COLUMNS = ["标注者 annotator", "可靠性 reliability", "重叠单元 overlap units"]
 KINDS = {"pairwise": "两两投票 pairwise votes", "ranking": "排序 rankings", "scores": "1-5 评分 scores"}
 SPLITS = {"heldout": "heldout", "train": "train", "全部 all": None}
 VERDICTS = {
@@ -305,6 +326,49 @@ def screen_view(board: Leaderboard, viewer: Annotator | None) -> tuple[dict, dic
     return gr.update(value=head, visible=True), gr.update(value=rows, headers=SCREEN_COLUMNS, visible=True)
 
 
+def pairwise_table(board: Leaderboard) -> list[list]:
+    """One row per two checkpoints that met on bank prompts, the higher-rated first: the anytime-valid verdict,
+    "decided after N judgments" with the interval then, the win rate and its interval now."""
+    rows = []
+    for d in board.pairwise:
+        decided = (
+            f"{d.decided_after} judgments ({d.decided_interval[0]:.2f} – {d.decided_interval[1]:.2f})"
+            if d.decided_after is not None
+            else NOT_MEASURED
+        )
+        rows.append(
+            [
+                d.first,
+                d.second,
+                PAIRWISE_VERDICTS[d.verdict],
+                decided,
+                _number(d.win_rate),
+                f"{d.interval[0]:.2f} – {d.interval[1]:.2f}",
+                d.units,
+                d.judgments,
+            ]
+        )
+    return rows
+
+
+def pairwise_update(board: Leaderboard) -> dict:
+    return gr.update(value=pairwise_table(board), headers=PAIRWISE_COLUMNS)
+
+
+def reliability_view(store: PreferenceStore, viewer: Annotator | None) -> tuple[dict, dict]:
+    """Each annotator's Dawid-Skene reliability (admins only): a headline and the table, hidden from everyone
+    else (and not computed for them)."""
+    if viewer is None or not viewer.is_admin:
+        return gr.update(value="", visible=False), gr.update(value=[], visible=False)
+    rows = [[r.name, f"{r.reliability:.0%}", r.overlap_units] for r in store.annotator_reliability()]
+    head = (
+        "标注者可靠性 annotator reliability (admins only): the probability that an annotator's pairwise verdict "
+        "is the true one, estimated from the prompts several annotators judged (Dawid & Skene 1979)"
+        + ("." if rows else ": no two annotators have judged the same prompt and contestants yet.")
+    )
+    return gr.update(value=head, visible=True), gr.update(value=rows, headers=RELIABILITY_COLUMNS, visible=True)
+
+
 def leaderboard_view(store: PreferenceStore, bank_only: bool = False) -> list:
     """The ratings part of the tab (summary, ratings, win rates, vote counts, criterion means), which
     needs no viewer: the tab itself shows :func:`full_view`."""
@@ -341,6 +405,8 @@ def full_view(
         gr.update(value=length_table(board), headers=LENGTH_COLUMNS),
         length_line(board.length_controlled),
         position_markdown(board.position_bias),
+        pairwise_update(board),
+        *reliability_view(store, viewer),
         *screen_view(board, viewer),
     ]
 
@@ -376,6 +442,8 @@ def interim_view(store: PreferenceStore, viewer: Annotator | None, current: Queu
         gr.update(value=[], headers=LENGTH_COLUMNS),
         "",
         "",
+        gr.update(value=[], headers=PAIRWISE_COLUMNS),
+        *hidden,
         *hidden,
     ]
 
@@ -476,11 +544,17 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
     position = gr.Markdown(elem_id="position-bias")
     outliers = gr.Markdown(visible=False, elem_id="outliers")
     screen = gr.Dataframe(headers=SCREEN_COLUMNS, interactive=False, visible=False, elem_id="outlier-screen")
+    reliability_head = gr.Markdown(visible=False, elem_id="reliability-head")
+    reliability = gr.Dataframe(
+        headers=RELIABILITY_COLUMNS, interactive=False, visible=False, elem_id="annotator-reliability"
+    )
     gr.Markdown("#### 各维度 Bradley-Terry 评分 Ratings per criterion (from the 1-5 scores)")
     criterion_ratings = gr.Dataframe(interactive=False, elem_id="criterion-ratings")
     gr.Markdown("#### 长度控制评分 Length-controlled ratings (style control on answer length)")
     length_coefficient = gr.Markdown(elem_id="length-coefficient")
     length_controlled = gr.Dataframe(headers=LENGTH_COLUMNS, interactive=False, elem_id="length-controlled")
+    gr.Markdown("#### 成对决定 Pairwise decisions (anytime-valid, as compare-runs: may be read after every judgment)")
+    pairwise = gr.Dataframe(headers=PAIRWISE_COLUMNS, interactive=False, elem_id="pairwise-decisions")
     gr.Markdown("#### 胜率矩阵 Win rate (row beats column)")
     win_rate = gr.Dataframe(interactive=False, elem_id="win-rate")
     gr.Markdown("#### 对局数 Vote counts (row vs column)")
@@ -507,6 +581,9 @@ def build_leaderboard_tab(store: PreferenceStore, session: gr.State, tab: gr.Tab
         length_controlled,
         length_coefficient,
         position,
+        pairwise,
+        reliability_head,
+        reliability,
         outliers,
         screen,
         chart,

@@ -47,7 +47,7 @@ from preference_store.statistics.bradley_terry import (
 )
 from preference_store.statistics.integrity import position_bias, screen_annotators
 from preference_store.statistics.reliability import annotator_reliability, pair_weights
-from preference_store.statistics.run_comparison import compare_checkpoints
+from preference_store.statistics.run_comparison import compare_checkpoints, pairwise_decisions
 from preference_store.validation import NotFoundError, PreferenceStoreError
 
 
@@ -90,7 +90,9 @@ class LeaderboardQueries(StoreSessions):
         """Everything the Leaderboard tab shows, freshly computed.
 
         Bradley-Terry ratings with 95% bootstrap intervals (``rounds`` default store.bootstrap_rounds), overall
-        and per criterion, and controlled for answer length; win rates; mean scores; the agreement among
+        and per criterion, and controlled for answer length; for every two checkpoints that met on bank prompts the
+        anytime-valid decision of ``compare-runs`` (better / worse / same within study.margin / undecided, "decided
+        after N judgments", at study.alpha); win rates; mean scores; the agreement among
         annotators on the shared bank prompts; the outlier screen and the position bias. ``bank_only``: only
         comparisons on bank prompts. ``exclude_leaked`` (default store.exclude_leaked_battles): leave battles
         whose answers name a model out of the ratings and win rates. Judgments of unblinded comparisons count
@@ -122,8 +124,18 @@ class LeaderboardQueries(StoreSessions):
         rates, met = win_rates(battles)
         means, n_scores = criterion_means(scored)
         values = agreement_values(judged)
+        ratings = rate_checkpoints(battles, rounds, seed, provisional)
         return Leaderboard(
-            ratings=rate_checkpoints(battles, rounds, seed, provisional),
+            ratings=ratings,
+            pairwise=pairwise_decisions(
+                judged,
+                [r.checkpoint_id for r in ratings],
+                exclude_leaked,
+                self.study.alpha,
+                self.study.margin,
+                self.settings.annotators_per_prompt,
+                settle_on_agreement=self.study.allocation == "adaptive",
+            ),
             win_rate=rates,
             battles=met,
             criteria=means,

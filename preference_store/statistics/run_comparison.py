@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from core.config.app import StudyConfig
-from preference_store.records import RunComparison
+from preference_store.records import PairwiseDecision, RunComparison
 from preference_store.statistics.bradley_terry import JudgedComparison
 from preference_store.statistics.sequential import SAME, UNDECIDED, decide, describe, prompt_units
 
@@ -45,18 +45,30 @@ def prompt_battles(
 ) -> list[tuple[str, float]]:
     """(bank prompt, the new checkpoint's score 1 / 0.5 / 0) of every battle of the two, in the order of
     ``judged`` (time order, as the store loads them)."""
-    battles = []
+    return battles_by_pair(judged, [new, old], split, exclude_leaked).get((new, old), [])
+
+
+def battles_by_pair(
+    judged: Iterable[JudgedComparison], order: list[str], split: str | None, exclude_leaked: bool
+) -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """(first, second) -> (bank prompt, the first's score 1 / 0.5 / 0) of every battle between two checkpoints of
+    ``order`` on bank prompts (of ``split``), in the order of ``judged``; the first is the one earlier in
+    ``order``. One pass over the judgments for every pair."""
+    rank = {c: i for i, c in enumerate(order)}
+    pairs: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
     for j in judged:
         if j.bank_prompt_id is None or (split is not None and j.split != split):
             continue
         for x, y, score in j.outcomes():
             if exclude_leaked and (x.leaked or y.leaked):
                 continue
-            if (x.checkpoint_id, y.checkpoint_id) == (new, old):
-                battles.append((j.bank_prompt_id, score))
-            elif (x.checkpoint_id, y.checkpoint_id) == (old, new):
-                battles.append((j.bank_prompt_id, 1.0 - score))
-    return battles
+            first, second = x.checkpoint_id, y.checkpoint_id
+            if first == second or first not in rank or second not in rank:
+                continue
+            if rank[first] > rank[second]:
+                first, second, score = second, first, 1.0 - score
+            pairs[(first, second)].append((j.bank_prompt_id, score))
+    return dict(pairs)
 
 
 def compare_checkpoints(
@@ -207,3 +219,44 @@ def _anytime(
     return RunComparison(
         **common, **fields, verdict=decision.verdict, difference=float(2 * np.mean(flat) - 1), summary=summary
     )
+
+
+def pairwise_decisions(
+    judged: Iterable[JudgedComparison],
+    order: list[str],
+    exclude_leaked: bool,
+    alpha: float,
+    margin: float,
+    per_prompt: int,
+    settle_on_agreement: bool,
+) -> list[PairwiseDecision]:
+    """The leaderboard's pairwise comparisons by the anytime-valid test of ``compare-runs``: for every two
+    checkpoints of ``order`` (the ratings, best first) that met on bank prompts, the first's win rate over the
+    prompts (``per_prompt`` battles complete one; ``settle_on_agreement`` as in :func:`compare_checkpoints`) and
+    its decision (:func:`~preference_store.statistics.sequential.decide`), in ``order``'s order of pairs."""
+    by_pair = battles_by_pair(judged, order, None, exclude_leaked)
+    decisions = []
+    for i, first in enumerate(order):
+        for second in order[i + 1 :]:
+            battles = by_pair.get((first, second))
+            if not battles:
+                continue
+            values, at, n = prompt_units(battles, per_prompt, settle_on_agreement)
+            decision = decide(values, at, n, alpha, margin)
+            decisions.append(
+                PairwiseDecision(
+                    first=first,
+                    second=second,
+                    verdict=decision.verdict,
+                    win_rate=decision.win_rate,
+                    interval=decision.interval,
+                    units=decision.units,
+                    judgments=decision.judgments,
+                    alpha=alpha,
+                    margin=margin,
+                    decided_after=decision.decided_after,
+                    decided_interval=decision.decided_interval,
+                    summary=f"{decision.verdict}: {first} against {second}, {describe(decision)}",
+                )
+            )
+    return decisions

@@ -41,6 +41,7 @@ def study(tmp_path_factory):
         "tiny",
         [
             "store.annotators_per_prompt=4",
+            "study.allocation=uniform",  # every prompt to all four, whatever they said
             "store.provisional_battles=10",
             "store.bootstrap_rounds=100",
             "study.decisions=fixed",  # the bootstrap verdict (the anytime one: tests/app/test_app_decisions.py)

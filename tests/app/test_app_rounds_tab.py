@@ -62,7 +62,7 @@ def test_an_admin_defines_a_blind_round_and_closes_it_as_the_command_line_does(c
     assert pref_store.next_assignment(alice.id).bank_prompt.split == "heldout"
     (event,) = pref_store.audit_events(action="queue.round")
     assert (event.actor, event.target, event.address) == ("dr_admin", "2", "10.0.0.7")
-    assert event.detail == {"contestants": [A, B], "split": "heldout", "blind": True, "allocation": "uniform"}
+    assert event.detail == {"contestants": [A, B], "split": "heldout", "blind": True, "allocation": "adaptive"}
 
     assert "queue round 2 closed" in close_round_for_admin(pref_store, ArenaSession(annotator=admin))
     assert pref_store.queue_round_definition().closed is not None

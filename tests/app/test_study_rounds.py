@@ -17,6 +17,7 @@ from app.main import build_app
 from app.tabs.leaderboard import interim_withheld, tab_view
 from chimed import main
 from core.config import load_config
+from preference_store.records import ComparisonIn, JudgmentIn, ResponseIn
 from preference_store.repository import PreferenceStore
 from preference_store.validation import PreferenceStoreError
 
@@ -106,13 +107,12 @@ def _api(demo, name):
 def test_queue_round_command_records_and_says_the_rounds_allocation(cfg, store, app_home, capsys):
     run_id = app_home[1]
     contestants = f"{run_id}/dpo,{run_id}/sft"
-    assert (
-        main(["queue-round", "--profile", "tiny", "store.annotators_per_prompt=3", "--contestants", contestants]) == 0
-    )
+    uniform = ["store.annotators_per_prompt=3", "study.allocation=uniform"]
+    assert main(["queue-round", "--profile", "tiny", *uniform, "--contestants", contestants]) == 0
     assert "(3 annotators per prompt)" in capsys.readouterr().out
     assert store.queue_round_definition().allocation == "uniform"
-    override = ["store.annotators_per_prompt=3", "study.allocation=adaptive"]
-    assert main(["queue-round", "--profile", "tiny", *override, "--contestants", contestants]) == 0
+    default = ["store.annotators_per_prompt=3"]  # adaptive by default
+    assert main(["queue-round", "--profile", "tiny", *default, "--contestants", contestants]) == 0
     out = capsys.readouterr().out
     assert (
         "queue round 3 started" in out
@@ -183,3 +183,41 @@ def test_annotators_see_only_their_progress_while_a_round_is_open(cfg, store, ap
     store.close_queue_round(None)
     assert interim_withheld(store, annotator, "admins") is None
     assert "Study round" not in tab_view(store, annotator, False, "admins")[0]
+
+
+def test_an_adaptive_round_of_three_answers_each_queue_prompt_with_the_stores_pair(cfg, store, make_pool, app_home):
+    """Active sampling lives in the store: /queue_next answers with the two contestants the queue chose."""
+    run_id = app_home[1]
+    three = [f"{run_id}/{stage}" for stage in ("base", "sft", "dpo")]
+    store.register_checkpoints(run_id, ["base", "sft", "dpo"])
+    store.start_queue_round(None, three)  # adaptive allocation: the default
+    demo = build_app(cfg, store=store, pool=make_pool(cfg))
+    wang = store.add_annotator("dr_wang", "pw-123456")
+    item = _api(demo, "queue_next")(None, True, request=SimpleNamespace(username="dr_wang"))
+    pair = store.next_assignment(wang.id).contestants  # their open assignment, as the queue chose it
+    assert len(pair) == 2 and set(pair) <= set(three)
+    assert {r.checkpoint_id for r in store.get_comparison(item["comparison_id"]).responses} == set(pair)
+
+
+def test_agreement_gives_each_annotators_reliability_to_admins_only(cfg, store, make_pool, app_home):
+    run_id = app_home[1]
+    store.register_checkpoints(run_id, ["sft", "dpo"])
+    pair = [f"{run_id}/sft", f"{run_id}/dpo"]
+    store.add_annotator("pi", "pw-123456", role="admin")
+    for name in ("dr_wang", "dr_li"):  # each judges all three bank prompts: three overlap units
+        annotator = store.add_annotator(name, "pw-123456")
+        while (assignment := store.next_assignment(annotator.id)) is not None:
+            out = store.record_comparison(
+                ComparisonIn(
+                    annotator.id,
+                    assignment.bank_prompt.messages,
+                    [ResponseIn(c, f"{c} 的回答") for c in pair],
+                    bank_prompt_id=assignment.bank_prompt.id,
+                    assignment_id=assignment.id,
+                )
+            )
+            store.submit_judgment(JudgmentIn(out.id, annotator.id, choice="B"))
+    agreement = _api(build_app(cfg, store=store, pool=make_pool(cfg)), "agreement")
+    shown = agreement(False, request=SimpleNamespace(username="pi"))["reliability"]
+    assert {r["name"] for r in shown} == {"dr_wang", "dr_li"} and all(r["overlap_units"] == 3 for r in shown)
+    assert agreement(False, request=SimpleNamespace(username="dr_wang"))["reliability"] == []

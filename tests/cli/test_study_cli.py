@@ -19,7 +19,13 @@ pytestmark = pytest.mark.both_backends
 
 BANK = Path(__file__).parents[1] / "fixtures" / "app" / "bank_study.jsonl"  # 12 prompts, 6 held out
 NEW, OLD = "r1/dpo", "r1/sft"
-SETTINGS = ["store.annotators_per_prompt=3", "store.bootstrap_rounds=50", "store.provisional_battles=5"]
+# uniform allocation: every prompt to k annotators whatever they said, so the progress figures below are fixed
+SETTINGS = [
+    "store.annotators_per_prompt=3",
+    "store.bootstrap_rounds=50",
+    "store.provisional_battles=5",
+    "study.allocation=uniform",
+]
 
 
 def fill_study(store: PreferenceStore, prompts: int = 6) -> dict:
@@ -52,7 +58,8 @@ def fill_study(store: PreferenceStore, prompts: int = 6) -> dict:
 @pytest.fixture
 def study(store_url):
     """(store, {name: annotator}) at the URL the command line opens."""
-    store = PreferenceStore(store_url, load_config("tiny", SETTINGS).store)
+    cfg = load_config("tiny", SETTINGS)
+    store = PreferenceStore(store_url, cfg.store, cfg.study)
     store.register_checkpoints("r1", ["base", "cpt", "sft", "dpo"])
     people = fill_study(store)
     yield store, people

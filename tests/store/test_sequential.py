@@ -163,7 +163,7 @@ def test_the_queue_stops_handing_out_prompts_once_the_question_is_decided(decide
 
 
 def test_fixed_decisions_keep_the_queue_going_to_the_end(store, tmp_path):
-    store.study = StudyConfig(decisions="fixed")
+    store.study = StudyConfig(decisions="fixed", allocation="uniform")  # every prompt to all k = 3
     store.register_checkpoints("old", ["dpo"])
     store.register_checkpoints("new", ["dpo"])
     _bank(store, tmp_path, 10)

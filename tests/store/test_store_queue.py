@@ -28,7 +28,10 @@ ANSWERS = [
 
 
 def open_store(url: str, **settings) -> PreferenceStore:
-    store = PreferenceStore(url, replace(load_config("tiny").store, **settings))
+    """A store whose queue follows uniform allocation: k annotators per prompt whatever they said (what these tests
+    are about; adaptive allocation has tests/store/test_store_allocation.py)."""
+    cfg = load_config("tiny")
+    store = PreferenceStore(url, replace(cfg.store, **settings), replace(cfg.study, allocation="uniform"))
     store.register_checkpoints("r1", ["sft", "dpo"])
     return store
 
