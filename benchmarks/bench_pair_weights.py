@@ -21,9 +21,11 @@ the same SFT with the same seed and data order, ``align.pair_weights: none`` and
 Measured per run: preference accuracy on the seed's held-out prompts with their true direction (the share of
 pairs whose implicit DPO reward, policy vs SFT log-ratio, ranks the true chosen answer first;
 training/evaluation/preference.py) and the exam's k-shot accuracy (training/evaluation/exam.py), each with a
-Wilson 95% interval; also the exported train pairs, how many point the wrong way, and their mean weights. The
-pooled rows add the held-out pairs of all seeds (different prompts per seed). Writes into CHIMED_HOME (the
-store, the collected pairs, the data and runs ``pw-<seed>-<setting>``): use a copy of a home. Asserts nothing.
+Wilson 95% interval, and the mean margin of that reward over beta on the held-out pairs (chosen minus rejected
+log-ratio, in nats: a finer reading of the same pairs); also the exported train pairs, how many point the wrong
+way, and their mean weights. The pooled rows add the held-out pairs of all seeds (different prompts per seed).
+Writes into CHIMED_HOME (the store, the collected pairs, the data and runs ``pw-<seed>-<setting>``): use a copy
+of a home. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -174,8 +176,16 @@ def measure(cfg, run_id: str, heldout_pairs: list[dict], reference: list[dict], 
     chat = is_chat_stage("dpo")
     policy = pair_logprobs(model, tokenizer, heldout_pairs, chat, e.batch_size, max_length, desc=f"{run_id} pairs")
     right = round(implicit_reward_accuracy(policy, reference) * len(policy))
+    # the implicit reward's margin over beta: (log-ratio of the chosen answer) - (log-ratio of the rejected one)
+    margins = [(p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"]) for p, r in zip(policy, reference)]
     shots = score_exam(model, tokenizer, exam.items, exam.demos, chat, e.batch_size, max_length, desc=f"{run_id} exam")
-    return {"pref_right": right, "pref_n": len(policy), "exam_right": round(shots["acc"] * shots["n"]), **shots}
+    return {
+        "pref_right": right,
+        "pref_n": len(policy),
+        "margin": sum(margins) / len(margins),
+        "exam_right": round(shots["acc"] * shots["n"]),
+        **shots,
+    }
 
 
 def share(right: int, n: int) -> str:
@@ -235,17 +245,18 @@ def main() -> int:
             pooled[setting][1] += m["pref_n"]
             rows.append(
                 f"| {seed} | {setting} | {exported['pairs']} | {exported['wrong']} | {exported['w_right']} / "
-                f"{exported['w_wrong']} | {share(m['pref_right'], m['pref_n'])} | {share(m['exam_right'], m['n'])} |"
+                f"{exported['w_wrong']} | {share(m['pref_right'], m['pref_n'])} | {m['margin']:+.3f} | "
+                f"{share(m['exam_right'], m['n'])} |"
             )
             print(rows[-1], flush=True)
 
     print(
         "\n| seed | pair_weights | train pairs | wrong way | mean weight right / wrong | held-out pref acc % [95%] "
-        "| exam acc % [95%] |\n|---|---|---:|---:|---|---|---|"
+        "| mean held-out margin | exam acc % [95%] |\n|---|---|---:|---:|---|---|---:|---|"
     )
     print("\n".join(rows))
     for setting in SETTINGS:
-        print(f"| pooled | {setting} | | | | {share(*pooled[setting])} | |")
+        print(f"| pooled | {setting} | | | | {share(*pooled[setting])} | | |")
     print(f"\nwall {time.time() - started:.0f} s")
     return 0
 
