@@ -2,7 +2,7 @@
 of random ones planted among them, run through the real store.
 
     CHIMED_HOME=DIR .venv/bin/python benchmarks/bench_pair_weights.py --run ID [--profile tiny] [--seeds 3]
-        [--prompts 120] [--heldout 0.25] [--annotators 6] [--careless 3] [--k 3] [--steps 40]
+        [--prompts 120] [--heldout 0.25] [--annotators 6] [--careless 3] [--k 3] [--steps 40] [KEY=VALUE ...]
 
 ``ID`` is a run with a finished sft stage; both DPO runs of a seed start from it (``train-all --from align
 --resume-run ID``). The truth is the data's: ChiMed-DPO's objective pairs (the CMeKG-grounded answer chosen, an
@@ -16,14 +16,16 @@ answer. They take their assignments from the queue in a random order per pass un
 ``export-prefs`` (the loop's export: majority aggregation, Dawid-Skene weights) feeds the data, rebuilt with
 ``data.dpo_pairs_per_entity=0`` so that ChiMed-DPO holds the clinicians' pairs only. DPO then trains twice from
 the same SFT with the same seed and data order, ``align.pair_weights: none`` and ``agreement``
-(``dpo.max_steps=--steps``).
+(``dpo.max_steps=--steps``; trailing ``KEY=VALUE`` config overrides apply to both, e.g. ``dpo.beta=1.0``).
 
 Measured per run: preference accuracy on the seed's held-out prompts with their true direction (the share of
 pairs whose implicit DPO reward, policy vs SFT log-ratio, ranks the true chosen answer first;
 training/evaluation/preference.py) and the exam's k-shot accuracy (training/evaluation/exam.py), each with a
-Wilson 95% interval; also the exported train pairs, how many point the wrong way, and their mean weights. The
-pooled rows add the held-out pairs of all seeds (different prompts per seed). Writes into CHIMED_HOME (the
-store, the collected pairs, the data and runs ``pw-<seed>-<setting>``): use a copy of a home. Asserts nothing.
+Wilson 95% interval, and the mean margin of that reward over beta on the held-out pairs (chosen minus rejected
+log-ratio, in nats: a finer reading of the same pairs); also the exported train pairs, how many point the wrong
+way, and their mean weights. The pooled rows add the held-out pairs of all seeds (different prompts per seed).
+Writes into CHIMED_HOME (the store, the collected pairs, the data and runs ``pw-<seed>-<setting>``): use a copy
+of a home. Asserts nothing.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from training.data.dpo import OBJECTIVE_SOURCE  # noqa: E402
 from training.evaluation.evaluate import load_eval_sets  # noqa: E402
 from training.evaluation.exam import score_exam  # noqa: E402
 from training.evaluation.metrics import wilson_interval  # noqa: E402
-from training.evaluation.preference import pair_logprobs  # noqa: E402
+from training.evaluation.preference import implicit_reward_accuracy, pair_logprobs  # noqa: E402
 from training.manifest import run_dir  # noqa: E402
 from training.modeling import load_stage  # noqa: E402
 from training.pipeline import train_all  # noqa: E402
@@ -173,11 +175,17 @@ def measure(cfg, run_id: str, heldout_pairs: list[dict], reference: list[dict], 
     max_length = min(e.max_length, model.config.max_position_embeddings or e.max_length)
     chat = is_chat_stage("dpo")
     policy = pair_logprobs(model, tokenizer, heldout_pairs, chat, e.batch_size, max_length, desc=f"{run_id} pairs")
-    right = sum(
-        (p["chosen"] - r["chosen"]) > (p["rejected"] - r["rejected"]) for p, r in zip(policy, reference, strict=True)
-    )
+    right = round(implicit_reward_accuracy(policy, reference) * len(policy))
+    # the implicit reward's margin over beta: (log-ratio of the chosen answer) - (log-ratio of the rejected one)
+    margins = [(p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"]) for p, r in zip(policy, reference)]
     shots = score_exam(model, tokenizer, exam.items, exam.demos, chat, e.batch_size, max_length, desc=f"{run_id} exam")
-    return {"pref_right": right, "pref_n": len(policy), "exam_right": round(shots["acc"] * shots["n"]), **shots}
+    return {
+        "pref_right": right,
+        "pref_n": len(policy),
+        "margin": sum(margins) / len(margins),
+        "exam_right": round(shots["acc"] * shots["n"]),
+        **shots,
+    }
 
 
 def share(right: int, n: int) -> str:
@@ -196,6 +204,7 @@ def main() -> int:
     parser.add_argument("--careless", type=int, default=3, help="annotators voting at random")
     parser.add_argument("--k", type=int, default=3, help="annotators per prompt")
     parser.add_argument("--steps", type=int, default=40, help="dpo.max_steps of each DPO run")
+    parser.add_argument("overrides", nargs="*", help="config overrides for both DPO runs (KEY=VALUE)")
     args = parser.parse_args()
     accounts._hasher = PasswordHasher(time_cost=1, memory_cost=64, parallelism=1)  # logins are not measured
     started = time.time()
@@ -207,6 +216,7 @@ def main() -> int:
         f"store.annotators_per_prompt={args.k}",
         f"dpo.max_steps={args.steps}",
         "train.evaluate_after=false",
+        *args.overrides,
     ]
     cfg = load_config(args.profile, overrides)
     sft, tokenizer = load_stage(run_dir(cfg, args.run), "sft")
@@ -235,17 +245,18 @@ def main() -> int:
             pooled[setting][1] += m["pref_n"]
             rows.append(
                 f"| {seed} | {setting} | {exported['pairs']} | {exported['wrong']} | {exported['w_right']} / "
-                f"{exported['w_wrong']} | {share(m['pref_right'], m['pref_n'])} | {share(m['exam_right'], m['n'])} |"
+                f"{exported['w_wrong']} | {share(m['pref_right'], m['pref_n'])} | {m['margin']:+.3f} | "
+                f"{share(m['exam_right'], m['n'])} |"
             )
             print(rows[-1], flush=True)
 
     print(
         "\n| seed | pair_weights | train pairs | wrong way | mean weight right / wrong | held-out pref acc % [95%] "
-        "| exam acc % [95%] |\n|---|---|---:|---:|---|---|---|"
+        "| mean held-out margin | exam acc % [95%] |\n|---|---|---:|---:|---|---|---:|---|"
     )
     print("\n".join(rows))
     for setting in SETTINGS:
-        print(f"| pooled | {setting} | | | | {share(*pooled[setting])} | |")
+        print(f"| pooled | {setting} | | | | {share(*pooled[setting])} | | |")
     print(f"\nwall {time.time() - started:.0f} s")
     return 0
 
