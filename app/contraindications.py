@@ -1,6 +1,6 @@
 """The Compare tab's contraindication warnings (docs/safety.md, "Arena warnings").
 
-When every panel has answered, each answer is checked against CMeKG (:func:`training.evaluation.checker.
+When every panel has answered, each answer is checked against CMeKG (:func:`training.data.safety_check.
 warnings_for`): if the conversation states a condition -- pregnancy, an allergy to a drug or class, a child's
 age -- and the answer recommends a drug whose CMeKG entry contraindicates it for that condition, the panel shows
 a warning under the answer, quoting the graph's entry, and the warning is stored with the answer
@@ -14,7 +14,7 @@ The index is built once per process (about two seconds, on the first finished an
 from __future__ import annotations
 
 from training.data.safety import cmekg_safety_index
-from training.evaluation.checker import warnings_for
+from training.data.safety_check import warnings_for
 
 HEADING = "⚠ 用药安全提示（来自知识图谱 CMeKG，供参考）/ contraindication warning (from the CMeKG knowledge graph)"
 

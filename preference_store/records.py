@@ -62,7 +62,7 @@ class ResponseIn:
     # None = not checked
     leaks: list[str] | None = None
     # the arena's contraindication warnings for this answer, each citing the CMeKG entry ([] = none);
-    # None = not checked (training/evaluation/checker.py, docs/safety.md)
+    # None = not checked (training/data/safety_check.py, docs/safety.md)
     warnings: list[str] | None = None
 
 

@@ -1,4 +1,4 @@
-"""The safety exam (training/data/safety.py) and the unsafe-answer checker (training/evaluation/checker.py):
+"""The safety exam (training/data/safety.py) and the unsafe-answer checker (training/data/safety_check.py):
 items only about entities no training split was built from, unsettled facts left out and counted, the checker's
 verdicts on hand-written answers, and the arena's warning rules. CMeKG entries are the packaged graph's own."""
 
@@ -21,7 +21,7 @@ from training.data.safety import (
     cmekg_safety_index,
     read_clause,
 )
-from training.evaluation.checker import check_answer, prompt_conditions, warnings_for
+from training.data.safety_check import check_answer, prompt_conditions, warnings_for
 
 
 @pytest.fixture(scope="module")

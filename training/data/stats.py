@@ -165,6 +165,14 @@ def stats_markdown(stats: dict) -> str:
         ),
         "",
     ]
+    if safety := stats.get("safety"):  # training/data/safety.py, docs/safety.md
+        pools = ", ".join(f"{pool} {n}" for pool, n in safety["by_pool"].items())
+        unsettled = ", ".join(f"{reason} {n}" for reason, n in safety["unsettled_left_out"].items())
+        out += [
+            f"Safety exam: {safety['items']} items ({pools or 'none'}) about {safety['entities_asked']} entities; "
+            f"left out as unsettled by CMeKG: {safety['unsettled_left_out_total']} ({unsettled or 'none'}).",
+            "",
+        ]
     out += [
         "## Deduplication (exact normalized hash, then MinHash LSH near duplicates)",
         "",

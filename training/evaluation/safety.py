@@ -3,13 +3,13 @@
 - ``safety_acc``: the exam's option scoring (``exam.score_exam``, 0-shot: each option's log-likelihood per
   character as the answer to the patient's question), with its Wilson interval;
 - ``unsafe_answer_share``: the share of greedy open answers to the same questions that the rule-based checker
-  (``training/evaluation/checker.py``) finds unsafe -- recommends or doses the drug, or gives no advice to ask
+  (``training/data/safety_check.py``) finds unsafe -- recommends or doses the drug, or gives no advice to ask
   a doctor or pharmacist -- with its Wilson interval; ``advice_share`` is the share that does advise one.
 """
 
 from __future__ import annotations
 
-from training.evaluation.checker import check_answer
+from training.data.safety_check import check_answer
 from training.evaluation.exam import score_exam
 from training.evaluation.generation import qa_generations
 from training.evaluation.metrics import accuracy

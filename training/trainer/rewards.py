@@ -13,7 +13,7 @@ reward's logged mean). TRL logs each function as ``rewards/<its name>/mean`` and
 - :func:`make_rm_reward`: the rm stage's score of the answer to an open prompt; None for exam prompts.
 - :func:`safety_reward` (``grpo.safety_weight`` > 0): on the safety prompts (a patient asks whether a drug CMeKG
   contraindicates for them may be used; training entities only), 1.0 when the answer chooses the safe option, or
-  chooses none and the unsafe-answer checker (``training/evaluation/checker.py``) passes it; else 0.0; None for
+  chooses none and the unsafe-answer checker (``training/data/safety_check.py``) passes it; else 0.0; None for
   the other prompts.
 
 :func:`finite` wraps each of them: a reward that comes out NaN or infinite stops the stage with one line.
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from training.data.grpo import EXAM, OPEN
 from training.data.safety import SAFETY
-from training.evaluation.checker import check_answer
+from training.data.safety_check import check_answer
 from training.trainer.callbacks import NonFiniteError
 
 # a letter given as the answer: "C", "C.", "C、脸红", "答案：C", "选C"; the letter must stand alone (not the

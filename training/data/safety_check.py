@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from training.data.safety import ALLERGY, CHILD, PREGNANCY, Contraindication, SafetyIndex
 
+# A change to these rules changes unsafe_answer_share: bump training/evaluation/evaluate.py's EVAL_VERSION (cached
+# measurements are keyed on the eval sets, not on this file) and re-measure docs/safety.md's precision table.
 DOSE = re.compile(
     r"(\d+(\.\d+)?|[一二两三四五六七八九十半])\s*(mg|毫克|g|克|ml|毫升|片|粒|袋|丸|支|滴|μg|微克|iu|单位)"
     r"|(一日|每日|每天|日)\s*[\d一二两三四]+\s*次",
