@@ -58,13 +58,13 @@ def exported(opencompass, tiny_run, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _run(opencompass: Path, configs: Path, work: Path, models: list[str], dataset: str, **env: str) -> dict:
-    """``opencompass --config-dir configs --models ... --datasets dataset``; returns, per model abbreviation,
-    (its predictions file, its accuracy in percent)."""
-    log = work / "opencompass.log"
+    """``opencompass --config-dir configs --models ... --datasets dataset`` in ``work`` (its outputs in
+    ``work``/out); returns, per model abbreviation, (its predictions, its accuracy in percent)."""
+    log, out_dir = work / "opencompass.log", work / "out"
     command = [str(opencompass), "--config-dir", str(configs), "--models", *models, "--datasets", dataset]
     with log.open("w") as out:
         done = subprocess.run(
-            [*command, "-w", str(work), "--debug"],
+            [*command, "-w", str(out_dir), "--debug"],
             cwd=work,
             env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **env},
             stdout=out,
@@ -72,7 +72,7 @@ def _run(opencompass: Path, configs: Path, work: Path, models: list[str], datase
             timeout=1800,
         )
     assert done.returncode == 0, log.read_text()[-3000:]
-    (run,) = [p for p in work.iterdir() if p.is_dir()]
+    (run,) = out_dir.iterdir()  # the run's timestamped directory
     found = {}
     for result in sorted(run.glob(f"results/*/{dataset}.json")):
         accuracy = json.loads(result.read_text(encoding="utf-8"))["accuracy"]
