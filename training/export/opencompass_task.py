@@ -6,10 +6,10 @@ OUT/opencompass --datasets NAME ...``):
 - ``datasets/<task>_ppl.py``, one per lm-eval task (plain and chat-templated forms): PPL mode on the same rows,
   the prompt the evaluation scores the options after followed by each option's text (``{"A": "{prompt}{A}",
   ...}``). OpenCompass's ``PPLInferencer`` picks the option whose whole sequence, prompt and option together,
-  has the lowest mean token loss (``HuggingFaceBaseModel.get_ppl``: the summed loss over the sequence divided
-  by its number of tokens). That is not the project's ``exam_acc`` rule (the option's own log-likelihood per
+  has the lowest mean token loss (``HuggingFace._get_ppl``: the summed loss over the sequence divided by its
+  number of tokens, the first, unpredicted, one included). That is not the project's ``exam_acc`` rule (the option's own log-likelihood per
   character): the shared prompt's loss is part of every option's mean, and the option is weighed by its tokens.
-- ``datasets/<exam>_gen.py``, one per exam: gen mode, for a chat API. The question is asked with its lettered
+- ``datasets/<task>_gen.py``, one per exam (its plain task's name): gen mode, for a chat API. The question is asked with its lettered
   options, as the evaluation's letter scoring words it (:func:`training.evaluation.exam.exam_conversation` with
   ``by_letter``), the k-shot demonstrations as earlier turns answered by their letters; the first capital
   letter of the model's answer is its pick (``first_capital_postprocess``, as OpenCompass's own C-Eval gen
