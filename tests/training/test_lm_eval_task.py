@@ -175,3 +175,42 @@ def test_lm_eval_scores_the_exported_exam_through_serve_and_on_the_export_as_the
     for metric in ("acc", "acc_norm"):
         mean = sum(s[metric] for s in on_served) / len(on_served)
         assert mean == pytest.approx(measured["cpt"][f"{metric},none"], abs=TOL)
+
+
+def test_the_opencompass_datasets_hold_the_same_rows_and_every_stage_has_a_model(tiny_run, exported, use_home):
+    """``out/opencompass`` (training/export/opencompass_task.py): per lm-eval task a PPL dataset on the same
+    prompts, options and answers, a gen dataset asking the lettered question after the demonstrations answered
+    by letter, and a model config per stage; each config is Python that compiles (tests/serving/test_opencompass.py
+    runs them with OpenCompass)."""
+    import ast
+
+    from training.evaluation.exam import exam_conversation, question_with_options
+    from training.export.opencompass_task import FOLDER, ROLES
+
+    use_home(tiny_run[0])
+    out, _results = exported
+    configs = out / FOLDER
+    exam = load_eval_sets(load_config("tiny")).exams[""]
+    for task in (TASK, f"{TASK}_chat"):
+        rows = [json.loads(line) for line in (configs / "data" / f"{task}.jsonl").read_text("utf-8").splitlines()]
+        theirs = [(r["prompt"], [r[c] for c in lm["letters"]], r["answer"]) for r, lm in zip(rows, _rows(out, task))]
+        assert theirs == [(lm["prompt"], lm["choices"], lm["letters"][lm["target"]]) for lm in _rows(out, task)]
+        assert [r["question"] for r in rows] == [question_with_options(item) for item in exam.items]
+    assert sorted(p.name for p in (configs / "datasets").iterdir()) == [
+        f"{TASK}_chat_ppl.py",
+        f"{TASK}_gen.py",
+        f"{TASK}_ppl.py",
+    ]
+    turns = [
+        (args["role"], args["prompt"])
+        for node in ast.walk(ast.parse((configs / "datasets" / f"{TASK}_gen.py").read_text("utf-8")))
+        if isinstance(node, ast.Call) and {k.arg for k in node.keywords} == {"role", "prompt"}
+        for args in [{k.arg: ast.literal_eval(k.value) for k in node.keywords}]
+    ]
+    demos = exam_conversation(exam.items[0], exam.demos, True)[:-1]
+    assert turns == [(ROLES[m["role"]], m["content"]) for m in demos] + [("HUMAN", "{question}"), ("BOT", "{answer}")]
+    models = sorted(p.name for p in (configs / "models").iterdir())
+    assert models == ["chimed_export.py"] + [f"chimed_serve_{s}.py" for s in ("base", "cpt", "dpo", "sft")]
+    for path in [*(configs / "datasets").iterdir(), *(configs / "models").iterdir()]:
+        compile(path.read_text("utf-8"), str(path), "exec")
+    assert f"'{tiny_run[1]}/sft'" in (configs / "models" / "chimed_serve_sft.py").read_text("utf-8")

@@ -17,6 +17,9 @@ the prompt here, so lm-eval scores it without a chat template of its own (no ``-
 The project's exam accuracy (``exam_acc``) picks the option with the highest log-likelihood per character;
 lm-eval's ``acc_norm`` is that choice (it divides by ``len(choice)``), ``acc`` the unnormalized one. They
 differ only where an option holds whitespace, which lm-eval counts and the project does not.
+
+The same rows are written as OpenCompass datasets under ``out/opencompass``
+(:mod:`training.export.opencompass_task`).
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from core.registry import answering, is_chat_stage
 from training.evaluation.evaluate import Exam, load_eval_sets
 from training.evaluation.exam import exam_conversation
 from training.export.checkpoints import check_out_dir, existing_run
+from training.export.opencompass_task import FOLDER, write_opencompass_configs
 from training.manifest import read_manifest_at
-from training.modeling import stage_chain, stage_tokenizer
+from training.modeling import stage_chain, stage_tokenizer, tokenizer_dir
 
 TASK = "chimed_exam"
 # lm-eval's metric that is the project's exam_acc (argmax of log-likelihood per character of the option text)
@@ -47,6 +51,7 @@ class LmEvalExport:
     tasks: dict[str, int]  # task name -> questions
     stages: dict[str, str] = field(default_factory=dict)  # stage -> the task that scores it as the evaluation does
     notes: list[str] = field(default_factory=list)
+    opencompass: list[str] = field(default_factory=list)  # OpenCompass dataset configs under out/opencompass
 
 
 def export_lm_eval_task(cfg: Config, run_id: str, out: str | Path, force: bool = False) -> LmEvalExport:
@@ -68,9 +73,11 @@ def export_lm_eval_task(cfg: Config, run_id: str, out: str | Path, force: bool =
         export.stages[stage] = _task_name("", _form_of(forms, tokenizer, sets.exams[""]))
 
     tasks: dict[str, list[dict]] = {}
+    sources: dict[str, tuple[Exam, bool]] = {}  # task -> (its exam, whether it is the plain form)
     for name, exam in sets.exams.items():
         for form, tokenizer in forms.items():
             tasks[_task_name(name, form)] = exam_rows(exam, tokenizer)
+            sources[_task_name(name, form)] = (exam, form == "plain")
     spaced = sum(any(re.search(r"\s", c) for c in row["choices"]) for rows in tasks.values() for row in rows)
     if spaced:
         notes.append(
@@ -86,6 +93,13 @@ def export_lm_eval_task(cfg: Config, run_id: str, out: str | Path, force: bool =
             )
             (partial / f"{task}.yaml").write_text(task_yaml(task, final / data), encoding="utf-8")
             export.tasks[task] = len(rows)
+        export.opencompass = write_opencompass_configs(
+            partial,
+            final,
+            cfg.app.port,
+            {task: (*sources[task], rows) for task, rows in tasks.items()},
+            [(f"{run_path.name}/{stage}", tokenizer_dir(stage_chain(run_path, stage))) for stage in stages],
+        )
     return export
 
 
@@ -139,6 +153,10 @@ def format_export(export: LmEvalExport) -> str:
         "text); the chat form has the run's chat template rendered in: run it without --apply_chat_template"
     )
     lines.append(f"run: lm_eval --include_path {export.out} --tasks {TASK} --model hf --model_args pretrained=DIR")
+    lines.append(
+        f"OpenCompass datasets in {export.out / FOLDER}: {', '.join(export.opencompass)} "
+        f"(opencompass --config-dir {export.out / FOLDER} --datasets NAME ...; docs/serving-fields.md)"
+    )
     return "\n".join(lines + [f"note: {note}" for note in export.notes])
 
 
