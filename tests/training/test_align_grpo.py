@@ -225,3 +225,29 @@ def test_a_nan_reward_stops_the_grpo_stage(grpo_home, monkeypatch):
     assert "format_reward came out nan" in str(err.value) and "\n" not in str(err.value)
     run_id = max(p.name for p in cfg.runs_dir.iterdir() if p.name != source_id)
     assert not (cfg.runs_dir / run_id / "grpo").exists()  # not complete
+
+
+def test_grpo_with_the_facts_reward_weighs_and_logs_it(grpo_home):
+    """grpo.rewards: [facts] adds the factual precision against CMeKG (training/evaluation/facts.py) as a fourth
+    reward with its own weight, logged apart; an unknown reward name is a one-line config error."""
+    _, source_id = grpo_home
+    with pytest.raises(UserError) as err:
+        load_config("tiny", ["grpo.rewards=[truthiness]"])
+    assert "grpo.rewards" in str(err.value) and "facts" in str(err.value) and "\n" not in str(err.value)
+    overrides = ["align.method=grpo", "grpo.rewards=[facts]", "grpo.facts_weight=0.5", "train.logging_steps=2"]
+    cfg = load_config("tiny", [*overrides, "train.evaluate_after=false"])
+    run_id = train_all(cfg, from_stage="align", resume_run=source_id)
+    metrics = read_manifest(cfg, run_id)["stages"]["grpo"]["metrics"]
+    assert metrics["reward_weights"] == {
+        "exam_reward": 1.0,
+        "format_reward": cfg.grpo.format_weight,
+        "facts_reward": 0.5,
+    }
+    logs = [
+        json.loads(line)
+        for line in (cfg.runs_dir / run_id / "logs" / "grpo" / "trainer_log.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in logs if "loss" in r]
+    assert steps and all("rewards/facts_reward/mean" in r for r in steps)
+    # a precision where some answer made a checkable claim, NaN (TRL's mean of "does not apply") where none did
+    assert all(math.isnan(r["rewards/facts_reward/mean"]) or 0 <= r["rewards/facts_reward/mean"] <= 1 for r in steps)
