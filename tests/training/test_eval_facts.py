@@ -169,3 +169,29 @@ def test_an_evaluated_run_reports_fact_precision_for_every_answering_stage(tiny_
         assert {k: metrics[k] for k in fact_metrics(generations)} == fact_metrics(generations)
         assert metrics["fact_claims_n"] == sum(len(g["claims"]) for g in generations)
     assert "fact prec" in (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_the_clinicians_verdict_is_recorded_with_both_runs_headline_metrics(use_home, tmp_path):
+    from core.config import load_config
+    from core.files import write_json_atomic
+    from training.evaluation.evaluate import record_arena_comparison
+
+    use_home(tmp_path)
+    cfg = load_config("tiny")
+    stages = {"new": {"sft": {"fact_precision": 0.75, "bleu1": 0.4}}, "old": {"sft": {"fact_precision": 0.5}}}
+    for run_id, metrics in stages.items():
+        write_json_atomic(cfg.runs_dir / run_id / "eval" / "results.json", {"run_id": run_id, "stages": metrics})
+    arena = {
+        "new_run": "new",
+        "old_run": "old",
+        "stage": "sft",
+        "new_checkpoint": "new/sft",
+        "old_checkpoint": "old/sft",
+        "split": "heldout",
+        "as_of": "2026-12-07T18:00:00+00:00",
+        "summary": "undecided",
+    }
+    path = record_arena_comparison(cfg, "new", arena)
+    recorded = json.loads(path.read_text(encoding="utf-8"))["arena"]["metrics"]
+    assert list(recorded) == ["fact_precision"] and recorded["fact_precision"]["delta"] == pytest.approx(0.25)
+    assert "fact prec: 75.0 (new) vs 50.0 (old), +25.0 points" in (path.parent / "results.md").read_text("utf-8")
