@@ -55,6 +55,8 @@ def test_the_facts_used_here_are_cmekgs(graph):
     assert any("皮疹" in r.get("不良反应", []) for r in graph.values())
     assert any("尿常规" in r.get("检查", []) + r.get("实验室检查", []) for r in graph.values())
     assert any(r.get("OTC类型") == ["乙类OTC"] for r in graph.values())
+    assert graph["马来酸多潘立酮片"]["OTC类型"] == ["乙类OTC", "甲类OTC"]
+    assert graph["耳、鼻、咽拭子细菌培养"]["所属分类"] == ["病原体"]
 
 
 def test_claims_in_the_house_style_and_their_verdicts(checker):
@@ -85,6 +87,14 @@ def test_claims_in_the_consultation_closing_and_other_phrasings(checker):
     assert checker.check("使用新亚果糖后可能出现心悸等不良反应。新亚果糖属于乙类非处方药。") == [
         (Claim("新亚果糖", "adverse_reaction", "心悸"), CONFIRMED),
         (Claim("新亚果糖", "otc", "乙类非处方药"), CONTRADICTED),
+    ]
+    # a list of value-constrained values; an entity whose name holds 、
+    assert checker.check(
+        "马来酸多潘立酮片属于乙类非处方药、甲类非处方药。耳、鼻、咽拭子细菌培养在检查分类中属于病原体。"
+    ) == [
+        (Claim("马来酸多潘立酮片", "otc", "乙类非处方药"), CONFIRMED),
+        (Claim("马来酸多潘立酮片", "otc", "甲类非处方药"), CONFIRMED),
+        (Claim("耳、鼻、咽拭子细菌培养", "test_category", "病原体"), CONFIRMED),
     ]
     assert checker.check("您好，新亚果糖主要用于治疗营养不良。腰疝多见于男性老年人。") == [
         (Claim("新亚果糖", "indication", "营养不良"), CONFIRMED),

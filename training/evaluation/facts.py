@@ -62,7 +62,7 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
 # what the advice names where it names no department ("请及时到医院就诊"): advice, not a claim
 NOT_A_VALUE = frozenset({"医院", "正规医院", "当地医院"})
 
-ENTITY = r"(?P<e>[^\s，,。；;：:！？!?、（）()]{2,30}?)"
+ENTITY = r"(?P<e>[^\s，,。；;：:！？!?]{2,30}?)"  # names may hold 、 and brackets: "耳、鼻、咽拭子细菌培养"
 CLAUSE_START, CLAUSE_END = r"(?:^|(?<=[，,]))", r"(?=$|[，,])"
 SENTENCE = re.compile(r"[^。！？!?\n]+")
 SEPARATORS = re.compile(r"[、，,；;]")
@@ -84,9 +84,10 @@ class _Pattern:
 
 
 def _value_regex(relation: Relation) -> str:
-    if relation.value_map:  # "具有传染性", "有小毒": only the values the builder states, longest first
+    if relation.value_map:  # "具有传染性", "有小毒": only the values the builder states (longest first), or a list
         values = sorted(set(relation.value_map.values()), key=len, reverse=True)
-        return "(?P<v>" + "|".join(re.escape(v) for v in values) + ")"
+        one = "(?:" + "|".join(re.escape(v) for v in values) + ")"
+        return f"(?P<v>{one}(?:{SEPARATORS.pattern}{one})*)"
     return r"(?P<v>[^。！？!?]+?)"
 
 
@@ -123,9 +124,9 @@ def patterns() -> tuple[_Pattern, ...]:
 
 def _values(relation: Relation, text: str, entity: str) -> list[str]:
     """The listed values of one claim, normalized as the builder normalizes CMeKG's."""
-    if relation.value_map:
-        return [text]
     pieces = [p for p in re.split(SEPARATORS.pattern + "|" + re.escape(relation.joiner), text) if p.strip()]
+    if relation.value_map:
+        return [p for p in pieces if p in relation.value_map.values()]
     return [v for v in clean_values(relation, pieces, entity) if v not in NOT_A_VALUE]
 
 
