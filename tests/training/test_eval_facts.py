@@ -50,6 +50,7 @@ def test_the_facts_used_here_are_cmekgs(graph):
     assert "脸红" in fructose["不良反应"] and "皮疹" not in str(fructose)
     assert fructose["OTC类型"] == ["甲类OTC"] and "营养不良" in fructose["适应症"]
     assert graph["腰疝"]["多发群体"] == ["男性老年人"] and "某某综合征" not in graph
+    assert any("青壮年人" in r.get("多发群体", []) for r in graph.values())
     # the wrong values are other entities' values of the same relation
     assert any("眼科" in r.get("就诊科室", []) for r in graph.values())
     assert any("皮疹" in r.get("不良反应", []) for r in graph.values())
@@ -102,6 +103,26 @@ def test_claims_in_the_consultation_closing_and_other_phrasings(checker):
     ]
 
 
+def test_a_bare_answer_claims_what_the_question_asked(checker):
+    # ChiMed-CPT's QA text answers with the values alone: they are claims of the question's entity and relation
+    assert checker.topic("哪些人容易得腰疝？") == ("腰疝", "population")
+    assert checker.check("男性老年人。", "哪些人容易得腰疝？") == [
+        (Claim("腰疝", "population", "男性老年人"), CONFIRMED)
+    ]
+    assert checker.check("青壮年人。", "哪些人容易得腰疝？") == [
+        (Claim("腰疝", "population", "青壮年人"), CONTRADICTED)
+    ]
+    # the advice's department goes to the question's entity when the answer names none
+    assert checker.check("多饮、多尿。如有不适，请及时到内分泌科就诊。", "糖尿病有哪些常见症状？") == [
+        (Claim("糖尿病", "symptom", "多饮"), CONFIRMED),
+        (Claim("糖尿病", "symptom", "多尿"), CONFIRMED),
+        (Claim("糖尿病", "department", "内分泌科"), CONFIRMED),
+    ]
+    # a question in no relation's wording gives no topic, and a first sentence in the house style is read as such
+    assert checker.topic("医生您好，我最近头疼。") is None
+    assert checker.check(DRUG_QA, "哪些人容易得腰疝？")[0] == (Claim("新亚果糖", "adverse_reaction", "脸红"), CONFIRMED)
+
+
 def test_what_is_not_a_checkable_claim(checker):
     # an entity the graph does not hold; a relation the graph states nothing of for that entity
     assert checker.check("某某综合征的常见症状有多饮等。") == [(Claim("某某综合征", "symptom", "多饮"), UNCHECKABLE)]
@@ -137,16 +158,19 @@ def test_a_stages_fact_metrics_are_shares_with_wilson_intervals(checker):
     assert metrics["fact_uncheckable_share"] == pytest.approx(1 / 12)
     assert metrics["fact_contradicted_ci95"] == pytest.approx(list(wilson_interval(3, 12)))
     empty = fact_metrics(annotate(checker, generations[3:]))
-    assert empty["fact_precision"] is None and empty["fact_claims_n"] == 0
+    assert empty["fact_precision"] is None and empty["fact_precision_ci95"] is None and empty["fact_claims_n"] == 0
 
 
 def test_the_grpo_facts_reward_is_an_answers_precision(checker):
     reward = make_facts_reward(checker)
     assert reward.__name__ == "facts_reward"  # what TRL logs it under
-    completions = [[{"role": "assistant", "content": a}] for a in (DRUG_QA, CONSULTATION, "脸红。", "多喝水。")]
-    scores = reward(prompts=[[]] * 4, completions=completions, kind=["open", "open", "exam", "open"])
-    # no checkable claim (a bare exam option, plain advice): the reward does not apply
-    assert scores == [pytest.approx(1 / 2), pytest.approx(4 / 5), None, None]
+    answers = (DRUG_QA, CONSULTATION, "脸红。", "多喝水。", "青壮年人。")
+    completions = [[{"role": "assistant", "content": a}] for a in answers]
+    prompts = [[]] * 4 + [[{"role": "user", "content": "哪些人容易得腰疝？"}]]
+    scores = reward(prompts=prompts, completions=completions, kind=["open", "open", "exam", "open", "open"])
+    # no checkable claim (a bare exam option, plain advice): the reward does not apply; a bare answer is read
+    # against the prompt's question
+    assert scores == [pytest.approx(1 / 2), pytest.approx(4 / 5), None, None, 0.0]
 
 
 def test_the_report_shows_fact_precision_and_skips_absent_metrics(tmp_path, checker):
@@ -177,6 +201,7 @@ def test_an_evaluated_run_reports_fact_precision_for_every_answering_stage(tiny_
         assert all(isinstance(g["claims"], list) for g in generations)
         # the stage's numbers are those of its written claims
         assert {k: metrics[k] for k in fact_metrics(generations)} == fact_metrics(generations)
+        assert {"id", "reference", "answer", "claims"} <= set(generations[0])
         assert metrics["fact_claims_n"] == sum(len(g["claims"]) for g in generations)
     assert "fact prec" in (out / "results.md").read_text(encoding="utf-8")
 

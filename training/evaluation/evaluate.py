@@ -96,7 +96,8 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
         results["stages"][stage] = stage_metrics(measured, stage, reference, sets)
         # factual precision of the answers against CMeKG (training/evaluation/facts.py): read from the
         # generations, so cached stages get it without a model
-        generations = facts.annotate(facts.fact_checker(), measured[stage]["generations"])
+        questions = [facts.last_question(r["messages"]) for r in sets.qa]
+        generations = facts.annotate(facts.fact_checker(), measured[stage]["generations"], questions)
         results["stages"][stage].update(facts.fact_metrics(generations))
         # this call's wall time (loading included; near 0 when cached) and the parts of the measurement
         results["timing_s"][stage] = {

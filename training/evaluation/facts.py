@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from core.sources import load_cmekg
 from training.data.knowledge import CJK, Entity, clean_values, entity_kind, known_facts, raw_values
-from training.data.relations import RELATIONS, Relation
+from training.data.relations import RELATION_BY_KEY, RELATIONS, Relation
 from training.evaluation.metrics import accuracy
 from training.trainer.rewards import completion_text
 
@@ -130,14 +130,41 @@ def _values(relation: Relation, text: str, entity: str) -> list[str]:
     return [v for v in clean_values(relation, pieces, entity) if v not in NOT_A_VALUE]
 
 
-def extract_claims(answer: str) -> list[Claim]:
+@functools.cache
+def question_patterns() -> tuple[tuple[re.Pattern, Relation], ...]:
+    """How users ask about a relation (``Relation.questions``: "哪些人容易得{e}？"), as full-match patterns."""
+    out = []
+    for relation in RELATIONS:
+        for template in relation.questions:
+            parts = re.split(r"(\{e\})", template.rstrip("？?"))
+            regex = "".join(ENTITY if part == "{e}" else re.escape(part) for part in parts)
+            out.append((re.compile(regex + "[？?]?"), relation))
+    return tuple(out)
+
+
+def question_topics(question: str) -> list[tuple[str, str]]:
+    """The (entity, relation key) pairs a question may ask about, in RELATIONS order ("{e}有什么功效？" is asked of
+    a drug's function and of a herb's efficacy alike)."""
+    question = question.strip()
+    return list(
+        dict.fromkeys(
+            (match.group("e"), relation.key)
+            for regex, relation in question_patterns()
+            if (match := regex.fullmatch(question))
+        )
+    )
+
+
+def extract_claims(answer: str, topic: tuple[str, str] | None = None) -> list[Claim]:
     """The (entity, relation, value) claims of ``answer``, in order, each once.
 
     In every sentence the most specific patterns are taken first and no two claims share a stretch of text;
     a claim about the answer's subject (no entity in its pattern) goes to the first entity named in a claim of
-    the answer, and is dropped when there is none."""
-    found: list[tuple[int, _Pattern, str, str]] = []  # (position in the answer, pattern, entity, values)
-    for sentence in SENTENCE.finditer(answer):
+    the answer, else to the entity the question asked about (``topic``), and is dropped when there is none.
+    With a ``topic`` (the question's entity and relation), an answer whose first sentence matches no pattern
+    answers it bare ("青壮年人。", as ChiMed-CPT's QA text does): its listed values are claims of that relation."""
+    found: list[tuple[int, Relation, str, str]] = []  # (position in the answer, relation, entity, values)
+    for i, sentence in enumerate(SENTENCE.finditer(answer)):
         text = sentence.group().strip()
         taken: list[tuple[int, int]] = []
         for pattern in patterns():
@@ -147,16 +174,18 @@ def extract_claims(answer: str) -> list[Claim]:
                     continue
                 taken.append((start, end))
                 entity = match.groupdict().get("e") or ""
-                found.append((sentence.start() + start, pattern, entity, match.group("v")))
+                found.append((sentence.start() + start, pattern.relation, entity, match.group("v")))
+        if i == 0 and topic and not taken:
+            found.append((sentence.start(), RELATION_BY_KEY[topic[1]], topic[0], text))
     found.sort(key=lambda f: f[0])
-    subject = next((entity for _, _, entity, _ in found if entity), "")
+    subject = next((entity for _, _, entity, _ in found if entity), topic[0] if topic else "")
     claims: dict[Claim, None] = {}
-    for _, pattern, entity, value_text in found:
+    for _, relation, entity, value_text in found:
         entity = entity or subject
         if not entity:
             continue
-        for value in _values(pattern.relation, value_text, entity):
-            claims[Claim(entity, pattern.relation.key, value)] = None
+        for value in _values(relation, value_text, entity):
+            claims[Claim(entity, relation.key, value)] = None
     return list(claims)
 
 
@@ -188,13 +217,20 @@ class FactChecker:
             return CONFIRMED
         return CONTRADICTED if self.holders[claim.relation].get(claim.value) else UNCHECKABLE
 
-    def check(self, answer: str) -> list[tuple[Claim, str]]:
-        """Every claim of ``answer`` with its verdict."""
-        return [(claim, self.verdict(claim)) for claim in extract_claims(answer)]
+    def topic(self, question: str) -> tuple[str, str] | None:
+        """The (entity, relation key) ``question`` asks about: of the relations its wording may ask, the first that
+        CMeKG states for the entity (else the first); None for a question in no relation's wording."""
+        topics = question_topics(question)
+        known = [(e, key) for e, key in topics if e in self.entities and key in self.entities[e].known]
+        return (known or topics or [None])[0]
 
-    def precision(self, answer: str) -> float | None:
+    def check(self, answer: str, question: str = "") -> list[tuple[Claim, str]]:
+        """Every claim of ``answer`` (to ``question``, the user's last turn, when given) with its verdict."""
+        return [(claim, self.verdict(claim)) for claim in extract_claims(answer, self.topic(question))]
+
+    def precision(self, answer: str, question: str = "") -> float | None:
         """confirmed / checkable claims of one answer; None when it makes no checkable claim."""
-        verdicts = [v for _, v in self.check(answer) if v != UNCHECKABLE]
+        verdicts = [v for _, v in self.check(answer, question) if v != UNCHECKABLE]
         return sum(v == CONFIRMED for v in verdicts) / len(verdicts) if verdicts else None
 
 
@@ -204,18 +240,25 @@ def fact_checker() -> FactChecker:
     return FactChecker(load_cmekg())
 
 
-def annotate(checker: FactChecker, generations: list[dict]) -> list[dict]:
-    """The generations with their claims: ``"claims": [{"entity", "relation", "value", "verdict"}, ...]``."""
+def annotate(checker: FactChecker, generations: list[dict], questions: list[str] | None = None) -> list[dict]:
+    """The generations with their claims: ``"claims": [{"entity", "relation", "value", "verdict"}, ...]``;
+    ``questions``: the user's last turn before each answer (the held-out QA's), in the same order."""
+    questions = questions if questions is not None else [""] * len(generations)
     return [
         {
             **g,
             "claims": [
                 {"entity": c.entity, "relation": c.relation, "value": c.value, "verdict": v}
-                for c, v in checker.check(g["answer"])
+                for c, v in checker.check(g["answer"], question)
             ],
         }
-        for g in generations
+        for g, question in zip(generations, questions, strict=True)
     ]
+
+
+def last_question(messages: list[dict]) -> str:
+    """The user's last turn of a conversation (what the answer answers)."""
+    return next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
 
 
 def fact_metrics(annotated: list[dict]) -> dict:
@@ -226,7 +269,7 @@ def fact_metrics(annotated: list[dict]) -> dict:
     checkable = accuracy([v == CONFIRMED for v in verdicts if v != UNCHECKABLE])
     out = {
         "fact_precision": checkable["acc"],
-        "fact_precision_ci95": checkable["ci95"],
+        "fact_precision_ci95": checkable["ci95"] if checkable["n"] else None,
         "fact_claims_n": len(verdicts),
         "fact_checkable_n": checkable["n"],
         "fact_answers_with_claims": sum(bool(g["claims"]) for g in annotated),
@@ -234,7 +277,7 @@ def fact_metrics(annotated: list[dict]) -> dict:
     for verdict in VERDICTS:
         share = accuracy([v == verdict for v in verdicts])
         out[f"fact_{verdict}_share"] = share["acc"]
-        out[f"fact_{verdict}_ci95"] = share["ci95"]
+        out[f"fact_{verdict}_ci95"] = share["ci95"] if verdicts else None
     return out
 
 
@@ -243,6 +286,9 @@ def make_facts_reward(checker: FactChecker):
     apply) for an answer without a checkable claim, such as a bare exam option."""
 
     def facts_reward(prompts, completions, **kwargs) -> list[float | None]:
-        return [checker.precision(completion_text(c)) for c in completions]
+        return [
+            checker.precision(completion_text(c), last_question(p) if isinstance(p, list) else "")
+            for p, c in zip(prompts, completions, strict=True)
+        ]
 
     return facts_reward
