@@ -203,7 +203,8 @@ def test_an_evaluated_run_reports_fact_precision_for_every_answering_stage(tiny_
         assert {k: metrics[k] for k in fact_metrics(generations)} == fact_metrics(generations)
         assert {"id", "reference", "answer", "claims"} <= set(generations[0])
         assert metrics["fact_claims_n"] == sum(len(g["claims"]) for g in generations)
-    assert "fact prec" in (out / "results.md").read_text(encoding="utf-8")
+    # the tiny stages seldom make a checkable claim: their precision may be "-", their claims are counted
+    assert " claims |" in (out / "results.md").read_text(encoding="utf-8")
 
 
 def test_the_clinicians_verdict_is_recorded_with_both_runs_headline_metrics(use_home, tmp_path):
