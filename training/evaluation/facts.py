@@ -8,8 +8,10 @@ question (the same answers BLEU/ROUGE score) is read for the claims it makes, ea
 - **a claim** is a sentence (or a clause between commas) in one of the ways the builder states a relation
   (``Relation.statements`` and ``Relation.answer``, training/data/relations.py: "X的不良反应有A、B等。"), or in one
   of the common phrasings of :data:`PHRASINGS` (the consultation's closing, "根据您描述的A、B等症状，可能是X", and
-  the advice "请及时到内分泌科就诊", which states the department of the answer's subject). Each listed value is one
-  claim, normalized the way the builder normalizes CMeKG's values (``knowledge.clean_values``);
+  the advice "请及时到内分泌科就诊", which states the department of the answer's subject); or, to a question in a
+  relation's wording ("哪些人容易得X？"), a first sentence that matches none of them: the bare values, as ChiMed-CPT's
+  QA text answers ("青壮年人。"). Each listed value is one claim, normalized the way the builder normalizes CMeKG's
+  values (``knowledge.clean_values``);
 - **confirmed**: CMeKG states the value (or a value it overlaps) for that entity (``Entity.is_true``, the test the
   exam's distractors must fail);
 - **contradicted**: CMeKG knows that relation of the entity, the value is not among it, and CMeKG states the value
