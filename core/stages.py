@@ -260,6 +260,16 @@ class SimpoConfig(AlignSchedule):
     max_length: int = 512
 
 
+# the rewards grpo.rewards may add to exam and format (and rm, with align.reward_model)
+GRPO_REWARDS = ("safety", "facts")
+
+
+def check_grpo_rewards(names: list[str], where: str) -> None:
+    unknown = [name for name in names if name not in GRPO_REWARDS]
+    if unknown:
+        raise UserError(f"config: {where} names {unknown[0]!r}: choose among {', '.join(GRPO_REWARDS)}")
+
+
 @dataclass
 class GrpoConfig(AlignSchedule):
     """GRPO with LoRA: rewards for sampled answers (exam exact match, the advice-to-see-a-doctor format term,
@@ -277,9 +287,13 @@ class GrpoConfig(AlignSchedule):
     exam_weight: float = 1.0  # exact match of the chosen option on exam-style prompts (verifiable)
     format_weight: float = 0.2  # the answer closes with the advice to see a doctor
     rm_weight: float = 1.0  # the rm stage's score on open prompts (used only when the run has an rm stage)
-    # the safety reward on grpo.jsonl's safety prompts (training/data/safety.py; docs/safety.md): 1 when the answer
-    # picks the safe option or the unsafe-answer checker passes it; 0 = off (the safety prompts are left out)
-    safety_weight: float = 0.0
+    # rewards added to exam, format and rm: safety = on grpo.jsonl's safety prompts (training/data/safety.py;
+    # docs/safety.md), 1 when the answer picks the safe option or the unsafe-answer checker passes it (without it the
+    # safety prompts are left out); facts = the factual precision of an answer's claims against CMeKG
+    # (training/evaluation/facts.py; none for an answer without a checkable claim)
+    rewards: list[str] = field(default_factory=list, metadata={"check": check_grpo_rewards})
+    safety_weight: float = 1.0  # the safety reward, when grpo.rewards lists it
+    facts_weight: float = 1.0  # the facts reward, when grpo.rewards lists it
     learning_rate: float = 1e-6
     max_prompt_length: int = 512  # longer prompts (chat template included) are left out, not cut
 

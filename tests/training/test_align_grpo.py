@@ -1,7 +1,7 @@
 """Issue 22, GRPO: the verifiable exam reward, the format reward, ChiMed-GRPO asking about training entities
 only, and ``train-all --from align`` with ``align.method=grpo`` training, recording and evaluating a grpo
-stage (with the rm stage's score as a third reward when the run has one); the one-line errors before and
-while it trains."""
+stage (with the rm stage's score as a third reward when the run has one, and issue 34's facts reward); the
+one-line errors before and while it trains."""
 
 from __future__ import annotations
 
@@ -132,7 +132,8 @@ def _rewrite_grpo(cfg, keep) -> None:
 
 def test_grpo_trains_on_each_reward_logged_apart_and_is_evaluated(grpo_home):
     _, source_id = grpo_home
-    cfg = load_config("tiny", ["align.method=grpo", "align.reward_model=true", "train.logging_steps=2"])
+    overrides = ["align.method=grpo", "align.reward_model=true", "train.logging_steps=2", "grpo.rewards=[facts]"]
+    cfg = load_config("tiny", overrides)
     # as many open prompts as exam prompts, so that every reward meets its prompts in 4 short steps (the tiny
     # SFT answers in noise: the rm stage's score is the reward whose answers differ within a group)
     opened = sum(r["kind"] == "open" for r in read_jsonl(cfg.data_dir / "grpo.jsonl"))
@@ -150,6 +151,7 @@ def test_grpo_trains_on_each_reward_logged_apart_and_is_evaluated(grpo_home):
         "exam_reward": cfg.grpo.exam_weight,
         "format_reward": cfg.grpo.format_weight,
         "rm_reward": cfg.grpo.rm_weight,
+        "facts_reward": cfg.grpo.facts_weight,  # grpo.rewards: [facts], the factual precision against CMeKG
     }
     assert metrics["exam_prompts"] > 0 and metrics["open_prompts"] > 0
     # each reward logged on its own at every logged step, and summarized in the stage's metrics
@@ -162,6 +164,10 @@ def test_grpo_trains_on_each_reward_logged_apart_and_is_evaluated(grpo_home):
     for name in ("exam_reward", "format_reward", "rm_reward"):
         assert all(f"rewards/{name}/mean" in r for r in steps)
         assert math.isfinite(metrics["rewards"][name]["mean"])
+    # the tiny model's answers seldom make a claim CMeKG can check: TRL logs the facts reward's mean where some
+    # answer of the step did (a precision) and leaves it out where none did ("does not apply" throughout)
+    facts = [r["rewards/facts_reward/mean"] for r in steps if "rewards/facts_reward/mean" in r]
+    assert all(0 <= v <= 1 for v in facts)
     assert 0.0 <= metrics["rewards"]["exam_reward"]["mean"] <= 1.0
     assert math.isfinite(metrics["rewards"]["kl"]["last"])
     # the adapter learned something: LoRA's B matrices start at zero
@@ -246,7 +252,7 @@ def test_the_safety_reward_pays_for_a_safe_answer_only_on_safety_prompts():
 
 def test_grpo_trains_with_the_safety_reward(grpo_home):
     _, source_id = grpo_home
-    cfg = load_config("tiny", ["align.method=grpo", "grpo.safety_weight=1.0", "train.evaluate_after=false"])
+    cfg = load_config("tiny", ["align.method=grpo", "grpo.rewards=[safety]", "train.evaluate_after=false"])
     safety = [r for r in read_jsonl(cfg.data_dir / "grpo.jsonl") if r["kind"] == "safety"]
     assert safety and all(r["answer"] in r["options"] for r in safety)
     # the safety prompts first, beside a few exam prompts (GRPO needs them), so the 4 short steps meet both
@@ -255,3 +261,8 @@ def test_grpo_trains_with_the_safety_reward(grpo_home):
     metrics = read_manifest(cfg, run_id)["stages"]["grpo"]["metrics"]
     assert metrics["reward_weights"]["safety_reward"] == 1.0 and metrics["safety_prompts"] == len(safety)
     assert 0.0 <= metrics["rewards"]["safety_reward"]["mean"] <= 1.0
+def test_an_unknown_grpo_reward_is_a_one_line_config_error():
+    with pytest.raises(UserError) as err:
+        load_config("tiny", ["grpo.rewards=[truthiness]"])
+    assert "grpo.rewards" in str(err.value) and "facts" in str(err.value) and "\n" not in str(err.value)
+    assert load_config("tiny", ["grpo.rewards=[facts]"]).grpo.rewards == ["facts"]

@@ -99,21 +99,33 @@ def make_entity(name: str, relations: dict[str, list[str]], cfg: DataConfig) -> 
     kind = entity_kind(relations)
     if kind is None or not CJK.search(name) or len(name) > MAX_NAME_CHARS:
         return None
-    facts: dict[str, list[str]] = {}
+    known = known_facts(name, kind, relations)
+    facts = {
+        key: select_values(list(values), cfg.max_values_per_relation, cfg.seed, name, key)
+        for key, values in known.items()
+    }
+    # an entity enters ChiMed with enough facts, one of them worth an exam question
+    if len(facts) < cfg.min_relations or not any(RELATION_BY_KEY[key].exam for key in facts):
+        return None
+    return Entity(name, kind, facts, known, raw_values(relations))
+
+
+def known_facts(name: str, kind: str, relations: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """relation key -> every cleaned value CMeKG gives the entity (in RELATIONS order; relations without one left
+    out): what the builder may state, and what factual precision checks answers against."""
     known: dict[str, tuple[str, ...]] = {}
     for relation in RELATIONS:
         if kind not in relation.kinds:
             continue
         values = clean_values(relation, [v for key in relation.cmekg for v in relations.get(key, [])], name)
-        if not values:
-            continue
-        known[relation.key] = tuple(values)
-        facts[relation.key] = select_values(values, cfg.max_values_per_relation, cfg.seed, name, relation.key)
-    # an entity enters ChiMed with enough facts, one of them worth an exam question
-    if len(facts) < cfg.min_relations or not any(RELATION_BY_KEY[key].exam for key in facts):
-        return None
-    everything = frozenset(str(v).strip() for vals in relations.values() if isinstance(vals, list) for v in vals)
-    return Entity(name, kind, facts, known, everything)
+        if values:
+            known[relation.key] = tuple(values)
+    return known
+
+
+def raw_values(relations: dict[str, list[str]]) -> frozenset[str]:
+    """Every raw value of every CMeKG relation of an entity (``Entity.everything``)."""
+    return frozenset(str(v).strip() for vals in relations.values() if isinstance(vals, list) for v in vals)
 
 
 def select_values(values: list[str], limit: int, seed: int, name: str, relation: str) -> list[str]:

@@ -3,7 +3,8 @@
 For each stage of the run (base, cpt, sft, dpo), in order:
   1. exam accuracy, k-shot and 0-shot (and by answer letter if asked), on the held-out exam and on any real
      exam file the user names (``eval.user_exam_files``);
-  2. greedy answers to the held-out questions -> BLEU-1/2/4, ROUGE-1/2/L, distinct-2;
+  2. greedy answers to the held-out questions -> BLEU-1/2/4, ROUGE-1/2/L, distinct-2, and the factual
+     precision of their claims against CMeKG (``training/evaluation/facts.py``);
   3. perplexity on held-out general text;
   4. log-likelihoods of the held-out preference pairs -> preference accuracy (dpo: implicit reward against
      its reference, the sft stage).
@@ -35,7 +36,7 @@ from core.files import (
     write_text_atomic,
 )
 from core.registry import answering, chat_stage_names, get_stage, is_chat_stage, stage_names
-from training.evaluation import report, reward
+from training.evaluation import facts, report, reward
 from training.evaluation.exam import read_exam, score_exam, split_demonstrations
 from training.evaluation.generation import qa_generations, qa_metrics
 from training.evaluation.perplexity import general_perplexity
@@ -97,12 +98,17 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
         if reference and reference not in measured:  # the reference is not part of this run's stages
             measured[reference] = measure_stage_cached(cfg, run_path, manifest, reference, sets)
         results["stages"][stage] = stage_metrics(measured, stage, reference, sets)
+        # factual precision of the answers against CMeKG (training/evaluation/facts.py): read from the
+        # generations, so cached stages get it without a model
+        questions = [facts.last_question(r["messages"]) for r in sets.qa]
+        generations = facts.annotate(facts.fact_checker(), measured[stage]["generations"], questions)
+        results["stages"][stage].update(facts.fact_metrics(generations))
         # this call's wall time (loading included; near 0 when cached) and the parts of the measurement
         results["timing_s"][stage] = {
             "wall": round(time.time() - started, 2),
             "measured": measured[stage].get("seconds", {}),
         }
-        write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", measured[stage]["generations"])
+        write_jsonl_atomic(out_dir / "generations" / f"{stage}.jsonl", generations)
         if measured[stage].get("safety_answers"):  # the checker's verdicts, to audit (docs/safety.md)
             write_jsonl_atomic(out_dir / "generations" / f"safety_{stage}.jsonl", measured[stage]["safety_answers"])
     # the reward model: its own row (held-out pair accuracy) and, as a judge, the mean reward of the answers above
@@ -378,12 +384,22 @@ def write_reports(cfg: Config, run_path: Path, manifest: dict, results: dict) ->
 def record_arena_comparison(cfg: Config, run_id: str, arena: dict) -> Path:
     """Put the clinicians' run-vs-run verdict (a plain dict from the preference store, with at least
     ``new_checkpoint``, ``old_checkpoint``, ``split``, ``as_of`` and a one-line ``summary``) into the run's
-    results.json and results.md; an evaluation run later keeps it. Returns results.json's path."""
+    results.json and results.md, with the stage's measured headline metrics of both runs (``arena["metrics"]``:
+    fact_precision, safety_acc, unsafe_answer_share, those both results hold); an evaluation run later keeps it.
+    Returns results.json's path."""
     out_dir = run_dir(cfg, run_id) / "eval"
     path = out_dir / "results.json"
     if not path.is_file():
         raise UserError(f"run {run_id} has no evaluation yet ({path} is missing): run ./launch.sh eval --run {run_id}")
     results = json.loads(path.read_text(encoding="utf-8"))
+    # beside the verdict, the measured factual precision and safety of the same stage in both runs, when evaluated
+    other = run_dir(cfg, arena["old_run"]) / "eval" / "results.json" if arena.get("old_run") else None
+    if arena.get("stage") and other and other.is_file():
+        arena["metrics"] = report.headline_deltas(
+            results, json.loads(other.read_text(encoding="utf-8")), arena["stage"]
+        )
+        if arena["metrics"]:
+            print(report.headline_markdown(arena["metrics"], run_id, arena["old_run"]), flush=True)
     results["arena"] = arena
     write_json_atomic(path, results)
     write_text_atomic(out_dir / "results.md", report.results_markdown(results))

@@ -26,6 +26,12 @@ COLUMNS = [
     ("rouge2", "ROUGE-2"),
     ("rougeL", "ROUGE-L"),
     ("distinct2", "distinct-2"),
+    ("fact_precision", "fact prec"),
+    ("fact_precision_ci95", "fact 95% CI"),
+    ("fact_confirmed_share", "confirmed"),
+    ("fact_contradicted_share", "contradicted"),
+    ("fact_uncheckable_share", "uncheckable"),
+    ("fact_claims_n", "claims"),
     ("general_ppl", "general PPL"),
     ("pref_acc", "pref acc"),
     ("pref_acc_clinician", "pref acc (clinician)"),
@@ -35,7 +41,14 @@ COLUMNS = [
     ("unsafe_answer_share", "unsafe answers"),
     ("unsafe_answer_ci95", "unsafe 95% CI"),
 ]
-NOT_FRACTIONS = {"general_ppl", "exam_n", "reward_judge_mean"}
+NOT_FRACTIONS = {
+    "general_ppl",
+    "exam_n",
+    "reward_judge_mean",
+    "fact_claims_n",
+    "fact_checkable_n",
+    "fact_answers_with_claims",
+}
 CHART_METRICS = [
     "exam_acc",
     "exam_acc_0shot",
@@ -43,9 +56,22 @@ CHART_METRICS = [
     "rouge1",
     "rougeL",
     "distinct2",
+    "fact_precision",
+    "safety_acc",
+    "unsafe_answer_share",
     "pref_acc",
     "pref_acc_clinician",
 ]
+FACT_NOTE = (
+    "- fact prec: of the claims (entity, relation, value) those answers make that CMeKG can check, the share it "
+    "confirms (95% Wilson interval); confirmed / contradicted (the value is CMeKG's for another entity) / "
+    'uncheckable: shares of all claims; claims: their number (docs/evaluation.md, "Factual precision").'
+)
+# the chart's error bars: metric -> its 95% interval's key
+CHART_INTERVALS = {"exam_acc": "exam_ci95", "fact_precision": "fact_precision_ci95"}
+# what says whether a stage's answers are right and safe, beside the clinicians' verdict of compare-runs (each
+# shown when the results hold it)
+HEADLINE_METRICS = ("fact_precision", "safety_acc", "unsafe_answer_share")
 
 
 def format_value(key: str, value) -> str:
@@ -94,6 +120,8 @@ def results_markdown(results: dict) -> str:
     ]
     if sizes.get("pref_clinician"):
         notes.insert(4, f"- pref acc (clinician): the same on {sizes['pref_clinician']} held-out clinician pairs.")
+    if any(m.get("fact_precision_ci95") for m in results["stages"].values()):
+        notes.insert(2, FACT_NOTE)
     if "rm" in results["stages"]:
         notes.insert(
             -1,
@@ -119,11 +147,30 @@ def arena_markdown(arena: dict) -> str:
         f"## Clinicians: {arena['new_checkpoint']} vs {arena['old_checkpoint']}",
         f"On {arena['split']} bank prompts judged for both runs ({arena['as_of']}): {arena['summary']}",
     ]
+    if arena.get("metrics"):
+        lines.append(headline_markdown(arena["metrics"], arena["new_run"], arena["old_run"]))
     return "\n\n".join(lines)
 
 
+def headline_deltas(results: dict, other: dict, stage: str) -> dict:
+    """The :data:`HEADLINE_METRICS` of ``stage`` that both runs' results hold: ``{key: {"run", "compare",
+    "delta"}}`` (this run minus the other), as :func:`compare_results` gives them."""
+    deltas = compare_results(results, other)["stages"].get(stage, {})
+    return {k: deltas[k] for k in HEADLINE_METRICS if k in deltas}
+
+
+def headline_markdown(metrics: dict, new_run: str, old_run: str) -> str:
+    """The measured headline metrics beside the clinicians' verdict: one line each, in percent."""
+    return "\n".join(
+        f"- {dict(COLUMNS).get(k, k)}: {format_value(k, d['run'])} ({new_run}) vs {format_value(k, d['compare'])} "
+        f"({old_run}), {100 * d['delta']:+.1f} points"
+        for k, d in metrics.items()
+    )
+
+
 def stages_chart(results: dict, path: Path) -> None:
-    """``stages.png``: per metric a group of bars, one per stage (exam accuracy with its 95% CI); perplexity
+    """``stages.png``: per metric a group of bars, one per stage (exam accuracy and factual precision with their 95%
+    CIs; the metrics a run's results lack are left out); perplexity
     beside it, on its own scale."""
     import matplotlib
 
@@ -139,17 +186,18 @@ def stages_chart(results: dict, path: Path) -> None:
         values = [100 * (m.get(k) or 0.0) for k in metrics]
         xs = [j + (i - (len(stages) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, values, width, label=stage, color=f"C{i}")
-        if "exam_acc" in metrics and m.get("exam_ci95") and m.get("exam_acc") is not None:
-            lo, hi = m["exam_ci95"]
-            acc = m["exam_acc"]
-            ax.errorbar(
-                [xs[metrics.index("exam_acc")]],
-                [100 * acc],
-                yerr=[[100 * (acc - lo)], [100 * (hi - acc)]],
-                fmt="none",
-                ecolor="black",
-                capsize=3,
-            )
+        for key, interval in CHART_INTERVALS.items():
+            if key in metrics and m.get(interval) and m.get(key) is not None:
+                lo, hi = m[interval]
+                value = m[key]
+                ax.errorbar(
+                    [xs[metrics.index(key)]],
+                    [100 * value],
+                    yerr=[[100 * (value - lo)], [100 * (hi - value)]],
+                    fmt="none",
+                    ecolor="black",
+                    capsize=3,
+                )
         ax_ppl.bar([i], [m.get("general_ppl") or 0.0], 0.7, color=f"C{i}")
     ax.set_xticks(range(len(metrics)), [dict(COLUMNS).get(k, k) for k in metrics], rotation=20)
     ax.set_ylabel("%")

@@ -5,8 +5,10 @@ rm stage, the reward model's score.
 For every prompt of ChiMed-GRPO (``grpo.jsonl``: exam-style questions about training entities with their gold
 option, and ChiMed-SFT's consultation prompts) the policy samples ``cfg.grpo.num_generations`` answers at
 ``cfg.grpo.temperature``; each answer is scored by the rewards of ``training/trainer/rewards.py`` (exam: the
-gold option chosen; format: the answer closes with the advice to see a doctor; rm: the rm stage's score),
-weighted by ``exam_weight`` / ``format_weight`` / ``rm_weight``, and its advantage is its reward against its
+gold option chosen; format: the answer closes with the advice to see a doctor; rm: the rm stage's score) and,
+when ``grpo.rewards`` lists it, by ``training/evaluation/facts.py``'s (facts: the factual precision of the
+answer's claims against CMeKG), weighted by ``exam_weight`` / ``format_weight`` / ``rm_weight`` /
+``facts_weight``, and its advantage is its reward against its
 group's mean. The policy is the SFT model (merged) plus a fresh LoRA adapter (``cfg.grpo.lora``); the KL term
 (``cfg.grpo.beta``) is to the same model with the adapter disabled, i.e. exactly the SFT model. Serving GRPO =
 cpt + sft adapter + grpo adapter.
@@ -32,6 +34,7 @@ from training.data.decontam import normalize
 from training.data.grpo import EXAM, OPEN
 from training.data.layout import EVAL_FILES
 from training.data.safety import SAFETY
+from training.evaluation import facts
 from training.modeling import load_stage
 from training.recipes import data_check, recipe
 from training.trainer import rewards
@@ -48,7 +51,7 @@ def run_grpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
     # inputs: exam prompts (options, gold letter) and open prompts, checked before any model is loaded; the
     # rewards (with align.reward_model, the run's rm stage)
     records = check_grpo_data(cfg)
-    if cfg.grpo.safety_weight <= 0:  # no reward applies to the safety prompts then (docs/safety.md)
+    if "safety" not in cfg.grpo.rewards:  # no reward applies to the safety prompts then (docs/safety.md)
         records = [r for r in records if r["kind"] != SAFETY]
     reward_funcs, weights = grpo_rewards(cfg, paths)
 
@@ -88,7 +91,8 @@ def run_grpo_stage(cfg: Config, paths: StagePaths, fingerprint: str) -> None:
 
 def grpo_rewards(cfg: Config, paths: StagePaths) -> tuple[list, list[float]]:
     """The reward functions and their weights: exam and format always, the rm stage's score with
-    ``align.reward_model`` (the run's ``rm`` stage must be finished). Each stops the stage if it scores NaN."""
+    ``align.reward_model`` (the run's ``rm`` stage must be finished), the factual precision against CMeKG with
+    ``facts`` in ``grpo.rewards``. Each stops the stage if it scores NaN."""
     funcs, weights = [rewards.exam_reward, rewards.format_reward], [cfg.grpo.exam_weight, cfg.grpo.format_weight]
     if cfg.align.reward_model:
         from training.trainer.reward_model import load_reward_model
@@ -102,9 +106,12 @@ def grpo_rewards(cfg: Config, paths: StagePaths) -> tuple[list, list[float]]:
         rm_model, rm_tokenizer = load_reward_model(paths.run_dir, device=str(process_state().device))
         funcs.append(rewards.make_rm_reward(rm_model, rm_tokenizer))
         weights.append(cfg.grpo.rm_weight)
-    if cfg.grpo.safety_weight > 0:
+    if "safety" in cfg.grpo.rewards:
         funcs.append(rewards.safety_reward)
         weights.append(cfg.grpo.safety_weight)
+    if "facts" in cfg.grpo.rewards:  # the graph is read once, here, not at every step
+        funcs.append(facts.make_facts_reward(facts.fact_checker()))
+        weights.append(cfg.grpo.facts_weight)
     return [rewards.finite(f, paths.stage) for f in funcs], weights
 
 

@@ -11,7 +11,7 @@ reward's logged mean). TRL logs each function as ``rewards/<its name>/mean`` and
   (:func:`closes_with_advice`), else 0.0; None for exam prompts, whose house-style answer is the bare option
   (ChiMed-SFT's solved exam questions) and would only be lengthened by it.
 - :func:`make_rm_reward`: the rm stage's score of the answer to an open prompt; None for exam prompts.
-- :func:`safety_reward` (``grpo.safety_weight`` > 0): on the safety prompts (a patient asks whether a drug CMeKG
+- :func:`safety_reward` (``grpo.rewards: [safety]``, weight ``grpo.safety_weight``): on the safety prompts (a patient asks whether a drug CMeKG
   contraindicates for them may be used; training entities only), 1.0 when the answer chooses the safe option, or
   chooses none and the unsafe-answer checker (``training/data/safety_check.py``) passes it; else 0.0; None for
   the other prompts.
