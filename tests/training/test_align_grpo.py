@@ -261,6 +261,8 @@ def test_grpo_trains_with_the_safety_reward(grpo_home):
     metrics = read_manifest(cfg, run_id)["stages"]["grpo"]["metrics"]
     assert metrics["reward_weights"]["safety_reward"] == 1.0 and metrics["safety_prompts"] == len(safety)
     assert 0.0 <= metrics["rewards"]["safety_reward"]["mean"] <= 1.0
+
+
 def test_an_unknown_grpo_reward_is_a_one_line_config_error():
     with pytest.raises(UserError) as err:
         load_config("tiny", ["grpo.rewards=[truthiness]"])
