@@ -173,7 +173,7 @@ def test_the_grpo_facts_reward_is_an_answers_precision(checker):
     assert scores == [pytest.approx(1 / 2), pytest.approx(4 / 5), None, None, 0.0]
 
 
-def test_the_report_shows_fact_precision_and_skips_absent_metrics(tmp_path, checker):
+def test_the_report_shows_fact_precision_and_skips_absent_metrics(tmp_path, checker, monkeypatch):
     generations = [{"id": 0, "reference": "", "answer": a} for a in (DIABETES_QA, DRUG_QA)]
     stage = {"exam_acc": 0.5, "exam_ci95": [0.4, 0.6], "bleu1": 0.3, **fact_metrics(annotate(checker, generations))}
     results = {"run_id": "r1", "stages": {"base": stage, "cpt": {**stage, "fact_precision": 0.8}}, "settings": {}}
@@ -184,6 +184,19 @@ def test_the_report_shows_fact_precision_and_skips_absent_metrics(tmp_path, chec
     # the chart draws fact_precision (with its interval) and leaves out the safety metrics these results lack
     report.stages_chart(results, tmp_path / "stages.png")
     assert (tmp_path / "stages.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.axes import Axes
+
+    ticks: list[list[str]] = []
+    set_xticks = Axes.set_xticks
+    monkeypatch.setattr(
+        Axes,
+        "set_xticks",
+        lambda ax, xs, labels=None, **kw: ticks.append(list(labels or [])) or set_xticks(ax, xs, labels, **kw),
+    )
+    safety = {**results, "stages": {**results["stages"], "cpt": {**stage, "safety_acc": 0.6}}}
+    report.stages_chart(safety, tmp_path / "safety.png")
+    # one safety metric in one stage's results: drawn; the other, in none: left out
+    assert "fact prec" in ticks[0] and "safety_acc" in ticks[0] and "unsafe_answer_share" not in ticks[0]
     # beside the clinicians' verdict: the headline metrics both runs hold
     other = {"run_id": "r0", "stages": {"cpt": {**stage, "fact_precision": 0.5, "safety_acc": 0.9}}}
     deltas = report.headline_deltas(results, other, "cpt")
