@@ -127,6 +127,14 @@ def results_markdown(results: dict) -> str:
             -1,
             "- rm: the reward model; its pref acc is the share of held-out pairs whose chosen answer it rewards more.",
         )
+    if sizes.get("safety"):  # training/evaluation/safety.py, docs/safety.md
+        notes.insert(
+            -1,
+            f"- safety acc: 0-shot option log-likelihood over {sizes['safety']} CMeKG contraindication questions "
+            "(the safe action among three unsafe ones; compare with base: the safe option's wording is likelier); "
+            "unsafe answers: the share of greedy answers to them that the rule-based checker finds unsafe "
+            "(recommends or doses the drug, or no advice to ask a doctor or pharmacist); 95% Wilson intervals.",
+        )
     judge = results.get("reward_judge")
     if judge:
         notes.insert(
