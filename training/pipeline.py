@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from core.config import Config, config_from_dict
@@ -44,9 +43,11 @@ from training.manifest import (
     MANIFEST,
     RUN_STATE,
     data_hashes,
+    interrupted_run,
     latest_run,
     list_runs,
     new_manifest,
+    new_run_id,
     read_manifest_at,
     read_run_state,
     stage_entry,
@@ -83,7 +84,7 @@ def train_all(
     plan, reuse = _plan(cfg, from_stage, resume_run, stages)
     problems = _check_setup(cfg, plan)
     if dry_run:
-        run_id = run_id or (resume_run if resume_run and not reuse else _new_run_id(cfg))
+        run_id = run_id or (resume_run if resume_run and not reuse else new_run_id(cfg))
         print_dry_run(cfg, plan, reuse, run_id, problems)
         return run_id
     if problems:
@@ -110,7 +111,12 @@ def train_all(
 
     for i, stage in enumerate(plan, 1):
         print(f"stage {i}/{len(plan)} {stage}", flush=True)
-        _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
+        try:
+            _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
+        except Exception as err:  # the one-line error `status` and the Runs tab show (training/progress.py)
+            if is_main_machine:
+                _record_error(run_path, stage, err)
+            raise
         gc.collect()
 
     if is_main_machine:
@@ -121,7 +127,11 @@ def train_all(
             # imported here: its metrics (rouge, sacrebleu, nltk, scipy) add ~45 MB a training process never uses
             from training.evaluation.evaluate import evaluate_run
 
-            evaluate_run(cfg, run_id)
+            try:
+                evaluate_run(cfg, run_id)
+            except Exception as err:
+                _record_error(run_path, "evaluation", err)
+                raise
     print(f"run {run_id} complete: {run_path / MANIFEST}", flush=True)
     return run_id
 
@@ -214,27 +224,11 @@ def _choose_run(cfg: Config, run_id, resume_run, from_stage, plan) -> tuple[str,
             raise UserError(f"--resume-run {resume_run}: no such run under {cfg.runs_dir}")
         return resume_run, True
     if not resume_run:
-        for run in list_runs(cfg):
-            state = read_run_state(cfg.runs_dir / run["run_id"])
-            if (
-                not run["complete"]
-                and run["profile"] == cfg.profile
-                and run["config_sha256"] == cfg.sha256()
-                and state.get("requested_stages") == plan
-                and not run["parent_run"]
-            ):
-                print(f"resuming the interrupted run {run['run_id']} (same profile and config)", flush=True)
-                return run["run_id"], True
-    return _new_run_id(cfg), False
-
-
-def _new_run_id(cfg: Config) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_id, n = stamp, 1
-    while (cfg.runs_dir / run_id).exists():
-        n += 1
-        run_id = f"{stamp}-{n}"
-    return run_id
+        interrupted = interrupted_run(cfg, plan)
+        if interrupted:
+            print(f"resuming the interrupted run {interrupted} (same profile and config)", flush=True)
+            return interrupted, True
+    return new_run_id(cfg), False
 
 
 def _open_run(
@@ -268,7 +262,8 @@ def _open_run(
             manifest = _reuse_stage(cfg, source, run_path, stage, manifest)
     requested = sorted(set(plan) | set(reuse), key=stage_names().index)
     write_json_atomic(
-        run_path / RUN_STATE, {"requested_stages": plan, "stages": requested, "reused": reuse, "complete": False}
+        run_path / RUN_STATE,
+        {"requested_stages": plan, "stages": requested, "reused": reuse, "complete": False, "pid": os.getpid()},
     )
     write_manifest(run_path, manifest)
 
@@ -357,6 +352,17 @@ def _run_or_skip_stage(
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
         _record_stage(cfg, run_path, stage, done)
+
+
+def _record_error(run_path: Path, stage: str, err: Exception) -> None:
+    """Keep a failed stage's one-line error in run_state.json (``stage`` may be "evaluation")."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not isinstance(err, UserError):
+        message = f"{type(err).__name__}: {message}"
+    write_json_atomic(
+        run_path / RUN_STATE,
+        {**read_run_state(run_path), "error": f"{'stage ' if stage != 'evaluation' else ''}{stage}: {message}"},
+    )
 
 
 def train_stage_here(cfg: Config, stage: str, paths, fingerprint: str) -> None:

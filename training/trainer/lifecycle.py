@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers.trainer_utils import get_last_checkpoint
 
 from core.files import write_json_atomic
+from training.progress import loss_by_step
 from training.trainer.allocator import freed_memory_kept
 from training.trainer.callbacks import append_jsonl, check_training_loss
 from training.trainer.paths import STAGE_INFO, StagePaths
@@ -129,12 +130,7 @@ def plot_loss(log_path: Path, png_path: Path, stage: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_step: dict[int, float] = {}
-    if Path(log_path).is_file():
-        for line in Path(log_path).read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if "loss" in record:
-                by_step[record["step"]] = record["loss"]  # after a resume, the later value wins
+    by_step = loss_by_step(log_path)  # after a resume, the later value wins
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     steps = sorted(by_step)
     ax.plot(steps, [by_step[s] for s in steps], marker="o", markersize=2)
