@@ -42,7 +42,7 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
     Metrics: train_loss, steps, train_runtime_s, train_tokens (non-padding input tokens over the
     whole stage, all processes) and tokens_per_s (of this session).
     """
-    checkpoint = get_last_checkpoint(str(paths.work)) if paths.work.is_dir() else None
+    checkpoint = last_complete_checkpoint(paths.work)
     if checkpoint:
         print(f"{paths.stage}: resuming from {Path(checkpoint).name}")
         if trainer.is_world_process_zero():
@@ -66,6 +66,19 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
     }
     _record_process(trainer, paths, metrics)
     return metrics
+
+
+def last_complete_checkpoint(work: Path) -> str | None:
+    """The newest ``checkpoint-N`` of a work dir that was written to the end (its trainer_state.json, which the
+    Trainer writes last, is there). One a stop cut short (Ctrl-C while saving) is removed: training resumes
+    from the one before."""
+    while Path(work).is_dir():
+        checkpoint = get_last_checkpoint(str(work))
+        if checkpoint is None or (Path(checkpoint) / "trainer_state.json").is_file():
+            return checkpoint
+        print(f"{Path(work).name}: {Path(checkpoint).name} was not saved to the end (interrupted): removed")
+        shutil.rmtree(checkpoint)
+    return None
 
 
 def _checkpoint_tokens(checkpoint: str | None) -> int:
