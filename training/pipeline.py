@@ -109,29 +109,33 @@ def train_all(
         _open_run(cfg, run_path, run_id, hashes, plan, reuse, resuming, parent_run=resume_run if reuse else None)
     print(f"run {run_id}: {run_path}" + (" (resuming)" if resuming else ""), flush=True)
 
-    for i, stage in enumerate(plan, 1):
-        print(f"stage {i}/{len(plan)} {stage}", flush=True)
-        try:
-            _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
-        except Exception as err:  # the one-line error `status` and the Runs tab show (training/progress.py)
-            if is_main_machine:
-                _record_error(run_path, stage, err)
-            raise
-        gc.collect()
-
-    if is_main_machine:
-        state = read_run_state(run_path)
-        write_json_atomic(run_path / RUN_STATE, {**state, "complete": True})
-        if cfg.train.evaluate_after:
-            print(f"evaluation of run {run_id}", flush=True)
-            # imported here: its metrics (rouge, sacrebleu, nltk, scipy) add ~45 MB a training process never uses
-            from training.evaluation.evaluate import evaluate_run
-
+    try:
+        for i, stage in enumerate(plan, 1):
+            print(f"stage {i}/{len(plan)} {stage}", flush=True)
             try:
-                evaluate_run(cfg, run_id)
-            except Exception as err:
-                _record_error(run_path, "evaluation", err)
+                _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
+            except Exception as err:  # the one-line error `status` and the Runs tab show (training/progress.py)
+                if is_main_machine:
+                    _record_error(run_path, stage, err)
                 raise
+            gc.collect()
+
+        if is_main_machine:
+            state = read_run_state(run_path)
+            write_json_atomic(run_path / RUN_STATE, {**state, "complete": True})
+            if cfg.train.evaluate_after:
+                print(f"evaluation of run {run_id}", flush=True)
+                # imported here: its metrics (rouge, sacrebleu, nltk, scipy) add ~45 MB a training process never uses
+                from training.evaluation.evaluate import evaluate_run
+
+                try:
+                    evaluate_run(cfg, run_id)
+                except Exception as err:
+                    _record_error(run_path, "evaluation", err)
+                    raise
+    finally:
+        if is_main_machine:  # no process trains it any more (training/progress.py reads this pid)
+            _release_run(run_path)
     print(f"run {run_id} complete: {run_path / MANIFEST}", flush=True)
     return run_id
 
@@ -352,6 +356,12 @@ def _run_or_skip_stage(
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
         _record_stage(cfg, run_path, stage, done)
+
+
+def _release_run(run_path: Path) -> None:
+    state = read_run_state(run_path)
+    if state.get("pid") == os.getpid():
+        write_json_atomic(run_path / RUN_STATE, {k: v for k, v in state.items() if k != "pid"})
 
 
 def _record_error(run_path: Path, stage: str, err: Exception) -> None:
