@@ -23,7 +23,7 @@ from pathlib import Path
 from core.config import Config
 from core.registry import stage_names
 from training.manifest import MANIFEST, list_runs, read_run_state, run_dir
-from training.trainer.paths import stage_paths
+from training.trainer.paths import last_step_record, loss_by_step, stage_paths
 
 EVAL_PROGRESS = "progress.json"  # in runs/<id>/eval/: {"stage", "done", "total"} while the evaluation runs
 TRAIN_LOG = "train-all.log"  # in runs/<id>/: the output of a train-all started in the background
@@ -42,36 +42,6 @@ def process_alive(pid: int | None) -> bool:
         return status.read_text().split(")")[-1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-def loss_by_step(log_path: Path) -> dict[int, float]:
-    """``{step: training loss}`` from a stage's trainer_log.jsonl (after a resume, the later value wins)."""
-    by_step: dict[int, float] = {}
-    path = Path(log_path)
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # the line being written
-                continue
-            if "loss" in record and "step" in record:
-                by_step[int(record["step"])] = float(record["loss"])
-    return dict(sorted(by_step.items()))
-
-
-def last_step_record(log_path: Path) -> dict:
-    """The newest record of a stage's trainer_log.jsonl that has a step counter ({} when none)."""
-    path = Path(log_path)
-    if not path.is_file():
-        return {}
-    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "step" in record and "max_steps" in record:
-            return record
-    return {}
 
 
 @dataclass

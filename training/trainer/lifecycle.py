@@ -18,10 +18,9 @@ from pathlib import Path
 from transformers.trainer_utils import get_last_checkpoint
 
 from core.files import write_json_atomic
-from training.progress import loss_by_step
 from training.trainer.allocator import freed_memory_kept
 from training.trainer.callbacks import append_jsonl, check_training_loss
-from training.trainer.paths import STAGE_INFO, StagePaths
+from training.trainer.paths import STAGE_INFO, StagePaths, loss_by_step
 
 
 def prepare_work_dir(paths: StagePaths, fingerprint: str) -> None:
