@@ -21,7 +21,7 @@ from preference_store.exports.pairs import export_pairs
 from preference_store.exports.ratings import export_ratings
 from preference_store.records import Annotator
 from preference_store.repository import PreferenceStore
-from training.background import BackgroundTraining, start_training
+from training.background import BackgroundTraining, TrainingRunning, start_training
 from training.manifest import data_hashes, latest_run, new_run_id, read_manifest_at
 from training.progress import runs_in_training
 
@@ -117,7 +117,7 @@ def start_next_round(
         raise UserError(ADMINS_ONLY)
     training = runs_in_training(cfg)
     if training:
-        raise UserError(f"a training is already running in this home: run {training[0]}; wait for it to finish")
+        raise TrainingRunning(training[0])
     plan = round_plan(cfg, store)
     run_id = new_run_id(cfg)
     argv = ["next-round", "--profile", cfg.profile, "--run-id", run_id, "--actor", annotator.name, *overrides]

@@ -34,7 +34,13 @@ STOP_WAIT_S = 60  # how long a stopped training may take to leave (it saves noth
 
 
 class TrainingRunning(UserError):
-    """A training already runs in this home."""
+    """A training already runs in this home (the message names its run)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(
+            f"a training is already running in this home: run {run_id}; wait for it to finish "
+            "(./launch.sh status shows it)"
+        )
 
 
 def running_training(cfg: Config) -> dict | None:
@@ -79,10 +85,7 @@ def start_training(cfg: Config, run_id: str, argv: list[str]) -> BackgroundTrain
         fcntl.flock(lock, fcntl.LOCK_EX)  # two starts at once: the second sees the first's record
         running = running_training(cfg)
         if running:
-            raise TrainingRunning(
-                f"a training is already running in {cfg.home}: run {running['run_id']} (pid {running['pid']}); "
-                "wait for it to finish (./launch.sh status shows it)"
-            )
+            raise TrainingRunning(running["run_id"])
         log_path = cfg.runs_dir / run_id / TRAIN_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "chimed", *argv]
