@@ -225,10 +225,11 @@ def _demo(cfg: Config, args) -> None:
 
 
 def _status(cfg: Config, args) -> None:
-    """``status [--run ID]``: the live state of a run (default: the one in training, else the newest unfinished)."""
-    from training.progress import format_progress, live_run, run_progress
+    """``status [--run ID]``: the live state of a run (default: the one in training, else the newest unfinished,
+    else the newest)."""
+    from training.progress import format_progress, run_progress, watched_run
 
-    run_id = args.run or live_run(cfg) or latest_run(cfg)
+    run_id = args.run or watched_run(cfg)
     if run_id is None:
         print(f"no run under {cfg.runs_dir} yet: ./launch.sh starts the demo run")
         return

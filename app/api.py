@@ -76,7 +76,7 @@ from preference_store.study_figures import (
     run_comparison_figures,
     status_figures,
 )
-from training.progress import format_progress, live_run, run_progress
+from training.progress import format_progress, run_progress, watched_run
 
 API_ENDPOINTS = (
     "contestants",
@@ -430,9 +430,9 @@ def build_api(arena: Arena, overrides: list[str] | None = None) -> None:
             raise refusal("/compare_runs", viewer, str(err)) from None
 
     def training_status(run_id: str | None = None) -> dict:
-        """The live state of ``run_id`` (default: the run in training, else the newest unfinished one), as
+        """The live state of ``run_id`` (default: the run in training, else the newest unfinished one, else the newest), as
         ``./launch.sh status`` prints it: {"run_id", "state", "error", "text"}; {} when there is none."""
-        run_id = run_id or live_run(cfg)
+        run_id = run_id or watched_run(cfg)
         if not run_id or not (cfg.runs_dir / str(run_id) / "manifest.json").is_file():
             return {}
         progress = run_progress(cfg, str(run_id))

@@ -137,6 +137,12 @@ def live_run(cfg: Config) -> str | None:
     return unfinished[0] if unfinished else None
 
 
+def watched_run(cfg: Config) -> str | None:
+    """The run `status` and the API show by default: :func:`live_run`, else the newest run (None: no run yet)."""
+    runs = list_runs(cfg)
+    return live_run(cfg) or (runs[0]["run_id"] if runs else None)
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
