@@ -97,7 +97,7 @@ def build_runs_tab(
     every LIVE_REFRESH_S seconds. ``overrides``: the app's own config overrides, which a round it starts gets."""
     live = gr.Markdown(visible=False, elem_id="run-live")
     loss = gr.LinePlot(x="step", y="loss", visible=False, height=220, elem_id="run-live-loss")
-    watched = gr.State(None)  # the round this browser started, until another run is chosen
+    watched = gr.State(None)  # the round this browser started: its live view, also once it completes
     timer = gr.Timer(LIVE_REFRESH_S)
     with gr.Group(visible=False) as admin:
         gr.Markdown(
