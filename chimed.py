@@ -51,11 +51,14 @@ def train_and_register(cfg: Config, **options) -> str:
     """train-all within the loop: judgments not yet exported join ChiMed-DPO first (the data is rebuilt with
     them), then the run trains and is evaluated (:func:`training.pipeline.train_all`), and its checkpoints
     are registered with the store with the clinician pairs it trained on. Returns the run id."""
-    from training.pipeline import train_all
+    from training.pipeline import release_run, train_all
 
-    run_id = train_all(cfg, before_data=export_clinician_pairs, **options)
+    run_id = train_all(cfg, before_data=export_clinician_pairs, keep_in_training=True, **options)
     if not options.get("dry_run") and cfg.train.machine_rank == 0:
-        register_run(cfg, run_id)
+        try:  # "in training" until registered (training/progress.py)
+            register_run(cfg, run_id)
+        finally:
+            release_run(cfg.runs_dir / run_id)
         parent = read_manifest_at(cfg.runs_dir / run_id).get("parent_run")
         if parent and (cfg.runs_dir / run_id / "eval" / "results.json").is_file():  # evaluated: report beside it
             try:

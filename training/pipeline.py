@@ -72,6 +72,7 @@ def train_all(
     dry_run: bool = False,
     run_id: str | None = None,
     before_data: Callable[[Config], None] | None = None,
+    keep_in_training: bool = False,
 ) -> str:
     """Train a run and return its id (see the module docstring; docs/design.md for the run layout).
 
@@ -80,6 +81,8 @@ def train_all(
     an existing one is resumed. ``dry_run``: print the resolved config and launch commands, train nothing.
     ``before_data(cfg)`` runs on the main machine once the setup is checked, before the data is built or
     checked (the loop exports new clinician pairs there, so that ChiMed-DPO is rebuilt with them).
+    ``keep_in_training``: the run stays "in training" after a success (its caller registers it, then calls
+    :func:`release_run`); a failure releases it at once.
     """
     plan, reuse = _plan(cfg, from_stage, resume_run, stages)
     problems = _check_setup(cfg, plan)
@@ -133,9 +136,12 @@ def train_all(
                 except Exception as err:
                     _record_error(run_path, "evaluation", err)
                     raise
-    finally:
+    except BaseException:
         if is_main_machine:  # no process trains it any more (training/progress.py reads this pid)
-            _release_run(run_path)
+            release_run(run_path)
+        raise
+    if is_main_machine and not keep_in_training:
+        release_run(run_path)
     print(f"run {run_id} complete: {run_path / MANIFEST}", flush=True)
     return run_id
 
@@ -358,7 +364,8 @@ def _run_or_skip_stage(
         _record_stage(cfg, run_path, stage, done)
 
 
-def _release_run(run_path: Path) -> None:
+def release_run(run_path: Path) -> None:
+    """The run is no longer in training: this process's id leaves its run_state.json."""
     state = read_run_state(run_path)
     if state.get("pid") == os.getpid():
         write_json_atomic(run_path / RUN_STATE, {k: v for k, v in state.items() if k != "pid"})

@@ -161,6 +161,7 @@ def test_demo_trains_in_the_background_live_in_the_runs_tab(data_home, tmp_path)
         )
         assert set(_manifest(home)["stages"]) >= {"base", "cpt", "sft", "dpo"}
         assert f"{run_id}/dpo" in client.predict(api_name="/contestants")
+        client.close()
     finally:
         assert _stop(proc) == 0
 
