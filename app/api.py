@@ -65,6 +65,7 @@ from app.arena import QUEUE_EMPTY, RESOLVED_TIE, Arena, ArenaSession, GuidelineU
 from app.auth import identify
 from app.contestants import available_contestants
 from app.identifiers import as_sent
+from app.loop import start_next_round
 from app.notice import NOT_ACCEPTED
 from app.refusals import refusal
 from app.tabs.leaderboard import interim_withheld
@@ -76,6 +77,7 @@ from preference_store.study_figures import (
     run_comparison_figures,
     status_figures,
 )
+from training.progress import format_progress, run_progress, watched_run
 
 API_ENDPOINTS = (
     "contestants",
@@ -88,6 +90,8 @@ API_ENDPOINTS = (
     "leaderboard",
     "agreement",
     "compare_runs",
+    "training_status",
+    "train_next_round",
 )
 UNBLIND_FOR_ADMINS = (
     "only admins may ask for an unblinded comparison (blind=False): leave blind on, the names "
@@ -111,10 +115,11 @@ def check_blind(annotator: Annotator, blind) -> bool:
     return bool(blind)
 
 
-def build_api(arena: Arena) -> None:
+def build_api(arena: Arena, overrides: list[str] | None = None) -> None:
     """Register the endpoints ``/contestants``, ``/compare``, ``/acknowledge_guideline``, ``/judge``, ``/queue_next``,
-    ``/rate`` and the study's figures ``/study_status``, ``/leaderboard``, ``/agreement`` and ``/compare_runs`` on
-    the current Blocks."""
+    ``/rate``, the study's figures ``/study_status``, ``/leaderboard``, ``/agreement`` and ``/compare_runs``, and the
+    runs' ``/training_status`` and ``/train_next_round`` (admins; ``overrides``: the app's config overrides, which
+    the round gets too) on the current Blocks."""
     cfg, store = arena.cfg, arena.store
     d = cfg.app.decoding
 
@@ -434,6 +439,32 @@ def build_api(arena: Arena) -> None:
         except UserError as err:
             raise refusal("/compare_runs", viewer, str(err)) from None
 
+    def training_status(run_id: str | None = None) -> dict:
+        """The live state of ``run_id`` (default: the run in training, else the newest unfinished one, else the newest), as
+        ``./launch.sh status`` prints it: {"run_id", "state", "error", "text"}; {} when there is none."""
+        run_id = run_id or watched_run(cfg)
+        if not run_id or not (cfg.runs_dir / str(run_id) / "manifest.json").is_file():
+            return {}
+        progress = run_progress(cfg, str(run_id))
+        return {
+            "run_id": progress.run_id,
+            "state": progress.state,
+            "error": progress.error,
+            "text": format_progress(progress),
+        }
+
+    def train_next_round(request: gr.Request = None) -> dict:
+        """Admins: start the loop's next round in the background (the Runs tab's "train the next round");
+        refused for everyone else and while a training of this home runs. {"run_id", "plan"}."""
+        annotator = caller(request)
+        try:
+            training, plan = start_next_round(
+                cfg, store, annotator if isinstance(annotator, Annotator) else None, list(overrides or [])
+            )
+        except UserError as err:
+            raise refusal("/train_next_round", annotator, str(err)) from None
+        return {"run_id": training.run_id, "plan": plan.summary()}
+
     limit = cfg.app.concurrent_comparisons
     gr.api(contestants, api_name="contestants")
     gr.api(compare, api_name="compare", concurrency_limit=limit, concurrency_id="generate")
@@ -445,3 +476,5 @@ def build_api(arena: Arena) -> None:
     gr.api(leaderboard, api_name="leaderboard")
     gr.api(agreement, api_name="agreement")
     gr.api(compare_runs, api_name="compare_runs")
+    gr.api(training_status, api_name="training_status")
+    gr.api(train_next_round, api_name="train_next_round")

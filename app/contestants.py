@@ -1,4 +1,5 @@
-"""Which checkpoints can be compared: every stage of every completed run under ``cfg.runs_dir``, and every
+"""Which checkpoints can be compared: every stage of every completed run under ``cfg.runs_dir``, every finished
+stage of a run still in training (marked "run in training", its answers recording that state), and every
 endpoint of ``app.endpoints`` (a model served by an OpenAI-compatible engine, :mod:`app.serving.endpoints`).
 
 Read from the run manifests (``training.manifest.list_runs``) on every call, so a run that finishes
@@ -16,7 +17,10 @@ from core.config import Config, EndpointConfig
 from core.errors import UserError
 from core.registry import answering, get_stage, is_stage, stage_names
 from preference_store.repository.checkpoints import ENDPOINT_STAGE, endpoint_checkpoint_id
-from training.manifest import list_runs, run_dir
+from training.manifest import list_runs, read_manifest_at, run_dir
+from training.progress import runs_in_training
+
+IN_TRAINING = "训练中 run in training"
 
 
 def stage_label(stage: str) -> str:
@@ -34,12 +38,22 @@ class Contestant:
     stage: str
     run_dir: Path | None
     endpoint: EndpointConfig | None = None
+    in_training: bool = False  # a finished stage of a run still in training (training/progress.py)
 
     @property
     def label(self) -> str:
         if self.endpoint is not None:
             return f"{self.endpoint.name} · endpoint ({self.endpoint.model})"
-        return f"{self.run_id} · {stage_label(self.stage)}"
+        return f"{self.run_id} · {stage_label(self.stage)}" + (f" · {IN_TRAINING}" if self.in_training else "")
+
+    @property
+    def provenance(self) -> dict:
+        """What a stored answer records of its run's state (with how it was served): a run still in training
+        says so, with the stages finished then; nothing is added for a completed run's stage or an endpoint."""
+        if not self.in_training or self.run_dir is None:
+            return {}
+        done = list(read_manifest_at(self.run_dir).get("stages", {}))
+        return {"run_state": {"state": "in training", "stages_complete": done}}
 
 
 @dataclass(frozen=True)
@@ -78,12 +92,17 @@ def endpoint_contestants(cfg: Config) -> list[Contestant]:
 
 
 def available_contestants(cfg: Config) -> list[Contestant]:
-    """Every stage of every completed run (newest run first, stages in pipeline order), then the endpoints."""
+    """Every finished stage of every completed run and of every run in training, newest run first (stages in
+    pipeline order; a run in training's marked "run in training"), then the endpoints."""
+    training = set(runs_in_training(cfg))
     return [
         *(
-            Contestant(f"{run.run_id}/{stage}", run.run_id, stage, run.run_dir)
-            for run in completed_runs(cfg)
-            for stage in run.stages
+            Contestant(
+                f"{m['run_id']}/{stage}", m["run_id"], stage, run_dir(cfg, m["run_id"]), None, m["run_id"] in training
+            )
+            for m in list_runs(cfg)
+            if m["complete"] or m["run_id"] in training
+            for stage in answering(s for s in stage_names() if s in m.get("stages", {}))
         ),
         *endpoint_contestants(cfg),
     ]
@@ -129,7 +148,8 @@ def register_contestants(cfg: Config, store, checkpoint_ids: list[str]) -> list[
 
 
 def resolve_contestants(cfg: Config, checkpoint_ids: list[str]) -> list[Contestant]:
-    """The contestants named by ``checkpoint_ids``, refusing any id that is not a completed run's stage."""
+    """The contestants named by ``checkpoint_ids``, refusing any id that is not a finished stage of a completed run
+    or of a run in training, or an endpoint."""
     known = {c.checkpoint_id: c for c in available_contestants(cfg)}
     out = []
     for cid in checkpoint_ids:

@@ -38,8 +38,11 @@ CSS = """
 """
 
 
-def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool | None = None) -> gr.Blocks:
-    """The app's Blocks (not launched). ``store`` and ``pool`` default to the config's."""
+def build_app(
+    cfg: Config, store: PreferenceStore | None = None, pool: ModelPool | None = None, overrides: list[str] | None = None
+) -> gr.Blocks:
+    """The app's Blocks (not launched). ``store`` and ``pool`` default to the config's; ``overrides``: the
+    config overrides the app was started with, which a training it starts gets too."""
     store = store or PreferenceStore.from_config(cfg)
     pool = pool or ModelPool(cfg)
     arena = Arena(cfg, store, pool)
@@ -62,9 +65,9 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
                 with gr.Tab("数据 Data", elem_id="tab-data") as data:
                     admin_tools = build_data_tab(cfg, store, session, data)
                 with gr.Tab("训练记录 Runs", elem_id="tab-runs") as runs:
-                    build_runs_tab(cfg, runs)
+                    runs_tab = build_runs_tab(cfg, runs, session, store, overrides)
         gr.Markdown(footer_markdown(), elem_id="notice-footer")
-        build_api(arena)
+        build_api(arena, overrides)
 
         def on_load(state: ArenaSession, request: gr.Request):
             """Who this is (logged-in account or demo) and which runs exist now."""
@@ -79,6 +82,7 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
             return (
                 state,
                 who,
+                gr.update(visible=is_admin),
                 gr.update(visible=is_admin),
                 run,
                 contestants,
@@ -99,6 +103,7 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
                 session,
                 identity,
                 admin_tools,
+                runs_tab.admin,
                 compare.run,
                 compare.contestants,
                 compare.status,
@@ -112,7 +117,9 @@ def build_app(cfg: Config, store: PreferenceStore | None = None, pool: ModelPool
     return demo
 
 
-def launch_app(cfg: Config, host: str | None = None, port: int | None = None) -> None:
+def launch_app(
+    cfg: Config, host: str | None = None, port: int | None = None, overrides: list[str] | None = None
+) -> None:
     """Start the app on ``host:port`` (defaults ``cfg.app.host``/``cfg.app.port``).
 
     With annotator accounts in the store the app asks for a login; without, it runs as "demo". The
@@ -121,7 +128,7 @@ def launch_app(cfg: Config, host: str | None = None, port: int | None = None) ->
     """
     store = PreferenceStore.from_config(cfg)
     pool = ModelPool(cfg)
-    demo = build_app(cfg, store, pool)
+    demo = build_app(cfg, store, pool, overrides)
     if cfg.app.preload_newest_run:
         newest = resolve_contestants(cfg, default_checkpoints(cfg))
         threading.Thread(target=pool.preload, args=(newest,), daemon=True, name="preload").start()

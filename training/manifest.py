@@ -115,6 +115,32 @@ def latest_run(cfg: Config, complete_only: bool = True) -> str | None:
     return runs[0]["run_id"] if runs else None
 
 
+def interrupted_run(cfg: Config, plan: list[str]) -> str | None:
+    """The newest run that did not finish and that the same profile, config and stages would resume
+    (train-all without --run-id picks it up; a run trained from a parent is never resumed so)."""
+    for run in list_runs(cfg):
+        state = read_run_state(cfg.runs_dir / run["run_id"])
+        if (
+            not run["complete"]
+            and run["profile"] == cfg.profile
+            and run["config_sha256"] == cfg.sha256()
+            and state.get("requested_stages") == plan
+            and not run["parent_run"]
+        ):
+            return run["run_id"]
+    return None
+
+
+def new_run_id(cfg: Config) -> str:
+    """A new run id: the time now, with -2, -3, ... when a run folder of that name exists."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_id, n = stamp, 1
+    while (cfg.runs_dir / run_id).exists():
+        n += 1
+        run_id = f"{stamp}-{n}"
+    return run_id
+
+
 def data_hashes(cfg: Config) -> dict[str, str]:
     """``{"base": sha, "cpt": sha, "sft": sha, "dpo": sha}`` of the training files in ``cfg.data_dir``."""
     return {split: sha256_file(cfg.data_dir / name) for split, name in TRAINING_FILES.items()}

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 
 from core.config import Config, config_from_dict
@@ -44,9 +43,11 @@ from training.manifest import (
     MANIFEST,
     RUN_STATE,
     data_hashes,
+    interrupted_run,
     latest_run,
     list_runs,
     new_manifest,
+    new_run_id,
     read_manifest_at,
     read_run_state,
     stage_entry,
@@ -71,6 +72,7 @@ def train_all(
     dry_run: bool = False,
     run_id: str | None = None,
     before_data: Callable[[Config], None] | None = None,
+    keep_in_training: bool = False,
 ) -> str:
     """Train a run and return its id (see the module docstring; docs/design.md for the run layout).
 
@@ -79,11 +81,13 @@ def train_all(
     an existing one is resumed. ``dry_run``: print the resolved config and launch commands, train nothing.
     ``before_data(cfg)`` runs on the main machine once the setup is checked, before the data is built or
     checked (the loop exports new clinician pairs there, so that ChiMed-DPO is rebuilt with them).
+    ``keep_in_training``: the run stays "in training" after a success (its caller registers it, then calls
+    :func:`release_run`); a failure releases it at once.
     """
     plan, reuse = _plan(cfg, from_stage, resume_run, stages)
     problems = _check_setup(cfg, plan)
     if dry_run:
-        run_id = run_id or (resume_run if resume_run and not reuse else _new_run_id(cfg))
+        run_id = run_id or (resume_run if resume_run and not reuse else new_run_id(cfg))
         print_dry_run(cfg, plan, reuse, run_id, problems)
         return run_id
     if problems:
@@ -108,20 +112,36 @@ def train_all(
         _open_run(cfg, run_path, run_id, hashes, plan, reuse, resuming, parent_run=resume_run if reuse else None)
     print(f"run {run_id}: {run_path}" + (" (resuming)" if resuming else ""), flush=True)
 
-    for i, stage in enumerate(plan, 1):
-        print(f"stage {i}/{len(plan)} {stage}", flush=True)
-        _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
-        gc.collect()
+    try:
+        for i, stage in enumerate(plan, 1):
+            print(f"stage {i}/{len(plan)} {stage}", flush=True)
+            try:
+                _run_or_skip_stage(cfg, run_path, stage, hashes, is_main_machine, linked_base_check)
+            except Exception as err:  # the one-line error `status` and the Runs tab show (training/progress.py)
+                if is_main_machine:
+                    _record_error(run_path, stage, err)
+                raise
+            gc.collect()
 
-    if is_main_machine:
-        state = read_run_state(run_path)
-        write_json_atomic(run_path / RUN_STATE, {**state, "complete": True})
-        if cfg.train.evaluate_after:
-            print(f"evaluation of run {run_id}", flush=True)
-            # imported here: its metrics (rouge, sacrebleu, nltk, scipy) add ~45 MB a training process never uses
-            from training.evaluation.evaluate import evaluate_run
+        if is_main_machine:
+            state = read_run_state(run_path)
+            write_json_atomic(run_path / RUN_STATE, {**state, "complete": True})
+            if cfg.train.evaluate_after:
+                print(f"evaluation of run {run_id}", flush=True)
+                # imported here: its metrics (rouge, sacrebleu, nltk, scipy) add ~45 MB a training process never uses
+                from training.evaluation.evaluate import evaluate_run
 
-            evaluate_run(cfg, run_id)
+                try:
+                    evaluate_run(cfg, run_id)
+                except Exception as err:
+                    _record_error(run_path, "evaluation", err)
+                    raise
+    except BaseException:
+        if is_main_machine:  # no process trains it any more (training/progress.py reads this pid)
+            release_run(run_path)
+        raise
+    if is_main_machine and not keep_in_training:
+        release_run(run_path)
     print(f"run {run_id} complete: {run_path / MANIFEST}", flush=True)
     return run_id
 
@@ -214,27 +234,11 @@ def _choose_run(cfg: Config, run_id, resume_run, from_stage, plan) -> tuple[str,
             raise UserError(f"--resume-run {resume_run}: no such run under {cfg.runs_dir}")
         return resume_run, True
     if not resume_run:
-        for run in list_runs(cfg):
-            state = read_run_state(cfg.runs_dir / run["run_id"])
-            if (
-                not run["complete"]
-                and run["profile"] == cfg.profile
-                and run["config_sha256"] == cfg.sha256()
-                and state.get("requested_stages") == plan
-                and not run["parent_run"]
-            ):
-                print(f"resuming the interrupted run {run['run_id']} (same profile and config)", flush=True)
-                return run["run_id"], True
-    return _new_run_id(cfg), False
-
-
-def _new_run_id(cfg: Config) -> str:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_id, n = stamp, 1
-    while (cfg.runs_dir / run_id).exists():
-        n += 1
-        run_id = f"{stamp}-{n}"
-    return run_id
+        interrupted = interrupted_run(cfg, plan)
+        if interrupted:
+            print(f"resuming the interrupted run {interrupted} (same profile and config)", flush=True)
+            return interrupted, True
+    return new_run_id(cfg), False
 
 
 def _open_run(
@@ -268,7 +272,8 @@ def _open_run(
             manifest = _reuse_stage(cfg, source, run_path, stage, manifest)
     requested = sorted(set(plan) | set(reuse), key=stage_names().index)
     write_json_atomic(
-        run_path / RUN_STATE, {"requested_stages": plan, "stages": requested, "reused": reuse, "complete": False}
+        run_path / RUN_STATE,
+        {"requested_stages": plan, "stages": requested, "reused": reuse, "complete": False, "pid": os.getpid()},
     )
     write_manifest(run_path, manifest)
 
@@ -357,6 +362,24 @@ def _run_or_skip_stage(
             write_json_atomic(paths.final / STAGE_INFO, done)
     if is_main_machine:
         _record_stage(cfg, run_path, stage, done)
+
+
+def release_run(run_path: Path) -> None:
+    """The run is no longer in training: this process's id leaves its run_state.json."""
+    state = read_run_state(run_path)
+    if state.get("pid") == os.getpid():
+        write_json_atomic(run_path / RUN_STATE, {k: v for k, v in state.items() if k != "pid"})
+
+
+def _record_error(run_path: Path, stage: str, err: Exception) -> None:
+    """Keep a failed stage's one-line error in run_state.json (``stage`` may be "evaluation")."""
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not isinstance(err, UserError):
+        message = f"{type(err).__name__}: {message}"
+    write_json_atomic(
+        run_path / RUN_STATE,
+        {**read_run_state(run_path), "error": f"{'stage ' if stage != 'evaluation' else ''}{stage}: {message}"},
+    )
 
 
 def train_stage_here(cfg: Config, stage: str, paths, fingerprint: str) -> None:

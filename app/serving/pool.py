@@ -644,7 +644,7 @@ class ModelPool:
                     ready.append((panel, prepared, prompt.ids, request.stop))
                     generation.update(
                         panel,
-                        serving=self._serving_record(root),
+                        serving=self._serving_record(root) | request.contestant.provenance,  # a run in training
                         prompt_tokens=len(prompt.ids),
                         dropped_messages=prompt.dropped,
                     )

@@ -86,6 +86,8 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
             "/leaderboard",
             "/agreement",
             "/compare_runs",
+            "/training_status",
+            "/train_next_round",
         }
     )
     with pytest.raises(ValueError, match="Cannot find a function"):

@@ -44,6 +44,7 @@ from training.evaluation.preference import implicit_reward_accuracy, likelihood_
 from training.evaluation.safety import safety_metrics
 from training.fingerprints import recorded_fingerprint
 from training.manifest import read_manifest, run_dir
+from training.progress import EVAL_PROGRESS
 
 # bump when what a metric means changes, so cached measurements are recomputed
 EVAL_VERSION = 1
@@ -90,8 +91,10 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
 
     results = {"run_id": run_id, "stages": {}, "settings": _settings(cfg, sets), "timing_s": {}}
     measured: dict[str, dict] = {}
+    progress = out_dir / EVAL_PROGRESS  # what `status` and the Runs tab show while this runs
     for i, stage in enumerate(stages, 1):
         print(f"eval stage {i}/{len(stages)} {stage}", flush=True)
+        write_json_atomic(progress, {"stage": stage, "done": i - 1, "total": len(stages)})
         started = time.time()
         measured[stage] = measure_stage_cached(cfg, run_path, manifest, stage, sets)
         reference = _reference_of(manifest, stage)
@@ -129,6 +132,7 @@ def evaluate_run(cfg: Config, run_id: str, compare: str | None = None) -> dict:
         if arena:
             results["arena"] = arena
     write_reports(cfg, run_path, manifest, results)
+    progress.unlink(missing_ok=True)
     print(report.results_table(results), flush=True)
     print(f"evaluation written to {out_dir}", flush=True)
     if compare:

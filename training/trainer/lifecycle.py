@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from core.files import write_json_atomic
 from training.trainer.allocator import freed_memory_kept
 from training.trainer.callbacks import append_jsonl, check_training_loss
-from training.trainer.paths import STAGE_INFO, StagePaths
+from training.trainer.paths import STAGE_INFO, StagePaths, loss_by_step
 
 
 def prepare_work_dir(paths: StagePaths, fingerprint: str) -> None:
@@ -41,7 +41,7 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
     Metrics: train_loss, steps, train_runtime_s, train_tokens (non-padding input tokens over the
     whole stage, all processes) and tokens_per_s (of this session).
     """
-    checkpoint = get_last_checkpoint(str(paths.work)) if paths.work.is_dir() else None
+    checkpoint = last_complete_checkpoint(paths.work)
     if checkpoint:
         print(f"{paths.stage}: resuming from {Path(checkpoint).name}")
         if trainer.is_world_process_zero():
@@ -65,6 +65,19 @@ def train_resumably(trainer, paths: StagePaths) -> dict:
     }
     _record_process(trainer, paths, metrics)
     return metrics
+
+
+def last_complete_checkpoint(work: Path) -> str | None:
+    """The newest ``checkpoint-N`` of a work dir that was written to the end (its trainer_state.json, which the
+    Trainer writes last, is there). One a stop cut short (Ctrl-C while saving) is removed: training resumes
+    from the one before."""
+    while Path(work).is_dir():
+        checkpoint = get_last_checkpoint(str(work))
+        if checkpoint is None or (Path(checkpoint) / "trainer_state.json").is_file():
+            return checkpoint
+        print(f"{Path(work).name}: {Path(checkpoint).name} was not saved to the end (interrupted): removed")
+        shutil.rmtree(checkpoint)
+    return None
 
 
 def _checkpoint_tokens(checkpoint: str | None) -> int:
@@ -129,12 +142,7 @@ def plot_loss(log_path: Path, png_path: Path, stage: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_step: dict[int, float] = {}
-    if Path(log_path).is_file():
-        for line in Path(log_path).read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if "loss" in record:
-                by_step[record["step"]] = record["loss"]  # after a resume, the later value wins
+    by_step = loss_by_step(log_path)  # after a resume, the later value wins
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     steps = sorted(by_step)
     ax.plot(steps, [by_step[s] for s in steps], marker="o", markersize=2)

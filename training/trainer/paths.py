@@ -61,3 +61,33 @@ def read_stage_info(path: Path) -> dict | None:
     """``stage.json`` of a finished stage dir, or None when the stage is not complete."""
     info = Path(path) / STAGE_INFO
     return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
+
+
+def loss_by_step(log_path: Path) -> dict[int, float]:
+    """``{step: training loss}`` from a stage's trainer_log.jsonl (after a resume, the later value wins)."""
+    by_step: dict[int, float] = {}
+    path = Path(log_path)
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the line being written
+                continue
+            if "loss" in record and "step" in record:
+                by_step[int(record["step"])] = float(record["loss"])
+    return dict(sorted(by_step.items()))
+
+
+def last_step_record(log_path: Path) -> dict:
+    """The newest record of a stage's trainer_log.jsonl that has a step counter ({} when none)."""
+    path = Path(log_path)
+    if not path.is_file():
+        return {}
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "step" in record and "max_steps" in record:
+            return record
+    return {}
