@@ -6,7 +6,7 @@ stage in the arena and to the completed run.
 Starts ``./launch.sh demo --profile P --port N`` (what the bare ``./launch.sh`` runs, on a port of its own) and
 polls: the page (an HTTP 200 at /), the app's ``/contestants`` (the first checkpoint listed), and
 ``/training_status`` until the run is complete (trained, evaluated and registered: the training process has
-left). Then stops the app with SIGINT, as Ctrl-C would. Prints one table row per milestone and the load average
+left). Then stops the app and the training with SIGTERM, which the demo takes as Ctrl-C. Prints one table row per milestone and the load average
 before and after. CHIMED_HOME must be empty or missing (a fresh machine).
 """
 
@@ -78,8 +78,9 @@ def main() -> None:
                     raise SystemExit(f"the run stopped: {status.get('text')}")
             time.sleep(POLL_S)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        # SIGTERM: what the demo treats as Ctrl-C (a SIGINT is ignored by a process started in the background)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=180)
         log.close()
     load_after = os.getloadavg()
     print(f"\nprofile {args.profile}, {os.cpu_count()} cores; load average before {load_before}, after {load_after}\n")
