@@ -98,7 +98,7 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
     made = [client.predict("高血压患者饮食上要注意什么？", pair, True, api_name="/compare", **FAST) for _ in range(50)]
     for result in made:
         shown = _blind_view(result, run_id)
-        assert result["blind"] is True and all(set(a) == {"label", "text"} for a in result["answers"])
+        assert result["blind"] is True and all(set(a) == {"label", "text", "warnings"} for a in result["answers"])
         assert not any(stage in shown for stage in STAGES) and "checkpoint" not in shown
     with PreferenceStore(f"sqlite:///{home / 'preferences.db'}") as store:
         orders = {tuple(r.checkpoint_id for r in store.get_comparison(m["comparison_id"]).responses) for m in made}

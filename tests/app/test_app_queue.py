@@ -195,7 +195,9 @@ def test_the_api_works_the_queue_and_refuses_another_annotators_comparison(cfg, 
     assert peek["prompt"] == FIRST and peek["progress"] == "0 / 2" and "comparison_id" not in peek
     item = queue_next([f"{run_id}/sft", f"{run_id}/dpo"], True, request=wang)
     assert item["assignment_id"] == peek["assignment_id"] and item["bank_prompt_id"] == peek["bank_prompt_id"]
-    assert [set(a) for a in item["answers"]] == [{"label", "text"}] * 2  # blind: no names before the judgment
+    # blind: no names before the judgment (a contraindication warning names the drug and the graph, never a contestant)
+    assert [set(a) for a in item["answers"]] == [{"label", "text", "warnings"}] * 2
+    assert not any(run_id in str(a["warnings"]) for a in item["answers"])
     stored = store.get_comparison(item["comparison_id"])
     assert stored.assignment_id == item["assignment_id"] and stored.blind
     assert {r.checkpoint_id for r in stored.responses} == {f"{run_id}/sft", f"{run_id}/dpo"}

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from core.config import load_config
+from core.errors import UserError
 from core.files import read_jsonl, write_jsonl_atomic
 from tests.lora_weights import randomize_lora
 from tests.training.test_align_losses import COMMON, _stop_before_training, _TrainerBuilt
 from training.recipes import dpo as dpo_recipe
 from training.recipes import kto as kto_recipe
 from training.recipes import runner_for
+from training.recipes.dpo import check_dpo_data
 from training.trainer import lifecycle
 from training.trainer.paths import stage_paths
 
@@ -131,3 +133,12 @@ def test_none_leaves_the_loss_as_it_was(trainers, method):
     assert "_compute_loss" not in vars(plain)  # nothing patched onto it
     # every weight 1: the weighted trainer computes the unweighted trainer's loss
     assert _loss(weighted, range(PAIRS), [1.0] * PAIRS) == pytest.approx(_loss(plain, range(PAIRS)), rel=1e-5)
+
+
+def test_dpo_refuses_to_weigh_its_sft_term_before_training():
+    """TRL's SFT term (dpo.sft_weight > 0, the demo profile's) is one batch mean: weighting it fails inside TRL's
+    loss, so the data check (train-all runs it before any stage trains) refuses the combination in one line."""
+    cfg = load_config("tiny", ["align.pair_weights=agreement", "dpo.sft_weight=2.0"])
+    with pytest.raises(UserError) as err:
+        check_dpo_data(cfg)
+    assert "dpo.sft_weight=0" in str(err.value) and "\n" not in str(err.value)

@@ -58,6 +58,12 @@ def check_dpo_data(cfg: Config) -> list[dict]:
     by train-all before any stage of the run trains: the stage registry's ``check``)."""
     if cfg.dpo.loss_type == "exo_pair" and not cfg.dpo.label_smoothing:
         raise UserError("config: dpo.loss_type=exo_pair needs dpo.label_smoothing > 0 (the EXO paper: 1e-3)")
+    if cfg.align.pair_weights != "none" and cfg.dpo.sft_weight:
+        # TRL 1.16's SFT term is one batch mean, broadcast to the pairs: its weighting fails inside TRL's loss
+        raise UserError(
+            f"config: align.pair_weights={cfg.align.pair_weights} cannot weigh dpo's SFT term: set dpo.sft_weight=0 "
+            f"(now {cfg.dpo.sft_weight}) or align.pair_weights=none"
+        )
     return read_pairs(cfg)
 
 
