@@ -75,6 +75,9 @@ def _start_demo(home: Path, log: Path, port: int) -> subprocess.Popen:
         env=env,
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
+        # Ctrl-C as at a terminal: a shell that starts a job in the background (a CI runner may) leaves SIGINT
+        # ignored, and Python would then never raise KeyboardInterrupt in the demo
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
