@@ -389,6 +389,16 @@ def main() -> None:
         f"{clin.position_bias:.0%}, prompt spread ±{clin.prompt_spread}; {elapsed:.0f} s ({null_s:.0f} s null, "
         f"{verdict_s:.0f} s verdicts)\n"
     )
+    if args.null_studies:
+        print_null_table(null, args.null_studies)
+    if args.studies:
+        print_verdict_tables(rows, args.studies, allocations, study, rng)
+    if args.board_studies:
+        print_board_table(board, arms, sizes, elo, k, args.board_studies, args.board_rounds, rng)
+    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
+
+
+def print_null_table(null: dict, studies: int) -> None:
     print(
         "| allocation | test, read after every completed prompt | wrong verdicts (better/worse at 50%) | 95% interval |"
     )
@@ -398,11 +408,11 @@ def main() -> None:
             ("anytime-valid (confidence sequence)", wrong_any),
             ("fixed-sample bootstrap, peeking", wrong_peek),
         ):
-            lo, hi = wilson(hits, args.null_studies)
-            print(
-                f"| {allocation} | {name} | {hits}/{args.null_studies} = {hits / args.null_studies:.1%} | "
-                f"{lo:.1%} – {hi:.1%} |"
-            )
+            lo, hi = wilson(hits, studies)
+            print(f"| {allocation} | {name} | {hits}/{studies} = {hits / studies:.1%} | {lo:.1%} – {hi:.1%} |")
+
+
+def print_verdict_tables(rows: list, studies: int, allocations: list[str], study: StudyConfig, rng) -> None:
     print(
         "\n| true win rate | allocation | correct verdict | reached in | judgments needed, median (95% CI) | mean "
         "(95% CI) | wrong | undecided at budget | queue stopped itself |"
@@ -416,8 +426,8 @@ def main() -> None:
         else:
             cell, mean = "—", "—"
         print(
-            f"| {rate:.0%} | {allocation} | {correct} | {len(needed)}/{args.studies} | {cell} | {mean} | {wrong} | "
-            f"{undecided} | {stopped}/{args.studies} |"
+            f"| {rate:.0%} | {allocation} | {correct} | {len(needed)}/{studies} | {cell} | {mean} | {wrong} | "
+            f"{undecided} | {stopped}/{studies} |"
         )
     if set(allocations) == {"uniform", "adaptive"}:
         print("\n| true win rate | fewer judgments with adaptive, 1 - mean(adaptive) / mean(uniform) (95% CI) |")
@@ -426,9 +436,12 @@ def main() -> None:
             by = {r[1]: r[2] for r in rows if r[0] == rate}
             if by["uniform"] and by["adaptive"]:
                 print(f"| {rate:.0%} | {saving(by['uniform'], by['adaptive'], rng)} |")
+
+
+def print_board_table(board: dict, arms: dict, sizes: list[int], elo, k: int, studies: int, rounds: int, rng) -> None:
     print(
-        f"\nLeaderboard: {len(elo)} contestants at Elo {', '.join(f'{e:g}' for e in elo)}, {args.board_studies} "
-        f"studies per arm, adaptive allocation (k={k}), {args.board_rounds} bootstrap resamples\n"
+        f"\nLeaderboard: {len(elo)} contestants at Elo {', '.join(f'{e:g}' for e in elo)}, {studies} "
+        f"studies per arm, adaptive allocation (k={k}), {rounds} bootstrap resamples\n"
     )
     print(
         "| pairs shown | judgments | mean 95% interval width, Elo (95% CI) | adjacent orders resolved (of "
@@ -445,7 +458,6 @@ def main() -> None:
                 f"| {arm} | {n} | {mean_interval(widths, rng)} | {mean_interval(resolved, rng)} | "
                 f"{right}/{len(figures)} |"
             )
-    print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
