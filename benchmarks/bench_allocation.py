@@ -46,6 +46,24 @@ NEW_BETTER = 0.6
 WRONG_IS_TIE = 0.2
 
 
+def work_the_queue(store: PreferenceStore, clinicians: list[int], rng, take) -> None:
+    """Scripted clinicians work the store's queue as the arena's annotators do: in a random order per pass
+    (``rng.shuffle``), each takes their next assignment (``next_assignment``) and ``take(annotator, assignment)``
+    records it, until a whole pass hands nobody anything."""
+    order = list(clinicians)
+    while True:
+        handed = 0
+        rng.shuffle(order)
+        for annotator in order:
+            assignment = store.next_assignment(annotator)
+            if assignment is None:
+                continue
+            handed += 1
+            take(annotator, assignment)
+        if handed == 0:
+            return
+
+
 def vote(rng: random.Random, truth: str, accuracy: float) -> str:
     """A clinician's verdict (old | new | tie) on a prompt whose true verdict is ``truth``."""
     if truth == "tie":  # identical answers
@@ -82,40 +100,33 @@ def study(allocation: str, k: int, seed: int, n_prompts: int, identical: float, 
         accuracy = dict(zip(clinicians, ACCURACY))
         votes: dict[int, list[str]] = {}
         resolved: set[int] = set()
-        order = list(clinicians)
-        while True:
-            handed = 0
-            rng.shuffle(order)
-            for annotator in order:
-                assignment = store.next_assignment(annotator)
-                if assignment is None:
-                    continue
-                handed += 1
-                i = index[assignment.bank_prompt.id]
-                same = truths[i] == "tie"
-                answers = [
-                    ResponseIn(OLD, f"第{i}题：多休息，观察病情。"),
-                    ResponseIn(NEW, f"第{i}题：多休息，观察病情。" if same else f"第{i}题：应及时就医，明确病因。"),
-                ]
-                comparison = store.record_comparison(
-                    ComparisonIn(
-                        annotator,
-                        assignment.bank_prompt.messages,
-                        answers,
-                        bank_prompt_id=assignment.bank_prompt.id,
-                        assignment_id=assignment.id,
-                    )
+
+        def take(annotator: int, assignment) -> None:
+            i = index[assignment.bank_prompt.id]
+            same = truths[i] == "tie"
+            answers = [
+                ResponseIn(OLD, f"第{i}题：多休息，观察病情。"),
+                ResponseIn(NEW, f"第{i}题：多休息，观察病情。" if same else f"第{i}题：应及时就医，明确病因。"),
+            ]
+            comparison = store.record_comparison(
+                ComparisonIn(
+                    annotator,
+                    assignment.bank_prompt.messages,
+                    answers,
+                    bank_prompt_id=assignment.bank_prompt.id,
+                    assignment_id=assignment.id,
                 )
-                if comparison.resolved is not None:
-                    resolved.add(i)
-                    continue
-                # a clinician's vote on a prompt depends on the seed, the prompt and the clinician only
-                verdict = vote(random.Random(f"{seed}:{i}:{annotator}"), truths[i], accuracy[annotator])
-                choice = {"old": "A", "new": "B", "tie": "tie"}[verdict]
-                store.submit_judgment(JudgmentIn(comparison.id, annotator, choice=choice))
-                votes.setdefault(i, []).append(verdict)
-            if handed == 0:
-                break
+            )
+            if comparison.resolved is not None:
+                resolved.add(i)
+                return
+            # a clinician's vote on a prompt depends on the seed, the prompt and the clinician only
+            verdict = vote(random.Random(f"{seed}:{i}:{annotator}"), truths[i], accuracy[annotator])
+            choice = {"old": "A", "new": "B", "tie": "tie"}[verdict]
+            store.submit_judgment(JudgmentIn(comparison.id, annotator, choice=choice))
+            votes.setdefault(i, []).append(verdict)
+
+        work_the_queue(store, clinicians, rng, take)
         judgments = store.counts().judgments
     finally:
         store.close()

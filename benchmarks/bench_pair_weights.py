@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from argon2 import PasswordHasher  # noqa: E402
 
+from benchmarks.bench_allocation import work_the_queue  # noqa: E402
 from chimed import export_clinician_pairs  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.files import read_jsonl  # noqa: E402
@@ -112,44 +113,37 @@ def collect_votes(cfg, pairs: list[dict], heldout: set[int], args, seed: int) ->
         store.start_queue_round(None, checkpoints, blind=True, allocation="uniform")
         clinicians = [store.add_annotator(f"dr_{i}", "a-long-test-password").id for i in range(args.annotators)]
         careless = set(random.Random(f"careless:{seed}").sample(clinicians, args.careless))
-        order = list(clinicians)
-        while True:
-            handed = 0
-            rng.shuffle(order)
-            for annotator in order:
-                assignment = store.next_assignment(annotator)
-                if assignment is None:
-                    continue
-                handed += 1
-                i = prompt_of[assignment.bank_prompt.id]
-                # one contestant answers with the true chosen answer, drawn per prompt; panels in a random order
-                right = random.Random(f"right:{seed}:{i}").choice(checkpoints)
-                answers = {
-                    right: pairs[i]["chosen"][0]["content"],
-                    ({*checkpoints} - {right}).pop(): pairs[i]["rejected"][0]["content"],
-                }
-                shown = list(checkpoints)
-                rng.shuffle(shown)
-                comparison = store.record_comparison(
-                    ComparisonIn(
-                        annotator,
-                        assignment.bank_prompt.messages,
-                        [ResponseIn(c, answers[c]) for c in shown],
-                        bank_prompt_id=assignment.bank_prompt.id,
-                        assignment_id=assignment.id,
-                    )
+
+        def take(annotator: int, assignment) -> None:
+            i = prompt_of[assignment.bank_prompt.id]
+            # one contestant answers with the true chosen answer, drawn per prompt; panels in a random order
+            right = random.Random(f"right:{seed}:{i}").choice(checkpoints)
+            answers = {
+                right: pairs[i]["chosen"][0]["content"],
+                ({*checkpoints} - {right}).pop(): pairs[i]["rejected"][0]["content"],
+            }
+            shown = list(checkpoints)
+            rng.shuffle(shown)
+            comparison = store.record_comparison(
+                ComparisonIn(
+                    annotator,
+                    assignment.bank_prompt.messages,
+                    [ResponseIn(c, answers[c]) for c in shown],
+                    bank_prompt_id=assignment.bank_prompt.id,
+                    assignment_id=assignment.id,
                 )
-                truth = "AB"[shown.index(right)]
-                if annotator in careless:
-                    choice = rng.choice("AB")
-                    votes["careless"] += 1
-                    votes["careless_wrong"] += choice != truth
-                else:
-                    choice = truth
-                    votes["truthful"] += 1
-                store.submit_judgment(JudgmentIn(comparison.id, annotator, choice=choice))
-            if handed == 0:
-                break
+            )
+            truth = "AB"[shown.index(right)]
+            if annotator in careless:
+                choice = rng.choice("AB")
+                votes["careless"] += 1
+                votes["careless_wrong"] += choice != truth
+            else:
+                choice = truth
+                votes["truthful"] += 1
+            store.submit_judgment(JudgmentIn(comparison.id, annotator, choice=choice))
+
+        work_the_queue(store, clinicians, rng, take)
     export_clinician_pairs(cfg)
     return votes
 
