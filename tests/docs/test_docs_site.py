@@ -78,7 +78,7 @@ def test_the_readme_stays_an_entry_page():
         "# ChiMed Arena",
         "",
         "```bash",
-        "./launch.sh          # set up .venv, build the demo ChiMed data, train the demo run if none, start the app",
+        "./launch.sh          # set up .venv, build the demo ChiMed data, start the app; the demo run trains in the background if none",
         "./launch.sh test     # set up if needed and run the test suite",
         "```",
     ]
