@@ -56,7 +56,10 @@ def test_ratings_through_the_app_flow_into_a_new_kto_run_that_the_app_serves(tin
             registered = {c.id for c in store.list_checkpoints(new_run)}
         [exported_file] = cfg.collected_ratings_dir.glob("*.jsonl")
         exported = read_jsonl(exported_file)
-        assert {r["rating_id"] for r in exported} == rating_ids and len(rating_ids) == 2 * len(RATED)
+        assert len(rating_ids) == 2 * len(RATED)
+        # every rating is exported but those of an empty answer (the sampled tiny answers may be empty)
+        missing = rating_ids - {r["rating_id"] for r in exported}
+        assert {r["rating_id"] for r in exported} <= rating_ids and len(missing) <= len(empty)
         # the correction is one more, desirable answer; an empty rated answer is no record (and counted)
         assert len(exported) == len(rating_ids) + 1 - len(empty)
         splits = {}

@@ -196,7 +196,7 @@ def test_the_report_shows_fact_precision_and_skips_absent_metrics(tmp_path, chec
     safety = {**results, "stages": {**results["stages"], "cpt": {**stage, "safety_acc": 0.6}}}
     report.stages_chart(safety, tmp_path / "safety.png")
     # one safety metric in one stage's results: drawn; the other, in none: left out
-    assert "fact prec" in ticks[0] and "safety_acc" in ticks[0] and "unsafe_answer_share" not in ticks[0]
+    assert "fact prec" in ticks[0] and "safety acc" in ticks[0] and "unsafe answers" not in ticks[0]
     # beside the clinicians' verdict: the headline metrics both runs hold
     other = {"run_id": "r0", "stages": {"cpt": {**stage, "fact_precision": 0.5, "safety_acc": 0.9}}}
     deltas = report.headline_deltas(results, other, "cpt")
