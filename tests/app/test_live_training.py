@@ -28,6 +28,7 @@ import pytest
 
 from preference_store.repository import PreferenceStore
 from tests.app.test_app_e2e import BANK, CHROMIUM, CHROMIUM_ARGS, _chromium_or_skip
+from tests.app.test_app_login_e2e import _log_in as log_in
 from tests.cli.test_loop import PROMPTS, _record_store_judgments
 from training.progress import process_alive
 
@@ -239,10 +240,7 @@ def loop_home(app_home):
 
 
 def _log_in(page, url: str, name: str) -> None:
-    page.goto(url)
-    page.get_by_label("username").fill(name)
-    page.get_by_label("password").fill(PASSWORD)
-    page.get_by_role("button", name="Login").click()
+    log_in(page, url, name, PASSWORD)
     page.locator("#identity", has_text=name).wait_for()
     page.locator("#accept-notice").click()
     page.get_by_role("tab", name="训练记录 Runs").click()
