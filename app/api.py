@@ -285,6 +285,7 @@ def build_api(arena: Arena, overrides: list[str] | None = None) -> None:
         checkpoints: list[str] | None = None,
         accept_notice: bool = False,
         blind: bool = True,
+        regenerate: bool = False,
         request: gr.Request = None,
     ) -> dict:
         """The caller's next bank prompt (their open one first) and their progress; with 2-4 ``checkpoints``
@@ -293,11 +294,16 @@ def build_api(arena: Arena, overrides: list[str] | None = None) -> None:
         (``queue-round --contestants``) it is always answered by those: send no ``checkpoints`` (other ones
         are refused). ``assignment_id`` None and ``message`` when the queue is empty. ``resolved`` true (and
         ``message``) when the queue settled the answered prompt as a tie without the caller (``study.allocation:
-        adaptive``, the two answers identical): ``/judge`` and ``/rate`` refuse it; call ``/queue_next`` again."""
+        adaptive``, the two answers identical): ``/judge`` and ``/rate`` refuse it; call ``/queue_next`` again.
+        Asked again, the open prompt gets the same answers; ``regenerate=True`` answers it anew with the
+        prompt's next shared seed, as the Compare tab's regenerate button does (an empty answer, say): a new
+        comparison, the earlier one stays unjudged. It is refused for a prompt not answered yet."""
         try:
             annotator = identify(store, getattr(request, "username", None))
             session = ArenaSession(annotator=annotator, notice_accepted=bool(accept_notice))
             answered = bool(checkpoints) or bool(arena.round_contestants())
+            if regenerate and not answered:
+                raise UserError("regenerate answers the open queue prompt again: send its checkpoints")
             if answered:
                 assignment = arena.take_assignment(session, checkpoints, blind=check_blind(annotator, blind))
             elif not session.notice_accepted:
@@ -324,7 +330,9 @@ def build_api(arena: Arena, overrides: list[str] | None = None) -> None:
                     "resolved": False,
                 }
                 if answered:
-                    decoding = arena.queue_decoding(bank_prompt.id)
+                    decoding = (
+                        arena.queue_decoding_again(assignment) if regenerate else arena.queue_decoding(bank_prompt.id)
+                    )
                     for _ in arena.ask_queue(session, assignment, decoding):
                         pass
                     out |= recorded(session, decoding.seed)

@@ -429,6 +429,16 @@ class Arena:
         seed = int.from_bytes(digest[:4], "big") % 2**31
         return resolve_decoding(self.cfg.app.decoding, seed=seed)
 
+    def queue_decoding_again(self, assignment: Assignment) -> Decoding:
+        """How an open queue prompt is answered again (the API's regenerate): the prompt's next shared seed,
+        counted by the comparisons already recorded for the assignment, whichever route recorded them."""
+        attempt = self.store.assignment_answered(assignment.id)
+        if attempt == 0:
+            raise UserError(
+                "nothing to regenerate yet: this queue prompt has not been answered (ask without regenerate)"
+            )
+        return self.queue_decoding(assignment.bank_prompt.id, attempt)
+
     def queue_progress(self, session: ArenaSession) -> QueueProgress | None:
         """The annotator's "12 / 40" (None without an annotator)."""
         if session.annotator is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from preference_store.models import (
@@ -138,6 +138,12 @@ class Comparisons(StoreSessions):
             if rows:
                 _check_reader(session, rows[0].annotator_id, annotator_id, f"conversation {conversation_id}")
             return [comparison_record(row) for row in rows]
+
+    def assignment_answered(self, assignment_id: str) -> int:
+        """How many comparisons answered this queue assignment so far (a regenerate records another one)."""
+        query = select(func.count()).select_from(ComparisonRow).where(ComparisonRow.assignment_id == assignment_id)
+        with self._read() as session:
+            return session.scalar(query) or 0
 
     def annotator_comparisons(self, annotator_id: int, limit: int | None = 20) -> list[ComparisonOut]:
         """One annotator's own comparisons, newest first (what the Data tab shows them)."""

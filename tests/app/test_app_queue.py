@@ -222,6 +222,39 @@ def test_the_api_works_the_queue_and_refuses_another_annotators_comparison(cfg, 
     assert empty["assignment_id"] is None and empty["message"] == QUEUE_EMPTY and empty["progress"] == "2 / 2"
 
 
+def test_the_api_regenerates_a_queue_prompt_with_its_next_shared_seed(cfg, store, make_pool, app_home):
+    """/queue_next asked again gives the open prompt's same answers; regenerate=True answers it anew with the
+    prompt's next shared seed (as the Compare tab's button does) in a new comparison, the one to judge."""
+    run_id = app_home[1]
+    demo = build_app(cfg, store=store, pool=make_pool(cfg))
+    queue_next, judge = _api(demo, "queue_next"), _api(demo, "judge")
+    store.add_annotator("dr_wang", "pw-123456")
+    wang, pair = SimpleNamespace(username="dr_wang"), [f"{run_id}/sft", f"{run_id}/dpo"]
+    arena = Arena(cfg, store, make_pool(cfg))
+
+    with pytest.raises(gr.Error, match="nothing to regenerate yet"):
+        queue_next(pair, True, regenerate=True, request=wang)
+    first = queue_next(pair, True, request=wang)
+    again = queue_next(pair, True, request=wang)
+    bank_prompt_id = first["bank_prompt_id"]
+    assert again["bank_prompt_id"] == bank_prompt_id and again["seed"] == first["seed"]
+    assert again["seed"] == arena.queue_decoding(bank_prompt_id).seed
+    assert sorted(a["text"] for a in again["answers"]) == sorted(a["text"] for a in first["answers"])
+
+    # two comparisons recorded so far: the regenerate is the prompt's third answer, attempt 2
+    anew = queue_next(pair, True, regenerate=True, request=wang)
+    assert anew["bank_prompt_id"] == bank_prompt_id and anew["comparison_id"] not in (
+        first["comparison_id"],
+        again["comparison_id"],
+    )
+    assert anew["seed"] == arena.queue_decoding(bank_prompt_id, attempt=2).seed != first["seed"]
+    assert store.get_comparison(anew["comparison_id"]).assignment_id == first["assignment_id"]
+    with pytest.raises(gr.Error, match="send its checkpoints"):
+        queue_next(None, True, regenerate=True, request=wang)
+    judge(anew["comparison_id"], "A", request=wang)
+    assert queue_next(None, True, request=wang)["prompt"] == FOLLOW_UP  # judged: the queue moved on
+
+
 def _ui(demo, name, *args):
     """Run the Compare tab's callback ``name`` as the browser does (a generator to its end); outputs by elem_id."""
     fn = next(f for f in demo.fns.values() if f.name == name)
