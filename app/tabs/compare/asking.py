@@ -56,6 +56,20 @@ class Asking:
         return state, message, progress_markdown(self.arena, state), *render(state), *held_view(state)
 
     # --- asking --------------------------------------------------------------------------------
+    def asked_view(
+        self, state: ArenaSession, status: str, prompt: str | None = None, reset_form: bool = False
+    ) -> tuple:
+        """The ask outputs: the session, the status line, the prompt box (None: as it is), the queue progress,
+        the panels (``reset_form``: their places and scores emptied) and the identifier box."""
+        return (
+            state,
+            status,
+            gr.update() if prompt is None else prompt,
+            progress_markdown(self.arena, state),
+            *render(state, reset_form=reset_form),
+            *held_view(state),
+        )
+
     def streamed(self, state: ArenaSession, make_steps, clear_prompt: bool, hold: dict | None = None):
         """Show the answers as they grow; the status says when they are complete. A typed prompt with
         identifiers is held back (``hold``: the inputs to send it with later) and nothing is generated."""
@@ -66,36 +80,15 @@ class Asking:
         try:
             steps = make_steps()
             state = next(steps)  # checks the prompt and starts the panels
-            yield (
-                state,
-                working,
-                "" if clear_prompt else gr.update(),
-                progress_markdown(arena, state),
-                *render(state),
-                *held_view(state),
-            )
+            yield self.asked_view(state, working, "" if clear_prompt else None, reset_form=True)
             for state in steps:
                 yield state, working, gr.update(), gr.update(), *render(state, reset_form=False), *held_view(state)
         except IdentifiersFound as found:
             state.held = HeldEntry("ask", found.check, hold or {})
-            yield (
-                state,
-                status_line(str(found), ok=False),
-                "",
-                progress_markdown(arena, state),
-                *render(state, reset_form=False),
-                *held_view(state),
-            )
+            yield self.asked_view(state, status_line(str(found), ok=False), "")
             return
         except UserError as err:
-            yield (
-                state,
-                status_line(str(err), ok=False),
-                gr.update(),
-                progress_markdown(arena, state),
-                *render(state, reset_form=False),
-                *held_view(state),
-            )
+            yield self.asked_view(state, status_line(str(err), ok=False))
             return
         finally:
             if steps is not None:
@@ -125,14 +118,7 @@ class Asking:
                 done += ". 请评判 Please judge."
         if state.redacted:
             done += f" 已脱敏 redacted before sending: {describe_counts(state.redacted)}."
-        yield (
-            state,
-            done,
-            gr.update(),
-            progress_markdown(arena, state),
-            *render(state, reset_form=False),
-            *held_view(state),
-        )
+        yield self.asked_view(state, done)
 
     def ask_with(self, state, text, settings: tuple, redact: bool = False):
         temp, p, max_new, seed_value = settings
@@ -169,24 +155,10 @@ class Asking:
             chosen = None if arena.round_contestants() else selected
             assignment = arena.take_assignment(state, chosen, self.blind_for(state, is_blind))
         except UserError as err:
-            yield (
-                state,
-                status_line(str(err), ok=False),
-                gr.update(),
-                progress_markdown(arena, state),
-                *render(state, reset_form=False),
-                *held_view(state),
-            )
+            yield self.asked_view(state, status_line(str(err), ok=False))
             return
         if assignment is None:
-            yield (
-                state,
-                status_line(QUEUE_EMPTY),
-                gr.update(),
-                progress_markdown(arena, state),
-                *render(state),
-                *held_view(state),
-            )
+            yield self.asked_view(state, status_line(QUEUE_EMPTY), reset_form=True)
             return
         yield from self.streamed(state, lambda: arena.ask_queue(state, assignment), clear_prompt=False)
 
