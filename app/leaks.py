@@ -12,7 +12,9 @@ What counts as naming:
   ``Googleplex``), while Chinese text, spaces and punctuation around it do not (``我是Qwen。`` is a leak);
 - a Chinese name (``百川``, ``通义千问``) matches anywhere in the text, since Chinese has no spaces between
   words; a few ordinary phrases that contain one are not names (:data:`NOT_NAMES`: ``张仲景`` is the Han
-  dynasty physician, not the Zhongjing model);
+  dynasty physician, not the Zhongjing model; ``百川归海`` is an idiom), and a name that is also an ordinary
+  word, or the end of one word and the start of the next, is listed by its distinctive part (InternLM's 书生·浦语
+  as ``浦语``: ``书生`` is a scholar, and sits inside 读书生活 and 本书生动);
 - ordinary medical words are not on the list: ``Meta分析`` (a meta-analysis) is not a leak, ``Meta AI`` is;
   a stage name alone (``base``, ``CPT``, ``SFT``) is not one either (``CPT`` is also a procedure code): only
   the contestants' run ids and full checkpoint ids (``RUN/sft``) are.
@@ -26,7 +28,7 @@ import re
 from collections.abc import Iterable
 
 # phrases that contain a listed name without naming a model: masked before matching
-NOT_NAMES = ("张仲景", "医圣仲景", "仲景方", "仲景学说", "仲景书院")
+NOT_NAMES = ("张仲景", "医圣仲景", "仲景方", "仲景学说", "仲景书院", "海纳百川", "百川归海")
 
 _WORD = "A-Za-z0-9"
 

@@ -418,6 +418,8 @@ class RunComparison:
     # of the ``prompts`` counted, how many had pairs the new run trained on (its wins there may be recall,
     # not a better model: the held-out split has none)
     trained_on: int = 0
+    # battles of the two left out because an answer names a model (store.exclude_leaked_battles; app/leaks.py)
+    leaked_battles: int = 0
     # how the verdict was decided (study.decisions): fixed = the bootstrap above; anytime = the confidence
     # sequence for the win rate (:mod:`preference_store.statistics.sequential`), whose fields follow
     decisions: str = "fixed"

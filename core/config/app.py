@@ -47,7 +47,7 @@ LEAK_TERMS = (
     "Google",
     "Mistral",
     "InternLM",
-    "书生",
+    "浦语",  # 书生·浦语; "书生" alone is an ordinary word (a scholar) and a substring of 读书生活, 本书生动
     "Yi-34B",
     "零一万物",
     "Qilin-Med",

@@ -100,7 +100,10 @@ def compare_checkpoints(
     by_prompt = prompt_scores(judged, new, old, split, exclude_leaked)
     flat = [s for scores in by_prompt.values() for s in scores]
     wins, losses = sum(s == 1.0 for s in flat), sum(s == 0.0 for s in flat)
+    leaked = len(prompt_battles(judged, new, old, split, False)) - len(flat) if exclude_leaked else 0
     where = f"{split} bank prompts" if split else "bank prompts"
+    if leaked:  # every summary says why fewer prompts or battles count than were judged
+        where += f" ({leaked} battles left out: an answer names a model)"
     common = dict(
         new_run=new_run,
         old_run=old_run,
@@ -114,6 +117,7 @@ def compare_checkpoints(
         losses=losses,
         ties=len(flat) - wins - losses,
         trained_on=len(by_prompt.keys() & set(trained_on)),
+        leaked_battles=leaked,
     )
     if decisions == "anytime":
         return _anytime(

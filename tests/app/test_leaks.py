@@ -27,6 +27,7 @@ RUN = "20261129-084512"
         ("基于LLaMA和llama的模型", ["LLaMA"]),  # one name, however it is written
         ("这是Meta AI的模型。", ["Meta AI"]),
         ("华佗GPT认为应尽快就医。", ["华佗GPT"]),
+        ("我是书生·浦语，上海人工智能实验室开发的模型。", ["浦语"]),
     ],
 )
 def test_model_and_company_names_are_found_in_chinese_and_latin(text, found):
@@ -38,6 +39,8 @@ def test_model_and_company_names_are_found_in_chinese_and_latin(text, found):
     [
         "一项Meta分析显示，限盐可以降低血压。",  # meta-analysis, not Meta AI
         "据张仲景《伤寒论》记载，桂枝汤可用于外感风寒。",  # the Han physician, not the Zhongjing model
+        "我读书生活中常查医书；本书生动地介绍了高血压的防治。",  # 书生 across two words: not InternLM
+        "医学知识如百川归海，海纳百川，有容乃大。",  # idioms, not Baichuan
         "Llamas and alpacas can carry zoonotic infections.",  # an animal: a longer word
         "The CPT code for an office visit; the base of the skull; SFT and DPO are not contestants' names.",
         "高血压患者应低盐低脂饮食，规律服用降压药，定期监测血压。",

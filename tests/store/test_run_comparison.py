@@ -28,14 +28,14 @@ def add_bank_prompt(store, text, split="train"):
     return row.id, row.messages
 
 
-def battle(store, annotator, prompt, new_wins: bool | None, flip: bool, bank=True):
-    """One vote between the new and the old DPO on ``prompt`` (panels in either order): None = a tie."""
+def battle(store, annotator, prompt, new_wins: bool | None, flip: bool, bank=True, new_leaks=None):
+    """One vote between the new and the old DPO on ``prompt`` (panels in either order): None = a tie;
+    ``new_leaks``: the names the new run's answer gives away, as the arena found them."""
     bank_id, messages = prompt
     panels = [NEW, OLD] if flip else [OLD, NEW]
+    answers = [ResponseIn(c, f"{c} 答", leaks=(new_leaks if c == NEW else [])) for c in panels]
     cmp = store.record_comparison(
-        ComparisonIn(
-            annotator.id, messages, [ResponseIn(c, f"{c} 答") for c in panels], bank_prompt_id=bank_id if bank else None
-        )
+        ComparisonIn(annotator.id, messages, answers, bank_prompt_id=bank_id if bank else None)
     )
     choice = "tie" if new_wins is None else ("A" if (panels[0] == NEW) == new_wins else "B")
     store.submit_judgment(JudgmentIn(cmp.id, annotator.id, choice=choice))
@@ -116,6 +116,20 @@ def test_free_chat_and_other_checkpoints_do_not_count(runs):
     assert result.verdict == NOT_ENOUGH and result.battles == 0
     sft = store.compare_runs("new", "old", stage="sft", rounds=50)
     assert (sft.verdict, sft.battles, sft.prompts, sft.new_checkpoint) == (NOT_ENOUGH, 1, 1, "new/sft")
+
+
+def test_battles_with_an_answer_naming_a_model_are_left_out_and_the_verdict_says_so(runs):
+    store, annotators = runs
+    for p in range(6):
+        prompt = add_bank_prompt(store, f"泄露题 {p}", "heldout")
+        for a, annotator in enumerate(annotators):
+            battle(store, annotator, prompt, True, flip=(p + a) % 2 == 0, new_leaks=["Qwen"] if p == 0 else [])
+    result = store.compare_runs("new", "old", rounds=50)
+    assert (result.prompts, result.battles, result.leaked_battles) == (5, 10, 2)
+    assert "on 5 bank prompts (2 battles left out: an answer names a model): it won 10" in result.summary
+    store.study = StudyConfig()  # anytime: the same count, the same words
+    anytime = store.compare_runs("new", "old")
+    assert (anytime.prompts, anytime.leaked_battles) == (5, 2) and "2 battles left out" in anytime.summary
 
 
 def test_rankings_count_as_battles_between_the_two(runs):
