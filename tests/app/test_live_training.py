@@ -4,8 +4,8 @@ loss and a step counter that moves); a finished stage joins the arena while the 
 judgments made meanwhile keep the run's state in their provenance; SIGINT stops both and a rerun resumes. An admin
 trains the next round from the Runs tab (an annotator never sees the action, the API refuses it).
 
-The tiny profile trains too fast to be watched on an idle machine, so the demo tests give its first stages more
-steps (``model.max_steps``, ``sft.max_steps``) and log every few steps: real training, just longer. Needs Debian's
+The tiny profile trains too fast to be watched on an idle machine, so the demo tests give its stages more steps
+(``model.max_steps``, ``cpt.max_steps``, ``sft.max_steps``) and log every few steps: real training, just longer. Needs Debian's
 chromium (/usr/bin/chromium), as tests/app/test_app_e2e.py.
 """
 
@@ -33,8 +33,11 @@ from tests.cli.test_loop import PROMPTS, _record_store_judgments
 from training.progress import process_alive
 
 REPO = Path(__file__).resolve().parents[2]
-# long enough that the app is up before base finishes and a judgment fits in while sft trains
-SLOW = ["model.max_steps=90", "sft.max_steps=60", "train.logging_steps=3", "train.save_steps=15"]
+# Long enough that the app is up before base finishes, base is read in the arena while cpt still trains, and a
+# judgment fits in before the run completes. On the idle 2-core machine the tiny base trains about 46 steps/s and
+# cpt about 55, and the app answers after about 10 s: 90 base steps and cpt's 30 (0.5 s) lost that race (CI,
+# 2026-12-07). 1500 and 600 steps take about 33 s and 11 s there, and stretch with the load as the app does.
+SLOW = ["model.max_steps=1500", "cpt.max_steps=600", "sft.max_steps=60", "train.logging_steps=5", "train.save_steps=50"]
 ADMIN, ANNOTATOR, PASSWORD = "dr_admin_loop", "dr_annot_loop", "correct horse battery staple"
 TIMEOUT_MS = 120_000
 RUN_LIMIT_S = 1500  # the whole tiny run with longer stages, on a shared 2-core machine
