@@ -30,45 +30,38 @@ from preference_store.statistics.sequential import SAME, UNDECIDED, decide, desc
 NOT_ENOUGH = "not enough judgments"
 
 
-def prompt_scores(
-    judged: Iterable[JudgedComparison], new: str, old: str, split: str | None, exclude_leaked: bool
-) -> dict[str, list[float]]:
-    """bank prompt -> the new checkpoint's score in each of its battles with the old one there (1, 0.5, 0)."""
-    scores: dict[str, list[float]] = defaultdict(list)
-    for prompt, score in prompt_battles(judged, new, old, split, exclude_leaked):
-        scores[prompt].append(score)
-    return dict(scores)
-
-
 def prompt_battles(
     judged: Iterable[JudgedComparison], new: str, old: str, split: str | None, exclude_leaked: bool
 ) -> list[tuple[str, float]]:
     """(bank prompt, the new checkpoint's score 1 / 0.5 / 0) of every battle of the two, in the order of
     ``judged`` (time order, as the store loads them)."""
-    return battles_by_pair(judged, [new, old], split, exclude_leaked).get((new, old), [])
+    return battles_by_pair(judged, [new, old], split, exclude_leaked)[0].get((new, old), [])
 
 
 def battles_by_pair(
     judged: Iterable[JudgedComparison], order: list[str], split: str | None, exclude_leaked: bool
-) -> dict[tuple[str, str], list[tuple[str, float]]]:
+) -> tuple[dict[tuple[str, str], list[tuple[str, float]]], dict[tuple[str, str], int]]:
     """(first, second) -> (bank prompt, the first's score 1 / 0.5 / 0) of every battle between two checkpoints of
     ``order`` on bank prompts (of ``split``), in the order of ``judged``; the first is the one earlier in
-    ``order``. One pass over the judgments for every pair."""
+    ``order``. With ``exclude_leaked``, also (first, second) -> how many of their battles were left out because an
+    answer names a model. One pass over the judgments for every pair."""
     rank = {c: i for i, c in enumerate(order)}
     pairs: dict[tuple[str, str], list[tuple[str, float]]] = defaultdict(list)
+    left_out: dict[tuple[str, str], int] = defaultdict(int)
     for j in judged:
         if j.bank_prompt_id is None or (split is not None and j.split != split):
             continue
         for x, y, score in j.outcomes():
-            if exclude_leaked and (x.leaked or y.leaked):
-                continue
             first, second = x.checkpoint_id, y.checkpoint_id
             if first == second or first not in rank or second not in rank:
                 continue
             if rank[first] > rank[second]:
                 first, second, score = second, first, 1.0 - score
+            if exclude_leaked and (x.leaked or y.leaked):
+                left_out[(first, second)] += 1
+                continue
             pairs[(first, second)].append((j.bank_prompt_id, score))
-    return dict(pairs)
+    return dict(pairs), dict(left_out)
 
 
 def compare_checkpoints(
@@ -96,11 +89,13 @@ def compare_checkpoints(
     study = StudyConfig()
     decisions = study.decisions if decisions is None else decisions
     new, old = f"{new_run}/{stage}", f"{old_run}/{stage}"
-    judged = list(judged)
-    by_prompt = prompt_scores(judged, new, old, split, exclude_leaked)
-    flat = [s for scores in by_prompt.values() for s in scores]
+    pairs, left_out = battles_by_pair(judged, [new, old], split, exclude_leaked)
+    battles, leaked = pairs.get((new, old), []), left_out.get((new, old), 0)
+    by_prompt: dict[str, list[float]] = defaultdict(list)  # bank prompt -> the new checkpoint's scores there
+    for prompt, score in battles:
+        by_prompt[prompt].append(score)
+    flat = [score for _, score in battles]
     wins, losses = sum(s == 1.0 for s in flat), sum(s == 0.0 for s in flat)
-    leaked = len(prompt_battles(judged, new, old, split, False)) - len(flat) if exclude_leaked else 0
     where = f"{split} bank prompts" if split else "bank prompts"
     if leaked:  # every summary says why fewer prompts or battles count than were judged
         where += f" ({leaked} battles left out: an answer names a model)"
@@ -121,7 +116,7 @@ def compare_checkpoints(
     )
     if decisions == "anytime":
         return _anytime(
-            prompt_battles(judged, new, old, split, exclude_leaked),
+            battles,
             common,
             where,
             per_prompt,
@@ -238,7 +233,7 @@ def pairwise_decisions(
     checkpoints of ``order`` (the ratings, best first) that met on bank prompts, the first's win rate over the
     prompts (``per_prompt`` battles complete one; ``settle_on_agreement`` as in :func:`compare_checkpoints`) and
     its decision (:func:`~preference_store.statistics.sequential.decide`), in ``order``'s order of pairs."""
-    by_pair = battles_by_pair(judged, order, None, exclude_leaked)
+    by_pair, _ = battles_by_pair(judged, order, None, exclude_leaked)
     decisions = []
     for i, first in enumerate(order):
         for second in order[i + 1 :]:
