@@ -226,11 +226,12 @@ def test_the_api_regenerates_a_queue_prompt_with_its_next_shared_seed(cfg, store
     """/queue_next asked again gives the open prompt's same answers; regenerate=True answers it anew with the
     prompt's next shared seed (as the Compare tab's button does) in a new comparison, the one to judge."""
     run_id = app_home[1]
-    demo = build_app(cfg, store=store, pool=make_pool(cfg))
+    pool = make_pool(cfg)
+    demo = build_app(cfg, store=store, pool=pool)
     queue_next, judge = _api(demo, "queue_next"), _api(demo, "judge")
     store.add_annotator("dr_wang", "pw-123456")
     wang, pair = SimpleNamespace(username="dr_wang"), [f"{run_id}/sft", f"{run_id}/dpo"]
-    arena = Arena(cfg, store, make_pool(cfg))
+    arena = Arena(cfg, store, pool)  # the app's seeds, read from an arena on the same store and models
 
     with pytest.raises(gr.Error, match="nothing to regenerate yet"):
         queue_next(pair, True, regenerate=True, request=wang)
