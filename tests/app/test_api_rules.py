@@ -110,6 +110,12 @@ def test_an_annotator_s_api_keeps_the_browser_s_rules(running, tmp_path):
     assert item["assignment_id"] and len(item["answers"]) == 4 and item["blind"] is True
     shown = _blind_view(item, run_id)
     assert not any(stage in shown for stage in STAGES) and "checkpoint" not in shown
+    # regenerate: the open prompt answered anew with its next seed, a new comparison of the same assignment, blind
+    again = client.predict(ids, True, regenerate=True, api_name="/queue_next")
+    assert (again["assignment_id"], again["blind"]) == (item["assignment_id"], True)
+    assert again["comparison_id"] != item["comparison_id"] and again["seed"] != item["seed"]
+    shown = _blind_view(again, run_id)
+    assert not any(stage in shown for stage in STAGES) and "checkpoint" not in shown
 
     # /judge reveals, once: a second judgment is refused with or without a client id; a retry is a duplicate
     first = made[0]["comparison_id"]
